@@ -1,0 +1,321 @@
+//! pinfs-allocator: extent-based free-space management that knows about *busy* blocks.
+//!
+//! Every block of the address space `0..total` is in exactly one of three states:
+//!
+//! - **free**: in the free-space index, can be handed out by [`Allocator::allocate`];
+//! - **used**: owned by something outside the allocator (a file, the image's metadata);
+//! - **busy**: owned by nobody any more, but still referenced by pins, so it must not be
+//!   reused (the "still pinned" busy reason; compare XFS's busy extents, which have only the
+//!   "freed but not yet committed" one).
+//!
+//! Pins are reference counts on block ranges. A used block can be pinned any number of times;
+//! [`Allocator::free`] of a pinned block *detaches* it (used -> busy) instead of freeing it, and
+//! the last [`Allocator::unpin`] of a busy block frees it. Allocation never returns busy
+//! blocks: the free-space index simply does not contain them, so candidates are trimmed around
+//! busy extents by construction and `NoSpace` means no non-busy free block is left.
+//!
+//! Accounting invariant: `free + used + busy == total`, checked by [`Allocator::check`]
+//! (also run after every operation in debug builds while the allocator is small).
+//!
+//! The crate knows nothing of files; block numbers are plain `u64`s.
+
+mod free_space;
+mod pins;
+
+use free_space::FreeSpace;
+use pins::PinMap;
+
+/// A run of `len` blocks starting at block `start`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Extent {
+    /// First block.
+    pub start: u64,
+    /// Number of blocks (at least one in every extent the allocator hands out).
+    pub len: u64,
+}
+
+impl Extent {
+    /// One past the last block.
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// Why an allocator operation was refused. The allocator is unchanged after any error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AllocError {
+    /// No free (non-busy) block is left.
+    #[error("no free space left ({busy} blocks are busy, kept for pins)")]
+    NoSpace {
+        /// Busy blocks at the time of the failure.
+        busy: u64,
+    },
+    /// The extent is empty or reaches past the end of the address space.
+    #[error("extent {start}+{len} is empty or outside 0..{total}")]
+    OutOfRange {
+        /// Start of the offending extent.
+        start: u64,
+        /// Its length.
+        len: u64,
+        /// Size of the address space.
+        total: u64,
+    },
+    /// The operation needs used blocks, and some block of the extent is free or busy.
+    #[error("extent {start}+{len} is not entirely in use")]
+    NotUsed {
+        /// Start of the offending extent.
+        start: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// The operation needs free blocks, and some block of the extent is not free.
+    #[error("extent {start}+{len} is not entirely free")]
+    NotFree {
+        /// Start of the offending extent.
+        start: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// Unpin of a block that carries no pin.
+    #[error("extent {start}+{len} is not entirely pinned")]
+    NotPinned {
+        /// Start of the offending extent.
+        start: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// A serialised free list that does not describe this address space.
+    #[error("serialised allocator state is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A busy extent and the number of pins that keep it busy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BusyExtent {
+    /// The blocks.
+    pub extent: Extent,
+    /// Pins on them (at least one).
+    pub pins: u32,
+}
+
+/// The allocator. Not internally synchronised: the filesystem wraps it in its own lock.
+#[derive(Debug, Clone)]
+pub struct Allocator {
+    total: u64,
+    free: FreeSpace,
+    pins: PinMap,
+}
+
+/// Full invariant checks after each operation run in debug builds only while the allocator is
+/// this small, so that debug-build tests of large address spaces stay linear.
+const DEBUG_CHECK_LIMIT: usize = 512;
+
+impl Allocator {
+    /// An allocator over `total` blocks, all free.
+    pub fn new(total: u64) -> Self {
+        let mut free = FreeSpace::default();
+        if total > 0 {
+            free.insert(Extent { start: 0, len: total });
+        }
+        Allocator { total, free, pins: PinMap::default() }
+    }
+
+    /// An allocator over `total` blocks, all used: the caller then frees what is free
+    /// (used by the filesystem to rebuild allocator state from its extent maps).
+    pub fn all_used(total: u64) -> Self {
+        Allocator { total, free: FreeSpace::default(), pins: PinMap::default() }
+    }
+
+    /// Size of the address space in blocks.
+    pub fn total_blocks(&self) -> u64 {
+        self.total
+    }
+    /// Free blocks (allocatable).
+    pub fn free_blocks(&self) -> u64 {
+        self.free.blocks()
+    }
+    /// Busy blocks: detached from their owner, still pinned.
+    pub fn busy_blocks(&self) -> u64 {
+        self.pins.busy_blocks()
+    }
+    /// Used blocks: owned by someone.
+    pub fn used_blocks(&self) -> u64 {
+        self.total - self.free.blocks() - self.pins.busy_blocks()
+    }
+    /// Number of free extents (a fragmentation measure).
+    pub fn free_extent_count(&self) -> usize {
+        self.free.extent_count()
+    }
+
+    fn validate(&self, ext: Extent) -> Result<(), AllocError> {
+        if ext.len == 0 || ext.start.checked_add(ext.len).is_none_or(|e| e > self.total) {
+            return Err(AllocError::OutOfRange { start: ext.start, len: ext.len, total: self.total });
+        }
+        Ok(())
+    }
+
+    fn ensure_used(&self, ext: Extent) -> Result<(), AllocError> {
+        self.validate(ext)?;
+        if self.free.overlaps(ext) || self.pins.any_detached(ext) {
+            return Err(AllocError::NotUsed { start: ext.start, len: ext.len });
+        }
+        Ok(())
+    }
+
+    fn debug_check(&self) {
+        #[cfg(debug_assertions)]
+        if self.free.extent_count() < DEBUG_CHECK_LIMIT {
+            if let Err(e) = self.check() {
+                panic!("allocator invariant broken: {e}");
+            }
+        }
+    }
+
+    /// Allocates one extent of at least one and at most `want` blocks, preferring an extent
+    /// that starts at `goal`, then one that holds `want` whole. Callers that need more loop.
+    pub fn allocate(&mut self, want: u64, goal: Option<u64>) -> Result<Extent, AllocError> {
+        if want == 0 {
+            return Err(AllocError::OutOfRange { start: goal.unwrap_or(0), len: 0, total: self.total });
+        }
+        let ext = self
+            .free
+            .take(want, goal)
+            .ok_or(AllocError::NoSpace { busy: self.pins.busy_blocks() })?;
+        self.debug_check();
+        Ok(ext)
+    }
+
+    /// Marks exactly `ext` used; every block must be free. Used when rebuilding state and for
+    /// metadata placed at fixed addresses.
+    pub fn claim(&mut self, ext: Extent) -> Result<(), AllocError> {
+        self.validate(ext)?;
+        if !self.free.take_exact(ext) {
+            return Err(AllocError::NotFree { start: ext.start, len: ext.len });
+        }
+        self.debug_check();
+        Ok(())
+    }
+
+    /// Gives back used blocks. Unpinned blocks become free; pinned blocks are detached and
+    /// stay busy until their last unpin. Returns the number of blocks that became busy.
+    pub fn free(&mut self, ext: Extent) -> Result<u64, AllocError> {
+        self.ensure_used(ext)?;
+        let before = self.pins.busy_blocks();
+        for part in self.pins.detach(ext) {
+            self.free.insert(part);
+        }
+        self.debug_check();
+        Ok(self.pins.busy_blocks() - before)
+    }
+
+    /// Adds a pin to every block of `ext`, which must be used.
+    pub fn pin(&mut self, ext: Extent) -> Result<(), AllocError> {
+        self.ensure_used(ext)?;
+        self.pins.pin(ext);
+        self.debug_check();
+        Ok(())
+    }
+
+    /// Drops a pin from every block of `ext`. Busy blocks whose last pin this was become
+    /// free; they are returned.
+    pub fn unpin(&mut self, ext: Extent) -> Result<Vec<Extent>, AllocError> {
+        self.validate(ext)?;
+        if !self.pins.fully_pinned(ext) {
+            return Err(AllocError::NotPinned { start: ext.start, len: ext.len });
+        }
+        let released = self.pins.unpin(ext);
+        for &r in &released {
+            self.free.insert(r);
+        }
+        self.debug_check();
+        Ok(released)
+    }
+
+    /// Is any block of `ext` pinned (used or busy)?
+    pub fn is_pinned(&self, ext: Extent) -> bool {
+        self.pins.any_pinned(ext)
+    }
+
+    /// Is every block of `ext` free?
+    pub fn is_free(&self, ext: Extent) -> bool {
+        self.free.contains(ext)
+    }
+
+    /// The busy extents, in block order.
+    pub fn busy_extents(&self) -> Vec<BusyExtent> {
+        self.pins
+            .iter()
+            .filter(|(_, seg)| seg.detached)
+            .map(|(extent, seg)| BusyExtent { extent, pins: seg.count })
+            .collect()
+    }
+
+    /// The free extents, in block order.
+    pub fn free_extents(&self) -> impl Iterator<Item = Extent> + '_ {
+        self.free.iter()
+    }
+
+    /// Checks every invariant; the error says which one broke and where.
+    pub fn check(&self) -> Result<(), String> {
+        self.free.check(self.total)?;
+        self.pins.check(self.total)?;
+        for (ext, seg) in self.pins.iter() {
+            if self.free.overlaps(ext) {
+                return Err(format!(
+                    "blocks {}+{} are both free and pinned ({} pins)",
+                    ext.start, ext.len, seg.count
+                ));
+            }
+        }
+        if self.free.blocks() + self.pins.busy_blocks() > self.total {
+            return Err("free + busy exceeds the address space".into());
+        }
+        Ok(())
+    }
+
+    /// Serialises the free list: `total` then (start, len) pairs, little-endian u64s. Pins and
+    /// busy extents are not persisted: they belong to live holders, which do not survive the
+    /// daemon, so on restart every busy block is free.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 16 * self.free.extent_count());
+        out.extend_from_slice(&self.total.to_le_bytes());
+        out.extend_from_slice(&(self.free.extent_count() as u64).to_le_bytes());
+        for e in self.free.iter() {
+            out.extend_from_slice(&e.start.to_le_bytes());
+            out.extend_from_slice(&e.len.to_le_bytes());
+        }
+        out
+    }
+
+    /// Rebuilds an allocator from [`Allocator::encode`] output; busy blocks of the encoding
+    /// allocator come back as used (they were not in its free list), so callers that know
+    /// better free them.
+    pub fn decode(bytes: &[u8]) -> Result<Self, AllocError> {
+        let word = |i: usize| -> Result<u64, AllocError> {
+            bytes
+                .get(i * 8..i * 8 + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .ok_or_else(|| AllocError::Corrupt(format!("truncated at word {i}")))
+        };
+        let total = word(0)?;
+        let n = word(1)?;
+        if n > (bytes.len() as u64) / 16 {
+            return Err(AllocError::Corrupt(format!("{n} extents cannot fit in {} bytes", bytes.len())));
+        }
+        let mut a = Allocator::all_used(total);
+        let mut prev_end = 0u64;
+        for i in 0..n as usize {
+            let ext = Extent { start: word(2 + 2 * i)?, len: word(3 + 2 * i)? };
+            a.validate(ext).map_err(|e| AllocError::Corrupt(e.to_string()))?;
+            if i > 0 && ext.start <= prev_end {
+                return Err(AllocError::Corrupt(format!("extent {i} is out of order or touches its predecessor")));
+            }
+            prev_end = ext.end();
+            a.free.insert(ext);
+        }
+        Ok(a)
+    }
+}
+
+#[cfg(test)]
+mod tests;

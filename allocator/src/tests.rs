@@ -1,0 +1,168 @@
+//! Unit tests and a reference-model property test of the allocator.
+
+use super::*;
+use proptest::prelude::*;
+
+fn ext(start: u64, len: u64) -> Extent {
+    Extent { start, len }
+}
+
+#[test]
+fn allocate_prefers_goal_then_best_fit() {
+    let mut a = Allocator::new(100);
+    let x = a.allocate(10, None).unwrap();
+    assert_eq!(x, ext(0, 10));
+    let y = a.allocate(5, Some(10)).unwrap();
+    assert_eq!(y, ext(10, 5), "goal keeps a growing file contiguous");
+    a.free(ext(0, 10)).unwrap();
+    // Free: 0..10 and 15..100. Best fit for 8 is the 10-block hole, not the big one.
+    assert_eq!(a.allocate(8, None).unwrap(), ext(0, 8));
+    assert_eq!(a.free_blocks(), 100 - 8 - 5);
+}
+
+#[test]
+fn pinned_blocks_become_busy_when_freed_and_free_on_last_unpin() {
+    let mut a = Allocator::new(16);
+    let x = a.allocate(16, None).unwrap();
+    a.pin(ext(4, 4)).unwrap();
+    a.pin(ext(6, 4)).unwrap();
+    assert_eq!(a.free(x).unwrap(), 6, "blocks 4..10 stay busy");
+    assert_eq!((a.free_blocks(), a.used_blocks(), a.busy_blocks()), (10, 0, 6));
+    assert_eq!(a.allocate(16, None).unwrap(), ext(10, 6), "allocation trims around busy blocks");
+    assert_eq!(a.allocate(16, None).unwrap(), ext(0, 4));
+    assert_eq!(a.allocate(1, None), Err(AllocError::NoSpace { busy: 6 }));
+    assert_eq!(a.unpin(ext(4, 4)).unwrap(), vec![ext(4, 2)]);
+    assert_eq!(a.busy_blocks(), 4);
+    assert_eq!(a.unpin(ext(6, 4)).unwrap(), vec![ext(6, 4)]);
+    assert_eq!(a.busy_blocks(), 0);
+    assert_eq!(a.allocate(10, None).unwrap(), ext(4, 6));
+    a.check().unwrap();
+}
+
+#[test]
+fn refusals_leave_state_unchanged() {
+    let mut a = Allocator::new(8);
+    assert!(matches!(a.free(ext(0, 1)), Err(AllocError::NotUsed { .. })));
+    assert!(matches!(a.pin(ext(0, 1)), Err(AllocError::NotUsed { .. })));
+    assert!(matches!(a.unpin(ext(0, 1)), Err(AllocError::NotPinned { .. })));
+    assert!(matches!(a.claim(ext(7, 2)), Err(AllocError::OutOfRange { .. })));
+    a.claim(ext(2, 2)).unwrap();
+    assert!(matches!(a.claim(ext(3, 2)), Err(AllocError::NotFree { .. })));
+    a.pin(ext(2, 1)).unwrap();
+    a.free(ext(2, 2)).unwrap();
+    assert!(matches!(a.pin(ext(2, 1)), Err(AllocError::NotUsed { .. })), "busy blocks cannot be pinned again");
+    assert!(matches!(a.free(ext(2, 1)), Err(AllocError::NotUsed { .. })), "busy blocks cannot be freed twice");
+    assert_eq!((a.free_blocks(), a.used_blocks(), a.busy_blocks()), (7, 0, 1));
+}
+
+#[test]
+fn encode_decode_round_trip_and_corruption() {
+    let mut a = Allocator::new(1000);
+    for _ in 0..10 {
+        a.allocate(37, None).unwrap();
+    }
+    a.free(ext(40, 20)).unwrap();
+    let b = Allocator::decode(&a.encode()).unwrap();
+    assert_eq!(b.free_extents().collect::<Vec<_>>(), a.free_extents().collect::<Vec<_>>());
+    assert_eq!(b.used_blocks(), a.used_blocks());
+    let mut bad = a.encode();
+    bad.truncate(bad.len() - 3);
+    assert!(matches!(Allocator::decode(&bad), Err(AllocError::Corrupt(_))));
+    let mut bad = a.encode();
+    bad[16..24].copy_from_slice(&5000u64.to_le_bytes());
+    assert!(matches!(Allocator::decode(&bad), Err(AllocError::Corrupt(_))));
+}
+
+/// The reference model: one state per block, pins counted per block.
+#[derive(Clone, Debug)]
+struct Model {
+    owner: Vec<Option<u32>>, // Some(tag) when used
+    pins: Vec<u32>,
+    busy: Vec<bool>,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Allocate(u64),
+    Free(usize, u64, u64),
+    Pin(usize, u64, u64),
+    Unpin(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (1u64..20).prop_map(Op::Allocate),
+        (0usize..64, 0u64..20, 1u64..20).prop_map(|(i, o, l)| Op::Free(i, o, l)),
+        (0usize..64, 0u64..20, 1u64..20).prop_map(|(i, o, l)| Op::Pin(i, o, l)),
+        (0usize..64).prop_map(Op::Unpin),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    #[test]
+    fn matches_reference_model(ops in proptest::collection::vec(op(), 1..200)) {
+        const TOTAL: u64 = 128;
+        let mut a = Allocator::new(TOTAL);
+        let mut m = Model { owner: vec![None; TOTAL as usize], pins: vec![0; TOTAL as usize], busy: vec![false; TOTAL as usize] };
+        let mut owned: Vec<Extent> = Vec::new();
+        let mut pinned: Vec<Extent> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Allocate(n) => match a.allocate(n, None) {
+                    Ok(e) => {
+                        for b in e.start..e.end() {
+                            prop_assert!(m.owner[b as usize].is_none() && !m.busy[b as usize], "handed out a block that was not free");
+                            m.owner[b as usize] = Some(1);
+                        }
+                        owned.push(e);
+                    }
+                    Err(AllocError::NoSpace { .. }) => {
+                        prop_assert!((0..TOTAL as usize).all(|b| m.owner[b].is_some() || m.busy[b]), "NoSpace with a free block left");
+                    }
+                    Err(e) => prop_assert!(false, "unexpected {e}"),
+                },
+                Op::Free(i, off, len) => {
+                    if owned.is_empty() { continue; }
+                    let e = owned.remove(i % owned.len());
+                    let off = off % e.len;
+                    let part = ext(e.start + off, len.min(e.len - off));
+                    a.free(part).unwrap();
+                    for b in part.start..part.end() {
+                        m.owner[b as usize] = None;
+                        if m.pins[b as usize] > 0 { m.busy[b as usize] = true; }
+                    }
+                    if off > 0 { owned.push(ext(e.start, off)); }
+                    if part.end() < e.end() { owned.push(ext(part.end(), e.end() - part.end())); }
+                }
+                Op::Pin(i, off, len) => {
+                    if owned.is_empty() { continue; }
+                    let e = owned[i % owned.len()];
+                    let off = off % e.len;
+                    let part = ext(e.start + off, len.min(e.len - off));
+                    a.pin(part).unwrap();
+                    for b in part.start..part.end() { m.pins[b as usize] += 1; }
+                    pinned.push(part);
+                }
+                Op::Unpin(i) => {
+                    if pinned.is_empty() { continue; }
+                    let p = pinned.remove(i % pinned.len());
+                    a.unpin(p).unwrap();
+                    for b in p.start..p.end() {
+                        m.pins[b as usize] -= 1;
+                        if m.pins[b as usize] == 0 { m.busy[b as usize] = false; }
+                    }
+                }
+            }
+            a.check().map_err(TestCaseError::fail)?;
+            let free = (0..TOTAL as usize).filter(|&b| m.owner[b].is_none() && !m.busy[b]).count() as u64;
+            let busy = m.busy.iter().filter(|&&x| x).count() as u64;
+            prop_assert_eq!(a.free_blocks(), free);
+            prop_assert_eq!(a.busy_blocks(), busy);
+            prop_assert_eq!(a.free_blocks() + a.used_blocks() + a.busy_blocks(), TOTAL);
+            for b in 0..TOTAL {
+                prop_assert_eq!(a.is_free(ext(b, 1)), m.owner[b as usize].is_none() && !m.busy[b as usize]);
+            }
+        }
+    }
+}
