@@ -11,10 +11,21 @@ const LIVE: u64 = 1 << 20;
 fn populated() -> (Allocator, Vec<Extent>) {
     let mut a = Allocator::all_used(TOTAL);
     for i in 0..LIVE {
-        a.free(Extent { start: i * 256 + 128, len: 128 }).expect("used");
+        a.free(Extent {
+            start: i * 256 + 128,
+            len: 128,
+        })
+        .expect("used");
     }
-    a.free(Extent { start: LIVE * 256, len: TOTAL - LIVE * 256 }).expect("used");
-    let live = Vec::from_iter((0..LIVE).map(|i| Extent { start: i * 256, len: 128 }));
+    a.free(Extent {
+        start: LIVE * 256,
+        len: TOTAL - LIVE * 256,
+    })
+    .expect("used");
+    let live = Vec::from_iter((0..LIVE).map(|i| Extent {
+        start: i * 256,
+        len: 128,
+    }));
 
     (a, live)
 }

@@ -84,12 +84,7 @@ impl FreeSpace {
         debug_assert!(want > 0);
         let (start, len) = goal
             .and_then(|g| self.by_start.get(&g).map(|&l| (g, l)))
-            .or_else(|| {
-                self.by_len
-                    .range((want, 0)..)
-                    .next()
-                    .map(|&(l, s)| (s, l))
-            })
+            .or_else(|| self.by_len.range((want, 0)..).next().map(|&(l, s)| (s, l)))
             .or_else(|| self.by_len.iter().next_back().map(|&(l, s)| (s, l)))?;
         self.remove_exact(start, len);
         let got = want.min(len);
@@ -104,7 +99,11 @@ impl FreeSpace {
         if !self.contains(ext) {
             return false;
         }
-        let (&s, &l) = self.by_start.range(..=ext.start).next_back().expect("contained");
+        let (&s, &l) = self
+            .by_start
+            .range(..=ext.start)
+            .next_back()
+            .expect("contained");
         self.remove_exact(s, l);
         if s < ext.start {
             self.insert_exact(s, ext.start - s);
@@ -123,15 +122,21 @@ impl FreeSpace {
                 return Err(format!("free extent at {s} is empty"));
             }
             if s + l > total {
-                return Err(format!("free extent {s}+{l} ends past the last block {total}"));
+                return Err(format!(
+                    "free extent {s}+{l} ends past the last block {total}"
+                ));
             }
             if let Some(p) = prev_end {
                 if s <= p {
-                    return Err(format!("free extent {s}+{l} overlaps or touches its predecessor"));
+                    return Err(format!(
+                        "free extent {s}+{l} overlaps or touches its predecessor"
+                    ));
                 }
             }
             if !self.by_len.contains(&(l, s)) {
-                return Err(format!("free extent {s}+{l} is missing from the length index"));
+                return Err(format!(
+                    "free extent {s}+{l} is missing from the length index"
+                ));
             }
             prev_end = Some(s + l);
             sum += l;
@@ -140,7 +145,10 @@ impl FreeSpace {
             return Err("free-space indexes differ in size".into());
         }
         if sum != self.blocks {
-            return Err(format!("free blocks counted {} but extents sum to {sum}", self.blocks));
+            return Err(format!(
+                "free blocks counted {} but extents sum to {sum}",
+                self.blocks
+            ));
         }
         Ok(())
     }

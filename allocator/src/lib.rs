@@ -115,15 +115,26 @@ impl Allocator {
     pub fn new(total: u64) -> Self {
         let mut free = FreeSpace::default();
         if total > 0 {
-            free.insert(Extent { start: 0, len: total });
+            free.insert(Extent {
+                start: 0,
+                len: total,
+            });
         }
-        Allocator { total, free, pins: PinMap::default() }
+        Allocator {
+            total,
+            free,
+            pins: PinMap::default(),
+        }
     }
 
     /// An allocator over `total` blocks, all used: the caller then frees what is free
     /// (used by the filesystem to rebuild allocator state from its extent maps).
     pub fn all_used(total: u64) -> Self {
-        Allocator { total, free: FreeSpace::default(), pins: PinMap::default() }
+        Allocator {
+            total,
+            free: FreeSpace::default(),
+            pins: PinMap::default(),
+        }
     }
 
     /// Size of the address space in blocks.
@@ -148,8 +159,17 @@ impl Allocator {
     }
 
     fn validate(&self, ext: Extent) -> Result<(), AllocError> {
-        if ext.len == 0 || ext.start.checked_add(ext.len).is_none_or(|e| e > self.total) {
-            return Err(AllocError::OutOfRange { start: ext.start, len: ext.len, total: self.total });
+        if ext.len == 0
+            || ext
+                .start
+                .checked_add(ext.len)
+                .is_none_or(|e| e > self.total)
+        {
+            return Err(AllocError::OutOfRange {
+                start: ext.start,
+                len: ext.len,
+                total: self.total,
+            });
         }
         Ok(())
     }
@@ -157,7 +177,10 @@ impl Allocator {
     fn ensure_used(&self, ext: Extent) -> Result<(), AllocError> {
         self.validate(ext)?;
         if self.free.overlaps(ext) || self.pins.any_detached(ext) {
-            return Err(AllocError::NotUsed { start: ext.start, len: ext.len });
+            return Err(AllocError::NotUsed {
+                start: ext.start,
+                len: ext.len,
+            });
         }
         Ok(())
     }
@@ -175,12 +198,15 @@ impl Allocator {
     /// that starts at `goal`, then one that holds `want` whole. Callers that need more loop.
     pub fn allocate(&mut self, want: u64, goal: Option<u64>) -> Result<Extent, AllocError> {
         if want == 0 {
-            return Err(AllocError::OutOfRange { start: goal.unwrap_or(0), len: 0, total: self.total });
+            return Err(AllocError::OutOfRange {
+                start: goal.unwrap_or(0),
+                len: 0,
+                total: self.total,
+            });
         }
-        let ext = self
-            .free
-            .take(want, goal)
-            .ok_or(AllocError::NoSpace { busy: self.pins.busy_blocks() })?;
+        let ext = self.free.take(want, goal).ok_or(AllocError::NoSpace {
+            busy: self.pins.busy_blocks(),
+        })?;
         self.debug_check();
         Ok(ext)
     }
@@ -190,22 +216,25 @@ impl Allocator {
     pub fn claim(&mut self, ext: Extent) -> Result<(), AllocError> {
         self.validate(ext)?;
         if !self.free.take_exact(ext) {
-            return Err(AllocError::NotFree { start: ext.start, len: ext.len });
+            return Err(AllocError::NotFree {
+                start: ext.start,
+                len: ext.len,
+            });
         }
         self.debug_check();
         Ok(())
     }
 
-    /// Gives back used blocks. Unpinned blocks become free; pinned blocks are detached and
-    /// stay busy until their last unpin. Returns the number of blocks that became busy.
-    pub fn free(&mut self, ext: Extent) -> Result<u64, AllocError> {
+    /// Gives back used blocks. Unpinned blocks become free and are returned (the caller may
+    /// need to scrub them); pinned blocks are detached and stay busy until their last unpin.
+    pub fn free(&mut self, ext: Extent) -> Result<Vec<Extent>, AllocError> {
         self.ensure_used(ext)?;
-        let before = self.pins.busy_blocks();
-        for part in self.pins.detach(ext) {
+        let freed = self.pins.detach(ext);
+        for &part in &freed {
             self.free.insert(part);
         }
         self.debug_check();
-        Ok(self.pins.busy_blocks() - before)
+        Ok(freed)
     }
 
     /// Adds a pin to every block of `ext`, which must be used.
@@ -221,7 +250,10 @@ impl Allocator {
     pub fn unpin(&mut self, ext: Extent) -> Result<Vec<Extent>, AllocError> {
         self.validate(ext)?;
         if !self.pins.fully_pinned(ext) {
-            return Err(AllocError::NotPinned { start: ext.start, len: ext.len });
+            return Err(AllocError::NotPinned {
+                start: ext.start,
+                len: ext.len,
+            });
         }
         let released = self.pins.unpin(ext);
         for &r in &released {
@@ -246,7 +278,10 @@ impl Allocator {
         self.pins
             .iter()
             .filter(|(_, seg)| seg.detached)
-            .map(|(extent, seg)| BusyExtent { extent, pins: seg.count })
+            .map(|(extent, seg)| BusyExtent {
+                extent,
+                pins: seg.count,
+            })
             .collect()
     }
 
@@ -300,15 +335,24 @@ impl Allocator {
         let total = word(0)?;
         let n = word(1)?;
         if n > (bytes.len() as u64) / 16 {
-            return Err(AllocError::Corrupt(format!("{n} extents cannot fit in {} bytes", bytes.len())));
+            return Err(AllocError::Corrupt(format!(
+                "{n} extents cannot fit in {} bytes",
+                bytes.len()
+            )));
         }
         let mut a = Allocator::all_used(total);
         let mut prev_end = 0u64;
         for i in 0..n as usize {
-            let ext = Extent { start: word(2 + 2 * i)?, len: word(3 + 2 * i)? };
-            a.validate(ext).map_err(|e| AllocError::Corrupt(e.to_string()))?;
+            let ext = Extent {
+                start: word(2 + 2 * i)?,
+                len: word(3 + 2 * i)?,
+            };
+            a.validate(ext)
+                .map_err(|e| AllocError::Corrupt(e.to_string()))?;
             if i > 0 && ext.start <= prev_end {
-                return Err(AllocError::Corrupt(format!("extent {i} is out of order or touches its predecessor")));
+                return Err(AllocError::Corrupt(format!(
+                    "extent {i} is out of order or touches its predecessor"
+                )));
             }
             prev_end = ext.end();
             a.free.insert(ext);

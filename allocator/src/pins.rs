@@ -30,9 +30,15 @@ impl PinMap {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (Extent, PinSegment)> + '_ {
-        self.segs
-            .iter()
-            .map(|(&start, &seg)| (Extent { start, len: seg.len }, seg))
+        self.segs.iter().map(|(&start, &seg)| {
+            (
+                Extent {
+                    start,
+                    len: seg.len,
+                },
+                seg,
+            )
+        })
     }
 
     /// Splits the segment containing `at` so that a segment boundary falls on `at`.
@@ -41,7 +47,13 @@ impl PinMap {
             if s + seg.len > at {
                 let head = at - s;
                 self.segs.insert(s, PinSegment { len: head, ..seg });
-                self.segs.insert(at, PinSegment { len: seg.len - head, ..seg });
+                self.segs.insert(
+                    at,
+                    PinSegment {
+                        len: seg.len - head,
+                        ..seg
+                    },
+                );
             }
         }
     }
@@ -64,7 +76,11 @@ impl PinMap {
             .next_back()
             .map(|(&s, _)| s)
             .unwrap_or(ext.start);
-        let keys: Vec<u64> = self.segs.range(first..=ext.end()).map(|(&s, _)| s).collect();
+        let keys: Vec<u64> = self
+            .segs
+            .range(first..=ext.end())
+            .map(|(&s, _)| s)
+            .collect();
         let mut cur: Option<(u64, PinSegment)> = None;
         for k in keys {
             let seg = self.segs[&k];
@@ -75,7 +91,10 @@ impl PinMap {
                         && cseg.detached == seg.detached =>
                 {
                     self.segs.remove(&k);
-                    let merged = PinSegment { len: cseg.len + seg.len, ..cseg };
+                    let merged = PinSegment {
+                        len: cseg.len + seg.len,
+                        ..cseg
+                    };
                     self.segs.insert(cs, merged);
                     cur = Some((cs, merged));
                 }
@@ -99,9 +118,7 @@ impl PinMap {
             Some((&s, seg)) if s + seg.len > ext.start => s,
             _ => ext.start,
         };
-        self.segs
-            .range(first..ext.end())
-            .map(|(&s, &seg)| (s, seg))
+        self.segs.range(first..ext.end()).map(|(&s, &seg)| (s, seg))
     }
 
     /// Adds one reference to every block of `ext`.
@@ -110,15 +127,32 @@ impl PinMap {
         let mut cursor = ext.start;
         for (s, seg) in inside {
             if s > cursor {
-                self.segs.insert(cursor, PinSegment { len: s - cursor, count: 1, detached: false });
+                self.segs.insert(
+                    cursor,
+                    PinSegment {
+                        len: s - cursor,
+                        count: 1,
+                        detached: false,
+                    },
+                );
             }
-            self.segs.insert(s, PinSegment { count: seg.count + 1, ..seg });
+            self.segs.insert(
+                s,
+                PinSegment {
+                    count: seg.count + 1,
+                    ..seg
+                },
+            );
             cursor = s + seg.len;
         }
         if cursor < ext.end() {
             self.segs.insert(
                 cursor,
-                PinSegment { len: ext.end() - cursor, count: 1, detached: false },
+                PinSegment {
+                    len: ext.end() - cursor,
+                    count: 1,
+                    detached: false,
+                },
             );
         }
         self.coalesce(ext);
@@ -146,10 +180,19 @@ impl PinMap {
                 self.segs.remove(&s);
                 if seg.detached {
                     self.busy_blocks -= seg.len;
-                    released.push(Extent { start: s, len: seg.len });
+                    released.push(Extent {
+                        start: s,
+                        len: seg.len,
+                    });
                 }
             } else {
-                self.segs.insert(s, PinSegment { count: seg.count - 1, ..seg });
+                self.segs.insert(
+                    s,
+                    PinSegment {
+                        count: seg.count - 1,
+                        ..seg
+                    },
+                );
             }
         }
         self.coalesce(ext);
@@ -163,15 +206,27 @@ impl PinMap {
         let mut cursor = ext.start;
         for (s, seg) in self.isolate(ext) {
             if s > cursor {
-                unpinned.push(Extent { start: cursor, len: s - cursor });
+                unpinned.push(Extent {
+                    start: cursor,
+                    len: s - cursor,
+                });
             }
             debug_assert!(!seg.detached);
             self.busy_blocks += seg.len;
-            self.segs.insert(s, PinSegment { detached: true, ..seg });
+            self.segs.insert(
+                s,
+                PinSegment {
+                    detached: true,
+                    ..seg
+                },
+            );
             cursor = s + seg.len;
         }
         if cursor < ext.end() {
-            unpinned.push(Extent { start: cursor, len: ext.end() - cursor });
+            unpinned.push(Extent {
+                start: cursor,
+                len: ext.end() - cursor,
+            });
         }
         self.coalesce(ext);
         unpinned
@@ -185,7 +240,10 @@ impl PinMap {
                 return Err(format!("pin segment at {s} is empty or has no reference"));
             }
             if s + seg.len > total {
-                return Err(format!("pin segment {s}+{} ends past the last block", seg.len));
+                return Err(format!(
+                    "pin segment {s}+{} ends past the last block",
+                    seg.len
+                ));
             }
             if prev_end.is_some_and(|p| s < p) {
                 return Err(format!("pin segment at {s} overlaps its predecessor"));

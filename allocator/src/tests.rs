@@ -26,9 +26,20 @@ fn pinned_blocks_become_busy_when_freed_and_free_on_last_unpin() {
     let x = a.allocate(16, None).unwrap();
     a.pin(ext(4, 4)).unwrap();
     a.pin(ext(6, 4)).unwrap();
-    assert_eq!(a.free(x).unwrap(), 6, "blocks 4..10 stay busy");
-    assert_eq!((a.free_blocks(), a.used_blocks(), a.busy_blocks()), (10, 0, 6));
-    assert_eq!(a.allocate(16, None).unwrap(), ext(10, 6), "allocation trims around busy blocks");
+    assert_eq!(
+        a.free(x).unwrap(),
+        vec![ext(0, 4), ext(10, 6)],
+        "blocks 4..10 stay busy"
+    );
+    assert_eq!(
+        (a.free_blocks(), a.used_blocks(), a.busy_blocks()),
+        (10, 0, 6)
+    );
+    assert_eq!(
+        a.allocate(16, None).unwrap(),
+        ext(10, 6),
+        "allocation trims around busy blocks"
+    );
     assert_eq!(a.allocate(16, None).unwrap(), ext(0, 4));
     assert_eq!(a.allocate(1, None), Err(AllocError::NoSpace { busy: 6 }));
     assert_eq!(a.unpin(ext(4, 4)).unwrap(), vec![ext(4, 2)]);
@@ -44,15 +55,33 @@ fn refusals_leave_state_unchanged() {
     let mut a = Allocator::new(8);
     assert!(matches!(a.free(ext(0, 1)), Err(AllocError::NotUsed { .. })));
     assert!(matches!(a.pin(ext(0, 1)), Err(AllocError::NotUsed { .. })));
-    assert!(matches!(a.unpin(ext(0, 1)), Err(AllocError::NotPinned { .. })));
-    assert!(matches!(a.claim(ext(7, 2)), Err(AllocError::OutOfRange { .. })));
+    assert!(matches!(
+        a.unpin(ext(0, 1)),
+        Err(AllocError::NotPinned { .. })
+    ));
+    assert!(matches!(
+        a.claim(ext(7, 2)),
+        Err(AllocError::OutOfRange { .. })
+    ));
     a.claim(ext(2, 2)).unwrap();
-    assert!(matches!(a.claim(ext(3, 2)), Err(AllocError::NotFree { .. })));
+    assert!(matches!(
+        a.claim(ext(3, 2)),
+        Err(AllocError::NotFree { .. })
+    ));
     a.pin(ext(2, 1)).unwrap();
     a.free(ext(2, 2)).unwrap();
-    assert!(matches!(a.pin(ext(2, 1)), Err(AllocError::NotUsed { .. })), "busy blocks cannot be pinned again");
-    assert!(matches!(a.free(ext(2, 1)), Err(AllocError::NotUsed { .. })), "busy blocks cannot be freed twice");
-    assert_eq!((a.free_blocks(), a.used_blocks(), a.busy_blocks()), (7, 0, 1));
+    assert!(
+        matches!(a.pin(ext(2, 1)), Err(AllocError::NotUsed { .. })),
+        "busy blocks cannot be pinned again"
+    );
+    assert!(
+        matches!(a.free(ext(2, 1)), Err(AllocError::NotUsed { .. })),
+        "busy blocks cannot be freed twice"
+    );
+    assert_eq!(
+        (a.free_blocks(), a.used_blocks(), a.busy_blocks()),
+        (7, 0, 1)
+    );
 }
 
 #[test]
@@ -63,14 +92,23 @@ fn encode_decode_round_trip_and_corruption() {
     }
     a.free(ext(40, 20)).unwrap();
     let b = Allocator::decode(&a.encode()).unwrap();
-    assert_eq!(b.free_extents().collect::<Vec<_>>(), a.free_extents().collect::<Vec<_>>());
+    assert_eq!(
+        b.free_extents().collect::<Vec<_>>(),
+        a.free_extents().collect::<Vec<_>>()
+    );
     assert_eq!(b.used_blocks(), a.used_blocks());
     let mut bad = a.encode();
     bad.truncate(bad.len() - 3);
-    assert!(matches!(Allocator::decode(&bad), Err(AllocError::Corrupt(_))));
+    assert!(matches!(
+        Allocator::decode(&bad),
+        Err(AllocError::Corrupt(_))
+    ));
     let mut bad = a.encode();
     bad[16..24].copy_from_slice(&5000u64.to_le_bytes());
-    assert!(matches!(Allocator::decode(&bad), Err(AllocError::Corrupt(_))));
+    assert!(matches!(
+        Allocator::decode(&bad),
+        Err(AllocError::Corrupt(_))
+    ));
 }
 
 /// The reference model: one state per block, pins counted per block.

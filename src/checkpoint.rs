@@ -1,0 +1,221 @@
+//! Checkpoints: the whole metadata (inodes and the allocator's free list) written as one blob
+//! into freshly allocated blocks, then made current by a superblock update (shadow paging), and
+//! the way back at mount: load the current checkpoint, then replay the journal after it.
+//!
+//! Blob layout: magic, `next_ino`, the inodes, the encoded free list, and the extents of the
+//! *previous* checkpoint. The free list was taken after the blob's own blocks were allocated
+//! and before the previous checkpoint's blocks were freed, so loading frees those.
+
+use std::collections::HashMap;
+
+use pinfs_allocator::{Allocator, Extent};
+
+use crate::codec::{crc32c, Reader, Writer};
+use crate::error::{FsError, FsResult};
+use crate::image::{Image, Superblock, BLOCK_SIZE};
+use crate::inode::{Inode, Kind, Time, ROOT_INO};
+use crate::journal::Journal;
+use crate::record::{apply, decode_transaction, Space};
+
+const MAGIC: u32 = 0x504b_4350; // "PCKP"
+
+/// Metadata as mount (or fsck) finds it.
+pub struct Loaded {
+    /// All inodes.
+    pub inodes: HashMap<u64, Inode>,
+    /// Allocator state.
+    pub alloc: Allocator,
+    /// Next inode number to hand out.
+    pub next_ino: u64,
+    /// The journal, positioned after its last valid entry.
+    pub journal: Journal,
+    /// Journal transactions replayed.
+    pub replayed: usize,
+}
+
+/// Encodes a checkpoint blob.
+pub fn encode<'a>(
+    next_ino: u64,
+    inodes: impl ExactSizeIterator<Item = &'a Inode>,
+    alloc: &[u8],
+    prev: &[(u64, u64)],
+) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u32(MAGIC).u64(next_ino).u64(inodes.len() as u64);
+    for i in inodes {
+        i.encode(&mut w);
+    }
+    w.bytes(alloc);
+    w.u64(prev.len() as u64);
+    for &(s, l) in prev {
+        w.u64(s).u64(l);
+    }
+    w.buf
+}
+
+fn read_blob(image: &Image, sb: &Superblock) -> FsResult<Vec<u8>> {
+    let mut blob = Vec::with_capacity(sb.checkpoint_len as usize);
+    for &(s, l) in &sb.checkpoint_extents {
+        let want = (sb.checkpoint_len - blob.len() as u64).min(l * BLOCK_SIZE) as usize;
+        let at = blob.len();
+        blob.resize(at + want, 0);
+        image.read(s * BLOCK_SIZE, &mut blob[at..]);
+    }
+    if blob.len() as u64 != sb.checkpoint_len || crc32c(&blob) != sb.checkpoint_crc {
+        return Err(FsError::Corrupt("checkpoint checksum mismatch".into()));
+    }
+    Ok(blob)
+}
+
+/// The root directory of a freshly made filesystem.
+pub fn new_root(now: Time) -> Inode {
+    // SAFETY: getuid/getgid cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    Inode::new(ROOT_INO, Kind::Dir, 0o755, uid, gid, 0, ROOT_INO, now)
+}
+
+/// Loads the current checkpoint and replays the journal after it.
+pub fn load(image: &Image, sb: &Superblock) -> FsResult<Loaded> {
+    let (mut inodes, mut alloc, mut next_ino) = if sb.checkpoint_len == 0 {
+        let mut alloc = Allocator::new(sb.total_blocks);
+        alloc
+            .claim(Extent {
+                start: 0,
+                len: sb.data_start(),
+            })
+            .map_err(|e| FsError::Corrupt(e.to_string()))?;
+        let mut inodes = HashMap::new();
+        inodes.insert(ROOT_INO, new_root(Time::now()));
+        (inodes, alloc, ROOT_INO + 1)
+    } else {
+        let blob = read_blob(image, sb)?;
+        let mut r = Reader::new(&blob);
+        if r.u32()? != MAGIC {
+            return Err(FsError::Corrupt(
+                "checkpoint has no checkpoint magic".into(),
+            ));
+        }
+        let next_ino = r.u64()?;
+        let n = r.count(64)?;
+        let mut inodes = HashMap::with_capacity(n);
+        for _ in 0..n {
+            let i = Inode::decode(&mut r)?;
+            if inodes.insert(i.ino, i).is_some() {
+                return Err(FsError::Corrupt("checkpoint holds an inode twice".into()));
+            }
+        }
+        let alloc_bytes = r.bytes(usize::MAX)?;
+        let mut alloc =
+            Allocator::decode(&alloc_bytes).map_err(|e| FsError::Corrupt(e.to_string()))?;
+        if alloc.total_blocks() != sb.total_blocks {
+            return Err(FsError::Corrupt(
+                "checkpoint allocator size differs from the image".into(),
+            ));
+        }
+        let prev = r.count(16)?;
+        for _ in 0..prev {
+            let ext = Extent {
+                start: r.u64()?,
+                len: r.u64()?,
+            };
+            alloc
+                .free(ext)
+                .map_err(|e| FsError::Corrupt(format!("previous checkpoint extent: {e}")))?;
+        }
+        (inodes, alloc, next_ino)
+    };
+    if !inodes.get(&ROOT_INO).is_some_and(|r| r.kind == Kind::Dir) {
+        return Err(FsError::Corrupt("no root directory".into()));
+    }
+    let (journal, entries) = Journal::replay(image, sb);
+    let replayed = entries.len();
+    let mut space = Space {
+        alloc: &mut alloc,
+        image,
+        replay: true,
+    };
+    for (n, payload) in entries.iter().enumerate() {
+        let records = decode_transaction(payload)
+            .map_err(|e| FsError::Corrupt(format!("journal transaction {n}: {}", e.0)))?;
+        for rec in &records {
+            apply(rec, &mut inodes, &mut space)
+                .map_err(|e| FsError::Corrupt(format!("journal transaction {n}: {e}")))?;
+        }
+    }
+    if let Some(max) = inodes.keys().max() {
+        next_ino = next_ino.max(max + 1);
+    }
+    Ok(Loaded {
+        inodes,
+        alloc,
+        next_ino,
+        journal,
+        replayed,
+    })
+}
+
+/// Writes a checkpoint of `inodes` and makes it current: allocates blocks for it, writes and
+/// flushes it, writes the superblock, empties the journal and frees the previous checkpoint.
+/// The caller excludes every metadata change for the duration.
+pub fn write<'a>(
+    image: &Image,
+    sb: &mut Superblock,
+    alloc: &mut Allocator,
+    journal: &mut Journal,
+    next_ino: u64,
+    inodes: impl ExactSizeIterator<Item = &'a Inode> + Clone,
+    clean: bool,
+) -> FsResult<()> {
+    let prev = sb.checkpoint_extents.clone();
+    let estimate =
+        encode(next_ino, inodes.clone(), &alloc.encode(), &prev).len() as u64 + 2 * BLOCK_SIZE;
+    let mut want = estimate.div_ceil(BLOCK_SIZE);
+    let mut extents: Vec<(u64, u64)> = Vec::new();
+    let mut goal = None;
+    while want > 0 {
+        match alloc.allocate(want, goal) {
+            Ok(e) if extents.len() < crate::image::MAX_CHECKPOINT_EXTENTS => {
+                want -= e.len;
+                goal = Some(e.end());
+                extents.push((e.start, e.len));
+            }
+            other => {
+                if let Ok(e) = other {
+                    extents.push((e.start, e.len));
+                }
+                for &(s, l) in &extents {
+                    alloc.free(Extent { start: s, len: l }).ok();
+                }
+                return Err(FsError::NoSpace);
+            }
+        }
+    }
+    // The free list never grows from allocations (they take from extents' starts), so the
+    // final blob fits the estimate.
+    let blob = encode(next_ino, inodes, &alloc.encode(), &prev);
+    let mut off = 0usize;
+    for &(s, l) in &extents {
+        let n = (blob.len() - off).min((l * BLOCK_SIZE) as usize);
+        image.write(s * BLOCK_SIZE, &blob[off..off + n]);
+        image.flush(s * BLOCK_SIZE, n as u64);
+        off += n;
+    }
+    assert_eq!(off, blob.len(), "checkpoint outgrew its estimate");
+    sb.generation += 1;
+    sb.journal_seq = journal.next_seq();
+    sb.checkpoint_len = blob.len() as u64;
+    sb.checkpoint_crc = crc32c(&blob);
+    sb.checkpoint_extents = extents;
+    sb.clean = clean;
+    image.write_superblock(sb);
+    journal.reset();
+    for (s, l) in prev {
+        for f in alloc
+            .free(Extent { start: s, len: l })
+            .map_err(|e| FsError::Corrupt(e.to_string()))?
+        {
+            image.discard(f.start * BLOCK_SIZE, f.len * BLOCK_SIZE);
+        }
+    }
+    Ok(())
+}

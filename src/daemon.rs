@@ -1,0 +1,253 @@
+//! Mounting and the daemon's life: start in the background, report readiness (or the reason
+//! for failure) to the command that started it, serve until unmounted or signalled, then
+//! write a clean checkpoint and release the image.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::fs::{Fs, FsOptions};
+use crate::fuse::FuseFs;
+use crate::options::MountOptions;
+
+/// Environment variable carrying the readiness pipe to a background daemon.
+const READY_FD_ENV: &str = "PINFS_READY_FD";
+
+/// What `pinfs mount` was asked to do.
+#[derive(Debug, Clone)]
+pub struct MountRequest {
+    /// The image, exactly as given (it becomes the mount's source in `df`).
+    pub image: PathBuf,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+    /// The raw option list (re-parsed by the daemon).
+    pub options: String,
+    /// Stay in the foreground.
+    pub foreground: bool,
+}
+
+/// Mounts, in the background unless asked otherwise. Returns once the mount is live (or with
+/// the daemon's own error message).
+pub fn mount(req: &MountRequest) -> Result<(), String> {
+    let opts = MountOptions::parse(&req.options)?;
+    check_mountpoint(&req.mountpoint)?;
+    if !req.image.exists() {
+        return Err(format!(
+            "{}: no such image; create one with `pinfs mkfs {} --size 1G`",
+            req.image.display(),
+            req.image.display()
+        ));
+    }
+    if req.foreground || std::env::var_os(READY_FD_ENV).is_some() {
+        return serve(req, &opts);
+    }
+    spawn_background(req)
+}
+
+fn check_mountpoint(m: &Path) -> Result<(), String> {
+    match std::fs::metadata(m) {
+        Ok(md) if md.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{}: mount point is not a directory", m.display())),
+        Err(e) => Err(format!(
+            "{}: mount point: {e}; create it with `mkdir -p {}`",
+            m.display(),
+            m.display()
+        )),
+    }
+}
+
+fn spawn_background(req: &MountRequest) -> Result<(), String> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills the two-element array; no other memory is touched.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(format!(
+            "cannot create a pipe: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: both descriptors were just created by pipe() and are owned by nobody else.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The read end must not leak into the daemon (it would never see EOF otherwise).
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe { libc::fcntl(fds[0], libc::F_SETFD, libc::FD_CLOEXEC) };
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the pinfs binary: {e}"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("mount")
+        .arg(&req.image)
+        .arg(&req.mountpoint)
+        .arg("-o")
+        .arg(&req.options);
+    cmd.env(READY_FD_ENV, fds[1].to_string());
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    if std::env::var_os("PINFS_LOG").is_none() {
+        cmd.stderr(std::process::Stdio::null());
+    }
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe; it detaches the daemon from our session so that
+    // the terminal's signals do not reach it.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the daemon: {e}"))?;
+    drop(wr);
+    let mut msg = String::new();
+    File::from(rd).read_to_string(&mut msg).ok();
+    if msg.trim() == "ok" {
+        return Ok(());
+    }
+    let status = child.wait().ok();
+    if msg.trim().is_empty() {
+        return Err(format!("the daemon exited before the mount was ready ({status:?}); run with --foreground to see why"));
+    }
+    Err(msg.trim().to_string())
+}
+
+fn report_ready(result: &Result<(), String>) {
+    if let Some(fd) =
+        std::env::var_os(READY_FD_ENV).and_then(|v| v.to_str().and_then(|s| s.parse::<i32>().ok()))
+    {
+        // SAFETY: the descriptor was handed to us by our parent for exactly this message.
+        let mut f = unsafe { File::from_raw_fd(fd) };
+        let line = match result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e.clone(),
+        };
+        let _ = f.write_all(line.as_bytes());
+        std::env::remove_var(READY_FD_ENV);
+    }
+}
+
+fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
+    let fs_opts = FsOptions {
+        read_only: opts.read_only,
+        atime: opts.atime,
+        lock_wait: Duration::from_secs_f64(opts.lock_wait),
+    };
+    let fs = match Fs::open(&req.image, fs_opts) {
+        Ok(fs) => Arc::new(fs),
+        Err(e) => {
+            let msg = e.to_string();
+            report_ready(&Err(msg.clone()));
+            return Err(msg);
+        }
+    };
+    let mnt = std::fs::canonicalize(&req.mountpoint).unwrap_or_else(|_| req.mountpoint.clone());
+    fs.set_owner(&mnt.display().to_string());
+    let mut mount_options = vec![
+        MountOption::FSName(req.image.display().to_string()),
+        MountOption::DefaultPermissions,
+        if opts.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
+        if opts.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
+        if opts.exec {
+            MountOption::Exec
+        } else {
+            MountOption::NoExec
+        },
+        if opts.read_only {
+            MountOption::RO
+        } else {
+            MountOption::RW
+        },
+    ];
+    match opts.atime {
+        crate::fs::AtimeMode::Never => mount_options.push(MountOption::NoAtime),
+        _ => mount_options.push(MountOption::Atime),
+    }
+    let threads = opts.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2)
+    });
+    let mut config = Config::default();
+    config.mount_options = mount_options;
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+    block_signals();
+    let session = match fuser::Session::new(FuseFs::new(fs.clone()), &mnt, &config) {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!(
+                "{}: cannot mount on {}: {e}",
+                req.image.display(),
+                mnt.display()
+            );
+            let _ = fs.unmount();
+            report_ready(&Err(msg.clone()));
+            return Err(msg);
+        }
+    };
+    spawn_signal_thread(mnt.clone());
+    report_ready(&Ok(()));
+    tracing::info!(mountpoint = %mnt.display(), threads, "serving");
+    let r = session.run();
+    // The session's destroy wrote the final checkpoint; dropping the core releases the lock.
+    r.map_err(|e| {
+        format!(
+            "{}: the FUSE session ended with an error: {e}",
+            mnt.display()
+        )
+    })
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Blocks the termination signals in this thread, before the FUSE threads start, so they
+/// inherit the mask and only the signal thread receives them.
+fn block_signals() {
+    let set = signal_set();
+    // SAFETY: changes this thread's signal mask with a valid set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// On SIGTERM, SIGINT or SIGHUP, unmounts (lazily), which ends the session normally.
+fn spawn_signal_thread(mnt: PathBuf) {
+    std::thread::Builder::new()
+        .name("pinfs-signals".into())
+        .spawn(move || {
+            let set = signal_set();
+            let mut sig = 0;
+            // SAFETY: sigwait with a valid set and an out-parameter on our stack.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            tracing::info!(signal = sig, "unmounting on signal");
+            if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {
+                // SAFETY: umount2 with a NUL-terminated path.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        })
+        .ok();
+}

@@ -1,0 +1,1688 @@
+//! The filesystem core: POSIX operations on inodes, with no FUSE in it.
+//!
+//! # Concurrency
+//!
+//! Inodes live in a sharded table, each behind its own `RwLock`. Lock order, outermost first:
+//!
+//! 1. `gate` (shared by every operation that changes metadata, exclusive for a checkpoint);
+//! 2. `namespace` (operations that change directories; serialises them, so that the several
+//!    inode locks they take can never deadlock against each other);
+//! 3. inode locks (at most one outside the namespace lock);
+//! 4. `journal`; 5. `alloc`; then the handle and table shard locks, which are leaves.
+//!
+//! The data path (`read`, and `write` over blocks that are already allocated and inside the
+//! file) takes only its inode's lock: no global lock. Such writes change timestamps only in
+//! memory (journalled at fsync, close or the next checkpoint, like `lazytime`). No lock is
+//! held across I/O to a client: the FUSE adapter replies after the core returns.
+//!
+//! # Crash consistency
+//!
+//! Every metadata change is a transaction of [`Record`]s applied under the journal lock and
+//! appended to the journal in the same critical section, so the journal's order is the order
+//! in which the allocator saw frees and claims. A killed daemon leaves a journal whose valid
+//! prefix replays to a consistent filesystem. Free blocks read as zeros: freed blocks are
+//! punched out of the image, and a mount after a crash punches all free space again (data
+//! written into blocks whose mapping never reached the journal).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use pinfs_allocator::{Allocator, Extent};
+
+use crate::checkpoint;
+use crate::error::{FsError, FsResult};
+use crate::image::{Image, Superblock, BLOCK_SIZE};
+use crate::inode::{
+    Inode, Kind, Time, FIRST_COOKIE, MAX_FILE_SIZE, NAME_MAX, ROOT_INO, SYMLINK_MAX,
+    XATTR_NAME_MAX, XATTR_VALUE_MAX,
+};
+use crate::journal::Journal;
+use crate::record::{apply, encode_transaction, InodeSet, Record, Space};
+
+/// When reads update the access time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AtimeMode {
+    /// Every read.
+    Strict,
+    /// When atime is older than mtime or ctime, or more than a day old (Linux's default).
+    #[default]
+    Relative,
+    /// Never.
+    Never,
+}
+
+/// Options of the core (the mount options that concern it).
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    /// No changes at all, not even to the superblock.
+    pub read_only: bool,
+    /// Access-time policy.
+    pub atime: AtimeMode,
+    /// How long to wait for the image lock held by a daemon that is still exiting.
+    pub lock_wait: Duration,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            read_only: false,
+            atime: AtimeMode::Relative,
+            lock_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Who is asking (from the FUSE request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// User.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Process.
+    pub pid: u32,
+}
+
+impl Caller {
+    /// The superuser.
+    pub const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+}
+
+/// Attributes as `stat` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// Kind.
+    pub kind: Kind,
+    /// Permission bits.
+    pub perm: u32,
+    /// Links.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number.
+    pub rdev: u32,
+    /// Bytes.
+    pub size: u64,
+    /// 512-byte units allocated.
+    pub blocks: u64,
+    /// Access time.
+    pub atime: Time,
+    /// Modification time.
+    pub mtime: Time,
+    /// Change time.
+    pub ctime: Time,
+    /// Creation time.
+    pub crtime: Time,
+}
+
+impl Attr {
+    fn of(i: &Inode) -> Attr {
+        Attr {
+            ino: i.ino,
+            kind: i.kind,
+            perm: i.perm,
+            nlink: i.nlink,
+            uid: i.uid,
+            gid: i.gid,
+            rdev: i.rdev,
+            size: i.size,
+            blocks: i.extents.blocks() * (BLOCK_SIZE / 512),
+            atime: i.atime,
+            mtime: i.mtime,
+            ctime: i.ctime,
+            crtime: i.crtime,
+        }
+    }
+}
+
+/// A time to set: a given one or the current time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetTime {
+    /// This time.
+    At(Time),
+    /// The current time.
+    Now,
+}
+
+/// The attribute changes of one `setattr`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    /// New mode (permission bits).
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+    /// New change time.
+    pub ctime: Option<Time>,
+}
+
+/// One directory entry as `readdir` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode.
+    pub ino: u64,
+    /// Offset of the entry after this one.
+    pub next: u64,
+    /// Kind.
+    pub kind: Kind,
+    /// Name.
+    pub name: Vec<u8>,
+}
+
+/// Filesystem-wide counts for `statfs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFs {
+    /// Blocks in the data area.
+    pub blocks: u64,
+    /// Free blocks.
+    pub free: u64,
+    /// Busy blocks (counted as used).
+    pub busy: u64,
+    /// Inodes in use.
+    pub files: u64,
+    /// Inodes that could still be made.
+    pub files_free: u64,
+}
+
+/// `fallocate` modes the kernel forwards.
+pub mod falloc {
+    /// Do not change the size.
+    pub const KEEP_SIZE: i32 = 0x01;
+    /// Deallocate the range.
+    pub const PUNCH_HOLE: i32 = 0x02;
+    /// Make the range read as zeros, keeping it allocated.
+    pub const ZERO_RANGE: i32 = 0x10;
+}
+
+/// `renameat2` flags.
+pub mod rename_flags {
+    /// Fail if the target exists.
+    pub const NOREPLACE: u32 = 1;
+    /// Swap source and target.
+    pub const EXCHANGE: u32 = 2;
+    /// Leave a whiteout (not supported).
+    pub const WHITEOUT: u32 = 4;
+}
+
+/// An inode and its kernel reference counts.
+#[derive(Debug)]
+pub struct Cell {
+    inode: RwLock<Inode>,
+    lookups: AtomicU64,
+    opens: AtomicU32,
+}
+
+impl Cell {
+    fn read(&self) -> RwLockReadGuard<'_, Inode> {
+        self.inode.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn write(&self) -> RwLockWriteGuard<'_, Inode> {
+        self.inode.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+const SHARDS: usize = 64;
+
+/// The inode table, sharded so that lookups of different inodes do not contend.
+struct Table {
+    shards: Vec<RwLock<HashMap<u64, Arc<Cell>>>>,
+}
+
+impl Table {
+    fn new(inodes: HashMap<u64, Inode>) -> Table {
+        let t = Table {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+        };
+        for (_, i) in inodes {
+            t.insert(i);
+        }
+        t
+    }
+    fn shard(&self, ino: u64) -> &RwLock<HashMap<u64, Arc<Cell>>> {
+        &self.shards[(ino as usize) % SHARDS]
+    }
+    fn get(&self, ino: u64) -> FsResult<Arc<Cell>> {
+        self.shard(ino)
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .cloned()
+            .ok_or(FsError::NotFound)
+    }
+    fn insert(&self, i: Inode) -> Arc<Cell> {
+        let cell = Arc::new(Cell {
+            inode: RwLock::new(i),
+            lookups: AtomicU64::new(0),
+            opens: AtomicU32::new(0),
+        });
+        let ino = cell.read().ino;
+        self.shard(ino)
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ino, cell.clone());
+        cell
+    }
+    fn remove(&self, ino: u64) {
+        self.shard(ino)
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
+    }
+    fn all(&self) -> Vec<Arc<Cell>> {
+        let mut v: Vec<(u64, Arc<Cell>)> = Vec::new();
+        for s in &self.shards {
+            v.extend(
+                s.read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(k, c)| (*k, c.clone())),
+            );
+        }
+        v.sort_by_key(|(k, _)| *k);
+        v.into_iter().map(|(_, c)| c).collect()
+    }
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.read().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+}
+
+/// The inodes one operation holds write locks on.
+struct Held<'a> {
+    guards: Vec<RwLockWriteGuard<'a, Inode>>,
+    added: Vec<Inode>,
+    removed: Vec<u64>,
+}
+
+impl<'a> Held<'a> {
+    /// Locks `cells` (distinct inodes) in inode order.
+    fn lock(cells: &'a [Arc<Cell>]) -> Held<'a> {
+        let mut order: Vec<&'a Arc<Cell>> = cells.iter().collect();
+        order.sort_by_key(|c| Arc::as_ptr(c) as usize);
+        order.dedup_by_key(|c| Arc::as_ptr(c) as usize);
+        let mut guards: Vec<RwLockWriteGuard<'a, Inode>> =
+            order.into_iter().map(|c| c.write()).collect();
+        guards.sort_by_key(|g| g.ino);
+        Held {
+            guards,
+            added: Vec::new(),
+            removed: Vec::new(),
+        }
+    }
+    fn get(&mut self, ino: u64) -> FsResult<&mut Inode> {
+        self.guards
+            .iter_mut()
+            .find(|g| g.ino == ino)
+            .map(|g| &mut **g)
+            .ok_or(FsError::NotFound)
+    }
+}
+
+impl InodeSet for Held<'_> {
+    fn inode(&mut self, ino: u64) -> FsResult<&mut Inode> {
+        if let Some(pos) = self.added.iter().position(|i| i.ino == ino) {
+            return Ok(&mut self.added[pos]);
+        }
+        self.get(ino)
+            .map_err(|_| FsError::Corrupt(format!("inode {ino} changed without its lock")))
+    }
+    fn add(&mut self, inode: Inode) {
+        self.added.push(inode);
+    }
+    fn remove(&mut self, ino: u64) -> FsResult<Inode> {
+        let i = self.inode(ino)?;
+        let taken = i.clone();
+        i.extents = Default::default();
+        self.removed.push(ino);
+        Ok(taken)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
+        return Err(FsError::Invalid("bad file name"));
+    }
+    Ok(())
+}
+
+/// Permission bits after a write or truncate by `caller` (the kernel leaves clearing
+/// set-uid/set-gid to us: `FUSE_HANDLE_KILLPRIV`). Set-gid without group execute is a
+/// mandatory-locking marker and stays, as in Linux.
+fn kill_privs(perm: u32, caller: Caller) -> u32 {
+    if caller.uid == 0 {
+        return perm;
+    }
+    let mut p = perm & !libc::S_ISUID;
+    if p & libc::S_IXGRP != 0 {
+        p &= !libc::S_ISGID;
+    }
+    p
+}
+
+fn set_attr_record(i: &Inode) -> Record {
+    Record::SetAttr {
+        ino: i.ino,
+        perm: i.perm,
+        uid: i.uid,
+        gid: i.gid,
+        atime: i.atime,
+        mtime: i.mtime,
+        ctime: i.ctime,
+    }
+}
+
+/// The mounted filesystem core.
+pub struct Fs {
+    image: Image,
+    sb: Mutex<Superblock>,
+    table: Table,
+    gate: RwLock<()>,
+    namespace: Mutex<()>,
+    journal: Mutex<Journal>,
+    alloc: Mutex<Allocator>,
+    next_ino: AtomicU64,
+    opts: FsOptions,
+    checkpoint_wanted: AtomicBool,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs")
+            .field("image", &self.image)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fs {
+    /// Formats `path` as an empty filesystem of `size` bytes.
+    pub fn mkfs(path: &Path, size: u64, force: bool) -> FsResult<()> {
+        Image::create(path, size, force)?;
+        let fs = Fs::open(
+            path,
+            FsOptions {
+                lock_wait: Duration::ZERO,
+                ..Default::default()
+            },
+        )?;
+        fs.unmount()
+    }
+
+    /// Opens an image: loads its checkpoint, replays its journal, frees orphans.
+    pub fn open(path: &Path, opts: FsOptions) -> FsResult<Fs> {
+        let (image, mut sb) = Image::open(path, opts.lock_wait)?;
+        let loaded = checkpoint::load(&image, &sb).map_err(|e| match e {
+            FsError::Corrupt(why) => FsError::Corrupt(format!("{}: {why}", path.display())),
+            other => other,
+        })?;
+        let was_clean = sb.clean;
+        if !opts.read_only {
+            sb.generation += 1;
+            sb.clean = false;
+            image.write_superblock(&sb);
+        }
+        let fs = Fs {
+            image,
+            sb: Mutex::new(sb),
+            table: Table::new(loaded.inodes),
+            gate: RwLock::new(()),
+            namespace: Mutex::new(()),
+            journal: Mutex::new(loaded.journal),
+            alloc: Mutex::new(loaded.alloc),
+            next_ino: AtomicU64::new(loaded.next_ino),
+            opts,
+            checkpoint_wanted: AtomicBool::new(false),
+        };
+        if !fs.opts.read_only {
+            if !was_clean {
+                let alloc = lock(&fs.alloc);
+                for e in alloc.free_extents() {
+                    fs.image.discard(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE);
+                }
+            }
+            fs.reclaim_all_orphans()?;
+        }
+        tracing::info!(image = %path.display(), replayed = loaded.replayed, clean = was_clean, "mounted");
+        Ok(fs)
+    }
+
+    /// The image.
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    /// Records who holds the image.
+    pub fn set_owner(&self, mountpoint: &str) {
+        if !self.opts.read_only {
+            self.image.write_owner_note(std::process::id(), mountpoint);
+        }
+    }
+
+    /// Frees orphans and writes a clean checkpoint. The filesystem must not be used after.
+    pub fn unmount(&self) -> FsResult<()> {
+        if self.opts.read_only {
+            return Ok(());
+        }
+        for c in self.table.all() {
+            c.lookups.store(0, Ordering::SeqCst);
+            c.opens.store(0, Ordering::SeqCst);
+        }
+        self.reclaim_all_orphans()?;
+        self.image.write_owner_note(0, "");
+        self.checkpoint(true)
+    }
+
+    fn reclaim_all_orphans(&self) -> FsResult<()> {
+        let orphans: Vec<u64> = self
+            .table
+            .all()
+            .iter()
+            .map(|c| c.read())
+            .filter(|i| i.nlink == 0)
+            .map(|i| i.ino)
+            .collect();
+        for ino in orphans {
+            self.maybe_reclaim(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint now.
+    pub fn checkpoint(&self, clean: bool) -> FsResult<()> {
+        let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let cells = self.table.all();
+        let guards: Vec<RwLockReadGuard<'_, Inode>> = cells.iter().map(|c| c.read()).collect();
+        let mut journal = lock(&self.journal);
+        let mut alloc = lock(&self.alloc);
+        let mut sb = lock(&self.sb);
+        checkpoint::write(
+            &self.image,
+            &mut sb,
+            &mut alloc,
+            &mut journal,
+            self.next_ino.load(Ordering::SeqCst),
+            guards.iter().map(|g| &**g),
+            clean,
+        )?;
+        self.checkpoint_wanted.store(false, Ordering::SeqCst);
+        tracing::debug!(generation = sb.generation, "checkpoint written");
+        Ok(())
+    }
+
+    fn maybe_checkpoint(&self) -> FsResult<()> {
+        if self.checkpoint_wanted.load(Ordering::Relaxed) {
+            self.checkpoint(false)?;
+        }
+        Ok(())
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.opts.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        self.maybe_checkpoint()
+    }
+
+    fn gate(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies and journals one transaction. The caller holds the gate and the inode locks.
+    fn commit(&self, held: &mut Held<'_>, records: &[Record]) -> FsResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let payload = encode_transaction(records);
+        let mut journal = lock(&self.journal);
+        if !journal.has_room(payload.len()) {
+            self.checkpoint_wanted.store(true, Ordering::SeqCst);
+            return Err(FsError::NoSpace);
+        }
+        {
+            let mut alloc = lock(&self.alloc);
+            let mut space = Space {
+                alloc: &mut alloc,
+                image: &self.image,
+                replay: false,
+            };
+            for rec in records {
+                apply(rec, held, &mut space)?;
+            }
+        }
+        journal
+            .append(&self.image, &payload)
+            .map_err(|_| FsError::NoSpace)?;
+        if journal.wants_checkpoint() {
+            self.checkpoint_wanted.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn publish(&self, held: &mut Held<'_>) -> Vec<Arc<Cell>> {
+        let added = std::mem::take(&mut held.added)
+            .into_iter()
+            .map(|i| self.table.insert(i))
+            .collect();
+        for ino in std::mem::take(&mut held.removed) {
+            self.table.remove(ino);
+        }
+        added
+    }
+
+    // ----- attributes and lookup -----
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        Ok(Attr::of(&self.table.get(ino)?.read()))
+    }
+
+    /// Looks `name` up in `parent` and takes a kernel reference on the result.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let ino = {
+            let p = self.table.get(parent)?;
+            let p = p.read();
+            if p.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            match name {
+                b"." => p.ino,
+                b".." => p.parent,
+                _ => p.dir.get(name).ok_or(FsError::NotFound)?.ino,
+            }
+        };
+        let cell = self.table.get(ino)?;
+        let i = cell.read();
+        if i.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        cell.lookups.fetch_add(1, Ordering::SeqCst);
+        Ok(Attr::of(&i))
+    }
+
+    /// Drops `n` kernel references on `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if let Ok(cell) = self.table.get(ino) {
+            let left = cell
+                .lookups
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
+                    Some(l.saturating_sub(n))
+                });
+            if left.is_ok_and(|l| l <= n) && !self.opts.read_only {
+                if let Err(e) = self.maybe_reclaim(ino) {
+                    tracing::error!(ino, "freeing an orphan failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Frees `ino` if it has no links, no open handles and no kernel references.
+    fn maybe_reclaim(&self, ino: u64) -> FsResult<()> {
+        let _gate = self.gate();
+        let _ns = lock(&self.namespace);
+        let Ok(cell) = self.table.get(ino) else {
+            return Ok(());
+        };
+        if cell.read().nlink != 0
+            || cell.lookups.load(Ordering::SeqCst) != 0
+            || cell.opens.load(Ordering::SeqCst) != 0
+        {
+            return Ok(());
+        }
+        let cells = [cell];
+        let mut held = Held::lock(&cells);
+        self.commit(&mut held, &[Record::Free { ino }])?;
+        self.publish(&mut held);
+        Ok(())
+    }
+
+    /// Changes attributes (chmod, chown, truncate, utimensat).
+    pub fn setattr(&self, ino: u64, req: SetAttr, caller: Caller) -> FsResult<Attr> {
+        self.writable()?;
+        let _gate = self.gate();
+        let cells = [self.table.get(ino)?];
+        let mut held = Held::lock(&cells);
+        let i = held.get(ino)?;
+        let now = Time::now();
+        let mut records = Vec::new();
+        let (mut perm, mut uid, mut gid) = (i.perm, i.uid, i.gid);
+        if let Some(mode) = req.mode {
+            perm = mode & 0o7777;
+        }
+        let owner_change =
+            req.uid.is_some_and(|u| u != i.uid) || req.gid.is_some_and(|g| g != i.gid);
+        uid = req.uid.unwrap_or(uid);
+        gid = req.gid.unwrap_or(gid);
+        if (req.uid.is_some() || req.gid.is_some())
+            && i.kind != Kind::Dir
+            && req.mode.is_none()
+            && (owner_change || caller.uid != 0)
+        {
+            perm = kill_privs(
+                perm,
+                Caller {
+                    uid: u32::MAX,
+                    ..caller
+                },
+            );
+        }
+        let (mut mtime, mut atime) = (i.mtime, i.atime);
+        if let Some(size) = req.size {
+            match i.kind {
+                Kind::File => {}
+                Kind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("truncate of a non-regular file")),
+            }
+            if size > MAX_FILE_SIZE {
+                return Err(FsError::FileTooBig);
+            }
+            self.zero_tail(i, size);
+            if size != i.size {
+                records.push(Record::SetSize { ino, size });
+            }
+            mtime = now;
+            if req.mode.is_none() {
+                perm = kill_privs(perm, caller);
+            }
+        }
+        match req.atime {
+            Some(SetTime::At(t)) => atime = t,
+            Some(SetTime::Now) => atime = now,
+            None => {}
+        }
+        match req.mtime {
+            Some(SetTime::At(t)) => mtime = t,
+            Some(SetTime::Now) => mtime = now,
+            None => {}
+        }
+        let ctime = req.ctime.unwrap_or(now);
+        records.push(Record::SetAttr {
+            ino,
+            perm,
+            uid,
+            gid,
+            atime,
+            mtime,
+            ctime,
+        });
+        self.commit(&mut held, &records)?;
+        let i = held.get(ino)?;
+        i.rt.times_dirty = false;
+        Ok(Attr::of(i))
+    }
+
+    /// Zeros the bytes of the block that holds offset `from` (if mapped) past `from`, up to
+    /// the file's size: the part a later extension would otherwise expose.
+    fn zero_tail(&self, i: &Inode, from: u64) {
+        if from >= i.size || from % BLOCK_SIZE == 0 {
+            return;
+        }
+        let block = from / BLOCK_SIZE;
+        if let Some(m) = i.extents.lookup(block) {
+            let img = (m.image_block + (block - m.file_block)) * BLOCK_SIZE;
+            let within = from % BLOCK_SIZE;
+            let upto = (i.size - block * BLOCK_SIZE).min(BLOCK_SIZE);
+            self.image.zero(img + within, upto - within);
+        }
+    }
+
+    // ----- namespace -----
+
+    /// Creates a file, directory, device node, FIFO or socket (`mode` carries the type), or a
+    /// symlink to `target`.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        check_name(name)?;
+        let kind = if target.is_some() {
+            Kind::Symlink
+        } else {
+            Kind::from_mode(mode).ok_or(FsError::Invalid("unknown file type"))?
+        };
+        if let Some(t) = target {
+            if t.len() > SYMLINK_MAX {
+                return Err(FsError::NameTooLong);
+            }
+            if t.is_empty() {
+                return Err(FsError::NotFound);
+            }
+        }
+        self.writable()?;
+        let _gate = self.gate();
+        let _ns = lock(&self.namespace);
+        let cells = [self.table.get(parent)?];
+        let mut held = Held::lock(&cells);
+        let p = held.get(parent)?;
+        if p.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if p.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if p.dir.get(name).is_some() {
+            return Err(FsError::Exists);
+        }
+        let mut perm = if kind == Kind::Symlink {
+            0o777
+        } else {
+            mode & 0o7777
+        };
+        let gid = if p.perm & libc::S_ISGID != 0 {
+            if kind == Kind::Dir {
+                perm |= libc::S_ISGID;
+            }
+            p.gid
+        } else {
+            caller.gid
+        };
+        let ino = self.next_ino.fetch_add(1, Ordering::SeqCst);
+        let rec = Record::Create {
+            parent,
+            name: name.to_vec(),
+            ino,
+            kind,
+            perm,
+            uid: caller.uid,
+            gid,
+            rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+                rdev
+            } else {
+                0
+            },
+            target: target.unwrap_or_default().to_vec(),
+            time: Time::now(),
+        };
+        self.commit(&mut held, &[rec])?;
+        let added = self.publish(&mut held);
+        let cell = &added[0];
+        cell.lookups.fetch_add(1, Ordering::SeqCst);
+        let attr = Attr::of(&cell.read());
+        Ok(attr)
+    }
+
+    /// Adds the name `name` in `parent` for `ino`.
+    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        check_name(name)?;
+        self.writable()?;
+        let _gate = self.gate();
+        let _ns = lock(&self.namespace);
+        let cells = [self.table.get(parent)?, self.table.get(ino)?];
+        let mut held = Held::lock(&cells);
+        let p = held.get(parent)?;
+        if p.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if p.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if p.dir.get(name).is_some() {
+            return Err(FsError::Exists);
+        }
+        let child = held.get(ino)?;
+        if child.kind == Kind::Dir {
+            return Err(FsError::NotPermitted);
+        }
+        if child.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if child.nlink >= u32::MAX - 1 {
+            return Err(FsError::TooManyLinks);
+        }
+        self.commit(
+            &mut held,
+            &[Record::Link {
+                parent,
+                name: name.to_vec(),
+                ino,
+                time: Time::now(),
+            }],
+        )?;
+        cells[1].lookups.fetch_add(1, Ordering::SeqCst);
+        Ok(Attr::of(held.get(ino)?))
+    }
+
+    /// Removes a name: `unlink` (`dir` false) or `rmdir` (`dir` true).
+    pub fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if dir && name == b"." {
+            return Err(FsError::Invalid("rmdir of ."));
+        }
+        if dir && name == b".." {
+            return Err(FsError::NotEmpty);
+        }
+        self.writable()?;
+        let child_ino;
+        {
+            let _gate = self.gate();
+            let _ns = lock(&self.namespace);
+            let pc = self.table.get(parent)?;
+            let entry = {
+                let p = pc.read();
+                if p.kind != Kind::Dir {
+                    return Err(FsError::NotDir);
+                }
+                p.dir.get(name).ok_or(FsError::NotFound)?
+            };
+            let cells = [pc, self.table.get(entry.ino)?];
+            let mut held = Held::lock(&cells);
+            let child = held.get(entry.ino)?;
+            match (dir, child.kind == Kind::Dir) {
+                (false, true) => return Err(FsError::IsDir),
+                (true, false) => return Err(FsError::NotDir),
+                (true, true) if !child.dir.is_empty() => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            self.commit(
+                &mut held,
+                &[Record::Unlink {
+                    parent,
+                    name: name.to_vec(),
+                    time: Time::now(),
+                }],
+            )?;
+            child_ino = entry.ino;
+        }
+        self.maybe_reclaim(child_ino)
+    }
+
+    /// Is `ancestor` on the path from `dir` up to the root?
+    fn is_ancestor(&self, ancestor: u64, mut dir: u64) -> FsResult<bool> {
+        for _ in 0..1_000_000 {
+            if dir == ancestor {
+                return Ok(true);
+            }
+            if dir == ROOT_INO {
+                return Ok(false);
+            }
+            dir = self.table.get(dir)?.read().parent;
+        }
+        Err(FsError::Corrupt(
+            "directory parent chain does not reach the root".into(),
+        ))
+    }
+
+    /// rename(2) with `renameat2` flags.
+    pub fn rename(
+        &self,
+        from_parent: u64,
+        from_name: &[u8],
+        to_parent: u64,
+        to_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        check_name(to_name)?;
+        if from_name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let exchange = flags & rename_flags::EXCHANGE != 0;
+        if flags & !(rename_flags::NOREPLACE | rename_flags::EXCHANGE) != 0
+            || (exchange && flags & rename_flags::NOREPLACE != 0)
+        {
+            return Err(FsError::Invalid("unsupported rename flags"));
+        }
+        self.writable()?;
+        let victim;
+        {
+            let _gate = self.gate();
+            let _ns = lock(&self.namespace);
+            let (fp, tp) = (self.table.get(from_parent)?, self.table.get(to_parent)?);
+            let (src, dst) = {
+                let f = fp.read();
+                if f.kind != Kind::Dir {
+                    return Err(FsError::NotDir);
+                }
+                let src = f.dir.get(from_name).ok_or(FsError::NotFound)?;
+                drop(f);
+                let t = tp.read();
+                if t.kind != Kind::Dir {
+                    return Err(FsError::NotDir);
+                }
+                if t.nlink == 0 {
+                    return Err(FsError::NotFound);
+                }
+                (src, t.dir.get(to_name))
+            };
+            match dst {
+                None if exchange => return Err(FsError::NotFound),
+                Some(_) if flags & rename_flags::NOREPLACE != 0 => return Err(FsError::Exists),
+                Some(d) if d.ino == src.ino => return Ok(()),
+                _ => {}
+            }
+            if src.kind == Kind::Dir && self.is_ancestor(src.ino, to_parent)? {
+                return Err(FsError::Invalid("cannot move a directory into itself"));
+            }
+            if let Some(d) = dst {
+                if exchange && d.kind == Kind::Dir && self.is_ancestor(d.ino, from_parent)? {
+                    return Err(FsError::Invalid("cannot move a directory into itself"));
+                }
+                if !exchange {
+                    match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
+                        (true, false) => return Err(FsError::NotDir),
+                        (false, true) => return Err(FsError::IsDir),
+                        _ => {}
+                    }
+                }
+            }
+            let mut cells = vec![fp, tp, self.table.get(src.ino)?];
+            if let Some(d) = dst {
+                cells.push(self.table.get(d.ino)?);
+            }
+            let mut held = Held::lock(&cells);
+            if let Some(d) = dst {
+                if !exchange && d.kind == Kind::Dir && !held.get(d.ino)?.dir.is_empty() {
+                    return Err(FsError::NotEmpty);
+                }
+            }
+            let rec = Record::Rename {
+                from_parent,
+                from_name: from_name.to_vec(),
+                to_parent,
+                to_name: to_name.to_vec(),
+                exchange,
+                time: Time::now(),
+            };
+            self.commit(&mut held, &[rec])?;
+            victim = dst.filter(|_| !exchange).map(|d| d.ino);
+        }
+        if let Some(v) = victim {
+            self.maybe_reclaim(v)?;
+        }
+        Ok(())
+    }
+
+    /// The target of a symlink.
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let c = self.table.get(ino)?;
+        let i = c.read();
+        if i.kind != Kind::Symlink {
+            return Err(FsError::Invalid("not a symlink"));
+        }
+        Ok(i.target.clone())
+    }
+
+    /// Directory entries after offset `offset` ("." and ".." first).
+    pub fn readdir(&self, ino: u64, offset: u64, max: usize) -> FsResult<Vec<DirEntry>> {
+        let c = self.table.get(ino)?;
+        let d = c.read();
+        if d.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut out = Vec::new();
+        if offset < 1 {
+            out.push(DirEntry {
+                ino: d.ino,
+                next: 1,
+                kind: Kind::Dir,
+                name: b".".to_vec(),
+            });
+        }
+        if offset < 2 {
+            out.push(DirEntry {
+                ino: d.parent,
+                next: 2,
+                kind: Kind::Dir,
+                name: b"..".to_vec(),
+            });
+        }
+        for (name, e) in d.dir.from_cookie((offset + 1).max(FIRST_COOKIE)) {
+            if out.len() >= max {
+                break;
+            }
+            out.push(DirEntry {
+                ino: e.ino,
+                next: e.cookie,
+                kind: e.kind,
+                name: name.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    // ----- open files and data -----
+
+    /// Notes an open handle on `ino`.
+    pub fn open_file(&self, ino: u64) -> FsResult<Attr> {
+        let c = self.table.get(ino)?;
+        c.opens.fetch_add(1, Ordering::SeqCst);
+        let attr = Attr::of(&c.read());
+        Ok(attr)
+    }
+
+    /// Drops an open handle: journals timestamps the data path changed, frees an orphan.
+    pub fn release(&self, ino: u64) -> FsResult<()> {
+        let c = self.table.get(ino)?;
+        let left = c
+            .opens
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |o| {
+                Some(o.saturating_sub(1))
+            });
+        if self.opts.read_only {
+            return Ok(());
+        }
+        self.flush_times(ino)?;
+        if left.is_ok_and(|o| o <= 1) {
+            self.maybe_reclaim(ino)?;
+        }
+        Ok(())
+    }
+
+    fn flush_times(&self, ino: u64) -> FsResult<()> {
+        if !self.table.get(ino)?.read().rt.times_dirty {
+            return Ok(());
+        }
+        let _gate = self.gate();
+        let cells = [self.table.get(ino)?];
+        let mut held = Held::lock(&cells);
+        let i = held.get(ino)?;
+        if i.rt.times_dirty && i.nlink > 0 {
+            let rec = set_attr_record(i);
+            self.commit(&mut held, &[rec])?;
+        }
+        held.get(ino)?.rt.times_dirty = false;
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes at `offset`.
+    pub fn read(&self, ino: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        let c = self.table.get(ino)?;
+        let needs_atime;
+        let buf = {
+            let i = c.read();
+            match i.kind {
+                Kind::File => {}
+                Kind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("read of a special file")),
+            }
+            if offset >= i.size {
+                return Ok(Vec::new());
+            }
+            let n = (len as u64).min(i.size - offset) as usize;
+            let mut buf = vec![0u8; n];
+            self.copy_out(&i, offset, &mut buf);
+            let now = Time::now();
+            needs_atime = match self.opts.atime {
+                AtimeMode::Never => false,
+                AtimeMode::Strict => true,
+                AtimeMode::Relative => {
+                    i.atime <= i.mtime || i.atime <= i.ctime || i.atime.secs + 86400 <= now.secs
+                }
+            } && !self.opts.read_only;
+            buf
+        };
+        if needs_atime {
+            let mut i = c.write();
+            i.atime = Time::now();
+            i.rt.times_dirty = true;
+        }
+        Ok(buf)
+    }
+
+    fn copy_out(&self, i: &Inode, offset: u64, buf: &mut [u8]) {
+        let first = offset / BLOCK_SIZE;
+        let last = (offset + buf.len() as u64).div_ceil(BLOCK_SIZE);
+        for m in i.extents.mappings_in(first, last - first) {
+            let start = (m.file_block * BLOCK_SIZE).max(offset);
+            let end = ((m.file_block + m.len) * BLOCK_SIZE).min(offset + buf.len() as u64);
+            let img = m.image_block * BLOCK_SIZE + (start - m.file_block * BLOCK_SIZE);
+            self.image.read(
+                img,
+                &mut buf[(start - offset) as usize..(end - offset) as usize],
+            );
+        }
+    }
+
+    fn copy_in(&self, i: &mut Inode, offset: u64, data: &[u8]) {
+        let first = offset / BLOCK_SIZE;
+        let last = (offset + data.len() as u64).div_ceil(BLOCK_SIZE);
+        for m in i.extents.mappings_in(first, last - first) {
+            let start = (m.file_block * BLOCK_SIZE).max(offset);
+            let end = ((m.file_block + m.len) * BLOCK_SIZE).min(offset + data.len() as u64);
+            let img = m.image_block * BLOCK_SIZE + (start - m.file_block * BLOCK_SIZE);
+            self.image.write(
+                img,
+                &data[(start - offset) as usize..(end - offset) as usize],
+            );
+            let e = i.rt.dirty.entry(img).or_insert(img);
+            *e = (*e).max(img + (end - start));
+        }
+    }
+
+    fn fully_mapped(i: &Inode, first: u64, count: u64) -> bool {
+        i.extents
+            .mappings_in(first, count)
+            .iter()
+            .map(|m| m.len)
+            .sum::<u64>()
+            == count
+    }
+
+    /// Allocates image blocks for the unmapped blocks of `first..first+count`, in order,
+    /// stopping at the first block that cannot be had. Returns the new mappings as records.
+    fn allocate_range(&self, i: &Inode, first: u64, count: u64) -> Vec<Record> {
+        let mut records = Vec::new();
+        let mut alloc = lock(&self.alloc);
+        let mut cur = first;
+        let end = first + count;
+        while cur < end {
+            let next = i.extents.next_mapping(cur);
+            let hole_end = match next {
+                Some(m) if m.file_block <= cur => {
+                    cur = m.file_block + m.len;
+                    continue;
+                }
+                Some(m) => m.file_block.min(end),
+                None => end,
+            };
+            let goal = cur
+                .checked_sub(1)
+                .and_then(|b| i.extents.lookup(b))
+                .map(|m| m.image_block + (cur - m.file_block));
+            let mut goal = goal.or_else(|| {
+                records.last().map(|r| match r {
+                    Record::Map {
+                        image_block, len, ..
+                    } => image_block + len,
+                    _ => 0,
+                })
+            });
+            while cur < hole_end {
+                match alloc.allocate(hole_end - cur, goal) {
+                    Ok(e) => {
+                        records.push(Record::Map {
+                            ino: i.ino,
+                            file_block: cur,
+                            image_block: e.start,
+                            len: e.len,
+                        });
+                        cur += e.len;
+                        goal = Some(e.end());
+                    }
+                    Err(_) => return records,
+                }
+            }
+        }
+        records
+    }
+
+    /// Returns blocks that `allocate_range` handed out and that will not be used.
+    fn unallocate(&self, records: &[Record]) {
+        let mut alloc = lock(&self.alloc);
+        for r in records {
+            if let Record::Map {
+                image_block, len, ..
+            } = r
+            {
+                alloc
+                    .free(Extent {
+                        start: *image_block,
+                        len: *len,
+                    })
+                    .ok();
+            }
+        }
+    }
+
+    /// Writes `data` at `offset`; returns the bytes written (short only when space ran out).
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<u32> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooBig)?;
+        let c = self.table.get(ino)?;
+        let first = offset / BLOCK_SIZE;
+        let count = end.div_ceil(BLOCK_SIZE) - first;
+        {
+            // Fast path: overwrite inside the file, of blocks it already has.
+            let mut i = c.write();
+            match i.kind {
+                Kind::File => {}
+                Kind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("write to a special file")),
+            }
+            if self.opts.read_only {
+                return Err(FsError::ReadOnly);
+            }
+            if end <= i.size
+                && Self::fully_mapped(&i, first, count)
+                && kill_privs(i.perm, caller) == i.perm
+            {
+                self.copy_in(&mut i, offset, data);
+                let now = Time::now();
+                i.mtime = now;
+                i.ctime = now;
+                i.rt.times_dirty = true;
+                return Ok(data.len() as u32);
+            }
+        }
+        self.maybe_checkpoint()?;
+        let _gate = self.gate();
+        let cells = [c];
+        let mut held = Held::lock(&cells);
+        let i = held.get(ino)?;
+        let mut records = self.allocate_range(i, first, count);
+        let mut written = data.len() as u64;
+        let mapped_upto = {
+            let mut probe = i.extents.clone();
+            for r in &records {
+                if let Record::Map {
+                    file_block,
+                    image_block,
+                    len,
+                    ..
+                } = r
+                {
+                    probe.insert(*file_block, *image_block, *len);
+                }
+            }
+            let mut b = first;
+            while b < first + count && probe.lookup(b).is_some() {
+                b = probe.lookup(b).map(|m| m.file_block + m.len).unwrap_or(b);
+            }
+            b.min(first + count)
+        };
+        if mapped_upto < first + count {
+            written = (mapped_upto * BLOCK_SIZE)
+                .saturating_sub(offset)
+                .min(written);
+            if written == 0 {
+                self.unallocate(&records);
+                return Err(FsError::NoSpace);
+            }
+        }
+        let data = &data[..written as usize];
+        let end = offset + written;
+        // Bytes between the old end of file and this write, in the old last block, must read
+        // as zeros (a holder or mmap may have left bytes past EOF there).
+        if offset > i.size {
+            let old = i.size;
+            i.size = offset.min(old.next_multiple_of(BLOCK_SIZE));
+            self.zero_tail(i, old);
+            i.size = old;
+        }
+        {
+            // New blocks must be in the map before data can be copied into them.
+            let mut staged = i.clone();
+            staged.rt = Default::default();
+            for r in &records {
+                if let Record::Map {
+                    file_block,
+                    image_block,
+                    len,
+                    ..
+                } = r
+                {
+                    staged.extents.insert(*file_block, *image_block, *len);
+                }
+            }
+            self.copy_in(&mut staged, offset, data);
+            for (s, e) in staged.rt.dirty {
+                let d = i.rt.dirty.entry(s).or_insert(s);
+                *d = (*d).max(e);
+            }
+        }
+        if end > i.size {
+            records.push(Record::SetSize { ino, size: end });
+        }
+        let now = Time::now();
+        i.mtime = now;
+        i.ctime = now;
+        i.perm = kill_privs(i.perm, caller);
+        records.push(set_attr_record(i));
+        if let Err(e) = self.commit(&mut held, &records) {
+            self.unallocate(&records);
+            return Err(e);
+        }
+        held.get(ino)?.rt.times_dirty = false;
+        Ok(written as u32)
+    }
+
+    /// Makes the file's data (and with `!datasync` its metadata) durable.
+    pub fn fsync(&self, ino: u64, datasync: bool) -> FsResult<()> {
+        let c = self.table.get(ino)?;
+        let dirty = std::mem::take(&mut c.write().rt.dirty);
+        for (s, e) in dirty {
+            self.image.flush(s, e - s);
+        }
+        if !self.opts.read_only && (!datasync || c.read().rt.times_dirty) {
+            self.flush_times(ino)?;
+        }
+        lock(&self.journal).flush(&self.image);
+        Ok(())
+    }
+
+    /// Makes all metadata durable.
+    pub fn sync_metadata(&self) {
+        lock(&self.journal).flush(&self.image);
+    }
+
+    /// fallocate(2) with the modes the kernel forwards.
+    pub fn fallocate(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        caller: Caller,
+    ) -> FsResult<()> {
+        use falloc::*;
+        if mode & !(KEEP_SIZE | PUNCH_HOLE | ZERO_RANGE) != 0 {
+            return Err(FsError::NotSupported);
+        }
+        if len == 0 {
+            return Err(FsError::Invalid("fallocate of zero bytes"));
+        }
+        if mode & PUNCH_HOLE != 0 && (mode & KEEP_SIZE == 0 || mode & ZERO_RANGE != 0) {
+            return Err(FsError::NotSupported);
+        }
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooBig)?;
+        self.writable()?;
+        let _gate = self.gate();
+        let cells = [self.table.get(ino)?];
+        let mut held = Held::lock(&cells);
+        let i = held.get(ino)?;
+        match i.kind {
+            Kind::File => {}
+            Kind::Dir => return Err(FsError::IsDir),
+            _ => return Err(FsError::NotSupported),
+        }
+        let now = Time::now();
+        let mut records = Vec::new();
+        let mut result = Ok(());
+        if mode & (PUNCH_HOLE | ZERO_RANGE) != 0 {
+            // Partial blocks at the edges are zeroed in place; whole blocks are unmapped.
+            let whole_first = offset.div_ceil(BLOCK_SIZE);
+            let whole_end = end / BLOCK_SIZE;
+            let zero_edge = |s: u64, e: u64| {
+                if s < e {
+                    let mut tmp = i.clone();
+                    tmp.rt = Default::default();
+                    self.copy_in(&mut tmp, s, &vec![0u8; (e - s) as usize]);
+                }
+            };
+            if whole_first > whole_end {
+                zero_edge(offset, end);
+            } else {
+                zero_edge(offset, (whole_first * BLOCK_SIZE).min(end));
+                zero_edge((whole_end * BLOCK_SIZE).max(offset), end);
+                if whole_end > whole_first
+                    && !i
+                        .extents
+                        .mappings_in(whole_first, whole_end - whole_first)
+                        .is_empty()
+                {
+                    records.push(Record::Unmap {
+                        ino,
+                        file_block: whole_first,
+                        len: whole_end - whole_first,
+                    });
+                }
+            }
+            i.mtime = now;
+            i.ctime = now;
+        }
+        if mode & PUNCH_HOLE == 0 {
+            let first = offset / BLOCK_SIZE;
+            let count = end.div_ceil(BLOCK_SIZE) - first;
+            let mut probe = i.clone();
+            probe.rt = Default::default();
+            for r in &records {
+                if let Record::Unmap {
+                    file_block, len, ..
+                } = r
+                {
+                    probe.extents.remove(*file_block, *len);
+                }
+            }
+            let maps = self.allocate_range(&probe, first, count);
+            let got: u64 = maps
+                .iter()
+                .map(|r| {
+                    if let Record::Map { len, .. } = r {
+                        *len
+                    } else {
+                        0
+                    }
+                })
+                .sum();
+            let needed = count
+                - probe
+                    .extents
+                    .mappings_in(first, count)
+                    .iter()
+                    .map(|m| m.len)
+                    .sum::<u64>();
+            if got < needed {
+                self.unallocate(&maps);
+                if mode & ZERO_RANGE == 0 {
+                    return Err(FsError::NoSpace);
+                }
+                // The range reads as zeros already; only the allocation failed.
+                result = Err(FsError::NoSpace);
+            } else {
+                records.extend(maps);
+            }
+            if result.is_ok() && mode & KEEP_SIZE == 0 && end > i.size {
+                records.push(Record::SetSize { ino, size: end });
+                i.mtime = now;
+                i.ctime = now;
+            }
+        }
+        i.perm = kill_privs(i.perm, caller);
+        records.push(set_attr_record(i));
+        if let Err(e) = self.commit(&mut held, &records) {
+            let maps: Vec<Record> = records
+                .into_iter()
+                .filter(|r| matches!(r, Record::Map { .. }))
+                .collect();
+            self.unallocate(&maps);
+            return Err(e);
+        }
+        result
+    }
+
+    /// `lseek` with `SEEK_DATA` (3) or `SEEK_HOLE` (4); other kinds are the kernel's.
+    pub fn seek(&self, ino: u64, offset: u64, whence: i32) -> FsResult<u64> {
+        let c = self.table.get(ino)?;
+        let i = c.read();
+        if offset >= i.size {
+            return Err(FsError::NoSuchOffset);
+        }
+        let block = offset / BLOCK_SIZE;
+        match whence {
+            libc::SEEK_DATA => {
+                let m = i.extents.next_mapping(block).ok_or(FsError::NoSuchOffset)?;
+                let at = (m.file_block * BLOCK_SIZE).max(offset);
+                if at >= i.size {
+                    return Err(FsError::NoSuchOffset);
+                }
+                Ok(at)
+            }
+            libc::SEEK_HOLE => {
+                let mut b = block;
+                while let Some(m) = i.extents.lookup(b) {
+                    b = m.file_block + m.len;
+                }
+                Ok((b * BLOCK_SIZE).max(offset).min(i.size))
+            }
+            _ => Err(FsError::Invalid("lseek whence")),
+        }
+    }
+
+    /// copy_file_range(2): copies through the image, block-sized pieces at a time.
+    pub fn copy_range(
+        &self,
+        src: u64,
+        src_off: u64,
+        dst: u64,
+        dst_off: u64,
+        len: u64,
+        caller: Caller,
+    ) -> FsResult<u64> {
+        let mut done = 0u64;
+        while done < len {
+            let chunk = (len - done).min(1 << 20) as u32;
+            let data = self.read(src, src_off + done, chunk)?;
+            if data.is_empty() {
+                break;
+            }
+            let n = self.write(dst, dst_off + done, &data, caller)?;
+            done += n as u64;
+            if (n as usize) < data.len() {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    // ----- extended attributes -----
+
+    fn check_xattr_name(name: &[u8]) -> FsResult<()> {
+        if name.len() > XATTR_NAME_MAX || name.is_empty() {
+            return Err(FsError::Range);
+        }
+        let ok = [&b"user."[..], b"trusted.", b"security."]
+            .iter()
+            .any(|p| name.starts_with(p) && name.len() > p.len());
+        if !ok {
+            return Err(FsError::NotSupported);
+        }
+        Ok(())
+    }
+
+    /// Sets an extended attribute (`flags`: `XATTR_CREATE` 1, `XATTR_REPLACE` 2).
+    pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        Self::check_xattr_name(name)?;
+        if value.len() > XATTR_VALUE_MAX {
+            return Err(FsError::TooBig);
+        }
+        self.writable()?;
+        let _gate = self.gate();
+        let cells = [self.table.get(ino)?];
+        let mut held = Held::lock(&cells);
+        let exists = held.get(ino)?.xattrs.contains_key(name);
+        if flags & libc::XATTR_CREATE != 0 && exists {
+            return Err(FsError::Exists);
+        }
+        if flags & libc::XATTR_REPLACE != 0 && !exists {
+            return Err(FsError::NoData);
+        }
+        self.commit(
+            &mut held,
+            &[Record::SetXattr {
+                ino,
+                name: name.to_vec(),
+                value: value.to_vec(),
+                time: Time::now(),
+            }],
+        )
+    }
+
+    /// An extended attribute's value.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        if name.len() > XATTR_NAME_MAX {
+            return Err(FsError::Range);
+        }
+        let c = self.table.get(ino)?;
+        let i = c.read();
+        i.xattrs.get(name).cloned().ok_or(FsError::NoData)
+    }
+
+    /// All extended attribute names, each followed by a NUL.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let c = self.table.get(ino)?;
+        let i = c.read();
+        let mut out = Vec::new();
+        for k in i.xattrs.keys() {
+            out.extend_from_slice(k);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// Removes an extended attribute.
+    pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        Self::check_xattr_name(name)?;
+        self.writable()?;
+        let _gate = self.gate();
+        let cells = [self.table.get(ino)?];
+        let mut held = Held::lock(&cells);
+        if !held.get(ino)?.xattrs.contains_key(name) {
+            return Err(FsError::NoData);
+        }
+        self.commit(
+            &mut held,
+            &[Record::RemoveXattr {
+                ino,
+                name: name.to_vec(),
+                time: Time::now(),
+            }],
+        )
+    }
+
+    // ----- filesystem-wide -----
+
+    /// Space and inode counts.
+    pub fn statfs(&self) -> StatFs {
+        let (total, data_start) = {
+            let sb = lock(&self.sb);
+            (sb.total_blocks, sb.data_start())
+        };
+        let alloc = lock(&self.alloc);
+        let files = self.table.len() as u64;
+        let blocks = total - data_start;
+        StatFs {
+            blocks,
+            free: alloc.free_blocks(),
+            busy: alloc.busy_blocks(),
+            files,
+            files_free: (blocks / 4).max(files) - files + alloc.free_blocks() / 4,
+        }
+    }
+
+    /// Runs `f` with the allocator locked (for status and checks).
+    pub fn with_allocator<R>(&self, f: impl FnOnce(&mut Allocator) -> R) -> R {
+        f(&mut lock(&self.alloc))
+    }
+}

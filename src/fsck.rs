@@ -1,0 +1,448 @@
+//! Checking and repairing an image offline: every invariant the filesystem relies on.
+//!
+//! What is checked: the superblock and checkpoint load and the journal replays; the root is a
+//! directory; every directory entry names an existing inode of the kind it says; every
+//! directory has one name and its `..` matches; link counts; orphans (no links) and lost
+//! inodes (links but no name); every image block is owned at most once and lies in the data
+//! area; the allocator's free list is exactly the blocks nobody owns; the allocator's own
+//! invariants; symlink and directory sizes.
+//!
+//! What `--repair` does: frees orphans, moves lost inodes to `/lost+found`, fixes link
+//! counts, sizes and `..`, drops entries that name missing inodes, drops the later owner's
+//! mapping of a block owned twice, rebuilds the allocator from the extent maps, and writes
+//! the result as a new clean checkpoint. Exit codes follow e2fsck: 0 clean, 1 repaired,
+//! 4 errors left.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use pinfs_allocator::{Allocator, Extent};
+
+use crate::checkpoint;
+use crate::error::FsError;
+use crate::image::{Image, BLOCK_SIZE};
+use crate::inode::{Inode, Kind, Time, ROOT_INO};
+
+/// The outcome of a check.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Problems found.
+    pub errors: Vec<String>,
+    /// Problems fixed (with `--repair`).
+    pub repaired: Vec<String>,
+    /// Inodes in the filesystem.
+    pub inodes: usize,
+    /// Blocks owned by files.
+    pub file_blocks: u64,
+    /// Journal transactions replayed.
+    pub replayed: usize,
+}
+
+impl Report {
+    /// e2fsck-style exit code.
+    pub fn exit_code(&self) -> i32 {
+        if self.errors.len() > self.repaired.len() {
+            4
+        } else if !self.repaired.is_empty() {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// The report as one JSON object.
+    pub fn to_json(&self, image: &Path) -> String {
+        let list = |v: &[String]| v.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(",");
+        format!(
+            "{{\"image\":{},\"exit_code\":{},\"clean\":{},\"inodes\":{},\"file_blocks\":{},\"journal_replayed\":{},\"errors\":[{}],\"repaired\":[{}]}}",
+            json_str(&image.display().to_string()),
+            self.exit_code(),
+            self.errors.is_empty(),
+            self.inodes,
+            self.file_blocks,
+            self.replayed,
+            list(&self.errors),
+            list(&self.repaired)
+        )
+    }
+}
+
+/// A JSON string literal.
+pub fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+struct Checker {
+    report: Report,
+    repair: bool,
+}
+
+impl Checker {
+    fn problem(&mut self, what: String, fixed: bool) {
+        if fixed && self.repair {
+            self.report.repaired.push(what.clone());
+        }
+        self.report.errors.push(what);
+    }
+}
+
+/// Checks (and with `repair`, repairs) the image at `path`. Refuses a mounted image.
+pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
+    let (image, mut sb) = Image::open(path, Duration::ZERO)?;
+    let mut loaded = checkpoint::load(&image, &sb)?;
+    let mut c = Checker {
+        report: Report {
+            replayed: loaded.replayed,
+            ..Default::default()
+        },
+        repair,
+    };
+    let inodes = &mut loaded.inodes;
+
+    // Directory entries: targets exist, kinds match, directories have one name.
+    let mut refs: HashMap<u64, u32> = HashMap::new();
+    let mut subdirs: HashMap<u64, u32> = HashMap::new();
+    let mut dir_parent: HashMap<u64, u64> = HashMap::new();
+    let dirs: Vec<u64> = inodes
+        .values()
+        .filter(|i| i.kind == Kind::Dir)
+        .map(|i| i.ino)
+        .collect();
+    for d in dirs {
+        let entries: Vec<(Vec<u8>, u64, Kind)> = inodes[&d]
+            .dir
+            .iter()
+            .map(|(n, e)| (n.to_vec(), e.ino, e.kind))
+            .collect();
+        for (name, ino, kind) in entries {
+            let shown = String::from_utf8_lossy(&name).into_owned();
+            let Some(tkind) = inodes.get(&ino).map(|t| t.kind) else {
+                c.problem(
+                    format!("directory {d}: entry '{shown}' names missing inode {ino}"),
+                    true,
+                );
+                if repair {
+                    inodes.get_mut(&d).expect("dir").dir.remove(&name);
+                }
+                continue;
+            };
+            if tkind != kind {
+                c.problem(
+                    format!(
+                        "directory {d}: entry '{shown}' says {kind:?}, inode {ino} is {tkind:?}"
+                    ),
+                    true,
+                );
+                if repair {
+                    let dir = &mut inodes.get_mut(&d).expect("dir").dir;
+                    dir.remove(&name);
+                    dir.insert(&name, ino, tkind);
+                }
+            }
+            if tkind == Kind::Dir {
+                if ino == ROOT_INO || dir_parent.contains_key(&ino) {
+                    c.problem(
+                        format!("directory {ino} has a second name '{shown}' in directory {d}"),
+                        true,
+                    );
+                    if repair {
+                        inodes.get_mut(&d).expect("dir").dir.remove(&name);
+                    }
+                    continue;
+                }
+                dir_parent.insert(ino, d);
+                *subdirs.entry(d).or_default() += 1;
+            }
+            *refs.entry(ino).or_default() += 1;
+        }
+    }
+
+    // Orphans and lost inodes.
+    let mut lost = Vec::new();
+    let mut orphans = Vec::new();
+    for i in inodes.values() {
+        if i.ino == ROOT_INO {
+            continue;
+        }
+        if refs.get(&i.ino).copied().unwrap_or(0) == 0 {
+            if i.nlink == 0 {
+                orphans.push(i.ino);
+            } else {
+                lost.push(i.ino);
+            }
+        }
+    }
+    orphans.sort_unstable();
+    lost.sort_unstable();
+    for ino in orphans {
+        c.problem(
+            format!("inode {ino} is an orphan (no links, not open)"),
+            true,
+        );
+        if repair {
+            inodes.remove(&ino);
+        }
+    }
+    if !lost.is_empty() {
+        let lf = if repair {
+            Some(lost_and_found(inodes, &loaded.next_ino))
+        } else {
+            None
+        };
+        if let Some(lf) = lf {
+            if lf >= loaded.next_ino {
+                loaded.next_ino = lf + 1;
+            }
+            *refs.entry(lf).or_default() += 1;
+            dir_parent.insert(lf, ROOT_INO);
+            *subdirs.entry(ROOT_INO).or_default() += 1;
+        }
+        for ino in lost {
+            c.problem(format!("inode {ino} has links but no name"), true);
+            if let Some(lf) = lf {
+                let kind = inodes[&ino].kind;
+                let name = format!("#{ino}").into_bytes();
+                inodes
+                    .get_mut(&lf)
+                    .expect("lost+found")
+                    .dir
+                    .insert(&name, ino, kind);
+                *refs.entry(ino).or_default() += 1;
+                if kind == Kind::Dir {
+                    dir_parent.insert(ino, lf);
+                    *subdirs.entry(lf).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    // Link counts, parents, sizes.
+    let inos: Vec<u64> = inodes.keys().copied().collect();
+    for ino in inos {
+        let i = inodes.get_mut(&ino).expect("inode");
+        let want = if i.kind == Kind::Dir {
+            2 + subdirs.get(&ino).copied().unwrap_or(0)
+        } else {
+            refs.get(&ino).copied().unwrap_or(0)
+        };
+        if i.nlink != want {
+            c.problem(
+                format!("inode {ino}: link count {} should be {want}", i.nlink),
+                true,
+            );
+            if repair {
+                i.nlink = want;
+            }
+        }
+        if i.kind == Kind::Dir {
+            let parent = if ino == ROOT_INO {
+                ROOT_INO
+            } else {
+                dir_parent.get(&ino).copied().unwrap_or(ROOT_INO)
+            };
+            if i.parent != parent {
+                c.problem(
+                    format!(
+                        "directory {ino}: '..' is {} but its name is in {parent}",
+                        i.parent
+                    ),
+                    true,
+                );
+                if repair {
+                    i.parent = parent;
+                }
+            }
+            if i.size != i.dir.len() as u64 {
+                c.problem(
+                    format!("directory {ino}: size {} should be {}", i.size, i.dir.len()),
+                    true,
+                );
+                if repair {
+                    i.size = i.dir.len() as u64;
+                }
+            }
+        }
+        if i.kind == Kind::Symlink && i.size != i.target.len() as u64 {
+            c.problem(
+                format!(
+                    "symlink {ino}: size {} should be {}",
+                    i.size,
+                    i.target.len()
+                ),
+                true,
+            );
+            if repair {
+                i.size = i.target.len() as u64;
+            }
+        }
+        if i.kind != Kind::File && i.extents.blocks() > 0 {
+            c.problem(
+                format!("inode {ino}: a {:?} owns data blocks", i.kind),
+                true,
+            );
+            if repair {
+                i.extents = Default::default();
+            }
+        }
+    }
+
+    // Block ownership: the metadata area, the checkpoint, and each file's mappings.
+    let total = sb.total_blocks;
+    let mut owners: BTreeMap<u64, (u64, u64)> = BTreeMap::new(); // start -> (len, owner ino; 0 = metadata)
+    owners.insert(0, (sb.data_start(), 0));
+    for &(s, l) in &sb.checkpoint_extents {
+        owners.insert(s, (l, 0));
+    }
+    let mut files: Vec<u64> = inodes.keys().copied().collect();
+    files.sort_unstable();
+    for ino in files {
+        let maps: Vec<_> = inodes[&ino].extents.iter().collect();
+        for m in maps {
+            let bad_range = m.image_block < sb.data_start()
+                || m.image_block.checked_add(m.len).is_none_or(|e| e > total);
+            let clash = !bad_range && overlaps(&owners, m.image_block, m.len);
+            if bad_range || clash {
+                let why = if bad_range {
+                    "outside the data area".to_string()
+                } else {
+                    "already owned".to_string()
+                };
+                c.problem(
+                    format!(
+                        "inode {ino}: file blocks {}+{} map image blocks {}+{} {why}",
+                        m.file_block, m.len, m.image_block, m.len
+                    ),
+                    true,
+                );
+                if repair {
+                    inodes
+                        .get_mut(&ino)
+                        .expect("inode")
+                        .extents
+                        .remove(m.file_block, m.len);
+                }
+                continue;
+            }
+            owners.insert(m.image_block, (m.len, ino));
+            c.report.file_blocks += m.len;
+        }
+    }
+    let mut expected = Allocator::all_used(total);
+    let mut cursor = 0u64;
+    for (&s, &(l, _)) in &owners {
+        if s > cursor {
+            expected
+                .free(Extent {
+                    start: cursor,
+                    len: s - cursor,
+                })
+                .expect("unowned range is used in a fresh allocator");
+        }
+        cursor = cursor.max(s + l);
+    }
+    if cursor < total {
+        expected
+            .free(Extent {
+                start: cursor,
+                len: total - cursor,
+            })
+            .expect("tail");
+    }
+    if let Err(e) = loaded.alloc.check() {
+        c.problem(format!("allocator: {e}"), true);
+    }
+    let have: Vec<Extent> = loaded.alloc.free_extents().collect();
+    let want: Vec<Extent> = expected.free_extents().collect();
+    if have != want {
+        let (hf, wf) = (loaded.alloc.free_blocks(), expected.free_blocks());
+        c.problem(format!("allocator free space ({hf} blocks in {} extents) differs from the blocks nobody owns ({wf} in {})", have.len(), want.len()), true);
+    }
+    c.report.inodes = inodes.len();
+
+    if repair && !c.report.repaired.is_empty() {
+        // Rebuild the allocator from ownership as it now stands (after the fixes above).
+        let mut alloc = Allocator::all_used(total);
+        let mut used: Vec<(u64, u64)> = vec![(0, sb.data_start())];
+        used.extend(sb.checkpoint_extents.iter().copied());
+        for i in inodes.values() {
+            used.extend(i.extents.iter().map(|m| (m.image_block, m.len)));
+        }
+        used.sort_unstable();
+        let mut cursor = 0;
+        for (s, l) in used {
+            if s > cursor {
+                alloc
+                    .free(Extent {
+                        start: cursor,
+                        len: s - cursor,
+                    })
+                    .expect("gap");
+            }
+            cursor = cursor.max(s + l);
+        }
+        if cursor < total {
+            alloc
+                .free(Extent {
+                    start: cursor,
+                    len: total - cursor,
+                })
+                .expect("tail");
+        }
+        let mut list: Vec<&Inode> = inodes.values().collect();
+        list.sort_by_key(|i| i.ino);
+        checkpoint::write(
+            &image,
+            &mut sb,
+            &mut alloc,
+            &mut loaded.journal,
+            loaded.next_ino,
+            list.into_iter(),
+            true,
+        )?;
+        for e in alloc.free_extents() {
+            image.discard(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE);
+        }
+    }
+    Ok(c.report)
+}
+
+fn overlaps(owners: &BTreeMap<u64, (u64, u64)>, start: u64, len: u64) -> bool {
+    if let Some((&s, &(l, _))) = owners.range(..start + len).next_back() {
+        if s + l > start {
+            return true;
+        }
+    }
+    false
+}
+
+/// Finds or makes `/lost+found`; returns its inode number.
+fn lost_and_found(inodes: &mut HashMap<u64, Inode>, next_ino: &u64) -> u64 {
+    if let Some(e) = inodes[&ROOT_INO].dir.get(b"lost+found") {
+        if e.kind == Kind::Dir {
+            return e.ino;
+        }
+    }
+    let ino = (*next_ino).max(inodes.keys().max().copied().unwrap_or(ROOT_INO) + 1);
+    let now = Time::now();
+    inodes.insert(
+        ino,
+        Inode::new(ino, Kind::Dir, 0o700, 0, 0, 0, ROOT_INO, now),
+    );
+    let root = inodes.get_mut(&ROOT_INO).expect("root");
+    root.dir.insert(b"lost+found", ino, Kind::Dir);
+    root.size = root.dir.len() as u64;
+    ino
+}

@@ -1,0 +1,592 @@
+//! The image file: emulated persistent memory. Owns the shared mapping, the superblocks, the
+//! exclusive lock that keeps a second daemon away, and persistence ordering.
+//!
+//! Layout (block size 4096):
+//!
+//! | blocks | content |
+//! |---|---|
+//! | 0, 1 | superblock copies A and B; the valid one with the higher generation is current |
+//! | 2 .. 2+J | the metadata journal ([`crate::journal`]) |
+//! | the rest | data and checkpoint blocks, managed by the allocator |
+//!
+//! Block 0 also carries, past its superblock, the *owner note*: the pid and mount point of the
+//! daemon that holds the lock, so that a refused second mount can name them.
+//!
+//! Persistence ordering: stores go to the shared mapping, so they survive the daemon being
+//! killed (they are in the host page cache). [`Image::flush`] (`msync(MS_SYNC)` of a range) makes
+//! a range durable against a host crash; callers flush data before the journal records that
+//! reference it, and a checkpoint before the superblock that points at it.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::codec::{crc32c, Reader, Writer};
+
+/// Bytes per block.
+pub const BLOCK_SIZE: u64 = 4096;
+/// On-image format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+const MAGIC: &[u8; 8] = b"PINFSimg";
+/// Checkpoint extents the superblock can name.
+pub const MAX_CHECKPOINT_EXTENTS: usize = 200;
+const SUPERBLOCK_BYTES: usize = 2048;
+const OWNER_NOTE_OFFSET: u64 = 2048;
+/// Smallest image `mkfs` accepts.
+pub const MIN_IMAGE_BYTES: u64 = 4 << 20;
+
+/// Why an image could not be created or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// An I/O error on the image file.
+    #[error("{path}: {what}: {source}")]
+    Io {
+        /// The image.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The file is not a pinfs image (or not one this build can read).
+    #[error("{path}: {problem}")]
+    Invalid {
+        /// The image.
+        path: PathBuf,
+        /// The problem, with what to do about it.
+        problem: String,
+    },
+    /// Another daemon holds the image.
+    #[error("{path}: the image is in use by {holder}; unmount it first (`umount {mount}`)")]
+    Busy {
+        /// The image.
+        path: PathBuf,
+        /// Who holds it.
+        holder: String,
+        /// Where it is mounted, if known.
+        mount: String,
+    },
+}
+
+/// The superblock: geometry and where the current checkpoint lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superblock {
+    /// Blocks in the image.
+    pub total_blocks: u64,
+    /// First journal block.
+    pub journal_start: u64,
+    /// Journal length in blocks.
+    pub journal_blocks: u64,
+    /// Incremented by every checkpoint; picks the current superblock copy.
+    pub generation: u64,
+    /// Sequence number of the first journal record written after this checkpoint.
+    pub journal_seq: u64,
+    /// Checkpoint length in bytes (0: none yet, the filesystem is empty).
+    pub checkpoint_len: u64,
+    /// CRC-32C of the checkpoint bytes.
+    pub checkpoint_crc: u32,
+    /// Where the checkpoint bytes are, in order.
+    pub checkpoint_extents: Vec<(u64, u64)>,
+    /// Set at clean unmount, cleared at mount.
+    pub clean: bool,
+    /// Identifies the filesystem.
+    pub uuid: [u8; 16],
+}
+
+impl Superblock {
+    /// First block the allocator manages.
+    pub fn data_start(&self) -> u64 {
+        self.journal_start + self.journal_blocks
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.buf.extend_from_slice(MAGIC);
+        w.u32(FORMAT_VERSION).u32(BLOCK_SIZE as u32);
+        w.u64(self.total_blocks)
+            .u64(self.journal_start)
+            .u64(self.journal_blocks);
+        w.u64(self.generation).u64(self.journal_seq);
+        w.u64(self.checkpoint_len).u32(self.checkpoint_crc);
+        w.u32(self.checkpoint_extents.len() as u32);
+        for &(s, l) in &self.checkpoint_extents {
+            w.u64(s).u64(l);
+        }
+        w.u8(self.clean as u8);
+        w.buf.extend_from_slice(&self.uuid);
+        let crc = crc32c(&w.buf);
+        w.u32(crc);
+        assert!(
+            w.buf.len() <= SUPERBLOCK_BYTES,
+            "superblock overflows its area"
+        );
+        w.buf
+    }
+
+    /// Decodes one superblock copy. `Ok(None)`: no pinfs magic at all.
+    fn decode(bytes: &[u8]) -> Result<Option<Superblock>, String> {
+        if &bytes[..8] != MAGIC {
+            return Ok(None);
+        }
+        let mut r = Reader::new(&bytes[8..]);
+        let e = |e: crate::codec::DecodeError| e.0;
+        let version = r.u32().map_err(e)?;
+        if version != FORMAT_VERSION {
+            return Err(format!(
+                "format version {version} is not supported by this pinfs (it reads version {FORMAT_VERSION}); use a matching pinfs build"
+            ));
+        }
+        let bs = r.u32().map_err(e)?;
+        if bs as u64 != BLOCK_SIZE {
+            return Err(format!(
+                "block size {bs} is not supported (only {BLOCK_SIZE})"
+            ));
+        }
+        let total_blocks = r.u64().map_err(e)?;
+        let journal_start = r.u64().map_err(e)?;
+        let journal_blocks = r.u64().map_err(e)?;
+        let generation = r.u64().map_err(e)?;
+        let journal_seq = r.u64().map_err(e)?;
+        let checkpoint_len = r.u64().map_err(e)?;
+        let checkpoint_crc = r.u32().map_err(e)?;
+        let n = r.u32().map_err(e)? as usize;
+        if n > MAX_CHECKPOINT_EXTENTS {
+            return Err(format!(
+                "superblock names {n} checkpoint extents (at most {MAX_CHECKPOINT_EXTENTS})"
+            ));
+        }
+        let mut checkpoint_extents = Vec::with_capacity(n);
+        for _ in 0..n {
+            checkpoint_extents.push((r.u64().map_err(e)?, r.u64().map_err(e)?));
+        }
+        let clean = r.u8().map_err(e)? != 0;
+        let mut uuid = [0u8; 16];
+        for b in uuid.iter_mut() {
+            *b = r.u8().map_err(e)?;
+        }
+        let body_len = bytes.len() - 8 - r.remaining() + 8;
+        let crc = r.u32().map_err(e)?;
+        if crc32c(&bytes[..body_len]) != crc {
+            return Err("superblock checksum mismatch".into());
+        }
+        let sb = Superblock {
+            total_blocks,
+            journal_start,
+            journal_blocks,
+            generation,
+            journal_seq,
+            checkpoint_len,
+            checkpoint_crc,
+            checkpoint_extents,
+            clean,
+            uuid,
+        };
+        sb.check_geometry()?;
+        Ok(Some(sb))
+    }
+
+    fn check_geometry(&self) -> Result<(), String> {
+        if self.journal_start != 2
+            || self.journal_blocks == 0
+            || self.data_start() >= self.total_blocks
+        {
+            return Err(format!(
+                "impossible geometry: {} blocks, journal {}+{}",
+                self.total_blocks, self.journal_start, self.journal_blocks
+            ));
+        }
+        let mut covered = 0u64;
+        for &(s, l) in &self.checkpoint_extents {
+            if s < self.data_start() || s.checked_add(l).is_none_or(|e| e > self.total_blocks) {
+                return Err(format!(
+                    "checkpoint extent {s}+{l} lies outside the data area"
+                ));
+            }
+            covered += l;
+        }
+        if self.checkpoint_len > covered * BLOCK_SIZE {
+            return Err("checkpoint is longer than its extents".into());
+        }
+        Ok(())
+    }
+}
+
+/// Journal size for an image of `total_blocks`: 1/64 of it, between 256 KiB and 64 MiB.
+pub fn journal_blocks_for(total_blocks: u64) -> u64 {
+    (total_blocks / 64).clamp(64, 16384)
+}
+
+/// An open, mapped, locked image.
+pub struct Image {
+    path: PathBuf,
+    file: File,
+    map: MmapRaw,
+    len: u64,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        what,
+        source,
+    }
+}
+
+fn invalid(path: &Path, problem: impl Into<String>) -> ImageError {
+    ImageError::Invalid {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
+}
+
+/// Parses sizes like `4096`, `64M`, `4G`, `1T` (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("size '{s}': unknown unit '{c}' (use K, M, G or T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("size '{s}' is not a number with an optional K/M/G/T unit"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+fn random_uuid() -> [u8; 16] {
+    let mut u = [0u8; 16];
+    if let Ok(mut f) = File::open("/dev/urandom") {
+        use std::io::Read;
+        if f.read_exact(&mut u).is_ok() {
+            return u;
+        }
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    u.copy_from_slice(&t.to_le_bytes());
+    u
+}
+
+impl Image {
+    /// Creates (or, with `force`, re-formats) an image of `size` bytes: sparse, with an empty
+    /// journal and no checkpoint. Refuses to overwrite a file that is not a pinfs image, and a
+    /// pinfs image unless `force`.
+    pub fn create(path: &Path, size: u64, force: bool) -> Result<Superblock, ImageError> {
+        if size < MIN_IMAGE_BYTES {
+            return Err(invalid(
+                path,
+                format!("size {size} is below the minimum of {MIN_IMAGE_BYTES} bytes (4M)"),
+            ));
+        }
+        if let Ok(meta) = std::fs::metadata(path) {
+            if !meta.is_file() {
+                return Err(invalid(
+                    path,
+                    "exists and is not a regular file; refusing to format it",
+                ));
+            }
+            if meta.len() > 0 {
+                let is_pinfs = Self::peek_magic(path).unwrap_or(false);
+                if !is_pinfs {
+                    return Err(invalid(path, "exists and is not a pinfs image; refusing to overwrite it (remove it first)"));
+                }
+                if !force {
+                    return Err(invalid(path, "already holds a pinfs image; pass --force to re-format it (all its data is lost)"));
+                }
+            }
+        }
+        let total_blocks = size / BLOCK_SIZE;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err(path, "cannot create"))?;
+        Self::try_lock(&file, path)?;
+        file.set_len(0).map_err(io_err(path, "cannot truncate"))?;
+        file.set_len(total_blocks * BLOCK_SIZE)
+            .map_err(io_err(path, "cannot size"))?;
+        let journal_blocks = journal_blocks_for(total_blocks);
+        let sb = Superblock {
+            total_blocks,
+            journal_start: 2,
+            journal_blocks,
+            generation: 1,
+            journal_seq: 1,
+            checkpoint_len: 0,
+            checkpoint_crc: 0,
+            checkpoint_extents: Vec::new(),
+            clean: true,
+            uuid: random_uuid(),
+        };
+        let img = Image::map(path, file)?;
+        img.write_superblock(&sb);
+        img.flush(0, 2 * BLOCK_SIZE);
+        Ok(sb)
+    }
+
+    fn peek_magic(path: &Path) -> io::Result<bool> {
+        use std::io::Read;
+        let mut b = [0u8; 8];
+        let mut f = File::open(path)?;
+        Ok(f.read_exact(&mut b).is_ok() && &b == MAGIC)
+    }
+
+    fn map(path: &Path, file: File) -> Result<Image, ImageError> {
+        let len = file.metadata().map_err(io_err(path, "cannot stat"))?.len();
+        // The mapping is shared: stores reach the file (the emulated persistent memory).
+        let map = MmapOptions::new()
+            .len(len as usize)
+            .map_raw(&file)
+            .map_err(io_err(path, "cannot map"))?;
+        Ok(Image {
+            path: path.to_path_buf(),
+            file,
+            map,
+            len,
+        })
+    }
+
+    fn try_lock(file: &File, path: &Path) -> Result<(), ImageError> {
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let (holder, mount) = Self::read_owner_note(path);
+        Err(ImageError::Busy {
+            path: path.to_path_buf(),
+            holder,
+            mount,
+        })
+    }
+
+    fn read_owner_note(path: &Path) -> (String, String) {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut buf = vec![0u8; 1024];
+        let note = File::open(path).and_then(|mut f| {
+            f.seek(SeekFrom::Start(OWNER_NOTE_OFFSET))?;
+            f.read_exact(&mut buf)
+        });
+        if note.is_ok() {
+            let mut r = Reader::new(&buf);
+            if let (Ok(pid), Ok(mnt)) = (r.u32(), r.bytes(1000)) {
+                if pid != 0 {
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    let mnt = String::from_utf8_lossy(&mnt).into_owned();
+                    return (
+                        format!("process {pid} ({}) mounted at {mnt}", comm.trim()),
+                        mnt,
+                    );
+                }
+            }
+        }
+        (
+            "another process (no owner note)".into(),
+            "MOUNTPOINT".into(),
+        )
+    }
+
+    /// Opens and locks an existing image and reads its current superblock. When the lock is
+    /// taken, retries for `lock_wait` (a daemon that was just unmounted may still be exiting)
+    /// before giving up with [`ImageError::Busy`].
+    pub fn open(path: &Path, lock_wait: Duration) -> Result<(Image, Superblock), ImageError> {
+        let meta = std::fs::metadata(path).map_err(io_err(path, "cannot open image"))?;
+        if !meta.is_file() {
+            return Err(invalid(
+                path,
+                "is not a regular file; a pinfs image is a file made by `pinfs mkfs`",
+            ));
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path, "cannot open image"))?;
+        let deadline = Instant::now() + lock_wait;
+        loop {
+            match Self::try_lock(&file, path) {
+                Ok(()) => break,
+                Err(e @ ImageError::Busy { .. }) if Instant::now() >= deadline => return Err(e),
+                Err(ImageError::Busy { .. }) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => return Err(e),
+            }
+        }
+        if meta.len() < 2 * BLOCK_SIZE {
+            if Self::peek_magic(path).unwrap_or(false) {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "image is truncated ({} bytes); restore it from a copy",
+                        meta.len()
+                    ),
+                ));
+            }
+            return Err(invalid(path, "is not a pinfs image (too small, no pinfs magic); create one with `pinfs mkfs IMAGE --size SIZE`"));
+        }
+        let img = Image::map(path, file)?;
+        let mut copies = Vec::new();
+        let mut problems = Vec::new();
+        let mut magic_seen = false;
+        for b in 0..2u64 {
+            let mut buf = vec![0u8; SUPERBLOCK_BYTES];
+            img.read(b * BLOCK_SIZE, &mut buf);
+            match Superblock::decode(&buf) {
+                Ok(Some(sb)) => {
+                    magic_seen = true;
+                    copies.push(sb)
+                }
+                Ok(None) => {}
+                Err(p) => {
+                    magic_seen = true;
+                    problems.push(format!("superblock {}: {p}", ["A", "B"][b as usize]))
+                }
+            }
+        }
+        if !magic_seen {
+            return Err(invalid(path, "is not a pinfs image (no pinfs magic in either superblock); create one with `pinfs mkfs IMAGE --size SIZE`"));
+        }
+        let Some(sb) = copies.into_iter().max_by_key(|s| s.generation) else {
+            return Err(invalid(path, format!("{}; run `pinfs fsck --repair` only if you have a copy, the superblocks cannot be rebuilt", problems.join("; "))));
+        };
+        if sb.total_blocks * BLOCK_SIZE > img.len {
+            return Err(invalid(path, format!(
+                "image is truncated: the superblock says {} bytes, the file has {}; restore it from a copy",
+                sb.total_blocks * BLOCK_SIZE,
+                img.len
+            )));
+        }
+        Ok((img, sb))
+    }
+
+    /// The image path as given.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records who holds the image (see the module docs).
+    pub fn write_owner_note(&self, pid: u32, mountpoint: &str) {
+        let mut w = Writer::new();
+        w.u32(pid)
+            .bytes(&mountpoint.as_bytes()[..mountpoint.len().min(1000)]);
+        self.write(OWNER_NOTE_OFFSET, &w.buf);
+    }
+
+    /// Writes `sb` into the copy its generation selects (odd: A, even: B), so the other copy
+    /// stays intact if this store is torn.
+    pub fn write_superblock(&self, sb: &Superblock) {
+        let bytes = sb.encode();
+        let off = (sb.generation % 2) * BLOCK_SIZE;
+        self.write(off, &bytes);
+        self.flush(off, BLOCK_SIZE);
+    }
+
+    fn check_range(&self, off: u64, len: usize) {
+        assert!(
+            off.checked_add(len as u64).is_some_and(|e| e <= self.len),
+            "image access {off}+{len} outside the {}-byte image",
+            self.len
+        );
+    }
+
+    /// Copies bytes out of the image.
+    pub fn read(&self, off: u64, buf: &mut [u8]) {
+        self.check_range(off, buf.len());
+        // SAFETY: the range lies inside the mapping (checked above), which lives as long as
+        // `self`. Raw copies form no Rust reference to the mapped bytes, which pin holders may
+        // write concurrently (as a device would); concurrent stores by the daemon itself to
+        // the same file range are excluded by the inode locks.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(off as usize),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        }
+    }
+
+    /// Copies bytes into the image.
+    pub fn write(&self, off: u64, data: &[u8]) {
+        self.check_range(off, data.len());
+        // SAFETY: as in `read`; the mapping is writable and shared.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.as_mut_ptr().add(off as usize),
+                data.len(),
+            )
+        }
+    }
+
+    /// Stores zeros.
+    pub fn zero(&self, off: u64, len: u64) {
+        self.check_range(off, len as usize);
+        // SAFETY: as in `write`.
+        unsafe { std::ptr::write_bytes(self.map.as_mut_ptr().add(off as usize), 0, len as usize) }
+    }
+
+    /// Returns whole blocks to the host as a hole: they read as zeros afterwards, in every
+    /// mapping. Falls back to storing zeros where the host cannot punch.
+    pub fn discard(&self, off: u64, len: u64) {
+        self.check_range(off, len as usize);
+        // SAFETY: fallocate on our own descriptor with an in-range offset and length.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            self.zero(off, len);
+        }
+    }
+
+    /// Makes `off..off+len` durable (`msync(MS_SYNC)` of the pages that cover it).
+    pub fn flush(&self, off: u64, len: u64) {
+        let start = off & !(BLOCK_SIZE - 1);
+        let end = (off + len).min(self.len);
+        if end > start {
+            if let Err(e) = self.map.flush_range(start as usize, (end - start) as usize) {
+                tracing::error!(image = %self.path.display(), "msync failed: {e}");
+            }
+        }
+    }
+
+    /// Length of the mapping in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty mapping (never for an opened image).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}

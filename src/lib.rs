@@ -1,0 +1,22 @@
+//! pinfs: a FUSE filesystem on an emulated persistent-memory image, built to make long-term
+//! block pinning (RDMA, VFIO) on DAX-like storage real and testable.
+//!
+//! Module map: [`image`] (mapping, superblocks, persistence ordering), [`journal`] and
+//! [`checkpoint`] (crash consistency), [`record`] (the metadata changes), [`inode`] and
+//! [`extent_map`] (metadata), [`fs`] (POSIX operations, no FUSE), [`fuse`] (the thin fuser
+//! adapter), [`options`] (mount options), [`fsck`] (checking and repair), [`daemon`] (mounting
+//! and the daemon's life).
+
+pub mod checkpoint;
+pub mod codec;
+pub mod daemon;
+pub mod error;
+pub mod extent_map;
+pub mod fs;
+pub mod fsck;
+pub mod fuse;
+pub mod image;
+pub mod inode;
+pub mod journal;
+pub mod options;
+pub mod record;

@@ -1,0 +1,137 @@
+//! Mount options: the standard ones every Linux filesystem takes, and pinfs's own.
+//!
+//! Unknown options are refused by name, so a typo never silently mounts with defaults.
+
+use crate::fs::AtimeMode;
+
+/// Parsed mount options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountOptions {
+    /// `ro`.
+    pub read_only: bool,
+    /// `dev` (device nodes work); FUSE's default is `nodev`.
+    pub dev: bool,
+    /// `suid` (set-uid bits honoured); FUSE's default is `nosuid`.
+    pub suid: bool,
+    /// `noexec` when false.
+    pub exec: bool,
+    /// Access-time policy: `strictatime`/`atime`, `relatime` (default), `noatime`.
+    pub atime: AtimeMode,
+    /// `allow_other`: users other than the mounter may use the mount.
+    pub allow_other: bool,
+    /// Request-handling threads (`threads=N`); default: the number of CPUs.
+    pub threads: Option<usize>,
+    /// Seconds to wait for the image lock (`lock_wait=SECONDS`, default 10).
+    pub lock_wait: f64,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            read_only: false,
+            dev: false,
+            suid: false,
+            exec: true,
+            atime: AtimeMode::Relative,
+            allow_other: false,
+            threads: None,
+            lock_wait: 10.0,
+        }
+    }
+}
+
+/// Options that mount(8) and its helpers pass along and that have no effect on a FUSE mount.
+const IGNORED: &[&str] = &[
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "async",
+    "sync",
+    "dirsync",
+    "default_permissions",
+    "nodiratime",
+    "diratime",
+    "lazytime",
+    "nolazytime",
+    "loud",
+    "silent",
+    "owner",
+    "group",
+];
+
+impl MountOptions {
+    /// Parses a comma-separated option list (several `-o` lists may be joined with commas).
+    pub fn parse(list: &str) -> Result<MountOptions, String> {
+        let mut o = MountOptions::default();
+        for opt in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = match opt.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (opt, None),
+            };
+            let number = |v: Option<&str>| -> Result<f64, String> {
+                v.and_then(|v| v.parse::<f64>().ok())
+                    .filter(|n| n.is_finite() && *n >= 0.0)
+                    .ok_or_else(|| {
+                        format!("mount option '{opt}' needs a non-negative number, like {key}=4")
+                    })
+            };
+            match (key, value) {
+                ("rw", None) => o.read_only = false,
+                ("ro", None) => o.read_only = true,
+                ("dev", None) => o.dev = true,
+                ("nodev", None) => o.dev = false,
+                ("suid", None) => o.suid = true,
+                ("nosuid", None) => o.suid = false,
+                ("exec", None) => o.exec = true,
+                ("noexec", None) => o.exec = false,
+                ("atime" | "strictatime", None) => o.atime = AtimeMode::Strict,
+                ("relatime", None) => o.atime = AtimeMode::Relative,
+                ("noatime", None) => o.atime = AtimeMode::Never,
+                ("allow_other", None) => o.allow_other = true,
+                ("threads", v) => {
+                    let n = number(v)?;
+                    if n < 1.0 || n > 256.0 || n.fract() != 0.0 {
+                        return Err(format!("mount option '{opt}': threads must be a whole number from 1 to 256"));
+                    }
+                    o.threads = Some(n as usize);
+                }
+                ("lock_wait", v) => o.lock_wait = number(v)?,
+                // mount(8) passes these for fstab entries; they name the source, not an option.
+                ("fsname" | "subtype", Some(_)) => {}
+                (k, None) if IGNORED.contains(&k) || k.starts_with("x-") => {}
+                _ => {
+                    return Err(format!(
+                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, default_permissions, threads=N, lock_wait=SECONDS)"
+                    ))
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xfstests_options_parse() {
+        let o = MountOptions::parse("rw,dev,suid,noatime,allow_other,default_permissions").unwrap();
+        assert!(o.dev && o.suid && o.allow_other && !o.read_only);
+        assert_eq!(o.atime, AtimeMode::Never);
+    }
+
+    #[test]
+    fn unknown_options_are_named() {
+        let e = MountOptions::parse("rw,no_such_option").unwrap_err();
+        assert!(e.contains("no_such_option"), "{e}");
+        assert!(MountOptions::parse("threads=0").is_err());
+        assert!(MountOptions::parse("threads=x").is_err());
+        assert_eq!(MountOptions::parse("threads=3").unwrap().threads, Some(3));
+    }
+}
