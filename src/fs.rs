@@ -198,7 +198,7 @@ pub struct StatFs {
     pub busy: u64,
     /// Inodes in use.
     pub files: u64,
-    /// Inodes that could still be made.
+    /// Inodes that could still be made (one per data block, less those in use).
     pub files_free: u64,
 }
 
@@ -1672,12 +1672,14 @@ impl Fs {
         let alloc = lock(&self.alloc);
         let files = self.table.len() as u64;
         let blocks = total - data_start;
+        // Inodes live in memory and in checkpoints, not in a fixed table: report one possible
+        // inode per data block, so that `df -i` means something and data does not change it.
         StatFs {
             blocks,
             free: alloc.free_blocks(),
             busy: alloc.busy_blocks(),
             files,
-            files_free: (blocks / 4).max(files) - files + alloc.free_blocks() / 4,
+            files_free: blocks.saturating_sub(files),
         }
     }
 

@@ -1,0 +1,200 @@
+//! Shared helpers of the mount tests: make an image, mount it for real with the `pinfs`
+//! binary, unmount on drop. Without FUSE the tests say so loudly and skip, unless
+//! `PINFS_REQUIRE_FUSE=1` (set by CI), where a missing FUSE is a failure.
+#![allow(dead_code)]
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pinfs");
+
+/// Why FUSE mounts cannot run here, if they cannot.
+pub fn fuse_unavailable() -> Option<String> {
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse does not exist".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("mount tests need root (they call mount(2) directly)".into());
+    }
+    None
+}
+
+/// Returns true (after saying so) when the calling test must skip.
+pub fn skip_without_fuse(test: &str) -> bool {
+    match fuse_unavailable() {
+        None => false,
+        Some(why) => {
+            if std::env::var("PINFS_REQUIRE_FUSE").as_deref() == Ok("1") {
+                panic!("{test}: FUSE is required (PINFS_REQUIRE_FUSE=1) but unavailable: {why}");
+            }
+            eprintln!("\n*** SKIPPED {test}: {why} ***\n");
+            true
+        }
+    }
+}
+
+pub fn pinfs(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run pinfs")
+}
+
+pub fn mkfs(image: &Path, size: &str) {
+    let out = pinfs(&["mkfs", image.to_str().unwrap(), "--size", size]);
+    assert!(
+        out.status.success(),
+        "mkfs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A mounted pinfs on a fresh image in a temporary directory.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+    pub image: PathBuf,
+    pub mnt: PathBuf,
+    mounted: bool,
+}
+
+impl Mount {
+    pub fn new(size: &str, options: &str) -> Mount {
+        let dir = tempfile::Builder::new()
+            .prefix("pinfs-test")
+            .tempdir()
+            .expect("tempdir");
+        // Other users must be able to reach the mount (permission tests run as nobody).
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let image = dir.path().join("test.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        mkfs(&image, size);
+        let mut m = Mount {
+            dir,
+            image,
+            mnt,
+            mounted: false,
+        };
+        m.mount(options);
+        m
+    }
+
+    pub fn mount(&mut self, options: &str) {
+        let mut args = vec![
+            "mount",
+            self.image.to_str().unwrap(),
+            self.mnt.to_str().unwrap(),
+        ];
+        if !options.is_empty() {
+            args.extend(["-o", options]);
+        }
+        let out = pinfs(&args);
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.mounted = true;
+    }
+
+    /// Unmounts and waits for the daemon to release the image.
+    pub fn umount(&mut self) {
+        if self.mounted {
+            let c = CString::new(self.mnt.as_os_str().as_bytes()).unwrap();
+            // SAFETY: umount2 with a NUL-terminated path.
+            let rc = unsafe { libc::umount2(c.as_ptr(), 0) };
+            assert_eq!(
+                rc,
+                0,
+                "umount {}: {}",
+                self.mnt.display(),
+                std::io::Error::last_os_error()
+            );
+            self.mounted = false;
+            wait_unlocked(&self.image);
+        }
+    }
+
+    pub fn remount(&mut self, options: &str) {
+        self.umount();
+        self.mount(options);
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    pub fn fsck(&self) -> Output {
+        pinfs(&["fsck", self.image.to_str().unwrap()])
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.mounted {
+            let c = CString::new(self.mnt.as_os_str().as_bytes()).unwrap();
+            // SAFETY: umount2 with a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            wait_unlocked(&self.image);
+        }
+    }
+}
+
+/// Waits until no daemon holds the image lock (at most 20 s).
+pub fn wait_unlocked(image: &Path) {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok(f) = std::fs::File::open(image) {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{}: still locked 20 s after unmount", image.display());
+}
+
+/// The errno of the last failed libc call.
+pub fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+pub fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// The errno of an io::Error, for assertions.
+pub fn err_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("expected an error")
+        .raw_os_error()
+        .expect("an OS error")
+}
+
+/// Runs `f` in a child process that has switched to uid/gid 65534 (nobody); returns its exit
+/// status (0: f returned true).
+pub fn as_nobody(f: impl FnOnce() -> bool) -> bool {
+    // SAFETY: fork in a test process; the child only makes async-signal-safe-ish syscalls
+    // through `f` and exits with _exit, never returning into the test harness.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let groups: [libc::gid_t; 0] = [];
+            libc::setgroups(0, groups.as_ptr());
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                libc::_exit(3);
+            }
+            let ok = f();
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+    }
+}

@@ -1,0 +1,837 @@
+//! POSIX behaviour on a real mount, errno included.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+
+use common::*;
+
+macro_rules! mount_or_skip {
+    ($size:expr, $opts:expr) => {{
+        if skip_without_fuse(module_path!()) {
+            return;
+        }
+        Mount::new($size, $opts)
+    }};
+}
+
+#[test]
+fn data_and_names_survive_remount() {
+    let mut m = mount_or_skip!("64M", "");
+    fs::create_dir_all(m.path("a/b")).unwrap();
+    fs::write(m.path("a/b/f"), b"persistent").unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(m.path("big"), &big).unwrap();
+    std::os::unix::fs::symlink("a/b/f", m.path("link")).unwrap();
+    m.remount("");
+    assert_eq!(fs::read(m.path("a/b/f")).unwrap(), b"persistent");
+    assert_eq!(fs::read(m.path("big")).unwrap(), big);
+    assert_eq!(
+        fs::read_link(m.path("link")).unwrap().to_str(),
+        Some("a/b/f")
+    );
+    assert_eq!(fs::read(m.path("link")).unwrap(), b"persistent");
+    m.umount();
+    let out = m.fsck();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "fsck: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn directory_errors() {
+    let m = mount_or_skip!("32M", "");
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), b"x").unwrap();
+    assert_eq!(err_of(fs::create_dir(m.path("d"))), libc::EEXIST);
+    assert_eq!(err_of(fs::remove_dir(m.path("d"))), libc::ENOTEMPTY);
+    assert_eq!(err_of(fs::remove_dir(m.path("d/f"))), libc::ENOTDIR);
+    assert_eq!(err_of(fs::remove_file(m.path("d"))), libc::EISDIR);
+    assert_eq!(err_of(fs::read(m.path("nope"))), libc::ENOENT);
+    assert_eq!(err_of(fs::write(m.path("d/f/g"), b"")), libc::ENOTDIR);
+    let long = "x".repeat(256);
+    assert_eq!(err_of(fs::write(m.path(&long), b"")), libc::ENAMETOOLONG);
+    let ok = "y".repeat(255);
+    fs::write(m.path(&ok), b"").unwrap();
+    let md = fs::metadata(m.path("d")).unwrap();
+    assert_eq!(md.nlink(), 2);
+    fs::create_dir(m.path("d/sub")).unwrap();
+    assert_eq!(
+        fs::metadata(m.path("d")).unwrap().nlink(),
+        3,
+        "a subdirectory adds a link to its parent"
+    );
+    fs::remove_dir(m.path("d/sub")).unwrap();
+    fs::remove_file(m.path("d/f")).unwrap();
+    fs::remove_dir(m.path("d")).unwrap();
+}
+
+fn renameat2(from: &std::path::Path, to: &std::path::Path, flags: u32) -> i32 {
+    let (a, b) = (cstr(from), cstr(to));
+    // SAFETY: renameat2 with NUL-terminated paths relative to the cwd.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        0
+    } else {
+        errno()
+    }
+}
+
+#[test]
+fn rename_variants() {
+    let m = mount_or_skip!("32M", "");
+    fs::write(m.path("a"), b"A").unwrap();
+    fs::write(m.path("b"), b"B").unwrap();
+    assert_eq!(
+        renameat2(&m.path("a"), &m.path("b"), libc::RENAME_NOREPLACE),
+        libc::EEXIST
+    );
+    assert_eq!(
+        renameat2(&m.path("a"), &m.path("b"), libc::RENAME_EXCHANGE),
+        0
+    );
+    assert_eq!(fs::read(m.path("a")).unwrap(), b"B");
+    assert_eq!(fs::read(m.path("b")).unwrap(), b"A");
+    assert_eq!(
+        renameat2(&m.path("a"), &m.path("zz"), libc::RENAME_EXCHANGE),
+        libc::ENOENT
+    );
+    fs::rename(m.path("a"), m.path("b")).unwrap();
+    assert_eq!(fs::read(m.path("b")).unwrap(), b"B");
+    assert!(!m.path("a").exists());
+    fs::create_dir_all(m.path("d1/d2")).unwrap();
+    fs::create_dir(m.path("e")).unwrap();
+    fs::write(m.path("e/f"), b"").unwrap();
+    assert_eq!(
+        err_of(fs::rename(m.path("d1"), m.path("d1/d2/d3"))),
+        libc::EINVAL
+    );
+    assert_eq!(
+        err_of(fs::rename(m.path("d1"), m.path("e"))),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(err_of(fs::rename(m.path("b"), m.path("d1"))), libc::EISDIR);
+    assert_eq!(err_of(fs::rename(m.path("d1"), m.path("b"))), libc::ENOTDIR);
+    assert_eq!(
+        err_of(fs::rename(m.path("b"), "/tmp/pinfs-exdev-target")),
+        libc::EXDEV
+    );
+    // A directory moved to another parent: link counts follow.
+    fs::rename(m.path("d1/d2"), m.path("e/d2")).unwrap();
+    assert_eq!(fs::metadata(m.path("d1")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(m.path("e")).unwrap().nlink(), 3);
+    // Exchange of a directory and a file across parents.
+    assert_eq!(
+        renameat2(&m.path("e/d2"), &m.path("b"), libc::RENAME_EXCHANGE),
+        0
+    );
+    assert!(m.path("b").is_dir() && m.path("e/d2").is_file());
+    assert_eq!(fs::metadata(m.path("e")).unwrap().nlink(), 2);
+}
+
+#[test]
+fn hard_links_and_unlinked_open_files() {
+    let m = mount_or_skip!("32M", "");
+    fs::write(m.path("f"), b"data").unwrap();
+    fs::hard_link(m.path("f"), m.path("g")).unwrap();
+    assert_eq!(fs::metadata(m.path("f")).unwrap().nlink(), 2);
+    fs::create_dir(m.path("d")).unwrap();
+    assert_eq!(
+        err_of(fs::hard_link(m.path("d"), m.path("d2"))),
+        libc::EPERM
+    );
+    assert_eq!(
+        err_of(fs::hard_link(m.path("f"), m.path("g"))),
+        libc::EEXIST
+    );
+    fs::remove_file(m.path("f")).unwrap();
+    assert_eq!(fs::metadata(m.path("g")).unwrap().nlink(), 1);
+
+    let payload = vec![0x5a_u8; 8 << 20];
+    fs::write(m.path("victim"), &payload).unwrap();
+    let free_before = statvfs_free(&m.mnt);
+    let mut f = File::open(m.path("victim")).unwrap();
+    fs::remove_file(m.path("victim")).unwrap();
+    assert!(!m.path("victim").exists());
+    let mut back = Vec::new();
+    f.read_to_end(&mut back).unwrap();
+    assert_eq!(back, payload, "an unlinked file stays readable while open");
+    assert_eq!(
+        statvfs_free(&m.mnt),
+        free_before,
+        "its blocks stay allocated while open"
+    );
+    drop(f);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while statvfs_free(&m.mnt) < free_before + 2048 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        statvfs_free(&m.mnt) >= free_before + 2048,
+        "blocks come back after the last close"
+    );
+}
+
+fn statvfs_free(p: &std::path::Path) -> u64 {
+    let c = cstr(p);
+    // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(c.as_ptr(), &mut s), 0);
+        s.f_bfree as u64
+    }
+}
+
+#[test]
+fn symlinks_and_special_files() {
+    let m = mount_or_skip!("32M", "dev");
+    std::os::unix::fs::symlink("loop", m.path("loop")).unwrap();
+    assert_eq!(err_of(File::open(m.path("loop"))), libc::ELOOP);
+    let target = "t".repeat(4000);
+    std::os::unix::fs::symlink(&target, m.path("long")).unwrap();
+    assert_eq!(
+        fs::read_link(m.path("long")).unwrap().to_str().unwrap(),
+        target
+    );
+    assert_eq!(fs::symlink_metadata(m.path("long")).unwrap().len(), 4000);
+    let fifo = cstr(&m.path("fifo"));
+    let chr = cstr(&m.path("null"));
+    let sock = cstr(&m.path("sock"));
+    // SAFETY: mknod with NUL-terminated paths.
+    unsafe {
+        assert_eq!(libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o644, 0), 0);
+        assert_eq!(
+            libc::mknod(chr.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)),
+            0
+        );
+        assert_eq!(libc::mknod(sock.as_ptr(), libc::S_IFSOCK | 0o644, 0), 0);
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(fs::metadata(m.path("fifo")).unwrap().file_type().is_fifo());
+    assert!(fs::metadata(m.path("sock"))
+        .unwrap()
+        .file_type()
+        .is_socket());
+    let md = fs::metadata(m.path("null")).unwrap();
+    assert!(md.file_type().is_char_device());
+    assert_eq!(md.rdev(), libc::makedev(1, 3));
+    // With the dev option the node works: writes to /dev/null vanish.
+    fs::write(m.path("null"), b"gone").unwrap();
+}
+
+fn utimens(p: &std::path::Path, a: (i64, i64), mt: (i64, i64)) {
+    let c = cstr(p);
+    let ts = [
+        libc::timespec {
+            tv_sec: a.0,
+            tv_nsec: a.1,
+        },
+        libc::timespec {
+            tv_sec: mt.0,
+            tv_nsec: mt.1,
+        },
+    ];
+    // SAFETY: utimensat with a NUL-terminated path and two timespecs.
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) },
+        0
+    );
+}
+
+#[test]
+fn attributes_and_timestamps() {
+    let mut m = mount_or_skip!("32M", "");
+    fs::write(m.path("f"), b"x").unwrap();
+    fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o4751)).unwrap();
+    assert_eq!(fs::metadata(m.path("f")).unwrap().mode() & 0o7777, 0o4751);
+    std::os::unix::fs::chown(m.path("f"), Some(1234), Some(5678)).unwrap();
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    assert_eq!(md.mode() & 0o7777, 0o0751, "chown clears set-uid");
+    utimens(
+        &m.path("f"),
+        (1_000_000_000, 123_456_789),
+        (1_100_000_000, 987_654_321),
+    );
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 123_456_789));
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_100_000_000, 987_654_321));
+    let ctime_before = (md.ctime(), md.ctime_nsec());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    OpenOptions::new()
+        .write(true)
+        .open(m.path("f"))
+        .unwrap()
+        .write_all(b"y")
+        .unwrap();
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert!(md.mtime() > 1_100_000_000, "a write updates mtime");
+    assert!(
+        (md.ctime(), md.ctime_nsec()) > ctime_before,
+        "a write updates ctime"
+    );
+    let dir_m = fs::metadata(&m.mnt).unwrap().mtime_nsec();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(m.path("g"), b"").unwrap();
+    let md_root = fs::metadata(&m.mnt).unwrap();
+    assert!(
+        md_root.mtime_nsec() != dir_m || md_root.mtime() > 0,
+        "creating a name changes the directory's mtime"
+    );
+    // Timestamps and ownership survive a remount.
+    utimens(&m.path("g"), (5, 6), (7, 8));
+    m.remount("");
+    let md = fs::metadata(m.path("g")).unwrap();
+    assert_eq!(
+        (md.atime(), md.atime_nsec(), md.mtime(), md.mtime_nsec()),
+        (5, 6, 7, 8)
+    );
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+}
+
+#[test]
+fn permissions_for_other_users() {
+    let m = mount_or_skip!("32M", "allow_other");
+    fs::write(m.path("root-file"), b"secret").unwrap();
+    fs::set_permissions(m.path("root-file"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::create_dir(m.path("tmp")).unwrap();
+    fs::set_permissions(m.path("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::write(m.path("tmp/roots"), b"").unwrap();
+    fs::create_dir(m.path("sgid")).unwrap();
+    std::os::unix::fs::chown(m.path("sgid"), Some(0), Some(4242)).unwrap();
+    fs::set_permissions(m.path("sgid"), fs::Permissions::from_mode(0o2777)).unwrap();
+    let (rootfile, sticky_victim, tmp, sgid) = (
+        m.path("root-file"),
+        m.path("tmp/roots"),
+        m.path("tmp"),
+        m.path("sgid"),
+    );
+    assert!(as_nobody(|| {
+        let write_denied = err_of(OpenOptions::new().write(true).open(&rootfile)) == libc::EACCES;
+        let sticky = err_of(fs::remove_file(&sticky_victim)) == libc::EPERM;
+        let own = fs::write(tmp.join("mine"), b"m").is_ok();
+        let md = fs::metadata(tmp.join("mine")).unwrap();
+        let owner = md.uid() == 65534 && md.gid() == 65534;
+        let removable = fs::remove_file(tmp.join("mine")).is_ok();
+        let inherits = fs::write(sgid.join("f"), b"").is_ok()
+            && fs::metadata(sgid.join("f")).unwrap().gid() == 4242;
+        let dir_inherits = fs::create_dir(sgid.join("d")).is_ok()
+            && fs::metadata(sgid.join("d")).unwrap().mode() & 0o2000 != 0;
+        let chmod_denied = err_of(fs::set_permissions(
+            &rootfile,
+            fs::Permissions::from_mode(0o777),
+        )) == libc::EPERM;
+        write_denied
+            && sticky
+            && own
+            && owner
+            && removable
+            && inherits
+            && dir_inherits
+            && chmod_denied
+    }));
+    // A write by another user clears set-uid and set-gid (with group execute).
+    fs::write(m.path("tmp/suid"), b"").unwrap();
+    fs::set_permissions(m.path("tmp/suid"), fs::Permissions::from_mode(0o6777)).unwrap();
+    let suid = m.path("tmp/suid");
+    assert!(as_nobody(|| OpenOptions::new()
+        .write(true)
+        .open(&suid)
+        .and_then(|mut f| f.write_all(b"x"))
+        .is_ok()));
+    assert_eq!(
+        fs::metadata(m.path("tmp/suid")).unwrap().mode() & 0o7777,
+        0o0777
+    );
+}
+
+fn setxattr(p: &std::path::Path, name: &str, value: &[u8], flags: i32) -> i32 {
+    let (c, n) = (cstr(p), CString::new(name).unwrap());
+    // SAFETY: setxattr with NUL-terminated strings and a valid buffer.
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        0
+    } else {
+        errno()
+    }
+}
+
+fn getxattr(p: &std::path::Path, name: &str, size: usize) -> Result<Vec<u8>, i32> {
+    let (c, n) = (cstr(p), CString::new(name).unwrap());
+    let mut buf = vec![0u8; size];
+    // SAFETY: getxattr into a buffer of `size` bytes.
+    let rc = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), size) };
+    if rc < 0 {
+        return Err(errno());
+    }
+    buf.truncate(rc as usize);
+    Ok(buf)
+}
+
+#[test]
+fn extended_attributes() {
+    let mut m = mount_or_skip!("32M", "");
+    let f = m.path("f");
+    fs::write(&f, b"").unwrap();
+    assert_eq!(setxattr(&f, "user.a", b"1", 0), 0);
+    assert_eq!(setxattr(&f, "trusted.b", b"22", 0), 0);
+    assert_eq!(setxattr(&f, "security.c", b"333", 0), 0);
+    assert_eq!(
+        setxattr(&f, "user.a", b"x", libc::XATTR_CREATE),
+        libc::EEXIST
+    );
+    assert_eq!(
+        setxattr(&f, "user.new", b"x", libc::XATTR_REPLACE),
+        libc::ENODATA
+    );
+    assert_eq!(setxattr(&f, "bogus.ns", b"x", 0), libc::EOPNOTSUPP);
+    assert_eq!(setxattr(&f, "user.big", &vec![0u8; 65537], 0), libc::E2BIG);
+    assert_eq!(setxattr(&f, "user.max", &vec![7u8; 65536], 0), 0);
+    assert_eq!(getxattr(&f, "trusted.b", 100), Ok(b"22".to_vec()));
+    assert_eq!(getxattr(&f, "security.c", 1), Err(libc::ERANGE));
+    assert_eq!(getxattr(&f, "user.none", 10), Err(libc::ENODATA));
+    m.remount("");
+    let f = m.path("f");
+    assert_eq!(getxattr(&f, "user.max", 70000).unwrap().len(), 65536);
+    let c = cstr(&f);
+    let mut buf = vec![0u8; 1000];
+    // SAFETY: listxattr into a 1000-byte buffer.
+    let n = unsafe { libc::listxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let names: Vec<&[u8]> = buf[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(names.len(), 4);
+    let n = CString::new("user.a").unwrap();
+    // SAFETY: removexattr with NUL-terminated strings.
+    assert_eq!(unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) }, 0);
+    assert_eq!(getxattr(&f, "user.a", 10), Err(libc::ENODATA));
+}
+
+fn seek(f: &File, off: i64, whence: i32) -> Result<i64, i32> {
+    // SAFETY: lseek on an open descriptor.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+    if r < 0 {
+        Err(errno())
+    } else {
+        Ok(r)
+    }
+}
+
+fn fallocate(f: &File, mode: i32, off: i64, len: i64) -> i32 {
+    // SAFETY: fallocate on an open descriptor.
+    if unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) } == 0 {
+        0
+    } else {
+        errno()
+    }
+}
+
+#[test]
+fn sparse_files_and_seek_data_hole() {
+    let m = mount_or_skip!("64M", "");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("sparse"))
+        .unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    f.write_all_at(b"tail", (1 << 30) + 5).unwrap();
+    let md = f.metadata().unwrap();
+    assert_eq!(md.len(), (1 << 30) + 9);
+    assert_eq!(md.blocks(), 16, "only the two written blocks are allocated");
+    let mut buf = vec![1u8; 8192];
+    f.read_exact_at(&mut buf, 1 << 20).unwrap();
+    assert!(buf.iter().all(|&b| b == 0), "holes read as zeros");
+    assert_eq!(seek(&f, 0, libc::SEEK_DATA), Ok(0));
+    assert_eq!(seek(&f, 0, libc::SEEK_HOLE), Ok(4096));
+    assert_eq!(seek(&f, 5000, libc::SEEK_DATA), Ok(1 << 30));
+    assert_eq!(seek(&f, (1 << 30) + 2, libc::SEEK_HOLE), Ok((1 << 30) + 9));
+    assert_eq!(seek(&f, (1 << 30) + 9, libc::SEEK_DATA), Err(libc::ENXIO));
+    assert_eq!(seek(&f, (1 << 30) + 9, libc::SEEK_HOLE), Err(libc::ENXIO));
+}
+
+#[test]
+fn fallocate_modes() {
+    let m = mount_or_skip!("64M", "");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
+    assert_eq!(fallocate(&f, 0, 0, 1 << 20), 0);
+    assert_eq!(f.metadata().unwrap().len(), 1 << 20);
+    assert_eq!(f.metadata().unwrap().blocks(), 2048);
+    assert_eq!(
+        fallocate(&f, libc::FALLOC_FL_KEEP_SIZE, 1 << 20, 1 << 20),
+        0
+    );
+    assert_eq!(
+        f.metadata().unwrap().len(),
+        1 << 20,
+        "KEEP_SIZE keeps the size"
+    );
+    assert_eq!(f.metadata().unwrap().blocks(), 4096);
+    f.write_all_at(&vec![0xab; 1 << 20], 0).unwrap();
+    assert_eq!(
+        fallocate(&f, libc::FALLOC_FL_PUNCH_HOLE, 0, 4096),
+        libc::EOPNOTSUPP,
+        "punch needs KEEP_SIZE"
+    );
+    assert_eq!(
+        fallocate(
+            &f,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            1000,
+            10000
+        ),
+        0
+    );
+    let mut buf = vec![0u8; 12000];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf[..1000].iter().all(|&b| b == 0xab));
+    assert!(
+        buf[1000..11000].iter().all(|&b| b == 0),
+        "the punched range reads as zeros"
+    );
+    assert!(buf[11000..].iter().all(|&b| b == 0xab));
+    assert_eq!(
+        f.metadata().unwrap().blocks(),
+        4096 - 8,
+        "the one whole block inside is freed"
+    );
+    assert_eq!(seek(&f, 4096, libc::SEEK_HOLE), Ok(4096));
+    assert_eq!(fallocate(&f, libc::FALLOC_FL_ZERO_RANGE, 20000, 100000), 0);
+    let mut buf = vec![1u8; 100000];
+    f.read_exact_at(&mut buf, 20000).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    assert_eq!(
+        fallocate(&f, libc::FALLOC_FL_ZERO_RANGE, (1 << 20) - 10, 100),
+        0
+    );
+    assert_eq!(
+        f.metadata().unwrap().len(),
+        (1 << 20) + 90,
+        "ZERO_RANGE without KEEP_SIZE extends"
+    );
+    assert_eq!(
+        fallocate(&f, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096),
+        libc::EOPNOTSUPP
+    );
+    assert_eq!(
+        fallocate(&f, 0, 0, 1 << 30),
+        libc::ENOSPC,
+        "more than the filesystem has"
+    );
+}
+
+#[test]
+fn truncate_zeroes_what_it_cuts() {
+    let m = mount_or_skip!("32M", "");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("t"))
+        .unwrap();
+    f.write_all_at(&[0xff; 10000], 0).unwrap();
+    f.set_len(5000).unwrap();
+    f.set_len(10000).unwrap();
+    let mut buf = vec![0u8; 10000];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf[..5000].iter().all(|&b| b == 0xff));
+    assert!(
+        buf[5000..].iter().all(|&b| b == 0),
+        "bytes past a truncation read as zeros after growing back"
+    );
+    assert_eq!(f.metadata().unwrap().blocks(), 16);
+    f.set_len(0).unwrap();
+    assert_eq!(f.metadata().unwrap().blocks(), 0);
+}
+
+#[test]
+fn copy_append_direct_and_large_offsets() {
+    let m = mount_or_skip!("64M", "");
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(m.path("src"), &data).unwrap();
+    let src = File::open(m.path("src")).unwrap();
+    let dst = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(m.path("dst"))
+        .unwrap();
+    let (mut off_in, mut off_out) = (0i64, 0i64);
+    // SAFETY: copy_file_range between two open descriptors with offsets on our stack.
+    let n = unsafe {
+        libc::copy_file_range(
+            src.as_raw_fd(),
+            &mut off_in,
+            dst.as_raw_fd(),
+            &mut off_out,
+            data.len(),
+            0,
+        )
+    };
+    assert_eq!(n, data.len() as isize);
+    drop(dst);
+    assert_eq!(fs::read(m.path("dst")).unwrap(), data);
+
+    let mut a = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(m.path("log"))
+        .unwrap();
+    a.write_all(b"one\n").unwrap();
+    let mut b = OpenOptions::new().append(true).open(m.path("log")).unwrap();
+    b.write_all(b"two\n").unwrap();
+    a.write_all(b"three\n").unwrap();
+    assert_eq!(fs::read(m.path("log")).unwrap(), b"one\ntwo\nthree\n");
+
+    let mut d = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.path("direct"))
+        .unwrap();
+    let layout = std::alloc::Layout::from_size_align(1 << 16, 4096).unwrap();
+    // SAFETY: an aligned allocation for O_DIRECT, freed below.
+    let p = unsafe { std::alloc::alloc_zeroed(layout) };
+    // SAFETY: p points to 64 KiB we own.
+    let buf = unsafe { std::slice::from_raw_parts_mut(p, 1 << 16) };
+    buf.iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = (i % 7) as u8);
+    d.write_all(buf).unwrap();
+    d.seek(SeekFrom::Start(0)).unwrap();
+    let expect = buf.to_vec();
+    buf.fill(0);
+    d.read_exact(buf).unwrap();
+    assert_eq!(&buf[..], &expect[..]);
+    // SAFETY: freeing what we allocated with the same layout.
+    unsafe { std::alloc::dealloc(p, layout) };
+
+    let big = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("big"))
+        .unwrap();
+    let at = 5u64 << 30;
+    big.write_all_at(b"past 4 GiB", at).unwrap();
+    let mut back = [0u8; 10];
+    big.read_exact_at(&mut back, at).unwrap();
+    assert_eq!(&back, b"past 4 GiB");
+    assert_eq!(big.metadata().unwrap().len(), at + 10);
+    assert_eq!(
+        fallocate(&big, 0, i64::MAX - 10, 100),
+        libc::EFBIG,
+        "past the largest file size"
+    );
+    // SAFETY: ftruncate on an open descriptor.
+    assert_eq!(unsafe { libc::ftruncate(big.as_raw_fd(), -1) }, -1);
+    assert_eq!(errno(), libc::EINVAL);
+}
+
+#[test]
+fn shared_writable_mmap() {
+    let m = mount_or_skip!("32M", "");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("mm"))
+        .unwrap();
+    f.set_len(3 * 4096).unwrap();
+    // SAFETY: a shared mapping of 3 pages of an open file; unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            3 * 4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: p maps 3 pages.
+    let s = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, 3 * 4096) };
+    s[4096..4096 + 11].copy_from_slice(b"via mapping");
+    // SAFETY: msync and munmap of our mapping.
+    unsafe {
+        assert_eq!(libc::msync(p, 3 * 4096, libc::MS_SYNC), 0);
+    }
+    let mut buf = [0u8; 11];
+    f.read_exact_at(&mut buf, 4096).unwrap();
+    assert_eq!(
+        &buf, b"via mapping",
+        "read() sees stores made through a shared mapping"
+    );
+    // SAFETY: unmapping what we mapped.
+    unsafe { libc::munmap(p, 3 * 4096) };
+    // SAFETY: map again to see a write() made through the file.
+    f.write_all_at(b"via write", 8192).unwrap();
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            3 * 4096,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    // SAFETY: p maps 3 pages.
+    let s = unsafe { std::slice::from_raw_parts(p as *const u8, 3 * 4096) };
+    assert_eq!(&s[8192..8192 + 9], b"via write");
+    // SAFETY: unmapping what we mapped.
+    unsafe { libc::munmap(p, 3 * 4096) };
+}
+
+#[test]
+fn statfs_counts_are_real() {
+    let m = mount_or_skip!("64M", "");
+    let c = cstr(&m.mnt);
+    let stat = || {
+        // SAFETY: statvfs into a zeroed struct.
+        unsafe {
+            let mut s: libc::statvfs = std::mem::zeroed();
+            assert_eq!(libc::statvfs(c.as_ptr(), &mut s), 0);
+            s
+        }
+    };
+    let before = stat();
+    assert_eq!(before.f_bsize, 4096);
+    assert!(before.f_blocks > 15000 && before.f_blocks <= 16384);
+    fs::write(m.path("f"), vec![1u8; 10 << 20]).unwrap();
+    let after = stat();
+    assert_eq!(
+        before.f_bfree - after.f_bfree,
+        2560,
+        "10 MiB is 2560 blocks"
+    );
+    assert_eq!(before.f_ffree - after.f_ffree, 1);
+    fs::remove_file(m.path("f")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(stat().f_bfree, before.f_bfree);
+}
+
+#[test]
+fn enospc_leaves_a_consistent_filesystem() {
+    let mut m = mount_or_skip!("16M", "");
+    let chunk = vec![0x11u8; 1 << 20];
+    let mut f = File::create(m.path("fill")).unwrap();
+    let mut written = 0usize;
+    let err = loop {
+        match f.write(&chunk) {
+            Ok(n) => written += n,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    assert!(
+        written > 10 << 20,
+        "most of the 16 MiB is usable ({written} bytes)"
+    );
+    drop(f);
+    assert_eq!(err_of(fs::write(m.path("more"), &chunk)), libc::ENOSPC);
+    fs::remove_file(m.path("fill")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    fs::write(m.path("after"), &chunk).unwrap();
+    m.umount();
+    assert_eq!(m.fsck().status.code(), Some(0));
+}
+
+#[test]
+fn many_entries_are_listed_once() {
+    let m = mount_or_skip!("64M", "");
+    for i in 0..2000 {
+        File::create(m.path(&format!("e{i:05}"))).unwrap();
+    }
+    let mut names: Vec<String> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2000);
+    names.dedup();
+    assert_eq!(names.len(), 2000);
+}
+
+/// What a pin holder writes straight into the image is what the next read() returns: the
+/// kernel page cache does not keep file data (direct I/O).
+#[test]
+fn writes_into_the_image_are_visible_to_the_next_read() {
+    let m = mount_or_skip!("32M", "");
+    let marker: Vec<u8> = b"PINFS-UNIQUE-MARKER-"
+        .iter()
+        .cycle()
+        .take(4096)
+        .copied()
+        .collect();
+    fs::write(m.path("f"), &marker).unwrap();
+    assert_eq!(
+        fs::read(m.path("f")).unwrap(),
+        marker,
+        "first read (would populate a page cache)"
+    );
+    let img = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&m.image)
+        .unwrap();
+    let len = img.metadata().unwrap().len();
+    let mut at = None;
+    let mut block = vec![0u8; 4096];
+    for off in (0..len).step_by(4096) {
+        img.read_exact_at(&mut block, off).unwrap();
+        if block == marker {
+            at = Some(off);
+            break;
+        }
+    }
+    let at = at.expect("the file's block is in the image");
+    img.write_all_at(b"written by a device", at).unwrap();
+    let back = fs::read(m.path("f")).unwrap();
+    assert_eq!(&back[..19], b"written by a device");
+}
