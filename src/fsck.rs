@@ -2,10 +2,14 @@
 //!
 //! What is checked: the superblock and checkpoint load and the journal replays; the root is a
 //! directory; every directory entry names an existing inode of the kind it says; every
-//! directory has one name and its `..` matches; link counts; orphans (no links) and lost
-//! inodes (links but no name); every image block is owned at most once and lies in the data
-//! area; the allocator's free list is exactly the blocks nobody owns; the allocator's own
-//! invariants; symlink and directory sizes.
+//! directory has one name and its `..` matches; link counts; lost inodes (links but
+//! no name); every image block is owned at most once and lies in the data area; the
+//! allocator's free list is exactly the blocks nobody owns; the allocator's own invariants;
+//! symlink and directory sizes.
+//!
+//! Orphans (no links, but still open when the daemon stopped) are not errors: like the
+//! journal, they are crash recovery, which mount performs; they are counted, and `--repair`
+//! frees them.
 //!
 //! What `--repair` does: frees orphans, moves lost inodes to `/lost+found`, fixes link
 //! counts, sizes and `..`, drops entries that name missing inodes, drops the later owner's
@@ -37,6 +41,9 @@ pub struct Report {
     pub file_blocks: u64,
     /// Journal transactions replayed.
     pub replayed: usize,
+    /// Inodes without links that were still open or referenced when the daemon stopped
+    /// (normal after a crash: mount frees them, as does `--repair`; not an error).
+    pub orphans: Vec<u64>,
 }
 
 impl Report {
@@ -55,13 +62,14 @@ impl Report {
     pub fn to_json(&self, image: &Path) -> String {
         let list = |v: &[String]| v.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(",");
         format!(
-            "{{\"image\":{},\"exit_code\":{},\"clean\":{},\"inodes\":{},\"file_blocks\":{},\"journal_replayed\":{},\"errors\":[{}],\"repaired\":[{}]}}",
+            "{{\"image\":{},\"exit_code\":{},\"clean\":{},\"inodes\":{},\"file_blocks\":{},\"journal_replayed\":{},\"orphans\":{},\"errors\":[{}],\"repaired\":[{}]}}",
             json_str(&image.display().to_string()),
             self.exit_code(),
             self.errors.is_empty(),
             self.inodes,
             self.file_blocks,
             self.replayed,
+            self.orphans.len(),
             list(&self.errors),
             list(&self.repaired)
         )
@@ -187,15 +195,14 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
     }
     orphans.sort_unstable();
     lost.sort_unstable();
-    for ino in orphans {
-        c.problem(
-            format!("inode {ino} is an orphan (no links, not open)"),
-            true,
-        );
-        if repair {
-            inodes.remove(&ino);
+    // Orphans are crash leftovers that mount frees; with --repair, free them here.
+    if repair {
+        for ino in &orphans {
+            inodes.remove(ino);
         }
     }
+    let freed_orphans = repair && !orphans.is_empty();
+    c.report.orphans = orphans;
     if !lost.is_empty() {
         let lf = if repair {
             Some(lost_and_found(inodes, &loaded.next_ino))
@@ -372,7 +379,7 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
     }
     c.report.inodes = inodes.len();
 
-    if repair && !c.report.repaired.is_empty() {
+    if repair && (freed_orphans || !c.report.repaired.is_empty()) {
         // Rebuild the allocator from ownership as it now stands (after the fixes above).
         let mut alloc = Allocator::all_used(total);
         let mut used: Vec<(u64, u64)> = vec![(0, sb.data_start())];

@@ -169,11 +169,13 @@ fn cmd_fsck(args: &[String]) -> CmdResult {
                     _ => "errors left (run with --repair)",
                 };
                 println!(
-                    "{}: {verdict}; {} inodes, {} file blocks, {} journal transactions replayed",
+                    "{}: {verdict}; {} inodes, {} file blocks, {} journal transactions replayed, {} orphans {}",
                     image.display(),
                     report.inodes,
                     report.file_blocks,
-                    report.replayed
+                    report.replayed,
+                    report.orphans.len(),
+                    if repair { "freed" } else { "(freed at the next mount)" }
                 );
             }
             Ok(report.exit_code())

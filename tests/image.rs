@@ -1,0 +1,324 @@
+//! Images: mkfs refusals, mount refusals of foreign, truncated, corrupt or newer images (with a
+//! clear message and a non-zero exit, never a panic), the image lock, and fsck repairs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use pinfs::checkpoint;
+use pinfs::image::{Image, BLOCK_SIZE};
+use pinfs::inode::{Inode, Kind, Time, ROOT_INO};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn try_mount(image: &Path, mnt: &Path) -> std::process::Output {
+    pinfs(&["mount", image.to_str().unwrap(), mnt.to_str().unwrap()])
+}
+
+fn assert_refused(out: &std::process::Output, image: &Path, words: &str) {
+    let e = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "exit code; stderr: {e}");
+    assert!(
+        e.contains(image.to_str().unwrap()),
+        "the message names the image: {e}"
+    );
+    assert!(e.contains(words), "the message says '{words}': {e}");
+    assert!(!e.contains("panicked"), "no panic: {e}");
+}
+
+#[test]
+fn mkfs_refuses_to_overwrite_and_checks_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    fs::write(&img, b"precious data that is not a pinfs image").unwrap();
+    let out = pinfs(&["mkfs", img.to_str().unwrap(), "--size", "64M"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a pinfs image"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        fs::read(&img).unwrap(),
+        b"precious data that is not a pinfs image",
+        "nothing was lost"
+    );
+    fs::remove_file(&img).unwrap();
+    mkfs(&img, "64M");
+    let out = pinfs(&["mkfs", img.to_str().unwrap(), "--size", "64M"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    let out = pinfs(&["mkfs", img.to_str().unwrap(), "--size", "128M", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::metadata(&img).unwrap().len(), 128 << 20);
+    assert!(
+        fs::metadata(&img).unwrap().blocks() < 4096,
+        "the image is sparse"
+    );
+    for bad in ["12Q", "abc", "1M", ""] {
+        let out = pinfs(&[
+            "mkfs",
+            dir.path().join("x").to_str().unwrap(),
+            "--size",
+            bad,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "size '{bad}' is refused: {}",
+            stderr(&out)
+        );
+    }
+    let out = pinfs(&["mkfs", dir.path().join("y").to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing --size is a usage error"
+    );
+    assert!(stderr(&out).contains("--size"));
+    let out = pinfs(&[
+        "mkfs",
+        dir.path().join("big").to_str().unwrap(),
+        "--size",
+        "1T",
+    ]);
+    assert!(
+        out.status.success(),
+        "a 1 TiB sparse image: {}",
+        stderr(&out)
+    );
+}
+
+use std::os::unix::fs::MetadataExt;
+
+#[test]
+fn mount_refuses_bad_images_with_reasons() {
+    if skip_without_fuse("mount_refuses_bad_images_with_reasons") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+
+    let foreign = dir.path().join("foreign");
+    fs::write(&foreign, vec![0x42u8; 1 << 20]).unwrap();
+    assert_refused(&try_mount(&foreign, &mnt), &foreign, "not a pinfs image");
+
+    let tiny = dir.path().join("tiny");
+    fs::write(&tiny, b"x").unwrap();
+    assert_refused(&try_mount(&tiny, &mnt), &tiny, "not a pinfs image");
+
+    let truncated = dir.path().join("truncated");
+    mkfs(&truncated, "64M");
+    OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    assert_refused(&try_mount(&truncated, &mnt), &truncated, "truncated");
+
+    let badsum = dir.path().join("badsum");
+    mkfs(&badsum, "64M");
+    let f = OpenOptions::new().write(true).open(&badsum).unwrap();
+    for copy in 0..2u64 {
+        f.write_all_at(&[0xee; 8], copy * BLOCK_SIZE + 20).unwrap();
+    }
+    assert_refused(&try_mount(&badsum, &mnt), &badsum, "checksum");
+
+    let newer = dir.path().join("newer");
+    mkfs(&newer, "64M");
+    let f = OpenOptions::new().write(true).open(&newer).unwrap();
+    for copy in 0..2u64 {
+        f.write_all_at(&99u32.to_le_bytes(), copy * BLOCK_SIZE + 8)
+            .unwrap();
+    }
+    assert_refused(&try_mount(&newer, &mnt), &newer, "version 99");
+
+    let missing = dir.path().join("missing");
+    let out = try_mount(&missing, &mnt);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("mkfs"), "{}", stderr(&out));
+
+    let out = try_mount(&badsum, &dir.path().join("no-such-dir"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("mount point"), "{}", stderr(&out));
+
+    let fsck = pinfs(&["fsck", badsum.to_str().unwrap()]);
+    assert_eq!(
+        fsck.status.code(),
+        Some(8),
+        "fsck of an unreadable image is an operational error"
+    );
+    assert!(
+        !mnt.read_dir().unwrap().any(|_| true),
+        "nothing got mounted"
+    );
+}
+
+#[test]
+fn one_superblock_copy_torn_still_mounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    mkfs(&img, "64M");
+    // mkfs leaves generations 1 (copy B... or A) and 2; tear the newer copy.
+    let (_, sb) = Image::open(&img, Duration::ZERO).unwrap();
+    let newer = sb.generation % 2;
+    drop(sb);
+    let f = OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(&[0xee; 8], newer * BLOCK_SIZE + 20).unwrap();
+    let out = pinfs(&["fsck", img.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the older copy is used: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+}
+
+#[test]
+fn second_mount_is_refused_naming_the_holder() {
+    if skip_without_fuse("second_mount_is_refused_naming_the_holder") {
+        return;
+    }
+    let m = Mount::new("32M", "");
+    let other = m.dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let out = pinfs(&[
+        "mount",
+        m.image.to_str().unwrap(),
+        other.to_str().unwrap(),
+        "-o",
+        "lock_wait=0.5",
+    ]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("in use by process"), "{e}");
+    assert!(
+        e.contains(m.mnt.to_str().unwrap()),
+        "names the mount point: {e}"
+    );
+    let fsck = m.fsck();
+    assert_eq!(fsck.status.code(), Some(8), "fsck refuses a mounted image");
+}
+
+/// Writes `inodes` as the image's checkpoint, as a buggy daemon or bit rot might have.
+fn rewrite_metadata(img: &Path, edit: impl FnOnce(&mut HashMap<u64, Inode>)) {
+    let (image, mut sb) = Image::open(img, Duration::ZERO).unwrap();
+    let mut loaded = checkpoint::load(&image, &sb).unwrap();
+    edit(&mut loaded.inodes);
+    let mut list: Vec<&Inode> = loaded.inodes.values().collect();
+    list.sort_by_key(|i| i.ino);
+    checkpoint::write(
+        &image,
+        &mut sb,
+        &mut loaded.alloc,
+        &mut loaded.journal,
+        loaded.next_ino + 10,
+        list.into_iter(),
+        true,
+    )
+    .unwrap();
+}
+
+fn fsck_json(img: &Path, repair: bool) -> (i32, String) {
+    let mut args = vec!["fsck", img.to_str().unwrap(), "--json"];
+    if repair {
+        args.push("--repair");
+    }
+    let out = pinfs(&args);
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn fsck_finds_and_repairs_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    mkfs(&img, "64M");
+    rewrite_metadata(&img, |inodes| {
+        let now = Time::now();
+        let mut f = Inode::new(100, Kind::File, 0o644, 0, 0, 0, 0, now);
+        f.nlink = 5; // wrong: one name
+        f.extents.insert(0, 5000, 4); // blocks the allocator thinks are free
+        let mut lost = Inode::new(101, Kind::File, 0o600, 0, 0, 0, 0, now); // no name
+        lost.nlink = 1;
+        let root = inodes.get_mut(&ROOT_INO).unwrap();
+        root.dir.insert(b"f", 100, Kind::File);
+        root.dir.insert(b"dangling", 999, Kind::File);
+        root.nlink = 7;
+        inodes.insert(100, f);
+        inodes.insert(101, lost);
+    });
+    let (code, json) = fsck_json(&img, false);
+    assert_eq!(code, 4, "{json}");
+    for needle in [
+        "missing inode 999",
+        "inode 100: link count 5 should be 1",
+        "inode 101 has links but no name",
+        "link count 7 should be 2",
+        "allocator free space",
+    ] {
+        assert!(json.contains(needle), "fsck reports '{needle}': {json}");
+    }
+    let (code, json) = fsck_json(&img, true);
+    assert_eq!(code, 1, "{json}");
+    let (code, json) = fsck_json(&img, false);
+    assert_eq!(code, 0, "clean after repair: {json}");
+    let (image, sb) = Image::open(&img, Duration::ZERO).unwrap();
+    let loaded = checkpoint::load(&image, &sb).unwrap();
+    let root = &loaded.inodes[&ROOT_INO];
+    let lf = root.dir.get(b"lost+found").expect("lost+found made").ino;
+    assert!(
+        loaded.inodes[&lf].dir.get(b"#101").is_some(),
+        "the lost inode is in lost+found"
+    );
+    assert!(root.dir.get(b"dangling").is_none());
+    assert_eq!(loaded.inodes[&100].nlink, 1);
+    assert!(
+        !loaded.alloc.is_free(pinfs_allocator::Extent {
+            start: 5000,
+            len: 4
+        }),
+        "the file's blocks are now allocated"
+    );
+}
+
+#[test]
+fn fsck_refuses_doubly_owned_blocks_and_repairs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    mkfs(&img, "64M");
+    rewrite_metadata(&img, |inodes| {
+        let now = Time::now();
+        for (ino, name) in [(200u64, &b"a"[..]), (201, b"b")] {
+            let mut f = Inode::new(ino, Kind::File, 0o644, 0, 0, 0, 0, now);
+            f.extents.insert(0, 6000, 2);
+            f.size = 8192;
+            inodes
+                .get_mut(&ROOT_INO)
+                .unwrap()
+                .dir
+                .insert(name, ino, Kind::File);
+            inodes.insert(ino, f);
+        }
+    });
+    let (code, json) = fsck_json(&img, false);
+    assert_eq!(code, 4);
+    assert!(
+        json.contains("inode 201: file blocks 0+2 map image blocks 6000+2 already owned"),
+        "{json}"
+    );
+    assert_eq!(fsck_json(&img, true).0, 1);
+    assert_eq!(fsck_json(&img, false).0, 0);
+}
