@@ -494,7 +494,8 @@ impl Fs {
             c.opens.store(0, Ordering::SeqCst);
         }
         self.reclaim_all_orphans()?;
-        self.image.write_owner_note(0, "");
+        // The owner note stays: until this process exits and the lock is free, a refused
+        // mount can still say who is finishing an unmount.
         self.checkpoint(true)
     }
 
@@ -742,7 +743,7 @@ impl Fs {
     /// Zeros the bytes of the block that holds offset `from` (if mapped) past `from`, up to
     /// the file's size: the part a later extension would otherwise expose.
     fn zero_tail(&self, i: &Inode, from: u64) {
-        if from >= i.size || from % BLOCK_SIZE == 0 {
+        if from >= i.size || from.is_multiple_of(BLOCK_SIZE) {
             return;
         }
         let block = from / BLOCK_SIZE;

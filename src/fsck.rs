@@ -107,9 +107,13 @@ impl Checker {
     }
 }
 
-/// Checks (and with `repair`, repairs) the image at `path`. Refuses a mounted image.
+/// How long fsck waits for a daemon that is finishing its unmount to release the image.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Checks (and with `repair`, repairs) the image at `path`. Refuses a mounted image (after
+/// [`LOCK_WAIT`], in case the daemon is still writing its final checkpoint).
 pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
-    let (image, mut sb) = Image::open(path, Duration::ZERO)?;
+    let (image, mut sb) = Image::open(path, LOCK_WAIT)?;
     let mut loaded = checkpoint::load(&image, &sb)?;
     let mut c = Checker {
         report: Report {

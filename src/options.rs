@@ -95,7 +95,7 @@ impl MountOptions {
                 ("allow_other", None) => o.allow_other = true,
                 ("threads", v) => {
                     let n = number(v)?;
-                    if n < 1.0 || n > 256.0 || n.fract() != 0.0 {
+                    if !(1.0..=256.0).contains(&n) || n.fract() != 0.0 {
                         return Err(format!("mount option '{opt}': threads must be a whole number from 1 to 256"));
                     }
                     o.threads = Some(n as usize);

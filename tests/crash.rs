@@ -13,8 +13,11 @@ use std::time::Duration;
 
 use common::*;
 
+/// Files that were fsync'd, with the content they must keep.
+type Synced = Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>;
+
 fn start_daemon(image: &Path, mnt: &Path) -> Child {
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args([
             "mount",
             image.to_str().unwrap(),
@@ -37,6 +40,8 @@ fn start_daemon(image: &Path, mnt: &Path) -> Child {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    child.kill().ok();
+    child.wait().ok();
     panic!("daemon did not mount {}", mnt.display());
 }
 
@@ -49,12 +54,7 @@ fn content(tag: usize, round: usize) -> Vec<u8> {
 
 /// One worker: creates, writes, fsyncs, renames, links and removes files and directories;
 /// records which files were fsync'd with which content.
-fn workload(
-    root: PathBuf,
-    worker: usize,
-    stop: Arc<AtomicBool>,
-    synced: Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>,
-) {
+fn workload(root: PathBuf, worker: usize, stop: Arc<AtomicBool>, synced: Synced) {
     let dir = root.join(format!("w{worker}"));
     if fs::create_dir(&dir).is_err() {
         return;
@@ -72,7 +72,7 @@ fn workload(
                 .truncate(true)
                 .open(&tmp)?;
             f.write_all(&data)?;
-            if n % 3 == 0 {
+            if n.is_multiple_of(3) {
                 f.sync_all()?;
                 fs::rename(&tmp, &fin)?;
                 File::open(&dir)?.sync_all()?;
@@ -81,7 +81,7 @@ fn workload(
                 fs::create_dir(dir.join(format!("sub{n}")))?;
                 fs::hard_link(&tmp, dir.join(format!("sub{n}/link")))?;
                 fs::remove_file(&tmp)?;
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     fs::remove_file(dir.join(format!("sub{n}/link")))?;
                     fs::remove_dir(dir.join(format!("sub{n}")))?;
                 }

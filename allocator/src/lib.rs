@@ -108,6 +108,7 @@ pub struct Allocator {
 
 /// Full invariant checks after each operation run in debug builds only while the allocator is
 /// this small, so that debug-build tests of large address spaces stay linear.
+#[cfg(debug_assertions)]
 const DEBUG_CHECK_LIMIT: usize = 512;
 
 impl Allocator {
