@@ -202,10 +202,19 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
     // Orphans are crash leftovers that mount frees; with --repair, free them here.
     if repair {
         for ino in &orphans {
-            inodes.remove(ino);
+            // As mount would: the inode goes, and its blocks are free again.
+            if let Some(gone) = inodes.remove(ino) {
+                for m in gone.extents.iter() {
+                    let _ = loaded.alloc.free(Extent {
+                        start: m.image_block,
+                        len: m.len,
+                    });
+                }
+            }
         }
     }
     let freed_orphans = repair && !orphans.is_empty();
+    let orphan_set: std::collections::HashSet<u64> = orphans.iter().copied().collect();
     c.report.orphans = orphans;
     if !lost.is_empty() {
         let lf = if repair {
@@ -243,6 +252,9 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
     // Link counts, parents, sizes.
     let inos: Vec<u64> = inodes.keys().copied().collect();
     for ino in inos {
+        if orphan_set.contains(&ino) {
+            continue; // no name, no links: nothing to count or attach
+        }
         let i = inodes.get_mut(&ino).expect("inode");
         let want = if i.kind == Kind::Dir {
             2 + subdirs.get(&ino).copied().unwrap_or(0)
@@ -259,12 +271,13 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
             }
         }
         if i.kind == Kind::Dir {
+            // A directory without a name (lost, not repaired) has no parent to compare with.
             let parent = if ino == ROOT_INO {
-                ROOT_INO
+                Some(ROOT_INO)
             } else {
-                dir_parent.get(&ino).copied().unwrap_or(ROOT_INO)
+                dir_parent.get(&ino).copied()
             };
-            if i.parent != parent {
+            if let Some(parent) = parent.filter(|&p| p != i.parent) {
                 c.problem(
                     format!(
                         "directory {ino}: '..' is {} but its name is in {parent}",

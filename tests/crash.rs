@@ -133,6 +133,11 @@ fn kill_9_during_metadata_workload_loses_nothing_fsynced() {
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         wait_unlocked(&image);
         let fsck = pinfs(&["fsck", image.to_str().unwrap()]);
+        if fsck.status.code() != Some(0) {
+            let keep = std::env::temp_dir().join("pinfs-crash-failed.img");
+            let _ = fs::copy(&image, &keep);
+            eprintln!("image kept for inspection: {}", keep.display());
+        }
         assert_eq!(
             fsck.status.code(),
             Some(0),

@@ -322,3 +322,62 @@ fn fsck_refuses_doubly_owned_blocks_and_repairs_them() {
     assert_eq!(fsck_json(&img, true).0, 1);
     assert_eq!(fsck_json(&img, false).0, 0);
 }
+
+#[test]
+fn orphans_are_recovery_not_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    mkfs(&img, "64M");
+    rewrite_metadata(&img, |inodes| {
+        // What a crash leaves: an unlinked directory and an unlinked file with blocks, both
+        // still referenced by the kernel when the daemon died.
+        let now = Time::now();
+        let mut d = Inode::new(300, Kind::Dir, 0o755, 0, 0, 0, ROOT_INO, now);
+        d.nlink = 0;
+        let mut f = Inode::new(301, Kind::File, 0o644, 0, 0, 0, 0, now);
+        f.nlink = 0;
+        f.extents.insert(0, 7000, 3);
+        inodes.insert(300, d);
+        inodes.insert(301, f);
+    });
+    // The allocator of the rewritten checkpoint does not know blocks 7000+3: claim them the
+    // way the daemon would have.
+    {
+        let (image, mut sb) = Image::open(&img, Duration::ZERO).unwrap();
+        let mut loaded = checkpoint::load(&image, &sb).unwrap();
+        loaded
+            .alloc
+            .claim(pinfs_allocator::Extent {
+                start: 7000,
+                len: 3,
+            })
+            .unwrap();
+        let mut list: Vec<&Inode> = loaded.inodes.values().collect();
+        list.sort_by_key(|i| i.ino);
+        checkpoint::write(
+            &image,
+            &mut sb,
+            &mut loaded.alloc,
+            &mut loaded.journal,
+            loaded.next_ino,
+            list.into_iter(),
+            true,
+        )
+        .unwrap();
+    }
+    let (code, json) = fsck_json(&img, false);
+    assert_eq!(code, 0, "orphans are not errors: {json}");
+    assert!(json.contains("\"orphans\":2"), "{json}");
+    let (code, json) = fsck_json(&img, true);
+    assert_eq!(code, 0, "freeing orphans is recovery, not repair: {json}");
+    let (image, sb) = Image::open(&img, Duration::ZERO).unwrap();
+    let loaded = checkpoint::load(&image, &sb).unwrap();
+    assert!(!loaded.inodes.contains_key(&300) && !loaded.inodes.contains_key(&301));
+    assert!(
+        loaded.alloc.is_free(pinfs_allocator::Extent {
+            start: 7000,
+            len: 3
+        }),
+        "the orphan's blocks are free again"
+    );
+}
