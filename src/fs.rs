@@ -24,7 +24,7 @@
 //! punched out of the image, and a mount after a crash punches all free space again (data
 //! written into blocks whose mapping never reached the journal).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -34,6 +34,7 @@ use pinfs_allocator::{Allocator, Extent};
 
 use crate::checkpoint;
 use crate::error::{FsError, FsResult};
+use crate::extent_map::{ExtentMap, Mapping};
 use crate::image::{Image, Superblock, BLOCK_SIZE};
 use crate::inode::{
     Inode, Kind, Time, FIRST_COOKIE, MAX_FILE_SIZE, NAME_MAX, ROOT_INO, SYMLINK_MAX,
@@ -576,9 +577,11 @@ impl Fs {
                 apply(rec, held, &mut space)?;
             }
         }
+        // Cannot fail: room was checked under the same lock. NoSpace from commit always
+        // means nothing was applied.
         journal
             .append(&self.image, &payload)
-            .map_err(|_| FsError::NoSpace)?;
+            .map_err(|_| FsError::Corrupt("journal filled under its lock".into()))?;
         if journal.wants_checkpoint() {
             self.checkpoint_wanted.store(true, Ordering::SeqCst);
         }
@@ -705,7 +708,9 @@ impl Fs {
             if size > MAX_FILE_SIZE {
                 return Err(FsError::FileTooBig);
             }
-            self.zero_tail(i, size);
+            // Bytes past the new end in its last block must read as zeros if the file grows
+            // again.
+            self.zero_bytes(i, size, i.size.min(size.next_multiple_of(BLOCK_SIZE)));
             if size != i.size {
                 records.push(Record::SetSize { ino, size });
             }
@@ -738,21 +743,6 @@ impl Fs {
         let i = held.get(ino)?;
         i.rt.times_dirty = false;
         Ok(Attr::of(i))
-    }
-
-    /// Zeros the bytes of the block that holds offset `from` (if mapped) past `from`, up to
-    /// the file's size: the part a later extension would otherwise expose.
-    fn zero_tail(&self, i: &Inode, from: u64) {
-        if from >= i.size || from.is_multiple_of(BLOCK_SIZE) {
-            return;
-        }
-        let block = from / BLOCK_SIZE;
-        if let Some(m) = i.extents.lookup(block) {
-            let img = (m.image_block + (block - m.file_block)) * BLOCK_SIZE;
-            let within = from % BLOCK_SIZE;
-            let upto = (i.size - block * BLOCK_SIZE).min(BLOCK_SIZE);
-            self.image.zero(img + within, upto - within);
-        }
     }
 
     // ----- namespace -----
@@ -1168,19 +1158,43 @@ impl Fs {
         }
     }
 
-    fn copy_in(&self, i: &mut Inode, offset: u64, data: &[u8]) {
-        let first = offset / BLOCK_SIZE;
-        let last = (offset + data.len() as u64).div_ceil(BLOCK_SIZE);
-        for m in i.extents.mappings_in(first, last - first) {
+    /// Copies `data`, which belongs at file offset `offset`, into the image through `maps`
+    /// (mappings in file order; unmapped parts are skipped), and notes the image ranges
+    /// written in `dirty` for the next fsync.
+    fn store(&self, maps: &[Mapping], offset: u64, data: &[u8], dirty: &mut BTreeMap<u64, u64>) {
+        let data_end = offset + data.len() as u64;
+        for m in maps {
             let start = (m.file_block * BLOCK_SIZE).max(offset);
-            let end = ((m.file_block + m.len) * BLOCK_SIZE).min(offset + data.len() as u64);
+            let end = ((m.file_block + m.len) * BLOCK_SIZE).min(data_end);
+            if start >= end {
+                continue;
+            }
             let img = m.image_block * BLOCK_SIZE + (start - m.file_block * BLOCK_SIZE);
             self.image.write(
                 img,
                 &data[(start - offset) as usize..(end - offset) as usize],
             );
-            let e = i.rt.dirty.entry(img).or_insert(img);
+            let e = dirty.entry(img).or_insert(img);
             *e = (*e).max(img + (end - start));
+        }
+    }
+
+    fn mappings_covering(i: &Inode, offset: u64, len: u64) -> Vec<Mapping> {
+        let first = offset / BLOCK_SIZE;
+        let last = (offset + len).div_ceil(BLOCK_SIZE);
+        i.extents.mappings_in(first, last - first)
+    }
+
+    fn copy_in(&self, i: &mut Inode, offset: u64, data: &[u8]) {
+        let maps = Self::mappings_covering(i, offset, data.len() as u64);
+        self.store(&maps, offset, data, &mut i.rt.dirty);
+    }
+
+    /// Stores zeros over the mapped bytes of `from..to` (at most a block or two: the partial
+    /// blocks at the edges of a truncation, an extension or a punched range).
+    fn zero_bytes(&self, i: &mut Inode, from: u64, to: u64) {
+        if from < to {
+            self.copy_in(i, from, &vec![0u8; (to - from) as usize]);
         }
     }
 
@@ -1195,13 +1209,13 @@ impl Fs {
 
     /// Allocates image blocks for the unmapped blocks of `first..first+count`, in order,
     /// stopping at the first block that cannot be had. Returns the new mappings as records.
-    fn allocate_range(&self, i: &Inode, first: u64, count: u64) -> Vec<Record> {
+    fn allocate_range(&self, ino: u64, extents: &ExtentMap, first: u64, count: u64) -> Vec<Record> {
         let mut records = Vec::new();
         let mut alloc = lock(&self.alloc);
         let mut cur = first;
         let end = first + count;
         while cur < end {
-            let next = i.extents.next_mapping(cur);
+            let next = extents.next_mapping(cur);
             let hole_end = match next {
                 Some(m) if m.file_block <= cur => {
                     cur = m.file_block + m.len;
@@ -1212,7 +1226,7 @@ impl Fs {
             };
             let goal = cur
                 .checked_sub(1)
-                .and_then(|b| i.extents.lookup(b))
+                .and_then(|b| extents.lookup(b))
                 .map(|m| m.image_block + (cur - m.file_block));
             let mut goal = goal.or_else(|| {
                 records.last().map(|r| match r {
@@ -1226,7 +1240,7 @@ impl Fs {
                 match alloc.allocate(hole_end - cur, goal) {
                     Ok(e) => {
                         records.push(Record::Map {
-                            ino: i.ino,
+                            ino,
                             file_block: cur,
                             image_block: e.start,
                             len: e.len,
@@ -1241,22 +1255,32 @@ impl Fs {
         records
     }
 
-    /// Returns blocks that `allocate_range` handed out and that will not be used.
+    /// Returns blocks that `allocate_range` handed out and that will not be used; they may
+    /// have been written, so they are scrubbed (free blocks read as zeros).
     fn unallocate(&self, records: &[Record]) {
         let mut alloc = lock(&self.alloc);
-        for r in records {
-            if let Record::Map {
-                image_block, len, ..
-            } = r
+        for m in records.iter().filter_map(Record::as_mapping) {
+            if alloc
+                .free(Extent {
+                    start: m.image_block,
+                    len: m.len,
+                })
+                .is_ok()
             {
-                alloc
-                    .free(Extent {
-                        start: *image_block,
-                        len: *len,
-                    })
-                    .ok();
+                self.image
+                    .discard(m.image_block * BLOCK_SIZE, m.len * BLOCK_SIZE);
             }
         }
+    }
+
+    /// Commits a transaction that maps blocks `allocate_range` handed out; when it is refused
+    /// before anything was applied (no journal room), the blocks go back.
+    fn commit_allocation(&self, held: &mut Held<'_>, records: &[Record]) -> FsResult<()> {
+        let r = self.commit(held, records);
+        if let Err(FsError::NoSpace) = r {
+            self.unallocate(records);
+        }
+        r
     }
 
     /// Writes `data` at `offset`; returns the bytes written (short only when space ran out).
@@ -1299,31 +1323,21 @@ impl Fs {
         let cells = [c];
         let mut held = Held::lock(&cells);
         let i = held.get(ino)?;
-        let mut records = self.allocate_range(i, first, count);
+        let mut records = self.allocate_range(ino, &i.extents, first, count);
+        // The blocks this write goes to: those the file has and those just allocated.
+        let mut maps = i.extents.mappings_in(first, count);
+        maps.extend(records.iter().filter_map(Record::as_mapping));
+        maps.sort_by_key(|m| m.file_block);
+        let mut covered = first;
+        for m in &maps {
+            if m.file_block > covered {
+                break;
+            }
+            covered = covered.max(m.file_block + m.len);
+        }
         let mut written = data.len() as u64;
-        let mapped_upto = {
-            let mut probe = i.extents.clone();
-            for r in &records {
-                if let Record::Map {
-                    file_block,
-                    image_block,
-                    len,
-                    ..
-                } = r
-                {
-                    probe.insert(*file_block, *image_block, *len);
-                }
-            }
-            let mut b = first;
-            while b < first + count && probe.lookup(b).is_some() {
-                b = probe.lookup(b).map(|m| m.file_block + m.len).unwrap_or(b);
-            }
-            b.min(first + count)
-        };
-        if mapped_upto < first + count {
-            written = (mapped_upto * BLOCK_SIZE)
-                .saturating_sub(offset)
-                .min(written);
+        if covered < first + count {
+            written = (covered * BLOCK_SIZE).saturating_sub(offset).min(written);
             if written == 0 {
                 self.unallocate(&records);
                 return Err(FsError::NoSpace);
@@ -1335,31 +1349,9 @@ impl Fs {
         // as zeros (a holder or mmap may have left bytes past EOF there).
         if offset > i.size {
             let old = i.size;
-            i.size = offset.min(old.next_multiple_of(BLOCK_SIZE));
-            self.zero_tail(i, old);
-            i.size = old;
+            self.zero_bytes(i, old, offset.min(old.next_multiple_of(BLOCK_SIZE)));
         }
-        {
-            // New blocks must be in the map before data can be copied into them.
-            let mut staged = i.clone();
-            staged.rt = Default::default();
-            for r in &records {
-                if let Record::Map {
-                    file_block,
-                    image_block,
-                    len,
-                    ..
-                } = r
-                {
-                    staged.extents.insert(*file_block, *image_block, *len);
-                }
-            }
-            self.copy_in(&mut staged, offset, data);
-            for (s, e) in staged.rt.dirty {
-                let d = i.rt.dirty.entry(s).or_insert(s);
-                *d = (*d).max(e);
-            }
-        }
+        self.store(&maps, offset, data, &mut i.rt.dirty);
         if end > i.size {
             records.push(Record::SetSize { ino, size: end });
         }
@@ -1368,10 +1360,7 @@ impl Fs {
         i.ctime = now;
         i.perm = kill_privs(i.perm, caller);
         records.push(set_attr_record(i));
-        if let Err(e) = self.commit(&mut held, &records) {
-            self.unallocate(&records);
-            return Err(e);
-        }
+        self.commit_allocation(&mut held, &records)?;
         held.get(ino)?.rt.times_dirty = false;
         Ok(written as u32)
     }
@@ -1435,18 +1424,11 @@ impl Fs {
             // Partial blocks at the edges are zeroed in place; whole blocks are unmapped.
             let whole_first = offset.div_ceil(BLOCK_SIZE);
             let whole_end = end / BLOCK_SIZE;
-            let zero_edge = |s: u64, e: u64| {
-                if s < e {
-                    let mut tmp = i.clone();
-                    tmp.rt = Default::default();
-                    self.copy_in(&mut tmp, s, &vec![0u8; (e - s) as usize]);
-                }
-            };
             if whole_first > whole_end {
-                zero_edge(offset, end);
+                self.zero_bytes(i, offset, end);
             } else {
-                zero_edge(offset, (whole_first * BLOCK_SIZE).min(end));
-                zero_edge((whole_end * BLOCK_SIZE).max(offset), end);
+                self.zero_bytes(i, offset, (whole_first * BLOCK_SIZE).min(end));
+                self.zero_bytes(i, (whole_end * BLOCK_SIZE).max(offset), end);
                 if whole_end > whole_first
                     && !i
                         .extents
@@ -1466,30 +1448,24 @@ impl Fs {
         if mode & PUNCH_HOLE == 0 {
             let first = offset / BLOCK_SIZE;
             let count = end.div_ceil(BLOCK_SIZE) - first;
-            let mut probe = i.clone();
-            probe.rt = Default::default();
+            // The layout once the records so far (an Unmap of ZERO_RANGE) are applied.
+            let mut probe = i.extents.clone();
             for r in &records {
                 if let Record::Unmap {
                     file_block, len, ..
                 } = r
                 {
-                    probe.extents.remove(*file_block, *len);
+                    probe.remove(*file_block, *len);
                 }
             }
-            let maps = self.allocate_range(&probe, first, count);
+            let maps = self.allocate_range(ino, &probe, first, count);
             let got: u64 = maps
                 .iter()
-                .map(|r| {
-                    if let Record::Map { len, .. } = r {
-                        *len
-                    } else {
-                        0
-                    }
-                })
+                .filter_map(Record::as_mapping)
+                .map(|m| m.len)
                 .sum();
             let needed = count
                 - probe
-                    .extents
                     .mappings_in(first, count)
                     .iter()
                     .map(|m| m.len)
@@ -1512,14 +1488,7 @@ impl Fs {
         }
         i.perm = kill_privs(i.perm, caller);
         records.push(set_attr_record(i));
-        if let Err(e) = self.commit(&mut held, &records) {
-            let maps: Vec<Record> = records
-                .into_iter()
-                .filter(|r| matches!(r, Record::Map { .. }))
-                .collect();
-            self.unallocate(&maps);
-            return Err(e);
-        }
+        self.commit_allocation(&mut held, &records)?;
         result
     }
 

@@ -92,9 +92,12 @@ fn set_time(t: TimeOrNow) -> SetTime {
 
 /// File data bypasses the kernel page cache, so that what a pin holder writes straight into
 /// the image is what the next read returns; shared mmap still works (the kernel caches pages
-/// for mappings only).
+/// for mappings only). `close` sends no FLUSH: there is nothing to flush, and POSIX locks are
+/// the kernel's.
 fn open_flags() -> FopenFlags {
-    FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+    FopenFlags::FOPEN_DIRECT_IO
+        | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+        | FopenFlags::FOPEN_NOFLUSH
 }
 
 impl FuseFs {

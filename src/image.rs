@@ -215,9 +215,11 @@ impl Superblock {
     }
 }
 
-/// Journal size for an image of `total_blocks`: 1/64 of it, between 256 KiB and 64 MiB.
+/// Journal size for an image of `total_blocks`: 1/64 of it, between 1 MiB and 64 MiB. The
+/// quarter left when a checkpoint is wanted must hold the transactions in flight, the largest
+/// being a 64 KiB extended attribute.
 pub fn journal_blocks_for(total_blocks: u64) -> u64 {
-    (total_blocks / 64).clamp(64, 16384)
+    (total_blocks / 64).clamp(256, 16384)
 }
 
 /// An open, mapped, locked image.

@@ -175,6 +175,23 @@ fn get_kind(r: &mut Reader<'_>) -> Result<Kind, DecodeError> {
 }
 
 impl Record {
+    /// The mapping a `Map` record adds.
+    pub fn as_mapping(&self) -> Option<crate::extent_map::Mapping> {
+        match *self {
+            Record::Map {
+                file_block,
+                image_block,
+                len,
+                ..
+            } => Some(crate::extent_map::Mapping {
+                file_block,
+                image_block,
+                len,
+            }),
+            _ => None,
+        }
+    }
+
     /// Appends the record to `w`.
     pub fn encode(&self, w: &mut Writer) {
         match self {
