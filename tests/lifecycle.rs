@@ -1,0 +1,240 @@
+//! The daemon's life and the mount options that change behaviour: read-only mounts, access
+//! times, exit on umount and on SIGTERM, and many threads at once.
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+fn wait_mounted(mnt: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let m = fs::read_to_string("/proc/self/mounts").unwrap();
+        if m.lines()
+            .any(|l| l.split(' ').nth(1) == Some(mnt.to_str().unwrap()))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} was not mounted", mnt.display());
+}
+
+#[test]
+fn read_only_mounts_refuse_changes_and_leave_the_image_alone() {
+    if skip_without_fuse("read_only") {
+        return;
+    }
+    let mut m = Mount::new("32M", "");
+    fs::write(m.path("f"), b"keep").unwrap();
+    m.umount();
+    let before = fs::read(&m.image).unwrap();
+    m.mount("ro");
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"keep");
+    assert_eq!(err_of(fs::write(m.path("g"), b"")), libc::EROFS);
+    assert_eq!(
+        err_of(OpenOptions::new().write(true).open(m.path("f"))),
+        libc::EROFS
+    );
+    assert_eq!(err_of(fs::remove_file(m.path("f"))), libc::EROFS);
+    m.umount();
+    assert!(
+        fs::read(&m.image).unwrap() == before,
+        "a read-only mount writes nothing to the image"
+    );
+}
+
+#[test]
+fn access_times_follow_the_mount_option() {
+    if skip_without_fuse("atime") {
+        return;
+    }
+    let mut m = Mount::new("32M", "");
+    let old = libc::timespec {
+        tv_sec: 1_000_000,
+        tv_nsec: 0,
+    };
+    let set_times = |p: &std::path::Path| {
+        fs::write(p, b"data").unwrap();
+        let c = cstr(p);
+        let ts = [
+            old,
+            libc::timespec {
+                tv_sec: 2_000_000,
+                tv_nsec: 0,
+            },
+        ];
+        // SAFETY: utimensat with a NUL-terminated path and two timespecs.
+        assert_eq!(
+            unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) },
+            0
+        );
+    };
+    let read = |p: &std::path::Path| {
+        let mut s = String::new();
+        File::open(p).unwrap().read_to_string(&mut s).unwrap();
+    };
+    // relatime (default): an atime older than mtime is updated by a read; a fresh one is not.
+    set_times(&m.path("r"));
+    read(&m.path("r"));
+    let a1 = fs::metadata(m.path("r")).unwrap().atime();
+    assert!(a1 > 2_000_000, "relatime updates an atime older than mtime");
+    std::thread::sleep(Duration::from_millis(1100));
+    read(&m.path("r"));
+    assert_eq!(
+        fs::metadata(m.path("r")).unwrap().atime(),
+        a1,
+        "relatime leaves a fresh atime"
+    );
+    m.remount("noatime");
+    set_times(&m.path("n"));
+    read(&m.path("n"));
+    assert_eq!(
+        fs::metadata(m.path("n")).unwrap().atime(),
+        1_000_000,
+        "noatime never updates"
+    );
+    m.remount("strictatime");
+    read(&m.path("r"));
+    assert!(
+        fs::metadata(m.path("r")).unwrap().atime() > a1,
+        "strictatime updates on every read"
+    );
+}
+
+#[test]
+fn daemon_exits_zero_on_umount_and_on_sigterm() {
+    if skip_without_fuse("daemon_exit") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    mkfs(&img, "32M");
+    let spawn = || {
+        Command::new(BIN)
+            .args([
+                "mount",
+                img.to_str().unwrap(),
+                mnt.to_str().unwrap(),
+                "--foreground",
+            ])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut d = spawn();
+    wait_mounted(&mnt);
+    fs::write(mnt.join("a"), b"1").unwrap();
+    let c = cstr(&mnt);
+    // SAFETY: umount2 with a NUL-terminated path.
+    assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0);
+    assert_eq!(
+        d.wait().unwrap().code(),
+        Some(0),
+        "umount ends the daemon with exit 0"
+    );
+
+    let mut d = spawn();
+    wait_mounted(&mnt);
+    fs::write(mnt.join("b"), b"2").unwrap();
+    // SAFETY: kill with a pid we spawned.
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    assert_eq!(
+        d.wait().unwrap().code(),
+        Some(0),
+        "SIGTERM unmounts and exits 0"
+    );
+    let m = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!m.contains(mnt.to_str().unwrap()), "the mount is gone");
+    let out = pinfs(&["fsck", img.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("0 journal transactions replayed"),
+        "a clean unmount leaves a checkpoint, no journal: {text}"
+    );
+    let mut d = spawn();
+    wait_mounted(&mnt);
+    assert_eq!(fs::read(mnt.join("a")).unwrap(), b"1");
+    assert_eq!(fs::read(mnt.join("b")).unwrap(), b"2");
+    // SAFETY: umount2 with a NUL-terminated path.
+    assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0);
+    assert_eq!(d.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn many_threads_at_once_stay_consistent() {
+    if skip_without_fuse("many_threads") {
+        return;
+    }
+    let mut m = Mount::new("256M", "threads=4");
+    let root = m.mnt.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let workers: Vec<_> = (0..8)
+        .map(|t| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                let mut expect = Vec::new();
+                while std::time::Instant::now() < deadline {
+                    n += 1;
+                    let name = root.join(format!("t{t}-{}", n % 16));
+                    let data: Vec<u8> = (0..(n % 7) * 5000 + 1)
+                        .map(|i| (i as u64 + n + t) as u8)
+                        .collect();
+                    match n % 5 {
+                        0 => {
+                            let _ = fs::remove_file(&name);
+                        }
+                        1 => {
+                            let _ = fs::rename(&name, root.join(format!("t{t}-{}", (n + 1) % 16)));
+                        }
+                        2 => {
+                            // A shared file: concurrent appends of whole records.
+                            let mut f = OpenOptions::new()
+                                .create(true)
+                                .append(true)
+                                .open(root.join("shared"))
+                                .unwrap();
+                            f.write_all(&[t as u8; 64]).unwrap();
+                        }
+                        _ => {
+                            fs::write(&name, &data).unwrap();
+                            let back = fs::read(&name).unwrap();
+                            assert_eq!(back, data, "a file only this thread writes reads back");
+                            expect.push(name);
+                        }
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let ops: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let shared = fs::read(m.path("shared")).unwrap();
+    assert_eq!(
+        shared.len() % 64,
+        0,
+        "appends never interleave inside a record"
+    );
+    for rec in shared.chunks(64) {
+        assert!(rec.iter().all(|&b| b == rec[0]));
+    }
+    m.umount();
+    let out = m.fsck();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    eprintln!("{ops} operations from 8 threads");
+}
