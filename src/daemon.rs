@@ -129,13 +129,21 @@ fn report_ready(result: &Result<(), String>) {
 }
 
 fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
+    // Before any thread starts, so that all inherit the mask and only the signal thread
+    // receives termination signals.
+    block_signals();
     let fs_opts = FsOptions {
         read_only: opts.read_only,
         atime: opts.atime,
         lock_wait: Duration::from_secs_f64(opts.lock_wait),
+        leases: opts.leases,
     };
     let fs = match Fs::open(&req.image, fs_opts) {
-        Ok(fs) => Arc::new(fs),
+        Ok(fs) => {
+            let fs = Arc::new(fs);
+            fs.start_background();
+            fs
+        }
         Err(e) => {
             let msg = e.to_string();
             report_ready(&Err(msg.clone()));
@@ -187,7 +195,6 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     };
     config.n_threads = Some(threads);
     config.clone_fd = true;
-    block_signals();
     let session = match fuser::Session::new(FuseFs::new(fs.clone()), &mnt, &config) {
         Ok(s) => s,
         Err(e) => {

@@ -2,6 +2,7 @@
 
 use crate::codec::DecodeError;
 use crate::image::ImageError;
+use crate::lease::LeaseError;
 
 /// A failed filesystem operation.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +70,9 @@ pub enum FsError {
     /// The image could not be used.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// A layout lease stood in the way.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
 }
 
 impl From<DecodeError> for FsError {
@@ -101,6 +105,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::NoSuchOffset => libc::ENXIO,
             FsError::Corrupt(_) | FsError::Image(_) => libc::EIO,
+            FsError::Lease(e) => e.errno(),
         }
     }
 }

@@ -41,7 +41,11 @@ use crate::inode::{
     XATTR_NAME_MAX, XATTR_VALUE_MAX,
 };
 use crate::journal::Journal;
+use crate::lease::{
+    Breaker, HolderId, HolderInfo, LeaseConfig, Leases, Notice, PinId, PinRequest, Unpinner,
+};
 use crate::record::{apply, encode_transaction, InodeSet, Record, Space};
+use crossbeam::channel::{Receiver, Sender};
 
 /// When reads update the access time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,6 +68,8 @@ pub struct FsOptions {
     pub atime: AtimeMode,
     /// How long to wait for the image lock held by a daemon that is still exiting.
     pub lock_wait: Duration,
+    /// Layout lease settings.
+    pub leases: LeaseConfig,
 }
 
 impl Default for FsOptions {
@@ -72,6 +78,7 @@ impl Default for FsOptions {
             read_only: false,
             atime: AtimeMode::Relative,
             lock_wait: Duration::from_secs(10),
+            leases: LeaseConfig::default(),
         }
     }
 }
@@ -173,6 +180,8 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
     /// New change time.
     pub ctime: Option<Time>,
+    /// The open file handle the change came through, if any (ftruncate).
+    pub handle: Option<u64>,
 }
 
 /// One directory entry as `readdir` returns it.
@@ -411,6 +420,30 @@ pub struct Fs {
     next_ino: AtomicU64,
     opts: FsOptions,
     checkpoint_wanted: AtomicBool,
+    leases: Leases,
+    notices: Mutex<Option<Receiver<Notice>>>,
+    handles: Mutex<HashMap<u64, OpenHandle>>,
+    next_fh: AtomicU64,
+    reclaims: (Sender<u64>, Receiver<u64>),
+    stopping: AtomicBool,
+}
+
+/// An open file handle: what breakers need to know about the descriptor they came through.
+#[derive(Debug, Clone, Copy)]
+struct OpenHandle {
+    ino: u64,
+    flags: i32,
+}
+
+/// What a holder gets for a pin: where each piece of the pinned range lives in the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedExtent {
+    /// Byte offset in the file.
+    pub file_offset: u64,
+    /// Byte offset in the image.
+    pub image_offset: u64,
+    /// Bytes.
+    pub len: u64,
 }
 
 impl std::fmt::Debug for Fs {
@@ -443,6 +476,7 @@ impl Fs {
             other => other,
         })?;
         let was_clean = sb.clean;
+        let (notice_tx, notice_rx) = crossbeam::channel::unbounded();
         if !opts.read_only {
             sb.generation += 1;
             sb.clean = false;
@@ -457,8 +491,14 @@ impl Fs {
             journal: Mutex::new(loaded.journal),
             alloc: Mutex::new(loaded.alloc),
             next_ino: AtomicU64::new(loaded.next_ino),
-            opts,
             checkpoint_wanted: AtomicBool::new(false),
+            leases: Leases::new(opts.leases, Some(notice_tx)),
+            opts,
+            notices: Mutex::new(Some(notice_rx)),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            reclaims: crossbeam::channel::unbounded(),
+            stopping: AtomicBool::new(false),
         };
         if !fs.opts.read_only {
             if !was_clean {
@@ -489,6 +529,10 @@ impl Fs {
     pub fn unmount(&self) -> FsResult<()> {
         if self.opts.read_only {
             return Ok(());
+        }
+        self.stop_background();
+        for (holder, _, _) in self.leases.snapshot().holders {
+            self.leases.holder_gone(holder, self);
         }
         for c in self.table.all() {
             c.lookups.store(0, Ordering::SeqCst);
@@ -650,6 +694,16 @@ impl Fs {
 
     /// Frees `ino` if it has no links, no open handles and no kernel references.
     fn maybe_reclaim(&self, ino: u64) -> FsResult<()> {
+        if self.leases.has_pins(ino) && !self.stopping.load(Ordering::SeqCst) {
+            // Freeing the blocks breaks the leases on them, which may wait for holders: not
+            // on this (FUSE request) thread but on the reclaimer's.
+            let _ = self.reclaims.0.send(ino);
+            return Ok(());
+        }
+        self.reclaim_now(ino)
+    }
+
+    fn reclaim_now(&self, ino: u64) -> FsResult<()> {
         let _gate = self.gate();
         let _ns = lock(&self.namespace);
         let Ok(cell) = self.table.get(ino) else {
@@ -671,6 +725,18 @@ impl Fs {
     /// Changes attributes (chmod, chown, truncate, utimensat).
     pub fn setattr(&self, ino: u64, req: SetAttr, caller: Caller) -> FsResult<Attr> {
         self.writable()?;
+        // Truncating down changes the layout of the blocks past the new end: break the leases
+        // on them first, before any lock is taken (the break may wait for holders).
+        let _break = match req.size {
+            Some(size) if size < self.table.get(ino)?.read().size => Some(self.break_layout(
+                ino,
+                size.div_ceil(BLOCK_SIZE),
+                u64::MAX,
+                caller,
+                req.handle,
+            )?),
+            _ => None,
+        };
         let _gate = self.gate();
         let cells = [self.table.get(ino)?];
         let mut held = Held::lock(&cells);
@@ -1067,16 +1133,18 @@ impl Fs {
 
     // ----- open files and data -----
 
-    /// Notes an open handle on `ino`.
-    pub fn open_file(&self, ino: u64) -> FsResult<Attr> {
+    /// Opens `ino` with open(2) `flags`; returns the handle.
+    pub fn open_file(&self, ino: u64, flags: i32) -> FsResult<u64> {
         let c = self.table.get(ino)?;
         c.opens.fetch_add(1, Ordering::SeqCst);
-        let attr = Attr::of(&c.read());
-        Ok(attr)
+        let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
+        lock(&self.handles).insert(fh, OpenHandle { ino, flags });
+        Ok(fh)
     }
 
-    /// Drops an open handle: journals timestamps the data path changed, frees an orphan.
-    pub fn release(&self, ino: u64) -> FsResult<()> {
+    /// Closes a handle: journals timestamps the data path changed, frees an orphan.
+    pub fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
+        lock(&self.handles).remove(&fh);
         let c = self.table.get(ino)?;
         let left = c
             .opens
@@ -1392,6 +1460,7 @@ impl Fs {
         len: u64,
         mode: i32,
         caller: Caller,
+        handle: Option<u64>,
     ) -> FsResult<()> {
         use falloc::*;
         if mode & !(KEEP_SIZE | PUNCH_HOLE | ZERO_RANGE) != 0 {
@@ -1408,6 +1477,18 @@ impl Fs {
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(FsError::FileTooBig)?;
         self.writable()?;
+        // Punching and zeroing unmap the whole blocks inside the range: break leases first.
+        let _break = if mode & (PUNCH_HOLE | ZERO_RANGE) != 0 {
+            Some(self.break_layout(
+                ino,
+                offset.div_ceil(BLOCK_SIZE),
+                end / BLOCK_SIZE,
+                caller,
+                handle,
+            )?)
+        } else {
+            None
+        };
         let _gate = self.gate();
         let cells = [self.table.get(ino)?];
         let mut held = Held::lock(&cells);
@@ -1631,6 +1712,221 @@ impl Fs {
         )
     }
 
+    // ----- pins and layout leases -----
+
+    /// Breaks the leases on file blocks `first..end` of `ino` for a layout change by `caller`
+    /// (through `handle`, whose `O_NONBLOCK` makes the break not wait).
+    fn break_layout(
+        &self,
+        ino: u64,
+        first: u64,
+        end: u64,
+        caller: Caller,
+        handle: Option<u64>,
+    ) -> FsResult<crate::lease::BreakGuard<'_>> {
+        let nonblock = handle
+            .and_then(|fh| lock(&self.handles).get(&fh).copied())
+            .is_some_and(|h| h.ino == ino && h.flags & libc::O_NONBLOCK != 0);
+        Ok(self.leases.break_layout(
+            ino,
+            first,
+            end,
+            Breaker {
+                pid: caller.pid,
+                nonblock,
+            },
+            self,
+        )?)
+    }
+
+    /// The lease manager (status, events).
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// The receiver of holder notifications (once; the daemon's notifier takes it).
+    pub fn take_notices(&self) -> Option<Receiver<Notice>> {
+        lock(&self.notices).take()
+    }
+
+    /// Registers a holder (its identity comes from the kernel, never from the holder).
+    pub fn add_holder(&self, info: HolderInfo) -> HolderId {
+        self.leases.add_holder(info)
+    }
+
+    /// The holder has gone: all its pins are released; busy blocks it kept become free.
+    pub fn holder_gone(&self, holder: HolderId) {
+        self.leases.holder_gone(holder, self);
+    }
+
+    /// An administrator revokes every lease of `holder` now.
+    pub fn fence(&self, holder: HolderId) -> FsResult<usize> {
+        Ok(self.leases.fence(holder, self)?)
+    }
+
+    /// Pins bytes `offset..offset+len` of `ino` for `holder`, allocating what is not yet
+    /// allocated (like a write fault on DAX), under a new layout lease. Write pins need write
+    /// permission, read pins read permission. Returns the pin and where its bytes are in the
+    /// image (whole blocks).
+    pub fn pin(&self, req: &PinRequest, caller: Caller) -> FsResult<(PinId, Vec<PinnedExtent>)> {
+        let PinRequest {
+            ino,
+            offset,
+            len,
+            writable,
+            ..
+        } = *req;
+        if len == 0 {
+            return Err(FsError::Invalid("pin of zero bytes"));
+        }
+        let end_byte = offset
+            .checked_add(len)
+            .ok_or(FsError::Invalid("pin range overflows"))?;
+        let first = offset / BLOCK_SIZE;
+        let end = end_byte.div_ceil(BLOCK_SIZE);
+        let c = self.table.get(ino)?;
+        {
+            let i = c.read();
+            match i.kind {
+                Kind::File => {}
+                Kind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("pin of a special file")),
+            }
+            if !may_access(&i, caller, if writable { 2 } else { 4 }) {
+                return Err(FsError::Access);
+            }
+            if end_byte > i.size.next_multiple_of(BLOCK_SIZE) {
+                return Err(FsError::Invalid("pin past the end of the file"));
+            }
+        }
+        if writable && self.opts.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        for _ in 0..8 {
+            if !self.opts.read_only {
+                // The write fault: give the holes of the range blocks first.
+                self.maybe_checkpoint()?;
+                let _gate = self.gate();
+                let cells = [c.clone()];
+                let mut held = Held::lock(&cells);
+                let i = held.get(ino)?;
+                let records = self.allocate_range(ino, &i.extents, first, end - first);
+                let got: u64 = records
+                    .iter()
+                    .filter_map(Record::as_mapping)
+                    .map(|m| m.len)
+                    .sum();
+                let had: u64 = i
+                    .extents
+                    .mappings_in(first, end - first)
+                    .iter()
+                    .map(|m| m.len)
+                    .sum();
+                if got + had < end - first {
+                    self.unallocate(&records);
+                    return Err(FsError::NoSpace);
+                }
+                self.commit_allocation(&mut held, &records)?;
+            }
+            let i = c.read();
+            let maps = i.extents.mappings_in(first, end - first);
+            if maps.iter().map(|m| m.len).sum::<u64>() < end - first {
+                continue; // a punch got in between: allocate again
+            }
+            let extents: Vec<(u64, Extent)> = maps
+                .iter()
+                .map(|m| {
+                    (
+                        m.file_block,
+                        Extent {
+                            start: m.image_block,
+                            len: m.len,
+                        },
+                    )
+                })
+                .collect();
+            let granted = self.leases.grant(req, || {
+                let mut alloc = lock(&self.alloc);
+                for (n, (_, e)) in extents.iter().enumerate() {
+                    if let Err(err) = alloc.pin(*e) {
+                        for (_, done) in &extents[..n] {
+                            let _ = alloc.unpin(*done);
+                        }
+                        return Err(FsError::Corrupt(format!(
+                            "pinning blocks {}+{}: {err}",
+                            e.start, e.len
+                        )));
+                    }
+                }
+                Ok(extents.clone())
+            })?;
+            let id = granted?;
+            let out = maps
+                .iter()
+                .map(|m| PinnedExtent {
+                    file_offset: m.file_block * BLOCK_SIZE,
+                    image_offset: m.image_block * BLOCK_SIZE,
+                    len: m.len * BLOCK_SIZE,
+                })
+                .collect();
+            return Ok((id, out));
+        }
+        Err(FsError::Lease(crate::lease::LeaseError::Again))
+    }
+
+    /// The holder gives pin `pin` back.
+    pub fn unpin(&self, holder: HolderId, pin: PinId) -> FsResult<()> {
+        Ok(self.leases.release(holder, pin, self)?)
+    }
+
+    /// Starts the mount's background work: lease deadlines (so leases expire on time with no
+    /// breaker waiting) and the reclaimer (frees pinned unlinked inodes after breaking their
+    /// leases). Both end at unmount.
+    pub fn start_background(self: &Arc<Self>) {
+        let fs = self.clone();
+        std::thread::Builder::new()
+            .name("pinfs-deadlines".into())
+            .spawn(move || {
+                fs.leases
+                    .run_deadlines(&*fs, &|| fs.stopping.load(Ordering::SeqCst))
+            })
+            .expect("spawn the deadline thread");
+        let fs = self.clone();
+        let rx = self.reclaims.1.clone();
+        std::thread::Builder::new()
+            .name("pinfs-reclaimer".into())
+            .spawn(move || {
+                for ino in rx {
+                    if fs.stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let r = fs
+                        .leases
+                        .break_layout(
+                            ino,
+                            0,
+                            u64::MAX,
+                            Breaker {
+                                pid: 0,
+                                nonblock: false,
+                            },
+                            &*fs,
+                        )
+                        .map_err(FsError::from)
+                        .and_then(|_guard| fs.reclaim_now(ino));
+                    if let Err(e) = r {
+                        tracing::warn!(ino, "unlinked inode kept: {e}");
+                    }
+                }
+            })
+            .expect("spawn the reclaimer");
+    }
+
+    fn stop_background(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.reclaims.0.send(0);
+    }
+
     // ----- filesystem-wide -----
 
     /// Space and inode counts.
@@ -1657,4 +1953,38 @@ impl Fs {
     pub fn with_allocator<R>(&self, f: impl FnOnce(&mut Allocator) -> R) -> R {
         f(&mut lock(&self.alloc))
     }
+}
+
+impl Unpinner for Fs {
+    fn unpin(&self, extents: &[(u64, Extent)]) {
+        let mut alloc = lock(&self.alloc);
+        for (_, e) in extents {
+            match alloc.unpin(*e) {
+                Ok(freed) => {
+                    // Busy blocks whose last pin this was: the holder may have written into
+                    // them; whoever gets them next must read zeros.
+                    for f in freed {
+                        self.image.discard(f.start * BLOCK_SIZE, f.len * BLOCK_SIZE);
+                    }
+                }
+                Err(err) => tracing::error!("unpin of blocks {}+{}: {err}", e.start, e.len),
+            }
+        }
+    }
+}
+
+/// May `caller` access `i` for `want` (4 read, 2 write, 1 execute), by its mode bits? Root
+/// may always read and write.
+fn may_access(i: &Inode, caller: Caller, want: u32) -> bool {
+    if caller.uid == 0 {
+        return true;
+    }
+    let bits = if caller.uid == i.uid {
+        i.perm >> 6
+    } else if caller.gid == i.gid {
+        i.perm >> 3
+    } else {
+        i.perm
+    };
+    bits & want == want
 }

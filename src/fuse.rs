@@ -166,7 +166,7 @@ impl fuser::Filesystem for FuseFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -181,6 +181,7 @@ impl fuser::Filesystem for FuseFs {
             atime: atime.map(set_time),
             mtime: mtime.map(set_time),
             ctime: ctime.map(Time::from_system),
+            handle: fh.map(|h| h.0),
         };
         match self.fs.setattr(ino.0, req_attr, caller(req)) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
@@ -292,9 +293,9 @@ impl fuser::Filesystem for FuseFs {
         self.entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()))
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open_file(ino.0) {
-            Ok(_) => reply.opened(FileHandle(0), open_flags()),
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open_file(ino.0, flags.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), open_flags()),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -349,13 +350,13 @@ impl fuser::Filesystem for FuseFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(reply, self.fs.release(ino.0))
+        Self::empty(reply, self.fs.release(ino.0, fh.0))
     }
 
     fn fsync(
@@ -471,19 +472,19 @@ impl fuser::Filesystem for FuseFs {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let r = self
             .fs
             .create(parent.0, name.as_bytes(), mode, 0, None, caller(req))
-            .and_then(|a| self.fs.open_file(a.ino).map(|_| a));
+            .and_then(|a| self.fs.open_file(a.ino, flags).map(|fh| (a, fh)));
         match r {
-            Ok(a) => reply.created(
+            Ok((a, fh)) => reply.created(
                 &TTL,
                 &file_attr(&a),
                 Generation(0),
-                FileHandle(0),
+                FileHandle(fh),
                 open_flags(),
             ),
             Err(e) => reply.error(errno(e)),
@@ -494,7 +495,7 @@ impl fuser::Filesystem for FuseFs {
         &self,
         req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
@@ -502,7 +503,8 @@ impl fuser::Filesystem for FuseFs {
     ) {
         Self::empty(
             reply,
-            self.fs.fallocate(ino.0, offset, length, mode, caller(req)),
+            self.fs
+                .fallocate(ino.0, offset, length, mode, caller(req), Some(fh.0)),
         )
     }
 

@@ -3,7 +3,7 @@
 //!
 //! Module map: [`image`] (mapping, superblocks, persistence ordering), [`journal`] and
 //! [`checkpoint`] (crash consistency), [`record`] (the metadata changes), [`inode`] and
-//! [`extent_map`] (metadata), [`fs`] (POSIX operations, no FUSE), [`fuse`] (the thin fuser
+//! [`extent_map`] (metadata), [`fs`] (POSIX operations, no FUSE), [`lease`] (layout leases), [`fuse`] (the thin fuser
 //! adapter), [`options`] (mount options), [`fsck`] (checking and repair), [`daemon`] (mounting
 //! and the daemon's life).
 
@@ -18,5 +18,6 @@ pub mod fuse;
 pub mod image;
 pub mod inode;
 pub mod journal;
+pub mod lease;
 pub mod options;
 pub mod record;

@@ -2,7 +2,10 @@
 //!
 //! Unknown options are refused by name, so a typo never silently mounts with defaults.
 
+use std::time::Duration;
+
 use crate::fs::AtimeMode;
+use crate::lease::{LeaseConfig, Policy};
 
 /// Parsed mount options.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +26,9 @@ pub struct MountOptions {
     pub threads: Option<usize>,
     /// Seconds to wait for the image lock (`lock_wait=SECONDS`, default 10).
     pub lock_wait: f64,
+    /// `lease_break_time=SECONDS` (0: never), `break_policy=wait|refuse|revoke`,
+    /// `busy_blocks=on|off`.
+    pub leases: LeaseConfig,
 }
 
 impl Default for MountOptions {
@@ -36,6 +42,7 @@ impl Default for MountOptions {
             allow_other: false,
             threads: None,
             lock_wait: 10.0,
+            leases: LeaseConfig::default(),
         }
     }
 }
@@ -101,12 +108,26 @@ impl MountOptions {
                     o.threads = Some(n as usize);
                 }
                 ("lock_wait", v) => o.lock_wait = number(v)?,
+                ("lease_break_time", v) => {
+                    let secs = number(v)?;
+                    o.leases.break_time = (secs > 0.0).then(|| Duration::from_secs_f64(secs));
+                }
+                ("break_policy", Some(v)) => {
+                    o.leases.policy = Policy::parse(v).ok_or_else(|| format!("mount option '{opt}': the policy is wait, refuse or revoke"))?;
+                }
+                ("busy_blocks", Some(v)) => {
+                    o.leases.busy_blocks = match v {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(format!("mount option '{opt}': busy_blocks is on or off")),
+                    }
+                }
                 // mount(8) passes these for fstab entries; they name the source, not an option.
                 ("fsname" | "subtype", Some(_)) => {}
                 (k, None) if IGNORED.contains(&k) || k.starts_with("x-") => {}
                 _ => {
                     return Err(format!(
-                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, default_permissions, threads=N, lock_wait=SECONDS)"
+                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, default_permissions, threads=N, lock_wait=SECONDS, lease_break_time=SECONDS, break_policy=wait|refuse|revoke, busy_blocks=on|off)"
                     ))
                 }
             }
@@ -133,5 +154,31 @@ mod tests {
         assert!(MountOptions::parse("threads=0").is_err());
         assert!(MountOptions::parse("threads=x").is_err());
         assert_eq!(MountOptions::parse("threads=3").unwrap().threads, Some(3));
+        assert!(MountOptions::parse("break_policy=maybe")
+            .unwrap_err()
+            .contains("wait, refuse or revoke"));
+        assert!(MountOptions::parse("busy_blocks=yes").is_err());
+        assert!(MountOptions::parse("lease_break_time=-1").is_err());
+    }
+
+    #[test]
+    fn lease_options() {
+        let o = MountOptions::parse("lease_break_time=0.25,break_policy=refuse,busy_blocks=off")
+            .unwrap();
+        assert_eq!(o.leases.break_time, Some(Duration::from_millis(250)));
+        assert_eq!(o.leases.policy, Policy::Refuse);
+        assert!(!o.leases.busy_blocks);
+        assert_eq!(
+            MountOptions::parse("lease_break_time=0")
+                .unwrap()
+                .leases
+                .break_time,
+            None
+        );
+        let d = MountOptions::parse("").unwrap().leases;
+        assert_eq!(
+            (d.break_time, d.policy, d.busy_blocks),
+            (Some(Duration::from_secs(45)), Policy::Revoke, true)
+        );
     }
 }

@@ -138,7 +138,7 @@ proptest! {
                 }
                 Op::Punch { name, off, len } => {
                     if let Some(ino) = ino_of(f, name) {
-                        f.fallocate(ino, off, len, falloc::PUNCH_HOLE | falloc::KEEP_SIZE, who).unwrap();
+                        f.fallocate(ino, off, len, falloc::PUNCH_HOLE | falloc::KEEP_SIZE, who, None).unwrap();
                         let data = m.files.get_mut(&m.names[&name]).unwrap();
                         let end = ((off + len) as usize).min(data.len());
                         if (off as usize) < end { data[off as usize..end].fill(0); }

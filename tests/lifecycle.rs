@@ -188,7 +188,7 @@ fn many_threads_at_once_stay_consistent() {
                     n += 1;
                     let name = root.join(format!("t{t}-{}", n % 16));
                     let data: Vec<u8> = (0..(n % 7) * 5000 + 1)
-                        .map(|i| (i as u64 + n + t) as u8)
+                        .map(|i| (i + n + t) as u8)
                         .collect();
                     match n % 5 {
                         0 => {

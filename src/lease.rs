@@ -1,0 +1,822 @@
+//! Layout leases: the state machine that stands between pin holders and the operations that
+//! change a file's block layout (breakers).
+//!
+//! Every pin is covered by a lease on its file range. A lease is `Granted` until a breaker
+//! (truncate down, punch, zero range, freeing an unlinked inode) overlaps it; then it is
+//! `Breaking` with a deadline, and its holder is told. The holder answers by unpinning
+//! (`Released`). At the deadline the mount's policy decides:
+//!
+//! | policy | at the deadline |
+//! |---|---|
+//! | `wait` | there is none: the breaker waits for the release (or an administrator's fence) |
+//! | `refuse` | the lease goes back to `Granted`, the breaker fails with `ETXTBSY` |
+//! | `revoke` | the lease is `Revoked`, its holder fenced and told; its blocks stay pinned, so the allocator keeps them busy once the file lets go of them |
+//!
+//! Unbreakable leases make breakers fail at once (`ETXTBSY`); a breaker that holds an
+//! overlapping lease itself fails with `EDEADLK`; a breaker on an `O_NONBLOCK` descriptor gets
+//! `EWOULDBLOCK` at once while the break goes on. While a break is in progress on a range
+//! (from its start until the breaker has changed the layout), new pins on that range are
+//! refused with `EAGAIN`.
+//!
+//! Every transition is an [`Event`]: logged with `tracing` at info level, kept in a ring for
+//! `status --events`, and sent to the holder it concerns through the notification channel
+//! (whose receiver writes to holders without holding any lock here).
+//!
+//! Locking: one mutex for the whole state, with a condvar that breakers wait on; it is never
+//! held across a wait for a holder or any I/O. Callers may hold an inode lock when they take
+//! it (pinning does), never the other way round. The allocator lock is taken inside it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam::channel::Sender;
+use pinfs_allocator::Extent;
+
+/// What happens at a lease's break deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// No deadline: the breaker waits for the holder (option 1, "truncate waits").
+    Wait,
+    /// The breaker fails with `ETXTBSY` and the lease stays.
+    Refuse,
+    /// The lease is revoked and its blocks kept busy (options 3 and 4).
+    Revoke,
+}
+
+impl Policy {
+    /// Parses `wait`, `refuse` or `revoke`.
+    pub fn parse(s: &str) -> Option<Policy> {
+        match s {
+            "wait" => Some(Policy::Wait),
+            "refuse" => Some(Policy::Refuse),
+            "revoke" => Some(Policy::Revoke),
+            _ => None,
+        }
+    }
+    /// The option value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Wait => "wait",
+            Policy::Refuse => "refuse",
+            Policy::Revoke => "revoke",
+        }
+    }
+}
+
+/// The lease settings of a mount.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeaseConfig {
+    /// Time a holder has to release a breaking lease; `None`: never expires.
+    pub break_time: Option<Duration>,
+    /// What happens at the deadline.
+    pub policy: Policy,
+    /// Keep revoked pinned blocks busy (true), or free them at once (false: only to show
+    /// the corruption that follows).
+    pub busy_blocks: bool,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            break_time: Some(Duration::from_secs(45)),
+            policy: Policy::Revoke,
+            busy_blocks: true,
+        }
+    }
+}
+
+/// Identifies a holder.
+pub type HolderId = u64;
+/// Identifies a pin (and its lease).
+pub type PinId = u64;
+
+/// A lease's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseState {
+    /// In force.
+    Granted,
+    /// A breaker waits for the release, until `deadline` (if any).
+    Breaking {
+        /// When the policy applies.
+        deadline: Option<Instant>,
+    },
+    /// Given back by the holder.
+    Released,
+    /// Taken away at a deadline or by a fence.
+    Revoked,
+}
+
+impl LeaseState {
+    /// The name `status` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            LeaseState::Granted => "granted",
+            LeaseState::Breaking { .. } => "breaking",
+            LeaseState::Released => "released",
+            LeaseState::Revoked => "revoked",
+        }
+    }
+}
+
+/// Who holds pins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderInfo {
+    /// Process id (from the kernel, not from the holder).
+    pub pid: u32,
+    /// Command name.
+    pub comm: String,
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// A pin and its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// Its id.
+    pub id: PinId,
+    /// Its holder.
+    pub holder: HolderId,
+    /// The file.
+    pub ino: u64,
+    /// First file block.
+    pub first_block: u64,
+    /// Blocks.
+    pub blocks: u64,
+    /// The image blocks pinned in the allocator, in file order: (file block, extent).
+    pub extents: Vec<(u64, Extent)>,
+    /// May the holder write?
+    pub writable: bool,
+    /// Does every breaker fail at once?
+    pub unbreakable: bool,
+    /// Lease state.
+    pub state: LeaseState,
+    /// The allocator references are still held.
+    pub pinned: bool,
+}
+
+impl Pin {
+    fn overlaps(&self, ino: u64, first: u64, end: u64) -> bool {
+        self.ino == ino && self.first_block < end && first < self.first_block + self.blocks
+    }
+    fn live(&self) -> bool {
+        matches!(
+            self.state,
+            LeaseState::Granted | LeaseState::Breaking { .. }
+        )
+    }
+}
+
+/// A lease transition, as users see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// When.
+    pub at: SystemTime,
+    /// The holder concerned.
+    pub holder: HolderId,
+    /// The pin, if the event concerns one.
+    pub pin: Option<PinId>,
+    /// The file.
+    pub ino: u64,
+    /// File byte range start.
+    pub offset: u64,
+    /// File byte range length.
+    pub len: u64,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// Kinds of [`Event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A pin was granted.
+    Granted,
+    /// A breaker wants the range back; the holder must release before `deadline_ms` from now
+    /// (`None`: no deadline).
+    Break {
+        /// Milliseconds left.
+        deadline_ms: Option<u64>,
+    },
+    /// The holder released the pin.
+    Released,
+    /// The lease was taken away (deadline under `revoke`, or a fence).
+    Revoked,
+    /// At the deadline under `refuse`: the breaker failed, the lease stays.
+    Refused,
+    /// The holder was fenced.
+    Fenced,
+    /// The holder went away; its pins were released.
+    HolderGone,
+}
+
+impl EventKind {
+    /// The name events carry.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Granted => "granted",
+            EventKind::Break { .. } => "break",
+            EventKind::Released => "released",
+            EventKind::Revoked => "revoked",
+            EventKind::Refused => "refused",
+            EventKind::Fenced => "fenced",
+            EventKind::HolderGone => "holder_gone",
+        }
+    }
+}
+
+/// Counters of lease transitions since mount.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Leases moved to breaking.
+    pub breaks: u64,
+    /// Leases released by their holders.
+    pub releases: u64,
+    /// Deadlines that passed.
+    pub timeouts: u64,
+    /// Breakers refused (`ETXTBSY`).
+    pub refusals: u64,
+    /// Leases revoked.
+    pub revocations: u64,
+    /// Holders fenced.
+    pub fences: u64,
+}
+
+/// Why a lease operation failed; each maps to the errno the semantics give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// An unbreakable lease, or a refused break (`ETXTBSY`).
+    #[error("the range is pinned and its lease was not given back")]
+    Busy,
+    /// The breaker holds the lease itself (`EDEADLK`).
+    #[error("the caller holds a lease it would have to break")]
+    Deadlock,
+    /// Non-blocking breaker: the break goes on without it (`EWOULDBLOCK`).
+    #[error("the break is in progress")]
+    WouldBlock,
+    /// A new pin on a range being broken (`EAGAIN`).
+    #[error("the range is being broken; try again")]
+    Again,
+    /// No such holder or pin, or not the caller's.
+    #[error("no such pin")]
+    NoSuchPin,
+}
+
+impl LeaseError {
+    /// The errno.
+    pub fn errno(self) -> i32 {
+        match self {
+            LeaseError::Busy => libc::ETXTBSY,
+            LeaseError::Deadlock => libc::EDEADLK,
+            LeaseError::WouldBlock => libc::EWOULDBLOCK,
+            LeaseError::Again => libc::EAGAIN,
+            LeaseError::NoSuchPin => libc::ENOENT,
+        }
+    }
+}
+
+/// A notification for one holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// To whom.
+    pub holder: HolderId,
+    /// What.
+    pub event: Event,
+}
+
+/// A holder's request for a pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinRequest {
+    /// The holder.
+    pub holder: HolderId,
+    /// The file.
+    pub ino: u64,
+    /// First byte.
+    pub offset: u64,
+    /// Bytes (the pin covers the whole blocks they touch).
+    pub len: u64,
+    /// Write access (needs write permission on the file).
+    pub writable: bool,
+    /// Breakers fail at once instead of breaking the lease.
+    pub unbreakable: bool,
+}
+
+impl PinRequest {
+    /// The file blocks covered: first, and one past the last.
+    pub fn blocks(&self) -> (u64, u64) {
+        (
+            self.offset / 4096,
+            self.offset.saturating_add(self.len).div_ceil(4096),
+        )
+    }
+}
+
+/// Who breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    /// The process (a breaker holding an overlapping lease gets `EDEADLK`).
+    pub pid: u32,
+    /// The breaker's descriptor is `O_NONBLOCK`.
+    pub nonblock: bool,
+}
+
+struct Holder {
+    info: HolderInfo,
+    fenced: bool,
+}
+
+struct Marker {
+    id: u64,
+    ino: u64,
+    first: u64,
+    end: u64,
+}
+
+#[derive(Default)]
+struct State {
+    holders: HashMap<HolderId, Holder>,
+    pins: BTreeMap<PinId, Pin>,
+    markers: Vec<Marker>,
+    counters: Counters,
+    events: VecDeque<Event>,
+    next_id: u64,
+}
+
+const EVENT_RING: usize = 1024;
+
+/// What the allocator side of a lease transition needs: dropping the allocator references
+/// of a pin. The filesystem implements it (it owns the allocator and scrubs freed blocks).
+pub trait Unpinner: Sync {
+    /// Drops one allocator reference from each extent.
+    fn unpin(&self, extents: &[(u64, Extent)]);
+}
+
+/// The lease manager of one mount.
+pub struct Leases {
+    config: LeaseConfig,
+    state: Mutex<State>,
+    changed: Condvar,
+    notices: Option<Sender<Notice>>,
+}
+
+impl std::fmt::Debug for Leases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Held by a breaker from the start of its break until its layout change is done; new pins
+/// on the range are refused meanwhile.
+pub struct BreakGuard<'a> {
+    leases: &'a Leases,
+    marker: Option<u64>,
+}
+
+impl Drop for BreakGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.marker {
+            let mut st = self.leases.lock();
+            st.markers.retain(|m| m.id != id);
+            drop(st);
+            self.leases.changed.notify_all();
+        }
+    }
+}
+
+/// A snapshot of the lease state, for `status`.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Holders: id, info, fenced.
+    pub holders: Vec<(HolderId, HolderInfo, bool)>,
+    /// Pins with their lease state.
+    pub pins: Vec<Pin>,
+    /// Counters.
+    pub counters: Counters,
+    /// The mount's lease settings.
+    pub config: LeaseConfig,
+}
+
+impl Leases {
+    /// A lease manager; `notices` receives every event addressed to a holder.
+    pub fn new(config: LeaseConfig, notices: Option<Sender<Notice>>) -> Leases {
+        Leases {
+            config,
+            state: Mutex::new(State {
+                next_id: 1,
+                ..Default::default()
+            }),
+            changed: Condvar::new(),
+            notices,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> LeaseConfig {
+        self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn emit(&self, st: &mut State, holder: HolderId, pin: Option<&Pin>, ino: u64, kind: EventKind) {
+        let (offset, len) = pin
+            .map(|p| (p.first_block * 4096, p.blocks * 4096))
+            .unwrap_or((0, 0));
+        let event = Event {
+            at: SystemTime::now(),
+            holder,
+            pin: pin.map(|p| p.id),
+            ino,
+            offset,
+            len,
+            kind,
+        };
+        tracing::info!(holder, pin = ?event.pin, ino, offset, len, event = kind.name(), "lease");
+        if st.events.len() == EVENT_RING {
+            st.events.pop_front();
+        }
+        st.events.push_back(event.clone());
+        if let Some(tx) = &self.notices {
+            let _ = tx.send(Notice { holder, event });
+        }
+    }
+
+    /// Registers a holder.
+    pub fn add_holder(&self, info: HolderInfo) -> HolderId {
+        let mut st = self.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        st.holders.insert(
+            id,
+            Holder {
+                info,
+                fenced: false,
+            },
+        );
+        id
+    }
+
+    /// The holder's identity, if it exists.
+    pub fn holder(&self, id: HolderId) -> Option<HolderInfo> {
+        self.lock().holders.get(&id).map(|h| h.info.clone())
+    }
+
+    /// Grants a pin: `make` runs under the lease lock (so no break can start in between),
+    /// pins the blocks in the allocator and returns their extents. Refused with `EAGAIN` while
+    /// a break is in progress on the range, and for fenced or unknown holders.
+    pub fn grant<E>(
+        &self,
+        req: &PinRequest,
+        make: impl FnOnce() -> Result<Vec<(u64, Extent)>, E>,
+    ) -> Result<Result<PinId, E>, LeaseError> {
+        let (holder, ino) = (req.holder, req.ino);
+        let (first_block, end) = req.blocks();
+        let blocks = end - first_block;
+        let (writable, unbreakable) = (req.writable, req.unbreakable);
+        let mut st = self.lock();
+        match st.holders.get(&holder) {
+            Some(h) if !h.fenced => {}
+            _ => return Err(LeaseError::NoSuchPin),
+        }
+        let end = first_block + blocks;
+        let breaking = st
+            .markers
+            .iter()
+            .any(|m| m.ino == ino && m.first < end && first_block < m.end)
+            || st.pins.values().any(|p| {
+                p.overlaps(ino, first_block, end) && matches!(p.state, LeaseState::Breaking { .. })
+            });
+        if breaking {
+            return Err(LeaseError::Again);
+        }
+        let extents = match make() {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(e)),
+        };
+        let id = st.next_id;
+        st.next_id += 1;
+        let pin = Pin {
+            id,
+            holder,
+            ino,
+            first_block,
+            blocks,
+            extents,
+            writable,
+            unbreakable,
+            state: LeaseState::Granted,
+            pinned: true,
+        };
+        self.emit(&mut st, holder, Some(&pin), ino, EventKind::Granted);
+        st.pins.insert(id, pin);
+        Ok(Ok(id))
+    }
+
+    /// The holder gives a pin back. The allocator references go (busy blocks whose last
+    /// reference this was become free), waiting breakers are woken.
+    pub fn release(
+        &self,
+        holder: HolderId,
+        pin: PinId,
+        unpinner: &dyn Unpinner,
+    ) -> Result<(), LeaseError> {
+        let mut st = self.lock();
+        let p = st
+            .pins
+            .get(&pin)
+            .filter(|p| p.holder == holder)
+            .cloned()
+            .ok_or(LeaseError::NoSuchPin)?;
+        st.pins.remove(&pin);
+        if p.pinned {
+            unpinner.unpin(&p.extents);
+        }
+        if p.live() {
+            st.counters.releases += 1;
+            let mut shown = p.clone();
+            shown.state = LeaseState::Released;
+            self.emit(&mut st, holder, Some(&shown), p.ino, EventKind::Released);
+        }
+        drop(st);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// The holder is gone (exited, killed, disconnected): all its pins are released.
+    pub fn holder_gone(&self, holder: HolderId, unpinner: &dyn Unpinner) {
+        let mut st = self.lock();
+        let Some(_) = st.holders.remove(&holder) else {
+            return;
+        };
+        let ids: Vec<PinId> = st
+            .pins
+            .values()
+            .filter(|p| p.holder == holder)
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
+            let p = st.pins.remove(&id).expect("listed");
+            if p.pinned {
+                unpinner.unpin(&p.extents);
+            }
+            if p.live() {
+                st.counters.releases += 1;
+            }
+        }
+        self.emit(&mut st, holder, None, 0, EventKind::HolderGone);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    fn revoke(&self, st: &mut State, id: PinId, unpinner: &dyn Unpinner) {
+        let Some(p) = st.pins.get_mut(&id) else {
+            return;
+        };
+        p.state = LeaseState::Revoked;
+        if !self.config.busy_blocks && p.pinned {
+            // The dangerous demonstration: the blocks follow the file's fate at once.
+            p.pinned = false;
+            unpinner.unpin(&p.extents);
+        }
+        let p = p.clone();
+        st.counters.revocations += 1;
+        if let Some(h) = st.holders.get_mut(&p.holder) {
+            if !h.fenced {
+                h.fenced = true;
+                st.counters.fences += 1;
+            }
+        }
+        self.emit(st, p.holder, Some(&p), p.ino, EventKind::Revoked);
+    }
+
+    /// An administrator fences a holder: every live lease of it is revoked now, whatever the
+    /// policy. Returns the number of leases revoked.
+    pub fn fence(&self, holder: HolderId, unpinner: &dyn Unpinner) -> Result<usize, LeaseError> {
+        let mut st = self.lock();
+        if !st.holders.contains_key(&holder) {
+            return Err(LeaseError::NoSuchPin);
+        }
+        let ids: Vec<PinId> = st
+            .pins
+            .values()
+            .filter(|p| p.holder == holder && p.live())
+            .map(|p| p.id)
+            .collect();
+        for &id in &ids {
+            self.revoke(&mut st, id, unpinner);
+        }
+        let h = st.holders.get_mut(&holder).expect("checked");
+        if !h.fenced {
+            h.fenced = true;
+            st.counters.fences += 1;
+        }
+        self.emit(&mut st, holder, None, 0, EventKind::Fenced);
+        drop(st);
+        self.changed.notify_all();
+        Ok(ids.len())
+    }
+
+    /// Applies the policy to breaking leases whose deadline has passed; returns the earliest
+    /// deadline still pending.
+    fn expire(&self, st: &mut State, now: Instant, unpinner: &dyn Unpinner) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let due: Vec<PinId> = st
+            .pins
+            .values()
+            .filter_map(|p| match p.state {
+                LeaseState::Breaking { deadline: Some(d) } if d <= now => Some(p.id),
+                LeaseState::Breaking { deadline: Some(d) } => {
+                    next = Some(next.map_or(d, |n| n.min(d)));
+                    None
+                }
+                _ => None,
+            })
+            .collect();
+        for id in due {
+            st.counters.timeouts += 1;
+            match self.config.policy {
+                Policy::Revoke | Policy::Wait => self.revoke(st, id, unpinner),
+                Policy::Refuse => {
+                    let p = st.pins.get_mut(&id).expect("due");
+                    p.state = LeaseState::Granted;
+                    let p = p.clone();
+                    st.counters.refusals += 1;
+                    self.emit(st, p.holder, Some(&p), p.ino, EventKind::Refused);
+                }
+            }
+        }
+        next
+    }
+
+    /// Runs deadlines until `stop` returns true; the daemon runs this on a thread of its own
+    /// so that leases expire on time even when no breaker is waiting.
+    pub fn run_deadlines(&self, unpinner: &dyn Unpinner, stop: &dyn Fn() -> bool) {
+        let mut st = self.lock();
+        while !stop() {
+            let next = self.expire(&mut st, Instant::now(), unpinner);
+            let wait = next.map_or(Duration::from_millis(200), |n| {
+                n.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(200))
+            });
+            st = self
+                .changed
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Breaks the leases that overlap file blocks `first..end` of `ino` before a layout
+    /// change, as the policy says. On success the returned guard keeps new pins off the range
+    /// until the caller has changed the layout and drops it. Costs one lock and a scan of the
+    /// file's pins when nothing is pinned.
+    pub fn break_layout(
+        &self,
+        ino: u64,
+        first: u64,
+        end: u64,
+        breaker: Breaker,
+        unpinner: &dyn Unpinner,
+    ) -> Result<BreakGuard<'_>, LeaseError> {
+        let mut st = self.lock();
+        if first >= end || !st.pins.values().any(|p| p.overlaps(ino, first, end)) {
+            let id = st.next_id;
+            st.next_id += 1;
+            st.markers.push(Marker {
+                id,
+                ino,
+                first,
+                end,
+            });
+            return Ok(BreakGuard {
+                leases: self,
+                marker: Some(id),
+            });
+        }
+        let overlapping = |st: &State| -> Vec<PinId> {
+            st.pins
+                .values()
+                .filter(|p| p.overlaps(ino, first, end) && p.live())
+                .map(|p| p.id)
+                .collect()
+        };
+        let live = overlapping(&st);
+        if live.iter().any(|id| st.pins[id].unbreakable) {
+            st.counters.refusals += 1;
+            return Err(LeaseError::Busy);
+        }
+        if live.iter().any(|id| {
+            st.holders
+                .get(&st.pins[id].holder)
+                .is_some_and(|h| h.info.pid == breaker.pid)
+        }) {
+            return Err(LeaseError::Deadlock);
+        }
+        let deadline = match self.config.policy {
+            Policy::Wait => None,
+            _ => self.config.break_time.map(|t| Instant::now() + t),
+        };
+        for id in &live {
+            let p = st.pins.get_mut(id).expect("live");
+            if p.state == LeaseState::Granted {
+                p.state = LeaseState::Breaking { deadline };
+                let p = p.clone();
+                st.counters.breaks += 1;
+                let deadline_ms = deadline
+                    .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64);
+                self.emit(
+                    &mut st,
+                    p.holder,
+                    Some(&p),
+                    ino,
+                    EventKind::Break { deadline_ms },
+                );
+            }
+        }
+        self.changed.notify_all();
+        if breaker.nonblock {
+            return Err(LeaseError::WouldBlock);
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.markers.push(Marker {
+            id,
+            ino,
+            first,
+            end,
+        });
+        let guard_id = id;
+        loop {
+            let next = self.expire(&mut st, Instant::now(), unpinner);
+            let still: Vec<PinId> = overlapping(&st);
+            if still.is_empty() {
+                break;
+            }
+            if still
+                .iter()
+                .any(|id| st.pins[id].state == LeaseState::Granted)
+            {
+                // Refused at the deadline (only `refuse` puts a breaking lease back).
+                st.markers.retain(|m| m.id != guard_id);
+                drop(st);
+                self.changed.notify_all();
+                return Err(LeaseError::Busy);
+            }
+            st = match next {
+                Some(n) => {
+                    self.changed
+                        .wait_timeout(st, n.saturating_duration_since(Instant::now()))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self.changed.wait(st).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+        Ok(BreakGuard {
+            leases: self,
+            marker: Some(guard_id),
+        })
+    }
+
+    /// Does any live lease cover blocks of `ino`? (Reclaiming an unlinked inode then needs a
+    /// break first.)
+    pub fn has_pins(&self, ino: u64) -> bool {
+        self.lock().pins.values().any(|p| p.ino == ino && p.live())
+    }
+
+    /// The state, for `status`.
+    pub fn snapshot(&self) -> Snapshot {
+        let st = self.lock();
+        let mut holders: Vec<_> = st
+            .holders
+            .iter()
+            .map(|(id, h)| (*id, h.info.clone(), h.fenced))
+            .collect();
+        holders.sort_by_key(|h| h.0);
+        Snapshot {
+            holders,
+            pins: st.pins.values().cloned().collect(),
+            counters: st.counters,
+            config: self.config,
+        }
+    }
+
+    /// The most recent events, oldest first.
+    pub fn events(&self) -> Vec<Event> {
+        self.lock().events.iter().cloned().collect()
+    }
+
+    /// The holder that keeps each pinned extent, for busy-block accounting.
+    pub fn extent_holders(&self) -> Vec<(Extent, HolderId)> {
+        let st = self.lock();
+        st.pins
+            .values()
+            .filter(|p| p.pinned)
+            .flat_map(|p| p.extents.iter().map(move |(_, e)| (*e, p.holder)))
+            .collect()
+    }
+}
