@@ -187,9 +187,8 @@ fn many_threads_at_once_stay_consistent() {
                 while std::time::Instant::now() < deadline {
                     n += 1;
                     let name = root.join(format!("t{t}-{}", n % 16));
-                    let data: Vec<u8> = (0..(n % 7) * 5000 + 1)
-                        .map(|i| (i + n + t) as u8)
-                        .collect();
+                    let data: Vec<u8> =
+                        (0..(n % 7) * 5000 + 1).map(|i| (i + n + t) as u8).collect();
                     match n % 5 {
                         0 => {
                             let _ = fs::remove_file(&name);

@@ -1,0 +1,558 @@
+//! Pins, layout leases and busy blocks in the filesystem core (no FUSE): every policy, every
+//! errno of the semantics, holder death, fencing, busy accounting, and the corruption that
+//! busy blocks prevent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::Receiver;
+use pinfs::error::FsError;
+use pinfs::fs::{falloc, Caller, Fs, FsOptions, SetAttr};
+use pinfs::image::BLOCK_SIZE;
+use pinfs::inode::ROOT_INO;
+use pinfs::lease::{EventKind, HolderInfo, LeaseConfig, LeaseState, Notice, PinRequest, Policy};
+
+const HOLDER_PID: u32 = 4_000_001;
+const BREAKER: Caller = Caller {
+    uid: 0,
+    gid: 0,
+    pid: 4_000_002,
+};
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    fs: Arc<Fs>,
+    notices: Receiver<Notice>,
+}
+
+fn setup(policy: Policy, break_ms: u64, busy_blocks: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img");
+    Fs::mkfs(&path, 64 << 20, false).unwrap();
+    let break_time = (break_ms > 0).then(|| Duration::from_millis(break_ms));
+    let opts = FsOptions {
+        leases: LeaseConfig {
+            break_time,
+            policy,
+            busy_blocks,
+        },
+        ..Default::default()
+    };
+    let fs = Arc::new(Fs::open(&path, opts).unwrap());
+    fs.start_background();
+    let notices = fs.take_notices().unwrap();
+    Setup {
+        _dir: dir,
+        fs,
+        notices,
+    }
+}
+
+impl Setup {
+    fn file(&self, name: &str, blocks: u64) -> u64 {
+        let a = self
+            .fs
+            .create(
+                ROOT_INO,
+                name.as_bytes(),
+                libc::S_IFREG | 0o644,
+                0,
+                None,
+                Caller::ROOT,
+            )
+            .unwrap();
+        if blocks > 0 {
+            self.fs
+                .write(
+                    a.ino,
+                    0,
+                    &vec![0x11; (blocks * BLOCK_SIZE) as usize],
+                    Caller::ROOT,
+                )
+                .unwrap();
+        }
+        a.ino
+    }
+    fn holder(&self) -> u64 {
+        self.fs.add_holder(HolderInfo {
+            pid: HOLDER_PID,
+            comm: "test-holder".into(),
+            uid: 0,
+            gid: 0,
+        })
+    }
+    fn pin(
+        &self,
+        holder: u64,
+        ino: u64,
+        offset: u64,
+        len: u64,
+        unbreakable: bool,
+    ) -> Result<(u64, Vec<pinfs::fs::PinnedExtent>), FsError> {
+        self.fs.pin(
+            &PinRequest {
+                holder,
+                ino,
+                offset,
+                len,
+                writable: true,
+                unbreakable,
+            },
+            Caller {
+                pid: HOLDER_PID,
+                ..Caller::ROOT
+            },
+        )
+    }
+    fn truncate(&self, ino: u64, size: u64) -> Result<(), FsError> {
+        self.fs
+            .setattr(
+                ino,
+                SetAttr {
+                    size: Some(size),
+                    ..Default::default()
+                },
+                BREAKER,
+            )
+            .map(|_| ())
+    }
+    fn state(&self, pin: u64) -> Option<LeaseState> {
+        self.fs
+            .leases()
+            .snapshot()
+            .pins
+            .iter()
+            .find(|p| p.id == pin)
+            .map(|p| p.state)
+    }
+    fn next_notice(&self, kind: &str) -> Notice {
+        loop {
+            let n = self
+                .notices
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a notice");
+            if n.event.kind.name() == kind {
+                return n;
+            }
+        }
+    }
+}
+
+fn errno(r: Result<(), FsError>) -> i32 {
+    r.expect_err("an error").errno()
+}
+
+#[test]
+fn a_cooperative_holder_releases_and_the_truncate_proceeds() {
+    let s = setup(Policy::Revoke, 10_000, true);
+    let ino = s.file("f", 8);
+    let h = s.holder();
+    let (pin, ext) = s.pin(h, ino, 0, 4 * BLOCK_SIZE, false).unwrap();
+    assert_eq!(ext.iter().map(|e| e.len).sum::<u64>(), 4 * BLOCK_SIZE);
+    let fs = s.fs.clone();
+    let releaser = std::thread::spawn({
+        let notices = s.notices.clone();
+        move || loop {
+            let n = notices.recv_timeout(Duration::from_secs(10)).unwrap();
+            if let EventKind::Break { deadline_ms } = n.event.kind {
+                assert!(
+                    deadline_ms.unwrap() > 9_000,
+                    "the break says when the deadline is"
+                );
+                fs.unpin(h, n.event.pin.unwrap()).unwrap();
+                return;
+            }
+        }
+    });
+    let t0 = Instant::now();
+    s.truncate(ino, 0).unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "released long before the deadline"
+    );
+    releaser.join().unwrap();
+    assert_eq!(s.state(pin), None, "a released pin is gone");
+    let c = s.fs.leases().snapshot().counters;
+    assert_eq!(
+        (c.breaks, c.releases, c.timeouts, c.revocations),
+        (1, 1, 0, 0)
+    );
+    assert_eq!(s.fs.statfs().busy, 0);
+    assert_eq!(s.fs.getattr(ino).unwrap().blocks, 0);
+}
+
+#[test]
+fn refuse_gives_etxtbsy_at_the_deadline_and_keeps_the_lease() {
+    let s = setup(Policy::Refuse, 200, true);
+    let ino = s.file("f", 4);
+    let h = s.holder();
+    let (pin, _) = s.pin(h, ino, 0, 4 * BLOCK_SIZE, false).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(errno(s.truncate(ino, 0)), libc::ETXTBSY);
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200) && waited < Duration::from_secs(3),
+        "waited {waited:?}"
+    );
+    assert_eq!(s.state(pin), Some(LeaseState::Granted));
+    assert_eq!(
+        s.fs.getattr(ino).unwrap().size,
+        4 * BLOCK_SIZE,
+        "nothing changed"
+    );
+    let c = s.fs.leases().snapshot().counters;
+    assert_eq!((c.breaks, c.timeouts, c.refusals), (1, 1, 1));
+    s.next_notice("refused");
+}
+
+#[test]
+fn revoke_detaches_pinned_blocks_as_busy_until_the_holder_goes() {
+    let s = setup(Policy::Revoke, 150, true);
+    let ino = s.file("f", 4);
+    let h = s.holder();
+    let (pin, ext) = s.pin(h, ino, 0, 4 * BLOCK_SIZE, false).unwrap();
+    let free_before = s.fs.statfs().free;
+    s.truncate(ino, 0).unwrap();
+    assert_eq!(s.state(pin), Some(LeaseState::Revoked));
+    s.next_notice("revoked");
+    assert_eq!(
+        s.fs.getattr(ino).unwrap().size,
+        0,
+        "the file lost its blocks at once"
+    );
+    let st = s.fs.statfs();
+    assert_eq!(st.busy, 4, "but they are busy");
+    assert_eq!(st.free, free_before, "and not free");
+    let c = s.fs.leases().snapshot().counters;
+    assert_eq!((c.timeouts, c.revocations, c.fences), (1, 1, 1));
+    // The holder keeps writing into its blocks, like a NIC that was never told; another file
+    // that takes all the free space never sees those bytes.
+    s.fs.image().write(ext[0].image_offset, &[0xee; 4096]);
+    let other = s.file("other", 0);
+    let mut off = 0;
+    loop {
+        match s.fs.write(other, off, &vec![0u8; 1 << 20], Caller::ROOT) {
+            Ok(n) => off += n as u64,
+            Err(e) => {
+                assert_eq!(e.errno(), libc::ENOSPC);
+                break;
+            }
+        }
+    }
+    s.fs.image().write(ext[0].image_offset, &[0xee; 4096]);
+    let data = s.fs.read(other, 0, off as u32).unwrap();
+    assert!(
+        data.iter().all(|&b| b == 0),
+        "busy blocks were never handed to another file"
+    );
+    assert!(
+        matches!(
+            s.pin(h, ino, 0, 1, false),
+            Err(FsError::Lease(_)) | Err(FsError::Invalid(_))
+        ),
+        "a fenced holder pins nothing"
+    );
+    s.fs.holder_gone(h);
+    assert_eq!(
+        s.fs.statfs().busy,
+        0,
+        "busy blocks are freed when the holder goes"
+    );
+    assert_eq!(s.fs.statfs().free, 4);
+    s.fs.write(
+        other,
+        off,
+        &vec![0u8; 4 * BLOCK_SIZE as usize],
+        Caller::ROOT,
+    )
+    .unwrap();
+    let tail = s.fs.read(other, off, 4 * BLOCK_SIZE as u32).unwrap();
+    assert!(
+        tail.iter().all(|&b| b == 0),
+        "freed busy blocks reach a new file as zeros"
+    );
+}
+
+#[test]
+fn without_busy_blocks_a_revoked_holder_corrupts_the_next_file() {
+    let s = setup(Policy::Revoke, 100, false);
+    let ino = s.file("f", 4);
+    let h = s.holder();
+    let (_, ext) = s.pin(h, ino, 0, 4 * BLOCK_SIZE, false).unwrap();
+    s.truncate(ino, 0).unwrap();
+    assert_eq!(s.fs.statfs().busy, 0, "busy_blocks=off: freed at once");
+    let victim = s.file("victim", 0);
+    let mut off = 0;
+    while let Ok(n) =
+        s.fs.write(victim, off, &vec![0x22u8; 1 << 20], Caller::ROOT)
+    {
+        off += n as u64;
+    }
+    // The holder was never told in a way it honours: it writes on.
+    s.fs.image()
+        .write(ext[0].image_offset, b"HOLDER WROTE HERE");
+    let data = s.fs.read(victim, 0, off as u32).unwrap();
+    assert!(
+        data.windows(17).any(|w| w == b"HOLDER WROTE HERE"),
+        "the new file shows the holder's bytes"
+    );
+}
+
+#[test]
+fn wait_blocks_until_the_holder_releases() {
+    let s = setup(Policy::Wait, 50, true);
+    let ino = s.file("f", 4);
+    let h = s.holder();
+    let (pin, _) = s.pin(h, ino, 0, BLOCK_SIZE, false).unwrap();
+    let fs = s.fs.clone();
+    let late = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(600));
+        fs.unpin(h, pin).unwrap();
+    });
+    let t0 = Instant::now();
+    s.truncate(ino, 0).unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(550),
+        "waited past the break time for the release"
+    );
+    late.join().unwrap();
+    let c = s.fs.leases().snapshot().counters;
+    assert_eq!((c.timeouts, c.revocations, c.releases), (0, 0, 1));
+}
+
+#[test]
+fn breaker_errnos_unbreakable_own_lease_nonblock_and_new_pins() {
+    let s = setup(Policy::Revoke, 60_000, true);
+    let ino = s.file("f", 8);
+    let h = s.holder();
+    s.pin(h, ino, 0, BLOCK_SIZE, true).unwrap();
+    assert_eq!(errno(s.truncate(ino, 0)), libc::ETXTBSY, "unbreakable");
+    assert_eq!(s.fs.leases().snapshot().counters.breaks, 0);
+    // A breaker that holds the lease itself.
+    let (pin2, _) = s.pin(h, ino, 4 * BLOCK_SIZE, BLOCK_SIZE, false).unwrap();
+    let own = Caller {
+        pid: HOLDER_PID,
+        ..Caller::ROOT
+    };
+    let r = s.fs.fallocate(
+        ino,
+        4 * BLOCK_SIZE,
+        BLOCK_SIZE,
+        falloc::PUNCH_HOLE | falloc::KEEP_SIZE,
+        own,
+        None,
+    );
+    assert_eq!(errno(r), libc::EDEADLK);
+    // O_NONBLOCK: EWOULDBLOCK at once, and the break goes on.
+    let fh =
+        s.fs.open_file(ino, libc::O_RDWR | libc::O_NONBLOCK)
+            .unwrap();
+    let t0 = Instant::now();
+    let r = s.fs.fallocate(
+        ino,
+        4 * BLOCK_SIZE,
+        BLOCK_SIZE,
+        falloc::PUNCH_HOLE | falloc::KEEP_SIZE,
+        BREAKER,
+        Some(fh),
+    );
+    assert_eq!(errno(r), libc::EWOULDBLOCK);
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert!(matches!(s.state(pin2), Some(LeaseState::Breaking { .. })));
+    s.next_notice("break");
+    // New pins on a breaking range: EAGAIN.
+    let r = s.pin(h, ino, 4 * BLOCK_SIZE, 10, false).map(|_| ());
+    assert_eq!(errno(r), libc::EAGAIN);
+    s.fs.unpin(h, pin2).unwrap();
+    s.fs.fallocate(
+        ino,
+        4 * BLOCK_SIZE,
+        BLOCK_SIZE,
+        falloc::PUNCH_HOLE | falloc::KEEP_SIZE,
+        BREAKER,
+        Some(fh),
+    )
+    .unwrap();
+    s.fs.release(ino, fh).unwrap();
+}
+
+#[test]
+fn breaking_costs_nothing_where_nothing_is_pinned() {
+    let s = setup(Policy::Refuse, 60_000, true);
+    let a = s.file("a", 8);
+    let b = s.file("b", 8);
+    let h = s.holder();
+    s.pin(h, a, 0, 2 * BLOCK_SIZE, false).unwrap();
+    let t0 = Instant::now();
+    s.truncate(a, 4 * BLOCK_SIZE).unwrap();
+    s.fs.fallocate(
+        a,
+        2 * BLOCK_SIZE,
+        BLOCK_SIZE,
+        falloc::PUNCH_HOLE | falloc::KEEP_SIZE,
+        BREAKER,
+        None,
+    )
+    .unwrap();
+    s.truncate(b, 0).unwrap();
+    s.fs.remove(ROOT_INO, b"b", false).unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "no waiting outside pinned ranges"
+    );
+    assert_eq!(s.fs.leases().snapshot().counters.breaks, 0);
+}
+
+#[test]
+fn zero_range_is_a_breaker_and_holder_death_ends_everything() {
+    let s = setup(Policy::Revoke, 100, true);
+    let ino = s.file("f", 4);
+    let h = s.holder();
+    s.pin(h, ino, 0, 4 * BLOCK_SIZE, false).unwrap();
+    s.fs.fallocate(ino, 0, 4 * BLOCK_SIZE, falloc::ZERO_RANGE, BREAKER, None)
+        .unwrap();
+    assert_eq!(s.fs.leases().snapshot().counters.revocations, 1);
+    assert_eq!(
+        s.fs.statfs().busy,
+        4,
+        "zeroing unmapped the pinned blocks; they are busy"
+    );
+    assert!(s
+        .fs
+        .read(ino, 0, 4 * BLOCK_SIZE as u32)
+        .unwrap()
+        .iter()
+        .all(|&b| b == 0));
+    s.fs.holder_gone(h);
+    assert_eq!(s.fs.statfs().busy, 0);
+    assert!(s.fs.leases().snapshot().holders.is_empty());
+    s.next_notice("holder_gone");
+}
+
+#[test]
+fn fence_revokes_whatever_the_policy() {
+    let s = setup(Policy::Wait, 0, true);
+    let ino = s.file("f", 2);
+    let h = s.holder();
+    let (pin, _) = s.pin(h, ino, 0, 2 * BLOCK_SIZE, false).unwrap();
+    let fs = s.fs.clone();
+    let admin = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        fs.fence(h).unwrap()
+    });
+    s.truncate(ino, 0).unwrap();
+    assert_eq!(admin.join().unwrap(), 1);
+    assert_eq!(s.state(pin), Some(LeaseState::Revoked));
+    let c = s.fs.leases().snapshot().counters;
+    assert_eq!((c.fences, c.revocations), (1, 1));
+    assert_eq!(s.fs.statfs().busy, 2);
+}
+
+#[test]
+fn freeing_a_pinned_unlinked_file_breaks_its_leases() {
+    let s = setup(Policy::Revoke, 150, true);
+    let ino = s.file("f", 3);
+    let h = s.holder();
+    s.pin(h, ino, 0, 3 * BLOCK_SIZE, false).unwrap();
+    s.fs.remove(ROOT_INO, b"f", false).unwrap();
+    s.fs.forget(ino, 1); // the kernel's last reference: the inode is freed, after a break
+    s.next_notice("break");
+    s.next_notice("revoked");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.fs.getattr(ino).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(s.fs.getattr(ino).is_err(), "the inode is gone");
+    assert_eq!(s.fs.statfs().busy, 3, "its pinned blocks are busy");
+    s.fs.holder_gone(h);
+    assert_eq!(s.fs.statfs().busy, 0);
+}
+
+#[test]
+fn pins_need_permission_stay_in_the_file_and_allocate_holes() {
+    let s = setup(Policy::Revoke, 1000, true);
+    let a =
+        s.fs.create(
+            ROOT_INO,
+            b"ro",
+            libc::S_IFREG | 0o644,
+            0,
+            None,
+            Caller::ROOT,
+        )
+        .unwrap();
+    s.fs.setattr(
+        a.ino,
+        SetAttr {
+            size: Some(8 * BLOCK_SIZE),
+            ..Default::default()
+        },
+        Caller::ROOT,
+    )
+    .unwrap();
+    let user = Caller {
+        uid: 1000,
+        gid: 1000,
+        pid: 77,
+    };
+    let h = s.fs.add_holder(HolderInfo {
+        pid: 77,
+        comm: "u".into(),
+        uid: 1000,
+        gid: 1000,
+    });
+    let w = s.fs.pin(
+        &PinRequest {
+            holder: h,
+            ino: a.ino,
+            offset: 0,
+            len: 10,
+            writable: true,
+            unbreakable: false,
+        },
+        user,
+    );
+    assert_eq!(
+        w.unwrap_err().errno(),
+        libc::EACCES,
+        "write pins need write permission"
+    );
+    let (_, ext) =
+        s.fs.pin(
+            &PinRequest {
+                holder: h,
+                ino: a.ino,
+                offset: 0,
+                len: 10,
+                writable: false,
+                unbreakable: false,
+            },
+            user,
+        )
+        .unwrap();
+    assert_eq!(ext.len(), 1);
+    assert_eq!(
+        s.fs.getattr(a.ino).unwrap().blocks,
+        8,
+        "pinning allocated the hole (one block)"
+    );
+    let r = s.fs.pin(
+        &PinRequest {
+            holder: h,
+            ino: a.ino,
+            offset: 8 * BLOCK_SIZE,
+            len: 1,
+            writable: false,
+            unbreakable: false,
+        },
+        user,
+    );
+    assert_eq!(
+        r.unwrap_err().errno(),
+        libc::EINVAL,
+        "no pins past the end of the file"
+    );
+    // What the holder writes into its blocks is what the next read returns.
+    s.fs.image().write(ext[0].image_offset + 5, b"dax");
+    assert_eq!(&s.fs.read(a.ino, 5, 3).unwrap(), b"dax");
+}
