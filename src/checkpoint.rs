@@ -196,8 +196,10 @@ pub fn write<'a>(
     let mut off = 0usize;
     for &(s, l) in &extents {
         let n = (blob.len() - off).min((l * BLOCK_SIZE) as usize);
-        image.write(s * BLOCK_SIZE, &blob[off..off + n]);
-        image.flush(s * BLOCK_SIZE, n as u64);
+        // Through the file, not the mapping: a DAX window may still cover these blocks.
+        image
+            .write_file(s * BLOCK_SIZE, &blob[off..off + n])
+            .map_err(|e| FsError::Corrupt(format!("writing the checkpoint: {e}")))?;
         off += n;
     }
     assert_eq!(off, blob.len(), "checkpoint outgrew its estimate");

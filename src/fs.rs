@@ -435,6 +435,18 @@ struct OpenHandle {
     flags: i32,
 }
 
+/// A granted pin: its id, where its bytes are in the image, and the DAX windows that give
+/// direct access to exactly those bytes.
+#[derive(Debug, Clone)]
+pub struct PinGrant {
+    /// The pin (and lease) id.
+    pub id: PinId,
+    /// The pinned range, piece by piece, in file order.
+    pub extents: Vec<PinnedExtent>,
+    /// Memfd windows covering the pinned image bytes.
+    pub windows: Vec<crate::dax::WindowPiece>,
+}
+
 /// What a holder gets for a pin: where each piece of the pinned range lives in the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PinnedExtent {
@@ -539,6 +551,13 @@ impl Fs {
             c.opens.store(0, Ordering::SeqCst);
         }
         self.reclaim_all_orphans()?;
+        {
+            // Windowed blocks that files own go back into the image file; free ones stay zero.
+            let alloc = lock(&self.alloc);
+            let free: Vec<Extent> = alloc.free_extents().collect();
+            self.image
+                .write_back_windows(|off, len| owned_ranges(&free, off, len));
+        }
         // The owner note stays: until this process exits and the lock is free, a refused
         // mount can still say who is finishing an unmount.
         self.checkpoint(true)
@@ -1768,7 +1787,7 @@ impl Fs {
     /// allocated (like a write fault on DAX), under a new layout lease. Write pins need write
     /// permission, read pins read permission. Returns the pin and where its bytes are in the
     /// image (whole blocks).
-    pub fn pin(&self, req: &PinRequest, caller: Caller) -> FsResult<(PinId, Vec<PinnedExtent>)> {
+    pub fn pin(&self, req: &PinRequest, caller: Caller) -> FsResult<PinGrant> {
         let PinRequest {
             ino,
             offset,
@@ -1861,7 +1880,7 @@ impl Fs {
                 Ok(extents.clone())
             })?;
             let id = granted?;
-            let out = maps
+            let extents: Vec<PinnedExtent> = maps
                 .iter()
                 .map(|m| PinnedExtent {
                     file_offset: m.file_block * BLOCK_SIZE,
@@ -1869,7 +1888,25 @@ impl Fs {
                     len: m.len * BLOCK_SIZE,
                 })
                 .collect();
-            return Ok((id, out));
+            // Still under the inode lock: no write can slip in while blocks move behind
+            // their windows.
+            let mut windows = Vec::new();
+            for e in &extents {
+                match self.image.window(e.image_offset, e.len) {
+                    Ok(w) => windows.extend(w),
+                    Err(err) => {
+                        drop(i);
+                        let _ = self.leases.release(req.holder, id, self);
+                        tracing::error!("no DAX window for a pin: {err}");
+                        return Err(FsError::NoSpace);
+                    }
+                }
+            }
+            return Ok(PinGrant {
+                id,
+                extents,
+                windows,
+            });
         }
         Err(FsError::Lease(crate::lease::LeaseError::Again))
     }
@@ -1987,4 +2024,28 @@ fn may_access(i: &Inode, caller: Caller, want: u32) -> bool {
         i.perm
     };
     bits & want == want
+}
+
+/// The byte ranges of `off..off+len` that are not in `free` (block extents, sorted).
+fn owned_ranges(free: &[Extent], off: u64, len: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut cursor = off;
+    let end = off + len;
+    for f in free {
+        let (fs, fe) = (f.start * BLOCK_SIZE, f.end() * BLOCK_SIZE);
+        if fe <= cursor {
+            continue;
+        }
+        if fs >= end {
+            break;
+        }
+        if fs > cursor {
+            out.push((cursor, fs - cursor));
+        }
+        cursor = cursor.max(fe);
+    }
+    if cursor < end {
+        out.push((cursor, end - cursor));
+    }
+    out
 }

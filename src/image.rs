@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::codec::{crc32c, Reader, Writer};
+use crate::dax::{WindowPiece, Windows};
 
 /// Bytes per block.
 pub const BLOCK_SIZE: u64 = 4096;
@@ -228,6 +229,7 @@ pub struct Image {
     file: File,
     map: MmapRaw,
     len: u64,
+    windows: Windows,
 }
 
 impl std::fmt::Debug for Image {
@@ -371,6 +373,7 @@ impl Image {
             file,
             map,
             len,
+            windows: Windows::default(),
         })
     }
 
@@ -569,17 +572,66 @@ impl Image {
         if rc != 0 {
             self.zero(off, len);
         }
+        self.windows.discard(off, len);
     }
 
-    /// Makes `off..off+len` durable (`msync(MS_SYNC)` of the pages that cover it).
+    /// Makes `off..off+len` durable: `msync(MS_SYNC)` of the pages that cover it, and for
+    /// parts behind DAX windows, a write-back into the image file.
     pub fn flush(&self, off: u64, len: u64) {
         let start = off & !(BLOCK_SIZE - 1);
         let end = (off + len).min(self.len);
-        if end > start {
-            if let Err(e) = self.map.flush_range(start as usize, (end - start) as usize) {
+        if end <= start {
+            return;
+        }
+        for (s, l) in self.windows.write_back(&self.file, start, end - start) {
+            if let Err(e) = self.map.flush_range(s as usize, l as usize) {
                 tracing::error!(image = %self.path.display(), "msync failed: {e}");
             }
         }
+    }
+
+    /// Writes bytes into the image *file* and makes them durable, bypassing the mapping (and
+    /// so any DAX window over those blocks): for checkpoints, which must reach the file even
+    /// where a window still covers blocks that were pinned once.
+    pub fn write_file(&self, off: u64, data: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.check_range(off, data.len());
+        self.file.write_all_at(data, off)?;
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: sync_file_range on our own descriptor, in range.
+        if unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), off as i64, data.len() as i64, flags)
+        } != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Direct access to `off..off+len` (whole blocks) for a pin holder: the DAX window pieces
+    /// that cover it. The caller holds the lock of the inode that owns the blocks.
+    pub fn window(&self, off: u64, len: u64) -> std::io::Result<Vec<WindowPiece>> {
+        self.check_range(off, len as usize);
+        // SAFETY: the range is inside our live shared mapping (checked above); the caller
+        // excludes concurrent writes to it by holding the owning inode's lock.
+        unsafe { self.windows.open(self.map.as_mut_ptr(), off, len) }
+    }
+
+    /// Brings the image file up to date behind every DAX window, for the blocks `keep` says
+    /// are owned (freed blocks must stay zero in the file).
+    pub fn write_back_windows(&self, keep: impl Fn(u64, u64) -> Vec<(u64, u64)>) {
+        for (s, l) in self.windows.list() {
+            for (a, n) in keep(s, l) {
+                self.windows.write_back(&self.file, a, n);
+            }
+        }
+    }
+
+    /// A new descriptor of the image file (for root holders that ask for the raw image).
+    pub fn raw_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        Ok(self.file.try_clone()?.into())
     }
 
     /// Length of the mapping in bytes.

@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod codec;
 pub mod daemon;
+pub mod dax;
 pub mod error;
 pub mod extent_map;
 pub mod fs;

@@ -89,20 +89,22 @@ impl Setup {
         len: u64,
         unbreakable: bool,
     ) -> Result<(u64, Vec<pinfs::fs::PinnedExtent>), FsError> {
-        self.fs.pin(
-            &PinRequest {
-                holder,
-                ino,
-                offset,
-                len,
-                writable: true,
-                unbreakable,
-            },
-            Caller {
-                pid: HOLDER_PID,
-                ..Caller::ROOT
-            },
-        )
+        self.fs
+            .pin(
+                &PinRequest {
+                    holder,
+                    ino,
+                    offset,
+                    len,
+                    writable: true,
+                    unbreakable,
+                },
+                Caller {
+                    pid: HOLDER_PID,
+                    ..Caller::ROOT
+                },
+            )
+            .map(|g| (g.id, g.extents))
     }
     fn truncate(&self, ino: u64, size: u64) -> Result<(), FsError> {
         self.fs
@@ -517,7 +519,7 @@ fn pins_need_permission_stay_in_the_file_and_allocate_holes() {
         libc::EACCES,
         "write pins need write permission"
     );
-    let (_, ext) =
+    let grant =
         s.fs.pin(
             &PinRequest {
                 holder: h,
@@ -530,7 +532,13 @@ fn pins_need_permission_stay_in_the_file_and_allocate_holes() {
             user,
         )
         .unwrap();
+    let ext = grant.extents;
     assert_eq!(ext.len(), 1);
+    assert_eq!(
+        grant.windows.len(),
+        1,
+        "one DAX window covers the one pinned block"
+    );
     assert_eq!(
         s.fs.getattr(a.ino).unwrap().blocks,
         8,
@@ -555,4 +563,120 @@ fn pins_need_permission_stay_in_the_file_and_allocate_holes() {
     // What the holder writes into its blocks is what the next read returns.
     s.fs.image().write(ext[0].image_offset + 5, b"dax");
     assert_eq!(&s.fs.read(a.ino, 5, 3).unwrap(), b"dax");
+}
+
+/// Maps a window piece the way a holder does.
+fn map_piece(p: &pinfs::dax::WindowPiece) -> &'static mut [u8] {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a shared mapping of `len` bytes of the memfd at `fd_offset`; leaked on purpose
+    // for the test's lifetime.
+    unsafe {
+        let m = libc::mmap(
+            std::ptr::null_mut(),
+            p.len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            p.fd.as_raw_fd(),
+            p.fd_offset as i64,
+        );
+        assert_ne!(m, libc::MAP_FAILED);
+        std::slice::from_raw_parts_mut(m as *mut u8, p.len as usize)
+    }
+}
+
+#[test]
+fn dax_windows_give_direct_access_to_the_pinned_blocks_only() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img");
+    Fs::mkfs(&path, 64 << 20, false).unwrap();
+    let fs = Arc::new(Fs::open(&path, FsOptions::default()).unwrap());
+    let ino = fs
+        .create(ROOT_INO, b"f", libc::S_IFREG | 0o644, 0, None, Caller::ROOT)
+        .unwrap()
+        .ino;
+    fs.write(ino, 0, &vec![b'a'; 3 * BLOCK_SIZE as usize], Caller::ROOT)
+        .unwrap();
+    let h = fs.add_holder(HolderInfo {
+        pid: HOLDER_PID,
+        comm: "t".into(),
+        uid: 0,
+        gid: 0,
+    });
+    let g = fs
+        .pin(
+            &PinRequest {
+                holder: h,
+                ino,
+                offset: BLOCK_SIZE,
+                len: BLOCK_SIZE,
+                writable: true,
+                unbreakable: false,
+            },
+            Caller::ROOT,
+        )
+        .unwrap();
+    assert_eq!(g.windows.len(), 1);
+    assert_eq!(
+        g.windows[0].len, BLOCK_SIZE,
+        "the window covers the pinned block and nothing else"
+    );
+    let win = map_piece(&g.windows[0]);
+    assert!(
+        win.iter().all(|&b| b == b'a'),
+        "the window starts with the block's contents"
+    );
+    win[..6].copy_from_slice(b"stored");
+    assert_eq!(
+        &fs.read(ino, BLOCK_SIZE, 6).unwrap(),
+        b"stored",
+        "a holder's store is what read() returns"
+    );
+    fs.write(ino, BLOCK_SIZE + 100, b"from write", Caller::ROOT)
+        .unwrap();
+    assert_eq!(
+        &win[100..110],
+        b"from write",
+        "and the holder sees writes through the mount"
+    );
+    // The image file learns of it at fsync.
+    let img = std::fs::File::open(&path).unwrap();
+    let at = g.extents[0].image_offset;
+    let mut buf = [0u8; 6];
+    fs.fsync(ino, true).unwrap();
+    img.read_exact_at(&mut buf, at).unwrap();
+    assert_eq!(&buf, b"stored");
+    // A second pin over the same block shares the window.
+    let g2 = fs
+        .pin(
+            &PinRequest {
+                holder: h,
+                ino,
+                offset: BLOCK_SIZE,
+                len: 2 * BLOCK_SIZE,
+                writable: false,
+                unbreakable: false,
+            },
+            Caller::ROOT,
+        )
+        .unwrap();
+    assert_eq!(
+        g2.windows.iter().map(|w| w.len).sum::<u64>(),
+        2 * BLOCK_SIZE
+    );
+    assert!(
+        Arc::ptr_eq(&g2.windows[0].fd, &g.windows[0].fd),
+        "overlapping pins share a window"
+    );
+    fs.unpin(h, g.id).unwrap();
+    fs.unpin(h, g2.id).unwrap();
+    win[6..12].copy_from_slice(b"later!");
+    fs.unmount().unwrap();
+    drop(fs);
+    let fs = Fs::open(&path, FsOptions::default()).unwrap();
+    assert_eq!(
+        &fs.read(ino, BLOCK_SIZE, 12).unwrap(),
+        b"storedlater!",
+        "unmount writes windows back"
+    );
 }
