@@ -209,9 +209,28 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
         }
     };
     spawn_signal_thread(mnt.clone());
+    let server = match mount_dev(&mnt) {
+        Some(dev) => {
+            fs.set_mount_dev(dev);
+            match crate::holders::Server::start(fs.clone(), dev) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::error!("holder socket: {e}; pins are unavailable on this mount");
+                    None
+                }
+            }
+        }
+        None => {
+            tracing::error!("cannot find the mount's device number; pins are unavailable");
+            None
+        }
+    };
     report_ready(&Ok(()));
     tracing::info!(mountpoint = %mnt.display(), threads, "serving");
     let r = session.run();
+    if let Some(s) = server {
+        s.stop();
+    }
     // The session's destroy wrote the final checkpoint; dropping the core releases the lock.
     r.map_err(|e| {
         format!(
@@ -257,4 +276,22 @@ fn spawn_signal_thread(mnt: PathBuf) {
             }
         })
         .ok();
+}
+
+/// The device number of the mount at `mnt`, from /proc/self/mountinfo (a `stat` of the mount
+/// point would ask this very daemon, which does not serve requests yet).
+fn mount_dev(mnt: &Path) -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mnt.to_str()?;
+    info.lines()
+        .rev()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let point = f.get(4)?.replace("\\040", " ");
+            (point == want).then_some(*f.get(2)?)
+        })
+        .and_then(|mm| {
+            let (ma, mi) = mm.split_once(':')?;
+            Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?))
+        })
 }

@@ -426,6 +426,7 @@ pub struct Fs {
     next_fh: AtomicU64,
     reclaims: (Sender<u64>, Receiver<u64>),
     stopping: AtomicBool,
+    mount_dev: Mutex<Option<u64>>,
 }
 
 /// An open file handle: what breakers need to know about the descriptor they came through.
@@ -511,6 +512,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             reclaims: crossbeam::channel::unbounded(),
             stopping: AtomicBool::new(false),
+            mount_dev: Mutex::new(None),
         };
         if !fs.opts.read_only {
             if !was_clean {
@@ -1100,6 +1102,29 @@ impl Fs {
             self.maybe_reclaim(v)?;
         }
         Ok(())
+    }
+
+    /// A path of `ino` from the root (the first name found), for status displays; `None` for
+    /// an inode without names. Walks the namespace: for tools, not for the data path.
+    pub fn path_of(&self, ino: u64) -> Option<String> {
+        if ino == ROOT_INO {
+            return Some("/".into());
+        }
+        let mut stack = vec![(ROOT_INO, String::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            let cell = self.table.get(dir).ok()?;
+            let d = cell.read();
+            for (name, e) in d.dir.iter() {
+                let path = format!("{prefix}/{}", String::from_utf8_lossy(name));
+                if e.ino == ino {
+                    return Some(path);
+                }
+                if e.kind == Kind::Dir {
+                    stack.push((e.ino, path));
+                }
+            }
+        }
+        None
     }
 
     /// The target of a symlink.
@@ -1756,6 +1781,17 @@ impl Fs {
             },
             self,
         )?)
+    }
+
+    /// Records the device number the kernel gave the mount (files passed by holders must be
+    /// on it).
+    pub fn set_mount_dev(&self, dev: u64) {
+        *lock(&self.mount_dev) = Some(dev);
+    }
+
+    /// The mount's device number, once mounted.
+    pub fn mount_dev(&self) -> Option<u64> {
+        *lock(&self.mount_dev)
     }
 
     /// The lease manager (status, events).

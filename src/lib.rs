@@ -8,6 +8,7 @@
 //! and the daemon's life).
 
 pub mod checkpoint;
+pub mod client;
 pub mod codec;
 pub mod daemon;
 pub mod dax;
@@ -16,9 +17,13 @@ pub mod extent_map;
 pub mod fs;
 pub mod fsck;
 pub mod fuse;
+pub mod holder_cmd;
+pub mod holders;
 pub mod image;
 pub mod inode;
 pub mod journal;
 pub mod lease;
 pub mod options;
+pub mod protocol;
 pub mod record;
+pub mod status;

@@ -17,9 +17,18 @@ usage:
   pinfs fsck IMAGE [--repair] [--json]        check (and repair) an unmounted image;
                                               exit 0 clean, 1 repaired, 4 errors left
   umount MOUNTPOINT                           unmount (flushes and ends the daemon)
+  pinfs pin FILE [--offset N] [--len N] [--read-only] [--unbreakable] [--ignore-breaks]
+            [--write-byte B --every MS] [--hold SECONDS]
+                                              act as a pin holder; JSON lines: the grant, then
+                                              each lease event; releases on a break unless
+                                              --ignore-breaks
+  pinfs status MOUNTPOINT [--json] [--events] holders, leases, busy blocks, counters
+  pinfs fence MOUNTPOINT HOLDER               revoke every lease of a holder now (root)
 
 mount options: rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime,
-  allow_other, default_permissions (always on), threads=N, lock_wait=SECONDS
+  allow_other, default_permissions (always on), threads=N, lock_wait=SECONDS,
+  lease_break_time=SECONDS (default 45, 0 = never), break_policy=wait|refuse|revoke (default
+  revoke), busy_blocks=on|off (default on; off only to show the corruption it prevents)
 environment: PINFS_LOG=info|debug (daemon log to stderr; with --foreground or PINFS_LOG set)";
 
 struct Usage(String);
@@ -69,6 +78,9 @@ fn run(args: &[String]) -> CmdResult {
         "mkfs" => cmd_mkfs(&args[1..]),
         "mount" => cmd_mount(&args[1..]),
         "fsck" => cmd_fsck(&args[1..]),
+        "pin" => cmd_pin(&args[1..]),
+        "status" => cmd_status(&args[1..]),
+        "fence" => cmd_fence(&args[1..]),
         _ if !cmd.starts_with('-') && args.len() >= 2 && !args[1].starts_with('-') => {
             cmd_mount(args)
         }
@@ -193,4 +205,97 @@ fn cmd_fsck(args: &[String]) -> CmdResult {
             Ok(8)
         }
     }
+}
+
+fn number(flag: &str, v: Option<&String>) -> Result<u64, Result<Usage, String>> {
+    let v = v.ok_or_else(|| Ok(usage(format!("{flag} needs a value"))))?;
+    parse_size(v).map_err(|e| Ok(usage(format!("{flag}: {e}"))))
+}
+
+fn seconds(flag: &str, v: Option<&String>) -> Result<std::time::Duration, Result<Usage, String>> {
+    let v = v.ok_or_else(|| Ok(usage(format!("{flag} needs a value"))))?;
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| Ok(usage(format!("{flag} {v}: not a number of seconds"))))
+}
+
+fn cmd_pin(args: &[String]) -> CmdResult {
+    use pinfs::holder_cmd::PinCommand;
+    let mut cmd = PinCommand::default();
+    let mut file = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--offset" => cmd.offset = number("--offset", it.next())?,
+            "--len" => cmd.len = Some(number("--len", it.next())?),
+            "--read-only" => cmd.read_only = true,
+            "--unbreakable" => cmd.unbreakable = true,
+            "--ignore-breaks" => cmd.ignore_breaks = true,
+            "--write-byte" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| Ok(usage("--write-byte needs a byte (decimal or 0x hex)")))?;
+                let b = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+                    Some(hex) => u8::from_str_radix(hex, 16).ok(),
+                    None => v.parse::<u8>().ok(),
+                };
+                cmd.write_byte = Some(b.ok_or_else(|| {
+                    Ok(usage(format!(
+                        "--write-byte {v}: not a byte (0-255 or 0x00-0xff)"
+                    )))
+                })?);
+            }
+            "--every" => {
+                let ms = number("--every", it.next())?;
+                if ms == 0 {
+                    return Err(Ok(usage("--every needs at least 1 millisecond")));
+                }
+                cmd.every = Some(std::time::Duration::from_millis(ms));
+            }
+            "--hold" => cmd.hold = Some(seconds("--hold", it.next())?),
+            s if s.starts_with('-') => return Err(Ok(usage(format!("pin: unknown flag '{s}'")))),
+            s if file.is_none() => file = Some(PathBuf::from(s)),
+            s => return Err(Ok(usage(format!("pin: unexpected argument '{s}'")))),
+        }
+    }
+    if cmd.write_byte.is_some() != cmd.every.is_some() {
+        return Err(Ok(usage("--write-byte and --every go together")));
+    }
+    cmd.file = file.ok_or_else(|| Ok(usage("pin: no FILE given")))?;
+    init_logging("warn");
+    pinfs::holder_cmd::pin(&cmd).map_err(Err)?;
+    Ok(0)
+}
+
+fn cmd_status(args: &[String]) -> CmdResult {
+    let (mut mount, mut json, mut events) = (None, false, false);
+    for a in args {
+        match a.as_str() {
+            "--json" => json = true,
+            "--events" => events = true,
+            s if s.starts_with('-') => {
+                return Err(Ok(usage(format!("status: unknown flag '{s}'"))))
+            }
+            s if mount.is_none() => mount = Some(PathBuf::from(s)),
+            s => return Err(Ok(usage(format!("status: unexpected argument '{s}'")))),
+        }
+    }
+    let mount = mount.ok_or_else(|| Ok(usage("status: no MOUNTPOINT given")))?;
+    pinfs::holder_cmd::status(&mount, json, events).map_err(Err)?;
+    Ok(0)
+}
+
+fn cmd_fence(args: &[String]) -> CmdResult {
+    let [mount, holder] = args else {
+        return Err(Ok(usage("fence: need MOUNTPOINT and HOLDER")));
+    };
+    let holder: u64 = holder.parse().map_err(|_| {
+        Ok(usage(format!(
+            "fence: holder '{holder}' is not a number (see pinfs status)"
+        )))
+    })?;
+    pinfs::holder_cmd::fence(std::path::Path::new(mount), holder).map_err(Err)?;
+    Ok(0)
 }

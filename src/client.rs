@@ -1,0 +1,373 @@
+//! The holder client: what a program uses to pin ranges of files on a pinfs mount, get direct
+//! (DAX-like) access to the pinned blocks, and hear about lease breaks.
+//!
+//! ```no_run
+//! use pinfs::client::{Connection, PinOptions};
+//! let file = std::fs::OpenOptions::new().read(true).write(true).open("/mnt/pinfs/buf")?;
+//! let mut conn = Connection::for_file(&file)?;
+//! let mut pin = conn.pin(&file, 0, 1 << 20, PinOptions::default())?;
+//! pin.as_mut_slice()[..5].copy_from_slice(b"hello"); // no FUSE round trip
+//! if let Some(ev) = conn.next_event(Some(std::time::Duration::from_secs(1)))? {
+//!     if ev.kind == "break" { conn.unpin(&pin)?; }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{socket_path, Message, Packet};
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The daemon refused, with this errno.
+    #[error("{message} (errno {errno})")]
+    Refused {
+        /// The errno.
+        errno: i32,
+        /// The daemon's explanation.
+        message: String,
+    },
+    /// Talking to the daemon failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The daemon said something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The errno of a refusal, if it is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            ClientError::Refused { errno, .. } => Some(*errno),
+            ClientError::Io(e) => e.raw_os_error(),
+            ClientError::Protocol(_) => None,
+        }
+    }
+}
+
+/// Options of a pin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PinOptions {
+    /// Read-only pin (needs only read access).
+    pub read_only: bool,
+    /// Breakers fail with `ETXTBSY` instead of breaking the lease.
+    pub unbreakable: bool,
+}
+
+/// Where a piece of a pin lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinExtent {
+    /// Byte offset in the file.
+    pub file_offset: u64,
+    /// Byte offset in the image.
+    pub image_offset: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// A lease notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HolderEvent {
+    /// `granted`, `break`, `released`, `revoked`, `refused`, `fenced`, `holder_gone`.
+    pub kind: String,
+    /// The pin concerned.
+    pub pin: Option<u64>,
+    /// The file's inode.
+    pub ino: u64,
+    /// Byte range start.
+    pub offset: u64,
+    /// Byte range length.
+    pub len: u64,
+    /// For `break`: milliseconds left before the deadline (`None`: none).
+    pub deadline_ms: Option<u64>,
+}
+
+/// A granted pin with its blocks mapped into this process.
+#[derive(Debug)]
+pub struct Pin {
+    /// The pin's id.
+    pub id: u64,
+    /// The holder id the daemon gave this connection.
+    pub holder: u64,
+    /// The pinned range piece by piece, in file order (whole blocks).
+    pub extents: Vec<PinExtent>,
+    map: *mut u8,
+    len: usize,
+    _windows: Vec<OwnedFd>,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; moving it between threads
+// is as safe as moving a Vec.
+unsafe impl Send for Pin {}
+
+impl Pin {
+    /// The pinned bytes, from the first pinned block: direct access, no FUSE round trip.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `map` is a live mapping of `len` bytes owned by this value.
+        unsafe { std::slice::from_raw_parts_mut(self.map, self.len) }
+    }
+
+    /// File offset of the first pinned byte (block-aligned).
+    pub fn file_offset(&self) -> u64 {
+        self.extents.first().map_or(0, |e| e.file_offset)
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the region this value mapped.
+        unsafe { libc::munmap(self.map.cast(), self.len) };
+    }
+}
+
+/// A connection to a mount's daemon: one holder.
+#[derive(Debug)]
+pub struct Connection {
+    sock: Packet,
+    next_id: u64,
+    events: VecDeque<HolderEvent>,
+}
+
+fn dev_of(st: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    st.dev()
+}
+
+impl Connection {
+    /// Connects to the daemon of the mount that holds `path`.
+    pub fn for_path(path: &Path) -> Result<Connection, ClientError> {
+        let md = std::fs::metadata(path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        Self::for_dev(dev_of(&md))
+    }
+
+    /// Connects to the daemon of the mount that holds `file`.
+    pub fn for_file(file: &std::fs::File) -> Result<Connection, ClientError> {
+        Self::for_dev(dev_of(&file.metadata()?))
+    }
+
+    fn for_dev(dev: u64) -> Result<Connection, ClientError> {
+        let sock = Packet::connect(&socket_path(dev))?;
+        Ok(Connection {
+            sock,
+            next_id: 1,
+            events: VecDeque::new(),
+        })
+    }
+
+    fn request(&mut self, text: &str, fds: &[i32]) -> Result<(Message, Vec<OwnedFd>), ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.sock.send(&format!("{id} {text}"), fds)?;
+        loop {
+            let (bytes, fds) = self
+                .sock
+                .recv()?
+                .ok_or_else(|| ClientError::Protocol("the daemon closed the connection".into()))?;
+            let m = Message::parse(&bytes).map_err(ClientError::Protocol)?;
+            if m.id == "event" {
+                self.events.push_back(parse_event(&m));
+                continue;
+            }
+            if m.id != id.to_string() {
+                return Err(ClientError::Protocol(format!(
+                    "reply to request {} while waiting for {id}",
+                    m.id
+                )));
+            }
+            if m.verb == "err" {
+                let errno = m.num("errno").unwrap_or(libc::EIO as u64) as i32;
+                let message = m.flags.join(" ");
+                return Err(ClientError::Refused { errno, message });
+            }
+            return Ok((m, fds));
+        }
+    }
+
+    /// Pins `len` bytes of `file` from `offset`, and maps them.
+    pub fn pin(
+        &mut self,
+        file: &std::fs::File,
+        offset: u64,
+        len: u64,
+        opts: PinOptions,
+    ) -> Result<Pin, ClientError> {
+        let mut req = format!("pin offset={offset} len={len}");
+        if opts.read_only {
+            req.push_str(" ro");
+        }
+        if opts.unbreakable {
+            req.push_str(" unbreakable");
+        }
+        let (m, fds) = self.request(&req, &[file.as_raw_fd()])?;
+        let bad = |what: &str| ClientError::Protocol(format!("bad pin reply: {what}"));
+        let id = m.num("pin").map_err(|e| bad(&e))?;
+        let holder = m.num("holder").map_err(|e| bad(&e))?;
+        let triples = |key: &str| -> Result<Vec<[u64; 3]>, ClientError> {
+            m.arg(key)
+                .unwrap_or("")
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|t| {
+                    let v: Vec<u64> = t.split(':').filter_map(|x| x.parse().ok()).collect();
+                    <[u64; 3]>::try_from(v).map_err(|_| bad(key))
+                })
+                .collect()
+        };
+        let extents: Vec<PinExtent> = triples("extents")?
+            .into_iter()
+            .map(|[f, i, l]| PinExtent {
+                file_offset: f,
+                image_offset: i,
+                len: l,
+            })
+            .collect();
+        let windows = triples("windows")?;
+        if windows.len() != fds.len() {
+            return Err(bad("window count differs from descriptors"));
+        }
+        let total: u64 = windows.iter().map(|w| w[1]).sum();
+        // SAFETY: reserve address space for the whole pin, then map each window piece in
+        // place with MAP_FIXED inside that reservation; every result is checked.
+        let map = unsafe {
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                total as usize,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error().into());
+            }
+            let mut at = 0usize;
+            for (w, fd) in windows.iter().zip(&fds) {
+                let p = libc::mmap(
+                    (base as *mut u8).add(at).cast(),
+                    w[1] as usize,
+                    if opts.read_only {
+                        libc::PROT_READ
+                    } else {
+                        libc::PROT_READ | libc::PROT_WRITE
+                    },
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    fd.as_raw_fd(),
+                    w[2] as libc::off_t,
+                );
+                if p == libc::MAP_FAILED {
+                    let e = std::io::Error::last_os_error();
+                    libc::munmap(base, total as usize);
+                    return Err(e.into());
+                }
+                at += w[1] as usize;
+            }
+            base as *mut u8
+        };
+        Ok(Pin {
+            id,
+            holder,
+            extents,
+            map,
+            len: total as usize,
+            _windows: fds,
+        })
+    }
+
+    /// Gives a pin back.
+    pub fn unpin(&mut self, pin: &Pin) -> Result<(), ClientError> {
+        self.unpin_id(pin.id)
+    }
+
+    /// Gives a pin back by id.
+    pub fn unpin_id(&mut self, id: u64) -> Result<(), ClientError> {
+        self.request(&format!("unpin pin={id}"), &[]).map(|_| ())
+    }
+
+    /// The next notification, waiting up to `timeout` (`None`: forever).
+    pub fn next_event(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<HolderEvent>, ClientError> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(Some(e));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if !self.sock.wait_readable(left)? {
+                return Ok(None);
+            }
+            let (bytes, _) = self
+                .sock
+                .recv()?
+                .ok_or_else(|| ClientError::Protocol("the daemon closed the connection".into()))?;
+            let m = Message::parse(&bytes).map_err(ClientError::Protocol)?;
+            if m.id == "event" {
+                return Ok(Some(parse_event(&m)));
+            }
+        }
+    }
+
+    /// The mount's status as JSON (or the readable table).
+    pub fn status(&mut self, table: bool) -> Result<String, ClientError> {
+        let (m, _) = self.request(if table { "status table" } else { "status" }, &[])?;
+        Ok(m.body)
+    }
+
+    /// The recent lease events as a JSON array.
+    pub fn events(&mut self) -> Result<String, ClientError> {
+        Ok(self.request("events", &[])?.0.body)
+    }
+
+    /// Fences `holder` (root only); returns the number of leases revoked.
+    pub fn fence(&mut self, holder: u64) -> Result<u64, ClientError> {
+        let (m, _) = self.request(&format!("fence holder={holder}"), &[])?;
+        m.num("revoked").map_err(ClientError::Protocol)
+    }
+
+    /// The raw image file (root only).
+    pub fn raw_image(&mut self) -> Result<OwnedFd, ClientError> {
+        let (_, mut fds) = self.request("raw", &[])?;
+        fds.pop()
+            .ok_or_else(|| ClientError::Protocol("no descriptor with the raw image".into()))
+    }
+
+    /// This connection's holder id.
+    pub fn holder_id(&mut self) -> Result<u64, ClientError> {
+        let (m, _) = self.request("hello", &[])?;
+        m.num("holder").map_err(ClientError::Protocol)
+    }
+
+    /// Sends raw bytes as one message and returns the raw reply (for protocol tests).
+    pub fn raw_exchange(&mut self, bytes: &[u8]) -> Result<String, ClientError> {
+        self.sock
+            .send(std::str::from_utf8(bytes).unwrap_or("\u{fffd}"), &[])?;
+        loop {
+            let (b, _) = self
+                .sock
+                .recv()?
+                .ok_or_else(|| ClientError::Protocol("closed".into()))?;
+            let text = String::from_utf8_lossy(&b).into_owned();
+            if !text.starts_with("event ") {
+                return Ok(text);
+            }
+        }
+    }
+}
+
+fn parse_event(m: &Message) -> HolderEvent {
+    HolderEvent {
+        kind: m.verb.clone(),
+        pin: m.num("pin").ok(),
+        ino: m.num("ino").unwrap_or(0),
+        offset: m.num("offset").unwrap_or(0),
+        len: m.num("len").unwrap_or(0),
+        deadline_ms: m.num("deadline_ms").ok(),
+    }
+}

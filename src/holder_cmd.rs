@@ -1,0 +1,171 @@
+//! The holder commands of the CLI: `pin` (a holder you can watch and script), `status` and
+//! `fence`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::client::{ClientError, Connection, HolderEvent, PinOptions};
+use crate::fsck::json_str;
+
+/// What `pinfs pin` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct PinCommand {
+    /// The file to pin.
+    pub file: std::path::PathBuf,
+    /// First byte.
+    pub offset: u64,
+    /// Bytes (default: to the end of the file).
+    pub len: Option<u64>,
+    /// Read-only pin.
+    pub read_only: bool,
+    /// Unbreakable lease.
+    pub unbreakable: bool,
+    /// Never release on a break (an unresponsive holder).
+    pub ignore_breaks: bool,
+    /// Rewrite the pinned range with this byte...
+    pub write_byte: Option<u8>,
+    /// ...every this often.
+    pub every: Option<Duration>,
+    /// Give up the pin and exit after this long.
+    pub hold: Option<Duration>,
+}
+
+fn event_json(e: &HolderEvent) -> String {
+    format!(
+        "{{\"event\":{},\"pin\":{},\"ino\":{},\"offset\":{},\"len\":{},\"deadline_ms\":{}}}",
+        json_str(&e.kind),
+        e.pin.map_or("null".into(), |p| p.to_string()),
+        e.ino,
+        e.offset,
+        e.len,
+        e.deadline_ms.map_or("null".into(), |d| d.to_string())
+    )
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn refused(what: &str, e: ClientError) -> String {
+    match e.errno() {
+        Some(errno) => format!("{what}: {e} ({})", std::io::Error::from_raw_os_error(errno)),
+        None => format!("{what}: {e}"),
+    }
+}
+
+/// Runs `pinfs pin`: pins, prints the grant and every event as JSON lines, and behaves as
+/// asked until killed or `--hold` expires.
+pub fn pin(cmd: &PinCommand) -> Result<(), String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!cmd.read_only)
+        .open(&cmd.file)
+        .map_err(|e| format!("{}: {e}", cmd.file.display()))?;
+    let size = file.metadata().map_err(|e| e.to_string())?.len();
+    let len = cmd.len.unwrap_or(size.saturating_sub(cmd.offset));
+    if len == 0 {
+        return Err(format!(
+            "{}: nothing to pin (the file is {size} bytes); give --len",
+            cmd.file.display()
+        ));
+    }
+    let mut conn = Connection::for_file(&file)
+        .map_err(|e| refused(&format!("{}: not on a pinfs mount?", cmd.file.display()), e))?;
+    let opts = PinOptions {
+        read_only: cmd.read_only,
+        unbreakable: cmd.unbreakable,
+    };
+    let mut pin = conn
+        .pin(&file, cmd.offset, len, opts)
+        .map_err(|e| refused(&format!("pin {}", cmd.file.display()), e))?;
+    let extents: Vec<String> = pin
+        .extents
+        .iter()
+        .map(|e| {
+            format!(
+                "{{\"file_offset\":{},\"image_offset\":{},\"len\":{}}}",
+                e.file_offset, e.image_offset, e.len
+            )
+        })
+        .collect();
+    say(&format!(
+        "{{\"holder\":{},\"pin\":{},\"extents\":[{}]}}",
+        pin.holder,
+        pin.id,
+        extents.join(",")
+    ));
+    let end = cmd.hold.map(|h| Instant::now() + h);
+    let writing = cmd.write_byte.zip(cmd.every).filter(|_| !cmd.read_only);
+    let mut next_write = Instant::now();
+    let mut pinned = true;
+    loop {
+        let now = Instant::now();
+        if end.is_some_and(|e| now >= e) {
+            break;
+        }
+        if let Some((byte, every)) = writing {
+            // A NIC does not stop because nobody told it (with --ignore-breaks it keeps going
+            // even after a revocation).
+            if now >= next_write && (pinned || cmd.ignore_breaks) {
+                pin.as_mut_slice().fill(byte);
+                next_write = now + every;
+            }
+        }
+        let mut wait = end.map_or(Duration::from_secs(3600), |e| {
+            e.saturating_duration_since(now)
+        });
+        if writing.is_some() {
+            wait = wait.min(next_write.saturating_duration_since(Instant::now()));
+        }
+        match conn.next_event(Some(wait)) {
+            Ok(Some(ev)) => {
+                if ev.kind == "granted" {
+                    continue;
+                }
+                say(&event_json(&ev));
+                match ev.kind.as_str() {
+                    "break" if !cmd.ignore_breaks && pinned => {
+                        conn.unpin(&pin).map_err(|e| refused("release", e))?;
+                        pinned = false;
+                    }
+                    "revoked" => pinned = false,
+                    _ => {}
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Err(refused("the daemon went away", e)),
+        }
+    }
+    if pinned {
+        let _ = conn.unpin(&pin);
+    }
+    Ok(())
+}
+
+/// Runs `pinfs status`.
+pub fn status(mount: &Path, json: bool, events: bool) -> Result<(), String> {
+    let mut conn = Connection::for_path(mount)
+        .map_err(|e| refused(&format!("{}: not a pinfs mount?", mount.display()), e))?;
+    let text = if events {
+        conn.events().map_err(|e| refused("events", e))?
+    } else {
+        conn.status(!json).map_err(|e| refused("status", e))?
+    };
+    print!("{}", text.trim_end());
+    println!();
+    Ok(())
+}
+
+/// Runs `pinfs fence`.
+pub fn fence(mount: &Path, holder: u64) -> Result<(), String> {
+    let mut conn = Connection::for_path(mount)
+        .map_err(|e| refused(&format!("{}: not a pinfs mount?", mount.display()), e))?;
+    let n = conn
+        .fence(holder)
+        .map_err(|e| refused(&format!("fence holder {holder}"), e))?;
+    println!("holder {holder} fenced: {n} lease(s) revoked");
+    Ok(())
+}

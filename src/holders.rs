@@ -1,0 +1,343 @@
+//! The holder server: accepts pin holders on the mount's socket, turns their requests
+//! ([`crate::protocol`]) into calls on the filesystem core, and delivers lease notifications.
+//!
+//! Threads: one accepts; each connection has a reader (requests in, replies queued) and a
+//! writer (the only one that sends on that socket); one notifier moves lease events from the
+//! core into the writers' queues. No lock is held while sending to a holder, and a holder
+//! that stops reading only fills its own queue.
+//!
+//! Identity is the kernel's: pid, uid and gid from `SO_PEERCRED`, the command name from
+//! `/proc/PID/comm`. A file to pin is passed as a descriptor, so the kernel has already
+//! checked that the holder may open it (for writing, for a writable pin).
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crossbeam::channel::{unbounded, Sender};
+
+use crate::dax::WindowPiece;
+use crate::fs::{Caller, Fs};
+use crate::lease::{EventKind, HolderId, HolderInfo, PinRequest};
+use crate::protocol::{socket_path, Message, Packet, PeerCred};
+
+/// Something to send to a holder.
+struct Outgoing {
+    text: String,
+    fds: Vec<Arc<OwnedFd>>,
+}
+
+type Queues = Arc<Mutex<HashMap<HolderId, Sender<Outgoing>>>>;
+
+/// The running server of one mount.
+pub struct Server {
+    path: PathBuf,
+    listener: Packet,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("path", &self.path).finish()
+    }
+}
+
+impl Server {
+    /// Starts serving holders of the mount whose device number is `dev`.
+    pub fn start(fs: Arc<Fs>, dev: u64) -> std::io::Result<Server> {
+        let path = socket_path(dev);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let listener = Packet::listen(&path)?;
+        let queues: Queues = Arc::new(Mutex::new(HashMap::new()));
+        if let Some(notices) = fs.take_notices() {
+            let queues = queues.clone();
+            std::thread::Builder::new()
+                .name("pinfs-notifier".into())
+                .spawn(move || {
+                    for n in notices {
+                        let tx = queues
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&n.holder)
+                            .cloned();
+                        if let Some(tx) = tx {
+                            let _ = tx.send(Outgoing {
+                                text: event_text(&n.event),
+                                fds: Vec::new(),
+                            });
+                        }
+                    }
+                })?;
+        }
+        let accept = listener.try_clone()?;
+        std::thread::Builder::new()
+            .name("pinfs-holders".into())
+            .spawn(move || {
+                while let Ok(conn) = accept.accept() {
+                    let (fs, queues) = (fs.clone(), queues.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("pinfs-holder".into())
+                        .spawn(move || serve(fs, conn, queues));
+                }
+            })?;
+        tracing::info!(socket = %path.display(), "holder socket ready");
+        Ok(Server { path, listener })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Stops accepting and removes the socket.
+    pub fn stop(&self) {
+        self.listener.shutdown();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn event_text(e: &crate::lease::Event) -> String {
+    let mut t = format!(
+        "event {} holder={} pin={} ino={} offset={} len={}",
+        e.kind.name(),
+        e.holder,
+        e.pin.map_or("-".into(), |p| p.to_string()),
+        e.ino,
+        e.offset,
+        e.len
+    );
+    if let EventKind::Break { deadline_ms } = e.kind {
+        t.push_str(&format!(
+            " deadline_ms={}",
+            deadline_ms.map_or("never".into(), |d| d.to_string())
+        ));
+    }
+    t
+}
+
+fn comm_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn serve(fs: Arc<Fs>, conn: Packet, queues: Queues) {
+    let Ok(peer) = conn.peer() else { return };
+    let holder = fs.add_holder(HolderInfo {
+        pid: peer.pid,
+        comm: comm_of(peer.pid),
+        uid: peer.uid,
+        gid: peer.gid,
+    });
+    let (tx, rx) = unbounded::<Outgoing>();
+    queues
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(holder, tx.clone());
+    let Ok(out) = conn.try_clone() else { return };
+    let writer = std::thread::Builder::new()
+        .name("pinfs-holder-out".into())
+        .spawn(move || {
+            for m in rx {
+                let raw: Vec<RawFd> = m.fds.iter().map(|f| f.as_raw_fd()).collect();
+                if out.send(&m.text, &raw).is_err() {
+                    break;
+                }
+            }
+        });
+    loop {
+        match conn.recv() {
+            Ok(Some((bytes, fds))) => {
+                let reply = handle(&fs, holder, peer, &bytes, fds);
+                if tx.send(reply).is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                // An oversized or malformed packet: say so and go on with the next one.
+                if tx
+                    .send(Outgoing {
+                        text: format!("? err errno={} {e}", libc::EMSGSIZE),
+                        fds: Vec::new(),
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    queues
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&holder);
+    drop(tx);
+    fs.holder_gone(holder);
+    if let Ok(w) = writer {
+        let _ = w.join();
+    }
+}
+
+fn err(id: &str, errno: i32, msg: impl std::fmt::Display) -> Outgoing {
+    Outgoing {
+        text: format!("{id} err errno={errno} {msg}"),
+        fds: Vec::new(),
+    }
+}
+
+fn ok(id: &str, rest: String, fds: Vec<Arc<OwnedFd>>) -> Outgoing {
+    Outgoing {
+        text: if rest.is_empty() {
+            format!("{id} ok")
+        } else {
+            format!("{id} ok {rest}")
+        },
+        fds,
+    }
+}
+
+fn handle(
+    fs: &Fs,
+    holder: HolderId,
+    peer: PeerCred,
+    bytes: &[u8],
+    mut fds: Vec<OwnedFd>,
+) -> Outgoing {
+    let msg = match Message::parse(bytes) {
+        Ok(m) => m,
+        Err(e) => return err("?", libc::EINVAL, e),
+    };
+    let id = msg.id.as_str();
+    let caller = Caller {
+        uid: peer.uid,
+        gid: peer.gid,
+        pid: peer.pid,
+    };
+    match msg.verb.as_str() {
+        "pin" => {
+            if fds.len() != 1 {
+                return err(id, libc::EBADF, "pin needs exactly one file descriptor");
+            }
+            let file = fds.pop().expect("one");
+            let (offset, len) = match (msg.num("offset"), msg.num("len")) {
+                (Ok(o), Ok(l)) => (o, l),
+                (Err(e), _) | (_, Err(e)) => return err(id, libc::EINVAL, e),
+            };
+            match pin(
+                fs,
+                holder,
+                caller,
+                &file,
+                offset,
+                len,
+                msg.has("ro"),
+                msg.has("unbreakable"),
+            ) {
+                Ok(out) => ok(id, out.0, out.1),
+                Err((errno, m)) => err(id, errno, m),
+            }
+        }
+        "unpin" => match msg.num("pin") {
+            Ok(p) => match fs.unpin(holder, p) {
+                Ok(()) => ok(id, String::new(), Vec::new()),
+                Err(e) => err(id, e.errno(), e),
+            },
+            Err(e) => err(id, libc::EINVAL, e),
+        },
+        "raw" if peer.uid != 0 => err(id, libc::EPERM, "only root may map the raw image"),
+        "raw" => match fs.image().raw_fd() {
+            Ok(f) => ok(id, String::new(), vec![Arc::new(f)]),
+            Err(e) => err(id, libc::EIO, e),
+        },
+        "status" => {
+            let body = if msg.has("table") {
+                crate::status::table(fs)
+            } else {
+                crate::status::json(fs)
+            };
+            ok(id, format!("\n{body}"), Vec::new())
+        }
+        "events" => ok(
+            id,
+            format!("\n{}", crate::status::events_json(fs)),
+            Vec::new(),
+        ),
+        "fence" if peer.uid != 0 => err(id, libc::EPERM, "only root may fence a holder"),
+        "fence" => match msg.num("holder") {
+            Ok(h) => match fs.fence(h) {
+                Ok(n) => ok(id, format!("revoked={n}"), Vec::new()),
+                Err(e) => err(id, e.errno(), format!("holder {h}: {e}")),
+            },
+            Err(e) => err(id, libc::EINVAL, e),
+        },
+        "hello" => ok(id, format!("holder={holder}"), Vec::new()),
+        other => err(id, libc::EINVAL, format!("unknown request '{other}'")),
+    }
+}
+
+type PinReply = (String, Vec<Arc<OwnedFd>>);
+
+#[allow(clippy::too_many_arguments)]
+fn pin(
+    fs: &Fs,
+    holder: HolderId,
+    caller: Caller,
+    file: &OwnedFd,
+    offset: u64,
+    len: u64,
+    ro: bool,
+    unbreakable: bool,
+) -> Result<PinReply, (i32, String)> {
+    // SAFETY: fstat and fcntl(F_GETFL) on a descriptor we own.
+    let (st, flags) = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(file.as_raw_fd(), &mut st) != 0 {
+            return Err((libc::EBADF, "cannot stat the descriptor".into()));
+        }
+        (st, libc::fcntl(file.as_raw_fd(), libc::F_GETFL))
+    };
+    let mount_dev = fs.mount_dev();
+    if Some(st.st_dev) != mount_dev {
+        return Err((libc::EXDEV, "the file is not on this pinfs mount".into()));
+    }
+    if !ro && flags & libc::O_ACCMODE == libc::O_RDONLY {
+        return Err((
+            libc::EBADF,
+            "a writable pin needs the file opened for writing".into(),
+        ));
+    }
+    let req = PinRequest {
+        holder,
+        ino: st.st_ino,
+        offset,
+        len,
+        writable: !ro,
+        unbreakable,
+    };
+    let grant = fs
+        .pin(&req, caller)
+        .map_err(|e| (e.errno(), e.to_string()))?;
+    let extents: Vec<String> = grant
+        .extents
+        .iter()
+        .map(|e| format!("{}:{}:{}", e.file_offset, e.image_offset, e.len))
+        .collect();
+    let windows: Vec<String> = grant
+        .windows
+        .iter()
+        .map(|w: &WindowPiece| format!("{}:{}:{}", w.image_offset, w.len, w.fd_offset))
+        .collect();
+    let fds = grant.windows.iter().map(|w| w.fd.clone()).collect();
+    Ok((
+        format!(
+            "pin={} holder={holder} extents={} windows={}",
+            grant.id,
+            extents.join(","),
+            windows.join(",")
+        ),
+        fds,
+    ))
+}

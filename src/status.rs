@@ -1,0 +1,247 @@
+//! What `pinfs status` shows: holders, leases, busy blocks, space and counters, as one JSON
+//! object or as a readable table, and the recent lease events.
+
+use std::time::{Instant, UNIX_EPOCH};
+
+use crate::fs::Fs;
+use crate::fsck::json_str;
+use crate::image::BLOCK_SIZE;
+use crate::lease::{Event, EventKind, LeaseState};
+
+struct Lease {
+    holder: u64,
+    pin: u64,
+    ino: u64,
+    path: String,
+    offset: u64,
+    len: u64,
+    state: &'static str,
+    deadline_ms: Option<u64>,
+    unbreakable: bool,
+    writable: bool,
+}
+
+struct Busy {
+    start: u64,
+    len: u64,
+    holder: Option<u64>,
+}
+
+struct View {
+    holders: Vec<(u64, u32, String, bool)>,
+    leases: Vec<Lease>,
+    busy: Vec<Busy>,
+    busy_blocks: u64,
+    total: u64,
+    free: u64,
+    counters: crate::lease::Counters,
+    policy: &'static str,
+    break_time_ms: Option<u128>,
+    busy_on: bool,
+}
+
+fn view(fs: &Fs) -> View {
+    let snap = fs.leases().snapshot();
+    let now = Instant::now();
+    let leases = snap
+        .pins
+        .iter()
+        .map(|p| Lease {
+            holder: p.holder,
+            pin: p.id,
+            ino: p.ino,
+            path: fs.path_of(p.ino).unwrap_or_else(|| "(unlinked)".into()),
+            offset: p.first_block * BLOCK_SIZE,
+            len: p.blocks * BLOCK_SIZE,
+            state: p.state.name(),
+            deadline_ms: match p.state {
+                LeaseState::Breaking { deadline: Some(d) } => {
+                    Some(d.saturating_duration_since(now).as_millis() as u64)
+                }
+                _ => None,
+            },
+            unbreakable: p.unbreakable,
+            writable: p.writable,
+        })
+        .collect();
+    let owners = fs.leases().extent_holders();
+    let (busy, busy_blocks) = fs.with_allocator(|a| {
+        let busy = a
+            .busy_extents()
+            .into_iter()
+            .map(|b| Busy {
+                start: b.extent.start,
+                len: b.extent.len,
+                holder: owners
+                    .iter()
+                    .find(|(e, _)| e.start < b.extent.end() && b.extent.start < e.end())
+                    .map(|(_, h)| *h),
+            })
+            .collect();
+        (busy, a.busy_blocks())
+    });
+    let st = fs.statfs();
+    View {
+        holders: snap
+            .holders
+            .iter()
+            .map(|(id, info, fenced)| (*id, info.pid, info.comm.clone(), *fenced))
+            .collect(),
+        leases,
+        busy,
+        busy_blocks,
+        total: st.blocks,
+        free: st.free,
+        counters: snap.counters,
+        policy: snap.config.policy.name(),
+        break_time_ms: snap.config.break_time.map(|d| d.as_millis()),
+        busy_on: snap.config.busy_blocks,
+    }
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("null".into(), |v| v.to_string())
+}
+
+/// The status as one JSON object.
+pub fn json(fs: &Fs) -> String {
+    let v = view(fs);
+    let holders: Vec<String> = v
+        .holders
+        .iter()
+        .map(|(id, pid, comm, fenced)| {
+            format!(
+                "{{\"id\":{id},\"pid\":{pid},\"comm\":{},\"fenced\":{fenced}}}",
+                json_str(comm)
+            )
+        })
+        .collect();
+    let leases: Vec<String> = v
+        .leases
+        .iter()
+        .map(|l| {
+            format!(
+                "{{\"holder\":{},\"pin\":{},\"ino\":{},\"path\":{},\"offset\":{},\"len\":{},\"state\":\"{}\",\"deadline_ms\":{},\"unbreakable\":{},\"writable\":{}}}",
+                l.holder,
+                l.pin,
+                l.ino,
+                json_str(&l.path),
+                l.offset,
+                l.len,
+                l.state,
+                opt(l.deadline_ms),
+                l.unbreakable,
+                l.writable
+            )
+        })
+        .collect();
+    let busy: Vec<String> = v
+        .busy
+        .iter()
+        .map(|b| {
+            format!(
+                "{{\"start\":{},\"len\":{},\"holder\":{}}}",
+                b.start,
+                b.len,
+                opt(b.holder)
+            )
+        })
+        .collect();
+    let c = v.counters;
+    format!(
+        "{{\"holders\":[{}],\"leases\":[{}],\"busy\":{{\"blocks\":{},\"extents\":[{}]}},\"space\":{{\"block_size\":{BLOCK_SIZE},\"total_blocks\":{},\"free_blocks\":{},\"used_blocks\":{},\"busy_blocks\":{}}},\"counters\":{{\"breaks\":{},\"releases\":{},\"timeouts\":{},\"refusals\":{},\"revocations\":{},\"fences\":{}}},\"policy\":{{\"break_policy\":\"{}\",\"lease_break_time_ms\":{},\"busy_blocks\":{}}}}}",
+        holders.join(","),
+        leases.join(","),
+        v.busy_blocks,
+        busy.join(","),
+        v.total,
+        v.free,
+        v.total - v.free - v.busy_blocks,
+        v.busy_blocks,
+        c.breaks,
+        c.releases,
+        c.timeouts,
+        c.refusals,
+        c.revocations,
+        c.fences,
+        v.policy,
+        opt(v.break_time_ms),
+        v.busy_on
+    )
+}
+
+/// The status as a table for people.
+pub fn table(fs: &Fs) -> String {
+    let v = view(fs);
+    let mut out = String::new();
+    let c = v.counters;
+    out.push_str(&format!(
+        "policy {} (lease_break_time {}, busy_blocks {})\n",
+        v.policy,
+        v.break_time_ms
+            .map_or("never".into(), |ms| format!("{:.3}s", ms as f64 / 1000.0)),
+        if v.busy_on { "on" } else { "off" }
+    ));
+    out.push_str(&format!(
+        "space: {} blocks of {BLOCK_SIZE}: {} free, {} used, {} busy\n",
+        v.total,
+        v.free,
+        v.total - v.free - v.busy_blocks,
+        v.busy_blocks
+    ));
+    out.push_str(&format!(
+        "counters: {} breaks, {} releases, {} timeouts, {} refusals, {} revocations, {} fences\n",
+        c.breaks, c.releases, c.timeouts, c.refusals, c.revocations, c.fences
+    ));
+    out.push_str("\nHOLDER  PID      COMM             FENCED\n");
+    for (id, pid, comm, fenced) in &v.holders {
+        out.push_str(&format!(
+            "{id:<7} {pid:<8} {comm:<16} {}\n",
+            if *fenced { "yes" } else { "no" }
+        ));
+    }
+    out.push_str("\nPIN     HOLDER  STATE     DEADLINE   MODE  OFFSET       LEN          PATH\n");
+    for l in &v.leases {
+        let mode = format!(
+            "{}{}",
+            if l.writable { "rw" } else { "ro" },
+            if l.unbreakable { "!" } else { "" }
+        );
+        let deadline = l.deadline_ms.map_or("-".into(), |ms| format!("{ms}ms"));
+        out.push_str(&format!(
+            "{:<7} {:<7} {:<9} {:<10} {:<5} {:<12} {:<12} {}\n",
+            l.pin, l.holder, l.state, deadline, mode, l.offset, l.len, l.path
+        ));
+    }
+    out.push_str("\nBUSY START   LEN      HOLDER\n");
+    for b in &v.busy {
+        out.push_str(&format!("{:<12} {:<8} {}\n", b.start, b.len, opt(b.holder)));
+    }
+    out
+}
+
+/// One event as JSON.
+pub fn event_json(e: &Event) -> String {
+    let at = e.at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let deadline = match e.kind {
+        EventKind::Break { deadline_ms } => format!(",\"deadline_ms\":{}", opt(deadline_ms)),
+        _ => String::new(),
+    };
+    format!(
+        "{{\"time\":{}.{:09},\"event\":\"{}\",\"holder\":{},\"pin\":{},\"ino\":{},\"offset\":{},\"len\":{}{deadline}}}",
+        at.as_secs(),
+        at.subsec_nanos(),
+        e.kind.name(),
+        e.holder,
+        opt(e.pin),
+        e.ino,
+        e.offset,
+        e.len
+    )
+}
+
+/// The recent events as a JSON array, oldest first.
+pub fn events_json(fs: &Fs) -> String {
+    let list: Vec<String> = fs.leases().events().iter().map(event_json).collect();
+    format!("[{}]", list.join(","))
+}

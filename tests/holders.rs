@@ -1,0 +1,260 @@
+//! Pin holders on a real mount, through the socket protocol and the client: DAX-like access,
+//! breaks delivered as they happen, holder death, permissions, fencing, hostile messages.
+
+mod common;
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pinfs::client::{Connection, PinOptions};
+
+fn file(m: &Mount, name: &str, len: usize) -> fs::File {
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path(name))
+        .unwrap();
+    f.write_all_at(&vec![b'.'; len], 0).unwrap();
+    f
+}
+
+fn status(m: &Mount) -> String {
+    Connection::for_path(&m.mnt).unwrap().status(false).unwrap()
+}
+
+#[test]
+fn a_holder_stores_directly_and_reads_see_it() {
+    if skip_without_fuse("holders_dax") {
+        return;
+    }
+    let m = Mount::new("64M", "");
+    let f = file(&m, "buf", 3 * 4096);
+    let mut c = Connection::for_file(&f).unwrap();
+    let mut pin = c.pin(&f, 4096, 4096, PinOptions::default()).unwrap();
+    assert_eq!(pin.extents.len(), 1);
+    assert_eq!((pin.file_offset(), pin.as_mut_slice().len()), (4096, 4096));
+    pin.as_mut_slice()[..12].copy_from_slice(b"from the NIC");
+    let mut buf = [0u8; 12];
+    f.read_exact_at(&mut buf, 4096).unwrap();
+    assert_eq!(
+        &buf, b"from the NIC",
+        "the next read through the mount sees the store"
+    );
+    f.write_all_at(b"from write()", 4096 + 100).unwrap();
+    assert_eq!(&pin.as_mut_slice()[100..112], b"from write()");
+    let s = status(&m);
+    assert!(
+        s.contains("\"state\":\"granted\"") && s.contains("\"path\":\"/buf\""),
+        "{s}"
+    );
+    assert!(
+        s.contains(&format!("\"pid\":{}", std::process::id())),
+        "the holder is this process, per the kernel: {s}"
+    );
+    c.unpin(&pin).unwrap();
+    assert!(status(&m).contains("\"leases\":[]"));
+}
+
+#[test]
+fn breaks_reach_the_holder_and_a_release_lets_the_truncate_go() {
+    if skip_without_fuse("holders_break") {
+        return;
+    }
+    let m = Mount::new("64M", "lease_break_time=10,break_policy=revoke");
+    let f = file(&m, "buf", 8 * 4096);
+    let path = m.path("buf");
+    let mut holder = std::process::Command::new(BIN)
+        .args(["pin", path.to_str().unwrap(), "--len", "16384"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    out.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("\"holder\"") && line.contains("\"extents\""),
+        "pin prints its grant: {line}"
+    );
+    let t0 = Instant::now();
+    f.set_len(0).unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "the cooperative holder released well before the deadline"
+    );
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("\"event\":\"break\""), "{line}");
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("\"event\":\"released\""), "{line}");
+    let s = status(&m);
+    assert!(
+        s.contains("\"breaks\":1") && s.contains("\"releases\":1"),
+        "{s}"
+    );
+    holder.kill().ok();
+    holder.wait().ok();
+}
+
+#[test]
+fn holder_death_frees_busy_blocks() {
+    if skip_without_fuse("holders_death") {
+        return;
+    }
+    let m = Mount::new("64M", "lease_break_time=0.2,break_policy=revoke");
+    let f = file(&m, "buf", 4 * 4096);
+    let mut c = Connection::for_file(&f).unwrap();
+    let _pin = c.pin(&f, 0, 4 * 4096, PinOptions::default()).unwrap();
+    // An unresponsive holder: it never reads its events.
+    f.set_len(0).unwrap();
+    let s = status(&m);
+    assert!(
+        s.contains("\"busy_blocks\":4") && s.contains("\"state\":\"revoked\""),
+        "{s}"
+    );
+    assert!(
+        s.contains("\"revocations\":1") && s.contains("\"fenced\":true"),
+        "{s}"
+    );
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !status(&m).contains("\"busy_blocks\":0") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        status(&m).contains("\"busy_blocks\":0"),
+        "a holder that disconnects releases everything"
+    );
+}
+
+#[test]
+fn permissions_identity_and_hostile_messages() {
+    if skip_without_fuse("holders_hostile") {
+        return;
+    }
+    let m = Mount::new("64M", "");
+    let f = file(&m, "buf", 4096);
+    let ro = fs::File::open(m.path("buf")).unwrap();
+    let mut c = Connection::for_file(&f).unwrap();
+    let e = c.pin(&ro, 0, 10, PinOptions::default()).unwrap_err();
+    assert_eq!(
+        e.errno(),
+        Some(libc::EBADF),
+        "a writable pin needs a file opened for writing: {e}"
+    );
+    c.pin(
+        &ro,
+        0,
+        10,
+        PinOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let outside = tempfile::tempfile().unwrap();
+    assert_eq!(
+        c.pin(&outside, 0, 10, PinOptions::default())
+            .unwrap_err()
+            .errno(),
+        Some(libc::EXDEV)
+    );
+    assert_eq!(
+        c.pin(&f, 8192, 10, PinOptions::default())
+            .unwrap_err()
+            .errno(),
+        Some(libc::EINVAL),
+        "past the end"
+    );
+    for junk in [
+        &b"\xff\xfe\xfd"[..],
+        b"1",
+        b"1 pin",
+        b"1 pin offset=x len=y",
+        b"1 unpin pin=999",
+        b"1 fence holder=abc",
+        b"1 frobnicate",
+        &[b'a'; 60000],
+    ] {
+        let reply = c.raw_exchange(junk).unwrap();
+        assert!(
+            reply.contains(" err errno="),
+            "{:?} -> {reply}",
+            String::from_utf8_lossy(&junk[..junk.len().min(20)])
+        );
+    }
+    let reply = c.raw_exchange(b"1 pin offset=0 len=10").unwrap();
+    assert!(
+        reply.contains("errno=9"),
+        "pin without a descriptor: {reply}"
+    );
+    // The daemon is unharmed: another holder still pins.
+    let mut other = Connection::for_file(&f).unwrap();
+    let mut pin = other.pin(&f, 0, 4096, PinOptions::default()).unwrap();
+    pin.as_mut_slice()[0] = b'!';
+    // Root may have the raw image; a fence revokes whatever the policy.
+    let raw = other.raw_image().unwrap();
+    let raw = fs::File::from(raw);
+    assert_eq!(raw.metadata().unwrap().len(), 64 << 20);
+    let h = other.holder_id().unwrap();
+    assert_eq!(c.fence(h).unwrap(), 1);
+    let ev = loop {
+        let e = other
+            .next_event(Some(Duration::from_secs(5)))
+            .unwrap()
+            .expect("an event");
+        if e.kind == "revoked" {
+            break e;
+        }
+    };
+    assert_eq!(ev.pin, Some(pin.id));
+    assert!(status(&m).contains("\"fences\":1"));
+}
+
+#[test]
+fn other_users_may_pin_only_what_they_may_open() {
+    if skip_without_fuse("holders_users") {
+        return;
+    }
+    let m = Mount::new("64M", "allow_other");
+    file(&m, "mine", 4096);
+    fs::set_permissions(
+        m.path("mine"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let p = m.path("mine");
+    assert!(as_nobody(|| {
+        let Ok(ro) = fs::File::open(&p) else {
+            return false;
+        };
+        let Ok(mut c) = Connection::for_file(&ro) else {
+            return false;
+        };
+        let read_pin = c
+            .pin(
+                &ro,
+                0,
+                100,
+                PinOptions {
+                    read_only: true,
+                    ..Default::default()
+                },
+            )
+            .is_ok();
+        let write_pin = c
+            .pin(&ro, 0, 100, PinOptions::default())
+            .unwrap_err()
+            .errno()
+            == Some(libc::EBADF);
+        let no_raw = c.raw_image().unwrap_err().errno() == Some(libc::EPERM);
+        let no_fence = c.fence(1).unwrap_err().errno() == Some(libc::EPERM);
+        read_pin && write_pin && no_raw && no_fence
+    }));
+}
