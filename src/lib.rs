@@ -12,6 +12,7 @@ pub mod client;
 pub mod codec;
 pub mod daemon;
 pub mod dax;
+pub mod demo;
 pub mod error;
 pub mod extent_map;
 pub mod fs;

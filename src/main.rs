@@ -24,6 +24,9 @@ usage:
                                               --ignore-breaks
   pinfs status MOUNTPOINT [--json] [--events] holders, leases, busy blocks, counters
   pinfs fence MOUNTPOINT HOLDER               revoke every lease of a holder now (root)
+  pinfs demo                                  every break policy at work, with and without
+                                              busy blocks (root, /dev/fuse); exit 1 if any
+                                              outcome is not the expected one
 
 mount options: rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime,
   allow_other, default_permissions (always on), threads=N, lock_wait=SECONDS,
@@ -79,6 +82,14 @@ fn run(args: &[String]) -> CmdResult {
         "mount" => cmd_mount(&args[1..]),
         "fsck" => cmd_fsck(&args[1..]),
         "pin" => cmd_pin(&args[1..]),
+        "demo" => {
+            init_logging("warn");
+            match pinfs::demo::run_demo() {
+                Ok(true) => Ok(0),
+                Ok(false) => Ok(1),
+                Err(e) => Err(Err(format!("demo: {e}"))),
+            }
+        }
         "status" => cmd_status(&args[1..]),
         "fence" => cmd_fence(&args[1..]),
         _ if !cmd.starts_with('-') && args.len() >= 2 && !args[1].starts_with('-') => {
