@@ -125,17 +125,10 @@ fn comm_of(pid: u32) -> String {
 
 fn serve(fs: Arc<Fs>, conn: Packet, queues: Queues) {
     let Ok(peer) = conn.peer() else { return };
-    let holder = fs.add_holder(HolderInfo {
-        pid: peer.pid,
-        comm: comm_of(peer.pid),
-        uid: peer.uid,
-        gid: peer.gid,
-    });
     let (tx, rx) = unbounded::<Outgoing>();
-    queues
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(holder, tx.clone());
+    // A connection becomes a holder with its first pin (or `hello`): status and fence
+    // queries are not holders.
+    let mut holder: Option<HolderId> = None;
     let Ok(out) = conn.try_clone() else { return };
     let writer = std::thread::Builder::new()
         .name("pinfs-holder-out".into())
@@ -150,6 +143,23 @@ fn serve(fs: Arc<Fs>, conn: Packet, queues: Queues) {
     loop {
         match conn.recv() {
             Ok(Some((bytes, fds))) => {
+                let becomes_holder = bytes
+                    .split(|&b| b == b' ')
+                    .nth(1)
+                    .is_some_and(|v| v == b"pin" || v == b"hello");
+                if holder.is_none() && becomes_holder {
+                    let id = fs.add_holder(HolderInfo {
+                        pid: peer.pid,
+                        comm: comm_of(peer.pid),
+                        uid: peer.uid,
+                        gid: peer.gid,
+                    });
+                    queues
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, tx.clone());
+                    holder = Some(id);
+                }
                 let reply = handle(&fs, holder, peer, &bytes, fds);
                 if tx.send(reply).is_err() {
                     break;
@@ -170,12 +180,11 @@ fn serve(fs: Arc<Fs>, conn: Packet, queues: Queues) {
             }
         }
     }
-    queues
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&holder);
+    if let Some(h) = holder {
+        queues.lock().unwrap_or_else(|e| e.into_inner()).remove(&h);
+        fs.holder_gone(h);
+    }
     drop(tx);
-    fs.holder_gone(holder);
     if let Ok(w) = writer {
         let _ = w.join();
     }
@@ -201,7 +210,7 @@ fn ok(id: &str, rest: String, fds: Vec<Arc<OwnedFd>>) -> Outgoing {
 
 fn handle(
     fs: &Fs,
-    holder: HolderId,
+    holder: Option<HolderId>,
     peer: PeerCred,
     bytes: &[u8],
     mut fds: Vec<OwnedFd>,
@@ -226,6 +235,9 @@ fn handle(
                 (Ok(o), Ok(l)) => (o, l),
                 (Err(e), _) | (_, Err(e)) => return err(id, libc::EINVAL, e),
             };
+            let Some(holder) = holder else {
+                return err(id, libc::EIO, "no holder for this connection");
+            };
             match pin(
                 fs,
                 holder,
@@ -241,7 +253,12 @@ fn handle(
             }
         }
         "unpin" => match msg.num("pin") {
-            Ok(p) => match fs.unpin(holder, p) {
+            Ok(p) => match holder
+                .ok_or(crate::error::FsError::Lease(
+                    crate::lease::LeaseError::NoSuchPin,
+                ))
+                .and_then(|h| fs.unpin(h, p))
+            {
                 Ok(()) => ok(id, String::new(), Vec::new()),
                 Err(e) => err(id, e.errno(), e),
             },
@@ -273,7 +290,7 @@ fn handle(
             },
             Err(e) => err(id, libc::EINVAL, e),
         },
-        "hello" => ok(id, format!("holder={holder}"), Vec::new()),
+        "hello" => ok(id, format!("holder={}", holder.unwrap_or(0)), Vec::new()),
         other => err(id, libc::EINVAL, format!("unknown request '{other}'")),
     }
 }

@@ -312,10 +312,23 @@ impl PinRequest {
     }
 }
 
+/// The process (thread group) of thread `tid`: FUSE requests carry the calling thread's id,
+/// holders are identified by process. A tid that /proc does not know is taken as is.
+fn process_of(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:").and_then(|v| v.trim().parse().ok()))
+        })
+        .unwrap_or(tid)
+}
+
 /// Who breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Breaker {
-    /// The process (a breaker holding an overlapping lease gets `EDEADLK`).
+    /// The calling thread (a breaker whose process holds an overlapping lease gets
+    /// `EDEADLK`).
     pub pid: u32,
     /// The breaker's descriptor is `O_NONBLOCK`.
     pub nonblock: bool,
@@ -709,10 +722,11 @@ impl Leases {
             st.counters.refusals += 1;
             return Err(LeaseError::Busy);
         }
+        let breaker_process = process_of(breaker.pid);
         if live.iter().any(|id| {
             st.holders
                 .get(&st.pins[id].holder)
-                .is_some_and(|h| h.info.pid == breaker.pid)
+                .is_some_and(|h| h.info.pid == breaker_process)
         }) {
             return Err(LeaseError::Deadlock);
         }

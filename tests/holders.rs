@@ -109,9 +109,21 @@ fn holder_death_frees_busy_blocks() {
     }
     let m = Mount::new("64M", "lease_break_time=0.2,break_policy=revoke");
     let f = file(&m, "buf", 4 * 4096);
-    let mut c = Connection::for_file(&f).unwrap();
-    let _pin = c.pin(&f, 0, 4 * 4096, PinOptions::default()).unwrap();
-    // An unresponsive holder: it never reads its events.
+    // An unresponsive holder in another process (a breaker holding the lease itself would
+    // get EDEADLK).
+    let mut holder = std::process::Command::new(BIN)
+        .arg("pin")
+        .arg(m.path("buf"))
+        .arg("--ignore-breaks")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     f.set_len(0).unwrap();
     let s = status(&m);
     assert!(
@@ -122,14 +134,16 @@ fn holder_death_frees_busy_blocks() {
         s.contains("\"revocations\":1") && s.contains("\"fenced\":true"),
         "{s}"
     );
-    drop(c);
+    holder.kill().unwrap(); // SIGKILL: the holder dies
+    holder.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !status(&m).contains("\"busy_blocks\":0") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    let s = status(&m);
     assert!(
-        status(&m).contains("\"busy_blocks\":0"),
-        "a holder that disconnects releases everything"
+        s.contains("\"busy_blocks\":0") && s.contains("\"holders\":[]"),
+        "a killed holder releases everything: {s}"
     );
 }
 
@@ -257,4 +271,83 @@ fn other_users_may_pin_only_what_they_may_open() {
         let no_fence = c.fence(1).unwrap_err().errno() == Some(libc::EPERM);
         read_pin && write_pin && no_raw && no_fence
     }));
+}
+
+#[test]
+fn breaker_errnos_on_a_real_mount() {
+    if skip_without_fuse("holders_errnos") {
+        return;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let m = Mount::new("64M", "lease_break_time=30");
+    let f = file(&m, "buf", 8 * 4096);
+    let mut c = Connection::for_file(&f).unwrap();
+    // A breaker that holds the lease itself (this process): EDEADLK.
+    let p = c.pin(&f, 0, 4096, PinOptions::default()).unwrap();
+    assert_eq!(
+        f.set_len(0).unwrap_err().raw_os_error(),
+        Some(libc::EDEADLK)
+    );
+    c.unpin(&p).unwrap();
+    // The other cases need a holder in another process.
+    let path = m.path("buf");
+    let spawn = |extra: &[&str]| {
+        let mut h = std::process::Command::new(BIN)
+            .arg("pin")
+            .arg(&path)
+            .args(["--len", "4096", "--ignore-breaks"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(h.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("\"pin\""), "{line}");
+        h
+    };
+    let mut unbreakable = spawn(&["--unbreakable"]);
+    let t0 = Instant::now();
+    assert_eq!(
+        f.set_len(0).unwrap_err().raw_os_error(),
+        Some(libc::ETXTBSY),
+        "unbreakable: at once"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    unbreakable.kill().unwrap();
+    unbreakable.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut stubborn = spawn(&[]);
+    let nb = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .unwrap();
+    let t0 = Instant::now();
+    assert_eq!(
+        nb.set_len(0).unwrap_err().raw_os_error(),
+        Some(libc::EWOULDBLOCK),
+        "O_NONBLOCK breaker"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert!(
+        status(&m).contains("\"state\":\"breaking\""),
+        "the break goes on"
+    );
+    let e = c.pin(&f, 0, 4096, PinOptions::default()).unwrap_err();
+    assert_eq!(
+        e.errno(),
+        Some(libc::EAGAIN),
+        "new pins on a breaking range: {e}"
+    );
+    stubborn.kill().unwrap();
+    stubborn.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&m).contains("\"state\":\"breaking\"") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.set_len(0).unwrap();
 }
