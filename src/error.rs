@@ -70,6 +70,9 @@ pub enum FsError {
     /// The image could not be used.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The filesystem is being unmounted.
+    #[error("the filesystem is being unmounted")]
+    Unmounting,
     /// A layout lease stood in the way.
     #[error(transparent)]
     Lease(#[from] LeaseError),
@@ -106,6 +109,7 @@ impl FsError {
             FsError::NoSuchOffset => libc::ENXIO,
             FsError::Corrupt(_) | FsError::Image(_) => libc::EIO,
             FsError::Lease(e) => e.errno(),
+            FsError::Unmounting => libc::ENODEV,
         }
     }
 }

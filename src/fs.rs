@@ -1480,9 +1480,22 @@ impl Fs {
     /// Makes the file's data (and with `!datasync` its metadata) durable.
     pub fn fsync(&self, ino: u64, datasync: bool) -> FsResult<()> {
         let c = self.table.get(ino)?;
-        let dirty = std::mem::take(&mut c.write().rt.dirty);
+        let (dirty, mapped) = {
+            let mut i = c.write();
+            let mapped: Vec<(u64, u64)> = i
+                .extents
+                .iter()
+                .map(|m| (m.image_block * BLOCK_SIZE, m.len * BLOCK_SIZE))
+                .collect();
+            (std::mem::take(&mut i.rt.dirty), mapped)
+        };
         for (s, e) in dirty {
             self.image.flush(s, e - s);
+        }
+        // Holders store into DAX windows without the filesystem seeing it: whatever of this
+        // file is behind a window goes back to the image file too.
+        for (s, l) in mapped {
+            self.image.write_back_windowed(s, l);
         }
         if !self.opts.read_only && (!datasync || c.read().rt.times_dirty) {
             self.flush_times(ino)?;
@@ -1824,6 +1837,9 @@ impl Fs {
     /// permission, read pins read permission. Returns the pin and where its bytes are in the
     /// image (whole blocks).
     pub fn pin(&self, req: &PinRequest, caller: Caller) -> FsResult<PinGrant> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(FsError::Unmounting);
+        }
         let PinRequest {
             ino,
             offset,

@@ -590,6 +590,12 @@ impl Image {
         }
     }
 
+    /// Writes back into the image file the parts of `off..off+len` that are behind DAX
+    /// windows (stores by holders, which the filesystem does not see), and nothing else.
+    pub fn write_back_windowed(&self, off: u64, len: u64) {
+        self.windows.write_back(&self.file, off, len);
+    }
+
     /// Writes bytes into the image *file* and makes them durable, bypassing the mapping (and
     /// so any DAX window over those blocks): for checkpoints, which must reach the file even
     /// where a window still covers blocks that were pinned once.

@@ -668,6 +668,12 @@ fn dax_windows_give_direct_access_to_the_pinned_blocks_only() {
         Arc::ptr_eq(&g2.windows[0].fd, &g.windows[0].fd),
         "overlapping pins share a window"
     );
+    // fsync writes back what holders stored, which the filesystem never saw.
+    win[20..26].copy_from_slice(b"synced");
+    fs.fsync(ino, true).unwrap();
+    let mut buf = [0u8; 6];
+    img.read_exact_at(&mut buf, at + 20).unwrap();
+    assert_eq!(&buf, b"synced");
     fs.unpin(h, g.id).unwrap();
     fs.unpin(h, g2.id).unwrap();
     win[6..12].copy_from_slice(b"later!");
