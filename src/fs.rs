@@ -372,6 +372,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Can `name` be added to directory `p`?
+fn check_new_name(p: &Inode, name: &[u8]) -> FsResult<()> {
+    if p.kind != Kind::Dir {
+        return Err(FsError::NotDir);
+    }
+    if p.nlink == 0 {
+        return Err(FsError::NotFound); // the directory was removed
+    }
+    if p.dir.get(name).is_some() {
+        return Err(FsError::Exists);
+    }
+    Ok(())
+}
+
 fn check_name(name: &[u8]) -> FsResult<()> {
     if name.len() > NAME_MAX {
         return Err(FsError::NameTooLong);
@@ -865,15 +879,7 @@ impl Fs {
         let cells = [self.table.get(parent)?];
         let mut held = Held::lock(&cells);
         let p = held.get(parent)?;
-        if p.kind != Kind::Dir {
-            return Err(FsError::NotDir);
-        }
-        if p.nlink == 0 {
-            return Err(FsError::NotFound);
-        }
-        if p.dir.get(name).is_some() {
-            return Err(FsError::Exists);
-        }
+        check_new_name(p, name)?;
         let mut perm = if kind == Kind::Symlink {
             0o777
         } else {
@@ -921,15 +927,7 @@ impl Fs {
         let cells = [self.table.get(parent)?, self.table.get(ino)?];
         let mut held = Held::lock(&cells);
         let p = held.get(parent)?;
-        if p.kind != Kind::Dir {
-            return Err(FsError::NotDir);
-        }
-        if p.nlink == 0 {
-            return Err(FsError::NotFound);
-        }
-        if p.dir.get(name).is_some() {
-            return Err(FsError::Exists);
-        }
+        check_new_name(p, name)?;
         let child = held.get(ino)?;
         if child.kind == Kind::Dir {
             return Err(FsError::NotPermitted);

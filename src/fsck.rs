@@ -364,27 +364,12 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
             c.report.file_blocks += m.len;
         }
     }
-    let mut expected = Allocator::all_used(total);
-    let mut cursor = 0u64;
-    for (&s, &(l, _)) in &owners {
-        if s > cursor {
-            expected
-                .free(Extent {
-                    start: cursor,
-                    len: s - cursor,
-                })
-                .expect("unowned range is used in a fresh allocator");
-        }
-        cursor = cursor.max(s + l);
-    }
-    if cursor < total {
-        expected
-            .free(Extent {
-                start: cursor,
-                len: total - cursor,
-            })
-            .expect("tail");
-    }
+    let expected = Allocator::from_used(
+        total,
+        owners
+            .iter()
+            .map(|(&start, &(len, _))| Extent { start, len }),
+    );
     if let Err(e) = loaded.alloc.check() {
         c.problem(format!("allocator: {e}"), true);
     }
@@ -398,33 +383,22 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
 
     if repair && (freed_orphans || !c.report.repaired.is_empty()) {
         // Rebuild the allocator from ownership as it now stands (after the fixes above).
-        let mut alloc = Allocator::all_used(total);
-        let mut used: Vec<(u64, u64)> = vec![(0, sb.data_start())];
-        used.extend(sb.checkpoint_extents.iter().copied());
-        for i in inodes.values() {
-            used.extend(i.extents.iter().map(|m| (m.image_block, m.len)));
-        }
-        used.sort_unstable();
-        let mut cursor = 0;
-        for (s, l) in used {
-            if s > cursor {
-                alloc
-                    .free(Extent {
-                        start: cursor,
-                        len: s - cursor,
-                    })
-                    .expect("gap");
-            }
-            cursor = cursor.max(s + l);
-        }
-        if cursor < total {
-            alloc
-                .free(Extent {
-                    start: cursor,
-                    len: total - cursor,
-                })
-                .expect("tail");
-        }
+        let metadata = std::iter::once(Extent {
+            start: 0,
+            len: sb.data_start(),
+        })
+        .chain(
+            sb.checkpoint_extents
+                .iter()
+                .map(|&(start, len)| Extent { start, len }),
+        );
+        let files = inodes.values().flat_map(|i| {
+            i.extents.iter().map(|m| Extent {
+                start: m.image_block,
+                len: m.len,
+            })
+        });
+        let mut alloc = Allocator::from_used(total, metadata.chain(files).collect::<Vec<_>>());
         let mut list: Vec<&Inode> = inodes.values().collect();
         list.sort_by_key(|i| i.ino);
         checkpoint::write(

@@ -138,6 +138,32 @@ impl Allocator {
         }
     }
 
+    /// An allocator over `total` blocks where exactly the blocks of `used` (extents in any
+    /// order, possibly overlapping) are used and all others free: rebuilding allocator state
+    /// from what owners say they own.
+    pub fn from_used(total: u64, used: impl IntoIterator<Item = Extent>) -> Self {
+        let mut used: Vec<Extent> = used.into_iter().collect();
+        used.sort_unstable();
+        let mut a = Allocator::all_used(total);
+        let mut cursor = 0u64;
+        for e in used {
+            if e.start > cursor {
+                a.free.insert(Extent {
+                    start: cursor,
+                    len: e.start.min(total) - cursor,
+                });
+            }
+            cursor = cursor.max(e.end().min(total));
+        }
+        if cursor < total {
+            a.free.insert(Extent {
+                start: cursor,
+                len: total - cursor,
+            });
+        }
+        a
+    }
+
     /// Size of the address space in blocks.
     pub fn total_blocks(&self) -> u64 {
         self.total

@@ -85,6 +85,17 @@ fn refusals_leave_state_unchanged() {
 }
 
 #[test]
+fn from_used_frees_exactly_the_gaps() {
+    let a = Allocator::from_used(100, [ext(50, 10), ext(0, 5), ext(55, 10), ext(99, 1)]);
+    assert_eq!(
+        a.free_extents().collect::<Vec<_>>(),
+        vec![ext(5, 45), ext(65, 34)]
+    );
+    assert_eq!(a.used_blocks(), 5 + 15 + 1);
+    a.check().unwrap();
+}
+
+#[test]
 fn encode_decode_round_trip_and_corruption() {
     let mut a = Allocator::new(1000);
     for _ in 0..10 {
