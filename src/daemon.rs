@@ -209,6 +209,16 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
         }
     };
     spawn_signal_thread(mnt.clone());
+    let notifier = session.notifier();
+    let stale = fs.stale_attributes();
+    // Kernel notifications block: they go from a thread of their own, holding no lock.
+    let _ = std::thread::Builder::new()
+        .name("pinfs-inval".into())
+        .spawn(move || {
+            for ino in stale {
+                let _ = notifier.inval_inode(fuser::INodeNo(ino), -1, 0);
+            }
+        });
     let server = match mount_dev(&mnt) {
         Some(dev) => {
             fs.set_mount_dev(dev);

@@ -396,15 +396,17 @@ fn check_name(name: &[u8]) -> FsResult<()> {
     Ok(())
 }
 
-/// Permission bits after a write or truncate by `caller` (the kernel leaves clearing
-/// set-uid/set-gid to us: `FUSE_HANDLE_KILLPRIV`). Set-gid without group execute is a
-/// mandatory-locking marker and stays, as in Linux.
-fn kill_privs(perm: u32, caller: Caller) -> u32 {
+/// Permission bits after a write, truncate or chown by `caller` of a file whose group is
+/// `gid` (the kernel leaves clearing set-uid/set-gid to us: `FUSE_HANDLE_KILLPRIV`). As in
+/// Linux (`setattr_should_drop_sgid`): set-uid goes; set-gid goes with group execute, and
+/// without it when the caller is not in the file's group (FUSE tells us only the caller's
+/// primary group).
+fn kill_privs(perm: u32, gid: u32, caller: Caller) -> u32 {
     if caller.uid == 0 {
         return perm;
     }
     let mut p = perm & !libc::S_ISUID;
-    if p & libc::S_IXGRP != 0 {
+    if p & libc::S_IXGRP != 0 || caller.gid != gid {
         p &= !libc::S_ISGID;
     }
     p
@@ -441,6 +443,7 @@ pub struct Fs {
     reclaims: (Sender<u64>, Receiver<u64>),
     stopping: AtomicBool,
     mount_dev: Mutex<Option<u64>>,
+    stale_attrs: (Sender<u64>, Receiver<u64>),
 }
 
 /// An open file handle: what breakers need to know about the descriptor they came through.
@@ -527,6 +530,7 @@ impl Fs {
             reclaims: crossbeam::channel::unbounded(),
             stopping: AtomicBool::new(false),
             mount_dev: Mutex::new(None),
+            stale_attrs: crossbeam::channel::unbounded(),
         };
         if !fs.opts.read_only {
             if !was_clean {
@@ -793,6 +797,7 @@ impl Fs {
         {
             perm = kill_privs(
                 perm,
+                i.gid,
                 Caller {
                     uid: u32::MAX,
                     ..caller
@@ -817,7 +822,7 @@ impl Fs {
             }
             mtime = now;
             if req.mode.is_none() {
-                perm = kill_privs(perm, caller);
+                perm = kill_privs(perm, i.gid, caller);
             }
         }
         match req.atime {
@@ -1418,7 +1423,7 @@ impl Fs {
             }
             if end <= i.size
                 && Self::fully_mapped(&i, first, count)
-                && kill_privs(i.perm, caller) == i.perm
+                && kill_privs(i.perm, i.gid, caller) == i.perm
             {
                 self.copy_in(&mut i, offset, data);
                 let now = Time::now();
@@ -1468,10 +1473,15 @@ impl Fs {
         let now = Time::now();
         i.mtime = now;
         i.ctime = now;
-        i.perm = kill_privs(i.perm, caller);
+        let perm = kill_privs(i.perm, i.gid, caller);
+        let privs_killed = perm != i.perm;
+        i.perm = perm;
         records.push(set_attr_record(i));
         self.commit_allocation(&mut held, &records)?;
         held.get(ino)?.rt.times_dirty = false;
+        if privs_killed {
+            let _ = self.stale_attrs.0.send(ino);
+        }
         Ok(written as u32)
     }
 
@@ -1622,7 +1632,7 @@ impl Fs {
                 i.ctime = now;
             }
         }
-        i.perm = kill_privs(i.perm, caller);
+        i.perm = kill_privs(i.perm, i.gid, caller);
         records.push(set_attr_record(i));
         self.commit_allocation(&mut held, &records)?;
         result
@@ -1803,6 +1813,13 @@ impl Fs {
     /// The mount's device number, once mounted.
     pub fn mount_dev(&self) -> Option<u64> {
         *lock(&self.mount_dev)
+    }
+
+    /// Inodes whose attributes changed behind the kernel's back (set-id bits cleared by a
+    /// write): the daemon tells the kernel to drop its cached attributes, from a thread of its
+    /// own.
+    pub fn stale_attributes(&self) -> Receiver<u64> {
+        self.stale_attrs.1.clone()
     }
 
     /// The lease manager (status, events).
