@@ -733,6 +733,10 @@ impl Fs {
 
     /// Frees `ino` if it has no links, no open handles and no kernel references.
     fn maybe_reclaim(&self, ino: u64) -> FsResult<()> {
+        match self.table.get(ino) {
+            Ok(cell) if Self::reclaimable(&cell) => {}
+            _ => return Ok(()),
+        }
         if self.leases.has_pins(ino) && !self.stopping.load(Ordering::SeqCst) {
             // Freeing the blocks breaks the leases on them, which may wait for holders: not
             // on this (FUSE request) thread but on the reclaimer's.
@@ -742,16 +746,20 @@ impl Fs {
         self.reclaim_now(ino)
     }
 
+    /// No names, no open handles, no kernel references: the inode's storage can go.
+    fn reclaimable(cell: &Cell) -> bool {
+        cell.read().nlink == 0
+            && cell.lookups.load(Ordering::SeqCst) == 0
+            && cell.opens.load(Ordering::SeqCst) == 0
+    }
+
     fn reclaim_now(&self, ino: u64) -> FsResult<()> {
         let _gate = self.gate();
         let _ns = lock(&self.namespace);
         let Ok(cell) = self.table.get(ino) else {
             return Ok(());
         };
-        if cell.read().nlink != 0
-            || cell.lookups.load(Ordering::SeqCst) != 0
-            || cell.opens.load(Ordering::SeqCst) != 0
-        {
+        if !Self::reclaimable(&cell) {
             return Ok(());
         }
         let cells = [cell];

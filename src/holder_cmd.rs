@@ -50,9 +50,14 @@ fn say(line: &str) {
 }
 
 fn refused(what: &str, e: ClientError) -> String {
-    match e.errno() {
-        Some(errno) => format!("{what}: {e} ({})", std::io::Error::from_raw_os_error(errno)),
-        None => format!("{what}: {e}"),
+    match e {
+        ClientError::Refused { errno, message } => {
+            format!(
+                "{what}: {message}: {}",
+                std::io::Error::from_raw_os_error(errno)
+            )
+        }
+        other => format!("{what}: {other}"),
     }
 }
 
@@ -81,6 +86,9 @@ pub fn pin(cmd: &PinCommand) -> Result<(), String> {
     let mut pin = conn
         .pin(&file, cmd.offset, len, opts)
         .map_err(|e| refused(&format!("pin {}", cmd.file.display()), e))?;
+    // The pin holds the blocks, not the file: like a memory registration, it outlives the
+    // descriptor (so an unlinked pinned file can be freed, which breaks the lease).
+    drop(file);
     let extents: Vec<String> = pin
         .extents
         .iter()

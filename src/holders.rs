@@ -286,7 +286,7 @@ fn handle(
         "fence" => match msg.num("holder") {
             Ok(h) => match fs.fence(h) {
                 Ok(n) => ok(id, format!("revoked={n}"), Vec::new()),
-                Err(e) => err(id, e.errno(), format!("holder {h}: {e}")),
+                Err(e) => err(id, e.errno(), e),
             },
             Err(e) => err(id, libc::EINVAL, e),
         },

@@ -258,9 +258,12 @@ pub enum LeaseError {
     /// A new pin on a range being broken (`EAGAIN`).
     #[error("the range is being broken; try again")]
     Again,
-    /// No such holder or pin, or not the caller's.
+    /// No such pin, or not the caller's.
     #[error("no such pin")]
     NoSuchPin,
+    /// No such holder (or a fenced one asking for a pin).
+    #[error("no such holder")]
+    NoSuchHolder,
 }
 
 impl LeaseError {
@@ -271,7 +274,7 @@ impl LeaseError {
             LeaseError::Deadlock => libc::EDEADLK,
             LeaseError::WouldBlock => libc::EWOULDBLOCK,
             LeaseError::Again => libc::EAGAIN,
-            LeaseError::NoSuchPin => libc::ENOENT,
+            LeaseError::NoSuchPin | LeaseError::NoSuchHolder => libc::ENOENT,
         }
     }
 }
@@ -493,7 +496,7 @@ impl Leases {
         let mut st = self.lock();
         match st.holders.get(&holder) {
             Some(h) if !h.fenced => {}
-            _ => return Err(LeaseError::NoSuchPin),
+            _ => return Err(LeaseError::NoSuchHolder),
         }
         let end = first_block + blocks;
         let breaking = st
@@ -611,7 +614,7 @@ impl Leases {
     pub fn fence(&self, holder: HolderId, unpinner: &dyn Unpinner) -> Result<usize, LeaseError> {
         let mut st = self.lock();
         if !st.holders.contains_key(&holder) {
-            return Err(LeaseError::NoSuchPin);
+            return Err(LeaseError::NoSuchHolder);
         }
         let ids: Vec<PinId> = st
             .pins

@@ -205,12 +205,7 @@ impl Packet {
             },
             "connect",
         )
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("{}: {e} (is a pinfs mount there?)", path.display()),
-            )
-        })?;
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
         Ok(Packet { fd })
     }
 
