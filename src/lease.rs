@@ -359,6 +359,22 @@ struct State {
     next_id: u64,
 }
 
+impl State {
+    /// Notes a layout change in progress on file blocks `first..end` of `ino` (new pins there
+    /// are refused until the returned marker is removed).
+    fn add_marker(&mut self, ino: u64, first: u64, end: u64) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.markers.push(Marker {
+            id,
+            ino,
+            first,
+            end,
+        });
+        id
+    }
+}
+
 const EVENT_RING: usize = 1024;
 
 /// What the allocator side of a lease transition needs: dropping the allocator references
@@ -700,14 +716,7 @@ impl Leases {
     ) -> Result<BreakGuard<'_>, LeaseError> {
         let mut st = self.lock();
         if first >= end || !st.pins.values().any(|p| p.overlaps(ino, first, end)) {
-            let id = st.next_id;
-            st.next_id += 1;
-            st.markers.push(Marker {
-                id,
-                ino,
-                first,
-                end,
-            });
+            let id = st.add_marker(ino, first, end);
             return Ok(BreakGuard {
                 leases: self,
                 marker: Some(id),
@@ -758,15 +767,7 @@ impl Leases {
         if breaker.nonblock {
             return Err(LeaseError::WouldBlock);
         }
-        let id = st.next_id;
-        st.next_id += 1;
-        st.markers.push(Marker {
-            id,
-            ino,
-            first,
-            end,
-        });
-        let guard_id = id;
+        let guard_id = st.add_marker(ino, first, end);
         loop {
             let next = self.expire(&mut st, Instant::now(), unpinner);
             let still: Vec<PinId> = overlapping(&st);
