@@ -440,10 +440,22 @@ pub struct Fs {
     notices: Mutex<Option<Receiver<Notice>>>,
     handles: Mutex<HashMap<u64, OpenHandle>>,
     next_fh: AtomicU64,
-    reclaims: (Sender<u64>, Receiver<u64>),
+    work: (Sender<Work>, Receiver<Work>),
     stopping: AtomicBool,
     mount_dev: Mutex<Option<u64>>,
     stale_attrs: (Sender<u64>, Receiver<u64>),
+}
+
+/// What the background worker does (operations that may wait for holders, off the FUSE
+/// threads).
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    /// Free a pinned unlinked inode, after breaking its leases.
+    Reclaim(u64),
+    /// Move the still-mapped blocks of revoked pins out of a file.
+    Relocate(u64),
+    /// End the worker.
+    Stop,
 }
 
 /// An open file handle: what breakers need to know about the descriptor they came through.
@@ -527,7 +539,7 @@ impl Fs {
             notices: Mutex::new(Some(notice_rx)),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            reclaims: crossbeam::channel::unbounded(),
+            work: crossbeam::channel::unbounded(),
             stopping: AtomicBool::new(false),
             mount_dev: Mutex::new(None),
             stale_attrs: crossbeam::channel::unbounded(),
@@ -740,7 +752,7 @@ impl Fs {
         if self.leases.has_pins(ino) && !self.stopping.load(Ordering::SeqCst) {
             // Freeing the blocks breaks the leases on them, which may wait for holders: not
             // on this (FUSE request) thread but on the reclaimer's.
-            let _ = self.reclaims.0.send(ino);
+            let _ = self.work.0.send(Work::Reclaim(ino));
             return Ok(());
         }
         self.reclaim_now(ino)
@@ -784,6 +796,9 @@ impl Fs {
             )?),
             _ => None,
         };
+        if _break.is_some() {
+            self.relocate_revoked(ino)?;
+        }
         let _gate = self.gate();
         let cells = [self.table.get(ino)?];
         let mut held = Held::lock(&cells);
@@ -822,9 +837,11 @@ impl Fs {
             if size > MAX_FILE_SIZE {
                 return Err(FsError::FileTooBig);
             }
-            // Bytes past the new end in its last block must read as zeros if the file grows
-            // again.
+            // Bytes past the end of file in its last block must read as zeros once the file
+            // reaches them: when shrinking, past the new end; when growing, past the old one
+            // (a holder or a mapping may have stored there).
             self.zero_bytes(i, size, i.size.min(size.next_multiple_of(BLOCK_SIZE)));
+            self.zero_past_eof(i, size);
             if size != i.size {
                 records.push(Record::SetSize { ino, size });
             }
@@ -1138,6 +1155,16 @@ impl Fs {
         None
     }
 
+    /// The image block behind `file_block` of `ino`, if mapped (for the fuzzer's oracles
+    /// and tools; not a data path).
+    pub fn image_block_of(&self, ino: u64, file_block: u64) -> Option<u64> {
+        let c = self.table.get(ino).ok()?;
+        let i = c.read();
+        i.extents
+            .lookup(file_block)
+            .map(|m| m.image_block + (file_block - m.file_block))
+    }
+
     /// The target of a symlink.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let c = self.table.get(ino)?;
@@ -1313,6 +1340,16 @@ impl Fs {
         self.store(&maps, offset, data, &mut i.rt.dirty);
     }
 
+    /// Before the file grows to `new_size`: zeros the bytes between the current end of file
+    /// and the end of its last block (up to `new_size`), which a holder or a mapping may have
+    /// stored into.
+    fn zero_past_eof(&self, i: &mut Inode, new_size: u64) {
+        if new_size > i.size {
+            let old = i.size;
+            self.zero_bytes(i, old, new_size.min(old.next_multiple_of(BLOCK_SIZE)));
+        }
+    }
+
     /// Stores zeros over the mapped bytes of `from..to` (at most a block or two: the partial
     /// blocks at the edges of a truncation, an extension or a punched range).
     fn zero_bytes(&self, i: &mut Inode, from: u64, to: u64) {
@@ -1470,10 +1507,7 @@ impl Fs {
         let end = offset + written;
         // Bytes between the old end of file and this write, in the old last block, must read
         // as zeros (a holder or mmap may have left bytes past EOF there).
-        if offset > i.size {
-            let old = i.size;
-            self.zero_bytes(i, old, offset.min(old.next_multiple_of(BLOCK_SIZE)));
-        }
+        self.zero_past_eof(i, offset);
         self.store(&maps, offset, data, &mut i.rt.dirty);
         if end > i.size {
             records.push(Record::SetSize { ino, size: end });
@@ -1562,6 +1596,9 @@ impl Fs {
         } else {
             None
         };
+        if _break.is_some() {
+            self.relocate_revoked(ino)?;
+        }
         let _gate = self.gate();
         let cells = [self.table.get(ino)?];
         let mut held = Held::lock(&cells);
@@ -1635,6 +1672,7 @@ impl Fs {
                 records.extend(maps);
             }
             if result.is_ok() && mode & KEEP_SIZE == 0 && end > i.size {
+                self.zero_past_eof(i, end);
                 records.push(Record::SetSize { ino, size: end });
                 i.mtime = now;
                 i.ctime = now;
@@ -1847,12 +1885,130 @@ impl Fs {
 
     /// The holder has gone: all its pins are released; busy blocks it kept become free.
     pub fn holder_gone(&self, holder: HolderId) {
+        let files = self.leases.files_of(holder);
         self.leases.holder_gone(holder, self);
+        self.after_release(&files);
     }
 
-    /// An administrator revokes every lease of `holder` now.
+    /// Blocks that a released live pin shared with revoked ones no longer need to stay in
+    /// their files: move them out now.
+    fn after_release(&self, files: &[u64]) {
+        for &ino in files {
+            if let Err(e) = self.relocate_revoked(ino) {
+                tracing::warn!(ino, "moving revoked pinned blocks out of the file: {e}");
+            }
+        }
+    }
+
+    /// An administrator revokes every lease of `holder` now; its blocks leave their files.
     pub fn fence(&self, holder: HolderId) -> FsResult<usize> {
-        Ok(self.leases.fence(holder, self)?)
+        let files = self.leases.files_of(holder);
+        let n = self.leases.fence(holder, self)?;
+        for ino in files {
+            self.relocate_revoked(ino)?;
+        }
+        Ok(n)
+    }
+
+    /// Moves the blocks of revoked pins that `ino` still maps to new blocks (with their
+    /// data), so that a fenced holder that goes on storing reaches only blocks no file owns:
+    /// busy ones, or with `busy_blocks=off`, free ones (the demonstrated danger). Idempotent.
+    fn relocate_revoked(&self, ino: u64) -> FsResult<()> {
+        let revoked = self.leases.revoked_extents(ino);
+        if revoked.is_empty() || self.opts.read_only {
+            return Ok(());
+        }
+        self.maybe_checkpoint()?;
+        let _gate = self.gate();
+        let Ok(cell) = self.table.get(ino) else {
+            return Ok(());
+        };
+        let cells = [cell];
+        let mut held = Held::lock(&cells);
+        let i = held.get(ino)?;
+        // File blocks that still map the image blocks a revoked pin pinned. Pins may overlap:
+        // merge the file ranges first, so that each block moves once.
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        for (first, ext) in revoked {
+            for m in i.extents.mappings_in(first, ext.len) {
+                if m.image_block == ext.start + (m.file_block - first) {
+                    ranges.push((m.file_block, m.file_block + m.len));
+                }
+            }
+        }
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (a, b) in ranges {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        // Blocks that a live lease also pins stay: moving them would cut that holder off
+        // without telling it. (The revoked holder, fenced and told, can still reach them.)
+        let live = self.leases.live_extents(ino);
+        let shared = |img: u64| live.iter().any(|e| e.start <= img && img < e.end());
+        let mut moves: Vec<Mapping> = Vec::new();
+        for m in merged
+            .iter()
+            .flat_map(|&(a, b)| i.extents.mappings_in(a, b - a))
+        {
+            for k in 0..m.len {
+                let (f, img) = (m.file_block + k, m.image_block + k);
+                if shared(img) {
+                    continue;
+                }
+                match moves.last_mut() {
+                    Some(l) if l.file_block + l.len == f && l.image_block + l.len == img => {
+                        l.len += 1
+                    }
+                    _ => moves.push(Mapping {
+                        file_block: f,
+                        image_block: img,
+                        len: 1,
+                    }),
+                }
+            }
+        }
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let mut probe = i.extents.clone();
+        let mut records = Vec::new();
+        for m in &moves {
+            probe.remove(m.file_block, m.len);
+            records.push(Record::Unmap {
+                ino,
+                file_block: m.file_block,
+                len: m.len,
+            });
+        }
+        let mut maps = Vec::new();
+        for m in &moves {
+            maps.extend(self.allocate_range(ino, &probe, m.file_block, m.len));
+        }
+        let got: u64 = maps
+            .iter()
+            .filter_map(Record::as_mapping)
+            .map(|m| m.len)
+            .sum();
+        if got < moves.iter().map(|m| m.len).sum::<u64>() {
+            self.unallocate(&maps);
+            tracing::error!(
+                ino,
+                "no space to move revoked pinned blocks out of the file"
+            );
+            return Err(FsError::NoSpace);
+        }
+        // Copy the data over before the new blocks become the file's.
+        let new: Vec<Mapping> = maps.iter().filter_map(Record::as_mapping).collect();
+        for m in &moves {
+            let mut data = vec![0u8; (m.len * BLOCK_SIZE) as usize];
+            self.image.read(m.image_block * BLOCK_SIZE, &mut data);
+            self.store(&new, m.file_block * BLOCK_SIZE, &data, &mut i.rt.dirty);
+        }
+        records.extend(maps);
+        self.commit_allocation(&mut held, &records)
     }
 
     /// Pins bytes `offset..offset+len` of `ino` for `holder`, allocating what is not yet
@@ -1988,7 +2144,10 @@ impl Fs {
 
     /// The holder gives pin `pin` back.
     pub fn unpin(&self, holder: HolderId, pin: PinId) -> FsResult<()> {
-        Ok(self.leases.release(holder, pin, self)?)
+        let files = self.leases.files_of(holder);
+        self.leases.release(holder, pin, self)?;
+        self.after_release(&files);
+        Ok(())
     }
 
     /// Starts the mount's background work: lease deadlines (so leases expire on time with no
@@ -2004,39 +2163,40 @@ impl Fs {
             })
             .expect("spawn the deadline thread");
         let fs = self.clone();
-        let rx = self.reclaims.1.clone();
+        let rx = self.work.1.clone();
         std::thread::Builder::new()
-            .name("pinfs-reclaimer".into())
+            .name("pinfs-worker".into())
             .spawn(move || {
-                for ino in rx {
-                    if fs.stopping.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let r = fs
-                        .leases
-                        .break_layout(
-                            ino,
-                            0,
-                            u64::MAX,
-                            Breaker {
-                                pid: 0,
-                                nonblock: false,
-                            },
-                            &*fs,
-                        )
-                        .map_err(FsError::from)
-                        .and_then(|_guard| fs.reclaim_now(ino));
+                for work in rx {
+                    let r = match work {
+                        Work::Stop => break,
+                        Work::Relocate(ino) => fs.relocate_revoked(ino),
+                        Work::Reclaim(ino) => fs
+                            .leases
+                            .break_layout(
+                                ino,
+                                0,
+                                u64::MAX,
+                                Breaker {
+                                    pid: 0,
+                                    nonblock: false,
+                                },
+                                &*fs,
+                            )
+                            .map_err(FsError::from)
+                            .and_then(|_guard| fs.reclaim_now(ino)),
+                    };
                     if let Err(e) = r {
-                        tracing::warn!(ino, "unlinked inode kept: {e}");
+                        tracing::warn!(?work, "background work failed: {e}");
                     }
                 }
             })
-            .expect("spawn the reclaimer");
+            .expect("spawn the worker");
     }
 
     fn stop_background(&self) {
         self.stopping.store(true, Ordering::SeqCst);
-        let _ = self.reclaims.0.send(0);
+        let _ = self.work.0.send(Work::Stop);
     }
 
     // ----- filesystem-wide -----
@@ -2068,6 +2228,10 @@ impl Fs {
 }
 
 impl Unpinner for Fs {
+    fn revoked(&self, ino: u64) {
+        let _ = self.work.0.send(Work::Relocate(ino));
+    }
+
     fn unpin(&self, extents: &[(u64, Extent)]) {
         let mut alloc = lock(&self.alloc);
         for (_, e) in extents {

@@ -382,6 +382,10 @@ const EVENT_RING: usize = 1024;
 pub trait Unpinner: Sync {
     /// Drops one allocator reference from each extent.
     fn unpin(&self, extents: &[(u64, Extent)]);
+    /// A lease on `ino` was revoked: its blocks that are still in the file must leave it
+    /// (the fenced holder may go on storing into them). Called under the lease lock: only
+    /// queue the work.
+    fn revoked(&self, _ino: u64) {}
 }
 
 /// The lease manager of one mount.
@@ -623,6 +627,7 @@ impl Leases {
             }
         }
         self.emit(st, p.holder, Some(&p), p.ino, EventKind::Revoked);
+        unpinner.revoked(p.ino);
     }
 
     /// An administrator fences a holder: every live lease of it is revoked now, whatever the
@@ -798,6 +803,40 @@ impl Leases {
             leases: self,
             marker: Some(guard_id),
         })
+    }
+
+    /// The extents of revoked pins on `ino`: (file block, image extent) as pinned.
+    pub fn revoked_extents(&self, ino: u64) -> Vec<(u64, Extent)> {
+        let st = self.lock();
+        st.pins
+            .values()
+            .filter(|p| p.ino == ino && p.state == LeaseState::Revoked)
+            .flat_map(|p| p.extents.iter().copied())
+            .collect()
+    }
+
+    /// The image blocks live leases pin in `ino`, as extents.
+    pub fn live_extents(&self, ino: u64) -> Vec<Extent> {
+        let st = self.lock();
+        st.pins
+            .values()
+            .filter(|p| p.ino == ino && p.live())
+            .flat_map(|p| p.extents.iter().map(|(_, e)| *e))
+            .collect()
+    }
+
+    /// The files a holder has pins on.
+    pub fn files_of(&self, holder: HolderId) -> Vec<u64> {
+        let st = self.lock();
+        let mut v: Vec<u64> = st
+            .pins
+            .values()
+            .filter(|p| p.holder == holder)
+            .map(|p| p.ino)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// Does any live lease cover blocks of `ino`? (Reclaiming an unlinked inode then needs a

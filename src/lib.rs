@@ -18,6 +18,7 @@ pub mod extent_map;
 pub mod fs;
 pub mod fsck;
 pub mod fuse;
+pub mod fuzz;
 pub mod holder_cmd;
 pub mod holders;
 pub mod image;

@@ -24,6 +24,10 @@ usage:
                                               --ignore-breaks
   pinfs status MOUNTPOINT [--json] [--events] holders, leases, busy blocks, counters
   pinfs fence MOUNTPOINT HOLDER               revoke every lease of a holder now (root)
+  pinfs fuzz --serial [--seed S] [--ops N] [--runs R] [-o break_policy=...,busy_blocks=...]
+                                              random truncate-versus-pin programs against the
+                                              core, checked against a model; a failure is
+                                              shrunk and printed with a replay command
   pinfs demo                                  every break policy at work, with and without
                                               busy blocks (root, /dev/fuse); exit 1 if any
                                               outcome is not the expected one
@@ -82,6 +86,7 @@ fn run(args: &[String]) -> CmdResult {
         "mount" => cmd_mount(&args[1..]),
         "fsck" => cmd_fsck(&args[1..]),
         "pin" => cmd_pin(&args[1..]),
+        "fuzz" => cmd_fuzz(&args[1..]),
         "demo" => {
             init_logging("warn");
             match pinfs::demo::run_demo() {
@@ -309,4 +314,53 @@ fn cmd_fence(args: &[String]) -> CmdResult {
     })?;
     pinfs::holder_cmd::fence(std::path::Path::new(mount), holder).map_err(Err)?;
     Ok(0)
+}
+
+fn cmd_fuzz(args: &[String]) -> CmdResult {
+    use pinfs::fuzz::{serial_command, SerialConfig};
+    use pinfs::lease::Policy;
+    let (mut seed, mut ops, mut runs, mut serial, mut opts) =
+        (None, 60usize, 100u64, false, String::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--serial" => serial = true,
+            "--seed" => seed = Some(number("--seed", it.next())?),
+            "--ops" => ops = number("--ops", it.next())? as usize,
+            "--runs" => runs = number("--runs", it.next())?,
+            "-o" => {
+                opts = it
+                    .next()
+                    .ok_or_else(|| Ok(usage("-o needs an option list")))?
+                    .clone()
+            }
+            s => return Err(Ok(usage(format!("fuzz: unexpected argument '{s}'")))),
+        }
+    }
+    if !serial {
+        return Err(Ok(usage(
+            "fuzz: only --serial (one thread, the core, exactly reproducible) exists so far",
+        )));
+    }
+    let parsed =
+        pinfs::options::MountOptions::parse(&opts).map_err(|e| Err(format!("fuzz: {e}")))?;
+    if parsed.leases.policy == Policy::Wait {
+        return Err(Ok(usage("fuzz --serial: break_policy=wait would wait forever in one thread; use revoke or refuse")));
+    }
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    init_logging("error");
+    let cfg = SerialConfig {
+        policy: parsed.leases.policy,
+        busy_blocks: parsed.leases.busy_blocks,
+    };
+    match serial_command(seed, ops, runs, cfg) {
+        Ok(true) => Ok(0),
+        Ok(false) => Ok(1),
+        Err(e) => Err(Err(format!("fuzz: {e}"))),
+    }
 }
