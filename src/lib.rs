@@ -19,6 +19,7 @@ pub mod fs;
 pub mod fsck;
 pub mod fuse;
 pub mod fuzz;
+pub mod fuzz_mount;
 pub mod holder_cmd;
 pub mod holders;
 pub mod image;
