@@ -26,8 +26,8 @@
 //! held across a wait for a holder or any I/O. Callers may hold an inode lock when they take
 //! it (pinning does), never the other way round. The allocator lock is taken inside it.
 
+use crate::sync::{Condvar, Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam::channel::Sender;

@@ -30,3 +30,4 @@ pub mod options;
 pub mod protocol;
 pub mod record;
 pub mod status;
+pub mod sync;

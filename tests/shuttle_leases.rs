@@ -1,0 +1,327 @@
+//! Model checking of the lease manager and the allocator's busy blocks with shuttle: holders
+//! that pin, release and go away, breakers that detach blocks, fences, in every interleaving
+//! the checker explores, with the invariants checked at the end of each.
+//!
+//! Built only with the shuttle cfg, which the test command sets:
+//! `RUSTFLAGS="--cfg shuttle" CARGO_TARGET_DIR=target/shuttle cargo test --test shuttle_leases`
+#![cfg(shuttle)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pinfs::lease::{
+    Breaker, HolderInfo, LeaseConfig, LeaseError, Leases, PinRequest, Policy, Unpinner,
+};
+use pinfs_allocator::{Allocator, Extent};
+use shuttle::sync::Mutex;
+use shuttle::thread;
+
+const INO: u64 = 7;
+const FILE_BLOCKS: u64 = 8;
+
+/// The allocator side: a file of 8 blocks at image blocks 100..108 of a 1024-block space.
+struct Space {
+    alloc: Mutex<Allocator>,
+    /// File blocks still mapped (a breaker frees what it detaches).
+    mapped: Mutex<Vec<bool>>,
+}
+
+impl Space {
+    fn new() -> Arc<Space> {
+        let mut a = Allocator::new(1024);
+        a.claim(Extent {
+            start: 100,
+            len: FILE_BLOCKS,
+        })
+        .unwrap();
+        Arc::new(Space {
+            alloc: Mutex::new(a),
+            mapped: Mutex::new(vec![true; FILE_BLOCKS as usize]),
+        })
+    }
+
+    /// A breaker's layout change: the file lets go of blocks first..end.
+    fn detach(&self, first: u64, end: u64) {
+        let mut mapped = self.mapped.lock().unwrap();
+        let mut a = self.alloc.lock().unwrap();
+        for b in first..end.min(FILE_BLOCKS) {
+            if mapped[b as usize] {
+                mapped[b as usize] = false;
+                a.free(Extent {
+                    start: 100 + b,
+                    len: 1,
+                })
+                .unwrap();
+            }
+        }
+    }
+
+    fn check(&self) {
+        let a = self.alloc.lock().unwrap();
+        a.check().unwrap();
+        assert_eq!(
+            a.free_blocks() + a.used_blocks() + a.busy_blocks(),
+            a.total_blocks()
+        );
+    }
+
+    fn busy(&self) -> u64 {
+        self.alloc.lock().unwrap().busy_blocks()
+    }
+}
+
+impl Unpinner for Space {
+    fn unpin(&self, extents: &[(u64, Extent)]) {
+        let mut a = self.alloc.lock().unwrap();
+        for (_, e) in extents {
+            a.unpin(*e).unwrap();
+        }
+    }
+}
+
+fn pin(
+    leases: &Leases,
+    space: &Space,
+    holder: u64,
+    first: u64,
+    len: u64,
+) -> Result<u64, LeaseError> {
+    let req = PinRequest {
+        holder,
+        ino: INO,
+        offset: first * 4096,
+        len: len * 4096,
+        writable: true,
+        unbreakable: false,
+    };
+    let r = leases.grant(&req, || {
+        let mapped = space.mapped.lock().unwrap();
+        if (first..first + len).any(|b| !mapped[b as usize]) {
+            return Err(()); // the range left the file before the pin: nothing to pin
+        }
+        let mut a = space.alloc.lock().unwrap();
+        let e = Extent {
+            start: 100 + first,
+            len,
+        };
+        a.pin(e).unwrap();
+        Ok(vec![(first, e)])
+    })?;
+    r.map_err(|()| LeaseError::Again)
+}
+
+fn holder(leases: &Leases, pid: u32) -> u64 {
+    leases.add_holder(HolderInfo {
+        pid,
+        comm: format!("h{pid}"),
+        uid: 0,
+        gid: 0,
+    })
+}
+
+/// Revoke with an expired deadline: holders pin, store nothing, release or go away; a breaker
+/// detaches blocks; a fence comes in. Whatever the order: accounting holds, busy blocks only
+/// while pinned, none once every holder has gone.
+#[test]
+fn revoke_detach_fence_and_holder_death() {
+    shuttle::check_random(
+        || {
+            let leases = Arc::new(Leases::new(
+                LeaseConfig {
+                    break_time: Some(Duration::ZERO),
+                    policy: Policy::Revoke,
+                    busy_blocks: true,
+                },
+                None,
+            ));
+            let space = Space::new();
+            let h1 = holder(&leases, 11);
+            let h2 = holder(&leases, 12);
+            let t1 = {
+                let (l, s) = (leases.clone(), space.clone());
+                thread::spawn(move || {
+                    if let Ok(p) = pin(&l, &s, h1, 0, 4) {
+                        let _ = l.release(h1, p, &*s);
+                    }
+                    let _ = pin(&l, &s, h1, 2, 2);
+                })
+            };
+            let t2 = {
+                let (l, s) = (leases.clone(), space.clone());
+                thread::spawn(move || {
+                    let _ = pin(&l, &s, h2, 3, 4);
+                    l.fence(h2, &*s).unwrap();
+                })
+            };
+            let t3 = {
+                let (l, s) = (leases.clone(), space.clone());
+                thread::spawn(move || {
+                    let guard = l.break_layout(
+                        INO,
+                        2,
+                        6,
+                        Breaker {
+                            pid: 99,
+                            nonblock: false,
+                        },
+                        &*s,
+                    );
+                    assert!(
+                        guard.is_ok(),
+                        "revoke with an expired deadline never refuses: {:?}",
+                        guard.err()
+                    );
+                    s.detach(2, 6);
+                    s.check();
+                })
+            };
+            for t in [t1, t2, t3] {
+                t.join().unwrap();
+            }
+            space.check();
+            leases.holder_gone(h1, &*space);
+            leases.holder_gone(h2, &*space);
+            space.check();
+            assert_eq!(
+                space.busy(),
+                0,
+                "busy blocks are freed once every holder has gone"
+            );
+        },
+        3000,
+    );
+}
+
+/// Wait: the breaker waits until the holder releases; it never proceeds while the lease is
+/// live, and no interleaving deadlocks (shuttle reports a deadlock as a failure).
+#[test]
+fn wait_never_detaches_under_a_live_lease() {
+    shuttle::check_random(
+        || {
+            let leases = Arc::new(Leases::new(
+                LeaseConfig {
+                    break_time: None,
+                    policy: Policy::Wait,
+                    busy_blocks: true,
+                },
+                None,
+            ));
+            let space = Space::new();
+            let h = holder(&leases, 21);
+            let pinned = pin(&leases, &space, h, 1, 3).unwrap();
+            let released = Arc::new(Mutex::new(false));
+            let t1 = {
+                let (l, s, r) = (leases.clone(), space.clone(), released.clone());
+                thread::spawn(move || {
+                    thread::yield_now();
+                    *r.lock().unwrap() = true;
+                    l.release(h, pinned, &*s).unwrap();
+                })
+            };
+            let t2 = {
+                let (l, s, r) = (leases.clone(), space.clone(), released.clone());
+                thread::spawn(move || {
+                    let _g = l
+                        .break_layout(
+                            INO,
+                            0,
+                            FILE_BLOCKS,
+                            Breaker {
+                                pid: 99,
+                                nonblock: false,
+                            },
+                            &*s,
+                        )
+                        .unwrap();
+                    assert!(*r.lock().unwrap(), "the breaker went on before the release");
+                    s.detach(0, FILE_BLOCKS);
+                })
+            };
+            t1.join().unwrap();
+            t2.join().unwrap();
+            space.check();
+            assert_eq!(space.busy(), 0, "released before the detach: nothing busy");
+        },
+        2000,
+    );
+}
+
+/// Refuse with an expired deadline, a non-blocking breaker, and a new pin racing them: the
+/// refused breaker changes nothing; new pins on a breaking range are refused with EAGAIN.
+#[test]
+fn refuse_nonblock_and_new_pins() {
+    shuttle::check_random(
+        || {
+            let leases = Arc::new(Leases::new(
+                LeaseConfig {
+                    break_time: Some(Duration::ZERO),
+                    policy: Policy::Refuse,
+                    busy_blocks: true,
+                },
+                None,
+            ));
+            let space = Space::new();
+            let h = holder(&leases, 31);
+            let other = holder(&leases, 32);
+            pin(&leases, &space, h, 0, 8).unwrap();
+            let t1 = {
+                let (l, s) = (leases.clone(), space.clone());
+                thread::spawn(move || {
+                    match l.break_layout(
+                        INO,
+                        4,
+                        8,
+                        Breaker {
+                            pid: 99,
+                            nonblock: false,
+                        },
+                        &*s,
+                    ) {
+                        Err(LeaseError::Busy) => {}
+                        Ok(_) => panic!("refuse let a breaker through a live lease"),
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                })
+            };
+            let t2 = {
+                let (l, s) = (leases.clone(), space.clone());
+                thread::spawn(move || {
+                    let r = l.break_layout(
+                        INO,
+                        0,
+                        2,
+                        Breaker {
+                            pid: 98,
+                            nonblock: true,
+                        },
+                        &*s,
+                    );
+                    assert!(
+                        matches!(r, Err(LeaseError::WouldBlock) | Err(LeaseError::Busy)),
+                        "{:?}",
+                        r.err()
+                    );
+                })
+            };
+            let t3 = {
+                let (l, s) = (leases.clone(), space.clone());
+                thread::spawn(move || match pin(&l, &s, other, 5, 2) {
+                    Ok(_) | Err(LeaseError::Again) => {}
+                    Err(e) => panic!("unexpected {e:?}"),
+                })
+            };
+            for t in [t1, t2, t3] {
+                t.join().unwrap();
+            }
+            space.check();
+            assert!(
+                space.mapped.lock().unwrap().iter().all(|&m| m),
+                "a refused break changed nothing"
+            );
+            leases.holder_gone(h, &*space);
+            leases.holder_gone(other, &*space);
+            assert_eq!(space.alloc.lock().unwrap().used_blocks(), FILE_BLOCKS);
+        },
+        3000,
+    );
+}
