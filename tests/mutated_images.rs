@@ -66,26 +66,14 @@ fn run(crashed: bool, seed: u64, rounds: u64) {
     let dir = tempfile::tempdir().unwrap();
     let base = base_image(dir.path(), crashed);
     let ranges = metadata_ranges(&dir.path().join("base.img"));
-    let total: u64 = ranges.iter().map(|r| r.1).sum();
     let path = dir.path().join("mutant.img");
     let mut rng = Rng::new(seed);
     let (mut refused, mut mounted) = (0, 0);
     for round in 0..rounds {
         let mut img = base.clone();
         for _ in 0..1 + rng.below(8) {
-            let mut at = rng.below(total);
-            let (start, _) = *ranges
-                .iter()
-                .find(|&&(_, len)| {
-                    if at < len {
-                        true
-                    } else {
-                        at -= len;
-                        false
-                    }
-                })
-                .unwrap();
-            let pos = (start + at) as usize;
+            let (start, len) = ranges[rng.below(ranges.len() as u64) as usize];
+            let pos = (start + rng.below(len)) as usize;
             img[pos] = match rng.below(3) {
                 0 => img[pos] ^ (1 << rng.below(8)),
                 1 => 0,
