@@ -190,6 +190,12 @@ fn serve(fs: Arc<Fs>, conn: Packet, queues: Queues) {
     }
 }
 
+/// Handles one message from a holder connection without descriptors and returns the reply's
+/// text: the daemon's request path, for the protocol fuzz target and its regression tests.
+pub fn reply_to(fs: &Fs, holder: Option<HolderId>, peer: PeerCred, bytes: &[u8]) -> String {
+    handle(fs, holder, peer, bytes, Vec::new()).text
+}
+
 fn err(id: &str, errno: i32, msg: impl std::fmt::Display) -> Outgoing {
     Outgoing {
         text: format!("{id} err errno={errno} {msg}"),

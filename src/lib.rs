@@ -20,6 +20,7 @@ pub mod fsck;
 pub mod fuse;
 pub mod fuzz;
 pub mod fuzz_mount;
+pub mod fuzz_targets;
 pub mod holder_cmd;
 pub mod holders;
 pub mod image;
