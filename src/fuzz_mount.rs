@@ -4,8 +4,9 @@
 //!   storing their own byte (`0xe0 + n`) into them, some ignoring breaks, some releasing,
 //!   killed at random;
 //! - breakers on the pinned files: truncate, punch, zero, and writers that grow them again;
-//! - writers and readers on *plain* files (no holder ever pins them), each file's operations
-//!   serialised by the fuzzer so that its contents can be checked exactly against a model;
+//! - writers, mmap users and readers on *plain* files (no holder ever pins them), each file's
+//!   operations serialised by the fuzzer so that its contents can be checked exactly against
+//!   a model;
 //! - allocators: new files that take freed space, read back at once.
 //!
 //! Oracles, checked continuously and at the end: a plain file always matches its model (so
@@ -42,6 +43,8 @@ pub struct MountFuzz {
     pub threads: usize,
     /// Mount options (policy, break time, busy blocks).
     pub options: String,
+    /// Stop after this many worker operations.
+    pub max_ops: Option<u64>,
 }
 
 /// What a run saw.
@@ -53,6 +56,8 @@ pub struct Report {
     pub breaks: u64,
     /// Oracle violations.
     pub violations: Vec<String>,
+    /// The last operations before the end (or the first violation).
+    pub recent: Vec<String>,
 }
 
 /// A range a holder pinned: (its byte, first byte, end byte).
@@ -63,12 +68,22 @@ struct Shared {
     stop: AtomicBool,
     ops: AtomicU64,
     violations: Mutex<Vec<String>>,
+    /// The most recent operations, for the report of a failure.
+    log: Mutex<std::collections::VecDeque<String>>,
     plain: Vec<Mutex<Vec<u8>>>,
     /// Per pinned file: every range ever pinned there.
     pinned_ranges: Mutex<HashMap<usize, Vec<PinnedRange>>>,
 }
 
 impl Shared {
+    fn note(&self, what: String) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() == 40 {
+            log.pop_front();
+        }
+        log.push_back(what);
+    }
+
     fn violation(&self, what: String) {
         let mut v = self.violations.lock().unwrap_or_else(|e| e.into_inner());
         if v.len() < 20 {
@@ -94,9 +109,10 @@ fn plain_worker(sh: &Shared, r: &mut Rng) {
     };
     let off = r.below(MAX);
     let len = 1 + r.below(32768);
-    match r.below(4) {
+    let byte = 1 + r.below(0xd0) as u8;
+    match r.below(5) {
         0 | 1 => {
-            let byte = 1 + r.below(0xd0) as u8;
+            sh.note(format!("plain{i}: write {len} bytes of {byte:#x} at {off}"));
             if f.write_all_at(&vec![byte; len as usize], off).is_ok() {
                 if model.len() < (off + len) as usize {
                     model.resize((off + len) as usize, 0);
@@ -104,7 +120,40 @@ fn plain_worker(sh: &Shared, r: &mut Rng) {
                 model[off as usize..(off + len) as usize].fill(byte);
             }
         }
-        2 if f.set_len(off).is_ok() => model.resize(off as usize, 0),
+        2 => {
+            sh.note(format!("plain{i}: truncate to {off}"));
+            if f.set_len(off).is_ok() {
+                model.resize(off as usize, 0);
+            }
+        }
+        3 if model.len() >= 4096 => {
+            // An mmap user: stores through a shared mapping, then msync.
+            let size = model.len() as u64;
+            let moff = r.below(size) & !4095;
+            let mlen = (size - moff).min(1 + r.below(16384));
+            sh.note(format!(
+                "plain{i}: mmap store {mlen} bytes of {byte:#x} at {moff}"
+            ));
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+            // SAFETY: a shared mapping of `mlen` bytes at a page-aligned offset inside the file,
+            // written within its bounds, synced and unmapped here; no reference outlives it.
+            unsafe {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    mlen as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd,
+                    moff as i64,
+                );
+                if p != libc::MAP_FAILED {
+                    std::ptr::write_bytes(p as *mut u8, byte, mlen as usize);
+                    libc::msync(p, mlen as usize, libc::MS_SYNC);
+                    libc::munmap(p, mlen as usize);
+                    model[moff as usize..(moff + mlen) as usize].fill(byte);
+                }
+            }
+        }
         _ => {}
     }
     let mut got = vec![0u8; model.len() + 1];
@@ -138,7 +187,14 @@ fn breaker_worker(sh: &Shared, r: &mut Rng) {
     let off = r.below(MAX);
     let len = 1 + r.below(65536);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-    match r.below(5) {
+    let what = r.below(5);
+    sh.note(match what {
+        0 => format!("pinned{i}: truncate to {off}"),
+        1 => format!("pinned{i}: punch {off}+{len}"),
+        2 => format!("pinned{i}: zero {off}+{len}"),
+        _ => format!("pinned{i}: write {len} bytes at {off}"),
+    });
+    match what {
         0 => drop(f.set_len(off)),
         // SAFETY: fallocate on an open descriptor; the result is ignored (breakers may be
         // refused, which is what the policy says).
@@ -268,10 +324,12 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         stop: AtomicBool::new(false),
         ops: AtomicU64::new(0),
         violations: Mutex::new(Vec::new()),
+        log: Mutex::new(std::collections::VecDeque::new()),
         plain: (0..PLAIN).map(|_| Mutex::new(Vec::new())).collect(),
         pinned_ranges: Mutex::new(HashMap::new()),
     });
     let end = Instant::now() + cfg.duration;
+    let max_ops = cfg.max_ops;
     let workers: Vec<_> = (0..cfg.threads.max(1))
         .map(|t| {
             let sh = sh.clone();
@@ -279,7 +337,10 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
             std::thread::spawn(move || {
                 let mut r = Rng::new(seed);
                 let mut n = 0u64;
-                while !sh.stop.load(Ordering::SeqCst) && Instant::now() < end {
+                while !sh.stop.load(Ordering::SeqCst)
+                    && Instant::now() < end
+                    && max_ops.is_none_or(|m| sh.ops.load(Ordering::Relaxed) < m)
+                {
                     n += 1;
                     match r.below(10) {
                         0..=4 => plain_worker(&sh, &mut r),
@@ -293,7 +354,10 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         .collect();
     let mut r = Rng::new(cfg.seed ^ 0x5eed);
     let mut holders: Vec<Option<Child>> = (0..cfg.holders).map(|_| None).collect();
-    while !sh.stop.load(Ordering::SeqCst) && Instant::now() < end {
+    while !sh.stop.load(Ordering::SeqCst)
+        && Instant::now() < end
+        && max_ops.is_none_or(|m| sh.ops.load(Ordering::Relaxed) < m)
+    {
         let slot = r.below(cfg.holders.max(1) as u64) as usize;
         if let Some(h) = holders.get_mut(slot) {
             if let Some(mut c) = h.take() {
@@ -354,9 +418,29 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    let recent = sh
+        .log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
     Ok(Report {
         ops: sh.ops.load(Ordering::SeqCst),
         breaks,
         violations,
+        recent,
     })
+}
+
+/// Mount options drawn from the seed when none are given: the policy (`revoke` or
+/// `refuse`), the break time (50 to 500 ms), busy blocks on.
+pub fn options_from_seed(seed: u64) -> String {
+    let mut r = Rng::new(seed ^ 0x0b7e);
+    let policy = ["revoke", "refuse"][r.below(2) as usize];
+    let ms = 50 + r.below(451);
+    format!(
+        "break_policy={policy},lease_break_time={:.3}",
+        ms as f64 / 1000.0
+    )
 }

@@ -24,7 +24,7 @@ usage:
                                               --ignore-breaks
   pinfs status MOUNTPOINT [--json] [--events] holders, leases, busy blocks, counters
   pinfs fence MOUNTPOINT HOLDER               revoke every lease of a holder now (root)
-  pinfs fuzz [--seed S] [--duration SECONDS] [--holders N] [--threads N] [-o OPTIONS]
+  pinfs fuzz [--seed S] [--duration SECONDS] [--ops N] [--holders N] [--threads N] [-o OPTIONS]
                                               concurrent holders, breakers, writers and
                                               allocators on a fresh mount, with oracles
                                               (root, /dev/fuse)
@@ -327,12 +327,16 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
         (None, 60usize, 100u64, false, String::new());
     let (mut duration, mut holders, mut threads) =
         (std::time::Duration::from_secs(60), 4usize, 4usize);
+    let mut max_ops: Option<u64> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--serial" => serial = true,
             "--seed" => seed = Some(number("--seed", it.next())?),
-            "--ops" => ops = number("--ops", it.next())? as usize,
+            "--ops" => {
+                ops = number("--ops", it.next())? as usize;
+                max_ops = Some(ops as u64);
+            }
             "--runs" => runs = number("--runs", it.next())?,
             "-o" => {
                 opts = it
@@ -347,7 +351,7 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
         }
     }
     if !serial {
-        return fuzz_mount(seed, duration, holders, threads, &opts);
+        return fuzz_mount(seed, duration, holders, max_ops, threads, &opts);
     }
     let parsed =
         pinfs::options::MountOptions::parse(&opts).map_err(|e| Err(format!("fuzz: {e}")))?;
@@ -376,6 +380,7 @@ fn fuzz_mount(
     seed: Option<u64>,
     duration: std::time::Duration,
     holders: usize,
+    max_ops: Option<u64>,
     threads: usize,
     opts: &str,
 ) -> CmdResult {
@@ -388,7 +393,7 @@ fn fuzz_mount(
             .unwrap_or(1)
     });
     let options = if opts.is_empty() {
-        "lease_break_time=0.2".to_string()
+        pinfs::fuzz_mount::options_from_seed(seed)
     } else {
         opts.to_string()
     };
@@ -399,6 +404,7 @@ fn fuzz_mount(
         holders,
         threads,
         options: options.clone(),
+        max_ops,
     };
     let t0 = std::time::Instant::now();
     let report = pinfs::fuzz_mount::run(&cfg).map_err(|e| Err(format!("fuzz: {e}")))?;
@@ -413,6 +419,12 @@ fn fuzz_mount(
     let expected_failure = !parsed.leases.busy_blocks;
     for v in &report.violations {
         println!("  oracle: {v}");
+    }
+    if !report.violations.is_empty() {
+        println!("  the operations before it, oldest first:");
+        for op in &report.recent {
+            println!("    {op}");
+        }
     }
     println!("replay (thread timing varies): pinfs fuzz --seed {seed} --duration {} --holders {holders} --threads {threads} -o {options}", duration.as_secs_f64());
     match (report.violations.is_empty(), expected_failure) {
