@@ -45,6 +45,10 @@ pub struct MountFuzz {
     pub options: String,
     /// Stop after this many worker operations.
     pub max_ops: Option<u64>,
+    /// Run on this existing pinfs mount (in a directory of its own) instead of a fresh
+    /// image; then the mount's options apply, and fsck and the final busy-block check are
+    /// left to its owner.
+    pub mount: Option<PathBuf>,
 }
 
 /// What a run saw.
@@ -291,8 +295,12 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         .prefix("pinfs-fuzz")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let (img, mnt) = (work.path().join("fuzz.img"), work.path().join("mnt"));
-    std::fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+    let own = cfg.mount.is_none();
+    let (img, mnt) = match &cfg.mount {
+        None => (work.path().join("fuzz.img"), work.path().join("mnt")),
+        Some(m) => (PathBuf::new(), m.join(format!("pinfs-fuzz-{}", cfg.seed))),
+    };
+    std::fs::create_dir_all(&mnt).map_err(|e| format!("{}: {e}", mnt.display()))?;
     let run = |args: &[&str]| -> Result<(), String> {
         let out = Command::new(&exe)
             .args(args)
@@ -304,14 +312,16 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
         }
     };
-    run(&["mkfs", img.to_str().unwrap_or_default(), "--size", "128M"])?;
-    run(&[
-        "mount",
-        img.to_str().unwrap_or_default(),
-        mnt.to_str().unwrap_or_default(),
-        "-o",
-        &cfg.options,
-    ])?;
+    if own {
+        run(&["mkfs", img.to_str().unwrap_or_default(), "--size", "128M"])?;
+        run(&[
+            "mount",
+            img.to_str().unwrap_or_default(),
+            mnt.to_str().unwrap_or_default(),
+            "-o",
+            &cfg.options,
+        ])?;
+    }
     for i in 0..PLAIN {
         std::fs::write(plain_path(&mnt, i), b"").map_err(|e| e.to_string())?;
     }
@@ -392,26 +402,30 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
             })
             .unwrap_or(0)
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while status("busy_blocks") != 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let busy = status("busy_blocks");
-    if busy != 0 {
-        sh.violation(format!("{busy} blocks still busy after every holder left"));
-    }
     let breaks = status("breaks");
-    let _ = Command::new("umount").arg(&mnt).status();
-    // The daemon writes its last checkpoint after umount returns; fsck waits for its lock.
-    let out = Command::new(&exe)
-        .args(["fsck", img.to_str().unwrap_or_default()])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        sh.violation(format!(
-            "fsck: {}",
-            String::from_utf8_lossy(&out.stdout).trim()
-        ));
+    if own {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while status("busy_blocks") != 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let busy = status("busy_blocks");
+        if busy != 0 {
+            sh.violation(format!("{busy} blocks still busy after every holder left"));
+        }
+        let _ = Command::new("umount").arg(&mnt).status();
+        // The daemon writes its last checkpoint after umount returns; fsck waits for its lock.
+        let out = Command::new(&exe)
+            .args(["fsck", img.to_str().unwrap_or_default()])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            sh.violation(format!(
+                "fsck: {}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            ));
+        }
+    } else {
+        let _ = std::fs::remove_dir_all(&mnt);
     }
     let violations = sh
         .violations

@@ -24,7 +24,8 @@ usage:
                                               --ignore-breaks
   pinfs status MOUNTPOINT [--json] [--events] holders, leases, busy blocks, counters
   pinfs fence MOUNTPOINT HOLDER               revoke every lease of a holder now (root)
-  pinfs fuzz [--seed S] [--duration SECONDS] [--ops N] [--holders N] [--threads N] [-o OPTIONS]
+  pinfs fuzz [--seed S] [--duration SECONDS] [--ops N] [--holders N] [--threads N]
+             [-o OPTIONS | --mount MOUNTPOINT]
                                               concurrent holders, breakers, writers and
                                               allocators on a fresh mount, with oracles
                                               (root, /dev/fuse)
@@ -328,6 +329,7 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
     let (mut duration, mut holders, mut threads) =
         (std::time::Duration::from_secs(60), 4usize, 4usize);
     let mut max_ops: Option<u64> = None;
+    let mut mount: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -345,13 +347,28 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
                     .clone()
             }
             "--duration" => duration = seconds("--duration", it.next())?,
+            "--mount" => {
+                mount =
+                    Some(PathBuf::from(it.next().ok_or_else(|| {
+                        Ok(usage("--mount needs a pinfs mount point"))
+                    })?))
+            }
             "--holders" => holders = number("--holders", it.next())?.clamp(1, 16) as usize,
             "--threads" => threads = number("--threads", it.next())?.clamp(1, 64) as usize,
             s => return Err(Ok(usage(format!("fuzz: unexpected argument '{s}'")))),
         }
     }
     if !serial {
-        return fuzz_mount(seed, duration, holders, max_ops, threads, &opts);
+        let run = pinfs::fuzz_mount::MountFuzz {
+            seed: 0,
+            duration,
+            holders,
+            threads,
+            options: opts.clone(),
+            max_ops,
+            mount,
+        };
+        return fuzz_mount(seed, run);
     }
     let parsed =
         pinfs::options::MountOptions::parse(&opts).map_err(|e| Err(format!("fuzz: {e}")))?;
@@ -376,36 +393,22 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
     }
 }
 
-fn fuzz_mount(
-    seed: Option<u64>,
-    duration: std::time::Duration,
-    holders: usize,
-    max_ops: Option<u64>,
-    threads: usize,
-    opts: &str,
-) -> CmdResult {
+fn fuzz_mount(seed: Option<u64>, mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdResult {
     let parsed =
-        pinfs::options::MountOptions::parse(opts).map_err(|e| Err(format!("fuzz: {e}")))?;
+        pinfs::options::MountOptions::parse(&cfg.options).map_err(|e| Err(format!("fuzz: {e}")))?;
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
-    let options = if opts.is_empty() {
-        pinfs::fuzz_mount::options_from_seed(seed)
-    } else {
-        opts.to_string()
-    };
+    if cfg.options.is_empty() && cfg.mount.is_none() {
+        cfg.options = pinfs::fuzz_mount::options_from_seed(seed);
+    }
+    cfg.seed = seed;
+    let (options, duration, holders, threads) =
+        (cfg.options.clone(), cfg.duration, cfg.holders, cfg.threads);
     init_logging("error");
-    let cfg = pinfs::fuzz_mount::MountFuzz {
-        seed,
-        duration,
-        holders,
-        threads,
-        options: options.clone(),
-        max_ops,
-    };
     let t0 = std::time::Instant::now();
     let report = pinfs::fuzz_mount::run(&cfg).map_err(|e| Err(format!("fuzz: {e}")))?;
     let secs = t0.elapsed().as_secs_f64();
@@ -426,7 +429,14 @@ fn fuzz_mount(
             println!("    {op}");
         }
     }
-    println!("replay (thread timing varies): pinfs fuzz --seed {seed} --duration {} --holders {holders} --threads {threads} -o {options}", duration.as_secs_f64());
+    let target = match &cfg.mount {
+        Some(m) => format!("--mount {}", m.display()),
+        None => format!("-o {options}"),
+    };
+    println!(
+        "replay (thread timing varies): pinfs fuzz --seed {seed} --duration {} --holders {holders} --threads {threads} {target}",
+        duration.as_secs_f64()
+    );
     match (report.violations.is_empty(), expected_failure) {
         (true, false) => {
             println!("all checks held");
