@@ -34,6 +34,9 @@ type Queues = Arc<Mutex<HashMap<HolderId, Sender<Outgoing>>>>;
 pub struct Server {
     path: PathBuf,
     listener: Packet,
+    /// The socket file's inode: device numbers of FUSE mounts are reused as soon as a mount
+    /// goes, so by the time this daemon stops, the path may be a newer mount's socket.
+    ino: Option<u64>,
 }
 
 impl std::fmt::Debug for Server {
@@ -83,7 +86,13 @@ impl Server {
                 }
             })?;
         tracing::info!(socket = %path.display(), "holder socket ready");
-        Ok(Server { path, listener })
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(&path).ok().map(|m| m.ino());
+        Ok(Server {
+            path,
+            listener,
+            ino,
+        })
     }
 
     /// The socket's path.
@@ -93,8 +102,12 @@ impl Server {
 
     /// Stops accepting and removes the socket.
     pub fn stop(&self) {
+        use std::os::unix::fs::MetadataExt;
         self.listener.shutdown();
-        let _ = std::fs::remove_file(&self.path);
+        // Remove the socket only if it is still ours (see `ino`).
+        if std::fs::metadata(&self.path).ok().map(|m| m.ino()) == self.ino {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
