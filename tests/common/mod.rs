@@ -105,12 +105,21 @@ impl Mount {
         self.mounted = true;
     }
 
-    /// Unmounts and waits for the daemon to release the image.
+    /// Unmounts and waits for the daemon to release the image. EBUSY is retried for a
+    /// while: tests that fork (as_nobody) briefly hold copies of every descriptor the test
+    /// process has open, including other tests' files on their mounts.
     pub fn umount(&mut self) {
         if self.mounted {
             let c = CString::new(self.mnt.as_os_str().as_bytes()).unwrap();
-            // SAFETY: umount2 with a NUL-terminated path.
-            let rc = unsafe { libc::umount2(c.as_ptr(), 0) };
+            let mut rc = -1;
+            for _ in 0..100 {
+                // SAFETY: umount2 with a NUL-terminated path.
+                rc = unsafe { libc::umount2(c.as_ptr(), 0) };
+                if rc == 0 || errno() != libc::EBUSY {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
             assert_eq!(
                 rc,
                 0,
