@@ -157,6 +157,18 @@ struct Holder {
     in_file: bool,
 }
 
+impl Holder {
+    /// Does this holder's live lease cover any of file blocks `first..end` of `file`?
+    fn covers(&self, file: u64, first: u64, end: u64) -> bool {
+        let hf = self.extents[0].file_offset / BLOCK_SIZE;
+        let he = self
+            .extents
+            .last()
+            .map_or(0, |e| (e.file_offset + e.len) / BLOCK_SIZE);
+        self.file == file && self.in_file && hf < end && first < he
+    }
+}
+
 /// The settings a serial run uses.
 #[derive(Debug, Clone, Copy)]
 pub struct SerialConfig {
@@ -218,27 +230,10 @@ pub fn run_serial(dir: &Path, prog: &[Op], cfg: SerialConfig) -> Result<Outcome,
             if first >= end {
                 return false; // no whole block changes owner: nothing to break
             }
-            let mut hit = false;
-            for h in holders.iter_mut().flatten() {
-                let (hf, he) = (
-                    h.extents[0].file_offset / BLOCK_SIZE,
-                    h.extents
-                        .last()
-                        .map_or(0, |e| (e.file_offset + e.len) / BLOCK_SIZE),
-                );
-                if h.file == file && h.in_file && hf < end && first < he {
-                    hit = true;
-                }
-            }
+            let hit = holders.iter().flatten().any(|h| h.covers(file, first, end));
             if hit && cfg.policy == Policy::Revoke {
                 for h in holders.iter_mut().flatten() {
-                    let (hf, he) = (
-                        h.extents[0].file_offset / BLOCK_SIZE,
-                        h.extents
-                            .last()
-                            .map_or(0, |e| (e.file_offset + e.len) / BLOCK_SIZE),
-                    );
-                    if h.file == file && h.in_file && hf < end && first < he {
+                    if h.covers(file, first, end) {
                         h.in_file = false;
                     }
                 }
