@@ -33,18 +33,24 @@ pub struct Loaded {
     pub replayed: usize,
 }
 
-/// Encodes a checkpoint blob.
-pub fn encode<'a>(
-    next_ino: u64,
-    inodes: impl ExactSizeIterator<Item = &'a Inode>,
-    alloc: &[u8],
-    prev: &[(u64, u64)],
-) -> Vec<u8> {
+/// The start of a checkpoint blob: magic, `next_ino` and every inode. The allocator's free
+/// list and the previous checkpoint's extents follow ([`finish`]).
+fn encode_inodes<'a>(next_ino: u64, inodes: impl ExactSizeIterator<Item = &'a Inode>) -> Writer {
     let mut w = Writer::new();
     w.u32(MAGIC).u64(next_ino).u64(inodes.len() as u64);
     for i in inodes {
         i.encode(&mut w);
     }
+    w
+}
+
+/// Bytes [`finish`] adds for a free list of `alloc` bytes and `prev` extents.
+fn tail_len(alloc: usize, prev: usize) -> u64 {
+    (4 + alloc + 8 + 16 * prev) as u64
+}
+
+/// Completes a blob begun by [`encode_inodes`].
+fn finish(mut w: Writer, alloc: &[u8], prev: &[(u64, u64)]) -> Vec<u8> {
     w.bytes(alloc);
     w.u64(prev.len() as u64);
     for &(s, l) in prev {
@@ -163,12 +169,15 @@ pub fn write<'a>(
     alloc: &mut Allocator,
     journal: &mut Journal,
     next_ino: u64,
-    inodes: impl ExactSizeIterator<Item = &'a Inode> + Clone,
+    inodes: impl ExactSizeIterator<Item = &'a Inode>,
     clean: bool,
 ) -> FsResult<()> {
     let prev = sb.checkpoint_extents.clone();
+    // The inodes are encoded once; only the (small) free list is encoded before and after
+    // the blob's own blocks are allocated.
+    let head = encode_inodes(next_ino, inodes);
     let estimate =
-        encode(next_ino, inodes.clone(), &alloc.encode(), &prev).len() as u64 + 2 * BLOCK_SIZE;
+        head.buf.len() as u64 + tail_len(alloc.encode().len(), prev.len()) + 2 * BLOCK_SIZE;
     let mut want = estimate.div_ceil(BLOCK_SIZE);
     let mut extents: Vec<(u64, u64)> = Vec::new();
     let mut goal = None;
@@ -192,7 +201,7 @@ pub fn write<'a>(
     }
     // The free list never grows from allocations (they take from extents' starts), so the
     // final blob fits the estimate.
-    let blob = encode(next_ino, inodes, &alloc.encode(), &prev);
+    let blob = finish(head, &alloc.encode(), &prev);
     let mut off = 0usize;
     for &(s, l) in &extents {
         let n = (blob.len() - off).min((l * BLOCK_SIZE) as usize);

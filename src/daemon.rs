@@ -152,29 +152,14 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     };
     let mnt = std::fs::canonicalize(&req.mountpoint).unwrap_or_else(|_| req.mountpoint.clone());
     fs.set_owner(&mnt.display().to_string());
+    let pick = |on: bool, yes: MountOption, no: MountOption| if on { yes } else { no };
     let mut mount_options = vec![
         MountOption::FSName(req.image.display().to_string()),
         MountOption::DefaultPermissions,
-        if opts.dev {
-            MountOption::Dev
-        } else {
-            MountOption::NoDev
-        },
-        if opts.suid {
-            MountOption::Suid
-        } else {
-            MountOption::NoSuid
-        },
-        if opts.exec {
-            MountOption::Exec
-        } else {
-            MountOption::NoExec
-        },
-        if opts.read_only {
-            MountOption::RO
-        } else {
-            MountOption::RW
-        },
+        pick(opts.dev, MountOption::Dev, MountOption::NoDev),
+        pick(opts.suid, MountOption::Suid, MountOption::NoSuid),
+        pick(opts.exec, MountOption::Exec, MountOption::NoExec),
+        pick(opts.read_only, MountOption::RO, MountOption::RW),
     ];
     match opts.atime {
         crate::fs::AtimeMode::Never => mount_options.push(MountOption::NoAtime),

@@ -69,21 +69,7 @@ struct Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mnt).status();
-        wait_unlocked(&self.image);
-    }
-}
-
-fn wait_unlocked(image: &Path) {
-    use std::os::fd::AsRawFd;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(f) = fs::File::open(image) {
-            // SAFETY: flock on a descriptor we own; released when it closes.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        crate::image::Image::wait_until_free(&self.image, Duration::from_secs(20));
     }
 }
 
@@ -169,17 +155,11 @@ fn scenario(exe: &Path, work: &Path, n: usize, s: &Scenario) -> Result<Outcome, 
     std::thread::sleep(Duration::from_millis(100)); // the holder writes on meanwhile
     let data = fs::read(&fresh).map_err(|e| e.to_string())?;
     let corrupted = data.iter().filter(|&&b| b == HOLDER_BYTE).count();
-    let status = Command::new(exe)
-        .args(["status", mnt.to_str().unwrap_or_default(), "--json"])
-        .output()
-        .map_err(|e| e.to_string())?;
-    let status = String::from_utf8_lossy(&status.stdout).into_owned();
-    let busy = status
-        .split("\"busy_blocks\":")
-        .nth(1)
-        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-        .unwrap_or("?")
-        .to_string();
+    let busy = crate::client::Connection::for_path(&mnt)
+        .and_then(|mut c| c.status(false))
+        .ok()
+        .and_then(|j| crate::status::json_number(&j, "busy_blocks"))
+        .map_or("?".to_string(), |n| n.to_string());
     let _ = holder.kill();
     let _ = holder.wait();
     let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);

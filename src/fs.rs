@@ -325,7 +325,8 @@ struct Held<'a> {
 }
 
 impl<'a> Held<'a> {
-    /// Locks `cells` (distinct inodes) in inode order.
+    /// Write-locks `cells` (duplicates once) in address order. Any fixed order would do:
+    /// operations that lock several inodes all hold the namespace lock.
     fn lock(cells: &'a [Arc<Cell>]) -> Held<'a> {
         let mut order: Vec<&'a Arc<Cell>> = cells.iter().collect();
         order.sort_by_key(|c| Arc::as_ptr(c) as usize);
@@ -1132,27 +1133,33 @@ impl Fs {
         Ok(())
     }
 
-    /// A path of `ino` from the root (the first name found), for status displays; `None` for
-    /// an inode without names. Walks the namespace: for tools, not for the data path.
-    pub fn path_of(&self, ino: u64) -> Option<String> {
-        if ino == ROOT_INO {
-            return Some("/".into());
+    /// A path from the root (the first name found) for each of `inos` that has one, in one
+    /// walk of the namespace: for status displays, not for the data path.
+    pub fn paths_of(&self, inos: &[u64]) -> HashMap<u64, String> {
+        let mut found = HashMap::new();
+        if inos.contains(&ROOT_INO) {
+            found.insert(ROOT_INO, "/".to_string());
         }
         let mut stack = vec![(ROOT_INO, String::new())];
         while let Some((dir, prefix)) = stack.pop() {
-            let cell = self.table.get(dir).ok()?;
+            if found.len() == inos.len() {
+                break;
+            }
+            let Ok(cell) = self.table.get(dir) else {
+                continue;
+            }; // removed meanwhile
             let d = cell.read();
             for (name, e) in d.dir.iter() {
                 let path = format!("{prefix}/{}", String::from_utf8_lossy(name));
-                if e.ino == ino {
-                    return Some(path);
+                if inos.contains(&e.ino) {
+                    found.entry(e.ino).or_insert_with(|| path.clone());
                 }
                 if e.kind == Kind::Dir {
                     stack.push((e.ino, path));
                 }
             }
         }
-        None
+        found
     }
 
     /// The image block behind `file_block` of `ino`, if mapped (for the fuzzer's oracles

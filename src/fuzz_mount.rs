@@ -388,18 +388,10 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
     }
     check_pinned(&sh);
     let status = |key: &str| -> u64 {
-        let out = Command::new(&exe)
-            .args(["status", mnt.to_str().unwrap_or_default(), "--json"])
-            .output();
-        out.ok()
-            .and_then(|o| {
-                let s = String::from_utf8_lossy(&o.stdout).into_owned();
-                s.split(&format!("\"{key}\":")).nth(1).and_then(|r| {
-                    r.split(|c: char| !c.is_ascii_digit())
-                        .next()
-                        .and_then(|n| n.parse().ok())
-                })
-            })
+        crate::client::Connection::for_path(&mnt)
+            .and_then(|mut c| c.status(false))
+            .ok()
+            .and_then(|j| crate::status::json_number(&j, key))
             .unwrap_or(0)
     };
     let breaks = status("breaks");

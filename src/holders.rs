@@ -95,11 +95,6 @@ impl Server {
         })
     }
 
-    /// The socket's path.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-
     /// Stops accepting and removes the socket.
     pub fn stop(&self) {
         use std::os::unix::fs::MetadataExt;
@@ -156,24 +151,15 @@ fn serve(fs: Arc<Fs>, conn: Packet, queues: Queues) {
     loop {
         match conn.recv() {
             Ok(Some((bytes, fds))) => {
-                let becomes_holder = bytes
-                    .split(|&b| b == b' ')
-                    .nth(1)
-                    .is_some_and(|v| v == b"pin" || v == b"hello");
-                if holder.is_none() && becomes_holder {
-                    let id = fs.add_holder(HolderInfo {
-                        pid: peer.pid,
-                        comm: comm_of(peer.pid),
-                        uid: peer.uid,
-                        gid: peer.gid,
-                    });
-                    queues
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(id, tx.clone());
-                    holder = Some(id);
-                }
-                let reply = handle(&fs, holder, peer, &bytes, fds);
+                let reply = match Message::parse(&bytes) {
+                    Err(e) => err("?", libc::EINVAL, e),
+                    Ok(msg) => {
+                        if holder.is_none() && matches!(msg.verb.as_str(), "pin" | "hello") {
+                            holder = Some(register(&fs, peer, &queues, &tx));
+                        }
+                        handle(&fs, holder, peer, &msg, fds)
+                    }
+                };
                 if tx.send(reply).is_err() {
                     break;
                 }
@@ -206,7 +192,10 @@ fn serve(fs: Arc<Fs>, conn: Packet, queues: Queues) {
 /// Handles one message from a holder connection without descriptors and returns the reply's
 /// text: the daemon's request path, for the protocol fuzz target and its regression tests.
 pub fn reply_to(fs: &Fs, holder: Option<HolderId>, peer: PeerCred, bytes: &[u8]) -> String {
-    handle(fs, holder, peer, bytes, Vec::new()).text
+    match Message::parse(bytes) {
+        Ok(msg) => handle(fs, holder, peer, &msg, Vec::new()).text,
+        Err(e) => err("?", libc::EINVAL, e).text,
+    }
 }
 
 fn err(id: &str, errno: i32, msg: impl std::fmt::Display) -> Outgoing {
@@ -227,17 +216,28 @@ fn ok(id: &str, rest: String, fds: Vec<Arc<OwnedFd>>) -> Outgoing {
     }
 }
 
+/// A connection becomes a holder with its first pin (or `hello`).
+fn register(fs: &Fs, peer: PeerCred, queues: &Queues, tx: &Sender<Outgoing>) -> HolderId {
+    let id = fs.add_holder(HolderInfo {
+        pid: peer.pid,
+        comm: comm_of(peer.pid),
+        uid: peer.uid,
+        gid: peer.gid,
+    });
+    queues
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, tx.clone());
+    id
+}
+
 fn handle(
     fs: &Fs,
     holder: Option<HolderId>,
     peer: PeerCred,
-    bytes: &[u8],
+    msg: &Message,
     mut fds: Vec<OwnedFd>,
 ) -> Outgoing {
-    let msg = match Message::parse(bytes) {
-        Ok(m) => m,
-        Err(e) => return err("?", libc::EINVAL, e),
-    };
     let id = msg.id.as_str();
     let caller = Caller {
         uid: peer.uid,

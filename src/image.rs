@@ -377,10 +377,30 @@ impl Image {
         })
     }
 
-    fn try_lock(file: &File, path: &Path) -> Result<(), ImageError> {
+    /// Takes the image lock if it is free (held while `file` stays open).
+    fn lock_now(file: &File) -> bool {
         // SAFETY: flock on a descriptor we own; no memory is passed.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    }
+
+    /// Waits up to `wait` until no daemon holds the image at `path` (a daemon releases it
+    /// only after writing its last checkpoint, some time after `umount` returns). True when
+    /// the image is free.
+    pub fn wait_until_free(path: &Path, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            if File::open(path).is_ok_and(|f| Self::lock_now(&f)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn try_lock(file: &File, path: &Path) -> Result<(), ImageError> {
+        if Self::lock_now(file) {
             return Ok(());
         }
         let (holder, mount) = Self::read_owner_note(path);

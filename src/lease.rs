@@ -496,11 +496,6 @@ impl Leases {
         id
     }
 
-    /// The holder's identity, if it exists.
-    pub fn holder(&self, id: HolderId) -> Option<HolderInfo> {
-        self.lock().holders.get(&id).map(|h| h.info.clone())
-    }
-
     /// Grants a pin: `make` runs under the lease lock (so no break can start in between),
     /// pins the blocks in the allocator and returns their extents. Refused with `EAGAIN` while
     /// a break is in progress on the range, and for fenced or unknown holders.

@@ -43,6 +43,10 @@ struct View {
 fn view(fs: &Fs) -> View {
     let snap = fs.leases().snapshot();
     let now = Instant::now();
+    let mut inos: Vec<u64> = snap.pins.iter().map(|p| p.ino).collect();
+    inos.sort_unstable();
+    inos.dedup();
+    let paths = fs.paths_of(&inos);
     let leases = snap
         .pins
         .iter()
@@ -50,7 +54,10 @@ fn view(fs: &Fs) -> View {
             holder: p.holder,
             pin: p.id,
             ino: p.ino,
-            path: fs.path_of(p.ino).unwrap_or_else(|| "(unlinked)".into()),
+            path: paths
+                .get(&p.ino)
+                .cloned()
+                .unwrap_or_else(|| "(unlinked)".into()),
             offset: p.first_block * BLOCK_SIZE,
             len: p.blocks * BLOCK_SIZE,
             state: p.state.name(),
@@ -101,6 +108,16 @@ fn view(fs: &Fs) -> View {
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("null".into(), |v| v.to_string())
+}
+
+/// The number after `"key":` in a status JSON document (a reader for tools and tests that
+/// need one counter, not a JSON parser).
+pub fn json_number(json: &str, key: &str) -> Option<u64> {
+    let rest = json.split(&format!("\"{key}\":")).nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The status as one JSON object.

@@ -11,13 +11,7 @@ use common::*;
 use pinfs::client::{Connection, PinOptions};
 
 fn file(m: &Mount, name: &str, len: usize) -> fs::File {
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(m.path(name))
-        .unwrap();
+    let f = new_file(m.path(name));
     f.write_all_at(&vec![b'.'; len], 0).unwrap();
     f
 }

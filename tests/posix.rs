@@ -454,13 +454,7 @@ fn fallocate(f: &File, mode: i32, off: i64, len: i64) -> i32 {
 #[test]
 fn sparse_files_and_seek_data_hole() {
     let m = mount_or_skip!("64M", "");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(m.path("sparse"))
-        .unwrap();
+    let f = new_file(m.path("sparse"));
     f.write_all_at(b"head", 0).unwrap();
     f.write_all_at(b"tail", (1 << 30) + 5).unwrap();
     let md = f.metadata().unwrap();
@@ -480,13 +474,7 @@ fn sparse_files_and_seek_data_hole() {
 #[test]
 fn fallocate_modes() {
     let m = mount_or_skip!("64M", "");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(m.path("f"))
-        .unwrap();
+    let f = new_file(m.path("f"));
     assert_eq!(fallocate(&f, 0, 0, 1 << 20), 0);
     assert_eq!(f.metadata().unwrap().len(), 1 << 20);
     assert_eq!(f.metadata().unwrap().blocks(), 2048);
@@ -556,13 +544,7 @@ fn fallocate_modes() {
 #[test]
 fn truncate_zeroes_what_it_cuts() {
     let m = mount_or_skip!("32M", "");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(m.path("t"))
-        .unwrap();
+    let f = new_file(m.path("t"));
     f.write_all_at(&[0xff; 10000], 0).unwrap();
     f.set_len(5000).unwrap();
     f.set_len(10000).unwrap();
@@ -642,13 +624,7 @@ fn copy_append_direct_and_large_offsets() {
     // SAFETY: freeing what we allocated with the same layout.
     unsafe { std::alloc::dealloc(p, layout) };
 
-    let big = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(m.path("big"))
-        .unwrap();
+    let big = new_file(m.path("big"));
     let at = 5u64 << 30;
     big.write_all_at(b"past 4 GiB", at).unwrap();
     let mut back = [0u8; 10];
@@ -668,13 +644,7 @@ fn copy_append_direct_and_large_offsets() {
 #[test]
 fn shared_writable_mmap() {
     let m = mount_or_skip!("32M", "");
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(m.path("mm"))
-        .unwrap();
+    let f = new_file(m.path("mm"));
     f.set_len(3 * 4096).unwrap();
     // SAFETY: a shared mapping of 3 pages of an open file; unmapped below.
     let p = unsafe {

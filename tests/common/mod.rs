@@ -159,18 +159,22 @@ impl Drop for Mount {
 
 /// Waits until no daemon holds the image lock (at most 20 s).
 pub fn wait_unlocked(image: &Path) {
-    use std::os::fd::AsRawFd;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        if let Ok(f) = std::fs::File::open(image) {
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    panic!("{}: still locked 20 s after unmount", image.display());
+    assert!(
+        pinfs::image::Image::wait_until_free(image, std::time::Duration::from_secs(20)),
+        "{}: still locked 20 s after unmount",
+        image.display()
+    );
+}
+
+/// Creates (or empties) a file for reading and writing.
+pub fn new_file(p: impl AsRef<Path>) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap()
 }
 
 /// The errno of the last failed libc call.
