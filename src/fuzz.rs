@@ -1,30 +1,22 @@
-//! The truncate-versus-pin fuzzer's serial mode: a random program of holder and breaker
-//! operations, run in one thread against a fresh filesystem core, exactly reproducible from
-//! its seed, checked against a model after every step, and shrunk to a short failing
-//! program when a check fails.
+//! The truncate-versus-pin fuzzer's random programs, which both of its modes run: the
+//! concurrent mode ([`crate::fuzz_mount`]) gives each actor its own thread on a real mount,
+//! the serial mode ([`crate::fuzz_serial`]) runs the same steps in program order in one
+//! thread against the filesystem core.
 //!
-//! Holders pin ranges of a few files and store their own byte into their pinned blocks
-//! (as a device would, through the DAX window). Breakers truncate, punch and zero; writers
-//! write; a new file takes freed space. The model says what every file must contain: what
-//! writers wrote, plus a holder's byte only while its range is in the file. So the oracles
-//! "no holder byte in another file" and "none in its own file after the range left it" are
-//! the model comparison itself. After the program: every holder goes, busy blocks must all
-//! be free again, the allocator's accounting must hold, and fsck must find the image clean.
+//! A program is an endless sequence of [`Step`]s drawn from a seed. Each step belongs to an
+//! actor: a worker (writes, mmap stores, truncates, punches, zero ranges, new files) or a
+//! holder (pins, stores into its pinned blocks, unpins, dies). The files are fixed: three
+//! *plain* files that no holder ever pins (so the concurrent mode can model them exactly) and
+//! two *pinned* files that holders pin and breakers change. The shape (how many workers and
+//! holders) is part of what makes the program: the same seed and shape give the same steps.
 //!
-//! Holders never release by themselves here (one thread cannot answer a break while it is
-//! the breaker), so every break runs to its deadline: the policy decides (`revoke` or
-//! `refuse`; `wait` would wait forever and is not allowed in this mode). With
-//! `busy_blocks=off` the first oracle is expected to fail, and the fuzzer says so.
+//! Holders store [`tag`] words: 8 bytes, all of them `0xe0` or above, that name the pin (its
+//! generation) and the store. Writers only write bytes `1..=0xd0`. So any byte `>= 0xe0` in a
+//! file came from a holder, and a whole aligned tag says which store of which pin put it
+//! there: enough to check, even with threads racing, that no store made after a pin's lease
+//! was revoked reaches any file.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
-
-use crate::fs::{falloc, Caller, Fs, FsOptions, PinnedExtent, SetAttr};
 use crate::image::BLOCK_SIZE;
-use crate::inode::ROOT_INO;
-use crate::lease::{HolderInfo, LeaseConfig, Policy};
 
 /// A small deterministic generator (SplitMix64): programs depend only on the seed.
 #[derive(Debug, Clone)]
@@ -49,542 +41,346 @@ impl Rng {
     }
 }
 
-const FILES: u64 = 3;
-const HOLDERS: u64 = 3;
-const MAX_SIZE: u64 = 64 * BLOCK_SIZE;
-const BREAKER_PID: u32 = 5_000_000;
+/// Files no holder pins: `plain0..`.
+pub const PLAIN: usize = 3;
+/// Files holders pin: `pinned0..`, file numbers `PLAIN..PLAIN + PINNED`.
+pub const PINNED: usize = 2;
+/// All the program's files.
+pub const FILES: usize = PLAIN + PINNED;
+/// Offsets and sizes are drawn below this; pinned files start this long.
+pub const SPAN: u64 = 64 * BLOCK_SIZE;
+/// What the pinned files hold at the start.
+pub const PINNED_FILL: u8 = 0x11;
+/// Bytes at or above this come only from holders; writers draw theirs from `1..=WRITER_MAX`.
+pub const HOLDER_BYTES: u8 = 0xe0;
+/// The largest byte a writer writes.
+pub const WRITER_MAX: u8 = 0xd0;
 
-/// One step of a program.
+/// The name of file `f` in the fuzzer's directory.
+pub fn file_name(f: usize) -> String {
+    if f < PLAIN {
+        format!("plain{f}")
+    } else {
+        format!("pinned{}", f - PLAIN)
+    }
+}
+
+/// Is `f` one of the files holders pin?
+pub fn is_pinned(f: usize) -> bool {
+    f >= PLAIN
+}
+
+/// How many of each actor a program has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Worker threads.
+    pub workers: usize,
+    /// Holders.
+    pub holders: usize,
+}
+
+/// Who runs a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    /// Worker number n.
+    Worker(usize),
+    /// Holder number n.
+    Holder(usize),
+}
+
+/// One operation. Offsets and lengths are as drawn; each mode clamps them to the file the
+/// same way ([`pin_range`], [`mmap_range`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
-    /// A writer writes `len` bytes of `byte` at `off`.
+    /// Write `len` bytes of `byte` at `off`.
     Write {
-        file: u64,
+        file: usize,
         off: u64,
         len: u64,
         byte: u8,
     },
-    /// Truncate (down is a breaker).
-    Truncate { file: u64, size: u64 },
-    /// Punch a hole (a breaker).
-    Punch { file: u64, off: u64, len: u64 },
-    /// Zero a range (a breaker).
-    Zero { file: u64, off: u64, len: u64 },
-    /// Holder `holder` pins a range (dropping any pin it had).
-    Pin {
-        holder: u64,
-        file: u64,
+    /// Store `len` bytes of `byte` at `off` through a shared mapping of the file, then
+    /// `msync` (the serial mode, having no mapping, writes them).
+    MmapStore {
+        file: usize,
         off: u64,
         len: u64,
+        byte: u8,
     },
-    /// Holder `holder` stores its byte into all its pinned blocks.
-    HolderStore { holder: u64 },
-    /// Holder `holder` goes away (releases everything).
-    HolderGone { holder: u64 },
-    /// A new file takes `blocks` blocks of free space and is filled with `byte`.
+    /// Truncate (down, a breaker).
+    Truncate { file: usize, size: u64 },
+    /// Punch a hole (a breaker of the whole blocks inside).
+    Punch { file: usize, off: u64, len: u64 },
+    /// Zero a range (a breaker of the whole blocks inside).
+    Zero { file: usize, off: u64, len: u64 },
+    /// A new file of `blocks` blocks of `byte`, read back at once, then removed.
     NewFile { blocks: u64, byte: u8 },
+    /// The holder pins a range (giving back the pin it had), and answers a break of it by
+    /// unpinning when `release_on_break`, or ignores breaks and goes on storing.
+    Pin {
+        file: usize,
+        off: u64,
+        len: u64,
+        release_on_break: bool,
+    },
+    /// The holder stores a tag into every block of its pin.
+    Store,
+    /// The holder gives its pin back.
+    Unpin,
+    /// The holder dies: its connection closes without an unpin.
+    Die,
 }
 
-impl Op {
-    fn random(r: &mut Rng) -> Op {
-        let file = r.below(FILES);
-        let off = r.below(MAX_SIZE);
-        let len = 1 + r.below(16 * BLOCK_SIZE);
-        match r.below(16) {
-            0..=3 => Op::Write {
-                file,
-                off,
-                len,
-                byte: 1 + r.below(0x7f) as u8,
-            },
-            4 | 5 => Op::Truncate {
-                file,
-                size: r.below(MAX_SIZE),
-            },
-            6 => Op::Punch { file, off, len },
-            7 => Op::Zero { file, off, len },
-            8..=10 => Op::Pin {
-                holder: r.below(HOLDERS),
-                file,
-                off,
-                len,
-            },
-            11..=13 => Op::HolderStore {
-                holder: r.below(HOLDERS),
-            },
-            14 => Op::HolderGone {
-                holder: r.below(HOLDERS),
-            },
-            _ => Op::NewFile {
-                blocks: 1 + r.below(8),
-                byte: 1 + r.below(0x7f) as u8,
-            },
+/// One step of a program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Who runs it.
+    pub actor: Actor,
+    /// What it does.
+    pub op: Op,
+}
+
+/// The endless program of a seed and shape.
+#[derive(Debug, Clone)]
+pub struct Program {
+    rng: Rng,
+    shape: Shape,
+}
+
+impl Program {
+    /// The program `seed` makes for `shape`.
+    pub fn new(seed: u64, shape: Shape) -> Program {
+        Program {
+            rng: Rng::new(seed),
+            shape,
         }
     }
 }
 
-/// The program a seed makes.
-pub fn program(seed: u64, ops: usize) -> Vec<Op> {
-    let mut r = Rng::new(seed);
-    (0..ops).map(|_| Op::random(&mut r)).collect()
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Every check held.
-    Clean {
-        /// Breakers that found leases to break.
-        breaks: u64,
-        /// Holder stores checked.
-        stores: u64,
-    },
-    /// A check failed at step `step` (the program's length when the failure came after it).
-    Failed {
-        /// The step.
-        step: usize,
-        /// What did not hold.
-        what: String,
-    },
-}
-
-struct Holder {
-    id: u64,
-    file: u64,
-    extents: Vec<PinnedExtent>,
-    pin: u64,
-    /// The pinned range still belongs to the file (the lease is live).
-    in_file: bool,
-}
-
-impl Holder {
-    /// Does this holder's live lease cover any of file blocks `first..end` of `file`?
-    fn covers(&self, file: u64, first: u64, end: u64) -> bool {
-        let hf = self.extents[0].file_offset / BLOCK_SIZE;
-        let he = self
-            .extents
-            .last()
-            .map_or(0, |e| (e.file_offset + e.len) / BLOCK_SIZE);
-        self.file == file && self.in_file && hf < end && first < he
-    }
-}
-
-/// The settings a serial run uses.
-#[derive(Debug, Clone, Copy)]
-pub struct SerialConfig {
-    /// `revoke` or `refuse`.
-    pub policy: Policy,
-    /// Keep revoked blocks busy.
-    pub busy_blocks: bool,
-}
-
-/// Runs `prog` on a fresh image in `dir` and checks it.
-pub fn run_serial(dir: &Path, prog: &[Op], cfg: SerialConfig) -> Result<Outcome, String> {
-    let path = dir.join("fuzz.img");
-    Fs::mkfs(&path, 32 << 20, true).map_err(|e| e.to_string())?;
-    let leases = LeaseConfig {
-        break_time: Some(Duration::from_millis(1)),
-        policy: cfg.policy,
-        busy_blocks: cfg.busy_blocks,
-    };
-    let fs = Arc::new(
-        Fs::open(
-            &path,
-            FsOptions {
-                leases,
-                lock_wait: Duration::from_secs(5),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| e.to_string())?,
-    );
-    let root = Caller::ROOT;
-    let breaker = Caller {
-        pid: BREAKER_PID,
-        ..root
-    };
-    let mut inos = Vec::new();
-    let mut model: HashMap<u64, Vec<u8>> = HashMap::new();
-    for f in 0..FILES {
-        let a = fs
-            .create(
-                ROOT_INO,
-                format!("f{f}").as_bytes(),
-                libc::S_IFREG | 0o644,
-                0,
-                None,
-                root,
-            )
-            .map_err(|e| e.to_string())?;
-        inos.push(a.ino);
-        model.insert(f, Vec::new());
-    }
-    let mut holders: Vec<Option<Holder>> = (0..HOLDERS).map(|_| None).collect();
-    let mut new_files = 0u64;
-    let (mut breaks, mut stores) = (0u64, 0u64);
-    let fail = |step: usize, what: String| Ok(Outcome::Failed { step, what });
-
-    for (step, op) in prog.iter().enumerate() {
-        // Which live pins a layout change of blocks first..end of `file` will revoke.
-        let revoke = |file: u64, first: u64, end: u64, holders: &mut Vec<Option<Holder>>| -> bool {
-            if first >= end {
-                return false; // no whole block changes owner: nothing to break
-            }
-            let hit = holders.iter().flatten().any(|h| h.covers(file, first, end));
-            if hit && cfg.policy == Policy::Revoke {
-                for h in holders.iter_mut().flatten() {
-                    if h.covers(file, first, end) {
-                        h.in_file = false;
-                    }
-                }
-            }
-            hit
-        };
-        match *op {
-            Op::Write {
-                file,
+impl Iterator for Program {
+    type Item = Step;
+    fn next(&mut self) -> Option<Step> {
+        let r = &mut self.rng;
+        let holder_step = self.shape.holders > 0 && (self.shape.workers == 0 || r.below(10) < 4);
+        let (off, len) = (r.below(SPAN), 1 + r.below(16 * BLOCK_SIZE));
+        let byte = 1 + r.below(WRITER_MAX as u64) as u8;
+        let plain = r.below(PLAIN as u64) as usize;
+        let pinned = PLAIN + r.below(PINNED as u64) as usize;
+        if holder_step {
+            let actor = Actor::Holder(r.below(self.shape.holders as u64) as usize);
+            let op = match r.below(20) {
+                0 | 1 => Op::Pin {
+                    file: pinned,
+                    off,
+                    len: 1 + r.below(8 * BLOCK_SIZE),
+                    release_on_break: r.below(2) == 0,
+                },
+                2..=17 => Op::Store,
+                18 => Op::Unpin,
+                _ => Op::Die,
+            };
+            return Some(Step { actor, op });
+        }
+        let actor = Actor::Worker(r.below(self.shape.workers.max(1) as u64) as usize);
+        let op = match r.below(20) {
+            0..=3 => Op::Write {
+                file: plain,
                 off,
                 len,
                 byte,
-            } => {
-                let data = vec![byte; len as usize];
-                match fs.write(inos[file as usize], off, &data, root) {
-                    Ok(n) if n as u64 == len => {
-                        let m = model.get_mut(&file).expect("file");
-                        if m.len() < (off + len) as usize {
-                            m.resize((off + len) as usize, 0);
-                        }
-                        m[off as usize..(off + len) as usize].fill(byte);
-                    }
-                    Ok(n) => return fail(step, format!("short write of {n} of {len} bytes")),
-                    Err(e) if e.errno() == libc::ENOSPC => {}
-                    Err(e) => return fail(step, format!("write: {e}")),
-                }
-            }
-            Op::Truncate { file, size } => {
-                let m = model.get_mut(&file).expect("file");
-                let shrinking = (size as usize) < m.len();
-                let hit =
-                    shrinking && revoke(file, size.div_ceil(BLOCK_SIZE), u64::MAX, &mut holders);
-                let r = fs.setattr(
-                    inos[file as usize],
-                    SetAttr {
-                        size: Some(size),
-                        ..Default::default()
-                    },
-                    breaker,
-                );
-                let m = model.get_mut(&file).expect("file");
-                match r {
-                    Ok(_) => m.resize(size as usize, 0),
-                    Err(e) if hit && e.errno() == libc::ETXTBSY && cfg.policy == Policy::Refuse => {
-                    }
-                    Err(e) => return fail(step, format!("truncate: {e}")),
-                }
-                breaks += hit as u64;
-            }
-            Op::Punch { file, off, len } | Op::Zero { file, off, len } => {
-                let punch = matches!(op, Op::Punch { .. });
-                let end = off + len;
-                let hit = revoke(
-                    file,
-                    off.div_ceil(BLOCK_SIZE),
-                    end / BLOCK_SIZE,
-                    &mut holders,
-                );
-                let mode = if punch {
-                    falloc::PUNCH_HOLE | falloc::KEEP_SIZE
-                } else {
-                    falloc::ZERO_RANGE
-                };
-                let r = fs.fallocate(inos[file as usize], off, len, mode, breaker, None);
-                let m = model.get_mut(&file).expect("file");
-                match r {
-                    Ok(()) => {
-                        let upto = if punch { end.min(m.len() as u64) } else { end };
-                        if m.len() < upto as usize {
-                            m.resize(upto as usize, 0);
-                        }
-                        if off < upto {
-                            m[off as usize..upto as usize].fill(0);
-                        }
-                    }
-                    Err(e) if hit && e.errno() == libc::ETXTBSY && cfg.policy == Policy::Refuse => {
-                    }
-                    Err(e) if e.errno() == libc::ENOSPC => {
-                        // Zero range may run out of space after unmapping: the range still
-                        // reads as zeros.
-                        let upto = end.min(m.len() as u64);
-                        if !punch && off < upto {
-                            m[off as usize..upto as usize].fill(0);
-                        }
-                    }
-                    Err(e) => {
-                        return fail(
-                            step,
-                            format!("{}: {e}", if punch { "punch" } else { "zero range" }),
-                        )
-                    }
-                }
-                breaks += hit as u64;
-            }
-            Op::Pin {
-                holder,
-                file,
+            },
+            4 | 5 => Op::MmapStore {
+                file: plain,
                 off,
                 len,
-            } => {
-                if let Some(old) = holders[holder as usize].take() {
-                    fs.holder_gone(old.id);
-                }
-                let size = model[&file].len() as u64;
-                if off >= size {
-                    continue;
-                }
-                let len = len.min(size - off);
-                let id = fs.add_holder(HolderInfo {
-                    pid: 6_000_000 + holder as u32,
-                    comm: format!("h{holder}"),
-                    uid: 0,
-                    gid: 0,
-                });
-                let req = crate::lease::PinRequest {
-                    holder: id,
-                    ino: inos[file as usize],
-                    offset: off,
-                    len,
-                    writable: true,
-                    unbreakable: false,
-                };
-                match fs.pin(
-                    &req,
-                    Caller {
-                        pid: 6_000_000 + holder as u32,
-                        ..root
-                    },
-                ) {
-                    Ok(g) => {
-                        holders[holder as usize] = Some(Holder {
-                            id,
-                            file,
-                            extents: g.extents,
-                            pin: g.id,
-                            in_file: true,
-                        })
-                    }
-                    Err(e) if e.errno() == libc::ENOSPC => fs.holder_gone(id),
-                    Err(e) => return fail(step, format!("pin: {e}")),
-                }
-            }
-            Op::HolderStore { holder } => {
-                let Some(h) = &holders[holder as usize] else {
-                    continue;
-                };
-                let byte = 0xe0 + holder as u8;
-                for e in &h.extents {
-                    fs.image()
-                        .write(e.image_offset, &vec![byte; e.len as usize]);
-                }
-                stores += 1;
-                let live_elsewhere = |fb: u64| {
-                    holders.iter().flatten().any(|o| {
-                        o.id != h.id
-                            && o.file == h.file
-                            && o.in_file
-                            && o.extents.iter().any(|e| {
-                                e.file_offset / BLOCK_SIZE <= fb
-                                    && fb < (e.file_offset + e.len) / BLOCK_SIZE
-                            })
-                    })
-                };
-                let m = model.get_mut(&h.file).expect("file");
-                for e in &h.extents {
-                    for k in 0..e.len / BLOCK_SIZE {
-                        let fb = e.file_offset / BLOCK_SIZE + k;
-                        let still = fs.image_block_of(inos[h.file as usize], fb)
-                            == Some(e.image_offset / BLOCK_SIZE + k);
-                        if !h.in_file && still && !live_elsewhere(fb) {
-                            return fail(step, format!("revoked holder h{holder} still reaches block {fb} of f{}, which no live pin keeps", h.file));
-                        }
-                        if h.in_file || still {
-                            let a = ((fb * BLOCK_SIZE) as usize).min(m.len());
-                            let b = (((fb + 1) * BLOCK_SIZE) as usize).min(m.len());
-                            m[a..b].fill(byte);
-                        }
-                    }
-                }
-            }
-            Op::HolderGone { holder } => {
-                if let Some(h) = holders[holder as usize].take() {
-                    let _ = h.pin;
-                    fs.holder_gone(h.id);
-                }
-            }
-            Op::NewFile { blocks, byte } => {
-                new_files += 1;
-                let name = format!("new{new_files}");
-                let a = fs
-                    .create(
-                        ROOT_INO,
-                        name.as_bytes(),
-                        libc::S_IFREG | 0o644,
-                        0,
-                        None,
-                        root,
-                    )
-                    .map_err(|e| e.to_string())?;
-                let want = vec![byte; (blocks * BLOCK_SIZE) as usize];
-                match fs.write(a.ino, 0, &want, root) {
-                    Ok(_) | Err(_) => {}
-                }
-                let got = fs
-                    .read(a.ino, 0, want.len() as u32)
-                    .map_err(|e| e.to_string())?;
-                if let Some(i) = got.iter().position(|&b| b != byte) {
-                    return fail(step, format!("new file {name} byte {i} is {:#x}, not {byte:#x}: another file's blocks or a holder's bytes reached it", got[i]));
-                }
-                let _ = fs.remove(ROOT_INO, name.as_bytes(), false);
-                fs.forget(a.ino, 1);
-            }
-        }
-        // The model check after every step.
-        for f in 0..FILES {
-            let m = &model[&f];
-            let got = fs
-                .read(inos[f as usize], 0, (m.len() + 1) as u32)
-                .map_err(|e| e.to_string())?;
-            if got != *m {
-                let at = got
-                    .iter()
-                    .zip(m.iter())
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(got.len().min(m.len()));
-                let seen = got.get(at).map_or("nothing".into(), |b| format!("{b:#x}"));
-                let want = m.get(at).map_or("nothing".into(), |b| format!("{b:#x}"));
-                let holder = got.get(at).is_some_and(|&b| b >= 0xe0);
-                return fail(
-                    step,
-                    format!(
-                        "file f{f} byte {at} is {seen}, the model says {want} (size {} vs {}){}",
-                        got.len(),
-                        m.len(),
-                        if holder {
-                            ": a holder's byte where no live pin allows it"
-                        } else {
-                            ""
-                        }
-                    ),
-                );
-            }
-        }
-        let acct = fs.with_allocator(|a| a.check());
-        if let Err(e) = acct {
-            return fail(step, format!("allocator: {e}"));
-        }
+                byte,
+            },
+            6 => Op::Truncate {
+                file: plain,
+                size: off,
+            },
+            7..=10 => Op::Write {
+                file: pinned,
+                off,
+                len,
+                byte,
+            },
+            11..=13 => Op::Truncate {
+                file: pinned,
+                size: off,
+            },
+            14 | 15 => Op::Punch {
+                file: pinned,
+                off,
+                len,
+            },
+            16 | 17 => Op::Zero {
+                file: pinned,
+                off,
+                len,
+            },
+            _ => Op::NewFile {
+                blocks: 1 + r.below(16),
+                byte,
+            },
+        };
+        Some(Step { actor, op })
     }
-    for h in holders.iter_mut() {
-        if let Some(h) = h.take() {
-            fs.holder_gone(h.id);
-        }
-    }
-    let busy = fs.statfs().busy;
-    if busy != 0 {
-        return fail(
-            prog.len(),
-            format!("{busy} blocks still busy after every holder left"),
-        );
-    }
-    fs.unmount().map_err(|e| e.to_string())?;
-    drop(fs);
-    let report = crate::fsck::check(&path, false).map_err(|e| e.to_string())?;
-    if !report.errors.is_empty() {
-        return fail(prog.len(), format!("fsck: {}", report.errors.join("; ")));
-    }
-    Ok(Outcome::Clean { breaks, stores })
 }
 
-/// Shrinks a failing program: removes chunks of operations while the run still fails.
-pub fn shrink(dir: &Path, prog: &[Op], cfg: SerialConfig) -> Vec<Op> {
-    let fails = |p: &[Op]| matches!(run_serial(dir, p, cfg), Ok(Outcome::Failed { .. }));
-    let mut cur: Vec<Op> = prog.to_vec();
-    if let Ok(Outcome::Failed { step, .. }) = run_serial(dir, &cur, cfg) {
-        cur.truncate(step + 1);
-    }
-    let mut chunk = cur.len() / 2;
-    while chunk >= 1 {
-        let mut i = 0;
-        while i < cur.len() {
-            let mut cand = cur.clone();
-            cand.drain(i..(i + chunk).min(cand.len()));
-            if !cand.is_empty() && fails(&cand) {
-                cur = cand;
-            } else {
-                i += chunk;
-            }
-        }
-        chunk /= 2;
-    }
-    cur
+/// The first `n` steps of the program of `seed` and `shape`.
+pub fn program(seed: u64, shape: Shape, n: usize) -> Vec<Step> {
+    Program::new(seed, shape).take(n).collect()
 }
 
-/// Runs `runs` serial programs of `ops` operations from seeds `seed`, `seed + 1`, ...; prints
-/// a report. Returns whether the outcome is the expected one: every run clean, or with
-/// `busy_blocks=off`, the oracle catching the corruption.
-pub fn serial_command(seed: u64, ops: usize, runs: u64, cfg: SerialConfig) -> Result<bool, String> {
-    let dir = tempfile::Builder::new()
-        .prefix("pinfs-fuzz")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
-    let opts = format!(
-        "break_policy={},busy_blocks={}",
-        cfg.policy.name(),
-        if cfg.busy_blocks { "on" } else { "off" }
-    );
-    let t0 = std::time::Instant::now();
-    let (mut total_ops, mut total_breaks) = (0u64, 0u64);
-    for run in 0..runs {
-        let s = seed.wrapping_add(run);
-        let prog = program(s, ops);
-        match run_serial(dir.path(), &prog, cfg)? {
-            Outcome::Clean { breaks, .. } => {
-                total_ops += prog.len() as u64;
-                total_breaks += breaks;
-            }
-            Outcome::Failed { step, what } => {
-                let small = shrink(dir.path(), &prog, cfg);
-                let expected = !cfg.busy_blocks;
-                println!(
-                    "{}: seed {s}, step {step}: {what}",
-                    if expected {
-                        "oracle fired (expected with busy_blocks=off)"
-                    } else {
-                        "FAILED"
-                    }
-                );
-                println!("program around the failure:");
-                for (i, op) in prog.iter().enumerate().skip(step.saturating_sub(5)).take(6) {
-                    println!("  {i:4}: {op:?}");
-                }
-                println!("shrunk to {} operations:", small.len());
-                for (i, op) in small.iter().enumerate() {
-                    println!("  {i:4}: {op:?}");
-                }
-                println!("replay: pinfs fuzz --serial --seed {s} --ops {ops} --runs 1 -o {opts}");
-                return Ok(expected);
-            }
+/// The range a pin of `off`/`len` takes in a file of `size` bytes: none from or past the
+/// end, and never past it.
+pub fn pin_range(off: u64, len: u64, size: u64) -> Option<(u64, u64)> {
+    (off < size).then(|| (off, len.min(size - off)))
+}
+
+/// The range an mmap store of `off`/`len` takes in a file of `size` bytes: from a page
+/// inside the file, never past its end; none in a file shorter than a page.
+pub fn mmap_range(off: u64, len: u64, size: u64) -> Option<(u64, u64)> {
+    (size >= BLOCK_SIZE).then(|| {
+        let start = (off % size) & !(BLOCK_SIZE - 1);
+        (start, len.min(size - start))
+    })
+}
+
+/// The whole blocks `first..end` whose layout a breaker changes (empty when `first >= end`):
+/// a truncate to `size` changes every block from the one holding the new end; a punch or
+/// zero of `off..off+len` the blocks wholly inside.
+pub fn broken_blocks(op: &Op) -> Option<(usize, u64, u64)> {
+    match *op {
+        Op::Truncate { file, size } => Some((file, size.div_ceil(BLOCK_SIZE), u64::MAX)),
+        Op::Punch { file, off, len } | Op::Zero { file, off, len } => {
+            Some((file, off.div_ceil(BLOCK_SIZE), (off + len) / BLOCK_SIZE))
+        }
+        _ => None,
+    }
+}
+
+/// Pins a run can tell apart in tags.
+pub const MAX_TAG_PIN: u32 = 1 << 20;
+/// Stores of one pin a run can tell apart in tags (a holder stops storing after that many).
+pub const MAX_TAG_STORE: u32 = 1 << 15;
+const TAG_MARK: u8 = 0xff;
+
+/// The tag of store `store` of pin `pin` (below [`MAX_TAG_PIN`] and [`MAX_TAG_STORE`]): a
+/// marker byte, then 35 bits five at a time, each byte `>= 0xe0`.
+pub fn tag(pin: u32, store: u32) -> [u8; 8] {
+    let v = (u64::from(pin % MAX_TAG_PIN) << 15) | u64::from(store % MAX_TAG_STORE);
+    let mut t = [TAG_MARK; 8];
+    for (k, b) in t[1..].iter_mut().enumerate() {
+        *b = HOLDER_BYTES | ((v >> (5 * k)) & 31) as u8;
+    }
+    t
+}
+
+/// The pin and store of a whole tag, if `word` is one.
+pub fn read_tag(word: &[u8]) -> Option<(u32, u32)> {
+    if word.len() != 8 || word[0] != TAG_MARK || word[1..].iter().any(|&b| b < HOLDER_BYTES) {
+        return None;
+    }
+    let v = word[1..]
+        .iter()
+        .enumerate()
+        .fold(0u64, |v, (k, &b)| v | (u64::from(b & 31) << (5 * k)));
+    Some((
+        (v >> 15) as u32,
+        (v & (u64::from(MAX_TAG_STORE) - 1)) as u32,
+    ))
+}
+
+/// Fills `buf` (a whole number of tags long) with the tag of a store.
+pub fn fill_tags(buf: &mut [u8], pin: u32, store: u32) {
+    let t = tag(pin, store);
+    for w in buf.chunks_exact_mut(8) {
+        w.copy_from_slice(&t);
+    }
+}
+
+/// Mount options drawn from the seed when none are given: the policy (`revoke`, `refuse` or
+/// `wait`), the break time (10 to 300 ms), and under `revoke`, one time in eight,
+/// `busy_blocks=off`: a run that must see its oracles fire (only a revocation can let a
+/// holder's stores loose, so the other policies keep busy blocks on).
+pub fn options_from_seed(seed: u64) -> String {
+    let mut r = Rng::new(seed ^ 0x0b7e);
+    let policy = ["revoke", "refuse", "wait"][r.below(3) as usize];
+    let ms = 10 + r.below(291);
+    let busy = if policy == "revoke" && r.below(8) == 0 {
+        "off"
+    } else {
+        "on"
+    };
+    format!(
+        "break_policy={policy},lease_break_time={:.3},busy_blocks={busy}",
+        ms as f64 / 1000.0
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_read_back_and_never_look_like_writer_bytes() {
+        for (p, s) in [
+            (0, 0),
+            (1, 2),
+            (MAX_TAG_PIN - 1, MAX_TAG_STORE - 1),
+            (77, 31),
+        ] {
+            let t = tag(p, s);
+            assert!(t.iter().all(|&b| b >= HOLDER_BYTES));
+            assert_eq!(read_tag(&t), Some((p, s)));
+        }
+        let mut damaged = tag(5, 6);
+        damaged[3] = WRITER_MAX;
+        assert_eq!(read_tag(&damaged), None);
+    }
+
+    #[test]
+    fn the_same_seed_and_shape_give_the_same_program() {
+        let shape = Shape {
+            workers: 4,
+            holders: 4,
+        };
+        assert_eq!(program(9, shape, 500), program(9, shape, 500));
+        assert_ne!(program(9, shape, 500), program(10, shape, 500));
+        let steps = program(9, shape, 2000);
+        assert!(steps.iter().any(|s| matches!(s.actor, Actor::Holder(3))));
+        assert!(steps.iter().any(|s| matches!(s.op, Op::Die)));
+        assert!(steps.iter().any(|s| matches!(s.op, Op::Punch { .. })));
+    }
+
+    #[test]
+    fn seeds_draw_every_policy_and_sometimes_no_busy_blocks() {
+        let all: Vec<String> = (0..200).map(options_from_seed).collect();
+        for want in [
+            "break_policy=wait",
+            "break_policy=refuse",
+            "break_policy=revoke",
+        ] {
+            assert!(all.iter().any(|o| o.contains(want)), "{want}");
+        }
+        let off: Vec<&String> = all
+            .iter()
+            .filter(|o| o.contains("busy_blocks=off"))
+            .collect();
+        assert!(!off.is_empty());
+        assert!(off.iter().all(|o| o.contains("break_policy=revoke")));
+        for o in &all {
+            crate::options::MountOptions::parse(o).expect(o);
         }
     }
-    let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "{runs} programs, {total_ops} operations, {total_breaks} breaks in {secs:.1} s ({:.0} operations/s, {:.0} breaks/s): all checks held ({opts})",
-        total_ops as f64 / secs,
-        total_breaks as f64 / secs
-    );
-    if !cfg.busy_blocks {
-        println!(
-            "busy_blocks=off, yet the oracle never fired: it may be unable to see the corruption"
-        );
-        return Ok(false);
+
+    #[test]
+    fn ranges_stay_inside_the_file() {
+        assert_eq!(pin_range(10, 100, 50), Some((10, 40)));
+        assert_eq!(pin_range(50, 1, 50), None);
+        assert_eq!(mmap_range(9000, 100_000, 20_000), Some((8192, 11_808)));
+        assert_eq!(mmap_range(0, 10, 4095), None);
     }
-    Ok(true)
 }

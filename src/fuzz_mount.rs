@@ -1,34 +1,45 @@
-//! The fuzzer's concurrent mode: many actors on a real pinfs mount at once.
+//! The fuzzer's concurrent mode: a program ([`crate::fuzz`]) run on a real pinfs mount, each
+//! actor taking its own steps in program order: workers as threads of this process, holders
+//! as processes of their own ([`crate::fuzz_holder`]).
 //!
-//! - holders: `pinfs pin` processes that pin random ranges of the *pinned* files and keep
-//!   storing their own byte (`0xe0 + n`) into them, some ignoring breaks, some releasing,
-//!   killed at random;
-//! - breakers on the pinned files: truncate, punch, zero, and writers that grow them again;
-//! - writers, mmap users and readers on *plain* files (no holder ever pins them), each file's
-//!   operations serialised by the fuzzer so that its contents can be checked exactly against
-//!   a model;
-//! - allocators: new files that take freed space, read back at once.
+//! - Workers write, store through shared mappings and truncate the *plain* files (each
+//!   file's operations serialised here, so that its contents can be checked exactly against a
+//!   model after every step); write, truncate, punch and zero the *pinned* files (the
+//!   breakers); and make new files that take freed space, read back at once.
+//! - Holders pin, store tags into their blocks, answer or ignore breaks, unpin and die
+//!   (really: `SIGKILL`; a new process takes over the holder's remaining steps).
 //!
-//! Oracles, checked continuously and at the end: a plain file always matches its model (so
-//! no holder byte ever reaches it); a new file reads back exactly what was written; a holder
-//! byte in a pinned file lies inside a range that holder pinned there; after all holders
-//! are gone no block is busy; the unmounted image checks clean. With `busy_blocks=off` the
-//! oracles are expected to fire, and the fuzzer says so.
+//! Every pin, store and release the holders report, and every breaker that returned, goes
+//! into the [`Ledger`], whose oracles are checked continuously and at the end:
+//! - a plain file always matches its model, and a new file reads back what was written: no
+//!   holder byte ever reaches a file no holder pinned;
+//! - in a pinned file every whole tag belongs to a pin of that file, lies in that pin's range,
+//!   and comes from a store that began before any breaker of the pin's range returned, unless
+//!   another holder's live lease still kept that block in the file; every other holder byte
+//!   lies in a block some pin of that file covered;
+//! - after all holders are gone no block is busy (on a mount of the user's, none for a
+//!   holder of the run); the unmounted image checks clean (on a fresh mount).
+//!
+//! With `busy_blocks=off` the oracles are expected to fire, and the fuzzer says so.
 
-use std::collections::HashMap;
-use std::fs::OpenOptions;
+use std::collections::{HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::BufRead;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::fuzz::Rng;
-
-const PLAIN: usize = 3;
-const PINNED: usize = 2;
-const MAX: u64 = 256 * 1024;
+use crate::client::Connection;
+use crate::fuzz::{
+    broken_blocks, file_name, is_pinned, mmap_range, Actor, Op, Program, Shape, FILES, PINNED_FILL,
+    SPAN,
+};
+use crate::fuzz_holder::HolderRun;
+use crate::fuzz_ledger::{now_ns, Entry, Ledger};
+use crate::image::BLOCK_SIZE;
 
 /// Settings of a concurrent run.
 #[derive(Debug, Clone)]
@@ -37,13 +48,13 @@ pub struct MountFuzz {
     pub seed: u64,
     /// How long.
     pub duration: Duration,
-    /// Holder processes at once.
+    /// Holders.
     pub holders: usize,
-    /// Worker threads (breakers, writers, allocators).
+    /// Worker threads.
     pub threads: usize,
     /// Mount options (policy, break time, busy blocks).
     pub options: String,
-    /// Stop after this many worker operations.
+    /// Run only the program's first this many steps.
     pub max_ops: Option<u64>,
     /// Run on this existing pinfs mount (in a directory of its own) instead of a fresh
     /// image; then the mount's options apply, and fsck and the final busy-block check are
@@ -51,96 +62,144 @@ pub struct MountFuzz {
     pub mount: Option<PathBuf>,
 }
 
+impl MountFuzz {
+    /// The shape of the program this run runs.
+    pub fn shape(&self) -> Shape {
+        Shape {
+            workers: self.threads.max(1),
+            holders: self.holders,
+        }
+    }
+}
+
 /// What a run saw.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Operations done by the workers.
+    /// Steps done by all actors.
     pub ops: u64,
+    /// One past the furthest program step any actor reached: the serial mode runs this many
+    /// steps of the same program.
+    pub reached: u64,
     /// Leases broken (from the daemon's counters).
     pub breaks: u64,
+    /// Leases revoked (from the daemon's counters).
+    pub revocations: u64,
+    /// Pins granted.
+    pub pins: u64,
+    /// Breakers that returned success on whole blocks of the pinned files.
+    pub breakers: u64,
+    /// Holder stores.
+    pub stores: u64,
     /// Oracle violations.
     pub violations: Vec<String>,
-    /// The last operations before the end (or the first violation).
+    /// The last steps before the end (or the first violation), oldest first.
     pub recent: Vec<String>,
 }
 
-/// A range a holder pinned: (its byte, first byte, end byte).
-type PinnedRange = (u8, u64, u64);
-
 struct Shared {
-    mnt: PathBuf,
+    dir: PathBuf,
+    seed: u64,
+    shape: Shape,
+    end: Instant,
+    until_ns: u64,
+    max_ops: Option<u64>,
     stop: AtomicBool,
     ops: AtomicU64,
+    reached: AtomicU64,
     violations: Mutex<Vec<String>>,
-    /// The most recent operations, for the report of a failure.
-    log: Mutex<std::collections::VecDeque<String>>,
+    /// The most recent steps, for the report of a failure.
+    log: Mutex<VecDeque<String>>,
     plain: Vec<Mutex<Vec<u8>>>,
-    /// Per pinned file: every range ever pinned there.
-    pinned_ranges: Mutex<HashMap<usize, Vec<PinnedRange>>>,
+    ledger: Mutex<Ledger>,
+    /// The standard input of each live holder process: closing it tells the holder to stop.
+    holder_stdin: Mutex<HashMap<usize, ChildStdin>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
-    fn note(&self, what: String) {
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+    fn path(&self, f: usize) -> PathBuf {
+        self.dir.join(file_name(f))
+    }
+
+    fn running(&self) -> bool {
+        !self.stop.load(Ordering::SeqCst) && Instant::now() < self.end
+    }
+
+    /// A program step began.
+    fn step(&self, index: u64, what: String) {
+        self.reached.fetch_max(index + 1, Ordering::Relaxed);
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        let mut log = lock(&self.log);
         if log.len() == 40 {
             log.pop_front();
         }
-        log.push_back(what);
+        log.push_back(format!("{index}: {what}"));
     }
 
     fn violation(&self, what: String) {
-        let mut v = self.violations.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = lock(&self.violations);
         if v.len() < 20 {
             v.push(what);
         }
+        drop(v);
         self.stop.store(true, Ordering::SeqCst);
+        lock(&self.holder_stdin).clear();
+    }
+
+    /// The oracles on the pinned files' contents now, and on tags that waited for their
+    /// stores' reports (`last`: every holder has exited, none will come).
+    fn check_pinned(&self, last: bool) {
+        for f in (0..FILES).filter(|&f| is_pinned(f)) {
+            let Ok(data) = std::fs::read(self.path(f)) else {
+                continue;
+            };
+            if let Err(v) = lock(&self.ledger).check(Some(f), &file_name(f), &data) {
+                self.violation(v);
+                return;
+            }
+        }
+        if let Err(v) = lock(&self.ledger).check_pending(last) {
+            self.violation(v);
+        }
     }
 }
 
-fn plain_path(mnt: &Path, i: usize) -> PathBuf {
-    mnt.join(format!("plain{i}"))
-}
-fn pinned_path(mnt: &Path, i: usize) -> PathBuf {
-    mnt.join(format!("pinned{i}"))
+fn open(path: &Path) -> Option<File> {
+    OpenOptions::new().read(true).write(true).open(path).ok()
 }
 
-fn plain_worker(sh: &Shared, r: &mut Rng) {
-    let i = r.below(PLAIN as u64) as usize;
-    let path = plain_path(&sh.mnt, i);
-    let mut model = sh.plain[i].lock().unwrap_or_else(|e| e.into_inner());
-    let Ok(f) = OpenOptions::new().read(true).write(true).open(&path) else {
+/// A plain-file step, checked against the file's model.
+fn plain_step(sh: &Shared, op: Op) {
+    let (Op::Write { file, .. } | Op::MmapStore { file, .. } | Op::Truncate { file, .. }) = op
+    else {
         return;
     };
-    let off = r.below(MAX);
-    let len = 1 + r.below(32768);
-    let byte = 1 + r.below(0xd0) as u8;
-    match r.below(5) {
-        0 | 1 => {
-            sh.note(format!("plain{i}: write {len} bytes of {byte:#x} at {off}"));
-            if f.write_all_at(&vec![byte; len as usize], off).is_ok() {
-                if model.len() < (off + len) as usize {
-                    model.resize((off + len) as usize, 0);
-                }
-                model[off as usize..(off + len) as usize].fill(byte);
+    let mut model = lock(&sh.plain[file]);
+    let Some(f) = open(&sh.path(file)) else {
+        return;
+    };
+    match op {
+        Op::Write { off, len, byte, .. }
+            if f.write_all_at(&vec![byte; len as usize], off).is_ok() =>
+        {
+            let end = (off + len) as usize;
+            if model.len() < end {
+                model.resize(end, 0);
             }
+            model[off as usize..end].fill(byte);
         }
-        2 => {
-            sh.note(format!("plain{i}: truncate to {off}"));
-            if f.set_len(off).is_ok() {
-                model.resize(off as usize, 0);
-            }
-        }
-        3 if model.len() >= 4096 => {
-            // An mmap user: stores through a shared mapping, then msync.
-            let size = model.len() as u64;
-            let moff = r.below(size) & !4095;
-            let mlen = (size - moff).min(1 + r.below(16384));
-            sh.note(format!(
-                "plain{i}: mmap store {mlen} bytes of {byte:#x} at {moff}"
-            ));
+        Op::Truncate { size, .. } if f.set_len(size).is_ok() => model.resize(size as usize, 0),
+        Op::MmapStore { off, len, byte, .. } => {
+            let Some((moff, mlen)) = mmap_range(off, len, model.len() as u64) else {
+                return;
+            };
             let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-            // SAFETY: a shared mapping of `mlen` bytes at a page-aligned offset inside the file,
-            // written within its bounds, synced and unmapped here; no reference outlives it.
+            // SAFETY: a shared mapping of `mlen` bytes at a page-aligned offset inside the
+            // file (its size is the model's, and only this thread changes it now), written
+            // within its bounds, synced and unmapped here; no reference outlives it.
             unsafe {
                 let p = libc::mmap(
                     std::ptr::null_mut(),
@@ -168,9 +227,14 @@ fn plain_worker(sh: &Shared, r: &mut Rng) {
             .iter()
             .zip(model.iter())
             .position(|(a, b)| a != b)
-            .unwrap_or(0);
+            .unwrap_or(got.len().min(model.len()));
+        let why = match lock(&sh.ledger).check(None, &file_name(file), &got) {
+            Err(v) => format!(": {v}"),
+            Ok(()) => String::new(),
+        };
         sh.violation(format!(
-            "plain{i}: byte {at} is {:#x}, the model says {:#x} (sizes {} and {})",
+            "{}: byte {at} is {:#x}, the model says {:#x} (sizes {} and {}){why}",
+            file_name(file),
             got.get(at).copied().unwrap_or(0),
             model.get(at).copied().unwrap_or(0),
             got.len(),
@@ -179,116 +243,182 @@ fn plain_worker(sh: &Shared, r: &mut Rng) {
     }
 }
 
-fn breaker_worker(sh: &Shared, r: &mut Rng) {
-    let i = r.below(PINNED as u64) as usize;
-    let Ok(f) = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(pinned_path(&sh.mnt, i))
+/// A step on a pinned file: a write, or a breaker whose success goes into the ledger.
+fn pinned_step(sh: &Shared, op: Op) {
+    let (Op::Write { file, .. }
+    | Op::Truncate { file, .. }
+    | Op::Punch { file, .. }
+    | Op::Zero { file, .. }) = op
     else {
         return;
     };
-    let off = r.below(MAX);
-    let len = 1 + r.below(65536);
+    let Some(f) = open(&sh.path(file)) else {
+        return;
+    };
     let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-    let what = r.below(5);
-    sh.note(match what {
-        0 => format!("pinned{i}: truncate to {off}"),
-        1 => format!("pinned{i}: punch {off}+{len}"),
-        2 => format!("pinned{i}: zero {off}+{len}"),
-        _ => format!("pinned{i}: write {len} bytes at {off}"),
-    });
-    match what {
-        0 => drop(f.set_len(off)),
-        // SAFETY: fallocate on an open descriptor; the result is ignored (breakers may be
-        // refused, which is what the policy says).
-        1 => unsafe {
-            let _ = libc::fallocate(
+    let started = now_ns();
+    let ok = match op {
+        Op::Write { off, len, byte, .. } => {
+            let _ = f.write_all_at(&vec![byte; len as usize], off);
+            return;
+        }
+        Op::Truncate { size, .. } => f.set_len(size).is_ok(),
+        // SAFETY: fallocate on an open descriptor; refusals are what the policy says.
+        Op::Punch { off, len, .. } => unsafe {
+            libc::fallocate(
                 fd,
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                 off as i64,
                 len as i64,
-            );
+            ) == 0
         },
         // SAFETY: as above.
-        2 => unsafe {
-            let _ = libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, off as i64, len as i64);
+        Op::Zero { off, len, .. } => unsafe {
+            libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, off as i64, len as i64) == 0
         },
-        _ => drop(f.write_all_at(&vec![1 + r.below(0xd0) as u8; len as usize], off)),
+        _ => false,
+    };
+    let done = now_ns();
+    if let (true, Some((file, first, end))) = (ok, broken_blocks(&op)) {
+        if first < end {
+            lock(&sh.ledger).breaker(file, first, end, started, done);
+        }
     }
 }
 
-fn allocator_worker(sh: &Shared, r: &mut Rng, n: u64) {
-    let path = sh.mnt.join(format!("new{n}"));
-    let byte = 1 + r.below(0xd0) as u8;
-    let len = (1 + r.below(16)) as usize * 4096;
-    if std::fs::write(&path, vec![byte; len]).is_ok() {
+/// A new file that takes free space, read back at once.
+fn new_file(sh: &Shared, n: u64, blocks: u64, byte: u8) {
+    let path = sh.dir.join(format!("new{n}"));
+    let want = vec![byte; (blocks * BLOCK_SIZE) as usize];
+    if std::fs::write(&path, &want).is_ok() {
         if let Ok(back) = std::fs::read(&path) {
             if let Some(at) = back.iter().position(|&b| b != byte) {
-                sh.violation(format!("new file new{n}: byte {at} is {:#x}, not {byte:#x}: freed blocks still written by a holder", back[at]));
+                let why = match lock(&sh.ledger).check(None, &format!("new{n}"), &back) {
+                    Err(v) => v,
+                    Ok(()) => "another file's bytes".into(),
+                };
+                sh.violation(format!(
+                    "new file new{n}: byte {at} is {:#x}, not {byte:#x}: {why}",
+                    back[at]
+                ));
             }
         }
     }
     let _ = std::fs::remove_file(&path);
 }
 
-fn check_pinned(sh: &Shared) {
-    let ranges = sh
-        .pinned_ranges
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    for i in 0..PINNED {
-        let Ok(data) = std::fs::read(pinned_path(&sh.mnt, i)) else {
-            continue;
+fn worker(sh: &Shared, w: usize) {
+    let me = Actor::Worker(w);
+    let steps = Program::new(sh.seed, sh.shape)
+        .enumerate()
+        .map(|(i, s)| (i as u64, s))
+        .take_while(|&(i, _)| sh.max_ops.is_none_or(|m| i < m))
+        .filter(|(_, s)| s.actor == me);
+    for (i, step) in steps {
+        if !sh.running() {
+            break;
+        }
+        sh.step(i, format!("{:?} {:?}", step.actor, step.op));
+        match step.op {
+            Op::NewFile { blocks, byte } => new_file(sh, i, blocks, byte),
+            Op::Write { file, .. } | Op::Truncate { file, .. } if !is_pinned(file) => {
+                plain_step(sh, step.op)
+            }
+            Op::MmapStore { .. } => plain_step(sh, step.op),
+            _ => pinned_step(sh, step.op),
+        }
+    }
+}
+
+/// Runs holder `n`'s steps in holder processes: one, and after each death a new one from
+/// the step after it; takes in their reports.
+fn supervise_holder(sh: &Shared, exe: &Path, n: usize) {
+    let (mut from, mut pins) = (0u64, 0u32);
+    while sh.running() {
+        let run = HolderRun {
+            dir: sh.dir.clone(),
+            seed: sh.seed,
+            shape: sh.shape,
+            holder: n,
+            from,
+            max_ops: sh.max_ops,
+            until_ns: sh.until_ns,
+            first_pin: pins,
         };
-        let allowed = ranges.get(&i).cloned().unwrap_or_default();
-        for (p, &b) in data.iter().enumerate() {
-            if b >= 0xe0
-                && !allowed
-                    .iter()
-                    .any(|&(hb, a, e)| hb == b && (a..e).contains(&(p as u64)))
-            {
-                sh.violation(format!("pinned{i}: holder byte {b:#x} at {p}, outside every range that holder pinned there"));
+        let child = Command::new(exe)
+            .args(run.args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                sh.violation(format!("holder {n}: cannot start its process: {e}"));
+                return;
+            }
+        };
+        if let Some(stdin) = child.stdin.take() {
+            lock(&sh.holder_stdin).insert(n, stdin);
+        }
+        if !sh.running() {
+            lock(&sh.holder_stdin).remove(&n);
+        }
+        let mut died = None;
+        if let Some(out) = child.stdout.take() {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                match Entry::parse(&line) {
+                    Some(Entry::Step { index, what }) => sh.step(index, what),
+                    Some(Entry::Died { index }) => died = Some(index),
+                    Some(Entry::Violation(v)) => sh.violation(v),
+                    Some(e) => {
+                        pins += matches!(e, Entry::Pin { .. }) as u32;
+                        lock(&sh.ledger).record(n, &e);
+                    }
+                    None => sh.violation(format!("holder {n}: an unreadable report: {line}")),
+                }
+            }
+        }
+        let status = child.wait();
+        lock(&sh.holder_stdin).remove(&n);
+        match died {
+            Some(i) => from = i + 1,
+            None => {
+                if !status.as_ref().is_ok_and(|s| s.success()) && sh.running() {
+                    sh.violation(format!("holder {n}: its process ended with {status:?}"));
+                }
                 return;
             }
         }
     }
 }
 
-fn spawn_holder(exe: &Path, sh: &Shared, r: &mut Rng, slot: usize) -> Option<Child> {
-    let i = r.below(PINNED as u64) as usize;
-    let path = pinned_path(&sh.mnt, i);
-    let size = std::fs::metadata(&path).ok()?.len();
-    if size < 4096 {
-        return None;
-    }
-    let off = r.below(size) & !4095;
-    let len = (1 + r.below(8)) * 4096;
-    let len = len.min(size.next_multiple_of(4096) - off);
-    let byte = 0xe0 + slot as u8;
-    sh.pinned_ranges
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(i)
-        .or_default()
-        .push((byte, off, off + len));
-    let mut cmd = Command::new(exe);
-    cmd.arg("pin")
-        .arg(&path)
-        .args(["--offset", &off.to_string(), "--len", &len.to_string()]);
-    cmd.args(["--write-byte", &byte.to_string(), "--every", "2"]);
-    if r.below(2) == 0 {
-        cmd.arg("--ignore-breaks");
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+/// The mount's status (JSON), if its daemon answers.
+fn mount_status(dir: &Path) -> Option<String> {
+    Connection::for_path(dir)
+        .and_then(|mut c| c.status(false))
         .ok()
 }
 
-/// Runs the concurrent fuzzer on a fresh image (mounted with `cfg.options`).
+/// The busy extents of a status: (blocks, holder) each.
+fn busy_extents(status: &str) -> Vec<(u64, u64)> {
+    let Some(busy) = status.split("\"busy\":").nth(1) else {
+        return Vec::new();
+    };
+    let list = busy
+        .split_once("\"extents\":[")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map_or("", |(list, _)| list);
+    list.split("},{")
+        .filter_map(|e| {
+            let n = |k| crate::status::json_number(e, k);
+            Some((n("len")?, n("holder")?))
+        })
+        .collect()
+}
+
+/// Runs the concurrent fuzzer on a fresh image (mounted with `cfg.options`), or in a
+/// directory of `cfg.mount`.
 pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let work = tempfile::Builder::new()
@@ -296,12 +426,12 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         .tempdir()
         .map_err(|e| e.to_string())?;
     let own = cfg.mount.is_none();
-    let (img, mnt) = match &cfg.mount {
+    let (img, dir) = match &cfg.mount {
         None => (work.path().join("fuzz.img"), work.path().join("mnt")),
         Some(m) => (PathBuf::new(), m.join(format!("pinfs-fuzz-{}", cfg.seed))),
     };
-    std::fs::create_dir_all(&mnt).map_err(|e| format!("{}: {e}", mnt.display()))?;
-    let run = |args: &[&str]| -> Result<(), String> {
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let pinfs = |args: &[&str]| -> Result<(), String> {
         let out = Command::new(&exe)
             .args(args)
             .output()
@@ -312,102 +442,96 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
             Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
         }
     };
+    let (img_s, dir_s) = (img.to_string_lossy(), dir.to_string_lossy());
     if own {
-        run(&["mkfs", img.to_str().unwrap_or_default(), "--size", "128M"])?;
-        run(&[
-            "mount",
-            img.to_str().unwrap_or_default(),
-            mnt.to_str().unwrap_or_default(),
-            "-o",
-            &cfg.options,
-        ])?;
-    }
-    for i in 0..PLAIN {
-        std::fs::write(plain_path(&mnt, i), b"").map_err(|e| e.to_string())?;
-    }
-    for i in 0..PINNED {
-        std::fs::write(pinned_path(&mnt, i), vec![0x11u8; MAX as usize])
-            .map_err(|e| e.to_string())?;
+        pinfs(&["mkfs", &img_s, "--size", "128M"])?;
+        pinfs(&["mount", &img_s, &dir_s, "-o", &cfg.options])?;
     }
     let sh = Arc::new(Shared {
-        mnt: mnt.clone(),
+        dir: dir.clone(),
+        seed: cfg.seed,
+        shape: cfg.shape(),
+        end: Instant::now() + cfg.duration,
+        until_ns: now_ns() + cfg.duration.as_nanos() as u64,
+        max_ops: cfg.max_ops,
         stop: AtomicBool::new(false),
         ops: AtomicU64::new(0),
+        reached: AtomicU64::new(0),
         violations: Mutex::new(Vec::new()),
-        log: Mutex::new(std::collections::VecDeque::new()),
-        plain: (0..PLAIN).map(|_| Mutex::new(Vec::new())).collect(),
-        pinned_ranges: Mutex::new(HashMap::new()),
+        log: Mutex::new(VecDeque::new()),
+        plain: (0..FILES).map(|_| Mutex::new(Vec::new())).collect(),
+        ledger: Mutex::new(Ledger::default()),
+        holder_stdin: Mutex::new(HashMap::new()),
     });
-    let end = Instant::now() + cfg.duration;
-    let max_ops = cfg.max_ops;
-    let workers: Vec<_> = (0..cfg.threads.max(1))
-        .map(|t| {
+    let before = mount_status(&dir);
+    let setup = (0..FILES).try_for_each(|f| {
+        let content = if is_pinned(f) {
+            vec![PINNED_FILL; SPAN as usize]
+        } else {
+            Vec::new()
+        };
+        std::fs::write(sh.path(f), content).map_err(|e| format!("{}: {e}", file_name(f)))
+    });
+    let mut threads = Vec::new();
+    if setup.is_ok() {
+        for w in 0..sh.shape.workers {
             let sh = sh.clone();
-            let seed = cfg.seed.wrapping_add(t as u64 * 7919);
-            std::thread::spawn(move || {
-                let mut r = Rng::new(seed);
-                let mut n = 0u64;
-                while !sh.stop.load(Ordering::SeqCst)
-                    && Instant::now() < end
-                    && max_ops.is_none_or(|m| sh.ops.load(Ordering::Relaxed) < m)
-                {
-                    n += 1;
-                    match r.below(10) {
-                        0..=4 => plain_worker(&sh, &mut r),
-                        5..=7 => breaker_worker(&sh, &mut r),
-                        _ => allocator_worker(&sh, &mut r, seed * 1_000_000 + n),
-                    }
-                    sh.ops.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    let mut r = Rng::new(cfg.seed ^ 0x5eed);
-    let mut holders: Vec<Option<Child>> = (0..cfg.holders).map(|_| None).collect();
-    while !sh.stop.load(Ordering::SeqCst)
-        && Instant::now() < end
-        && max_ops.is_none_or(|m| sh.ops.load(Ordering::Relaxed) < m)
-    {
-        let slot = r.below(cfg.holders.max(1) as u64) as usize;
-        if let Some(h) = holders.get_mut(slot) {
-            if let Some(mut c) = h.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            *h = spawn_holder(&exe, &sh, &mut r, slot);
+            threads.push(std::thread::spawn(move || worker(&sh, w)));
         }
-        check_pinned(&sh);
-        std::thread::sleep(Duration::from_millis(50 + r.below(150)));
+        for n in 0..sh.shape.holders {
+            let (sh, exe) = (sh.clone(), exe.clone());
+            threads.push(std::thread::spawn(move || supervise_holder(&sh, &exe, n)));
+        }
     }
-    for w in workers {
-        let _ = w.join();
+    while !threads.iter().all(|t| t.is_finished()) {
+        sh.check_pinned(false);
+        std::thread::sleep(Duration::from_millis(100));
     }
-    for mut c in holders.into_iter().flatten() {
-        let _ = c.kill();
-        let _ = c.wait();
+    for t in threads {
+        if t.join().is_err() {
+            sh.violation("an actor's thread panicked".into());
+        }
     }
-    check_pinned(&sh);
-    let status = |key: &str| -> u64 {
-        crate::client::Connection::for_path(&mnt)
-            .and_then(|mut c| c.status(false))
-            .ok()
-            .and_then(|j| crate::status::json_number(&j, key))
+    sh.check_pinned(true);
+    let after = mount_status(&dir);
+    let counter = |j: &Option<String>, key: &str| {
+        j.as_deref()
+            .and_then(|j| crate::status::json_number(j, key))
             .unwrap_or(0)
     };
-    let breaks = status("breaks");
+    let breaks = counter(&after, "breaks").saturating_sub(counter(&before, "breaks"));
+    let revocations =
+        counter(&after, "revocations").saturating_sub(counter(&before, "revocations"));
+    // Every holder of the run has exited: no block may stay busy for one of them (on a
+    // fresh mount: none at all).
+    let busy_now = || -> u64 {
+        let j = mount_status(&dir).unwrap_or_default();
+        if own {
+            counter(&Some(j), "busy_blocks")
+        } else {
+            let ledger = lock(&sh.ledger);
+            busy_extents(&j)
+                .into_iter()
+                .filter(|&(_, holder)| ledger.is_ours(holder))
+                .map(|(len, _)| len)
+                .sum()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while busy_now() != 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let busy = busy_now();
+    if busy != 0 {
+        sh.violation(format!(
+            "{busy} blocks still busy after every holder of the run left"
+        ));
+    }
     if own {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while status("busy_blocks") != 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let busy = status("busy_blocks");
-        if busy != 0 {
-            sh.violation(format!("{busy} blocks still busy after every holder left"));
-        }
-        let _ = Command::new("umount").arg(&mnt).status();
+        let _ = Command::new("umount").arg(&dir).status();
         // The daemon writes its last checkpoint after umount returns; fsck waits for its lock.
         let out = Command::new(&exe)
-            .args(["fsck", img.to_str().unwrap_or_default()])
+            .args(["fsck", &img_s])
             .output()
             .map_err(|e| e.to_string())?;
         if !out.status.success() {
@@ -417,36 +541,32 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
             ));
         }
     } else {
-        let _ = std::fs::remove_dir_all(&mnt);
+        let _ = std::fs::remove_dir_all(&dir);
     }
-    let violations = sh
-        .violations
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let recent = sh
-        .log
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .cloned()
-        .collect();
+    setup?;
+    let violations = lock(&sh.violations).clone();
+    let recent = lock(&sh.log).iter().cloned().collect();
+    let (pins, stores, breakers) = lock(&sh.ledger).counts();
     Ok(Report {
         ops: sh.ops.load(Ordering::SeqCst),
+        reached: sh.reached.load(Ordering::SeqCst),
         breaks,
+        revocations,
+        stores,
+        pins,
+        breakers,
         violations,
         recent,
     })
 }
 
-/// Mount options drawn from the seed when none are given: the policy (`revoke` or
-/// `refuse`), the break time (50 to 500 ms), busy blocks on.
-pub fn options_from_seed(seed: u64) -> String {
-    let mut r = Rng::new(seed ^ 0x0b7e);
-    let policy = ["revoke", "refuse"][r.below(2) as usize];
-    let ms = 50 + r.below(451);
-    format!(
-        "break_policy={policy},lease_break_time={:.3}",
-        ms as f64 / 1000.0
-    )
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn busy_extents_come_out_of_a_status() {
+        let j = r#"{"holders":[],"leases":[],"busy":{"blocks":12,"extents":[{"start":258,"len":10,"holder":2},{"start":300,"len":2,"holder":7}]},"space":{"busy_blocks":12}}"#;
+        assert_eq!(super::busy_extents(j), vec![(10, 2), (2, 7)]);
+        let none = r#"{"busy":{"blocks":0,"extents":[]},"space":{}}"#;
+        assert!(super::busy_extents(none).is_empty());
+    }
 }

@@ -261,9 +261,12 @@ pub enum LeaseError {
     /// No such pin, or not the caller's.
     #[error("no such pin")]
     NoSuchPin,
-    /// No such holder (or a fenced one asking for a pin).
+    /// No such holder.
     #[error("no such holder")]
     NoSuchHolder,
+    /// A fenced holder asking for a pin: its session is over; it must reconnect (`EPERM`).
+    #[error("this holder was fenced (one of its leases was revoked); reconnect to pin again")]
+    Fenced,
 }
 
 impl LeaseError {
@@ -275,6 +278,7 @@ impl LeaseError {
             LeaseError::WouldBlock => libc::EWOULDBLOCK,
             LeaseError::Again => libc::EAGAIN,
             LeaseError::NoSuchPin | LeaseError::NoSuchHolder => libc::ENOENT,
+            LeaseError::Fenced => libc::EPERM,
         }
     }
 }
@@ -498,7 +502,8 @@ impl Leases {
 
     /// Grants a pin: `make` runs under the lease lock (so no break can start in between),
     /// pins the blocks in the allocator and returns their extents. Refused with `EAGAIN` while
-    /// a break is in progress on the range, and for fenced or unknown holders.
+    /// a break is in progress on the range, with `EPERM` for fenced holders and `ENOENT` for
+    /// unknown ones.
     pub fn grant<E>(
         &self,
         req: &PinRequest,
@@ -510,8 +515,9 @@ impl Leases {
         let (writable, unbreakable) = (req.writable, req.unbreakable);
         let mut st = self.lock();
         match st.holders.get(&holder) {
-            Some(h) if !h.fenced => {}
-            _ => return Err(LeaseError::NoSuchHolder),
+            Some(h) if h.fenced => return Err(LeaseError::Fenced),
+            Some(_) => {}
+            None => return Err(LeaseError::NoSuchHolder),
         }
         let end = first_block + blocks;
         let breaking = st

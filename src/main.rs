@@ -26,11 +26,12 @@ usage:
   pinfs fence MOUNTPOINT HOLDER               revoke every lease of a holder now (root)
   pinfs fuzz [--seed S] [--duration SECONDS] [--ops N] [--holders N] [--threads N]
              [-o OPTIONS | --mount MOUNTPOINT]
-                                              concurrent holders, breakers, writers and
-                                              allocators on a fresh mount, with oracles
-                                              (root, /dev/fuse)
-  pinfs fuzz --serial [--seed S] [--ops N] [--runs R] [-o break_policy=...,busy_blocks=...]
-                                              random truncate-versus-pin programs against the
+                                              a random program of holders (processes),
+                                              breakers, writers and allocators on a fresh
+                                              mount, with oracles (root, /dev/fuse)
+  pinfs fuzz --serial [--seed S] [--ops N] [--runs R] [--holders N] [--threads N]
+             [-o break_policy=...,busy_blocks=...]
+                                              the same programs in one thread against the
                                               core, checked against a model; a failure is
                                               shrunk and printed with a replay command
   pinfs demo                                  every break policy at work, with and without
@@ -92,6 +93,12 @@ fn run(args: &[String]) -> CmdResult {
         "fsck" => cmd_fsck(&args[1..]),
         "pin" => cmd_pin(&args[1..]),
         "fuzz" => cmd_fuzz(&args[1..]),
+        "fuzz-holder" => pinfs::fuzz_holder::HolderRun::parse(&args[1..])
+            .map(|run| {
+                pinfs::fuzz_holder::run_holder(run);
+                0
+            })
+            .map_err(Err),
         "demo" => {
             init_logging("warn");
             match pinfs::demo::run_demo() {
@@ -322,23 +329,18 @@ fn cmd_fence(args: &[String]) -> CmdResult {
 }
 
 fn cmd_fuzz(args: &[String]) -> CmdResult {
-    use pinfs::fuzz::{serial_command, SerialConfig};
-    use pinfs::lease::Policy;
+    use pinfs::fuzz_serial::{serial_command, SerialConfig, SerialRuns};
     let (mut seed, mut ops, mut runs, mut serial, mut opts) =
-        (None, 60usize, 100u64, false, String::new());
+        (None, None::<u64>, 100u64, false, String::new());
     let (mut duration, mut holders, mut threads) =
         (std::time::Duration::from_secs(60), 4usize, 4usize);
-    let mut max_ops: Option<u64> = None;
     let mut mount: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--serial" => serial = true,
             "--seed" => seed = Some(number("--seed", it.next())?),
-            "--ops" => {
-                ops = number("--ops", it.next())? as usize;
-                max_ops = Some(ops as u64);
-            }
+            "--ops" => ops = Some(number("--ops", it.next())?),
             "--runs" => runs = number("--runs", it.next())?,
             "-o" => {
                 opts = it
@@ -358,64 +360,75 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
             s => return Err(Ok(usage(format!("fuzz: unexpected argument '{s}'")))),
         }
     }
-    if !serial {
-        let run = pinfs::fuzz_mount::MountFuzz {
-            seed: 0,
-            duration,
-            holders,
-            threads,
-            options: opts.clone(),
-            max_ops,
-            mount,
-        };
-        return fuzz_mount(seed, run);
-    }
-    let parsed =
-        pinfs::options::MountOptions::parse(&opts).map_err(|e| Err(format!("fuzz: {e}")))?;
-    if parsed.leases.policy == Policy::Wait {
-        return Err(Ok(usage("fuzz --serial: break_policy=wait would wait forever in one thread; use revoke or refuse")));
-    }
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
+    if !serial {
+        let run = pinfs::fuzz_mount::MountFuzz {
+            seed,
+            duration,
+            holders,
+            threads,
+            options: opts.clone(),
+            max_ops: ops,
+            mount,
+        };
+        return fuzz_mount(run);
+    }
+    let parsed =
+        pinfs::options::MountOptions::parse(&opts).map_err(|e| Err(format!("fuzz: {e}")))?;
     init_logging("error");
     let cfg = SerialConfig {
         policy: parsed.leases.policy,
         busy_blocks: parsed.leases.busy_blocks,
     };
-    match serial_command(seed, ops, runs, cfg) {
+    let what = SerialRuns {
+        seed,
+        ops: ops.unwrap_or(60) as usize,
+        runs,
+        shape: pinfs::fuzz::Shape {
+            workers: threads,
+            holders,
+        },
+    };
+    match serial_command(what, cfg) {
         Ok(true) => Ok(0),
         Ok(false) => Ok(1),
         Err(e) => Err(Err(format!("fuzz: {e}"))),
     }
 }
 
-fn fuzz_mount(seed: Option<u64>, mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdResult {
+fn fuzz_mount(mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdResult {
+    if cfg.options.is_empty() && cfg.mount.is_none() {
+        cfg.options = pinfs::fuzz::options_from_seed(cfg.seed);
+    }
     let parsed =
         pinfs::options::MountOptions::parse(&cfg.options).map_err(|e| Err(format!("fuzz: {e}")))?;
-    let seed = seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    });
-    if cfg.options.is_empty() && cfg.mount.is_none() {
-        cfg.options = pinfs::fuzz_mount::options_from_seed(seed);
-    }
-    cfg.seed = seed;
-    let (options, duration, holders, threads) =
-        (cfg.options.clone(), cfg.duration, cfg.holders, cfg.threads);
+    let (seed, options, duration, holders, threads) = (
+        cfg.seed,
+        match &cfg.mount {
+            Some(m) => format!("(those of {})", m.display()),
+            None => cfg.options.clone(),
+        },
+        cfg.duration,
+        cfg.holders,
+        cfg.threads,
+    );
     init_logging("error");
     let t0 = std::time::Instant::now();
     let report = pinfs::fuzz_mount::run(&cfg).map_err(|e| Err(format!("fuzz: {e}")))?;
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "fuzz: seed {seed}, -o {options}: {} operations, {} breaks in {secs:.1} s ({:.0} operations/s, {:.1} breaks/s)",
+        "fuzz: seed {seed}, options {options}: {} steps ({} pins, {} holder stores, {} breakers done), {} breaks, {} revocations in {secs:.1} s ({:.0} steps/s, {:.1} breaks/s)",
         report.ops,
+        report.pins,
+        report.stores,
+        report.breakers,
         report.breaks,
+        report.revocations,
         report.ops as f64 / secs,
         report.breaks as f64 / secs
     );
@@ -424,7 +437,7 @@ fn fuzz_mount(seed: Option<u64>, mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdRe
         println!("  oracle: {v}");
     }
     if !report.violations.is_empty() {
-        println!("  the operations before it, oldest first:");
+        println!("  the steps before it, oldest first (step number: actor, operation):");
         for op in &report.recent {
             println!("    {op}");
         }
@@ -433,10 +446,25 @@ fn fuzz_mount(seed: Option<u64>, mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdRe
         Some(m) => format!("--mount {}", m.display()),
         None => format!("-o {options}"),
     };
+    let ops = cfg
+        .max_ops
+        .map(|n| format!(" --ops {n}"))
+        .unwrap_or_default();
     println!(
-        "replay (thread timing varies): pinfs fuzz --seed {seed} --duration {} --holders {holders} --threads {threads} {target}",
+        "replay (thread timing varies): pinfs fuzz --seed {seed} --duration {}{ops} --holders {holders} --threads {threads} {target}",
         duration.as_secs_f64()
     );
+    if cfg.mount.is_none() {
+        let serial = pinfs::fuzz_serial::SerialConfig {
+            policy: parsed.leases.policy,
+            busy_blocks: parsed.leases.busy_blocks,
+        };
+        let shape = cfg.shape();
+        println!(
+            "the same program in one thread: {}",
+            pinfs::fuzz_serial::replay_command(seed, report.reached as usize, shape, serial)
+        );
+    }
     match (report.violations.is_empty(), expected_failure) {
         (true, false) => {
             println!("all checks held");

@@ -16,7 +16,8 @@
 //! | `ID events` | | `ID ok`, a newline, then a JSON array of recent events |
 //! | `ID fence holder=H` (root only) | | `ID ok revoked=N` |
 //!
-//! Errors are `ID err errno=E <message>`. Notifications are
+//! Errors are `ID err errno=E <message>` (a fenced holder's pins get `EPERM`: it must
+//! reconnect). Notifications are
 //! `event K holder=H pin=P ino=I offset=O len=L [deadline_ms=D]`, with `K` one of
 //! `granted`, `break`, `released`, `revoked`, `refused`, `fenced`, `holder_gone`
 //! (`deadline_ms=never` when a break has no deadline).

@@ -1,0 +1,538 @@
+//! The concurrent fuzzer's ledger: what holders pinned and stored and which breakers
+//! completed, with times, and the oracles that judge a file's contents by it.
+//!
+//! Holder processes report to the fuzzer in [`Entry`] lines on their standard output; the
+//! fuzzer's breakers add their own entries. Times are `CLOCK_MONOTONIC` nanoseconds, which
+//! every process on the machine shares. A time taken before an event is a lower bound of it,
+//! one taken after an upper bound, and each oracle compares them only in the direction that
+//! cannot lie: "store S began after breaker B returned" is claimed only when the time taken
+//! before S is later than the time taken after B.
+//!
+//! A tag read from a file may name a store whose report has not arrived yet: it waits,
+//! and is judged when the report comes (or, at the end, when every holder has exited, it is
+//! a tag of a store never made).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::fuzz::file_name;
+use crate::fuzz::{read_tag, HOLDER_BYTES};
+use crate::image::BLOCK_SIZE;
+
+/// Nanoseconds of `CLOCK_MONOTONIC`: the same clock in every process.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which lives on this stack frame.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Holders a run can have (tags give each holder's pins numbers of their own).
+pub const MAX_HOLDERS: usize = 16;
+
+/// The tag number of local pin `local` of holder `holder`.
+pub fn pin_number(holder: usize, local: u32) -> u32 {
+    local * MAX_HOLDERS as u32 + holder as u32
+}
+
+/// One line of a holder's report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// Program step `index` began: `what` it is.
+    Step { index: u64, what: String },
+    /// Pin `pin` (a tag number) of file blocks `first..end` was granted (time after) to the
+    /// holder the daemon calls `session`.
+    Pin {
+        pin: u32,
+        session: u64,
+        file: usize,
+        first: u64,
+        end: u64,
+        granted: u64,
+    },
+    /// Store `store` of pin `pin` began and ended at these times (before and after).
+    Store {
+        pin: u32,
+        store: u32,
+        began: u64,
+        ended: u64,
+    },
+    /// The holder gave pin `pin` back, or died holding it (time before).
+    End { pin: u32, at: u64 },
+    /// The holder kills itself at program step `index`.
+    Died { index: u64 },
+    /// Something the holder saw that must not happen.
+    Violation(String),
+}
+
+impl Entry {
+    /// The entry as one line (no newline).
+    pub fn line(&self) -> String {
+        match self {
+            Entry::Step { index, what } => format!("step {index} {what}"),
+            Entry::Pin {
+                pin,
+                session,
+                file,
+                first,
+                end,
+                granted,
+            } => format!("pin {pin} {session} {file} {first} {end} {granted}"),
+            Entry::Store {
+                pin,
+                store,
+                began,
+                ended,
+            } => format!("store {pin} {store} {began} {ended}"),
+            Entry::End { pin, at } => format!("end {pin} {at}"),
+            Entry::Died { index } => format!("died {index}"),
+            Entry::Violation(v) => format!("violation {v}"),
+        }
+    }
+
+    /// Parses a line made by [`Entry::line`].
+    pub fn parse(line: &str) -> Option<Entry> {
+        let (kind, rest) = line.split_once(' ')?;
+        let nums = || -> Option<Vec<u64>> { rest.split(' ').map(|w| w.parse().ok()).collect() };
+        Some(match kind {
+            "step" => {
+                let (i, what) = rest.split_once(' ').unwrap_or((rest, ""));
+                Entry::Step {
+                    index: i.parse().ok()?,
+                    what: what.to_string(),
+                }
+            }
+            "pin" => match nums()?[..] {
+                [pin, session, file, first, end, granted] => Entry::Pin {
+                    pin: pin as u32,
+                    session,
+                    file: file as usize,
+                    first,
+                    end,
+                    granted,
+                },
+                _ => return None,
+            },
+            "store" => match nums()?[..] {
+                [pin, store, began, ended] => Entry::Store {
+                    pin: pin as u32,
+                    store: store as u32,
+                    began,
+                    ended,
+                },
+                _ => return None,
+            },
+            "end" => match nums()?[..] {
+                [pin, at] => Entry::End {
+                    pin: pin as u32,
+                    at,
+                },
+                _ => return None,
+            },
+            "died" => Entry::Died {
+                index: rest.parse().ok()?,
+            },
+            "violation" => Entry::Violation(rest.to_string()),
+            _ => return None,
+        })
+    }
+}
+
+/// A pin as the ledger knows it.
+struct PinRecord {
+    holder: usize,
+    file: usize,
+    /// File blocks `first..end`.
+    first: u64,
+    end: u64,
+    granted: u64,
+    ended: Option<u64>,
+    /// Each store's (began, ended), by store number.
+    stores: Vec<(u64, u64)>,
+}
+
+/// A breaker that returned success: blocks `first..end` of `file` left it.
+struct BreakRecord {
+    file: usize,
+    first: u64,
+    end: u64,
+    /// Before the call.
+    started: u64,
+    /// After it returned.
+    done: u64,
+}
+
+/// A tag seen before its store was reported.
+struct Pending {
+    pinned: Option<usize>,
+    name: String,
+    at: usize,
+    pin: u32,
+    store: u32,
+}
+
+/// Everything the oracles judge by.
+#[derive(Default)]
+pub struct Ledger {
+    pins: HashMap<u32, PinRecord>,
+    breaks: Vec<BreakRecord>,
+    pending: Vec<Pending>,
+    stores: u64,
+    sessions: HashSet<u64>,
+}
+
+/// A tag's verdict.
+enum Verdict {
+    Fine,
+    Unknown,
+    Wrong(String),
+}
+
+impl Ledger {
+    /// Takes in a holder's entry (steps, deaths and violations are the caller's).
+    pub fn record(&mut self, holder: usize, e: &Entry) {
+        match *e {
+            Entry::Pin {
+                pin,
+                session,
+                file,
+                first,
+                end,
+                granted,
+            } => {
+                self.sessions.insert(session);
+                self.pins.insert(
+                    pin,
+                    PinRecord {
+                        holder,
+                        file,
+                        first,
+                        end,
+                        granted,
+                        ended: None,
+                        stores: Vec::new(),
+                    },
+                );
+            }
+            Entry::Store {
+                pin,
+                store,
+                began,
+                ended,
+            } => {
+                if let Some(p) = self.pins.get_mut(&pin) {
+                    if p.stores.len() == store as usize {
+                        p.stores.push((began, ended));
+                        self.stores += 1;
+                    }
+                }
+            }
+            Entry::End { pin, at } => {
+                if let Some(p) = self.pins.get_mut(&pin) {
+                    p.ended = Some(at);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A breaker of blocks `first..end` of `file` returned success.
+    pub fn breaker(&mut self, file: usize, first: u64, end: u64, started: u64, done: u64) {
+        // Kept in order of return (threads report almost in that order: the insertion is
+        // at or near the end).
+        let at = self.breaks.partition_point(|b| b.done <= done);
+        self.breaks.insert(
+            at,
+            BreakRecord {
+                file,
+                first,
+                end,
+                started,
+                done,
+            },
+        );
+    }
+
+    /// Pins granted, stores made, breakers completed.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.pins.len() as u64,
+            self.stores,
+            self.breaks.len() as u64,
+        )
+    }
+
+    /// Was `holder` (the daemon's number) one of the fuzzer's holders?
+    pub fn is_ours(&self, holder: u64) -> bool {
+        self.sessions.contains(&holder)
+    }
+
+    /// When the first breaker of pin `g`'s range returned, of those that began after the
+    /// grant: from then on the lease was released or revoked.
+    fn broken_at(&self, p: &PinRecord) -> Option<u64> {
+        // A breaker that began after the grant returned after it: start the search there.
+        let from = self.breaks.partition_point(|b| b.done <= p.granted);
+        self.breaks[from..]
+            .iter()
+            .find(|b| {
+                b.file == p.file && b.first < p.end && p.first < b.end && b.started > p.granted
+            })
+            .map(|b| b.done)
+    }
+
+    /// Was pin `p` live (granted, not ended, not broken) at some time in `from..to`?
+    fn live_during(&self, p: &PinRecord, from: u64, to: u64) -> bool {
+        p.granted < to
+            && p.ended.is_none_or(|e| e > from)
+            && self.broken_at(p).is_none_or(|b| b > from)
+    }
+
+    /// The tag of store `s` of pin `g` at byte `at` of pinned file `pinned` (`None`: a file
+    /// no holder pins).
+    fn judge(&self, pinned: Option<usize>, name: &str, at: usize, g: u32, s: u32) -> Verdict {
+        let Some(p) = self.pins.get(&g) else {
+            return Verdict::Unknown;
+        };
+        let Some(&(began, ended)) = p.stores.get(s as usize) else {
+            return Verdict::Unknown;
+        };
+        let who = format!(
+            "store {s} of pin {g} (holder {}, {})",
+            p.holder,
+            file_name(p.file)
+        );
+        if Some(p.file) != pinned {
+            return Verdict::Wrong(format!(
+                "{name}: {who} at byte {at}: a holder's bytes in a file it did not pin"
+            ));
+        }
+        let b = at as u64 / BLOCK_SIZE;
+        if b < p.first || b >= p.end {
+            return Verdict::Wrong(format!(
+                "{name}: {who} at byte {at}, outside its pinned blocks {}..{}",
+                p.first, p.end
+            ));
+        }
+        if let Some(t) = self.broken_at(p).filter(|&t| began > t) {
+            // The filesystem moves a revoked pin's blocks out of the file when the breaker
+            // runs, except those another holder's live lease keeps there.
+            let kept = self.pins.values().any(|q| {
+                q.holder != p.holder
+                    && q.file == p.file
+                    && q.first <= b
+                    && b < q.end
+                    && self.live_during(q, began, ended)
+            });
+            if !kept {
+                return Verdict::Wrong(format!(
+                    "{name}: {who} at byte {at} began {:.1} ms after a breaker of the pin's range returned: a revoked holder's store reached its file",
+                    (began - t) as f64 / 1e6
+                ));
+            }
+        }
+        Verdict::Fine
+    }
+
+    /// The oracles on the contents `data` of pinned file `pinned` (`None`: a file no holder
+    /// pins), called `name`. Tags of stores not yet reported wait in the ledger.
+    pub fn check(&mut self, pinned: Option<usize>, name: &str, data: &[u8]) -> Result<(), String> {
+        // Blocks some pin of this file ever covered.
+        let mut covered = vec![false; data.len().div_ceil(BLOCK_SIZE as usize)];
+        for p in self.pins.values().filter(|p| Some(p.file) == pinned) {
+            for b in p.first..p.end.min(covered.len() as u64) {
+                covered[b as usize] = true;
+            }
+        }
+        let mut at = 0;
+        // A store fills whole blocks with one tag: judge it once per block.
+        let mut judged: Option<(u32, u32, usize)> = None;
+        while at < data.len() {
+            if let Some((g, s)) = data.get(at..at + 8).and_then(read_tag) {
+                let block = at / BLOCK_SIZE as usize;
+                if judged == Some((g, s, block)) {
+                    at += 8;
+                    continue;
+                }
+                judged = Some((g, s, block));
+                match self.judge(pinned, name, at, g, s) {
+                    Verdict::Fine => {}
+                    Verdict::Wrong(v) => return Err(v),
+                    Verdict::Unknown => self.pending.push(Pending {
+                        pinned,
+                        name: name.to_string(),
+                        at,
+                        pin: g,
+                        store: s,
+                    }),
+                }
+                at += 8;
+                continue;
+            }
+            if data[at] >= HOLDER_BYTES && (pinned.is_none() || !covered[at / BLOCK_SIZE as usize])
+            {
+                return Err(format!(
+                    "{name}: holder byte {:#x} at byte {at}, in a block no pin of this file ever covered",
+                    data[at]
+                ));
+            }
+            at += 1;
+        }
+        Ok(())
+    }
+
+    /// Judges the tags that waited for their stores' reports; with `last` (every holder has
+    /// exited), a report still missing is a violation.
+    pub fn check_pending(&mut self, last: bool) -> Result<(), String> {
+        let mut keep = Vec::new();
+        for t in std::mem::take(&mut self.pending) {
+            match self.judge(t.pinned, &t.name, t.at, t.pin, t.store) {
+                Verdict::Fine => {}
+                Verdict::Wrong(v) => return Err(v),
+                Verdict::Unknown if last => {
+                    return Err(format!(
+                        "{}: a tag of store {} of pin {} at byte {}, a store no holder made",
+                        t.name, t.store, t.pin, t.at
+                    ))
+                }
+                Verdict::Unknown => keep.push(t),
+            }
+        }
+        self.pending = keep;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzz::fill_tags;
+
+    #[test]
+    fn entries_survive_their_lines() {
+        for e in [
+            Entry::Step {
+                index: 7,
+                what: "Holder(1) Store".into(),
+            },
+            Entry::Pin {
+                pin: 33,
+                session: 5,
+                file: 4,
+                first: 2,
+                end: 9,
+                granted: 123,
+            },
+            Entry::Store {
+                pin: 33,
+                store: 0,
+                began: 5,
+                ended: 6,
+            },
+            Entry::End { pin: 33, at: 99 },
+            Entry::Died { index: 8 },
+            Entry::Violation("pin: no".into()),
+        ] {
+            assert_eq!(Entry::parse(&e.line()), Some(e));
+        }
+        assert_eq!(Entry::parse("pin 1 2"), None);
+    }
+
+    fn file_with_tag(block: u64, pin: u32, store: u32) -> Vec<u8> {
+        let mut data = vec![0x11u8; 16 * BLOCK_SIZE as usize];
+        let b = (block * BLOCK_SIZE) as usize;
+        fill_tags(&mut data[b..b + BLOCK_SIZE as usize], pin, store);
+        data
+    }
+
+    #[test]
+    fn a_store_after_the_breaker_returned_is_caught_one_before_is_not() {
+        let mut l = Ledger::default();
+        let pin = |l: &mut Ledger, g, holder, granted| {
+            l.record(
+                holder,
+                &Entry::Pin {
+                    pin: g,
+                    session: holder as u64,
+                    file: 3,
+                    first: 2,
+                    end: 6,
+                    granted,
+                },
+            )
+        };
+        pin(&mut l, 1, 1, 100);
+        l.record(
+            1,
+            &Entry::Store {
+                pin: 1,
+                store: 0,
+                began: 150,
+                ended: 160,
+            },
+        );
+        l.breaker(3, 5, u64::MAX, 200, 300);
+        l.record(
+            1,
+            &Entry::Store {
+                pin: 1,
+                store: 1,
+                began: 301,
+                ended: 310,
+            },
+        );
+        assert!(l.check(Some(3), "pinned0", &file_with_tag(2, 1, 0)).is_ok());
+        let late = l.check(Some(3), "pinned0", &file_with_tag(2, 1, 1));
+        assert!(late.unwrap_err().contains("revoked holder"));
+        // Another holder's live lease on the block keeps it in the file: no violation.
+        pin(&mut l, 2, 2, 250);
+        assert!(l.check(Some(3), "pinned0", &file_with_tag(2, 1, 1)).is_ok());
+        // A tag in a file the pin is not of, or outside its range.
+        assert!(l
+            .check(Some(4), "pinned1", &file_with_tag(2, 1, 0))
+            .is_err());
+        assert!(l.check(None, "new1", &file_with_tag(2, 1, 0)).is_err());
+        assert!(l
+            .check(Some(3), "pinned0", &file_with_tag(7, 1, 0))
+            .is_err());
+    }
+
+    #[test]
+    fn an_unreported_store_waits_then_is_judged() {
+        let mut l = Ledger::default();
+        assert!(l
+            .check(Some(3), "pinned0", &file_with_tag(2, 17, 0))
+            .is_ok());
+        assert!(l.check_pending(false).is_ok());
+        assert!(l
+            .check_pending(true)
+            .unwrap_err()
+            .contains("no holder made"));
+        let mut l = Ledger::default();
+        assert!(l
+            .check(Some(3), "pinned0", &file_with_tag(2, 17, 0))
+            .is_ok());
+        l.record(
+            1,
+            &Entry::Pin {
+                pin: 17,
+                session: 1,
+                file: 4,
+                first: 2,
+                end: 3,
+                granted: 1,
+            },
+        );
+        l.record(
+            1,
+            &Entry::Store {
+                pin: 17,
+                store: 0,
+                began: 2,
+                ended: 3,
+            },
+        );
+        assert!(l.check_pending(false).unwrap_err().contains("did not pin"));
+    }
+}
