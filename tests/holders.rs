@@ -345,3 +345,89 @@ fn breaker_errnos_on_a_real_mount() {
     }
     f.set_len(0).unwrap();
 }
+
+/// The concurrent fuzzer's second oracle on a real mount: a holder that ignores a break goes
+/// on storing after its lease was revoked. With busy blocks its later stores reach no file,
+/// and the fuzzer's ledger finds nothing wrong; without them the file, grown back, takes the
+/// freed blocks and shows those stores, and the ledger says so (the oracle can fail).
+#[test]
+fn the_fuzzer_ledger_sees_a_revoked_store_in_its_own_file_only_without_busy_blocks() {
+    use pinfs::fuzz::fill_tags;
+    use pinfs::fuzz_ledger::{now_ns, Entry, Ledger};
+    if skip_without_fuse("holders_ledger") {
+        return;
+    }
+    for busy in ["on", "off"] {
+        let m = Mount::new(
+            "64M",
+            &format!("break_policy=revoke,lease_break_time=0.05,busy_blocks={busy}"),
+        );
+        let path = m.path("pinned0");
+        let f = file(&m, "pinned0", 16 * 4096);
+        let mut c = Connection::for_file(&f).unwrap();
+        let mut pin = c
+            .pin(&f, 4 * 4096, 4 * 4096, PinOptions::default())
+            .unwrap();
+        let mut ledger = Ledger::default();
+        let (file_no, g) = (3, 1);
+        ledger.record(
+            0,
+            &Entry::Pin {
+                pin: g,
+                session: pin.holder,
+                file: file_no,
+                first: 4,
+                end: 8,
+                granted: now_ns(),
+            },
+        );
+        let store = |pin: &mut pinfs::client::Pin, ledger: &mut Ledger, s: u32| {
+            let began = now_ns();
+            fill_tags(pin.as_mut_slice(), g, s);
+            let ended = now_ns();
+            ledger.record(
+                0,
+                &Entry::Store {
+                    pin: g,
+                    store: s,
+                    began,
+                    ended,
+                },
+            );
+        };
+        store(&mut pin, &mut ledger, 0);
+        let data = fs::read(&path).unwrap();
+        assert!(data[4 * 4096..8 * 4096].iter().all(|&b| b >= 0xe0));
+        ledger.check(Some(file_no), "pinned0", &data).unwrap();
+        // A breaker in another process (dd truncates with ftruncate, blocking): the holder
+        // does not answer, the lease is revoked at the deadline.
+        let started = now_ns();
+        let dd = std::process::Command::new("dd")
+            .args(["if=/dev/null", &format!("of={}", path.display())])
+            .args(["bs=4096", "seek=2", "status=none"])
+            .status()
+            .unwrap();
+        let done = now_ns();
+        assert!(dd.success());
+        ledger.breaker(file_no, 2, u64::MAX, started, done);
+        f.write_all_at(&vec![0x22; 14 * 4096], 2 * 4096).unwrap();
+        store(&mut pin, &mut ledger, 1);
+        let data = fs::read(&path).unwrap();
+        let verdict = ledger.check(Some(file_no), "pinned0", &data);
+        if busy == "on" {
+            assert!(verdict.is_ok(), "{verdict:?}");
+            assert!(
+                data[2 * 4096..].iter().all(|&b| b == 0x22),
+                "the grown file holds only what was written"
+            );
+        } else {
+            let v = verdict.expect_err("without busy blocks the store reaches the file");
+            assert!(
+                v.contains("a revoked holder's store reached its file"),
+                "{v}"
+            );
+        }
+        drop(pin);
+        drop(c);
+    }
+}
