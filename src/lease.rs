@@ -26,7 +26,7 @@
 //! held across a wait for a holder or any I/O. Callers may hold an inode lock when they take
 //! it (pinning does), never the other way round. The allocator lock is taken inside it.
 
-use crate::sync::{Condvar, Mutex, MutexGuard};
+use crate::sync::{Clock, Condvar, Mutex, MutexGuard};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -398,6 +398,7 @@ pub struct Leases {
     state: Mutex<State>,
     changed: Condvar,
     notices: Option<Sender<Notice>>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Leases {
@@ -449,6 +450,7 @@ impl Leases {
                 ..Default::default()
             }),
             changed: Condvar::new(),
+            clock: Clock::default(),
             notices,
         }
     }
@@ -695,9 +697,9 @@ impl Leases {
     pub fn run_deadlines(&self, unpinner: &dyn Unpinner, stop: &dyn Fn() -> bool) {
         let mut st = self.lock();
         while !stop() {
-            let next = self.expire(&mut st, Instant::now(), unpinner);
+            let next = self.expire(&mut st, self.clock.now(), unpinner);
             let wait = next.map_or(Duration::from_millis(200), |n| {
-                n.saturating_duration_since(Instant::now())
+                n.saturating_duration_since(self.clock.now())
                     .min(Duration::from_millis(200))
             });
             st = self
@@ -706,6 +708,19 @@ impl Leases {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Moves the model checker's virtual clock on by `by` and applies the policy to the
+    /// deadlines that passed (what the deadline thread does in a real mount). Shuttle never
+    /// times a wait out, so tests make a deadline pass with this, at whatever point of the
+    /// interleaving the checker picks.
+    #[cfg(shuttle)]
+    pub fn advance_clock(&self, by: Duration, unpinner: &dyn Unpinner) {
+        self.clock.advance(by);
+        let mut st = self.lock();
+        self.expire(&mut st, self.clock.now(), unpinner);
+        drop(st);
+        self.changed.notify_all();
     }
 
     /// Breaks the leases that overlap file blocks `first..end` of `ino` before a layout
@@ -750,7 +765,7 @@ impl Leases {
         }
         let deadline = match self.config.policy {
             Policy::Wait => None,
-            _ => self.config.break_time.map(|t| Instant::now() + t),
+            _ => self.config.break_time.map(|t| self.clock.now() + t),
         };
         for id in &live {
             let p = st.pins.get_mut(id).expect("live");
@@ -759,7 +774,7 @@ impl Leases {
                 let p = p.clone();
                 st.counters.breaks += 1;
                 let deadline_ms = deadline
-                    .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64);
+                    .map(|d| d.saturating_duration_since(self.clock.now()).as_millis() as u64);
                 self.emit(
                     &mut st,
                     p.holder,
@@ -775,7 +790,7 @@ impl Leases {
         }
         let guard_id = st.add_marker(ino, first, end);
         loop {
-            let next = self.expire(&mut st, Instant::now(), unpinner);
+            let next = self.expire(&mut st, self.clock.now(), unpinner);
             let still: Vec<PinId> = overlapping(&st);
             if still.is_empty() {
                 break;
@@ -793,7 +808,7 @@ impl Leases {
             st = match next {
                 Some(n) => {
                     self.changed
-                        .wait_timeout(st, n.saturating_duration_since(Instant::now()))
+                        .wait_timeout(st, n.saturating_duration_since(self.clock.now()))
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }

@@ -1,6 +1,8 @@
 //! Model checking of the lease manager and the allocator's busy blocks with shuttle: holders
-//! that pin, release and go away, breakers that detach blocks, fences, in every interleaving
-//! the checker explores, with the invariants checked at the end of each.
+//! that pin, release and go away, breakers that detach blocks, fences, and deadlines that
+//! pass (the lease manager's clock is virtual under shuttle: a modelled thread moves it, so
+//! a deadline passes at whatever point of the interleaving the checker picks), in every
+//! interleaving the checker explores, with the invariants checked at the end of each.
 //!
 //! Built only with the shuttle cfg, which the test command sets:
 //! `RUSTFLAGS="--cfg shuttle" CARGO_TARGET_DIR=target/shuttle cargo test --test shuttle_leases`
@@ -10,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pinfs::lease::{
-    Breaker, HolderInfo, LeaseConfig, LeaseError, Leases, PinRequest, Policy, Unpinner,
+    Breaker, HolderInfo, LeaseConfig, LeaseError, LeaseState, Leases, PinRequest, Policy, Unpinner,
 };
 use pinfs_allocator::{Allocator, Extent};
 use shuttle::sync::Mutex;
@@ -321,6 +323,176 @@ fn refuse_nonblock_and_new_pins() {
             leases.holder_gone(h, &*space);
             leases.holder_gone(other, &*space);
             assert_eq!(space.alloc.lock().unwrap().used_blocks(), FILE_BLOCKS);
+        },
+        3000,
+    );
+}
+
+/// A modelled clock: moves time past every deadline, again and again, until `done`.
+fn clock(leases: Arc<Leases>, space: Arc<Space>, done: Arc<Mutex<bool>>) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        while !*done.lock().unwrap() {
+            leases.advance_clock(Duration::from_secs(2), &*space);
+            thread::yield_now();
+        }
+    })
+}
+
+fn breaker(leases: &Leases, space: &Space, first: u64, end: u64) -> Result<(), LeaseError> {
+    let guard = leases.break_layout(
+        INO,
+        first,
+        end,
+        Breaker {
+            pid: 99,
+            nonblock: false,
+        },
+        space,
+    )?;
+    space.detach(first, end);
+    drop(guard);
+    Ok(())
+}
+
+/// Revoke with a real deadline that passes at any point: one holder never answers, another
+/// releases whenever it gets to, a third dies. The breaker always gets through; the silent
+/// holder's lease is revoked and its detached blocks stay busy until it goes.
+#[test]
+fn revoke_when_the_deadline_passes_anywhere() {
+    shuttle::check_random(
+        || {
+            let leases = Arc::new(Leases::new(
+                LeaseConfig {
+                    break_time: Some(Duration::from_secs(1)),
+                    policy: Policy::Revoke,
+                    busy_blocks: true,
+                },
+                None,
+            ));
+            let space = Space::new();
+            let (silent, polite, doomed) = (
+                holder(&leases, 41),
+                holder(&leases, 42),
+                holder(&leases, 43),
+            );
+            let kept = pin(&leases, &space, silent, 0, 4).unwrap();
+            let given = pin(&leases, &space, polite, 3, 2).unwrap();
+            pin(&leases, &space, doomed, 5, 3).unwrap();
+            let done = Arc::new(Mutex::new(false));
+            let tick = clock(leases.clone(), space.clone(), done.clone());
+            let answer = {
+                let (l, s) = (leases.clone(), space.clone());
+                thread::spawn(move || match l.release(polite, given, &*s) {
+                    // Released in time, or revoked first (then the release still unpins).
+                    Ok(()) | Err(LeaseError::NoSuchPin) => {}
+                    Err(e) => panic!("unexpected {e:?}"),
+                })
+            };
+            let death = {
+                let (l, s) = (leases.clone(), space.clone());
+                thread::spawn(move || l.holder_gone(doomed, &*s))
+            };
+            let b = {
+                let (l, s, d) = (leases.clone(), space.clone(), done.clone());
+                thread::spawn(move || {
+                    let r = breaker(&l, &s, 2, 8);
+                    *d.lock().unwrap() = true;
+                    assert!(r.is_ok(), "revoke never refuses: {r:?}");
+                    s.check();
+                })
+            };
+            for t in [answer, death, b, tick] {
+                t.join().unwrap();
+            }
+            let state = leases
+                .snapshot()
+                .pins
+                .iter()
+                .find(|p| p.id == kept)
+                .map(|p| p.state);
+            assert_eq!(
+                state,
+                Some(LeaseState::Revoked),
+                "the silent holder is revoked"
+            );
+            assert_eq!(
+                space.busy(),
+                2,
+                "its blocks 2 and 3 left the file and stay busy"
+            );
+            space.check();
+            leases.holder_gone(silent, &*space);
+            leases.holder_gone(polite, &*space);
+            assert_eq!(space.busy(), 0, "all free once the holders have gone");
+            space.check();
+        },
+        3000,
+    );
+}
+
+/// Refuse with a real deadline that passes at any point: the breaker gets through only if
+/// the holder released first, and fails with `ETXTBSY` (Busy) only once the deadline has
+/// passed; a refused break changes nothing.
+#[test]
+fn refuse_when_the_deadline_passes_anywhere() {
+    shuttle::check_random(
+        || {
+            let leases = Arc::new(Leases::new(
+                LeaseConfig {
+                    break_time: Some(Duration::from_secs(1)),
+                    policy: Policy::Refuse,
+                    busy_blocks: true,
+                },
+                None,
+            ));
+            let space = Space::new();
+            let h = holder(&leases, 51);
+            let p = pin(&leases, &space, h, 0, 4).unwrap();
+            let released = Arc::new(Mutex::new(false));
+            let done = Arc::new(Mutex::new(false));
+            let tick = clock(leases.clone(), space.clone(), done.clone());
+            let answer = {
+                let (l, s, r) = (leases.clone(), space.clone(), released.clone());
+                thread::spawn(move || {
+                    thread::yield_now();
+                    *r.lock().unwrap() = true;
+                    l.release(h, p, &*s).unwrap();
+                })
+            };
+            let b = {
+                let (l, s, d, r) = (
+                    leases.clone(),
+                    space.clone(),
+                    done.clone(),
+                    released.clone(),
+                );
+                thread::spawn(move || {
+                    let result = breaker(&l, &s, 2, 6);
+                    *d.lock().unwrap() = true;
+                    match result {
+                        Ok(()) => assert!(*r.lock().unwrap(), "through a live lease"),
+                        Err(LeaseError::Busy) => {
+                            let c = l.snapshot().counters;
+                            assert_eq!(
+                                (c.timeouts, c.refusals),
+                                (1, 1),
+                                "refused before the deadline"
+                            );
+                        }
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                    result
+                })
+            };
+            answer.join().unwrap();
+            let result = b.join().unwrap();
+            tick.join().unwrap();
+            let mapped = space.mapped.lock().unwrap().clone();
+            if result.is_err() {
+                assert!(mapped.iter().all(|&m| m), "a refused break changed nothing");
+            }
+            space.check();
+            assert_eq!(space.busy(), 0, "nothing revoked: nothing busy");
         },
         3000,
     );
