@@ -450,7 +450,7 @@ impl Leases {
                 ..Default::default()
             }),
             changed: Condvar::new(),
-            clock: Clock::default(),
+            clock: Clock::new(),
             notices,
         }
     }

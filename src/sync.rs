@@ -16,6 +16,11 @@ pub struct Clock;
 
 #[cfg(not(shuttle))]
 impl Clock {
+    /// The clock.
+    pub fn new() -> Clock {
+        Clock
+    }
+
     /// Now.
     pub fn now(&self) -> std::time::Instant {
         std::time::Instant::now()
@@ -43,6 +48,11 @@ impl Default for Clock {
 
 #[cfg(shuttle)]
 impl Clock {
+    /// A clock at zero.
+    pub fn new() -> Clock {
+        Clock::default()
+    }
+
     /// The virtual now.
     pub fn now(&self) -> std::time::Instant {
         self.base
