@@ -261,6 +261,17 @@ pub fn broken_blocks(op: &Op) -> Option<(usize, u64, u64)> {
     }
 }
 
+/// Where two contents first differ (the shorter one's length when one is a prefix of the
+/// other); `None` when they are the same.
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    (a != b).then(|| {
+        a.iter()
+            .zip(b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len()))
+    })
+}
+
 /// Pins a run can tell apart in tags.
 pub const MAX_TAG_PIN: u32 = 1 << 20;
 /// Stores of one pin a run can tell apart in tags (a holder stops storing after that many).

@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use crate::client::Connection;
 use crate::fuzz::{
-    broken_blocks, file_name, is_pinned, mmap_range, Actor, Op, Program, Shape, FILES, PINNED_FILL,
-    SPAN,
+    broken_blocks, file_name, first_difference, is_pinned, mmap_range, Actor, Op, Program, Shape,
+    FILES, PINNED_FILL, SPAN,
 };
 use crate::fuzz_holder::HolderRun;
 use crate::fuzz_ledger::{now_ns, Entry, Ledger};
@@ -222,12 +222,7 @@ fn plain_step(sh: &Shared, op: Op) {
     let mut got = vec![0u8; model.len() + 1];
     let n = f.read_at(&mut got, 0).unwrap_or(0);
     got.truncate(n);
-    if got != *model {
-        let at = got
-            .iter()
-            .zip(model.iter())
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.len().min(model.len()));
+    if let Some(at) = first_difference(&got, &model) {
         let why = match lock(&sh.ledger).check(None, &file_name(file), &got) {
             Err(v) => format!(": {v}"),
             Ok(()) => String::new(),

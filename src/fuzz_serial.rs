@@ -24,8 +24,9 @@ use std::time::Duration;
 
 use crate::fs::{falloc, Caller, Fs, FsOptions, PinnedExtent, SetAttr};
 use crate::fuzz::{
-    broken_blocks, file_name, fill_tags, is_pinned, mmap_range, pin_range, program, read_tag,
-    Actor, Op, Shape, Step, FILES, HOLDER_BYTES, MAX_TAG_STORE, PINNED_FILL, SPAN,
+    broken_blocks, file_name, fill_tags, first_difference, is_pinned, mmap_range, pin_range,
+    program, read_tag, Actor, Op, Shape, Step, FILES, HOLDER_BYTES, MAX_TAG_STORE, PINNED_FILL,
+    SPAN,
 };
 use crate::image::BLOCK_SIZE;
 use crate::inode::ROOT_INO;
@@ -134,26 +135,16 @@ impl Run {
             stores: 0,
         };
         for f in 0..FILES {
-            let a = run
-                .fs
-                .create(
-                    ROOT_INO,
-                    file_name(f).as_bytes(),
-                    libc::S_IFREG | 0o644,
-                    0,
-                    None,
-                    root(),
-                )
-                .map_err(|e| e.to_string())?;
+            let ino = run.create(&file_name(f))?;
             let content = if is_pinned(f) {
                 vec![PINNED_FILL; SPAN as usize]
             } else {
                 Vec::new()
             };
             run.fs
-                .write(a.ino, 0, &content, root())
+                .write(ino, 0, &content, root())
                 .map_err(|e| e.to_string())?;
-            run.inos.push(a.ino);
+            run.inos.push(ino);
             run.model.push(content);
         }
         Ok(run)
@@ -216,6 +207,21 @@ impl Run {
             }
             (Actor::Worker(_), _) => Err(format!("a worker cannot {:?}", step.op)),
         }
+    }
+
+    /// A new file in the root directory.
+    fn create(&self, name: &str) -> Result<u64, String> {
+        self.fs
+            .create(
+                ROOT_INO,
+                name.as_bytes(),
+                libc::S_IFREG | 0o644,
+                0,
+                None,
+                root(),
+            )
+            .map(|a| a.ino)
+            .map_err(|e| format!("create {name}: {e}"))
     }
 
     fn write(&mut self, file: usize, off: u64, len: u64, byte: u8) -> Check {
@@ -502,26 +508,16 @@ impl Run {
     fn new_file(&mut self, blocks: u64, byte: u8) -> Check {
         self.new_files += 1;
         let name = format!("new{}", self.new_files);
-        let a = self
-            .fs
-            .create(
-                ROOT_INO,
-                name.as_bytes(),
-                libc::S_IFREG | 0o644,
-                0,
-                None,
-                root(),
-            )
-            .map_err(|e| format!("create {name}: {e}"))?;
+        let ino = self.create(&name)?;
         let want = vec![byte; (blocks * BLOCK_SIZE) as usize];
-        let wrote = match self.fs.write(a.ino, 0, &want, root()) {
+        let wrote = match self.fs.write(ino, 0, &want, root()) {
             Ok(n) => n,
             Err(e) if e.errno() == libc::ENOSPC => 0,
             Err(e) => return Err(format!("write {name}: {e}")),
         };
         let got = self
             .fs
-            .read(a.ino, 0, want.len() as u32)
+            .read(ino, 0, want.len() as u32)
             .map_err(|e| e.to_string())?;
         let result = match got.iter().position(|&b| b != byte) {
             Some(i) if i < wrote as usize => Err(format!(
@@ -532,7 +528,7 @@ impl Run {
             _ => Ok(()),
         };
         let _ = self.fs.remove(ROOT_INO, name.as_bytes(), false);
-        self.fs.forget(a.ino, 1);
+        self.fs.forget(ino, 1);
         result
     }
 
@@ -544,12 +540,7 @@ impl Run {
                 .fs
                 .read(self.inos[f], 0, (m.len() + 1) as u32)
                 .map_err(|e| e.to_string())?;
-            if got != *m {
-                let at = got
-                    .iter()
-                    .zip(m.iter())
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(got.len().min(m.len()));
+            if let Some(at) = first_difference(&got, m) {
                 let seen = got.get(at).map_or("nothing".into(), |b| format!("{b:#x}"));
                 let want = m.get(at).map_or("nothing".into(), |b| format!("{b:#x}"));
                 return Err(format!(
