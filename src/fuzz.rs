@@ -65,6 +65,15 @@ pub fn file_name(f: usize) -> String {
     }
 }
 
+/// What file `f` holds when a program starts.
+pub fn initial_content(f: usize) -> Vec<u8> {
+    if is_pinned(f) {
+        vec![PINNED_FILL; SPAN as usize]
+    } else {
+        Vec::new()
+    }
+}
+
 /// Is `f` one of the files holders pin?
 pub fn is_pinned(f: usize) -> bool {
     f >= PLAIN
@@ -225,6 +234,58 @@ impl Iterator for Program {
             },
         };
         Some(Step { actor, op })
+    }
+}
+
+impl Op {
+    /// The file a worker's step works on (`None` for new files and holders' steps).
+    pub fn file(&self) -> Option<usize> {
+        match *self {
+            Op::Write { file, .. }
+            | Op::MmapStore { file, .. }
+            | Op::Truncate { file, .. }
+            | Op::Punch { file, .. }
+            | Op::Zero { file, .. } => Some(file),
+            _ => None,
+        }
+    }
+}
+
+/// What a worker's step that succeeded did to its file, applied to a model of the file's
+/// contents. `op` carries the range the step really took: a write's bytes written, an mmap
+/// store's range inside the file ([`mmap_range`]).
+pub fn apply(model: &mut Vec<u8>, op: &Op) {
+    match *op {
+        Op::Write { off, len, byte, .. } | Op::MmapStore { off, len, byte, .. } => {
+            let end = (off + len) as usize;
+            if model.len() < end {
+                model.resize(end, 0);
+            }
+            model[off as usize..end].fill(byte);
+        }
+        Op::Truncate { size, .. } => model.resize(size as usize, 0),
+        Op::Punch { off, len, .. } => zero_inside(model, off, len),
+        Op::Zero { off, len, .. } => {
+            let end = (off + len) as usize;
+            if model.len() < end {
+                model.resize(end, 0);
+            }
+            model[off as usize..end].fill(0);
+        }
+        _ => {}
+    }
+}
+
+/// A zero range that ran out of space after unmapping the range: what is inside the file
+/// reads as zeros, the size stays.
+pub fn apply_failed_zero(model: &mut [u8], off: u64, len: u64) {
+    zero_inside(model, off, len)
+}
+
+fn zero_inside(model: &mut [u8], off: u64, len: u64) {
+    let upto = (off + len).min(model.len() as u64);
+    if off < upto {
+        model[off as usize..upto as usize].fill(0);
     }
 }
 

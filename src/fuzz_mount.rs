@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 
 use crate::client::Connection;
 use crate::fuzz::{
-    broken_blocks, file_name, first_difference, is_pinned, mmap_range, Actor, Op, Program, Shape,
-    FILES, PINNED_FILL, SPAN,
+    apply, apply_failed_zero, broken_blocks, file_name, initial_content, is_pinned, mmap_range,
+    Actor, Op, Program, Shape, FILES, HOLDER_BYTES,
 };
 use crate::fuzz_holder::HolderRun;
 use crate::fuzz_ledger::{now_ns, Entry, Ledger};
@@ -109,7 +109,8 @@ struct Shared {
     violations: Mutex<Vec<String>>,
     /// The most recent steps, for the report of a failure.
     log: Mutex<VecDeque<String>>,
-    plain: Vec<Mutex<Vec<u8>>>,
+    /// Each file's model (and the lock that serialises workers' steps on it).
+    models: Vec<Mutex<Vec<u8>>>,
     ledger: Mutex<Ledger>,
     /// The standard input of each live holder process: closing it tells the holder to stop.
     holder_stdin: Mutex<HashMap<usize, ChildStdin>>,
@@ -171,113 +172,143 @@ fn open(path: &Path) -> Option<File> {
     OpenOptions::new().read(true).write(true).open(path).ok()
 }
 
-/// A plain-file step, checked against the file's model.
-fn plain_step(sh: &Shared, op: Op) {
-    let (Op::Write { file, .. } | Op::MmapStore { file, .. } | Op::Truncate { file, .. }) = op
-    else {
-        return;
-    };
-    let mut model = lock(&sh.plain[file]);
+/// A worker's step on one of the program's files, checked against the file's model: steps
+/// on a file are serialised here, so the model knows what every byte must be, except where a
+/// holder stored (only in a pinned file: those bytes are the ledger's to judge). A breaker
+/// that returned success goes into the ledger.
+fn file_step(sh: &Shared, op: Op) {
+    let Some(file) = op.file() else { return };
+    let mut model = lock(&sh.models[file]);
     let Some(f) = open(&sh.path(file)) else {
+        sh.violation(format!("{}: cannot open it", file_name(file)));
         return;
     };
-    match op {
-        Op::Write { off, len, byte, .. }
-            if f.write_all_at(&vec![byte; len as usize], off).is_ok() =>
-        {
-            let end = (off + len) as usize;
-            if model.len() < end {
-                model.resize(end, 0);
-            }
-            model[off as usize..end].fill(byte);
-        }
-        Op::Truncate { size, .. } if f.set_len(size).is_ok() => model.resize(size as usize, 0),
-        Op::MmapStore { off, len, byte, .. } => {
-            let Some((moff, mlen)) = mmap_range(off, len, model.len() as u64) else {
-                return;
-            };
-            let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-            // SAFETY: a shared mapping of `mlen` bytes at a page-aligned offset inside the
-            // file (its size is the model's, and only this thread changes it now), written
-            // within its bounds, synced and unmapped here; no reference outlives it.
-            unsafe {
-                let p = libc::mmap(
-                    std::ptr::null_mut(),
-                    mlen as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    fd,
-                    moff as i64,
-                );
-                if p != libc::MAP_FAILED {
-                    std::ptr::write_bytes(p as *mut u8, byte, mlen as usize);
-                    libc::msync(p, mlen as usize, libc::MS_SYNC);
-                    libc::munmap(p, mlen as usize);
-                    model[moff as usize..(moff + mlen) as usize].fill(byte);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+    let errno = || std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let started = now_ns();
+    // What the step did, as the model applies it; or the errno it failed with.
+    let effect: Result<Op, i32> = match op {
+        Op::Write {
+            file,
+            off,
+            len,
+            byte,
+        } => f
+            .write_at(&vec![byte; len as usize], off)
+            .map(|n| Op::Write {
+                file,
+                off,
+                len: n as u64,
+                byte,
+            })
+            .map_err(|e| e.raw_os_error().unwrap_or(0)),
+        Op::MmapStore {
+            file,
+            off,
+            len,
+            byte,
+        } => match mmap_range(off, len, model.len() as u64) {
+            None => return,
+            Some((off, len)) => {
+                // SAFETY: a shared mapping of `len` bytes at a page-aligned offset inside the
+                // file (its size is the model's: only this thread changes it now), written
+                // within its bounds, synced and unmapped here; no reference outlives it.
+                unsafe {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        len as usize,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        fd,
+                        off as i64,
+                    );
+                    if p == libc::MAP_FAILED {
+                        Err(errno())
+                    } else {
+                        std::ptr::write_bytes(p as *mut u8, byte, len as usize);
+                        libc::msync(p, len as usize, libc::MS_SYNC);
+                        libc::munmap(p, len as usize);
+                        Ok(Op::MmapStore {
+                            file,
+                            off,
+                            len,
+                            byte,
+                        })
+                    }
                 }
             }
+        },
+        Op::Truncate { size, .. } => f
+            .set_len(size)
+            .map(|()| op)
+            .map_err(|e| e.raw_os_error().unwrap_or(0)),
+        Op::Punch { off, len, .. } | Op::Zero { off, len, .. } => {
+            let mode = match op {
+                Op::Punch { .. } => libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                _ => libc::FALLOC_FL_ZERO_RANGE,
+            };
+            // SAFETY: fallocate on an open descriptor; no memory is involved.
+            match unsafe { libc::fallocate(fd, mode, off as i64, len as i64) } {
+                0 => Ok(op),
+                _ => Err(errno()),
+            }
         }
-        _ => {}
+        _ => return,
+    };
+    let done = now_ns();
+    match effect {
+        Ok(e) => {
+            apply(&mut model, &e);
+            if let Some((file, first, end)) = broken_blocks(&e).filter(|b| b.1 < b.2) {
+                lock(&sh.ledger).breaker(file, first, end, started, done);
+            }
+        }
+        Err(libc::ENOSPC) => {
+            if let Op::Zero { off, len, .. } = op {
+                apply_failed_zero(&mut model, off, len);
+            }
+        }
+        // Refused by the policy (ETXTBSY): nothing changed.
+        Err(libc::ETXTBSY) if is_pinned(file) => {}
+        Err(e) => {
+            sh.violation(format!(
+                "{}: {op:?} failed: {}",
+                file_name(file),
+                std::io::Error::from_raw_os_error(e)
+            ));
+            return;
+        }
     }
     let mut got = vec![0u8; model.len() + 1];
     let n = f.read_at(&mut got, 0).unwrap_or(0);
     got.truncate(n);
-    if let Some(at) = first_difference(&got, &model) {
-        let why = match lock(&sh.ledger).check(None, &file_name(file), &got) {
+    let name = file_name(file);
+    // Where the file and the model differ, only a holder's store may be the reason.
+    let stray = (0..got.len().min(model.len()))
+        .find(|&i| got[i] != model[i] && !(is_pinned(file) && got[i] >= HOLDER_BYTES));
+    let holder_bytes = (0..got.len().min(model.len())).any(|i| got[i] != model[i]);
+    let verdict = if got.len() != model.len() {
+        Err(format!(
+            "{name}: {} bytes long, the model says {}",
+            got.len(),
+            model.len()
+        ))
+    } else if let Some(at) = stray {
+        let why = match lock(&sh.ledger).check(None, &name, &got) {
             Err(v) => format!(": {v}"),
             Ok(()) => String::new(),
         };
-        sh.violation(format!(
-            "{}: byte {at} is {:#x}, the model says {:#x} (sizes {} and {}){why}",
-            file_name(file),
-            got.get(at).copied().unwrap_or(0),
-            model.get(at).copied().unwrap_or(0),
-            got.len(),
-            model.len()
-        ));
-    }
-}
-
-/// A step on a pinned file: a write, or a breaker whose success goes into the ledger.
-fn pinned_step(sh: &Shared, op: Op) {
-    let (Op::Write { file, .. }
-    | Op::Truncate { file, .. }
-    | Op::Punch { file, .. }
-    | Op::Zero { file, .. }) = op
-    else {
-        return;
+        Err(format!(
+            "{name}: byte {at} is {:#x}, the model says {:#x}{why}",
+            got[at], model[at]
+        ))
+    } else if holder_bytes {
+        lock(&sh.ledger).check(Some(file), &name, &got)
+    } else {
+        Ok(())
     };
-    let Some(f) = open(&sh.path(file)) else {
-        return;
-    };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
-    let started = now_ns();
-    let ok = match op {
-        Op::Write { off, len, byte, .. } => {
-            let _ = f.write_all_at(&vec![byte; len as usize], off);
-            return;
-        }
-        Op::Truncate { size, .. } => f.set_len(size).is_ok(),
-        // SAFETY: fallocate on an open descriptor; refusals are what the policy says.
-        Op::Punch { off, len, .. } => unsafe {
-            libc::fallocate(
-                fd,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off as i64,
-                len as i64,
-            ) == 0
-        },
-        // SAFETY: as above.
-        Op::Zero { off, len, .. } => unsafe {
-            libc::fallocate(fd, libc::FALLOC_FL_ZERO_RANGE, off as i64, len as i64) == 0
-        },
-        _ => false,
-    };
-    let done = now_ns();
-    if let (true, Some((file, first, end))) = (ok, broken_blocks(&op)) {
-        if first < end {
-            lock(&sh.ledger).breaker(file, first, end, started, done);
-        }
+    if let Err(v) = verdict {
+        sh.violation(v);
     }
 }
 
@@ -316,11 +347,7 @@ fn worker(sh: &Shared, w: usize) {
         sh.step(i, format!("{:?} {:?}", step.actor, step.op));
         match step.op {
             Op::NewFile { blocks, byte } => new_file(sh, i, blocks, byte),
-            Op::Write { file, .. } | Op::Truncate { file, .. } if !is_pinned(file) => {
-                plain_step(sh, step.op)
-            }
-            Op::MmapStore { .. } => plain_step(sh, step.op),
-            _ => pinned_step(sh, step.op),
+            op => file_step(sh, op),
         }
     }
 }
@@ -454,18 +481,13 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         reached: AtomicU64::new(0),
         violations: Mutex::new(Vec::new()),
         log: Mutex::new(VecDeque::new()),
-        plain: (0..FILES).map(|_| Mutex::new(Vec::new())).collect(),
+        models: (0..FILES).map(|f| Mutex::new(initial_content(f))).collect(),
         ledger: Mutex::new(Ledger::default()),
         holder_stdin: Mutex::new(HashMap::new()),
     });
     let before = mount_status(&dir);
     let setup = (0..FILES).try_for_each(|f| {
-        let content = if is_pinned(f) {
-            vec![PINNED_FILL; SPAN as usize]
-        } else {
-            Vec::new()
-        };
-        std::fs::write(sh.path(f), content).map_err(|e| format!("{}: {e}", file_name(f)))
+        std::fs::write(sh.path(f), initial_content(f)).map_err(|e| format!("{}: {e}", file_name(f)))
     });
     let mut threads = Vec::new();
     if setup.is_ok() {

@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use crate::fs::{falloc, Caller, Fs, FsOptions, PinnedExtent, SetAttr};
 use crate::fuzz::{
-    broken_blocks, file_name, fill_tags, first_difference, is_pinned, mmap_range, pin_range,
-    program, read_tag, Actor, Op, Shape, Step, FILES, HOLDER_BYTES, MAX_TAG_STORE, PINNED_FILL,
-    SPAN,
+    apply, apply_failed_zero, broken_blocks, file_name, fill_tags, first_difference,
+    initial_content, mmap_range, pin_range, program, read_tag, Actor, Op, Shape, Step, FILES,
+    HOLDER_BYTES, MAX_TAG_STORE,
 };
 use crate::image::BLOCK_SIZE;
 use crate::inode::ROOT_INO;
@@ -136,11 +136,7 @@ impl Run {
         };
         for f in 0..FILES {
             let ino = run.create(&file_name(f))?;
-            let content = if is_pinned(f) {
-                vec![PINNED_FILL; SPAN as usize]
-            } else {
-                Vec::new()
-            };
+            let content = initial_content(f);
             run.fs
                 .write(ino, 0, &content, root())
                 .map_err(|e| e.to_string())?;
@@ -228,12 +224,15 @@ impl Run {
         let data = vec![byte; len as usize];
         match self.fs.write(self.inos[file], off, &data, root()) {
             Ok(n) if n as u64 == len => {
-                let m = &mut self.model[file];
-                let end = (off + len) as usize;
-                if m.len() < end {
-                    m.resize(end, 0);
-                }
-                m[off as usize..end].fill(byte);
+                apply(
+                    &mut self.model[file],
+                    &Op::Write {
+                        file,
+                        off,
+                        len,
+                        byte,
+                    },
+                );
                 Ok(())
             }
             Ok(n) => Err(format!("short write of {n} of {len} bytes")),
@@ -336,36 +335,15 @@ impl Run {
             (_, Ok(())) if refused => Err(format!(
                 "{name} succeeded although holders {hit:?} ignore the break and the policy is refuse"
             )),
-            (Op::Truncate { size, .. }, Ok(())) => {
-                m.resize(size as usize, 0);
-                Ok(())
-            }
-            (Op::Punch { off, len, .. }, Ok(())) => {
-                let upto = (off + len).min(m.len() as u64);
-                if off < upto {
-                    m[off as usize..upto as usize].fill(0);
-                }
-                Ok(())
-            }
-            (Op::Zero { off, len, .. }, Ok(())) => {
-                let upto = (off + len) as usize;
-                if m.len() < upto {
-                    m.resize(upto, 0);
-                }
-                m[off as usize..upto].fill(0);
+            (_, Ok(())) => {
+                apply(m, &op);
                 Ok(())
             }
             (Op::Zero { off, len, .. }, Err(e)) if e.errno() == libc::ENOSPC => {
-                // Zero range may run out of space after unmapping: the range still reads
-                // as zeros.
-                let upto = (off + len).min(m.len() as u64);
-                if off < upto {
-                    m[off as usize..upto as usize].fill(0);
-                }
+                apply_failed_zero(m, off, len);
                 Ok(())
             }
             (_, Err(e)) => Err(format!("{name}: {e}")),
-            (_, Ok(())) => Ok(()),
         }
     }
 
