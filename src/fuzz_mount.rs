@@ -2,17 +2,18 @@
 //! actor taking its own steps in program order: workers as threads of this process, holders
 //! as processes of their own ([`crate::fuzz_holder`]).
 //!
-//! - Workers write, store through shared mappings and truncate the *plain* files (each
-//!   file's operations serialised here, so that its contents can be checked exactly against a
-//!   model after every step); write, truncate, punch and zero the *pinned* files (the
-//!   breakers); and make new files that take freed space, read back at once.
+//! - Workers write, store through shared mappings and truncate the *plain* files; write,
+//!   truncate, punch and zero the *pinned* files (the breakers); and make new files that
+//!   take freed space, read back at once. Workers' steps on each file are serialised here,
+//!   so that a model of every file says what each of its bytes must be.
 //! - Holders pin, store tags into their blocks, answer or ignore breaks, unpin and die
 //!   (really: `SIGKILL`; a new process takes over the holder's remaining steps).
 //!
 //! Every pin, store and release the holders report, and every breaker that returned, goes
 //! into the [`Ledger`], whose oracles are checked continuously and at the end:
-//! - a plain file always matches its model, and a new file reads back what was written: no
-//!   holder byte ever reaches a file no holder pinned;
+//! - after every worker's step its file matches its model, except, in a pinned file, bytes
+//!   a holder stored; a new file reads back what was written. So no holder byte ever
+//!   reaches a file no holder pinned, and the filesystem did what the operations said;
 //! - in a pinned file every whole tag belongs to a pin of that file, lies in that pin's range,
 //!   and comes from a store that began before any breaker of the pin's range returned, unless
 //!   another holder's live lease still kept that block in the file; every other holder byte
@@ -142,7 +143,7 @@ impl Shared {
 
     fn violation(&self, what: String) {
         let mut v = lock(&self.violations);
-        if v.len() < 20 {
+        if v.len() < 20 && !v.contains(&what) {
             v.push(what);
         }
         drop(v);
