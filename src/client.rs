@@ -331,6 +331,14 @@ impl Connection {
         m.num("revoked").map_err(ClientError::Protocol)
     }
 
+    /// Checks the mount's block accounting now (root only): `Ok` with the blocks files map,
+    /// or a refusal with `EUCLEAN` saying what is inconsistent.
+    pub fn check(&mut self) -> Result<u64, ClientError> {
+        let (m, _) = self.request("check", &[])?;
+        m.num("mapped_blocks")
+            .map_err(|e| ClientError::Protocol(format!("bad check reply: {e}")))
+    }
+
     /// The raw image file (root only).
     pub fn raw_image(&mut self) -> Result<OwnedFd, ClientError> {
         let (_, mut fds) = self.request("raw", &[])?;

@@ -611,6 +611,51 @@ impl Fs {
         Ok(())
     }
 
+    /// Checks, with the filesystem live, what the block accounting must always keep: the
+    /// allocator's own invariants (free + used + busy = total; no block both free and
+    /// pinned), and against the files: no image block mapped twice, none mapped and free,
+    /// none mapped and busy. Takes the gate like a checkpoint (metadata changes wait
+    /// meanwhile). Returns the blocks that files map.
+    pub fn check_space(&self) -> Result<u64, String> {
+        let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let cells = self.table.all();
+        let mut mapped: Vec<(u64, u64, u64)> = Vec::new(); // (image block, blocks, inode)
+        for c in &cells {
+            let i = c.read();
+            mapped.extend(i.extents.iter().map(|m| (m.image_block, m.len, i.ino)));
+        }
+        mapped.sort_unstable();
+        for w in mapped.windows(2) {
+            let ((a, alen, ai), (b, _, bi)) = (w[0], w[1]);
+            if b < a + alen {
+                return Err(format!(
+                    "image block {b} is mapped twice (inodes {ai} and {bi})"
+                ));
+            }
+        }
+        let alloc = lock(&self.alloc);
+        alloc.check().map_err(|e| format!("allocator: {e}"))?;
+        let busy = alloc.busy_extents();
+        for &(start, len, ino) in &mapped {
+            let e = Extent { start, len };
+            if alloc.is_any_free(e) {
+                return Err(format!(
+                    "inode {ino} maps image blocks {start}+{len}, and some of them are free"
+                ));
+            }
+            if let Some(b) = busy
+                .iter()
+                .find(|b| b.extent.start < e.end() && e.start < b.extent.end())
+            {
+                return Err(format!(
+                    "inode {ino} maps image blocks {start}+{len}, and blocks {}+{} of them are busy",
+                    b.extent.start, b.extent.len
+                ));
+            }
+        }
+        Ok(mapped.iter().map(|m| m.1).sum())
+    }
+
     /// Writes a checkpoint now.
     pub fn checkpoint(&self, clean: bool) -> FsResult<()> {
         let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());

@@ -18,6 +18,8 @@
 //!   and comes from a store that began before any breaker of the pin's range returned, unless
 //!   another holder's live lease still kept that block in the file; every other holder byte
 //!   lies in a block some pin of that file covered;
+//! - the daemon's block accounting holds (checked live every half second: free + used +
+//!   busy = total, no block mapped twice, none mapped and free or busy);
 //! - after all holders are gone no block is busy (on a mount of the user's, none for a
 //!   holder of the run); the unmounted image checks clean (on a fresh mount).
 //!
@@ -416,6 +418,18 @@ fn supervise_holder(sh: &Shared, exe: &Path, n: usize) {
     }
 }
 
+/// The daemon's live check of its block accounting against the files (free + used + busy =
+/// total, no block both free or busy and mapped, none mapped twice). It needs root, as the
+/// fuzzer does.
+fn check_space(sh: &Shared) {
+    match Connection::for_path(&sh.dir).and_then(|mut c| c.check()) {
+        Ok(_) => {}
+        Err(e) if e.errno() == Some(libc::EUCLEAN) => sh.violation(format!("space: {e}")),
+        Err(e) if e.errno() == Some(libc::EPERM) => {}
+        Err(e) => sh.violation(format!("space check: {e}")),
+    }
+}
+
 /// The mount's status (JSON), if its daemon answers.
 fn mount_status(dir: &Path) -> Option<String> {
     Connection::for_path(dir)
@@ -501,8 +515,13 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
             threads.push(std::thread::spawn(move || supervise_holder(&sh, &exe, n)));
         }
     }
+    let mut checked = Instant::now();
     while !threads.iter().all(|t| t.is_finished()) {
         sh.check_pinned(false);
+        if checked.elapsed() >= Duration::from_millis(500) {
+            check_space(&sh);
+            checked = Instant::now();
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     for t in threads {
@@ -511,6 +530,7 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         }
     }
     sh.check_pinned(true);
+    check_space(&sh);
     let after = mount_status(&dir);
     let counter = |j: &Option<String>, key: &str| {
         j.as_deref()

@@ -310,6 +310,11 @@ fn handle(
             Err(e) => err(id, libc::EINVAL, e),
         },
         "hello" => ok(id, format!("holder={}", holder.unwrap_or(0)), Vec::new()),
+        "check" if peer.uid != 0 => err(id, libc::EPERM, "only root may check the mount"),
+        "check" => match fs.check_space() {
+            Ok(blocks) => ok(id, format!("mapped_blocks={blocks}"), Vec::new()),
+            Err(e) => err(id, libc::EUCLEAN, e),
+        },
         other => err(id, libc::EINVAL, format!("unknown request '{other}'")),
     }
 }

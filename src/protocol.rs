@@ -15,6 +15,7 @@
 //! | `ID status [table]` | | `ID ok`, a newline, then one JSON object (or the readable table) |
 //! | `ID events` | | `ID ok`, a newline, then a JSON array of recent events |
 //! | `ID fence holder=H` (root only) | | `ID ok revoked=N` |
+//! | `ID check` (root only) | | `ID ok mapped_blocks=N`, or `ID err errno=EUCLEAN <what is inconsistent>` |
 //!
 //! Errors are `ID err errno=E <message>` (a fenced holder's pins get `EPERM`: it must
 //! reconnect). Notifications are

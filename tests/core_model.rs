@@ -84,6 +84,9 @@ fn open(path: &Path) -> Fs {
 }
 
 fn check(fs: &Fs, m: &Model) -> Result<(), TestCaseError> {
+    if let Err(e) = fs.check_space() {
+        return Err(TestCaseError::fail(format!("live space check: {e}")));
+    }
     for (i, name) in NAMES.iter().enumerate() {
         match m.names.get(&i) {
             None => prop_assert!(ino_of(fs, i).is_none(), "{name} should not exist"),
@@ -188,4 +191,35 @@ proptest! {
         let report = pinfs::fsck::check(&path, false).unwrap();
         prop_assert!(report.errors.is_empty(), "fsck: {:?}", report.errors);
     }
+}
+
+/// The live space check finds what it is there to find: a block a file maps that the
+/// allocator thinks free, and one that it thinks busy.
+#[test]
+fn the_live_space_check_sees_a_file_block_marked_free_or_busy() {
+    use pinfs_allocator::Extent;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img");
+    Fs::mkfs(&path, 16 << 20, false).unwrap();
+    let fs = open(&path);
+    let a = fs
+        .create(ROOT_INO, b"f", libc::S_IFREG | 0o644, 0, None, Caller::ROOT)
+        .unwrap();
+    fs.write(a.ino, 0, &[7u8; 8192], Caller::ROOT).unwrap();
+    assert_eq!(fs.check_space(), Ok(2));
+    let block = fs.image_block_of(a.ino, 1).unwrap();
+    let e = Extent {
+        start: block,
+        len: 1,
+    };
+    fs.with_allocator(|al| al.free(e)).unwrap();
+    let err = fs.check_space().unwrap_err();
+    assert!(err.contains("free"), "{err}");
+    fs.with_allocator(|al| {
+        al.claim(e).unwrap();
+        al.pin(e).unwrap();
+        al.free(e).unwrap(); // pinned and let go of: busy
+    });
+    let err = fs.check_space().unwrap_err();
+    assert!(err.contains("busy"), "{err}");
 }

@@ -263,8 +263,12 @@ fn other_users_may_pin_only_what_they_may_open() {
             == Some(libc::EBADF);
         let no_raw = c.raw_image().unwrap_err().errno() == Some(libc::EPERM);
         let no_fence = c.fence(1).unwrap_err().errno() == Some(libc::EPERM);
-        read_pin && write_pin && no_raw && no_fence
+        let no_check = c.check().unwrap_err().errno() == Some(libc::EPERM);
+        read_pin && write_pin && no_raw && no_fence && no_check
     }));
+    // Root may ask the daemon to check its block accounting: one file block is mapped.
+    let mut c = Connection::for_path(&m.mnt).unwrap();
+    assert_eq!(c.check().unwrap(), 1);
 }
 
 #[test]

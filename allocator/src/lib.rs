@@ -300,6 +300,11 @@ impl Allocator {
         self.free.contains(ext)
     }
 
+    /// Is any block of `ext` free?
+    pub fn is_any_free(&self, ext: Extent) -> bool {
+        self.free.overlaps(ext)
+    }
+
     /// The busy extents, in block order.
     pub fn busy_extents(&self) -> Vec<BusyExtent> {
         self.pins
