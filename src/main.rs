@@ -360,6 +360,11 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
             s => return Err(Ok(usage(format!("fuzz: unexpected argument '{s}'")))),
         }
     }
+    if ops == Some(0) || runs == 0 || duration.is_zero() {
+        return Err(Ok(usage(
+            "fuzz: --ops, --runs and --duration must be more than 0 (a run of nothing checks nothing)",
+        )));
+    }
     let seed = seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
