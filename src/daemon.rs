@@ -131,7 +131,7 @@ fn report_ready(result: &Result<(), String>) {
 fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     // Before any thread starts, so that all inherit the mask and only the signal thread
     // receives termination signals.
-    block_signals();
+    crate::signals::block_termination();
     let fs_opts = FsOptions {
         read_only: opts.read_only,
         atime: opts.atime,
@@ -235,42 +235,15 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     })
 }
 
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a local sigset_t.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
-/// Blocks the termination signals in this thread, before the FUSE threads start, so they
-/// inherit the mask and only the signal thread receives them.
-fn block_signals() {
-    let set = signal_set();
-    // SAFETY: changes this thread's signal mask with a valid set.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-}
-
 /// On SIGTERM, SIGINT or SIGHUP, unmounts (lazily), which ends the session normally.
 fn spawn_signal_thread(mnt: PathBuf) {
-    std::thread::Builder::new()
-        .name("pinfs-signals".into())
-        .spawn(move || {
-            let set = signal_set();
-            let mut sig = 0;
-            // SAFETY: sigwait with a valid set and an out-parameter on our stack.
-            unsafe { libc::sigwait(&set, &mut sig) };
-            tracing::info!(signal = sig, "unmounting on signal");
-            if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {
-                // SAFETY: umount2 with a NUL-terminated path.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
-        })
-        .ok();
+    crate::signals::on_termination("pinfs-signals", move |sig| {
+        tracing::info!(signal = sig, "unmounting on signal");
+        if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {
+            // SAFETY: umount2 with a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    });
 }
 
 /// The device number of the mount at `mnt`, from /proc/self/mountinfo (a `stat` of the mount

@@ -29,9 +29,10 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::BufRead;
 use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,8 @@ pub struct Report {
     pub violations: Vec<String>,
     /// The last steps before the end (or the first violation), oldest first.
     pub recent: Vec<String>,
+    /// The termination signal that stopped the run early, if one did.
+    pub interrupted: Option<i32>,
 }
 
 struct Shared {
@@ -117,6 +120,8 @@ struct Shared {
     ledger: Mutex<Ledger>,
     /// The standard input of each live holder process: closing it tells the holder to stop.
     holder_stdin: Mutex<HashMap<usize, ChildStdin>>,
+    /// The termination signal that stopped the run early (0: none).
+    interrupted: AtomicI32,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -141,6 +146,14 @@ impl Shared {
             log.pop_front();
         }
         log.push_back(format!("{index}: {what}"));
+    }
+
+    /// A termination signal came: stop every actor; the run ends as usual (checks, unmount,
+    /// fsck, report).
+    fn interrupt(&self, sig: i32) {
+        self.interrupted.store(sig, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+        lock(&self.holder_stdin).clear();
     }
 
     fn violation(&self, what: String) {
@@ -370,10 +383,13 @@ fn supervise_holder(sh: &Shared, exe: &Path, n: usize) {
             until_ns: sh.until_ns,
             first_pin: pins,
         };
+        // In a process group of its own: a Ctrl-C at the terminal reaches the fuzzer, which
+        // stops its holders by closing their standard input.
         let child = Command::new(exe)
             .args(run.args())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .process_group(0)
             .spawn();
         let mut child = match child {
             Ok(c) => c,
@@ -457,6 +473,8 @@ fn busy_extents(status: &str) -> Vec<(u64, u64)> {
 /// Runs the concurrent fuzzer on a fresh image (mounted with `cfg.options`), or in a
 /// directory of `cfg.mount`.
 pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
+    // Before any thread starts: a termination signal stops the run cleanly (see below).
+    crate::signals::block_termination();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let work = tempfile::Builder::new()
         .prefix("pinfs-fuzz")
@@ -499,7 +517,12 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         models: (0..FILES).map(|f| Mutex::new(initial_content(f))).collect(),
         ledger: Mutex::new(Ledger::default()),
         holder_stdin: Mutex::new(HashMap::new()),
+        interrupted: AtomicI32::new(0),
     });
+    {
+        let sh = sh.clone();
+        crate::signals::on_termination("pinfs-fuzz-signals", move |sig| sh.interrupt(sig));
+    }
     let before = mount_status(&dir);
     let setup = (0..FILES).try_for_each(|f| {
         std::fs::write(sh.path(f), initial_content(f)).map_err(|e| format!("{}: {e}", file_name(f)))
@@ -595,6 +618,10 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         breakers,
         violations,
         recent,
+        interrupted: match sh.interrupted.load(Ordering::SeqCst) {
+            0 => None,
+            sig => Some(sig),
+        },
     })
 }
 

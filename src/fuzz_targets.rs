@@ -9,7 +9,6 @@
 //!   live filesystem core: every message gets a reply; none may panic, reach blocks it did
 //!   not pin or change anything without a pin.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -18,11 +17,11 @@ use crate::image::{Image, BLOCK_SIZE};
 use crate::inode::ROOT_INO;
 use crate::protocol::PeerCred;
 
+/// The valid image the image target patches, kept in memory (its file is gone: a static
+/// is never dropped, so nothing on disk may depend on one).
 struct Base {
-    _dir: tempfile::TempDir,
     bytes: Vec<u8>,
     regions: Vec<(u64, u64)>,
-    scratch: PathBuf,
 }
 
 fn base() -> &'static Base {
@@ -78,13 +77,7 @@ fn base() -> &'static Base {
                 .map(|&(s, _)| (s * BLOCK_SIZE, sb.checkpoint_len.min(BLOCK_SIZE * 4))),
         );
         let bytes = std::fs::read(&path).expect("read");
-        let scratch = dir.path().join("mutant.img");
-        Base {
-            _dir: dir,
-            bytes,
-            regions,
-            scratch,
-        }
+        Base { bytes, regions }
     })
 }
 
@@ -98,12 +91,19 @@ pub fn image(data: &[u8]) {
         let off = u16::from_le_bytes([p[1], p[2]]) as u64 % len.max(1);
         img[(start + off) as usize] = p[3];
     }
-    if std::fs::write(&b.scratch, &img).is_err() {
+    // A file of its own for each input, removed when it is dropped.
+    let Ok(mut scratch) = tempfile::Builder::new()
+        .prefix("pinfs-fuzz-image")
+        .tempfile()
+    else {
+        return;
+    };
+    if std::io::Write::write_all(&mut scratch, &img).is_err() {
         return;
     }
-    let _ = crate::fsck::check(&b.scratch, false);
+    let _ = crate::fsck::check(scratch.path(), false);
     let _ = Fs::open(
-        &b.scratch,
+        scratch.path(),
         FsOptions {
             read_only: true,
             lock_wait: Duration::ZERO,
@@ -112,8 +112,9 @@ pub fn image(data: &[u8]) {
     );
 }
 
+/// The live core the protocol target talks to. Its image file is removed once mapped (a
+/// static is never dropped): the mapping and the lock live on without a name.
 struct Live {
-    _dir: tempfile::TempDir,
     fs: Fs,
 }
 
@@ -132,7 +133,8 @@ fn live() -> &'static Live {
             .expect("create");
         fs.write(f.ino, 0, &[7u8; 8192], Caller::ROOT)
             .expect("write");
-        Live { _dir: dir, fs }
+        drop(dir);
+        Live { fs }
     })
 }
 

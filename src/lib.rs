@@ -33,5 +33,6 @@ pub mod lease;
 pub mod options;
 pub mod protocol;
 pub mod record;
+pub mod signals;
 pub mod status;
 pub mod sync;
