@@ -85,6 +85,12 @@ pub struct HolderEvent {
     pub len: u64,
     /// For `break`: milliseconds left before the deadline (`None`: none).
     pub deadline_ms: Option<u64>,
+    /// The holder the event concerns.
+    pub holder: Option<u64>,
+    /// When it happened: seconds since the epoch, as the daemon wrote them (`S.NNNNNNNNN`).
+    pub time: Option<String>,
+    /// For `lost` (a watcher that fell behind): how many events it missed.
+    pub count: Option<u64>,
 }
 
 /// A granted pin with its blocks mapped into this process.
@@ -325,6 +331,12 @@ impl Connection {
         Ok(self.request("events", &[])?.0.body)
     }
 
+    /// From now on, every lease event of the mount (not only this connection's) arrives
+    /// through [`Connection::next_event`].
+    pub fn watch(&mut self) -> Result<(), ClientError> {
+        self.request("watch", &[]).map(|_| ())
+    }
+
     /// Fences `holder` (root only); returns the number of leases revoked.
     pub fn fence(&mut self, holder: u64) -> Result<u64, ClientError> {
         let (m, _) = self.request(&format!("fence holder={holder}"), &[])?;
@@ -377,5 +389,8 @@ fn parse_event(m: &Message) -> HolderEvent {
         offset: m.num("offset").unwrap_or(0),
         len: m.num("len").unwrap_or(0),
         deadline_ms: m.num("deadline_ms").ok(),
+        holder: m.num("holder").ok(),
+        time: m.arg("time").map(str::to_string),
+        count: m.num("count").ok(),
     }
 }

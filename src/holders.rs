@@ -3,8 +3,11 @@
 //!
 //! Threads: one accepts; each connection has a reader (requests in, replies queued) and a
 //! writer (the only one that sends on that socket); one notifier moves lease events from the
-//! core into the writers' queues. No lock is held while sending to a holder, and a holder
-//! that stops reading only fills its own queue.
+//! core into the writers' queues: each event to the holder it concerns, and every event to
+//! every *watcher* (a connection that sent `watch`, as `pinfs status --follow` does). No lock
+//! is held while sending to a holder. A holder that stops reading only fills its own queue;
+//! a watcher that stops reading loses events once its queue holds [`WATCH_BACKLOG`], and is
+//! told how many (`event lost count=N`) when it catches up.
 //!
 //! Identity is the kernel's: pid, uid and gid from `SO_PEERCRED`, the command name from
 //! `/proc/PID/comm`. A file to pin is passed as a descriptor, so the kernel has already
@@ -30,6 +33,46 @@ struct Outgoing {
 
 type Queues = Arc<Mutex<HashMap<HolderId, Sender<Outgoing>>>>;
 
+/// Events a watcher may have queued before the next ones are dropped (and counted).
+pub const WATCH_BACKLOG: usize = 10_000;
+
+/// A connection that asked for every lease event of the mount.
+struct Watcher {
+    /// Which connection (to remove it when the connection ends).
+    conn: u64,
+    tx: Sender<Outgoing>,
+    /// Events dropped since the last one it got.
+    lost: u64,
+}
+
+type Watchers = Arc<Mutex<Vec<Watcher>>>;
+
+/// Queues an event for every watcher; drops the watchers whose connection has ended.
+fn tell_watchers(watchers: &Watchers, text: &str) {
+    let mut ws = watchers.lock().unwrap_or_else(|e| e.into_inner());
+    ws.retain_mut(|w| {
+        if w.tx.len() >= WATCH_BACKLOG {
+            w.lost += 1;
+            return true;
+        }
+        if w.lost > 0 {
+            let lost = Outgoing {
+                text: format!("event lost count={}", w.lost),
+                fds: Vec::new(),
+            };
+            if w.tx.send(lost).is_err() {
+                return false;
+            }
+            w.lost = 0;
+        }
+        w.tx.send(Outgoing {
+            text: text.to_string(),
+            fds: Vec::new(),
+        })
+        .is_ok()
+    });
+}
+
 /// The running server of one mount.
 pub struct Server {
     path: PathBuf,
@@ -54,12 +97,14 @@ impl Server {
         }
         let listener = Packet::listen(&path)?;
         let queues: Queues = Arc::new(Mutex::new(HashMap::new()));
+        let watchers: Watchers = Arc::new(Mutex::new(Vec::new()));
         if let Some(notices) = fs.take_notices() {
-            let queues = queues.clone();
+            let (queues, watchers) = (queues.clone(), watchers.clone());
             std::thread::Builder::new()
                 .name("pinfs-notifier".into())
                 .spawn(move || {
                     for n in notices {
+                        let text = event_text(&n.event);
                         let tx = queues
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
@@ -67,10 +112,11 @@ impl Server {
                             .cloned();
                         if let Some(tx) = tx {
                             let _ = tx.send(Outgoing {
-                                text: event_text(&n.event),
+                                text: text.clone(),
                                 fds: Vec::new(),
                             });
                         }
+                        tell_watchers(&watchers, &text);
                     }
                 })?;
         }
@@ -78,11 +124,14 @@ impl Server {
         std::thread::Builder::new()
             .name("pinfs-holders".into())
             .spawn(move || {
+                let mut next_conn = 0u64;
                 while let Ok(conn) = accept.accept() {
-                    let (fs, queues) = (fs.clone(), queues.clone());
+                    next_conn += 1;
+                    let id = next_conn;
+                    let (fs, queues, watchers) = (fs.clone(), queues.clone(), watchers.clone());
                     let _ = std::thread::Builder::new()
                         .name("pinfs-holder".into())
-                        .spawn(move || serve(fs, conn, queues));
+                        .spawn(move || serve(fs, conn, id, queues, watchers));
                 }
             })?;
         tracing::info!(socket = %path.display(), "holder socket ready");
@@ -107,14 +156,19 @@ impl Server {
 }
 
 fn event_text(e: &crate::lease::Event) -> String {
+    let at =
+        e.at.duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
     let mut t = format!(
-        "event {} holder={} pin={} ino={} offset={} len={}",
+        "event {} holder={} pin={} ino={} offset={} len={} time={}.{:09}",
         e.kind.name(),
         e.holder,
         e.pin.map_or("-".into(), |p| p.to_string()),
         e.ino,
         e.offset,
-        e.len
+        e.len,
+        at.as_secs(),
+        at.subsec_nanos()
     );
     if let EventKind::Break { deadline_ms } = e.kind {
         t.push_str(&format!(
@@ -131,7 +185,7 @@ fn comm_of(pid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn serve(fs: Arc<Fs>, conn: Packet, queues: Queues) {
+fn serve(fs: Arc<Fs>, conn: Packet, conn_id: u64, queues: Queues, watchers: Watchers) {
     let Ok(peer) = conn.peer() else { return };
     let (tx, rx) = unbounded::<Outgoing>();
     // A connection becomes a holder with its first pin (or `hello`): status and fence
@@ -153,6 +207,17 @@ fn serve(fs: Arc<Fs>, conn: Packet, queues: Queues) {
             Ok(Some((bytes, fds))) => {
                 let reply = match Message::parse(&bytes) {
                     Err(e) => err("?", libc::EINVAL, e),
+                    Ok(msg) if msg.verb == "watch" => {
+                        watchers
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(Watcher {
+                                conn: conn_id,
+                                tx: tx.clone(),
+                                lost: 0,
+                            });
+                        ok(&msg.id, String::new(), Vec::new())
+                    }
                     Ok(msg) => {
                         if holder.is_none() && matches!(msg.verb.as_str(), "pin" | "hello") {
                             holder = Some(register(&fs, peer, &queues, &tx));
@@ -183,6 +248,10 @@ fn serve(fs: Arc<Fs>, conn: Packet, queues: Queues) {
         queues.lock().unwrap_or_else(|e| e.into_inner()).remove(&h);
         fs.holder_gone(h);
     }
+    watchers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|w| w.conn != conn_id);
     drop(tx);
     if let Ok(w) = writer {
         let _ = w.join();

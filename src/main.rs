@@ -23,6 +23,8 @@ usage:
                                               each lease event; releases on a break unless
                                               --ignore-breaks
   pinfs status MOUNTPOINT [--json] [--events] holders, leases, busy blocks, counters
+  pinfs status MOUNTPOINT --follow            the recent lease events, then each new one as
+                                              it happens (JSON lines), until the unmount
   pinfs fence MOUNTPOINT HOLDER               revoke every lease of a holder now (root)
   pinfs fuzz [--seed S] [--duration SECONDS] [--ops N] [--holders N] [--threads N]
              [-o OPTIONS | --mount MOUNTPOINT]
@@ -298,11 +300,12 @@ fn cmd_pin(args: &[String]) -> CmdResult {
 }
 
 fn cmd_status(args: &[String]) -> CmdResult {
-    let (mut mount, mut json, mut events) = (None, false, false);
+    let (mut mount, mut json, mut events, mut follow) = (None, false, false, false);
     for a in args {
         match a.as_str() {
             "--json" => json = true,
             "--events" => events = true,
+            "--follow" | "-f" => follow = true,
             s if s.starts_with('-') => {
                 return Err(Ok(usage(format!("status: unknown flag '{s}'"))))
             }
@@ -311,6 +314,10 @@ fn cmd_status(args: &[String]) -> CmdResult {
         }
     }
     let mount = mount.ok_or_else(|| Ok(usage("status: no MOUNTPOINT given")))?;
+    if follow {
+        pinfs::holder_cmd::follow(&mount).map_err(Err)?;
+        return Ok(0);
+    }
     pinfs::holder_cmd::status(&mount, json, events).map_err(Err)?;
     Ok(0)
 }

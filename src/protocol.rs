@@ -15,11 +15,12 @@
 //! | `ID status [table]` | | `ID ok`, a newline, then one JSON object (or the readable table) |
 //! | `ID events` | | `ID ok`, a newline, then a JSON array of recent events |
 //! | `ID fence holder=H` (root only) | | `ID ok revoked=N` |
+//! | `ID watch` | | `ID ok`; from then on every lease event of the mount, as notifications (and `event lost count=N` after a watcher fell behind) |
 //! | `ID check` (root only) | | `ID ok mapped_blocks=N`, or `ID err errno=EUCLEAN <what is inconsistent>` |
 //!
 //! Errors are `ID err errno=E <message>` (a fenced holder's pins get `EPERM`: it must
 //! reconnect). Notifications are
-//! `event K holder=H pin=P ino=I offset=O len=L [deadline_ms=D]`, with `K` one of
+//! `event K holder=H pin=P ino=I offset=O len=L time=S.N [deadline_ms=D]`, with `K` one of
 //! `granted`, `break`, `released`, `revoked`, `refused`, `fenced`, `holder_gone`
 //! (`deadline_ms=never` when a break has no deadline).
 //!

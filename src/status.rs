@@ -120,6 +120,14 @@ pub fn json_number(json: &str, key: &str) -> Option<u64> {
         .ok()
 }
 
+/// The raw text of the first value of `key` in `json`, when it is a number or a literal
+/// (up to the next `,` or `}`).
+pub fn json_field(json: &str, key: &str) -> Option<String> {
+    let rest = json.split(&format!("\"{key}\":")).nth(1)?;
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim().to_string())
+}
+
 /// The status as one JSON object.
 pub fn json(fs: &Fs) -> String {
     let v = view(fs);

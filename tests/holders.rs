@@ -435,3 +435,59 @@ fn the_fuzzer_ledger_sees_a_revoked_store_in_its_own_file_only_without_busy_bloc
         drop(c);
     }
 }
+
+/// `pinfs status --follow` shows every lease event of the mount as it happens, whoever the
+/// holder, as JSON lines in the shape of `status --events`, and ends (exit 0) when the mount
+/// goes.
+#[test]
+fn status_follow_streams_every_lease_event_until_the_unmount() {
+    use std::io::BufRead;
+    if skip_without_fuse("holders_follow") {
+        return;
+    }
+    let mut m = Mount::new("64M", "break_policy=revoke,lease_break_time=0.1");
+    let f = file(&m, "buf", 4 * 4096);
+    let mut follower = std::process::Command::new(BIN)
+        .args(["status", m.mnt.to_str().unwrap(), "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap()).lines();
+    // Let the follower subscribe before anything happens (it would see the ring anyway).
+    std::thread::sleep(Duration::from_millis(300));
+    let mut holder = std::process::Command::new(BIN)
+        .arg("pin")
+        .arg(m.path("buf"))
+        .args(["--len", "4096", "--ignore-breaks"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut grant = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut grant)
+        .unwrap();
+    f.set_len(0).unwrap(); // breaks, waits 100 ms, revokes
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        assert!(line.starts_with("{\"time\":1"), "{line}");
+        let kind = pinfs::status::json_field(&line, "event").unwrap();
+        seen.push(kind.trim_matches('"').to_string());
+        if seen.last().is_some_and(|k| k == "holder_gone") {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        ["granted", "break", "revoked", "holder_gone"],
+        "every transition, in order"
+    );
+    drop(f);
+    m.umount();
+    assert!(lines.next().is_none(), "nothing after the unmount");
+    assert!(follower.wait().unwrap().success());
+}
