@@ -213,6 +213,9 @@ pub struct StatFs {
 }
 
 /// `fallocate` modes the kernel forwards.
+mod pins;
+pub use pins::{PinGrant, PinnedExtent};
+
 pub mod falloc {
     /// Do not change the size.
     pub const KEEP_SIZE: i32 = 0x01;
@@ -464,29 +467,6 @@ enum Work {
 struct OpenHandle {
     ino: u64,
     flags: i32,
-}
-
-/// A granted pin: its id, where its bytes are in the image, and the DAX windows that give
-/// direct access to exactly those bytes.
-#[derive(Debug, Clone)]
-pub struct PinGrant {
-    /// The pin (and lease) id.
-    pub id: PinId,
-    /// The pinned range, piece by piece, in file order.
-    pub extents: Vec<PinnedExtent>,
-    /// Memfd windows covering the pinned image bytes.
-    pub windows: Vec<crate::dax::WindowPiece>,
-}
-
-/// What a holder gets for a pin: where each piece of the pinned range lives in the image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PinnedExtent {
-    /// Byte offset in the file.
-    pub file_offset: u64,
-    /// Byte offset in the image.
-    pub image_offset: u64,
-    /// Bytes.
-    pub len: u64,
 }
 
 impl std::fmt::Debug for Fs {
@@ -1875,32 +1855,7 @@ impl Fs {
         )
     }
 
-    // ----- pins and layout leases -----
-
-    /// Breaks the leases on file blocks `first..end` of `ino` for a layout change by `caller`
-    /// (through `handle`, whose `O_NONBLOCK` makes the break not wait).
-    fn break_layout(
-        &self,
-        ino: u64,
-        first: u64,
-        end: u64,
-        caller: Caller,
-        handle: Option<u64>,
-    ) -> FsResult<crate::lease::BreakGuard<'_>> {
-        let nonblock = handle
-            .and_then(|fh| lock(&self.handles).get(&fh).copied())
-            .is_some_and(|h| h.ino == ino && h.flags & libc::O_NONBLOCK != 0);
-        Ok(self.leases.break_layout(
-            ino,
-            first,
-            end,
-            Breaker {
-                pid: caller.pid,
-                nonblock,
-            },
-            self,
-        )?)
-    }
+    // ----- pins and layout leases: see pins.rs -----
 
     /// Records the device number the kernel gave the mount (files passed by holders must be
     /// on it).
@@ -1928,278 +1883,6 @@ impl Fs {
     /// The receiver of holder notifications (once; the daemon's notifier takes it).
     pub fn take_notices(&self) -> Option<Receiver<Notice>> {
         lock(&self.notices).take()
-    }
-
-    /// Registers a holder (its identity comes from the kernel, never from the holder).
-    pub fn add_holder(&self, info: HolderInfo) -> HolderId {
-        self.leases.add_holder(info)
-    }
-
-    /// The holder has gone: all its pins are released; busy blocks it kept become free.
-    pub fn holder_gone(&self, holder: HolderId) {
-        let files = self.leases.files_of(holder);
-        self.leases.holder_gone(holder, self);
-        self.after_release(&files);
-    }
-
-    /// Blocks that a released live pin shared with revoked ones no longer need to stay in
-    /// their files: move them out now.
-    fn after_release(&self, files: &[u64]) {
-        for &ino in files {
-            if let Err(e) = self.relocate_revoked(ino) {
-                tracing::warn!(ino, "moving revoked pinned blocks out of the file: {e}");
-            }
-        }
-    }
-
-    /// An administrator revokes every lease of `holder` now; its blocks leave their files.
-    pub fn fence(&self, holder: HolderId) -> FsResult<usize> {
-        let files = self.leases.files_of(holder);
-        let n = self.leases.fence(holder, self)?;
-        for ino in files {
-            self.relocate_revoked(ino)?;
-        }
-        Ok(n)
-    }
-
-    /// Moves the blocks of revoked pins that `ino` still maps to new blocks (with their
-    /// data), so that a fenced holder that goes on storing reaches only blocks no file owns:
-    /// busy ones, or with `busy_blocks=off`, free ones (the demonstrated danger). Idempotent.
-    fn relocate_revoked(&self, ino: u64) -> FsResult<()> {
-        let revoked = self.leases.revoked_extents(ino);
-        if revoked.is_empty() || self.opts.read_only {
-            return Ok(());
-        }
-        self.maybe_checkpoint()?;
-        let _gate = self.gate();
-        let Ok(cell) = self.table.get(ino) else {
-            return Ok(());
-        };
-        let cells = [cell];
-        let mut held = Held::lock(&cells);
-        let i = held.get(ino)?;
-        // File blocks that still map the image blocks a revoked pin pinned. Pins may overlap:
-        // merge the file ranges first, so that each block moves once.
-        let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for (first, ext) in revoked {
-            for m in i.extents.mappings_in(first, ext.len) {
-                if m.image_block == ext.start + (m.file_block - first) {
-                    ranges.push((m.file_block, m.file_block + m.len));
-                }
-            }
-        }
-        ranges.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::new();
-        for (a, b) in ranges {
-            match merged.last_mut() {
-                Some(last) if a <= last.1 => last.1 = last.1.max(b),
-                _ => merged.push((a, b)),
-            }
-        }
-        // Blocks that a live lease also pins stay: moving them would cut that holder off
-        // without telling it. (The revoked holder, fenced and told, can still reach them.)
-        let live = self.leases.live_extents(ino);
-        let shared = |img: u64| live.iter().any(|e| e.start <= img && img < e.end());
-        let mut moves: Vec<Mapping> = Vec::new();
-        for m in merged
-            .iter()
-            .flat_map(|&(a, b)| i.extents.mappings_in(a, b - a))
-        {
-            for k in 0..m.len {
-                let (f, img) = (m.file_block + k, m.image_block + k);
-                if shared(img) {
-                    continue;
-                }
-                match moves.last_mut() {
-                    Some(l) if l.file_block + l.len == f && l.image_block + l.len == img => {
-                        l.len += 1
-                    }
-                    _ => moves.push(Mapping {
-                        file_block: f,
-                        image_block: img,
-                        len: 1,
-                    }),
-                }
-            }
-        }
-        if moves.is_empty() {
-            return Ok(());
-        }
-        let mut probe = i.extents.clone();
-        let mut records = Vec::new();
-        for m in &moves {
-            probe.remove(m.file_block, m.len);
-            records.push(Record::Unmap {
-                ino,
-                file_block: m.file_block,
-                len: m.len,
-            });
-        }
-        let mut maps = Vec::new();
-        for m in &moves {
-            maps.extend(self.allocate_range(ino, &probe, m.file_block, m.len));
-        }
-        let got: u64 = maps
-            .iter()
-            .filter_map(Record::as_mapping)
-            .map(|m| m.len)
-            .sum();
-        if got < moves.iter().map(|m| m.len).sum::<u64>() {
-            self.unallocate(&maps);
-            tracing::error!(
-                ino,
-                "no space to move revoked pinned blocks out of the file"
-            );
-            return Err(FsError::NoSpace);
-        }
-        // Copy the data over before the new blocks become the file's.
-        let new: Vec<Mapping> = maps.iter().filter_map(Record::as_mapping).collect();
-        for m in &moves {
-            let mut data = vec![0u8; (m.len * BLOCK_SIZE) as usize];
-            self.image.read(m.image_block * BLOCK_SIZE, &mut data);
-            self.store(&new, m.file_block * BLOCK_SIZE, &data, &mut i.rt.dirty);
-        }
-        records.extend(maps);
-        self.commit_allocation(&mut held, &records)
-    }
-
-    /// Pins bytes `offset..offset+len` of `ino` for `holder`, allocating what is not yet
-    /// allocated (like a write fault on DAX), under a new layout lease. Write pins need write
-    /// permission, read pins read permission. Returns the pin and where its bytes are in the
-    /// image (whole blocks).
-    pub fn pin(&self, req: &PinRequest, caller: Caller) -> FsResult<PinGrant> {
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(FsError::Unmounting);
-        }
-        let PinRequest {
-            ino,
-            offset,
-            len,
-            writable,
-            ..
-        } = *req;
-        if len == 0 {
-            return Err(FsError::Invalid("pin of zero bytes"));
-        }
-        let end_byte = offset
-            .checked_add(len)
-            .ok_or(FsError::Invalid("pin range overflows"))?;
-        let first = offset / BLOCK_SIZE;
-        let end = end_byte.div_ceil(BLOCK_SIZE);
-        let c = self.table.get(ino)?;
-        {
-            let i = c.read();
-            match i.kind {
-                Kind::File => {}
-                Kind::Dir => return Err(FsError::IsDir),
-                _ => return Err(FsError::Invalid("pin of a special file")),
-            }
-            if !may_access(&i, caller, if writable { 2 } else { 4 }) {
-                return Err(FsError::Access);
-            }
-            if end_byte > i.size.next_multiple_of(BLOCK_SIZE) {
-                return Err(FsError::Invalid("pin past the end of the file"));
-            }
-        }
-        if writable && self.opts.read_only {
-            return Err(FsError::ReadOnly);
-        }
-        for _ in 0..8 {
-            if !self.opts.read_only {
-                // The write fault: give the holes of the range blocks first.
-                self.maybe_checkpoint()?;
-                let _gate = self.gate();
-                let cells = [c.clone()];
-                let mut held = Held::lock(&cells);
-                let i = held.get(ino)?;
-                let records = self.allocate_range(ino, &i.extents, first, end - first);
-                let got: u64 = records
-                    .iter()
-                    .filter_map(Record::as_mapping)
-                    .map(|m| m.len)
-                    .sum();
-                let had: u64 = i
-                    .extents
-                    .mappings_in(first, end - first)
-                    .iter()
-                    .map(|m| m.len)
-                    .sum();
-                if got + had < end - first {
-                    self.unallocate(&records);
-                    return Err(FsError::NoSpace);
-                }
-                self.commit_allocation(&mut held, &records)?;
-            }
-            let i = c.read();
-            let maps = i.extents.mappings_in(first, end - first);
-            if maps.iter().map(|m| m.len).sum::<u64>() < end - first {
-                continue; // a punch got in between: allocate again
-            }
-            let extents: Vec<(u64, Extent)> = maps
-                .iter()
-                .map(|m| {
-                    (
-                        m.file_block,
-                        Extent {
-                            start: m.image_block,
-                            len: m.len,
-                        },
-                    )
-                })
-                .collect();
-            let granted = self.leases.grant(req, || {
-                let mut alloc = lock(&self.alloc);
-                for (n, (_, e)) in extents.iter().enumerate() {
-                    if let Err(err) = alloc.pin(*e) {
-                        for (_, done) in &extents[..n] {
-                            let _ = alloc.unpin(*done);
-                        }
-                        return Err(FsError::Corrupt(format!(
-                            "pinning blocks {}+{}: {err}",
-                            e.start, e.len
-                        )));
-                    }
-                }
-                Ok(extents.clone())
-            })?;
-            let id = granted?;
-            let extents: Vec<PinnedExtent> = maps
-                .iter()
-                .map(|m| PinnedExtent {
-                    file_offset: m.file_block * BLOCK_SIZE,
-                    image_offset: m.image_block * BLOCK_SIZE,
-                    len: m.len * BLOCK_SIZE,
-                })
-                .collect();
-            // Still under the inode lock: no write can slip in while blocks move behind
-            // their windows.
-            let mut windows = Vec::new();
-            for e in &extents {
-                match self.image.window(e.image_offset, e.len) {
-                    Ok(w) => windows.extend(w),
-                    Err(err) => {
-                        drop(i);
-                        let _ = self.leases.release(req.holder, id, self);
-                        tracing::error!("no DAX window for a pin: {err}");
-                        return Err(FsError::NoSpace);
-                    }
-                }
-            }
-            return Ok(PinGrant {
-                id,
-                extents,
-                windows,
-            });
-        }
-        Err(FsError::Lease(crate::lease::LeaseError::Again))
-    }
-
-    /// The holder gives pin `pin` back.
-    pub fn unpin(&self, holder: HolderId, pin: PinId) -> FsResult<()> {
-        let files = self.leases.files_of(holder);
-        self.leases.release(holder, pin, self)?;
-        self.after_release(&files);
-        Ok(())
     }
 
     /// Starts the mount's background work: lease deadlines (so leases expire on time with no
@@ -2276,28 +1959,6 @@ impl Fs {
     /// Runs `f` with the allocator locked (for status and checks).
     pub fn with_allocator<R>(&self, f: impl FnOnce(&mut Allocator) -> R) -> R {
         f(&mut lock(&self.alloc))
-    }
-}
-
-impl Unpinner for Fs {
-    fn revoked(&self, ino: u64) {
-        let _ = self.work.0.send(Work::Relocate(ino));
-    }
-
-    fn unpin(&self, extents: &[(u64, Extent)]) {
-        let mut alloc = lock(&self.alloc);
-        for (_, e) in extents {
-            match alloc.unpin(*e) {
-                Ok(freed) => {
-                    // Busy blocks whose last pin this was: the holder may have written into
-                    // them; whoever gets them next must read zeros.
-                    for f in freed {
-                        self.image.discard(f.start * BLOCK_SIZE, f.len * BLOCK_SIZE);
-                    }
-                }
-                Err(err) => tracing::error!("unpin of blocks {}+{}: {err}", e.start, e.len),
-            }
-        }
     }
 }
 
