@@ -102,6 +102,8 @@ pub struct Report {
     pub interrupted: Option<i32>,
 }
 
+/// What the actors of a run share. Lock order: a file's model, then the ledger; the log,
+/// the violations and the holders' stdin are leaves (nothing is locked while one is held).
 struct Shared {
     dir: PathBuf,
     seed: u64,
