@@ -4,8 +4,9 @@
 //! thread against the filesystem core.
 //!
 //! A program is an endless sequence of [`Step`]s drawn from a seed. Each step belongs to an
-//! actor: a worker (writes, mmap stores, truncates, punches, zero ranges, new files) or a
-//! holder (pins, stores into its pinned blocks, unpins, dies). The files are fixed: three
+//! actor: a worker (writes, mmap stores, truncates, punches, zero ranges, new files, and
+//! now and then an administrator's fence of a holder) or a holder (pins, stores into its
+//! pinned blocks, unpins, dies). The files are fixed: three
 //! *plain* files that no holder ever pins (so the concurrent mode can model them exactly) and
 //! two *pinned* files that holders pin and breakers change. The shape (how many workers and
 //! holders) is part of what makes the program: the same seed and shape give the same steps.
@@ -124,6 +125,9 @@ pub enum Op {
     Zero { file: usize, off: u64, len: u64 },
     /// A new file of `blocks` blocks of `byte`, read back at once, then removed.
     NewFile { blocks: u64, byte: u8 },
+    /// An administrator fences holder `holder` (its leases are revoked now, whatever the
+    /// policy; its pins fail with `EPERM` until it reconnects).
+    Fence { holder: usize },
     /// The holder pins a range (giving back the pin it had), and answers a break of it by
     /// unpinning when `release_on_break`, or ignores breaks and goes on storing.
     Pin {
@@ -227,6 +231,9 @@ impl Iterator for Program {
                 file: pinned,
                 off,
                 len,
+            },
+            18 if self.shape.holders > 0 => Op::Fence {
+                holder: r.below(self.shape.holders as u64) as usize,
             },
             _ => Op::NewFile {
                 blocks: 1 + r.below(16),
@@ -425,6 +432,7 @@ mod tests {
         assert!(steps.iter().any(|s| matches!(s.actor, Actor::Holder(3))));
         assert!(steps.iter().any(|s| matches!(s.op, Op::Die)));
         assert!(steps.iter().any(|s| matches!(s.op, Op::Punch { .. })));
+        assert!(steps.iter().any(|s| matches!(s.op, Op::Fence { .. })));
     }
 
     #[test]

@@ -143,6 +143,8 @@ impl Entry {
 /// A pin as the ledger knows it.
 struct PinRecord {
     holder: usize,
+    /// The daemon's number for the holder's connection that made it.
+    session: u64,
     file: usize,
     /// File blocks `first..end`.
     first: u64,
@@ -181,6 +183,10 @@ pub struct Ledger {
     pending: Vec<Pending>,
     stores: u64,
     sessions: HashSet<u64>,
+    /// Each holder's newest session (the one a fence aims at).
+    latest_session: HashMap<usize, u64>,
+    /// Fences that returned: (session, before the call, after it returned).
+    fences: Vec<(u64, u64, u64)>,
 }
 
 /// A tag's verdict.
@@ -203,10 +209,12 @@ impl Ledger {
                 granted,
             } => {
                 self.sessions.insert(session);
+                self.latest_session.insert(holder, session);
                 self.pins.insert(
                     pin,
                     PinRecord {
                         holder,
+                        session,
                         file,
                         first,
                         end,
@@ -255,6 +263,17 @@ impl Ledger {
         );
     }
 
+    /// The daemon's number for holder `holder`'s newest connection, if it ever pinned.
+    pub fn session_of(&self, holder: usize) -> Option<u64> {
+        self.latest_session.get(&holder).copied()
+    }
+
+    /// An administrator's fence of `session` returned: from then on none of its leases is
+    /// live.
+    pub fn fenced(&mut self, session: u64, started: u64, done: u64) {
+        self.fences.push((session, started, done));
+    }
+
     /// Pins granted, stores made, breakers completed.
     pub fn counts(&self) -> (u64, u64, u64) {
         (
@@ -269,17 +288,24 @@ impl Ledger {
         self.sessions.contains(&holder)
     }
 
-    /// When the first breaker of pin `g`'s range returned, of those that began after the
-    /// grant: from then on the lease was released or revoked.
+    /// When the first breaker of pin `g`'s range, or fence of its holder, returned, of those
+    /// that began after the grant: from then on the lease was released or revoked.
     fn broken_at(&self, p: &PinRecord) -> Option<u64> {
         // A breaker that began after the grant returned after it: start the search there.
         let from = self.breaks.partition_point(|b| b.done <= p.granted);
-        self.breaks[from..]
+        let broken = self.breaks[from..]
             .iter()
             .find(|b| {
                 b.file == p.file && b.first < p.end && p.first < b.end && b.started > p.granted
             })
-            .map(|b| b.done)
+            .map(|b| b.done);
+        let fenced = self
+            .fences
+            .iter()
+            .filter(|&&(session, started, _)| session == p.session && started > p.granted)
+            .map(|&(_, _, done)| done)
+            .min();
+        broken.into_iter().chain(fenced).min()
     }
 
     /// Was pin `p` live (granted, not ended, not broken) at some time in `from..to`?
@@ -327,7 +353,7 @@ impl Ledger {
             });
             if !kept {
                 return Verdict::Wrong(format!(
-                    "{name}: {who} at byte {at} began {:.1} ms after a breaker of the pin's range returned: a revoked holder's store reached its file",
+                    "{name}: {who} at byte {at} began {:.1} ms after a breaker of the pin's range (or a fence of its holder) returned: a revoked holder's store reached its file",
                     (began - t) as f64 / 1e6
                 ));
             }
@@ -514,6 +540,37 @@ mod tests {
         assert!(l
             .check(Some(3), "pinned0", &file_with_tag(7, 1, 0))
             .is_err());
+    }
+
+    #[test]
+    fn a_store_after_a_fence_returned_is_caught() {
+        let mut l = Ledger::default();
+        l.record(
+            2,
+            &Entry::Pin {
+                pin: 2,
+                session: 9,
+                file: 3,
+                first: 0,
+                end: 4,
+                granted: 10,
+            },
+        );
+        assert_eq!(l.session_of(2), Some(9));
+        l.fenced(9, 20, 30);
+        l.record(
+            2,
+            &Entry::Store {
+                pin: 2,
+                store: 0,
+                began: 31,
+                ended: 32,
+            },
+        );
+        let v = l
+            .check(Some(3), "pinned0", &file_with_tag(1, 2, 0))
+            .unwrap_err();
+        assert!(v.contains("revoked holder"), "{v}");
     }
 
     #[test]

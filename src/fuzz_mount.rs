@@ -4,7 +4,8 @@
 //!
 //! - Workers write, store through shared mappings and truncate the *plain* files; write,
 //!   truncate, punch and zero the *pinned* files (the breakers); and make new files that
-//!   take freed space, read back at once. Workers' steps on each file are serialised here,
+//!   take freed space, read back at once; now and then a worker fences a holder, as an
+//!   administrator would. Workers' steps on each file are serialised here,
 //!   so that a model of every file says what each of its bytes must be.
 //! - Holders pin, store tags into their blocks, answer or ignore breaks, unpin and die
 //!   (really: `SIGKILL`; a new process takes over the holder's remaining steps).
@@ -330,6 +331,21 @@ fn file_step(sh: &Shared, op: Op) {
     }
 }
 
+/// An administrator fences holder `holder`'s newest connection; the ledger learns when.
+fn fence(sh: &Shared, holder: usize) {
+    let Some(session) = lock(&sh.ledger).session_of(holder) else {
+        return;
+    };
+    let started = now_ns();
+    match Connection::for_path(&sh.dir).and_then(|mut c| c.fence(session)) {
+        Ok(_) => lock(&sh.ledger).fenced(session, started, now_ns()),
+        // That connection has gone already (the holder died or reconnected), or this user
+        // may not fence (a run on a mount of the user's, not as root).
+        Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::EPERM)) => {}
+        Err(e) => sh.violation(format!("fence of holder {holder}: {e}")),
+    }
+}
+
 /// A new file that takes free space, read back at once.
 fn new_file(sh: &Shared, n: u64, blocks: u64, byte: u8) {
     let path = sh.dir.join(format!("new{n}"));
@@ -365,6 +381,7 @@ fn worker(sh: &Shared, w: usize) {
         sh.step(i, format!("{:?} {:?}", step.actor, step.op));
         match step.op {
             Op::NewFile { blocks, byte } => new_file(sh, i, blocks, byte),
+            Op::Fence { holder } => fence(sh, holder),
             op => file_step(sh, op),
         }
     }

@@ -181,6 +181,7 @@ impl Run {
                 self.breaker(op, false)
             }
             (_, Op::NewFile { blocks, byte }) => self.new_file(blocks, byte),
+            (_, Op::Fence { holder }) => self.fence(holder),
             (
                 Actor::Holder(h),
                 Op::Pin {
@@ -353,6 +354,27 @@ impl Run {
             self.breaker(op, true)?;
         }
         Ok(())
+    }
+
+    /// An administrator fences holder `h`: its lease is revoked now, whatever the policy.
+    fn fence(&mut self, h: usize) -> Check {
+        let Some(holder) = self.holders.get_mut(&h) else {
+            return Ok(());
+        };
+        let revoked = self
+            .fs
+            .fence(holder.id)
+            .map_err(|e| format!("fence h{h}: {e}"))?;
+        let live = holder.pin.as_ref().is_some_and(|p| p.in_file) as usize;
+        if revoked != live {
+            return Err(format!(
+                "fence h{h} revoked {revoked} leases; it had {live} live"
+            ));
+        }
+        if let Some(p) = holder.pin.as_mut() {
+            p.in_file = false;
+        }
+        self.run_waiting()
     }
 
     fn unpin(&mut self, h: usize) {
