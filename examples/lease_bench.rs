@@ -163,20 +163,15 @@ fn main() {
     println!("| measure (median) | value | baseline | ratio |");
     println!("|---|---|---|---|");
     println!("| hello round trip (baseline) | {:.1} us | - | - |", us(h));
-    println!(
-        "| pin+unpin 4 KiB | {:.1} us ({:.0}/s) | hello {:.1} us | {:.2} |",
-        us(ps),
-        1.0 / ps.as_secs_f64(),
-        us(h),
-        us(ps) / us(h)
-    );
-    println!(
-        "| pin+unpin 1 MiB | {:.1} us ({:.0}/s) | hello {:.1} us | {:.2} |",
-        us(pb),
-        1.0 / pb.as_secs_f64(),
-        us(h),
-        us(pb) / us(h)
-    );
+    for (size, d) in [("4 KiB", ps), ("1 MiB", pb)] {
+        println!(
+            "| pin+unpin {size} | {:.1} us ({:.0}/s) | hello {:.1} us | {:.2} |",
+            us(d),
+            1.0 / d.as_secs_f64(),
+            us(h),
+            us(d) / us(h)
+        );
+    }
     let (nt, ct, bt) = (median(notified), median(completed), median(baseline));
     println!("| break: ftruncate start -> holder has the event | {:.1} us | unpinned ftruncate {:.1} us | {:.2} |", us(nt), us(bt), us(nt) / us(bt));
     println!("| break: ftruncate start -> return after release | {:.1} us | unpinned ftruncate {:.1} us | {:.2} |", us(ct), us(bt), us(ct) / us(bt));

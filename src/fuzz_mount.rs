@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use crate::client::Connection;
 use crate::fuzz::{
-    apply, apply_failed_zero, broken_blocks, file_name, initial_content, is_pinned, mmap_range,
-    Actor, Op, Program, Shape, FILES, HOLDER_BYTES,
+    apply, apply_failed_zero, broken_blocks, file_name, first_difference, initial_content,
+    is_pinned, mmap_range, Actor, Op, Program, Shape, FILES, HOLDER_BYTES,
 };
 use crate::fuzz_holder::HolderRun;
 use crate::fuzz_ledger::{now_ns, Entry, Ledger};
@@ -302,29 +302,30 @@ fn file_step(sh: &Shared, op: Op) {
     let n = f.read_at(&mut got, 0).unwrap_or(0);
     got.truncate(n);
     let name = file_name(file);
-    // Where the file and the model differ, only a holder's store may be the reason.
-    let stray = (0..got.len().min(model.len()))
-        .find(|&i| got[i] != model[i] && !(is_pinned(file) && got[i] >= HOLDER_BYTES));
-    let holder_bytes = (0..got.len().min(model.len())).any(|i| got[i] != model[i]);
-    let verdict = if got.len() != model.len() {
-        Err(format!(
+    // Where the file and the model differ, only a holder's store (in a pinned file) may be
+    // the reason; the ledger judges those bytes.
+    let pinned = is_pinned(file).then_some(file);
+    let verdict = match first_difference(&got, &model) {
+        None => Ok(()),
+        Some(_) if got.len() != model.len() => Err(format!(
             "{name}: {} bytes long, the model says {}",
             got.len(),
             model.len()
-        ))
-    } else if let Some(at) = stray {
-        let why = match lock(&sh.ledger).check(None, &name, &got) {
-            Err(v) => format!(": {v}"),
-            Ok(()) => String::new(),
-        };
-        Err(format!(
-            "{name}: byte {at} is {:#x}, the model says {:#x}{why}",
-            got[at], model[at]
-        ))
-    } else if holder_bytes {
-        lock(&sh.ledger).check(Some(file), &name, &got)
-    } else {
-        Ok(())
+        )),
+        Some(first) => {
+            let stray = (first..got.len())
+                .find(|&i| got[i] != model[i] && !(pinned.is_some() && got[i] >= HOLDER_BYTES));
+            let judged = lock(&sh.ledger).check(pinned, &name, &got);
+            match stray {
+                Some(at) => Err(format!(
+                    "{name}: byte {at} is {:#x}, the model says {:#x}{}",
+                    got[at],
+                    model[at],
+                    judged.err().map(|v| format!(": {v}")).unwrap_or_default()
+                )),
+                None => judged,
+            }
+        }
     };
     if let Err(v) = verdict {
         sh.violation(v);

@@ -167,32 +167,16 @@ pub fn status(mount: &Path, json: bool, events: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs `pinfs status MOUNT --events --follow`: the recent events, then each new one as it
-/// happens, one JSON object a line (as `status --events` gives them), until the mount goes.
+/// Runs `pinfs status MOUNT --follow`: the recent events, then each new one as it happens
+/// (the daemon sends both, none twice), one JSON object a line (as `status --events` gives
+/// them), until the mount goes.
 pub fn follow(mount: &Path) -> Result<(), String> {
-    let connect = || {
-        Connection::for_path(mount)
-            .map_err(|e| refused(&format!("{}: not a pinfs mount?", mount.display()), e))
-    };
-    // Watch first, then read the ring: nothing falls between; what is in both is shown once.
-    let mut watch = connect()?;
+    let mut watch = Connection::for_path(mount)
+        .map_err(|e| refused(&format!("{}: not a pinfs mount?", mount.display()), e))?;
     watch.watch().map_err(|e| refused("watch", e))?;
-    let recent = connect()?.events().map_err(|e| refused("events", e))?;
-    let mut last = String::new();
-    for e in split_json_array(&recent) {
-        last = crate::status::json_field(e, "time").unwrap_or_default();
-        say(e);
-    }
     loop {
         match watch.next_event(None) {
-            Ok(Some(e)) => {
-                let time = e.time.clone().unwrap_or_default();
-                if !last.is_empty() && time_le(&time, &last) {
-                    continue; // already shown from the ring
-                }
-                last.clear();
-                say(&watched_json(&e));
-            }
+            Ok(Some(e)) => say(&watched_json(&e)),
             Ok(None) => {}
             Err(ClientError::Protocol(_)) => {
                 eprintln!("pinfs: {}: the mount went away", mount.display());
@@ -201,41 +185,6 @@ pub fn follow(mount: &Path) -> Result<(), String> {
             Err(e) => return Err(refused("watch", e)),
         }
     }
-}
-
-/// Is time `a` at or before `b` (both `S.NNNNNNNNN`)?
-fn time_le(a: &str, b: &str) -> bool {
-    let parse = |t: &str| -> (u64, u64) {
-        let (s, n) = t.split_once('.').unwrap_or((t, "0"));
-        (s.parse().unwrap_or(0), n.parse().unwrap_or(0))
-    };
-    parse(a) <= parse(b)
-}
-
-/// The objects of a flat JSON array of objects (the events list: no nested arrays).
-fn split_json_array(s: &str) -> Vec<&str> {
-    let inner = s.trim().trim_start_matches('[').trim_end_matches(']');
-    let mut out = Vec::new();
-    let (mut depth, mut start) = (0usize, None);
-    for (i, c) in inner.char_indices() {
-        match c {
-            '{' => {
-                if depth == 0 {
-                    start = Some(i);
-                }
-                depth += 1;
-            }
-            '}' => {
-                depth = depth.saturating_sub(1);
-                if let (0, Some(a)) = (depth, start) {
-                    out.push(&inner[a..=i]);
-                    start = None;
-                }
-            }
-            _ => {}
-        }
-    }
-    out
 }
 
 /// A watched event as JSON, in the shape of `status --events`.
@@ -272,21 +221,4 @@ pub fn fence(mount: &Path, holder: u64) -> Result<(), String> {
         .map_err(|e| refused(&format!("fence holder {holder}"), e))?;
     println!("holder {holder} fenced: {n} lease(s) revoked");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_ring_splits_into_events_and_times_order() {
-        let ring = r#"[{"time":5.000000001,"event":"granted","pin":null},{"time":5.2,"event":"break","deadline_ms":3}]"#;
-        let parts = split_json_array(ring);
-        assert_eq!(parts.len(), 2);
-        assert!(parts[1].starts_with("{\"time\":5.2") && parts[1].ends_with('}'));
-        assert!(split_json_array("[]").is_empty());
-        assert!(time_le("5.000000001", "5.000000001"));
-        assert!(time_le("4.999999999", "5.000000000"));
-        assert!(!time_le("10.000000000", "9.999999999"));
-    }
 }

@@ -4,7 +4,8 @@
 //! Threads: one accepts; each connection has a reader (requests in, replies queued) and a
 //! writer (the only one that sends on that socket); one notifier moves lease events from the
 //! core into the writers' queues: each event to the holder it concerns, and every event to
-//! every *watcher* (a connection that sent `watch`, as `pinfs status --follow` does). No lock
+//! every *watcher* (a connection that sent `watch`, as `pinfs status --follow` does: it gets
+//! the recent events first, then each new one, none twice, by their sequence numbers). No lock
 //! is held while sending to a holder. A holder that stops reading only fills its own queue;
 //! a watcher that stops reading loses events once its queue holds [`WATCH_BACKLOG`], and is
 //! told how many (`event lost count=N`) when it catches up.
@@ -40,6 +41,8 @@ pub const WATCH_BACKLOG: usize = 10_000;
 struct Watcher {
     /// Which connection (to remove it when the connection ends).
     conn: u64,
+    /// The last event it was given with the recent ones; later events only follow.
+    after: u64,
     tx: Sender<Outgoing>,
     /// Events dropped since the last one it got.
     lost: u64,
@@ -47,10 +50,14 @@ struct Watcher {
 
 type Watchers = Arc<Mutex<Vec<Watcher>>>;
 
-/// Queues an event for every watcher; drops the watchers whose connection has ended.
-fn tell_watchers(watchers: &Watchers, text: &str) {
+/// Queues event number `seq` for every watcher that has not had it; drops the watchers whose
+/// connection has ended.
+fn tell_watchers(watchers: &Watchers, seq: u64, text: &str) {
     let mut ws = watchers.lock().unwrap_or_else(|e| e.into_inner());
     ws.retain_mut(|w| {
+        if seq <= w.after {
+            return true;
+        }
         if w.tx.len() >= WATCH_BACKLOG {
             w.lost += 1;
             return true;
@@ -116,7 +123,7 @@ impl Server {
                                 fds: Vec::new(),
                             });
                         }
-                        tell_watchers(&watchers, &text);
+                        tell_watchers(&watchers, n.event.seq, &text);
                     }
                 })?;
         }
@@ -208,14 +215,22 @@ fn serve(fs: Arc<Fs>, conn: Packet, conn_id: u64, queues: Queues, watchers: Watc
                 let reply = match Message::parse(&bytes) {
                     Err(e) => err("?", libc::EINVAL, e),
                     Ok(msg) if msg.verb == "watch" => {
-                        watchers
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(Watcher {
-                                conn: conn_id,
-                                tx: tx.clone(),
-                                lost: 0,
+                        // The recent events, then (from the notifier) each later one. Under
+                        // the watchers' lock, the notifier cannot pass between the two.
+                        let mut ws = watchers.lock().unwrap_or_else(|e| e.into_inner());
+                        let recent = fs.leases().events();
+                        for e in &recent {
+                            let _ = tx.send(Outgoing {
+                                text: event_text(e),
+                                fds: Vec::new(),
                             });
+                        }
+                        ws.push(Watcher {
+                            conn: conn_id,
+                            after: recent.last().map_or(0, |e| e.seq),
+                            tx: tx.clone(),
+                            lost: 0,
+                        });
                         ok(&msg.id, String::new(), Vec::new())
                     }
                     Ok(msg) => {

@@ -172,6 +172,8 @@ impl Pin {
 /// A lease transition, as users see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
+    /// Its place in the mount's sequence of events (1, 2, ...).
+    pub seq: u64,
     /// When.
     pub at: SystemTime,
     /// The holder concerned.
@@ -360,6 +362,8 @@ struct State {
     markers: Vec<Marker>,
     counters: Counters,
     events: VecDeque<Event>,
+    /// Events emitted so far.
+    emitted: u64,
     next_id: u64,
 }
 
@@ -468,7 +472,9 @@ impl Leases {
         let (offset, len) = pin
             .map(|p| (p.first_block * 4096, p.blocks * 4096))
             .unwrap_or((0, 0));
+        st.emitted += 1;
         let event = Event {
+            seq: st.emitted,
             at: SystemTime::now(),
             holder,
             pin: pin.map(|p| p.id),

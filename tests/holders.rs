@@ -447,14 +447,32 @@ fn status_follow_streams_every_lease_event_until_the_unmount() {
     }
     let mut m = Mount::new("64M", "break_policy=revoke,lease_break_time=0.1");
     let f = file(&m, "buf", 4 * 4096);
-    let mut follower = std::process::Command::new(BIN)
-        .args(["status", m.mnt.to_str().unwrap(), "--follow"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap()).lines();
-    // Let the follower subscribe before anything happens (it would see the ring anyway).
+    let follow = || {
+        let mut c = std::process::Command::new(BIN)
+            .args(["status", m.mnt.to_str().unwrap(), "--follow"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufReader::new(c.stdout.take().unwrap()).lines();
+        (c, lines)
+    };
+    // The kinds of the lines up to the holder's end.
+    let kinds = |lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>| {
+        let mut seen = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            assert!(line.starts_with("{\"time\":1"), "{line}");
+            let kind = pinfs::status::json_field(&line, "event").unwrap();
+            seen.push(kind.trim_matches('"').to_string());
+            if seen.last().is_some_and(|k| k == "holder_gone") {
+                break;
+            }
+        }
+        seen
+    };
+    let (mut early, mut early_lines) = follow();
+    // Let the follower subscribe before anything happens.
     std::thread::sleep(Duration::from_millis(300));
     let mut holder = std::process::Command::new(BIN)
         .arg("pin")
@@ -471,23 +489,15 @@ fn status_follow_streams_every_lease_event_until_the_unmount() {
     f.set_len(0).unwrap(); // breaks, waits 100 ms, revokes
     holder.kill().unwrap();
     holder.wait().unwrap();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        assert!(line.starts_with("{\"time\":1"), "{line}");
-        let kind = pinfs::status::json_field(&line, "event").unwrap();
-        seen.push(kind.trim_matches('"').to_string());
-        if seen.last().is_some_and(|k| k == "holder_gone") {
-            break;
-        }
-    }
-    assert_eq!(
-        seen,
-        ["granted", "break", "revoked", "holder_gone"],
-        "every transition, in order"
-    );
+    let all = ["granted", "break", "revoked", "holder_gone"];
+    assert_eq!(kinds(&mut early_lines), all, "every transition, in order");
+    // A follower that comes later gets the recent events first, each once.
+    let (mut late, mut late_lines) = follow();
+    assert_eq!(kinds(&mut late_lines), all, "the recent events, once each");
     drop(f);
     m.umount();
-    assert!(lines.next().is_none(), "nothing after the unmount");
-    assert!(follower.wait().unwrap().success());
+    assert!(early_lines.next().is_none(), "nothing after the unmount");
+    assert!(late_lines.next().is_none(), "nothing after the unmount");
+    assert!(early.wait().unwrap().success());
+    assert!(late.wait().unwrap().success());
 }
