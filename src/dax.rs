@@ -1,4 +1,5 @@
-//! DAX windows: direct access for pin holders to exactly the blocks they pinned.
+//! DAX windows: direct access for pin holders to exactly the blocks they pinned, for exactly
+//! as long as they are pinned.
 //!
 //! A holder must be able to load and store into its pinned blocks without a FUSE round trip,
 //! and reach nothing else (unless it is root and asks for the raw image). A descriptor of the
@@ -6,24 +7,44 @@
 //! memfd, filled with the blocks' contents and mapped with `MAP_FIXED` over their place in
 //! the daemon's image mapping. From then on the daemon's own reads and writes of those blocks
 //! go to the memfd as well, so what a holder stores is what the next `read()` through the
-//! mount returns, and what the daemon writes is what the holder sees. A holder receives the
-//! memfds that cover its pin, nothing more.
+//! mount returns, and what the daemon writes is what the holder sees.
 //!
-//! Lifecycle: a window is made the first time any of its blocks is pinned and stays for the
-//! life of the mount (tearing one down while a revoked holder may still write into it would
-//! need the exclusion the busy-block machinery exists to avoid). Windows never overlap: a pin
-//! over blocks partly behind windows gets new windows for the gaps only. When windowed blocks
-//! are freed, the memfd part is punched too, so they read as zeros. The image file behind a
-//! window is brought up to date by `fsync` of the file owning the blocks (write-back) and at
-//! unmount; a daemon killed in between loses what was written there since (unsynced data, as
-//! on any filesystem).
+//! Lifecycle of a page of the image (page = block = 4096 bytes):
+//! 1. *unwindowed*: the daemon's mapping is the image file.
+//! 2. *attached*: [`Windows::open`] for a pin either finds the page attached to a window
+//!    already (another pin of the same block) and counts one more reference, or makes a new
+//!    window for it (a memfd sized to the gap, filled from the image, sealed against
+//!    resizing, mode 0600) and maps it over the page.
+//! 3. [`Windows::release`] drops a reference; at the last one the page is *detached*: its
+//!    contents go back into the image file, the image file is mapped over the page again,
+//!    and the memfd's page is punched. Whatever a holder still maps of that memfd page is
+//!    orphaned memory from then on: it reaches no block of the image, now or later.
+//! 4. Once no page of a window is attached, the daemon closes the memfd.
 //!
-//! Invariant: windows are page-aligned, lie inside the image, and do not overlap.
+//! The references are pins (the caller counts one per pin and page), so a page is attached
+//! exactly while some pin still covers it. The caller keeps the blocks' allocator pins until
+//! their pages are detached, so a block is never handed to another file while a window can
+//! still reach it. A holder receives its own open file description of each window
+//! ([`WindowPiece::descriptor`]): read-only for read-only pins, so a `PROT_WRITE` shared
+//! mapping of it fails with `EACCES`, and the memfd's mode (0600, owned by the daemon) keeps
+//! an unprivileged holder from reopening it through `/proc` for writing. A window is born
+//! sized to the pin that made it; a later pin inside it shares it, and so reaches the other
+//! attached pages of that window: pages that live pins of the same blocks' file cover,
+//! never a page no pin covers (those are detached).
+//!
+//! Invariant: attached runs are page-aligned, lie inside the image, and do not overlap; every
+//! attached page has a reference count of at least one.
+//!
+//! Locks: one mutex over the runs, taken inside the inode and allocator locks (order: inode,
+//! lease, allocator, windows); it is held across the copies and `mmap` calls of opening and
+//! detaching, never across anything that waits for a holder.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+const PAGE: u64 = 4096;
 
 /// One piece of a pinned range, as a holder maps it: `len` bytes at image offset
 /// `image_offset` are bytes `fd_offset..` of `fd`.
@@ -33,22 +54,49 @@ pub struct WindowPiece {
     pub image_offset: u64,
     /// How many.
     pub len: u64,
-    /// The window's memfd.
+    /// The window's memfd (the daemon's own descriptor: hand a holder
+    /// [`WindowPiece::descriptor`] instead).
     pub fd: Arc<OwnedFd>,
     /// Where they are in the memfd.
     pub fd_offset: u64,
 }
 
-#[derive(Debug)]
-struct Window {
+impl WindowPiece {
+    /// A new open file description of the window for a holder: read-only unless `writable`.
+    /// It shares nothing with the daemon's own (file status flags such as `O_APPEND` are per
+    /// description).
+    pub fn descriptor(&self, writable: bool) -> std::io::Result<OwnedFd> {
+        let path = CString::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).expect("no NUL");
+        let mode = if writable {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        };
+        // SAFETY: open of a NUL-terminated path; the result is checked and owned once.
+        let raw = unsafe { libc::open(path.as_ptr(), mode | libc::O_CLOEXEC) };
+        if raw < 0 {
+            return Err(io_error("reopening a DAX window for a holder"));
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    }
+}
+
+/// An attached run of pages: `len` bytes of the image, bytes `fd_offset..` of `fd`, each
+/// page referenced by `refs` pins.
+#[derive(Debug, Clone)]
+struct Run {
     len: u64,
     fd: Arc<OwnedFd>,
+    fd_offset: u64,
+    refs: u32,
 }
 
 /// The windows of one image mapping.
 #[derive(Debug, Default)]
 pub struct Windows {
-    by_start: Mutex<BTreeMap<u64, Window>>,
+    /// Attached runs by image offset.
+    runs: Mutex<BTreeMap<u64, Run>>,
 }
 
 fn io_error(what: &str) -> std::io::Error {
@@ -56,13 +104,89 @@ fn io_error(what: &str) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
+/// Splits the run that strictly contains `at`, if any, so that a run starts at `at`.
+fn split_at(map: &mut BTreeMap<u64, Run>, at: u64) {
+    let Some((&s, r)) = map.range(..at).next_back() else {
+        return;
+    };
+    if s + r.len <= at {
+        return;
+    }
+    let mut tail = r.clone();
+    let head = at - s;
+    tail.len -= head;
+    tail.fd_offset += head;
+    map.get_mut(&s).expect("found").len = head;
+    map.insert(at, tail);
+}
+
+/// Joins neighbours in `from..to` that continue each other (same memfd, contiguous, same
+/// count), so that the map stays as small as the pins' shapes allow.
+fn coalesce(map: &mut BTreeMap<u64, Run>, from: u64, to: u64) {
+    let start = map.range(..from).next_back().map_or(from, |(&s, _)| s);
+    let keys: Vec<u64> = map.range(start..=to).map(|(&s, _)| s).collect();
+    let mut prev: Option<u64> = None;
+    for k in keys {
+        if let Some(p) = prev {
+            let (a, b) = (&map[&p], &map[&k]);
+            if p + a.len == k
+                && Arc::ptr_eq(&a.fd, &b.fd)
+                && a.fd_offset + a.len == b.fd_offset
+                && a.refs == b.refs
+            {
+                let add = b.len;
+                map.remove(&k);
+                map.get_mut(&p).expect("kept").len += add;
+                continue;
+            }
+        }
+        prev = Some(k);
+    }
+}
+
+/// A sealed memfd of `len` bytes holding `src` (a live mapping of `len` bytes).
+///
+/// # Safety
+/// `src` must be readable for `len` bytes.
+unsafe fn new_window(src: *const u8, len: u64) -> std::io::Result<OwnedFd> {
+    let name = CString::new("pinfs-window").expect("no NUL");
+    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
+    let raw =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if raw < 0 {
+        return Err(io_error("memfd_create"));
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: pwrite copies `len` readable bytes (caller's contract) into the memfd at 0;
+    // fchmod and fcntl act on our own descriptor. All results are checked.
+    unsafe {
+        let n = libc::pwrite(fd.as_raw_fd(), src.cast(), len as usize, 0);
+        if n != len as isize {
+            return Err(io_error("filling a DAX window"));
+        }
+        // Only the daemon (and root) may open it anew: a holder cannot turn its read-only
+        // descriptor into a writable one through /proc/PID/fd.
+        if libc::fchmod(fd.as_raw_fd(), 0o600) != 0 {
+            return Err(io_error("fchmod of a DAX window"));
+        }
+        // A holder with a writable descriptor must not shrink the memfd under the daemon's
+        // mapping (a SIGBUS in the daemon) nor grow it (memory nobody asked for).
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        if libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) != 0 {
+            return Err(io_error("sealing a DAX window"));
+        }
+    }
+    Ok(fd)
+}
+
 impl Windows {
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Window>> {
-        self.by_start.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Run>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The windowed parts of `off..off+len`: (image offset, length, window start).
-    fn covered(map: &BTreeMap<u64, Window>, off: u64, len: u64) -> Vec<(u64, u64, u64)> {
+    /// The attached parts of `off..off+len`: (image offset, length, run start).
+    fn covered(map: &BTreeMap<u64, Run>, off: u64, len: u64) -> Vec<(u64, u64, u64)> {
         let end = off + len;
         let first = map
             .range(..=off)
@@ -70,15 +194,16 @@ impl Windows {
             .map(|(&s, _)| s)
             .unwrap_or(off);
         map.range(first..end)
-            .filter_map(|(&s, w)| {
-                let (a, b) = (s.max(off), (s + w.len).min(end));
+            .filter_map(|(&s, r)| {
+                let (a, b) = (s.max(off), (s + r.len).min(end));
                 (a < b).then(|| (a, b - a, s))
             })
             .collect()
     }
 
-    /// The pieces that give direct access to `off..off+len` of the mapping at `base`, making
-    /// windows for the parts that have none yet (their current contents are copied in).
+    /// Counts one more reference (one pin) on every page of `off..off+len` of the mapping at
+    /// `base`, attaching new windows to the pages that have none (their current contents
+    /// are copied in), and returns the pieces that give direct access to the range.
     ///
     /// # Safety
     /// `base` must be the start of a live shared mapping of at least `off + len` bytes, and no
@@ -87,10 +212,12 @@ impl Windows {
     pub unsafe fn open(
         &self,
         base: *mut u8,
+        file: &std::fs::File,
         off: u64,
         len: u64,
     ) -> std::io::Result<Vec<WindowPiece>> {
-        debug_assert!(off.is_multiple_of(4096) && len.is_multiple_of(4096));
+        debug_assert!(off.is_multiple_of(PAGE) && len.is_multiple_of(PAGE));
+        let end = off + len;
         let mut map = self.lock();
         let mut gaps = Vec::new();
         let mut cursor = off;
@@ -100,33 +227,22 @@ impl Windows {
             }
             cursor = a + l;
         }
-        if cursor < off + len {
-            gaps.push((cursor, off + len - cursor));
+        if cursor < end {
+            gaps.push((cursor, end - cursor));
         }
-        for (g, glen) in gaps {
-            let name = CString::new(format!("pinfs-window-{g}")).expect("no NUL");
-            // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
-            let raw = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-            if raw < 0 {
-                return Err(io_error("memfd_create"));
+        // Make every new window before touching the map, so that a failure changes nothing.
+        let mut made = Vec::new();
+        for &(g, glen) in &gaps {
+            // SAFETY: the gap lies inside the mapping (caller's contract).
+            match unsafe { new_window(base.add(g as usize), glen) } {
+                Ok(fd) => made.push((g, glen, fd)),
+                Err(e) => return Err(e),
             }
-            // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            // SAFETY: the source range lies inside the mapping (caller's contract); pwrite
-            // copies it into the memfd at offset 0.
-            let n = unsafe {
-                libc::pwrite(
-                    fd.as_raw_fd(),
-                    base.add(g as usize).cast(),
-                    glen as usize,
-                    0,
-                )
-            };
-            if n != glen as isize {
-                return Err(io_error("filling a DAX window"));
-            }
+        }
+        for (g, glen, fd) in made {
             // SAFETY: the target range is page-aligned and inside our mapping (caller's
-            // contract), so MAP_FIXED replaces only pages of the image mapping we own.
+            // contract), so MAP_FIXED replaces only pages of the image mapping we own; the
+            // memfd holds `glen` bytes.
             let p = unsafe {
                 libc::mmap(
                     base.add(g as usize).cast(),
@@ -138,37 +254,176 @@ impl Windows {
                 )
             };
             if p == libc::MAP_FAILED {
-                return Err(io_error("mapping a DAX window"));
+                // MAP_FIXED failing leaves the old mapping in place (the kernel checks before
+                // it unmaps). The windows attached above for this pin, which have no
+                // reference yet, go back: the pin fails as a whole.
+                let err = io_error("mapping a DAX window");
+                let fresh: Vec<u64> = map
+                    .iter()
+                    .filter(|(_, r)| r.refs == 0)
+                    .map(|(&s, _)| s)
+                    .collect();
+                for s in fresh {
+                    let l = map[&s].len;
+                    // SAFETY: as in `release`: our mapping of `file`, one whole run.
+                    unsafe { Self::detach(&mut map, base, Some(file), s, l) };
+                }
+                return Err(err);
             }
             map.insert(
                 g,
-                Window {
+                Run {
                     len: glen,
                     fd: Arc::new(fd),
+                    fd_offset: 0,
+                    refs: 0,
                 },
             );
         }
-        Ok(Self::covered(&map, off, len)
-            .into_iter()
-            .map(|(a, l, s)| WindowPiece {
-                image_offset: a,
-                len: l,
-                fd: map[&s].fd.clone(),
-                fd_offset: a - s,
+        split_at(&mut map, off);
+        split_at(&mut map, end);
+        let keys: Vec<u64> = map.range(off..end).map(|(&s, _)| s).collect();
+        for k in &keys {
+            map.get_mut(k).expect("listed").refs += 1;
+        }
+        let pieces: Vec<WindowPiece> = map
+            .range(off..end)
+            .map(|(&s, r)| WindowPiece {
+                image_offset: s,
+                len: r.len,
+                fd: r.fd.clone(),
+                fd_offset: r.fd_offset,
             })
-            .collect())
+            .collect();
+        coalesce(&mut map, off, end);
+        // One piece per memfd stretch: neighbours that continue each other join.
+        let mut joined: Vec<WindowPiece> = Vec::new();
+        for p in pieces {
+            match joined.last_mut() {
+                Some(l)
+                    if Arc::ptr_eq(&l.fd, &p.fd)
+                        && l.image_offset + l.len == p.image_offset
+                        && l.fd_offset + l.len == p.fd_offset =>
+                {
+                    l.len += p.len
+                }
+                _ => joined.push(p),
+            }
+        }
+        Ok(joined)
+    }
+
+    /// Detaches the run `a..a+l`: its contents go back into `file` (when given), the image
+    /// file is mapped over it again, and the memfd part is punched. Returns false (and leaves
+    /// the run attached) when the contents could not be saved.
+    ///
+    /// # Safety
+    /// As for [`Windows::open`]; `a..a+l` must be exactly one run of `map`.
+    unsafe fn detach(
+        map: &mut BTreeMap<u64, Run>,
+        base: *mut u8,
+        file: Option<&std::fs::File>,
+        a: u64,
+        l: u64,
+    ) -> bool {
+        let run = map[&a].clone();
+        debug_assert_eq!(run.len, l);
+        if let Some(file) = file {
+            if let Err(e) = copy_to_file(&run.fd, run.fd_offset, file, a, l) {
+                tracing::error!(
+                    offset = a,
+                    len = l,
+                    "a released DAX window stays attached: its contents could not be saved: {e}"
+                );
+                return false;
+            }
+            // SAFETY: the range is page-aligned and inside the daemon's own shared mapping
+            // of `file` (caller's contract); MAP_FIXED puts the file back where it was.
+            let p = unsafe {
+                libc::mmap(
+                    base.add(a as usize).cast(),
+                    l as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    file.as_raw_fd(),
+                    a as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                tracing::error!(
+                    offset = a,
+                    len = l,
+                    "a released DAX window stays attached: {}",
+                    std::io::Error::last_os_error()
+                );
+                return false;
+            }
+        }
+        // SAFETY: fallocate on a memfd we own, inside its size: the orphaned pages go back
+        // to the system (a holder that still maps them gets fresh zero pages, its own).
+        unsafe {
+            libc::fallocate(
+                run.fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                run.fd_offset as libc::off_t,
+                l as libc::off_t,
+            );
+        }
+        map.remove(&a);
+        true
+    }
+
+    /// Drops one reference from every attached page of `off..off+len` of the mapping at
+    /// `base` (a mapping of `file`); pages whose last reference this was are detached: their
+    /// contents go back into `file`, and nothing a holder was given reaches them any more.
+    /// Returns the parts that could not be detached (their contents could not be written:
+    /// the caller must keep their blocks from being reused).
+    ///
+    /// # Safety
+    /// `base` must be the start of a live shared mapping of `file`, at least `off + len`
+    /// bytes long, and no other thread may write the range while this runs (the caller holds
+    /// the lock of the inode that owns the blocks, if any does).
+    pub unsafe fn release(
+        &self,
+        base: *mut u8,
+        file: &std::fs::File,
+        off: u64,
+        len: u64,
+    ) -> Vec<(u64, u64)> {
+        let end = off + len;
+        let mut map = self.lock();
+        split_at(&mut map, off);
+        split_at(&mut map, end);
+        let keys: Vec<u64> = map.range(off..end).map(|(&s, _)| s).collect();
+        let mut stuck = Vec::new();
+        for k in keys {
+            let r = map.get_mut(&k).expect("listed");
+            if r.refs > 1 {
+                r.refs -= 1;
+                continue;
+            }
+            let l = r.len;
+            // SAFETY: caller's contract; `k` is exactly one run.
+            if !unsafe { Self::detach(&mut map, base, Some(file), k, l) } {
+                map.get_mut(&k).expect("kept").refs = 1;
+                stuck.push((k, l));
+            }
+        }
+        coalesce(&mut map, off, end);
+        stuck
     }
 
     /// Punches the windowed parts of `off..off+len` (freed blocks read as zeros).
     pub fn discard(&self, off: u64, len: u64) {
         let map = self.lock();
         for (a, l, s) in Self::covered(&map, off, len) {
+            let r = &map[&s];
             // SAFETY: fallocate on a memfd we own, inside its size.
             unsafe {
                 libc::fallocate(
-                    map[&s].fd.as_raw_fd(),
+                    r.fd.as_raw_fd(),
                     libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    (a - s) as libc::off_t,
+                    (r.fd_offset + (a - s)) as libc::off_t,
                     l as libc::off_t,
                 );
             }
@@ -186,36 +441,13 @@ impl Windows {
             if a > cursor {
                 rest.push((cursor, a - cursor));
             }
-            let mut buf = vec![0u8; l as usize];
-            // SAFETY: pread into a buffer of `l` bytes from a memfd we own; pwrite of the same
-            // buffer into the image file; sync_file_range on that file. All results checked.
-            unsafe {
-                let r = libc::pread(
-                    map[&s].fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    l as usize,
-                    (a - s) as libc::off_t,
+            let r = &map[&s];
+            if let Err(e) = copy_to_file(&r.fd, r.fd_offset + (a - s), file, a, l) {
+                tracing::error!(
+                    offset = a,
+                    len = l,
+                    "writing a DAX window back to the image failed: {e}"
                 );
-                let w = libc::pwrite(
-                    file.as_raw_fd(),
-                    buf.as_ptr().cast(),
-                    l as usize,
-                    a as libc::off_t,
-                );
-                let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                    | libc::SYNC_FILE_RANGE_WRITE
-                    | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-                if r != l as isize
-                    || w != l as isize
-                    || libc::sync_file_range(file.as_raw_fd(), a as i64, l as i64, flags) != 0
-                {
-                    tracing::error!(
-                        offset = a,
-                        len = l,
-                        "writing a DAX window back to the image failed: {}",
-                        std::io::Error::last_os_error()
-                    );
-                }
             }
             cursor = a + l;
         }
@@ -225,8 +457,59 @@ impl Windows {
         rest
     }
 
-    /// All windows: (image offset, length).
+    /// All attached runs: (image offset, length).
     pub fn list(&self) -> Vec<(u64, u64)> {
-        self.lock().iter().map(|(&s, w)| (s, w.len)).collect()
+        self.lock().iter().map(|(&s, r)| (s, r.len)).collect()
     }
+
+    /// The distinct memfds the daemon keeps open for windows.
+    pub fn descriptors(&self) -> usize {
+        let map = self.lock();
+        let mut fds: Vec<i32> = map.values().map(|r| r.fd.as_raw_fd()).collect();
+        fds.sort_unstable();
+        fds.dedup();
+        fds.len()
+    }
+}
+
+/// Copies `len` bytes at `fd_offset` of a window into `file` at `file_offset` and waits until
+/// they are on the device.
+fn copy_to_file(
+    fd: &OwnedFd,
+    fd_offset: u64,
+    file: &std::fs::File,
+    file_offset: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: u64 = 1 << 20;
+    let mut buf = vec![0u8; len.min(CHUNK) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(CHUNK) as usize;
+        // SAFETY: pread into our buffer of at least `n` bytes from a memfd we own.
+        let r = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                n,
+                (fd_offset + done) as libc::off_t,
+            )
+        };
+        if r != n as isize {
+            return Err(io_error("reading a DAX window"));
+        }
+        file.write_all_at(&buf[..n], file_offset + done)?;
+        done += n as u64;
+    }
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: sync_file_range on the image file, in range.
+    if unsafe { libc::sync_file_range(file.as_raw_fd(), file_offset as i64, len as i64, flags) }
+        != 0
+    {
+        return Err(io_error("sync_file_range"));
+    }
+    Ok(())
 }

@@ -76,6 +76,21 @@ pub enum FsError {
     /// A layout lease stood in the way.
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// Permission denied, with the reason a holder needs to hear.
+    #[error("permission denied: {0}")]
+    Denied(&'static str),
+    /// A pin would pass its user's limit of pinned memory (`ENOMEM`, as RDMA memory
+    /// registration fails past `RLIMIT_MEMLOCK`).
+    #[error("{0}")]
+    PinLimit(String),
+    /// The daemon ran out of descriptors (`EMFILE`) or memory (`ENOMEM`) making a DAX window.
+    #[error("no DAX window for the pin: {message}")]
+    Resources {
+        /// The errno that says what ran out.
+        errno: i32,
+        /// What failed.
+        message: String,
+    },
 }
 
 impl From<DecodeError> for FsError {
@@ -109,6 +124,9 @@ impl FsError {
             FsError::NoSuchOffset => libc::ENXIO,
             FsError::Corrupt(_) | FsError::Image(_) => libc::EIO,
             FsError::Lease(e) => e.errno(),
+            FsError::Denied(_) => libc::EACCES,
+            FsError::PinLimit(_) => libc::ENOMEM,
+            FsError::Resources { errno, .. } => *errno,
             FsError::Unmounting => libc::ENODEV,
         }
     }

@@ -214,7 +214,7 @@ pub struct StatFs {
 
 /// `fallocate` modes the kernel forwards.
 mod pins;
-pub use pins::{PinGrant, PinnedExtent};
+pub use pins::{PinAccess, PinGrant, PinnedExtent};
 
 pub mod falloc {
     /// Do not change the size.
@@ -448,6 +448,9 @@ pub struct Fs {
     stopping: AtomicBool,
     mount_dev: Mutex<Option<u64>>,
     stale_attrs: (Sender<u64>, Receiver<u64>),
+    /// Pins the lease manager removed whose windows and allocator references are still to go
+    /// (lock order: taken alone, or inside the lease lock; nothing is taken inside it).
+    released: Mutex<Vec<pins::Released>>,
 }
 
 /// What the background worker does (operations that may wait for holders, off the FUSE
@@ -524,6 +527,7 @@ impl Fs {
             stopping: AtomicBool::new(false),
             mount_dev: Mutex::new(None),
             stale_attrs: crossbeam::channel::unbounded(),
+            released: Mutex::new(Vec::new()),
         };
         if !fs.opts.read_only {
             if !was_clean {
@@ -559,6 +563,7 @@ impl Fs {
         for (holder, _, _) in self.leases.snapshot().holders {
             self.leases.holder_gone(holder, self);
         }
+        self.finish_releases();
         for c in self.table.all() {
             c.lookups.store(0, Ordering::SeqCst);
             c.opens.store(0, Ordering::SeqCst);

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam::channel::{unbounded, Sender};
 
 use crate::dax::WindowPiece;
-use crate::fs::{Caller, Fs};
+use crate::fs::{Caller, Fs, PinAccess};
 use crate::lease::{EventKind, HolderId, HolderInfo, PinRequest};
 use crate::protocol::{socket_path, Message, Packet, PeerCred};
 
@@ -428,12 +428,21 @@ fn pin(
     if Some(st.st_dev) != mount_dev {
         return Err((libc::EXDEV, "the file is not on this pinfs mount".into()));
     }
-    if !ro && flags & libc::O_ACCMODE == libc::O_RDONLY {
+    // The descriptor's access mode is what the kernel checked when the holder opened the
+    // file (its uid, all its groups, ACLs, a read-only mount). An O_PATH descriptor was
+    // checked for nothing.
+    if flags < 0 || flags & libc::O_PATH != 0 {
         return Err((
             libc::EBADF,
-            "a writable pin needs the file opened for writing".into(),
+            "pin needs a descriptor opened for reading (an O_PATH descriptor grants no access)"
+                .into(),
         ));
     }
+    let mode = flags & libc::O_ACCMODE;
+    let access = PinAccess::Descriptor {
+        read: mode == libc::O_RDONLY || mode == libc::O_RDWR,
+        write: mode == libc::O_WRONLY || mode == libc::O_RDWR,
+    };
     let req = PinRequest {
         holder,
         ino: st.st_ino,
@@ -443,8 +452,24 @@ fn pin(
         unbreakable,
     };
     let grant = fs
-        .pin(&req, caller)
+        .pin_with(&req, caller, access)
         .map_err(|e| (e.errno(), e.to_string()))?;
+    // Each window goes to the holder as a description of its own, read-only for a read-only
+    // pin (a shared writable mapping of it then fails with EACCES).
+    let mut fds = Vec::with_capacity(grant.windows.len());
+    for w in &grant.windows {
+        match w.descriptor(!ro) {
+            Ok(fd) => fds.push(Arc::new(fd)),
+            Err(e) => {
+                let _ = fs.unpin(holder, grant.id);
+                let errno = match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE) => libc::EMFILE,
+                    _ => libc::ENOMEM,
+                };
+                return Err((errno, e.to_string()));
+            }
+        }
+    }
     let extents: Vec<String> = grant
         .extents
         .iter()
@@ -455,7 +480,6 @@ fn pin(
         .iter()
         .map(|w: &WindowPiece| format!("{}:{}:{}", w.image_offset, w.len, w.fd_offset))
         .collect();
-    let fds = grant.windows.iter().map(|w| w.fd.clone()).collect();
     Ok((
         format!(
             "pin={} holder={holder} extents={} windows={}",

@@ -642,7 +642,30 @@ impl Image {
         self.check_range(off, len as usize);
         // SAFETY: the range is inside our live shared mapping (checked above); the caller
         // excludes concurrent writes to it by holding the owning inode's lock.
-        unsafe { self.windows.open(self.map.as_mut_ptr(), off, len) }
+        unsafe {
+            self.windows
+                .open(self.map.as_mut_ptr(), &self.file, off, len)
+        }
+    }
+
+    /// A pin of `off..off+len` (whole blocks) is gone: drops its references on the DAX
+    /// windows there; pages no pin covers any more are detached (their contents go back into
+    /// the image file; what holders still map of them reaches nothing). Returns the parts that
+    /// stay attached because their contents could not be saved. The caller holds the lock of
+    /// the inode that owns the blocks, if one does, and still holds their allocator pins.
+    pub fn unwindow(&self, off: u64, len: u64) -> Vec<(u64, u64)> {
+        self.check_range(off, len as usize);
+        // SAFETY: the range is inside our live shared mapping of `self.file` (checked above);
+        // the caller excludes concurrent writes to it.
+        unsafe {
+            self.windows
+                .release(self.map.as_mut_ptr(), &self.file, off, len)
+        }
+    }
+
+    /// How many memfds the daemon keeps open for DAX windows (for status and tests).
+    pub fn window_descriptors(&self) -> usize {
+        self.windows.descriptors()
     }
 
     /// Brings the image file up to date behind every DAX window, for the blocks `keep` says

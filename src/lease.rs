@@ -74,6 +74,22 @@ pub struct LeaseConfig {
     /// Keep revoked pinned blocks busy (true), or free them at once (false: only to show
     /// the corruption that follows).
     pub busy_blocks: bool,
+    /// Detach a DAX window's pages once no pin covers them (true), or keep them attached for
+    /// the life of the mount (false: only to show that a holder which keeps its mapping after
+    /// its pin is gone then reaches whatever file gets those blocks next).
+    pub detach_windows: bool,
+    /// Most bytes the holders of one user (root excepted) may have pinned at once; `None`:
+    /// each holder's own `RLIMIT_MEMLOCK`, as RDMA memory registration counts pinned pages.
+    pub max_pinned: Option<PinLimit>,
+}
+
+/// A mount's limit of pinned bytes per user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinLimit {
+    /// At most this many bytes.
+    Bytes(u64),
+    /// No limit.
+    Unlimited,
 }
 
 impl Default for LeaseConfig {
@@ -82,6 +98,8 @@ impl Default for LeaseConfig {
             break_time: Some(Duration::from_secs(45)),
             policy: Policy::Revoke,
             busy_blocks: true,
+            detach_windows: true,
+            max_pinned: None,
         }
     }
 }
@@ -269,6 +287,9 @@ pub enum LeaseError {
     /// A fenced holder asking for a pin: its session is over; it must reconnect (`EPERM`).
     #[error("this holder was fenced (one of its leases was revoked); reconnect to pin again")]
     Fenced,
+    /// The pin would pass its user's limit of pinned bytes (`ENOMEM`).
+    #[error("the pin would pass its user's limit of pinned bytes")]
+    OverLimit,
 }
 
 impl LeaseError {
@@ -281,6 +302,7 @@ impl LeaseError {
             LeaseError::Again => libc::EAGAIN,
             LeaseError::NoSuchPin | LeaseError::NoSuchHolder => libc::ENOENT,
             LeaseError::Fenced => libc::EPERM,
+            LeaseError::OverLimit => libc::ENOMEM,
         }
     }
 }
@@ -390,6 +412,15 @@ const EVENT_RING: usize = 1024;
 pub trait Unpinner: Sync {
     /// Drops one allocator reference from each extent.
     fn unpin(&self, extents: &[(u64, Extent)]);
+    /// A pin of `ino` is gone (released, or its holder gone): whatever gave direct access to
+    /// its blocks must stop reaching them, then its allocator references (if it still holds
+    /// them: `pinned`) go. Called under the lease lock: an implementation that must take
+    /// other locks for this queues the work and does it once the lease lock is dropped.
+    fn released(&self, _ino: u64, extents: &[(u64, Extent)], pinned: bool) {
+        if pinned {
+            self.unpin(extents);
+        }
+    }
     /// A lease on `ino` was revoked: its blocks that are still in the file must leave it
     /// (the fenced holder may go on storing into them). Called under the lease lock: only
     /// queue the work.
@@ -517,6 +548,34 @@ impl Leases {
         req: &PinRequest,
         make: impl FnOnce() -> Result<Vec<(u64, Extent)>, E>,
     ) -> Result<Result<PinId, E>, LeaseError> {
+        self.grant_within(req, None, make)
+    }
+
+    /// Bytes pinned by the holders of user `uid` (every pin not yet removed: live, breaking
+    /// or revoked, since all of them still hold blocks).
+    fn pinned_by_user(st: &State, uid: u32) -> u64 {
+        st.pins
+            .values()
+            .filter(|p| st.holders.get(&p.holder).is_some_and(|h| h.info.uid == uid))
+            .map(|p| p.blocks * 4096)
+            .sum()
+    }
+
+    /// Bytes pinned by the holders of user `uid`.
+    pub fn pinned_bytes(&self, uid: u32) -> u64 {
+        Self::pinned_by_user(&self.lock(), uid)
+    }
+
+    /// [`Leases::grant`], refused with `ENOMEM` ([`LeaseError::OverLimit`]) when `limit`
+    /// (user, bytes) says the holder's user would then have more than that many bytes pinned.
+    /// The check and the grant are one step under the lease lock, so concurrent pins of one
+    /// user cannot pass the limit together.
+    pub fn grant_within<E>(
+        &self,
+        req: &PinRequest,
+        limit: Option<(u32, u64)>,
+        make: impl FnOnce() -> Result<Vec<(u64, Extent)>, E>,
+    ) -> Result<Result<PinId, E>, LeaseError> {
         let (holder, ino) = (req.holder, req.ino);
         let (first_block, end) = req.blocks();
         let blocks = end - first_block;
@@ -537,6 +596,11 @@ impl Leases {
             });
         if breaking {
             return Err(LeaseError::Again);
+        }
+        if let Some((uid, max)) = limit {
+            if Self::pinned_by_user(&st, uid).saturating_add(blocks * 4096) > max {
+                return Err(LeaseError::OverLimit);
+            }
         }
         let extents = match make() {
             Ok(e) => e,
@@ -577,9 +641,7 @@ impl Leases {
             .cloned()
             .ok_or(LeaseError::NoSuchPin)?;
         st.pins.remove(&pin);
-        if p.pinned {
-            unpinner.unpin(&p.extents);
-        }
+        unpinner.released(p.ino, &p.extents, p.pinned);
         if p.live() {
             st.counters.releases += 1;
             let mut shown = p.clone();
@@ -605,9 +667,7 @@ impl Leases {
             .collect();
         for id in ids {
             let p = st.pins.remove(&id).expect("listed");
-            if p.pinned {
-                unpinner.unpin(&p.extents);
-            }
+            unpinner.released(p.ino, &p.extents, p.pinned);
             if p.live() {
                 st.counters.releases += 1;
             }

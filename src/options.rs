@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::fs::AtimeMode;
-use crate::lease::{LeaseConfig, Policy};
+use crate::lease::{LeaseConfig, PinLimit, Policy};
 
 /// Parsed mount options.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,12 +122,26 @@ impl MountOptions {
                         _ => return Err(format!("mount option '{opt}': busy_blocks is on or off")),
                     }
                 }
+                ("detach_windows", Some(v)) => {
+                    o.leases.detach_windows = match v {
+                        "on" => true,
+                        "off" => false,
+                        _ => return Err(format!("mount option '{opt}': detach_windows is on or off")),
+                    }
+                }
+                ("max_pinned", Some("unlimited")) => o.leases.max_pinned = Some(PinLimit::Unlimited),
+                ("max_pinned", Some(v)) => {
+                    let bytes = crate::image::parse_size(v).map_err(|e| {
+                        format!("mount option '{opt}': {e} (a size like 64M, or unlimited)")
+                    })?;
+                    o.leases.max_pinned = Some(PinLimit::Bytes(bytes));
+                }
                 // mount(8) passes these for fstab entries; they name the source, not an option.
                 ("fsname" | "subtype", Some(_)) => {}
                 (k, None) if IGNORED.contains(&k) || k.starts_with("x-") => {}
                 _ => {
                     return Err(format!(
-                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, default_permissions, threads=N, lock_wait=SECONDS, lease_break_time=SECONDS, break_policy=wait|refuse|revoke, busy_blocks=on|off)"
+                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, default_permissions, threads=N, lock_wait=SECONDS, lease_break_time=SECONDS, break_policy=wait|refuse|revoke, busy_blocks=on|off, detach_windows=on|off, max_pinned=SIZE|unlimited)"
                     ))
                 }
             }

@@ -9,7 +9,7 @@
 //!
 //! | request | descriptors sent | reply |
 //! |---|---|---|
-//! | `ID pin offset=N len=N [ro] [unbreakable]` | the file, opened for writing unless `ro` | `ID ok pin=P holder=H extents=FO:IO:LEN,... windows=IO:LEN:FDOFF,...` with one memfd per window, in file order |
+//! | `ID pin offset=N len=N [ro] [unbreakable]` | the file, open for reading (`ro`) or for reading and writing | `ID ok pin=P holder=H extents=FO:IO:LEN,... windows=IO:LEN:FDOFF,...` with one memfd descriptor per window piece, in file order (read-only for `ro`) |
 //! | `ID unpin pin=P` | | `ID ok` |
 //! | `ID raw` (root only) | | `ID ok` with the image file |
 //! | `ID status [table]` | | `ID ok`, a newline, then one JSON object (or the readable table) |

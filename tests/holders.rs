@@ -153,8 +153,8 @@ fn permissions_identity_and_hostile_messages() {
     let e = c.pin(&ro, 0, 10, PinOptions::default()).unwrap_err();
     assert_eq!(
         e.errno(),
-        Some(libc::EBADF),
-        "a writable pin needs a file opened for writing: {e}"
+        Some(libc::EACCES),
+        "a writable pin needs a file opened for reading and writing, as a shared writable mmap(2) does: {e}"
     );
     c.pin(
         &ro,
@@ -260,7 +260,7 @@ fn other_users_may_pin_only_what_they_may_open() {
             .pin(&ro, 0, 100, PinOptions::default())
             .unwrap_err()
             .errno()
-            == Some(libc::EBADF);
+            == Some(libc::EACCES);
         let no_raw = c.raw_image().unwrap_err().errno() == Some(libc::EPERM);
         let no_fence = c.fence(1).unwrap_err().errno() == Some(libc::EPERM);
         let no_check = c.check().unwrap_err().errno() == Some(libc::EPERM);

@@ -35,6 +35,7 @@ fn setup(policy: Policy, break_ms: u64, busy_blocks: bool) -> Setup {
             break_time,
             policy,
             busy_blocks,
+            ..Default::default()
         },
         ..Default::default()
     };
@@ -520,30 +521,54 @@ fn pins_need_permission_stay_in_the_file_and_allocate_holes() {
         libc::EACCES,
         "write pins need write permission"
     );
-    let grant =
+    let ro_pin = PinRequest {
+        holder: h,
+        ino: a.ino,
+        offset: 0,
+        len: 10,
+        writable: false,
+        unbreakable: false,
+    };
+    assert_eq!(
+        s.fs.pin(&ro_pin, user).unwrap_err().errno(),
+        libc::EACCES,
+        "a reader may not make a pin fill the file's holes"
+    );
+    assert_eq!(
+        s.fs.getattr(a.ino).unwrap().blocks,
+        0,
+        "and nothing was allocated"
+    );
+    // The owner's holder (root here) may: its pin allocates the hole, like a DAX write fault.
+    let hr = s.fs.add_holder(HolderInfo {
+        pid: 1,
+        comm: "root".into(),
+        uid: 0,
+        gid: 0,
+    });
+    let owner =
         s.fs.pin(
             &PinRequest {
-                holder: h,
-                ino: a.ino,
-                offset: 0,
-                len: 10,
-                writable: false,
-                unbreakable: false,
+                holder: hr,
+                ..ro_pin
             },
-            user,
+            Caller::ROOT,
         )
         .unwrap();
+    assert_eq!(
+        s.fs.getattr(a.ino).unwrap().blocks,
+        8,
+        "pinning allocated the hole (one block)"
+    );
+    s.fs.unpin(hr, owner.id).unwrap();
+    // Over allocated blocks the reader's read-only pin is granted.
+    let grant = s.fs.pin(&ro_pin, user).unwrap();
     let ext = grant.extents;
     assert_eq!(ext.len(), 1);
     assert_eq!(
         grant.windows.len(),
         1,
         "one DAX window covers the one pinned block"
-    );
-    assert_eq!(
-        s.fs.getattr(a.ino).unwrap().blocks,
-        8,
-        "pinning allocated the hole (one block)"
     );
     let r = s.fs.pin(
         &PinRequest {
@@ -675,15 +700,33 @@ fn dax_windows_give_direct_access_to_the_pinned_blocks_only() {
     let mut buf = [0u8; 6];
     img.read_exact_at(&mut buf, at + 20).unwrap();
     assert_eq!(&buf, b"synced");
+    win[6..12].copy_from_slice(b"before");
     fs.unpin(h, g.id).unwrap();
+    assert_eq!(
+        fs.image().window_descriptors(),
+        2,
+        "both windows stay while the second pin covers their blocks"
+    );
     fs.unpin(h, g2.id).unwrap();
+    assert_eq!(
+        fs.image().window_descriptors(),
+        0,
+        "the daemon closes a window once no pin covers it"
+    );
+    assert_eq!(
+        &fs.read(ino, BLOCK_SIZE, 12).unwrap(),
+        b"storedbefore",
+        "what the holder stored while pinned stays in the file"
+    );
+    // The holder kept its mapping: its stores now reach orphaned memory, no block.
     win[6..12].copy_from_slice(b"later!");
+    assert_eq!(&fs.read(ino, BLOCK_SIZE, 12).unwrap(), b"storedbefore");
     fs.unmount().unwrap();
     drop(fs);
     let fs = Fs::open(&path, FsOptions::default()).unwrap();
     assert_eq!(
         &fs.read(ino, BLOCK_SIZE, 12).unwrap(),
-        b"storedlater!",
-        "unmount writes windows back"
+        b"storedbefore",
+        "unmount keeps what was stored under the pin, and nothing stored after it"
     );
 }

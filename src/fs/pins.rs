@@ -33,6 +33,32 @@ pub struct PinnedExtent {
     pub len: u64,
 }
 
+/// How a holder showed that it may access the file it pins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinAccess {
+    /// The file's mode bits decide, for the caller's uid and primary gid (callers of the core
+    /// that have no descriptor: tests and the serial fuzzer).
+    ModeBits,
+    /// The holder passed a descriptor of the file that the kernel opened for it, with this
+    /// access: the kernel already checked the holder's uid, groups (supplementary ones
+    /// included), ACLs and the mount's own read-only state.
+    Descriptor {
+        /// Opened for reading.
+        read: bool,
+        /// Opened for writing.
+        write: bool,
+    },
+}
+
+/// A pin that the lease manager has removed, whose windows and allocator references still
+/// have to go (see [`Fs::finish_releases`]).
+#[derive(Debug)]
+pub(crate) struct Released {
+    ino: u64,
+    extents: Vec<(u64, Extent)>,
+    pinned: bool,
+}
+
 impl Fs {
     /// Breaks the leases on file blocks `first..end` of `ino` for a layout change by `caller`
     /// (through `handle`, whose `O_NONBLOCK` makes the break not wait).
@@ -68,7 +94,54 @@ impl Fs {
     pub fn holder_gone(&self, holder: HolderId) {
         let files = self.leases.files_of(holder);
         self.leases.holder_gone(holder, self);
+        self.finish_releases();
         self.after_release(&files);
+    }
+
+    /// Finishes what the lease manager started when it removed pins (it runs under its own
+    /// lock and cannot take inode locks): first each pin's DAX windows let go of its blocks,
+    /// under the lock of the file that owns them, so that no write of the daemon's slips
+    /// between the copy back and the remap; then the allocator references go, so a block is
+    /// handed to another file only once nothing a holder was given can reach it. Called by
+    /// every path that removes pins, after the lease call and with no lock held.
+    pub(crate) fn finish_releases(&self) {
+        loop {
+            let batch = std::mem::take(&mut *lock(&self.released));
+            if batch.is_empty() {
+                return;
+            }
+            for r in batch {
+                let mut stuck = Vec::new();
+                if self.opts.leases.detach_windows {
+                    let cell = self.table.get(r.ino).ok();
+                    let _owner = cell.as_ref().map(|c| c.write());
+                    for (_, e) in &r.extents {
+                        stuck.extend(
+                            self.image
+                                .unwindow(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE),
+                        );
+                    }
+                }
+                if !r.pinned {
+                    continue;
+                }
+                // An extent part of which could not be detached keeps its allocator pin:
+                // its blocks are never reused while a holder may reach them.
+                let (keep, go): (Vec<_>, Vec<_>) = r.extents.iter().partition(|(_, e)| {
+                    stuck.iter().any(|&(a, l)| {
+                        a < (e.start + e.len) * BLOCK_SIZE && e.start * BLOCK_SIZE < a + l
+                    })
+                });
+                for (_, e) in &keep {
+                    tracing::error!(
+                        start = e.start,
+                        len = e.len,
+                        "blocks stay pinned until unmount: their DAX window could not be detached"
+                    );
+                }
+                <Fs as Unpinner>::unpin(self, &go);
+            }
+        }
     }
 
     /// Blocks that a released live pin shared with revoked ones no longer need to stay in
@@ -192,11 +265,59 @@ impl Fs {
         self.commit_allocation(&mut held, &records)
     }
 
-    /// Pins bytes `offset..offset+len` of `ino` for `holder`, allocating what is not yet
-    /// allocated (like a write fault on DAX), under a new layout lease. Write pins need write
-    /// permission, read pins read permission. Returns the pin and where its bytes are in the
-    /// image (whole blocks).
+    /// Pins bytes `offset..offset+len` of `ino` for `holder`, the file's mode bits deciding
+    /// access ([`PinAccess::ModeBits`]); see [`Fs::pin_with`].
     pub fn pin(&self, req: &PinRequest, caller: Caller) -> FsResult<PinGrant> {
+        self.pin_with(req, caller, PinAccess::ModeBits)
+    }
+
+    /// The most bytes `caller`'s user may have pinned: none for root; else the mount's
+    /// `max_pinned=`, or the holder's own `RLIMIT_MEMLOCK` (as RDMA memory registration).
+    fn pin_limit(&self, caller: Caller) -> Option<u64> {
+        use crate::lease::PinLimit;
+        if caller.uid == 0 {
+            return None;
+        }
+        match self.opts.leases.max_pinned {
+            Some(PinLimit::Unlimited) => None,
+            Some(PinLimit::Bytes(b)) => Some(b),
+            None => {
+                // SAFETY: an all-zero rlimit is valid; prlimit only reads the limit of
+                // process `pid` into it.
+                let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+                // SAFETY: as above.
+                let rc = unsafe {
+                    libc::prlimit(
+                        caller.pid as libc::pid_t,
+                        libc::RLIMIT_MEMLOCK,
+                        std::ptr::null(),
+                        &mut lim,
+                    )
+                };
+                if rc == 0 {
+                    return (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur);
+                }
+                // Without CAP_SYS_RESOURCE over the holder, its limits file says the same.
+                // A process that is gone (or was never there) may pin nothing.
+                memlock_from_proc(caller.pid).unwrap_or(Some(0))
+            }
+        }
+    }
+
+    /// Pins bytes `offset..offset+len` of `ino` for `holder`, allocating what is not yet
+    /// allocated (like a write fault on DAX), under a new layout lease. A writable pin needs
+    /// read and write access (its window shows the blocks' contents), a read-only pin read
+    /// access; `access` says how the holder showed it. Holes are filled only for a holder
+    /// that may write the file (or root): a reader cannot make space be taken. Pinned bytes
+    /// per user are bounded (the holder's `RLIMIT_MEMLOCK` or the mount option
+    /// `max_pinned`; `ENOMEM` beyond). Returns the pin and where its bytes are in the image
+    /// (whole blocks).
+    pub fn pin_with(
+        &self,
+        req: &PinRequest,
+        caller: Caller,
+        access: PinAccess,
+    ) -> FsResult<PinGrant> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(FsError::Unmounting);
         }
@@ -216,25 +337,60 @@ impl Fs {
         let first = offset / BLOCK_SIZE;
         let end = end_byte.div_ceil(BLOCK_SIZE);
         let c = self.table.get(ino)?;
-        {
+        let may_fill = {
             let i = c.read();
             match i.kind {
                 Kind::File => {}
                 Kind::Dir => return Err(FsError::IsDir),
                 _ => return Err(FsError::Invalid("pin of a special file")),
             }
-            if !may_access(&i, caller, if writable { 2 } else { 4 }) {
-                return Err(FsError::Access);
+            let (may_read, may_write) = match access {
+                PinAccess::ModeBits => (may_access(&i, caller, 4), may_access(&i, caller, 2)),
+                // As mmap(2): a shared writable mapping needs a descriptor open for both,
+                // whoever the caller is.
+                PinAccess::Descriptor { read, write } => (read, write),
+            };
+            if !may_read {
+                return Err(FsError::Denied(
+                    "a pin shows the file's contents: it needs a descriptor opened for reading",
+                ));
+            }
+            if writable && !may_write {
+                return Err(FsError::Denied(
+                    "a writable pin needs the file opened for reading and writing",
+                ));
             }
             if end_byte > i.size.next_multiple_of(BLOCK_SIZE) {
                 return Err(FsError::Invalid("pin past the end of the file"));
             }
-        }
+            // Root may fill holes through any descriptor, as it may write any file.
+            may_write || caller.uid == 0
+        };
         if writable && self.opts.read_only {
             return Err(FsError::ReadOnly);
         }
+        let limit = self.pin_limit(caller).map(|l| (caller.uid, l));
         for _ in 0..8 {
-            if !self.opts.read_only {
+            let holes = {
+                let i = c.read();
+                let had: u64 = i
+                    .extents
+                    .mappings_in(first, end - first)
+                    .iter()
+                    .map(|m| m.len)
+                    .sum();
+                had < end - first
+            };
+            if holes {
+                if self.opts.read_only {
+                    return Err(FsError::ReadOnly);
+                }
+                if !may_fill {
+                    return Err(FsError::Denied(
+                        "the range has holes, and only a holder that may write the file may \
+                         fill them: pin through a descriptor opened for writing",
+                    ));
+                }
                 // The write fault: give the holes of the range blocks first.
                 self.maybe_checkpoint()?;
                 let _gate = self.gate();
@@ -276,7 +432,7 @@ impl Fs {
                     )
                 })
                 .collect();
-            let granted = self.leases.grant(req, || {
+            let granted = self.leases.grant_within(req, limit, || {
                 let mut alloc = lock(&self.alloc);
                 for (n, (_, e)) in extents.iter().enumerate() {
                     if let Err(err) = alloc.pin(*e) {
@@ -290,8 +446,23 @@ impl Fs {
                     }
                 }
                 Ok(extents.clone())
-            })?;
-            let id = granted?;
+            });
+            let id = match granted {
+                Ok(g) => g?,
+                Err(crate::lease::LeaseError::OverLimit) => {
+                    let (used, max) = (
+                        self.leases.pinned_bytes(caller.uid),
+                        limit.map_or(0, |l| l.1),
+                    );
+                    return Err(FsError::PinLimit(format!(
+                        "uid {} has {used} bytes pinned; {} more would pass its limit of {max} \
+                         bytes (the holder's RLIMIT_MEMLOCK, or the mount option max_pinned)",
+                        caller.uid,
+                        (end - first) * BLOCK_SIZE
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
             let extents: Vec<PinnedExtent> = maps
                 .iter()
                 .map(|m| PinnedExtent {
@@ -301,16 +472,29 @@ impl Fs {
                 })
                 .collect();
             // Still under the inode lock: no write can slip in while blocks move behind
-            // their windows.
+            // their windows. Each extent's window references are counted as it opens; a
+            // failure gives back the ones opened so far, then the pin.
             let mut windows = Vec::new();
-            for e in &extents {
+            for (n, e) in extents.iter().enumerate() {
                 match self.image.window(e.image_offset, e.len) {
                     Ok(w) => windows.extend(w),
                     Err(err) => {
+                        for done in &extents[..n] {
+                            self.image.unwindow(done.image_offset, done.len);
+                        }
+                        // The pin's own references are gone: the release only unpins.
                         drop(i);
-                        let _ = self.leases.release(req.holder, id, self);
+                        let _ = self.leases.release(req.holder, id, &NoWindows(self));
+                        self.finish_releases();
                         tracing::error!("no DAX window for a pin: {err}");
-                        return Err(FsError::NoSpace);
+                        let errno = match err.raw_os_error() {
+                            Some(libc::EMFILE | libc::ENFILE) => libc::EMFILE,
+                            _ => libc::ENOMEM,
+                        };
+                        return Err(FsError::Resources {
+                            errno,
+                            message: err.to_string(),
+                        });
                     }
                 }
             }
@@ -326,7 +510,9 @@ impl Fs {
     /// The holder gives pin `pin` back.
     pub fn unpin(&self, holder: HolderId, pin: PinId) -> FsResult<()> {
         let files = self.leases.files_of(holder);
-        self.leases.release(holder, pin, self)?;
+        let r = self.leases.release(holder, pin, self);
+        self.finish_releases();
+        r?;
         self.after_release(&files);
         Ok(())
     }
@@ -335,6 +521,14 @@ impl Fs {
 impl Unpinner for Fs {
     fn revoked(&self, ino: u64) {
         let _ = self.work.0.send(Work::Relocate(ino));
+    }
+
+    fn released(&self, ino: u64, extents: &[(u64, Extent)], pinned: bool) {
+        lock(&self.released).push(Released {
+            ino,
+            extents: extents.to_vec(),
+            pinned,
+        });
     }
 
     fn unpin(&self, extents: &[(u64, Extent)]) {
@@ -352,4 +546,28 @@ impl Unpinner for Fs {
             }
         }
     }
+}
+
+/// The release of a pin whose windows were never (or are already no longer) counted: only
+/// its allocator references go.
+struct NoWindows<'a>(&'a Fs);
+
+impl Unpinner for NoWindows<'_> {
+    fn unpin(&self, extents: &[(u64, Extent)]) {
+        <Fs as Unpinner>::unpin(self.0, extents)
+    }
+}
+
+/// The soft `RLIMIT_MEMLOCK` of process `pid` from `/proc/PID/limits` (`Some(None)`:
+/// unlimited; `None`: unreadable).
+fn memlock_from_proc(pid: u32) -> Option<Option<u64>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max locked memory"))?;
+    let soft = line["Max locked memory".len()..]
+        .split_whitespace()
+        .next()?;
+    if soft == "unlimited" {
+        return Some(None);
+    }
+    soft.parse().ok().map(Some)
 }
