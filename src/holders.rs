@@ -9,7 +9,7 @@
 //!   socket, all nonblocking. It alone accepts, reads and sends, waiting in poll(2) on all of
 //!   them and on an eventfd that the other threads write to wake it. An idle connection costs
 //!   a descriptor and a few hundred bytes, never a thread.
-//! - [`WORKERS`] **workers** (`pinfs-worker`) run every request (requests take filesystem
+//! - [`WORKERS`] **workers** (`pinfs-requests`) run every request (requests take filesystem
 //!   locks and may do I/O: the poller never runs one) and release a holder's pins when its
 //!   connection ends (`holder_gone`). A connection has at most one request in flight: the
 //!   poller reads its next request only once the previous one's reply is queued, so replies
@@ -291,7 +291,7 @@ impl Server {
         for _ in 0..WORKERS {
             let (fs, shared, rx) = (fs.clone(), shared.clone(), job_rx.clone());
             std::thread::Builder::new()
-                .name("pinfs-worker".into())
+                .name("pinfs-requests".into())
                 .spawn(move || work(&fs, &shared, rx))?;
         }
         if let Some(notices) = fs.take_notices() {
