@@ -21,7 +21,7 @@
 //!
 //! # The hub and its lock
 //!
-//! [`Hub`] (one mutex) holds every connection's outgoing queue, the map from holder to
+//! The hub (`Hub`, one mutex) holds every connection's outgoing queue, the map from holder to
 //! connection, and the news for the poller (answered requests, queues with something to
 //! send, connections to drop). Lock order: the hub, then the lease manager's lock (a `watch`
 //! reads the recent events under the hub, so that the notifier cannot pass between them);

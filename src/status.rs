@@ -77,9 +77,12 @@ struct Busy {
     holder: Option<u64>,
 }
 
+/// A holder's pid and command; `None` where hidden from the viewer.
+type Who = Option<(u32, String)>;
+
 struct View {
-    /// id, pid and command (`None`: hidden from this viewer), fenced.
-    holders: Vec<(u64, Option<(u32, String)>, bool)>,
+    /// id, pid and command, fenced.
+    holders: Vec<(u64, Who, bool)>,
     leases: Vec<Lease>,
     busy: Vec<Busy>,
     busy_blocks: u64,

@@ -430,7 +430,7 @@ fn a_holder_that_never_reads_is_dropped_and_its_pins_released() {
             Ok(()) => sent += 1,
             Err(e) => break Some(e),
         }
-        if sent % 1000 == 0 {
+        if sent.is_multiple_of(1000) {
             // Others are served meanwhile.
             assert!(status(&m).contains("\"holders\""));
         }
