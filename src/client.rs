@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{socket_path, Message, Packet};
+use crate::protocol::{socket_path, Message, Packet, Reassembly};
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -169,18 +169,40 @@ impl Connection {
     fn request(&mut self, text: &str, fds: &[i32]) -> Result<(Message, Vec<OwnedFd>), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        self.sock.send(&format!("{id} {text}"), fds)?;
+        if let Err(e) = self.sock.send(&format!("{id} {text}"), fds) {
+            // A refused connection (not allowed, too many) is shut by the daemon at once:
+            // the reason may be waiting to be read.
+            if let Ok((b, _)) = self.sock.try_recv() {
+                if let Ok(m) = Message::parse(&b) {
+                    if m.id == "?" && m.verb == "err" {
+                        let errno = m.num("errno").unwrap_or(libc::EIO as u64) as i32;
+                        let message = m.flags.join(" ");
+                        return Err(ClientError::Refused { errno, message });
+                    }
+                }
+            }
+            return Err(e.into());
+        }
+        let mut pieces = Reassembly::default();
         loop {
-            let (bytes, fds) = self
+            let (packet, fds) = self
                 .sock
                 .recv()?
                 .ok_or_else(|| ClientError::Protocol("the daemon closed the connection".into()))?;
+            // A long reply comes in pieces (see crate::protocol); its descriptors come with
+            // the last one.
+            let Some(bytes) = pieces.take(&packet).map_err(ClientError::Protocol)? else {
+                continue;
+            };
             let m = Message::parse(&bytes).map_err(ClientError::Protocol)?;
             if m.id == "event" {
                 self.events.push_back(parse_event(&m));
                 continue;
             }
-            if m.id != id.to_string() {
+            // `?` answers a request the daemon could not read, or refuses the connection
+            // (too many of this user's, not allowed to use the mount): with one request in
+            // flight, it is this one's answer.
+            if m.id != id.to_string() && !(m.id == "?" && m.verb == "err") {
                 return Err(ClientError::Protocol(format!(
                     "reply to request {} while waiting for {id}",
                     m.id
@@ -364,15 +386,20 @@ impl Connection {
         m.num("holder").map_err(ClientError::Protocol)
     }
 
-    /// Sends raw bytes as one message and returns the raw reply (for protocol tests).
+    /// Sends raw bytes as one message and returns the raw reply, reassembled if it came in
+    /// pieces (for protocol tests; an empty `bytes` sends an empty packet).
     pub fn raw_exchange(&mut self, bytes: &[u8]) -> Result<String, ClientError> {
         self.sock
             .send(std::str::from_utf8(bytes).unwrap_or("\u{fffd}"), &[])?;
+        let mut pieces = Reassembly::default();
         loop {
-            let (b, _) = self
+            let (packet, _) = self
                 .sock
                 .recv()?
                 .ok_or_else(|| ClientError::Protocol("closed".into()))?;
+            let Some(b) = pieces.take(&packet).map_err(ClientError::Protocol)? else {
+                continue;
+            };
             let text = String::from_utf8_lossy(&b).into_owned();
             if !text.starts_with("event ") {
                 return Ok(text);

@@ -207,7 +207,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     let server = match mount_dev(&mnt) {
         Some(dev) => {
             fs.set_mount_dev(dev);
-            match crate::holders::Server::start(fs.clone(), dev) {
+            match crate::holders::Server::start(fs.clone(), dev, opts.allow_other) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::error!("holder socket: {e}; pins are unavailable on this mount");

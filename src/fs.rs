@@ -1166,26 +1166,49 @@ impl Fs {
     /// A path from the root (the first name found) for each of `inos` that has one, in one
     /// walk of the namespace: for status displays, not for the data path.
     pub fn paths_of(&self, inos: &[u64]) -> HashMap<u64, String> {
-        let mut found = HashMap::new();
-        if inos.contains(&ROOT_INO) {
-            found.insert(ROOT_INO, "/".to_string());
+        self.paths_seen(inos, &|_| true)
+            .into_iter()
+            .map(|(ino, (path, _))| (ino, path))
+            .collect()
+    }
+
+    /// For each of `inos` that has a name: its first path found, and the first path through
+    /// directories that all pass `may_search` (the root included), if any: what a given user
+    /// could `stat`. One walk of the namespace, for status displays.
+    pub fn paths_seen(
+        &self,
+        inos: &[u64],
+        may_search: &dyn Fn(&Inode) -> bool,
+    ) -> HashMap<u64, (String, Option<String>)> {
+        let wanted: std::collections::HashSet<u64> = inos.iter().copied().collect();
+        let mut found: HashMap<u64, (String, Option<String>)> = HashMap::new();
+        let mut visible = 0;
+        if wanted.contains(&ROOT_INO) {
+            found.insert(ROOT_INO, ("/".to_string(), Some("/".to_string())));
+            visible += 1;
         }
-        let mut stack = vec![(ROOT_INO, String::new())];
-        while let Some((dir, prefix)) = stack.pop() {
-            if found.len() == inos.len() {
+        // (directory, its path, may the user search every directory above it)
+        let mut stack = vec![(ROOT_INO, String::new(), true)];
+        while let Some((dir, prefix, reachable)) = stack.pop() {
+            if visible == wanted.len() {
                 break;
             }
             let Ok(cell) = self.table.get(dir) else {
                 continue;
             }; // removed meanwhile
             let d = cell.read();
+            let searchable = reachable && may_search(&d);
             for (name, e) in d.dir.iter() {
                 let path = format!("{prefix}/{}", String::from_utf8_lossy(name));
-                if inos.contains(&e.ino) {
-                    found.entry(e.ino).or_insert_with(|| path.clone());
+                if wanted.contains(&e.ino) {
+                    let entry = found.entry(e.ino).or_insert_with(|| (path.clone(), None));
+                    if searchable && entry.1.is_none() {
+                        entry.1 = Some(path.clone());
+                        visible += 1;
+                    }
                 }
                 if e.kind == Kind::Dir {
-                    stack.push((e.ino, path));
+                    stack.push((e.ino, path, searchable));
                 }
             }
         }

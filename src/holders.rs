@@ -1,30 +1,86 @@
 //! The holder server: accepts pin holders on the mount's socket, turns their requests
 //! ([`crate::protocol`]) into calls on the filesystem core, and delivers lease notifications.
+//! Holders are untrusted (another user's program, a buggy driver), so the server bounds what
+//! any of them can cost it: threads, descriptors, memory.
 //!
-//! Threads: one accepts; each connection has a reader (requests in, replies queued) and a
-//! writer (the only one that sends on that socket); one notifier moves lease events from the
-//! core into the writers' queues: each event to the holder it concerns, and every event to
-//! every *watcher* (a connection that sent `watch`, as `pinfs status --follow` does: it gets
-//! the recent events first, then each new one, none twice, by their sequence numbers). No lock
-//! is held while sending to a holder. A holder that stops reading only fills its own queue;
-//! a watcher that stops reading loses events once its queue holds [`WATCH_BACKLOG`], and is
-//! told how many (`event lost count=N`) when it catches up.
+//! # Threads
+//!
+//! - The **poller** (`pinfs-holders`) owns the listening socket and every connection's
+//!   socket, all nonblocking. It alone accepts, reads and sends, waiting in poll(2) on all of
+//!   them and on an eventfd that the other threads write to wake it. An idle connection costs
+//!   a descriptor and a few hundred bytes, never a thread.
+//! - [`WORKERS`] **workers** (`pinfs-requests`) run every request (requests take filesystem
+//!   locks and may do I/O: the poller never runs one) and release a holder's pins when its
+//!   connection ends (`holder_gone`). A connection has at most one request in flight: the
+//!   poller reads its next request only once the previous one's reply is queued, so replies
+//!   keep their order, and a holder that floods requests only waits behind itself.
+//! - The **notifier** (`pinfs-notifier`) moves lease events from the core into the queues of
+//!   the holder concerned and of every *watcher* (a connection that sent `watch`, as
+//!   `pinfs status --follow` does: it gets the recent events first, then each new one, none
+//!   twice, by their sequence numbers), and wakes the poller.
+//!
+//! # The hub and its lock
+//!
+//! The hub (`Hub`, one mutex) holds every connection's outgoing queue, the map from holder to
+//! connection, and the news for the poller (answered requests, queues with something to
+//! send, connections to drop). Lock order: the hub, then the lease manager's lock (a `watch`
+//! reads the recent events under the hub, so that the notifier cannot pass between them);
+//! nothing takes the hub while holding a filesystem lock. No lock is held while sending: the
+//! poller takes a packet out of its queue under the hub, sends it without, and puts it back
+//! at the front if the socket had no room.
+//!
+//! # Bounds
+//!
+//! - Who connects: without `allow_other` the socket file is 0600 (the daemon's user, and
+//!   root), and the poller checks `SO_PEERCRED` at accept: anyone else gets
+//!   `? err errno=13 ...` and is closed. With `allow_other` the socket is 0666.
+//! - At most [`MAX_CONNS_PER_UID`] connections per user (root exempt); the next one gets
+//!   `? err errno=11 too many connections for uid U (limit N)` and is closed.
+//! - A connection whose queue holds more than [`QUEUE_BYTES`] bytes or [`QUEUE_PACKETS`]
+//!   packets when another reply or event is due has stopped reading: it is disconnected
+//!   (logged) and its pins released as at any disconnect. An emptier queue takes one reply of
+//!   any size, so a holder that reads its replies is never cut off by a big one.
+//! - A watcher that stops reading loses events once its queue holds [`WATCH_BACKLOG`], and is
+//!   told how many (`event lost count=N`) when it catches up; it is not disconnected for that.
+//! - When accept fails for want of descriptors (EMFILE, ENFILE), the poller leaves the
+//!   listening socket alone for [`ACCEPT_BACKOFF`] (instead of spinning on it) and goes on
+//!   serving the connections it has.
 //!
 //! Identity is the kernel's: pid, uid and gid from `SO_PEERCRED`, the command name from
-//! `/proc/PID/comm`. A file to pin is passed as a descriptor, so the kernel has already
-//! checked that the holder may open it (for writing, for a writable pin).
+//! `/proc/PID/comm`, supplementary groups from `/proc/PID/status` (for what `status` may
+//! show a caller, see [`crate::status`]). A file to pin is passed as a descriptor, so the
+//! kernel has already checked that the holder may open it (for writing, for a writable pin).
 
-use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use crossbeam::channel::{unbounded, Sender};
+use crossbeam::channel::{unbounded, Receiver, Sender};
 
 use crate::dax::WindowPiece;
 use crate::fs::{Caller, Fs, PinAccess};
 use crate::lease::{EventKind, HolderId, HolderInfo, PinRequest};
-use crate::protocol::{socket_path, Message, Packet, PeerCred};
+use crate::protocol::{frames, socket_path, Message, Packet, PeerCred};
+
+/// Threads that run requests.
+pub const WORKERS: usize = 4;
+/// Connections one user (other than root) may have open at once.
+pub const MAX_CONNS_PER_UID: usize = 64;
+/// A connection whose queue holds more than this many bytes when the next reply or event is
+/// due is disconnected (a 10,000-pin status is about 2 MiB, and fits in an empty queue).
+pub const QUEUE_BYTES: usize = 4 << 20;
+/// ... or more than this many packets (room for a full watcher's backlog and its replies).
+pub const QUEUE_PACKETS: usize = 2 * WATCH_BACKLOG;
+/// Events a watcher may have queued before the next ones are dropped (and counted).
+pub const WATCH_BACKLOG: usize = 10_000;
+/// How long the poller leaves the listening socket alone after accept ran out of descriptors.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections accepted in one turn of the poller (the others wait for the next turn, so
+/// that a connection storm does not starve the connections already served).
+const ACCEPT_BATCH: usize = 64;
 
 /// Something to send to a holder.
 struct Outgoing {
@@ -32,61 +88,170 @@ struct Outgoing {
     fds: Vec<Arc<OwnedFd>>,
 }
 
-type Queues = Arc<Mutex<HashMap<HolderId, Sender<Outgoing>>>>;
-
-/// Events a watcher may have queued before the next ones are dropped (and counted).
-pub const WATCH_BACKLOG: usize = 10_000;
-
-/// A connection that asked for every lease event of the mount.
-struct Watcher {
-    /// Which connection (to remove it when the connection ends).
-    conn: u64,
+/// What a watcher has had.
+struct Watch {
     /// The last event it was given with the recent ones; later events only follow.
     after: u64,
-    tx: Sender<Outgoing>,
     /// Events dropped since the last one it got.
     lost: u64,
 }
 
-type Watchers = Arc<Mutex<Vec<Watcher>>>;
+/// One connection's side of the hub.
+#[derive(Default)]
+struct Queue {
+    out: VecDeque<Outgoing>,
+    /// Bytes of text in `out`.
+    bytes: usize,
+    /// The holder this connection became (with its first `pin` or `hello`).
+    holder: Option<HolderId>,
+    watch: Option<Watch>,
+    /// Past its bounds: emptied, and the poller drops the connection.
+    overflowed: bool,
+}
 
-/// Queues event number `seq` for every watcher that has not had it; drops the watchers whose
-/// connection has ended.
-fn tell_watchers(watchers: &Watchers, seq: u64, text: &str) {
-    let mut ws = watchers.lock().unwrap_or_else(|e| e.into_inner());
-    ws.retain_mut(|w| {
-        if seq <= w.after {
-            return true;
+impl Queue {
+    fn over(&self) -> bool {
+        self.bytes > QUEUE_BYTES || self.out.len() > QUEUE_PACKETS
+    }
+
+    fn put(&mut self, o: Outgoing) {
+        self.bytes += o.text.len();
+        self.out.push_back(o);
+    }
+}
+
+/// State shared by the poller, the workers and the notifier (see the module's documentation
+/// for the lock order).
+#[derive(Default)]
+struct Hub {
+    queues: HashMap<u64, Queue>,
+    holders: HashMap<HolderId, u64>,
+    /// Connections whose request is answered (their reply is queued).
+    done: Vec<u64>,
+    /// Connections with something new to send.
+    ready: Vec<u64>,
+    /// Connections past their queue bounds.
+    overflowed: Vec<u64>,
+}
+
+impl Hub {
+    /// Queues `packets` for connection `conn`, unless its queue is already past its bounds:
+    /// then the queue is emptied (its memory goes back now) and the connection marked to be
+    /// dropped.
+    fn push(&mut self, conn: u64, packets: Vec<Outgoing>) {
+        let Some(q) = self.queues.get_mut(&conn) else {
+            return;
+        };
+        if q.overflowed || packets.is_empty() {
+            return;
         }
-        if w.tx.len() >= WATCH_BACKLOG {
-            w.lost += 1;
-            return true;
+        if q.over() {
+            q.overflowed = true;
+            q.out.clear();
+            q.bytes = 0;
+            self.overflowed.push(conn);
+            return;
         }
-        if w.lost > 0 {
-            let lost = Outgoing {
-                text: format!("event lost count={}", w.lost),
-                fds: Vec::new(),
+        for p in packets {
+            q.put(p);
+        }
+        self.ready.push(conn);
+    }
+
+    /// Queues event number `seq` for every watcher that has not had it.
+    fn tell_watchers(&mut self, seq: u64, text: &str) {
+        for (id, q) in self.queues.iter_mut() {
+            let Some(w) = q.watch.as_mut() else {
+                continue;
             };
-            if w.tx.send(lost).is_err() {
-                return false;
+            if seq <= w.after || q.overflowed {
+                continue;
             }
-            w.lost = 0;
+            if q.out.len() >= WATCH_BACKLOG {
+                w.lost += 1;
+                continue;
+            }
+            if w.lost > 0 {
+                let text = format!("event lost count={}", w.lost);
+                w.lost = 0;
+                q.put(Outgoing {
+                    text,
+                    fds: Vec::new(),
+                });
+            }
+            q.put(Outgoing {
+                text: text.to_string(),
+                fds: Vec::new(),
+            });
+            self.ready.push(*id);
         }
-        w.tx.send(Outgoing {
-            text: text.to_string(),
-            fds: Vec::new(),
+    }
+}
+
+/// Wakes the poller out of poll(2): an eventfd.
+struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    fn new() -> std::io::Result<Waker> {
+        // SAFETY: eventfd with constant flags; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(Waker {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
-        .is_ok()
-    });
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: write of 8 bytes from a u64 on our stack to our eventfd. It can only fail
+        // when the counter is saturated, and then the poller is woken anyway.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn drain(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: read of 8 bytes into a u64 on our stack from our nonblocking eventfd.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+    }
+}
+
+struct Shared {
+    hub: Mutex<Hub>,
+    waker: Waker,
+}
+
+impl Shared {
+    fn hub(&self) -> MutexGuard<'_, Hub> {
+        self.hub.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Work for the workers.
+enum Job {
+    /// A request of connection `conn` (which reads no other until this one is answered).
+    Request {
+        conn: u64,
+        peer: PeerCred,
+        bytes: Vec<u8>,
+        fds: Vec<OwnedFd>,
+    },
+    /// The connection of this holder ended: release its pins.
+    Gone(HolderId),
 }
 
 /// The running server of one mount.
 pub struct Server {
     path: PathBuf,
-    listener: Packet,
     /// The socket file's inode: device numbers of FUSE mounts are reused as soon as a mount
     /// goes, so by the time this daemon stops, the path may be a newer mount's socket.
     ino: Option<u64>,
+    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Server {
@@ -95,71 +260,556 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// Lets this process have as many descriptors as its hard limit allows: every connection is
+/// one (the per-user bound keeps other users from taking them all).
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a struct on our stack.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
 impl Server {
-    /// Starts serving holders of the mount whose device number is `dev`.
-    pub fn start(fs: Arc<Fs>, dev: u64) -> std::io::Result<Server> {
+    /// Starts serving holders of the mount whose device number is `dev`; `allow_other`:
+    /// whether users other than the daemon's (and root) may use the mount, and so connect.
+    pub fn start(fs: Arc<Fs>, dev: u64, allow_other: bool) -> std::io::Result<Server> {
         let path = socket_path(dev);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let listener = Packet::listen(&path)?;
-        let queues: Queues = Arc::new(Mutex::new(HashMap::new()));
-        let watchers: Watchers = Arc::new(Mutex::new(Vec::new()));
+        raise_fd_limit();
+        let listener = Packet::listen(&path, if allow_other { 0o666 } else { 0o600 })?;
+        let shared = Arc::new(Shared {
+            hub: Mutex::new(Hub::default()),
+            waker: Waker::new()?,
+        });
+        let (jobs, job_rx) = unbounded::<Job>();
+        for _ in 0..WORKERS {
+            let (fs, shared, rx) = (fs.clone(), shared.clone(), job_rx.clone());
+            std::thread::Builder::new()
+                .name("pinfs-requests".into())
+                .spawn(move || work(&fs, &shared, rx))?;
+        }
         if let Some(notices) = fs.take_notices() {
-            let (queues, watchers) = (queues.clone(), watchers.clone());
+            let shared = shared.clone();
             std::thread::Builder::new()
                 .name("pinfs-notifier".into())
                 .spawn(move || {
                     for n in notices {
                         let text = event_text(&n.event);
-                        let tx = queues
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get(&n.holder)
-                            .cloned();
-                        if let Some(tx) = tx {
-                            let _ = tx.send(Outgoing {
-                                text: text.clone(),
-                                fds: Vec::new(),
-                            });
+                        let mut hub = shared.hub();
+                        if let Some(conn) = hub.holders.get(&n.holder).copied() {
+                            hub.push(
+                                conn,
+                                vec![Outgoing {
+                                    text: text.clone(),
+                                    fds: Vec::new(),
+                                }],
+                            );
                         }
-                        tell_watchers(&watchers, n.event.seq, &text);
+                        hub.tell_watchers(n.event.seq, &text);
+                        drop(hub);
+                        shared.waker.wake();
                     }
                 })?;
         }
-        let accept = listener.try_clone()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = Poller {
+            shared: shared.clone(),
+            jobs,
+            listener: Some(listener),
+            stop: stop.clone(),
+            allow_other,
+            // SAFETY: geteuid has no preconditions.
+            owner: unsafe { libc::geteuid() },
+            conns: HashMap::new(),
+            per_uid: HashMap::new(),
+            next_conn: 0,
+            paused_until: None,
+        };
         std::thread::Builder::new()
             .name("pinfs-holders".into())
-            .spawn(move || {
-                let mut next_conn = 0u64;
-                while let Ok(conn) = accept.accept() {
-                    next_conn += 1;
-                    let id = next_conn;
-                    let (fs, queues, watchers) = (fs.clone(), queues.clone(), watchers.clone());
-                    let _ = std::thread::Builder::new()
-                        .name("pinfs-holder".into())
-                        .spawn(move || serve(fs, conn, id, queues, watchers));
-                }
-            })?;
-        tracing::info!(socket = %path.display(), "holder socket ready");
+            .spawn(move || poller.run())?;
+        tracing::info!(socket = %path.display(), allow_other, "holder socket ready");
         use std::os::unix::fs::MetadataExt;
         let ino = std::fs::metadata(&path).ok().map(|m| m.ino());
         Ok(Server {
             path,
-            listener,
             ino,
+            stop,
+            shared,
         })
     }
 
-    /// Stops accepting and removes the socket.
+    /// Stops accepting and removes the socket (connections already made go on being served
+    /// until the daemon exits).
     pub fn stop(&self) {
         use std::os::unix::fs::MetadataExt;
-        self.listener.shutdown();
+        self.stop.store(true, Ordering::SeqCst);
+        self.shared.waker.wake();
         // Remove the socket only if it is still ours (see `ino`).
         if std::fs::metadata(&self.path).ok().map(|m| m.ino()) == self.ino {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// A connection, as the poller knows it.
+struct Conn {
+    sock: Packet,
+    peer: PeerCred,
+    /// A request of this connection is with a worker.
+    busy: bool,
+    /// To be dropped (the peer hung up, or its queue overflowed) once its request in flight
+    /// is answered; not polled meanwhile (a hung-up socket would wake poll(2) forever).
+    gone: bool,
+    /// Its queue has packets the socket had no room for: poll for POLLOUT.
+    blocked: bool,
+}
+
+/// How flushing a queue ended.
+enum Flushed {
+    /// Everything sent, or the socket is full for now.
+    Ok,
+    /// The socket failed: drop the connection.
+    Dead(std::io::Error),
+}
+
+struct Poller {
+    shared: Arc<Shared>,
+    jobs: Sender<Job>,
+    /// `None` once the server stops accepting.
+    listener: Option<Packet>,
+    stop: Arc<AtomicBool>,
+    allow_other: bool,
+    /// The daemon's uid: without `allow_other`, only it and root may connect.
+    owner: u32,
+    conns: HashMap<u64, Conn>,
+    per_uid: HashMap<u32, usize>,
+    next_conn: u64,
+    /// Accept ran out of descriptors: leave the listener alone until then.
+    paused_until: Option<Instant>,
+}
+
+impl Poller {
+    fn run(mut self) {
+        let mut pollfds: Vec<libc::pollfd> = Vec::new();
+        let mut ids: Vec<u64> = Vec::new();
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                self.listener = None;
+            }
+            self.take_news();
+            if self.paused_until.is_some_and(|t| Instant::now() >= t) {
+                self.paused_until = None;
+            }
+            pollfds.clear();
+            ids.clear();
+            let pfd = |fd: RawFd, events: libc::c_short| libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            };
+            pollfds.push(pfd(self.shared.waker.fd.as_raw_fd(), libc::POLLIN));
+            let listening = match (&self.listener, self.paused_until) {
+                (Some(l), None) => {
+                    pollfds.push(pfd(l.raw_fd(), libc::POLLIN));
+                    true
+                }
+                _ => false,
+            };
+            let first_conn = pollfds.len();
+            for (id, c) in &self.conns {
+                if c.gone {
+                    continue;
+                }
+                let mut events = 0;
+                if !c.busy {
+                    events |= libc::POLLIN | libc::POLLRDHUP;
+                }
+                if c.blocked {
+                    events |= libc::POLLOUT;
+                }
+                // Even with no events asked, poll reports a hang-up, which marks it gone.
+                pollfds.push(pfd(c.sock.raw_fd(), events));
+                ids.push(*id);
+            }
+            let timeout = self.paused_until.map_or(-1, |t| {
+                t.saturating_duration_since(Instant::now()).as_millis() as i32 + 1
+            });
+            // SAFETY: poll on our vector of pollfds, whose length we pass.
+            let n =
+                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!("holder socket: poll: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            if pollfds[0].revents != 0 {
+                self.shared.waker.drain();
+            }
+            if listening && pollfds[1].revents != 0 {
+                self.accept_some();
+            }
+            for (p, id) in pollfds[first_conn..].iter().zip(&ids) {
+                if p.revents != 0 {
+                    self.on_ready(*id, p.revents);
+                }
+            }
+        }
+    }
+
+    /// Takes what the workers and the notifier left in the hub: answered requests, queues
+    /// to flush, connections past their bounds.
+    fn take_news(&mut self) {
+        let (done, mut ready, overflowed) = {
+            let mut hub = self.shared.hub();
+            (
+                std::mem::take(&mut hub.done),
+                std::mem::take(&mut hub.ready),
+                std::mem::take(&mut hub.overflowed),
+            )
+        };
+        for id in overflowed {
+            if let Some(c) = self.conns.get(&id) {
+                tracing::warn!(
+                    conn = id,
+                    pid = c.peer.pid,
+                    uid = c.peer.uid,
+                    "holder connection dropped: it does not read its replies and events (more than {QUEUE_BYTES} bytes or {QUEUE_PACKETS} packets queued)"
+                );
+            }
+            self.close(id);
+        }
+        for id in done {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.busy = false;
+                if c.gone {
+                    self.close(id);
+                }
+            }
+        }
+        ready.sort_unstable();
+        ready.dedup();
+        for id in ready {
+            self.flush_or_close(id);
+        }
+    }
+
+    fn accept_some(&mut self) {
+        for _ in 0..ACCEPT_BATCH {
+            let Some(l) = &self.listener else { return };
+            match l.accept() {
+                Ok(sock) => self.admit(sock),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO)
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: nothing to do but wait for some to
+                    // come back; the connections already made go on being served.
+                    tracing::warn!(
+                        "holder socket: {e}; not accepting for {} ms (connections open: {})",
+                        ACCEPT_BACKOFF.as_millis(),
+                        self.conns.len()
+                    );
+                    self.paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes a new connection, or refuses it with one packet saying why.
+    fn admit(&mut self, sock: Packet) {
+        let Ok(peer) = sock.peer() else { return };
+        if !self.allow_other && peer.uid != 0 && peer.uid != self.owner {
+            refuse(
+                &sock,
+                libc::EACCES,
+                &format!(
+                    "uid {} may not use this mount (mounted by uid {} without allow_other)",
+                    peer.uid, self.owner
+                ),
+            );
+            return;
+        }
+        let n = self.per_uid.entry(peer.uid).or_default();
+        if peer.uid != 0 && *n >= MAX_CONNS_PER_UID {
+            tracing::warn!(
+                uid = peer.uid,
+                pid = peer.pid,
+                "holder connection refused: too many"
+            );
+            refuse(
+                &sock,
+                libc::EAGAIN,
+                &format!(
+                    "too many connections for uid {} (limit {MAX_CONNS_PER_UID}); close some",
+                    peer.uid
+                ),
+            );
+            return;
+        }
+        *n += 1;
+        self.next_conn += 1;
+        let id = self.next_conn;
+        self.shared.hub().queues.insert(id, Queue::default());
+        self.conns.insert(
+            id,
+            Conn {
+                sock,
+                peer,
+                busy: false,
+                gone: false,
+                blocked: false,
+            },
+        );
+    }
+
+    fn on_ready(&mut self, id: u64, revents: libc::c_short) {
+        if revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+            self.close(id);
+            return;
+        }
+        if revents & libc::POLLOUT != 0 {
+            self.flush_or_close(id);
+        }
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.busy {
+            if revents & libc::POLLHUP != 0 {
+                c.gone = true;
+            }
+            return;
+        }
+        if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLRDHUP) == 0 {
+            return;
+        }
+        let hung_up = revents & (libc::POLLHUP | libc::POLLRDHUP) != 0;
+        match c.sock.try_recv() {
+            // Zero bytes and no descriptors is the end of the stream only if the peer hung
+            // up; otherwise it is an empty packet, a malformed request like any other.
+            Ok((bytes, fds)) if bytes.is_empty() && fds.is_empty() && hung_up => self.close(id),
+            Ok((bytes, fds)) => {
+                c.busy = true;
+                let job = Job::Request {
+                    conn: id,
+                    peer: c.peer,
+                    bytes,
+                    fds,
+                };
+                if self.jobs.send(job).is_err() {
+                    // No workers (cannot happen while the poller runs): say so, go on.
+                    c.busy = false;
+                    tracing::error!("holder socket: no worker threads");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.raw_os_error().is_none() => {
+                // Too large (its descriptors are closed already): say so, read the next.
+                let reply = err("?", libc::EMSGSIZE, e);
+                self.shared.hub().push(id, vec![reply]);
+                self.flush_or_close(id);
+            }
+            Err(_) => self.close(id),
+        }
+    }
+
+    /// Sends what connection `id` has queued, as far as its socket takes it.
+    fn flush_or_close(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if let Flushed::Dead(e) = flush(&self.shared, id, c) {
+            tracing::debug!(conn = id, "holder connection: send: {e}");
+            self.close(id);
+        }
+    }
+
+    /// Drops connection `id` (once its request in flight, if any, is answered): its queue,
+    /// and its holder's pins (on a worker: releasing takes filesystem locks).
+    fn close(&mut self, id: u64) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.busy {
+            c.gone = true;
+            return;
+        }
+        let Some(c) = self.conns.remove(&id) else {
+            return;
+        };
+        if let Some(n) = self.per_uid.get_mut(&c.peer.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_uid.remove(&c.peer.uid);
+            }
+        }
+        let holder = {
+            let mut hub = self.shared.hub();
+            let holder = hub.queues.remove(&id).and_then(|q| q.holder);
+            if let Some(h) = holder {
+                hub.holders.remove(&h);
+            }
+            holder
+        };
+        if let Some(h) = holder {
+            let _ = self.jobs.send(Job::Gone(h));
+        }
+        // Dropping `c` closes the socket.
+    }
+}
+
+/// Sends connection `id`'s queued packets until the queue is empty or the socket full. The
+/// hub is locked only to take a packet out (or put it back), never while sending.
+fn flush(shared: &Shared, id: u64, c: &mut Conn) -> Flushed {
+    loop {
+        let next = {
+            let mut hub = shared.hub();
+            hub.queues.get_mut(&id).and_then(|q| {
+                let p = q.out.pop_front()?;
+                q.bytes -= p.text.len();
+                Some(p)
+            })
+        };
+        let Some(p) = next else {
+            c.blocked = false;
+            return Flushed::Ok;
+        };
+        let raw: Vec<RawFd> = p.fds.iter().map(|f| f.as_raw_fd()).collect();
+        match c.sock.try_send(&p.text, &raw) {
+            Ok(true) => {}
+            Ok(false) => {
+                if let Some(q) = shared.hub().queues.get_mut(&id) {
+                    q.bytes += p.text.len();
+                    q.out.push_front(p);
+                }
+                c.blocked = true;
+                return Flushed::Ok;
+            }
+            Err(e) => return Flushed::Dead(e),
+        }
+    }
+}
+
+/// Tells a refused connection why, then closes it. The socket is shut first and whatever it
+/// sent is discarded: closing a socket with unread packets would reset the peer, which
+/// would then never read the reason.
+fn refuse(sock: &Packet, errno: i32, why: &str) {
+    let _ = sock.try_send(&format!("? err errno={errno} {why}"), &[]);
+    sock.shutdown();
+    for _ in 0..64 {
+        match sock.try_recv() {
+            Ok((b, f)) if !(b.is_empty() && f.is_empty()) => {}
+            _ => break,
+        }
+    }
+}
+
+/// A worker: runs requests and releases, until the server goes.
+fn work(fs: &Fs, shared: &Shared, jobs: Receiver<Job>) {
+    for job in jobs {
+        match job {
+            Job::Gone(h) => fs.holder_gone(h),
+            Job::Request {
+                conn,
+                peer,
+                bytes,
+                fds,
+            } => {
+                let reply = answer(fs, shared, conn, peer, &bytes, fds);
+                let packets = framed(reply);
+                let mut hub = shared.hub();
+                hub.push(conn, packets);
+                hub.done.push(conn);
+                drop(hub);
+                shared.waker.wake();
+            }
+        }
+    }
+}
+
+/// The reply to one request of connection `conn`.
+fn answer(
+    fs: &Fs,
+    shared: &Shared,
+    conn: u64,
+    peer: PeerCred,
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Outgoing {
+    match Message::parse(bytes) {
+        Err(e) => err("?", libc::EINVAL, e),
+        Ok(msg) if msg.verb == "watch" => {
+            // The recent events, then (from the notifier) each later one. Under the hub's
+            // lock, the notifier cannot pass between the two.
+            let mut hub = shared.hub();
+            let recent = fs.leases().events();
+            let after = recent.last().map_or(0, |e| e.seq);
+            let packets = recent
+                .iter()
+                .map(|e| Outgoing {
+                    text: event_text(e),
+                    fds: Vec::new(),
+                })
+                .collect();
+            hub.push(conn, packets);
+            if let Some(q) = hub.queues.get_mut(&conn) {
+                q.watch = Some(Watch { after, lost: 0 });
+            }
+            ok(&msg.id, String::new(), Vec::new())
+        }
+        Ok(msg) => {
+            // A connection becomes a holder with its first pin (or `hello`): status and
+            // fence queries are not holders. One request in flight per connection, so no
+            // other worker registers this one meanwhile.
+            let mut holder = shared.hub().queues.get(&conn).and_then(|q| q.holder);
+            if holder.is_none() && matches!(msg.verb.as_str(), "pin" | "hello") {
+                let h = register(fs, peer);
+                let mut hub = shared.hub();
+                if let Some(q) = hub.queues.get_mut(&conn) {
+                    q.holder = Some(h);
+                }
+                hub.holders.insert(h, conn);
+                holder = Some(h);
+            }
+            handle(fs, holder, peer, &msg, fds)
+        }
+    }
+}
+
+/// A reply as the packets that carry it (several for a long one, see [`frames`]); the
+/// descriptors travel with the last.
+fn framed(reply: Outgoing) -> Vec<Outgoing> {
+    let id = reply.text.split(' ').next().unwrap_or("?");
+    let mut texts = frames(id, &reply.text);
+    let last = texts.pop().unwrap_or_default();
+    let mut out: Vec<Outgoing> = texts
+        .into_iter()
+        .map(|text| Outgoing {
+            text,
+            fds: Vec::new(),
+        })
+        .collect();
+    out.push(Outgoing {
+        text: last,
+        fds: reply.fds,
+    });
+    out
 }
 
 fn event_text(e: &crate::lease::Event) -> String {
@@ -192,87 +842,6 @@ fn comm_of(pid: u32) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn serve(fs: Arc<Fs>, conn: Packet, conn_id: u64, queues: Queues, watchers: Watchers) {
-    let Ok(peer) = conn.peer() else { return };
-    let (tx, rx) = unbounded::<Outgoing>();
-    // A connection becomes a holder with its first pin (or `hello`): status and fence
-    // queries are not holders.
-    let mut holder: Option<HolderId> = None;
-    let Ok(out) = conn.try_clone() else { return };
-    let writer = std::thread::Builder::new()
-        .name("pinfs-holder-out".into())
-        .spawn(move || {
-            for m in rx {
-                let raw: Vec<RawFd> = m.fds.iter().map(|f| f.as_raw_fd()).collect();
-                if out.send(&m.text, &raw).is_err() {
-                    break;
-                }
-            }
-        });
-    loop {
-        match conn.recv() {
-            Ok(Some((bytes, fds))) => {
-                let reply = match Message::parse(&bytes) {
-                    Err(e) => err("?", libc::EINVAL, e),
-                    Ok(msg) if msg.verb == "watch" => {
-                        // The recent events, then (from the notifier) each later one. Under
-                        // the watchers' lock, the notifier cannot pass between the two.
-                        let mut ws = watchers.lock().unwrap_or_else(|e| e.into_inner());
-                        let recent = fs.leases().events();
-                        for e in &recent {
-                            let _ = tx.send(Outgoing {
-                                text: event_text(e),
-                                fds: Vec::new(),
-                            });
-                        }
-                        ws.push(Watcher {
-                            conn: conn_id,
-                            after: recent.last().map_or(0, |e| e.seq),
-                            tx: tx.clone(),
-                            lost: 0,
-                        });
-                        ok(&msg.id, String::new(), Vec::new())
-                    }
-                    Ok(msg) => {
-                        if holder.is_none() && matches!(msg.verb.as_str(), "pin" | "hello") {
-                            holder = Some(register(&fs, peer, &queues, &tx));
-                        }
-                        handle(&fs, holder, peer, &msg, fds)
-                    }
-                };
-                if tx.send(reply).is_err() {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                // An oversized or malformed packet: say so and go on with the next one.
-                if tx
-                    .send(Outgoing {
-                        text: format!("? err errno={} {e}", libc::EMSGSIZE),
-                        fds: Vec::new(),
-                    })
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }
-    }
-    if let Some(h) = holder {
-        queues.lock().unwrap_or_else(|e| e.into_inner()).remove(&h);
-        fs.holder_gone(h);
-    }
-    watchers
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|w| w.conn != conn_id);
-    drop(tx);
-    if let Ok(w) = writer {
-        let _ = w.join();
-    }
-}
-
 /// Handles one message from a holder connection without descriptors and returns the reply's
 /// text: the daemon's request path, for the protocol fuzz target and its regression tests.
 pub fn reply_to(fs: &Fs, holder: Option<HolderId>, peer: PeerCred, bytes: &[u8]) -> String {
@@ -301,18 +870,13 @@ fn ok(id: &str, rest: String, fds: Vec<Arc<OwnedFd>>) -> Outgoing {
 }
 
 /// A connection becomes a holder with its first pin (or `hello`).
-fn register(fs: &Fs, peer: PeerCred, queues: &Queues, tx: &Sender<Outgoing>) -> HolderId {
-    let id = fs.add_holder(HolderInfo {
+fn register(fs: &Fs, peer: PeerCred) -> HolderId {
+    fs.add_holder(HolderInfo {
         pid: peer.pid,
         comm: comm_of(peer.pid),
         uid: peer.uid,
         gid: peer.gid,
-    });
-    queues
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(id, tx.clone());
-    id
+    })
 }
 
 fn handle(
@@ -373,10 +937,16 @@ fn handle(
             Err(e) => err(id, libc::EIO, e),
         },
         "status" => {
+            // Root sees everything; anyone else what crate::status lets a viewer see.
+            let viewer = (peer.uid != 0).then(|| crate::status::Viewer {
+                uid: peer.uid,
+                gid: peer.gid,
+                groups: crate::status::groups_of(peer.pid),
+            });
             let body = if msg.has("table") {
-                crate::status::table(fs)
+                crate::status::table_for(fs, viewer.as_ref())
             } else {
-                crate::status::json(fs)
+                crate::status::json_for(fs, viewer.as_ref())
             };
             ok(id, format!("\n{body}"), Vec::new())
         }

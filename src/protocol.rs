@@ -17,6 +17,28 @@
 //! | `ID fence holder=H` (root only) | | `ID ok revoked=N` |
 //! | `ID watch` | | `ID ok`; from then on every lease event of the mount, as notifications (and `event lost count=N` after a watcher fell behind) |
 //! | `ID check` (root only) | | `ID ok mapped_blocks=N`, or `ID err errno=EUCLEAN <what is inconsistent>` |
+//! | (any reply over [`PACKET_PAYLOAD`] bytes) | | `ID more` packets, then `ID end` (see below) |
+//!
+//! **Long replies.** A packet carries at most [`MAX_MESSAGE`] bytes, but a reply (a `status`
+//! with thousands of pins, a pin of a fragmented range) may be longer. A reply whose text is
+//! longer than [`PACKET_PAYLOAD`] bytes is cut, at character boundaries, into pieces of at
+//! most [`PACKET_PAYLOAD`] bytes. Every piece but the last travels as `ID more` + newline +
+//! piece; the last as `ID end` + newline + piece, with the reply's descriptors. The
+//! concatenation of the pieces is the reply exactly as it would have been sent in one packet
+//! (`ID ok ...` or `ID err ...`). The pieces of one reply are consecutive, but
+//! notifications (`event ...`) may come between them. A short reply is one packet, as before.
+//!
+//! **What a caller sees.** Root sees everything. Another caller sees its own holders fully;
+//! of other users' holders, `status` hides the pid and command (`null` in JSON, `-` in the
+//! table), and the path of their leases' files unless the caller could reach the file itself
+//! (search permission on every directory above it, with its uid, gid and supplementary groups):
+//! then the path is `null` (the table says `ino:N`) and only the inode number is shown. Events
+//! (`events`, `watch`, notifications) carry holder ids and inode numbers, never a pid, a
+//! command or a path, so they are the same for every caller.
+//!
+//! **An empty packet** is a malformed request (`? err errno=22 empty message`), not the end
+//! of the session; the end is the peer's hang-up, which the daemon reads from the socket's
+//! state (`POLLHUP`/`POLLRDHUP`), not from a zero-length read.
 //!
 //! Errors are `ID err errno=E <message>` (a fenced holder's pins get `EPERM`: it must
 //! reconnect). Notifications are
@@ -32,8 +54,12 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
-/// Largest message, in bytes.
+/// Largest packet, in bytes.
 pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Most bytes of a reply in one packet: a longer reply travels in pieces of this size (see
+/// the module's documentation), so that its packets stay well below [`MAX_MESSAGE`] (room
+/// for the `ID more` line) and below the socket's send buffer.
+pub const PACKET_PAYLOAD: usize = 32 * 1024;
 /// Most descriptors in one message.
 pub const MAX_FDS: usize = 253;
 
@@ -170,14 +196,20 @@ pub struct PeerCred {
 }
 
 impl Packet {
-    /// Listens on `path` (replacing a stale socket file), mode 0666: anyone may connect;
-    /// each request is checked against the caller's credentials.
-    pub fn listen(path: &std::path::Path) -> io::Result<Packet> {
+    /// Listens on `path` (replacing a stale socket file), nonblocking, with the socket file's
+    /// permissions `mode` (0600: only the daemon's user, and root; 0666: anyone). The mode is
+    /// set on the socket before `bind`, so the file never exists with wider permissions; the
+    /// server also checks each peer's credentials at accept.
+    pub fn listen(path: &std::path::Path, mode: u32) -> io::Result<Packet> {
         let _ = std::fs::remove_file(path);
         let fd = new_socket()?;
         let (addr, len) = sockaddr(path)?;
-        // SAFETY: bind/listen on our socket with a valid address of `len` bytes.
+        // SAFETY: fchmod, bind and listen on our socket with a valid address of `len` bytes;
+        // fcntl(F_SETFL) on a descriptor we own.
         unsafe {
+            // On Linux the socket file is created with the socket inode's mode (less the
+            // umask); where fchmod of a socket is not supported, the chmod below still runs.
+            libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t);
             cvt(
                 libc::bind(
                     fd.as_raw_fd(),
@@ -186,10 +218,15 @@ impl Packet {
                 ),
                 "bind",
             )?;
-            cvt(libc::listen(fd.as_raw_fd(), 64), "listen")?;
+            cvt(libc::listen(fd.as_raw_fd(), 128), "listen")?;
+            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            cvt(
+                libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK),
+                "fcntl(O_NONBLOCK)",
+            )?;
         }
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
         Ok(Packet { fd })
     }
 
@@ -212,7 +249,8 @@ impl Packet {
         Ok(Packet { fd })
     }
 
-    /// Accepts a connection.
+    /// Accepts a connection (the new socket is nonblocking); on a nonblocking listener,
+    /// `WouldBlock` when nobody is waiting.
     pub fn accept(&self) -> io::Result<Packet> {
         // SAFETY: accept4 on our listening socket, no address wanted.
         let fd = cvt(
@@ -221,7 +259,7 @@ impl Packet {
                     self.fd.as_raw_fd(),
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
+                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
                 )
             },
             "accept",
@@ -256,8 +294,22 @@ impl Packet {
         }
     }
 
-    /// Sends one message with descriptors.
+    /// Sends one message with descriptors, waiting for room if need be.
     pub fn send(&self, text: &str, fds: &[RawFd]) -> io::Result<()> {
+        self.send_flags(text, fds, 0)
+    }
+
+    /// Sends one message with descriptors if the socket has room now: `Ok(false)` when it
+    /// has not (nothing was sent; try again once it is writable).
+    pub fn try_send(&self, text: &str, fds: &[RawFd]) -> io::Result<bool> {
+        match self.send_flags(text, fds, libc::MSG_DONTWAIT) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send_flags(&self, text: &str, fds: &[RawFd], flags: libc::c_int) -> io::Result<()> {
         if text.len() > MAX_MESSAGE || fds.len() > MAX_FDS {
             return Err(io::Error::other("message too large"));
         }
@@ -289,17 +341,33 @@ impl Packet {
                 );
             }
             cvt(
-                libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) as libc::c_int,
+                libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | flags) as libc::c_int,
                 "sendmsg",
             )?;
         }
         Ok(())
     }
 
-    /// Receives one message and its descriptors; `Ok(None)` at end of stream. A message that
+    /// Receives one message and its descriptors, waiting for one; `Ok(None)` at end of
+    /// stream (or an empty packet, which a daemon never sends: for clients). A message that
     /// does not fit, or that carries too many descriptors, is an error (its descriptors are
     /// closed).
     pub fn recv(&self) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+        let (bytes, fds) = self.recv_flags(0)?;
+        if bytes.is_empty() && fds.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((bytes, fds)))
+    }
+
+    /// Receives one packet if one is waiting (`WouldBlock` if not). An empty packet and the
+    /// end of stream both read as no bytes and no descriptors: the caller tells them apart
+    /// by the socket's hang-up state (see [`Packet::hung_up`]).
+    pub fn try_recv(&self) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+        self.recv_flags(libc::MSG_DONTWAIT)
+    }
+
+    fn recv_flags(&self, flags: libc::c_int) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
@@ -318,7 +386,11 @@ impl Packet {
             msg.msg_iovlen = 1;
             msg.msg_control = cbuf.as_mut_ptr().cast();
             msg.msg_controllen = space as _;
-            let n = libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+            let n = libc::recvmsg(
+                self.fd.as_raw_fd(),
+                &mut msg,
+                libc::MSG_CMSG_CLOEXEC | flags,
+            );
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -335,14 +407,14 @@ impl Packet {
                 }
                 c = libc::CMSG_NXTHDR(&msg, c);
             }
-            if n == 0 && fds.is_empty() {
-                return Ok(None);
-            }
             if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
-                return Err(io::Error::other("message too large"));
+                // `fds` drops here: the descriptors of a refused message are closed.
+                return Err(io::Error::other(format!(
+                    "message too large (at most {MAX_MESSAGE} bytes and {MAX_FDS} descriptors)"
+                )));
             }
             buf.truncate(n as usize);
-            Ok(Some((buf, fds)))
+            Ok((buf, fds))
         }
     }
 
@@ -359,6 +431,26 @@ impl Packet {
         Ok(n > 0)
     }
 
+    /// Has the peer hung up (closed, or shut down its sending side)? Asked without waiting,
+    /// from the socket's state: on a connected `SOCK_SEQPACKET` socket the kernel marks the
+    /// survivor's receiving side shut when the peer goes, which is how an end of stream is
+    /// told from an empty packet (both read as zero bytes).
+    pub fn hung_up(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd on our stack, without waiting.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+    }
+
+    /// The descriptor, for poll(2).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Shuts the connection down in both directions (wakes a reader blocked on it).
     pub fn shutdown(&self) {
         // SAFETY: shutdown on our socket.
@@ -370,6 +462,78 @@ impl Packet {
         Ok(Packet {
             fd: self.fd.try_clone()?,
         })
+    }
+}
+
+/// The packets of reply `text` to request `id`: `text` itself when it fits in
+/// [`PACKET_PAYLOAD`] bytes, otherwise `ID more` pieces and a last `ID end` piece (see the
+/// module's documentation). Pieces end on character boundaries.
+pub fn frames(id: &str, text: &str) -> Vec<String> {
+    if text.len() <= PACKET_PAYLOAD {
+        return vec![text.to_string()];
+    }
+    let mut out = Vec::with_capacity(text.len() / PACKET_PAYLOAD + 1);
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(PACKET_PAYLOAD);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (piece, tail) = rest.split_at(cut);
+        let verb = if tail.is_empty() { "end" } else { "more" };
+        out.push(format!("{id} {verb}\n{piece}"));
+        rest = tail;
+    }
+    out
+}
+
+/// Gathers the pieces of long replies (see [`frames`]) on the client side.
+#[derive(Debug, Default)]
+pub struct Reassembly {
+    id: Option<String>,
+    text: String,
+}
+
+/// A long reply may not grow past this many bytes on the client: far more than any status
+/// of a real mount, and a bound against a daemon that never ends one.
+pub const MAX_REPLY: usize = 1 << 30;
+
+impl Reassembly {
+    /// Takes one received packet: `Ok(None)` if it was a piece of a reply still incomplete,
+    /// otherwise the whole message text (the packet itself when it was not a piece).
+    pub fn take(&mut self, packet: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let head_end = packet.iter().position(|&b| b == b'\n');
+        let head = &packet[..head_end.unwrap_or(packet.len())];
+        let mut words = head.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let (id, verb) = (words.next(), words.next());
+        let piece_verb = matches!(verb, Some(b"more") | Some(b"end")) && words.next().is_none();
+        let (Some(id), true, Some(nl)) = (id, piece_verb, head_end) else {
+            if self.id.is_some() && !head.starts_with(b"event ") {
+                return Err("a reply arrived in the middle of another, long one".into());
+            }
+            return Ok(Some(packet.to_vec()));
+        };
+        let id = String::from_utf8_lossy(id).into_owned();
+        match &self.id {
+            Some(cur) if *cur != id => {
+                return Err(format!(
+                    "a piece of reply {id} in the middle of reply {cur}"
+                ))
+            }
+            _ => {}
+        }
+        let piece = std::str::from_utf8(&packet[nl + 1..])
+            .map_err(|_| format!("a piece of reply {id} is not UTF-8"))?;
+        if self.text.len() + piece.len() > MAX_REPLY {
+            return Err(format!("reply {id} is longer than {MAX_REPLY} bytes"));
+        }
+        self.text.push_str(piece);
+        if verb == Some(b"end") {
+            self.id = None;
+            return Ok(Some(std::mem::take(&mut self.text).into_bytes()));
+        }
+        self.id = Some(id);
+        Ok(None)
     }
 }
 
@@ -395,16 +559,56 @@ mod tests {
     fn packets_carry_descriptors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let l = Packet::listen(&path).unwrap();
+        let l = Packet::listen(&path, 0o600).unwrap();
         let c = Packet::connect(&path).unwrap();
-        let s = l.accept().unwrap();
+        let s = loop {
+            match l.accept() {
+                Ok(s) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    l.wait_readable(None).map(|_| ()).unwrap()
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        };
         assert_eq!(s.peer().unwrap().pid, std::process::id());
         let f = std::fs::File::open("/dev/null").unwrap();
         c.send("1 hello", &[f.as_raw_fd()]).unwrap();
         let (msg, fds) = s.recv().unwrap().unwrap();
         assert_eq!(msg, b"1 hello");
         assert_eq!(fds.len(), 1);
+        // An empty packet is not the end of the stream: the hang-up state says which is which.
+        c.send("", &[]).unwrap();
+        let (msg, fds) = s.try_recv().unwrap();
+        assert!(msg.is_empty() && fds.is_empty());
+        assert!(!s.hung_up(), "an empty packet is no hang-up");
         drop(c);
+        assert!(s.hung_up(), "the peer closed");
         assert!(s.recv().unwrap().is_none(), "end of stream");
+    }
+
+    #[test]
+    fn long_replies_come_back_whole() {
+        let body: String = (0..100_000)
+            .map(|i| if i % 7 == 0 { '\u{e9}' } else { 'x' })
+            .collect();
+        let text = format!("5 ok\n{body}");
+        let packets = frames("5", &text);
+        assert!(packets.len() > 3);
+        assert!(packets.iter().all(|p| p.len() <= PACKET_PAYLOAD + 16));
+        let mut r = Reassembly::default();
+        let mut whole = None;
+        for (i, p) in packets.iter().enumerate() {
+            if i == 1 {
+                // A notification between pieces passes through.
+                assert_eq!(
+                    r.take(b"event granted holder=1").unwrap().unwrap(),
+                    b"event granted holder=1"
+                );
+            }
+            whole = r.take(p.as_bytes()).unwrap();
+        }
+        assert_eq!(whole.unwrap(), text.as_bytes());
+        assert_eq!(frames("1", "1 ok"), vec!["1 ok".to_string()]);
+        assert_eq!(r.take(b"1 ok").unwrap().unwrap(), b"1 ok");
     }
 }

@@ -1,5 +1,13 @@
 //! What `pinfs status` shows: holders, leases, busy blocks, space and counters, as one JSON
 //! object or as a readable table, and the recent lease events.
+//!
+//! What a caller may see: root sees everything. Any other caller (a [`Viewer`]) sees its own
+//! holders (same uid) fully; of other users' holders, the pid and command are hidden (`null`
+//! in JSON, `-` in the table), and so is the path of their leases' files unless the viewer
+//! could `stat` it (search permission on every directory above it, for its uid, gid and
+//! supplementary groups): then the lease's `path` is `null` (`ino:N` in the table) and only
+//! its inode number tells which file it is. Everything else (ids, ranges, states, busy
+//! extents, counters) is the same for every caller. Events carry no pid, command or path.
 
 use std::time::{Instant, UNIX_EPOCH};
 
@@ -8,11 +16,53 @@ use crate::fsck::json_str;
 use crate::image::BLOCK_SIZE;
 use crate::lease::{Event, EventKind, LeaseState};
 
+/// A caller who is not root, as far as visibility goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Viewer {
+    /// User.
+    pub uid: u32,
+    /// Primary group.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl Viewer {
+    /// Could this viewer search (pass through) directory `d`, by its mode bits?
+    fn may_search(&self, d: &crate::inode::Inode) -> bool {
+        let bits = if self.uid == d.uid {
+            d.perm >> 6
+        } else if self.gid == d.gid || self.groups.contains(&d.gid) {
+            d.perm >> 3
+        } else {
+            d.perm
+        };
+        bits & 1 != 0
+    }
+}
+
+/// The supplementary groups of process `pid` (the `Groups:` line of `/proc/PID/status`);
+/// empty if it cannot be read (the process went): the viewer then counts with its primary
+/// group only, which can only hide more.
+pub fn groups_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 struct Lease {
     holder: u64,
     pin: u64,
     ino: u64,
-    path: String,
+    /// `None`: hidden from this viewer.
+    path: Option<String>,
     offset: u64,
     len: u64,
     state: &'static str,
@@ -27,8 +77,12 @@ struct Busy {
     holder: Option<u64>,
 }
 
+/// A holder's pid and command; `None` where hidden from the viewer.
+type Who = Option<(u32, String)>;
+
 struct View {
-    holders: Vec<(u64, u32, String, bool)>,
+    /// id, pid and command, fenced.
+    holders: Vec<(u64, Who, bool)>,
     leases: Vec<Lease>,
     busy: Vec<Busy>,
     busy_blocks: u64,
@@ -40,13 +94,24 @@ struct View {
     busy_on: bool,
 }
 
-fn view(fs: &Fs) -> View {
+/// The status as `viewer` may see it (`None`: root, everything).
+fn view(fs: &Fs, viewer: Option<&Viewer>) -> View {
     let snap = fs.leases().snapshot();
     let now = Instant::now();
     let mut inos: Vec<u64> = snap.pins.iter().map(|p| p.ino).collect();
     inos.sort_unstable();
     inos.dedup();
-    let paths = fs.paths_of(&inos);
+    let paths = match viewer {
+        None => fs.paths_seen(&inos, &|_| true),
+        Some(v) => fs.paths_seen(&inos, &|d| v.may_search(d)),
+    };
+    // Whose holder is each: the viewer's own holders are shown fully.
+    let own: std::collections::HashSet<u64> = snap
+        .holders
+        .iter()
+        .filter(|(_, info, _)| viewer.is_none_or(|v| v.uid == info.uid))
+        .map(|(id, _, _)| *id)
+        .collect();
     let leases = snap
         .pins
         .iter()
@@ -54,10 +119,11 @@ fn view(fs: &Fs) -> View {
             holder: p.holder,
             pin: p.id,
             ino: p.ino,
-            path: paths
-                .get(&p.ino)
-                .cloned()
-                .unwrap_or_else(|| "(unlinked)".into()),
+            path: match paths.get(&p.ino) {
+                None => Some("(unlinked)".into()),
+                Some((full, _)) if own.contains(&p.holder) => Some(full.clone()),
+                Some((_, seen)) => seen.clone(),
+            },
             offset: p.first_block * BLOCK_SIZE,
             len: p.blocks * BLOCK_SIZE,
             state: p.state.name(),
@@ -92,7 +158,10 @@ fn view(fs: &Fs) -> View {
         holders: snap
             .holders
             .iter()
-            .map(|(id, info, fenced)| (*id, info.pid, info.comm.clone(), *fenced))
+            .map(|(id, info, fenced)| {
+                let who = own.contains(id).then(|| (info.pid, info.comm.clone()));
+                (*id, who, *fenced)
+            })
             .collect(),
         leases,
         busy,
@@ -128,17 +197,23 @@ pub fn json_field(json: &str, key: &str) -> Option<String> {
     Some(rest[..end].trim().to_string())
 }
 
-/// The status as one JSON object.
+/// The status as one JSON object, all of it (root's view).
 pub fn json(fs: &Fs) -> String {
-    let v = view(fs);
+    json_for(fs, None)
+}
+
+/// The status as one JSON object, as `viewer` may see it (`None`: root).
+pub fn json_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
+    let v = view(fs, viewer);
     let holders: Vec<String> = v
         .holders
         .iter()
-        .map(|(id, pid, comm, fenced)| {
-            format!(
-                "{{\"id\":{id},\"pid\":{pid},\"comm\":{},\"fenced\":{fenced}}}",
-                json_str(comm)
-            )
+        .map(|(id, who, fenced)| {
+            let (pid, comm) = match who {
+                Some((pid, comm)) => (pid.to_string(), json_str(comm)),
+                None => ("null".into(), "null".into()),
+            };
+            format!("{{\"id\":{id},\"pid\":{pid},\"comm\":{comm},\"fenced\":{fenced}}}")
         })
         .collect();
     let leases: Vec<String> = v
@@ -150,7 +225,7 @@ pub fn json(fs: &Fs) -> String {
                 l.holder,
                 l.pin,
                 l.ino,
-                json_str(&l.path),
+                l.path.as_deref().map_or("null".into(), json_str),
                 l.offset,
                 l.len,
                 l.state,
@@ -195,9 +270,14 @@ pub fn json(fs: &Fs) -> String {
     )
 }
 
-/// The status as a table for people.
+/// The status as a table for people, all of it (root's view).
 pub fn table(fs: &Fs) -> String {
-    let v = view(fs);
+    table_for(fs, None)
+}
+
+/// The status as a table for people, as `viewer` may see it (`None`: root).
+pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
+    let v = view(fs, viewer);
     let mut out = String::new();
     let c = v.counters;
     out.push_str(&format!(
@@ -219,7 +299,11 @@ pub fn table(fs: &Fs) -> String {
         c.breaks, c.releases, c.timeouts, c.refusals, c.revocations, c.fences
     ));
     out.push_str("\nHOLDER  PID      COMM             FENCED\n");
-    for (id, pid, comm, fenced) in &v.holders {
+    for (id, who, fenced) in &v.holders {
+        let (pid, comm) = match who {
+            Some((pid, comm)) => (pid.to_string(), comm.as_str()),
+            None => ("-".into(), "-"),
+        };
         out.push_str(&format!(
             "{id:<7} {pid:<8} {comm:<16} {}\n",
             if *fenced { "yes" } else { "no" }
@@ -235,7 +319,14 @@ pub fn table(fs: &Fs) -> String {
         let deadline = l.deadline_ms.map_or("-".into(), |ms| format!("{ms}ms"));
         out.push_str(&format!(
             "{:<7} {:<7} {:<9} {:<10} {:<5} {:<12} {:<12} {}\n",
-            l.pin, l.holder, l.state, deadline, mode, l.offset, l.len, l.path
+            l.pin,
+            l.holder,
+            l.state,
+            deadline,
+            mode,
+            l.offset,
+            l.len,
+            l.path.clone().unwrap_or_else(|| format!("ino:{}", l.ino))
         ));
     }
     out.push_str("\nBUSY START   LEN      HOLDER\n");

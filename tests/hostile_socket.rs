@@ -1,0 +1,563 @@
+//! The holder socket against hostile clients, on real mounts: who may connect, what an
+//! unprivileged caller sees of others, idle connections, the per-user bound, a holder that
+//! never reads, replies of any size, empty packets. Each test failed on the server with two
+//! threads per connection and one packet per reply.
+
+mod common;
+
+use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pinfs::client::{Connection, PinOptions};
+use pinfs::protocol::{socket_path, Packet};
+
+fn sock_of(m: &Mount) -> PathBuf {
+    socket_path(fs::metadata(&m.mnt).unwrap().dev())
+}
+
+/// The daemon's pid: the credentials of the socket's listening side.
+fn daemon_pid(m: &Mount) -> u32 {
+    Packet::connect(&sock_of(m)).unwrap().peer().unwrap().pid
+}
+
+fn threads_of(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// The errno of connect(2) to `path` (0: connected).
+fn connect_errno(path: &std::path::Path) -> i32 {
+    let c = cstr(path);
+    // SAFETY: socket and connect with a sockaddr_un filled within its size; the socket is
+    // closed before returning.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(c.as_bytes_with_nul()) {
+            *d = *s as libc::c_char;
+        }
+        let rc = libc::connect(
+            fd,
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        );
+        let e = if rc == 0 { 0 } else { errno() };
+        libc::close(fd);
+        e
+    }
+}
+
+/// Runs `f` as uid 65534 (see `as_nobody`); a panic in the child is a failure of the child,
+/// never a second copy of the test harness running on.
+fn nobody(f: impl FnOnce() -> bool) -> bool {
+    as_nobody(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+            eprintln!("the child (uid 65534) panicked");
+            false
+        })
+    })
+}
+
+/// This test process needs more descriptors than the usual soft limit of 1024.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a struct on our stack.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+        r.rlim_cur = r.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+    }
+}
+
+fn status(m: &Mount) -> String {
+    Connection::for_path(&m.mnt).unwrap().status(false).unwrap()
+}
+
+/// Receives one packet as text, waiting at most 10 s.
+fn recv_text(p: &Packet) -> String {
+    assert!(
+        p.wait_readable(Some(Duration::from_secs(10))).unwrap(),
+        "no reply within 10 s"
+    );
+    let (b, _) = p.recv().unwrap().expect("a packet, not the end");
+    String::from_utf8(b).unwrap()
+}
+
+fn file(m: &Mount, name: &str, len: usize) -> fs::File {
+    let f = new_file(m.path(name));
+    f.write_all_at(&vec![b'.'; len], 0).unwrap();
+    f
+}
+
+#[test]
+fn only_those_who_may_use_the_mount_connect() {
+    if skip_without_fuse("hostile_connect") {
+        return;
+    }
+    let mut m = Mount::new("16M", "");
+    let sock = sock_of(&m);
+    let md = fs::metadata(&sock).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o600, "socket mode");
+    assert_eq!(md.uid(), 0, "owned by the daemon's user");
+    let s = sock.clone();
+    assert!(
+        nobody(move || connect_errno(&s) == libc::EACCES),
+        "uid 65534 connects to the socket of a mount without allow_other"
+    );
+    // Defence in depth: even through a socket file opened up by mistake, the daemon checks
+    // the peer's credentials and refuses with one packet.
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o666)).unwrap();
+    let s = sock.clone();
+    assert!(
+        nobody(move || {
+            let Ok(p) = Packet::connect(&s) else {
+                return false;
+            };
+            let reply = recv_text(&p);
+            let refused = reply.starts_with("? err errno=13 ") && reply.contains("65534");
+            // Then the daemon closed the connection.
+            refused && p.wait_readable(Some(Duration::from_secs(5))).unwrap() && p.hung_up()
+        }),
+        "the daemon refuses uid 65534 at accept with EACCES"
+    );
+    // Root may always.
+    assert!(status(&m).contains("\"holders\""));
+
+    m.remount("allow_other");
+    let sock = sock_of(&m);
+    assert_eq!(
+        fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o666
+    );
+    let mnt = m.mnt.clone();
+    assert!(
+        nobody(move || Connection::for_path(&mnt)
+            .and_then(|mut c| c.status(false))
+            .is_ok_and(|s| s.contains("\"holders\""))),
+        "with allow_other, uid 65534 is served"
+    );
+}
+
+#[test]
+fn an_unprivileged_caller_sees_only_its_own_holders_fully() {
+    if skip_without_fuse("hostile_visibility") {
+        return;
+    }
+    let m = Mount::new("16M", "allow_other");
+    fs::create_dir(m.path("secret")).unwrap();
+    fs::set_permissions(m.path("secret"), fs::Permissions::from_mode(0o700)).unwrap();
+    let secret = file(&m, "secret/root-file", 4096);
+    let mut root = Connection::for_file(&secret).unwrap();
+    let _root_pin = root.pin(&secret, 0, 4096, PinOptions::default()).unwrap();
+    let root_holder = root.holder_id().unwrap();
+    let open = file(&m, "open-file", 4096);
+    let _open_pin = root.pin(&open, 0, 4096, PinOptions::default()).unwrap();
+    let mine = file(&m, "nobody-file", 4096);
+    fs::set_permissions(m.path("nobody-file"), fs::Permissions::from_mode(0o666)).unwrap();
+    drop(mine);
+    let (mnt, root_pid) = (m.mnt.clone(), std::process::id());
+    assert!(nobody(move || {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(mnt.join("nobody-file"))
+            .unwrap();
+        let mut c = Connection::for_file(&f).unwrap();
+        let _pin = c.pin(&f, 0, 4096, PinOptions::default()).unwrap();
+        let me = c.holder_id().unwrap();
+        let s = c.status(false).unwrap();
+        let t = c.status(true).unwrap();
+        // SAFETY: getpid has no preconditions.
+        let my_pid = unsafe { libc::getpid() };
+        let checks = [
+            (
+                s.contains(&format!("{{\"id\":{me},\"pid\":{my_pid},\"comm\":\"")),
+                "own holder with pid and command",
+            ),
+            (
+                s.contains("\"path\":\"/nobody-file\""),
+                "own lease with its path",
+            ),
+            (
+                s.contains(&format!(
+                    "{{\"id\":{root_holder},\"pid\":null,\"comm\":null,"
+                )),
+                "root's holder without pid and command",
+            ),
+            (!s.contains(&format!("\"pid\":{root_pid}")), "no root pid"),
+            (!s.contains("secret"), "no path in the 0700 directory"),
+            (
+                s.contains("\"path\":null"),
+                "the hidden lease has a null path",
+            ),
+            (
+                s.contains("\"path\":\"/open-file\""),
+                "root's lease on a reachable file keeps its path",
+            ),
+            (
+                !t.contains("secret") && t.contains("ino:"),
+                "the table hides the path too",
+            ),
+            (
+                !t.contains(&format!(" {root_pid} ")),
+                "the table hides root's pid",
+            ),
+        ];
+        let mut ok = true;
+        for (good, what) in checks {
+            if !good {
+                eprintln!("{what}:\n{s}\n{t}");
+                ok = false;
+            }
+        }
+        ok
+    }));
+    // Root sees everything.
+    let s = status(&m);
+    assert!(
+        s.contains("\"path\":\"/secret/root-file\"") && s.contains(&format!("\"pid\":{root_pid}"))
+    );
+}
+
+#[test]
+fn idle_connections_cost_no_thread() {
+    if skip_without_fuse("hostile_idle") {
+        return;
+    }
+    raise_fd_limit();
+    let m = Mount::new("16M", "");
+    let pid = daemon_pid(&m);
+    let sock = sock_of(&m);
+    let before = threads_of(pid);
+    let conns: Vec<Packet> = (0..1000).map(|_| Packet::connect(&sock).unwrap()).collect();
+    // A request on a later connection is answered once all the earlier ones were accepted.
+    let s = status(&m);
+    assert!(s.contains("\"holders\""));
+    let after = threads_of(pid);
+    eprintln!("daemon threads: {before} before, {after} with 1000 idle connections");
+    assert!(
+        after <= before + 5,
+        "1000 idle connections grew the daemon from {before} to {after} threads"
+    );
+    // They all work.
+    for (i, c) in conns.iter().enumerate().step_by(97) {
+        c.send(&format!("{i} hello"), &[]).unwrap();
+        assert!(recv_text(c).starts_with(&format!("{i} ok holder=")));
+    }
+}
+
+/// Forks a child that becomes uid 65534 and runs `f` with a pipe from the parent: it reads
+/// one byte from the pipe to know when to finish.
+fn nobody_until_told(f: impl FnOnce(&dyn Fn()) -> bool) -> (libc::pid_t, OwnedFd, OwnedFd) {
+    let mut go = [0; 2];
+    let mut ready = [0; 2];
+    // SAFETY: pipe() fills the arrays; fork in a test process, the child only runs `f` and
+    // exits with _exit.
+    unsafe {
+        assert_eq!(libc::pipe(go.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
+        let pid = libc::fork();
+        assert!(pid >= 0);
+        if pid == 0 {
+            libc::setgroups(0, std::ptr::null());
+            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                libc::_exit(3);
+            }
+            let wait = || {
+                libc::write(ready[1], b"r".as_ptr().cast(), 1);
+                let mut b = [0u8; 1];
+                libc::read(go[0], b.as_mut_ptr().cast(), 1);
+            };
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&wait)))
+                .unwrap_or(false);
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+        libc::close(go[0]);
+        libc::close(ready[1]);
+        (
+            pid,
+            OwnedFd::from_raw_fd(go[1]),
+            OwnedFd::from_raw_fd(ready[0]),
+        )
+    }
+}
+
+#[test]
+fn connections_per_user_are_bounded_root_is_not() {
+    if skip_without_fuse("hostile_per_uid") {
+        return;
+    }
+    raise_fd_limit();
+    let m = Mount::new("16M", "allow_other");
+    let sock = sock_of(&m);
+    let s = sock.clone();
+    let (child, go, ready) = nobody_until_told(move |wait| {
+        let held: Vec<Packet> = (0..pinfs::holders::MAX_CONNS_PER_UID)
+            .map(|_| Packet::connect(&s).unwrap())
+            .collect();
+        for (i, c) in held.iter().enumerate() {
+            c.send(&format!("{i} hello"), &[]).unwrap();
+            if !recv_text(c).starts_with(&format!("{i} ok")) {
+                return false;
+            }
+        }
+        let extra = Packet::connect(&s).unwrap();
+        let reply = recv_text(&extra);
+        let want = format!(
+            "? err errno=11 too many connections for uid 65534 (limit {})",
+            pinfs::holders::MAX_CONNS_PER_UID
+        );
+        if !reply.starts_with(&want) {
+            eprintln!("{reply}");
+            return false;
+        }
+        wait();
+        true
+    });
+    let mut b = [0u8; 1];
+    // SAFETY: read of one byte from our pipe.
+    assert_eq!(
+        unsafe { libc::read(ready.as_raw_fd(), b.as_mut_ptr().cast(), 1) },
+        1,
+        "the child holds its connections"
+    );
+    // Root, meanwhile, is not bounded.
+    let mine: Vec<Packet> = (0..pinfs::holders::MAX_CONNS_PER_UID + 10)
+        .map(|_| Packet::connect(&sock).unwrap())
+        .collect();
+    let last = mine.last().unwrap();
+    last.send("1 hello", &[]).unwrap();
+    assert!(recv_text(last).starts_with("1 ok holder="));
+    // SAFETY: write of one byte to our pipe; waitpid on our child.
+    let code = unsafe {
+        libc::write(go.as_raw_fd(), b"g".as_ptr().cast(), 1);
+        let mut st = 0;
+        libc::waitpid(child, &mut st, 0);
+        libc::WIFEXITED(st).then(|| libc::WEXITSTATUS(st))
+    };
+    assert_eq!(code, Some(0), "the child's checks (see its stderr)");
+    // Its connections gone, uid 65534 may connect again.
+    let mnt = m.mnt.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mnt = mnt.clone();
+        if nobody(move || {
+            Connection::for_path(&mnt)
+                .and_then(|mut c| c.status(false))
+                .is_ok()
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "uid 65534 still refused");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And the refusal reaches a client that sends first, with its errno.
+    let (s, mnt) = (sock.clone(), m.mnt.clone());
+    let (child, go, ready) = nobody_until_told(move |wait| {
+        let held: Vec<Packet> = (0..pinfs::holders::MAX_CONNS_PER_UID)
+            .map(|_| Packet::connect(&s).unwrap())
+            .collect();
+        // All accepted once the last one is answered.
+        held.last().unwrap().send("1 hello", &[]).unwrap();
+        let _ = recv_text(held.last().unwrap());
+        let errno = Connection::for_path(&mnt)
+            .and_then(|mut c| c.status(false))
+            .err()
+            .and_then(|e| e.errno());
+        if errno != Some(libc::EAGAIN) {
+            eprintln!("the client's request past the limit: errno {errno:?}");
+        }
+        wait();
+        errno == Some(libc::EAGAIN)
+    });
+    // SAFETY: as above.
+    let code = unsafe {
+        libc::read(ready.as_raw_fd(), b.as_mut_ptr().cast(), 1);
+        libc::write(go.as_raw_fd(), b"g".as_ptr().cast(), 1);
+        let mut st = 0;
+        libc::waitpid(child, &mut st, 0);
+        libc::WIFEXITED(st).then(|| libc::WEXITSTATUS(st))
+    };
+    assert_eq!(code, Some(0), "the refusal after a request (see stderr)");
+}
+
+#[test]
+fn a_holder_that_never_reads_is_dropped_and_its_pins_released() {
+    if skip_without_fuse("hostile_no_reader") {
+        return;
+    }
+    let m = Mount::new("64M", "");
+    let pid = daemon_pid(&m);
+    let f = file(&m, "buf", 64 * 4096);
+    // A few dozen pins make each status reply a few kilobytes.
+    let mut other = Connection::for_file(&f).unwrap();
+    let _pins: Vec<_> = (0..32)
+        .map(|i| {
+            other
+                .pin(&f, i * 4096, 4096, PinOptions::default())
+                .unwrap()
+        })
+        .collect();
+    let bad = Packet::connect(&sock_of(&m)).unwrap();
+    bad.send("1 pin offset=0 len=4096", &[f.as_raw_fd()])
+        .unwrap();
+    // The pin's `granted` event may come before its reply.
+    let reply = loop {
+        let r = recv_text(&bad);
+        if !r.starts_with("event ") {
+            break r;
+        }
+    };
+    assert!(reply.starts_with("1 ok pin="), "{reply}");
+    let rss_before = rss_kb(pid);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let cut_off = loop {
+        match bad.send(&format!("{} status", sent + 2), &[]) {
+            Ok(()) => sent += 1,
+            Err(e) => break Some(e),
+        }
+        if sent.is_multiple_of(1000) {
+            // Others are served meanwhile.
+            assert!(status(&m).contains("\"holders\""));
+        }
+        if sent > 200_000 || start.elapsed() > Duration::from_secs(60) {
+            break None;
+        }
+    };
+    let rss_after = rss_kb(pid);
+    eprintln!(
+        "non-reader cut off after {sent} status requests in {:?} ({cut_off:?}); daemon RSS {rss_before} kB -> {rss_after} kB",
+        start.elapsed()
+    );
+    let e = cut_off.expect("a holder that never reads its replies is disconnected");
+    // EPIPE or ECONNRESET (the client's socket wraps them with a message: by kind).
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        "{e}"
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "daemon RSS grew from {rss_before} kB to {rss_after} kB"
+    );
+    // Its pin is gone (the other holder's 32 stay), and the daemon serves as before.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&m).matches("\"pin\":").count() != 32 {
+        assert!(Instant::now() < deadline, "{}", status(&m));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(other.holder_id().unwrap(), _pins[0].holder);
+}
+
+#[test]
+fn replies_of_any_size_arrive_whole() {
+    if skip_without_fuse("hostile_big_replies") {
+        return;
+    }
+    raise_fd_limit();
+    let m = Mount::new("256M", "lease_break_time=0");
+    const PINS: u64 = 10_000;
+    let f = file(&m, "big", (PINS * 4096) as usize);
+    let mut c = Connection::for_file(&f).unwrap();
+    let start = Instant::now();
+    let pins: Vec<_> = (0..PINS)
+        .map(|i| c.pin(&f, i * 4096, 4096, PinOptions::default()).unwrap())
+        .collect();
+    eprintln!("{PINS} pins in {:?}", start.elapsed());
+    let mut q = Connection::for_path(&m.mnt).unwrap();
+    let t = Instant::now();
+    let json = q.status(false).unwrap();
+    let json_time = t.elapsed();
+    let t = Instant::now();
+    let table = q.status(true).unwrap();
+    let table_time = t.elapsed();
+    let t = Instant::now();
+    let events = q.events().unwrap();
+    let events_time = t.elapsed();
+    eprintln!(
+        "status --json: {} bytes in {json_time:?}; table: {} bytes in {table_time:?}; events: {} bytes in {events_time:?}",
+        json.len(),
+        table.len(),
+        events.len()
+    );
+    assert!(json.len() > 1 << 20, "{} bytes", json.len());
+    assert!(json.ends_with('}'));
+    assert_eq!(json.matches("\"pin\":").count() as u64, PINS);
+    assert_eq!(table.matches(" granted ").count() as u64, PINS);
+    assert!(events.len() > 64 * 1024 && events.ends_with(']'));
+    assert!(events.matches("\"event\":\"granted\"").count() >= 1000);
+    assert!(json_time < Duration::from_secs(2) && table_time < Duration::from_secs(2));
+    // The command line gets them too.
+    let mnt = m.mnt.to_str().unwrap();
+    let out = pinfs(&["status", mnt, "--json"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .matches("\"pin\":")
+            .count() as u64,
+        PINS
+    );
+    let out = pinfs(&["status", mnt, "--events"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .trim_end()
+        .ends_with(']'));
+    let out = pinfs(&["status", mnt]);
+    assert!(out.status.success());
+    // A holder's own big status does not cost it its pins.
+    let own = c.status(false).unwrap();
+    assert_eq!(own.matches("\"pin\":").count() as u64, PINS);
+    c.unpin(&pins[0]).unwrap();
+}
+
+#[test]
+fn an_empty_packet_is_an_error_and_the_session_goes_on() {
+    if skip_without_fuse("hostile_empty") {
+        return;
+    }
+    let m = Mount::new("16M", "");
+    let f = file(&m, "buf", 4096);
+    let mut c = Connection::for_file(&f).unwrap();
+    let mut pin = c.pin(&f, 0, 4096, PinOptions::default()).unwrap();
+    let reply = c.raw_exchange(b"").unwrap();
+    assert!(reply.starts_with("? err errno=22 empty message"), "{reply}");
+    // The session and its pin survive.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(status(&m).contains("\"state\":\"granted\""));
+    assert_eq!(c.holder_id().unwrap(), pin.holder);
+    pin.as_mut_slice()[0] = b'!';
+    c.unpin(&pin).unwrap();
+
+    // Descriptors with no bytes: an error too, and the daemon closes them.
+    let p = Packet::connect(&sock_of(&m)).unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills the array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors are fresh and ours.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    p.send("", &[wr.as_raw_fd()]).unwrap();
+    drop(wr);
+    assert!(recv_text(&p).starts_with("? err errno=22 "));
+    let mut b = [0u8; 1];
+    // SAFETY: read into a one-byte buffer: 0 (end of file) once nobody holds the write end.
+    let n = unsafe { libc::read(rd.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+    assert_eq!(n, 0, "the daemon closed the descriptor it was sent");
+    p.send("2 hello", &[]).unwrap();
+    assert!(recv_text(&p).starts_with("2 ok holder="));
+}
