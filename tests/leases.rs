@@ -35,6 +35,7 @@ fn setup(policy: Policy, break_ms: u64, busy_blocks: bool) -> Setup {
             break_time,
             policy,
             busy_blocks,
+            ..LeaseConfig::default()
         },
         ..Default::default()
     };

@@ -133,6 +133,7 @@ fn revoke_detach_fence_and_holder_death() {
                     break_time: Some(Duration::ZERO),
                     policy: Policy::Revoke,
                     busy_blocks: true,
+                    ..LeaseConfig::default()
                 },
                 None,
             ));
@@ -205,6 +206,7 @@ fn wait_never_detaches_under_a_live_lease() {
                     break_time: None,
                     policy: Policy::Wait,
                     busy_blocks: true,
+                    ..LeaseConfig::default()
                 },
                 None,
             ));
@@ -259,6 +261,7 @@ fn refuse_nonblock_and_new_pins() {
                     break_time: Some(Duration::ZERO),
                     policy: Policy::Refuse,
                     busy_blocks: true,
+                    ..LeaseConfig::default()
                 },
                 None,
             ));
@@ -366,6 +369,7 @@ fn revoke_when_the_deadline_passes_anywhere() {
                     break_time: Some(Duration::from_secs(1)),
                     policy: Policy::Revoke,
                     busy_blocks: true,
+                    ..LeaseConfig::default()
                 },
                 None,
             ));
@@ -442,6 +446,7 @@ fn refuse_when_the_deadline_passes_anywhere() {
                     break_time: Some(Duration::from_secs(1)),
                     policy: Policy::Refuse,
                     busy_blocks: true,
+                    ..LeaseConfig::default()
                 },
                 None,
             ));

@@ -35,7 +35,10 @@ pub struct PinnedExtent {
 
 impl Fs {
     /// Breaks the leases on file blocks `first..end` of `ino` for a layout change by `caller`
-    /// (through `handle`, whose `O_NONBLOCK` makes the break not wait).
+    /// (through `handle`, whose `O_NONBLOCK` makes the break not wait). Where the caller may
+    /// not wait (`wait` false: a request thread), a break that would wait for a holder fails
+    /// with [`LeaseError::MustWait`](crate::lease::LeaseError::MustWait), having changed
+    /// nothing.
     pub(super) fn break_layout(
         &self,
         ino: u64,
@@ -43,20 +46,20 @@ impl Fs {
         end: u64,
         caller: Caller,
         handle: Option<u64>,
+        wait: bool,
     ) -> FsResult<crate::lease::BreakGuard<'_>> {
         let nonblock = handle
             .and_then(|fh| lock(&self.handles).get(&fh).copied())
             .is_some_and(|h| h.ino == ino && h.flags & libc::O_NONBLOCK != 0);
-        Ok(self.leases.break_layout(
-            ino,
-            first,
-            end,
-            Breaker {
-                pid: caller.pid,
-                nonblock,
-            },
-            self,
-        )?)
+        let breaker = Breaker {
+            pid: caller.pid,
+            nonblock,
+        };
+        Ok(if wait {
+            self.leases.break_layout(ino, first, end, breaker, self)?
+        } else {
+            self.leases.try_break_layout(ino, first, end, breaker)?
+        })
     }
 
     /// Registers a holder (its identity comes from the kernel, never from the holder).
@@ -216,7 +219,7 @@ impl Fs {
         let first = offset / BLOCK_SIZE;
         let end = end_byte.div_ceil(BLOCK_SIZE);
         let c = self.table.get(ino)?;
-        {
+        let standing = {
             let i = c.read();
             match i.kind {
                 Kind::File => {}
@@ -229,7 +232,15 @@ impl Fs {
             if end_byte > i.size.next_multiple_of(BLOCK_SIZE) {
                 return Err(FsError::Invalid("pin past the end of the file"));
             }
-        }
+            // Only the owner (or root) holds leases that may keep other users' breakers
+            // waiting or refused; anyone else's is a guest lease (see crate::lease).
+            match caller.uid {
+                0 => crate::lease::Standing::Root,
+                u if u == i.uid => crate::lease::Standing::Owner,
+                _ => crate::lease::Standing::Guest,
+            }
+        };
+        self.leases.may_pin(req, standing)?;
         if writable && self.opts.read_only {
             return Err(FsError::ReadOnly);
         }
@@ -276,7 +287,7 @@ impl Fs {
                     )
                 })
                 .collect();
-            let granted = self.leases.grant(req, || {
+            let granted = self.leases.grant_as(req, standing, || {
                 let mut alloc = lock(&self.alloc);
                 for (n, (_, e)) in extents.iter().enumerate() {
                     if let Err(err) = alloc.pin(*e) {
