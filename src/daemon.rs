@@ -193,7 +193,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
             return Err(msg);
         }
     };
-    spawn_signal_thread(mnt.clone());
+    spawn_signal_thread(mnt.clone(), fs.clone());
     let notifier = session.notifier();
     let stale = fs.stale_attributes();
     // Kernel notifications block: they go from a thread of their own, holding no lock.
@@ -207,6 +207,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     let server = match mount_dev(&mnt) {
         Some(dev) => {
             fs.set_mount_dev(dev);
+            spawn_detach_watch(dev, fs.clone());
             match crate::holders::Server::start(fs.clone(), dev, opts.allow_other) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -235,15 +236,65 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     })
 }
 
-/// On SIGTERM, SIGINT or SIGHUP, unmounts (lazily), which ends the session normally.
-fn spawn_signal_thread(mnt: PathBuf) {
+/// On SIGTERM, SIGINT or SIGHUP, ends the waits of breakers (they get `EIO`: a breaker waiting
+/// for a holder would otherwise keep the mount, and so this daemon, alive) and unmounts
+/// (lazily), which ends the session normally once nothing uses the mount.
+fn spawn_signal_thread(mnt: PathBuf, fs: Arc<Fs>) {
     crate::signals::on_termination("pinfs-signals", move |sig| {
         tracing::info!(signal = sig, "unmounting on signal");
+        fs.end_waits();
         if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {
             // SAFETY: umount2 with a NUL-terminated path.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
     });
+}
+
+/// Watches for the mount being detached (`umount -l`): the kernel tells a FUSE daemon nothing
+/// until the last user of a detached mount goes, and a breaker waiting for a holder is such
+/// a user, so the waits end (`EIO`) when the mount leaves the mount table. The table is
+/// pollable: `POLLPRI` on every change; the thread sleeps in `poll` in between.
+fn spawn_detach_watch(dev: u64, fs: Arc<Fs>) {
+    let _ = std::thread::Builder::new()
+        .name("pinfs-detach".into())
+        .spawn(move || {
+            let Ok(table) = File::open("/proc/self/mountinfo") else {
+                return;
+            };
+            use std::os::fd::AsRawFd;
+            loop {
+                if !mounted(dev) {
+                    tracing::info!("the mount was detached");
+                    fs.end_waits();
+                    return;
+                }
+                let mut p = libc::pollfd {
+                    fd: table.as_raw_fd(),
+                    events: libc::POLLPRI,
+                    revents: 0,
+                };
+                // SAFETY: poll on one pollfd on this stack, for a descriptor we own.
+                if unsafe { libc::poll(&mut p, 1, -1) } < 0
+                    && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
+                {
+                    return;
+                }
+            }
+        });
+}
+
+/// Is a mount with device number `dev` in this namespace's mount table?
+fn mounted(dev: u64) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return true;
+    };
+    info.lines().any(|l| {
+        l.split(' ')
+            .nth(2)
+            .and_then(|mm| mm.split_once(':'))
+            .and_then(|(ma, mi)| Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?)))
+            == Some(dev)
+    })
 }
 
 /// The device number of the mount at `mnt`, from /proc/self/mountinfo (a `stat` of the mount

@@ -10,6 +10,21 @@
 //! 3. inode locks (at most one outside the namespace lock);
 //! 4. `journal`; 5. `alloc`; then the handle and table shard locks, which are leaves.
 //!
+//! The waiter count and the set of inodes being reclaimed (`waiters`, `reclaiming`) are leaves
+//! too, held only to count or to insert and remove. The lease lock ([`crate::lease`]) is
+//! never held across a wait for a holder; breakers take it before any lock here.
+//!
+//! # Breakers never wait on request threads
+//!
+//! A breaker (truncate down, punch, zero range) first tries its break without waiting
+//! ([`Fs::try_setattr`], [`Fs::try_fallocate`]): ranges nobody pinned, and every outcome
+//! that needs no holder's answer, complete inline. One that would have to wait for a holder
+//! comes back undone (`None`), and the FUSE adapter moves its reply to a thread of its own
+//! ([`Fs::wait_elsewhere`]) that runs the blocking operation, so a stuck holder never
+//! occupies a request thread. Freeing a pinned unlinked inode works the same way off the
+//! background worker: each one that must wait gets its own thread. At unmount (or SIGTERM,
+//! [`Fs::end_waits`]) every such wait ends with `EIO`.
+//!
 //! The data path (`read`, and `write` over blocks that are already allocated and inside the
 //! file) takes only its inode's lock: no global lock. Such writes change timestamps only in
 //! memory (journalled at fsync, close or the next checkpoint, like `lazytime`). No lock is
@@ -24,10 +39,10 @@
 //! punched out of the image, and a mount after a crash punches all free space again (data
 //! written into blocks whose mapping never reached the journal).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use pinfs_allocator::{Allocator, Extent};
@@ -42,7 +57,8 @@ use crate::inode::{
 };
 use crate::journal::Journal;
 use crate::lease::{
-    Breaker, HolderId, HolderInfo, LeaseConfig, Leases, Notice, PinId, PinRequest, Unpinner,
+    Breaker, HolderId, HolderInfo, LeaseConfig, LeaseError, Leases, Notice, PinId, PinRequest,
+    Unpinner,
 };
 use crate::record::{apply, encode_transaction, InodeSet, Record, Space};
 use crossbeam::channel::{Receiver, Sender};
@@ -451,6 +467,37 @@ pub struct Fs {
     /// Pins the lease manager removed whose windows and allocator references are still to go
     /// (lock order: taken alone, or inside the lease lock; nothing is taken inside it).
     released: Mutex<Vec<pins::Released>>,
+    /// Threads running breakers that wait for holders (see [`Fs::wait_elsewhere`]), and
+    /// its condvar, signalled when the count drops.
+    waiters: (Mutex<usize>, Condvar),
+    /// Pinned unlinked inodes whose freeing waits on a thread of its own (one thread per
+    /// inode however often it is asked for).
+    reclaiming: Mutex<HashSet<u64>>,
+}
+
+/// How long an unmount waits for the threads of breakers whose waits it ended.
+const WAITER_DRAIN: Duration = Duration::from_secs(10);
+
+/// Counts a waiter thread while it lives (also when its job panics).
+struct WaiterSlot<'a>(&'a Fs);
+
+impl Drop for WaiterSlot<'_> {
+    fn drop(&mut self) {
+        let (count, cv) = &self.0.waiters;
+        let mut n = lock(count);
+        *n = n.saturating_sub(1);
+        drop(n);
+        cv.notify_all();
+    }
+}
+
+/// `None` for a breaker that would have to wait for a holder (it changed nothing), else its
+/// result.
+fn unless_waiting<T>(r: FsResult<T>) -> Option<FsResult<T>> {
+    match r {
+        Err(FsError::Lease(LeaseError::MustWait)) => None,
+        r => Some(r),
+    }
 }
 
 /// What the background worker does (operations that may wait for holders, off the FUSE
@@ -528,6 +575,8 @@ impl Fs {
             mount_dev: Mutex::new(None),
             stale_attrs: crossbeam::channel::unbounded(),
             released: Mutex::new(Vec::new()),
+            waiters: (Mutex::new(0), Condvar::new()),
+            reclaiming: Mutex::new(HashSet::new()),
         };
         if !fs.opts.read_only {
             if !was_clean {
@@ -556,6 +605,10 @@ impl Fs {
 
     /// Frees orphans and writes a clean checkpoint. The filesystem must not be used after.
     pub fn unmount(&self) -> FsResult<()> {
+        // Breakers still waiting for holders get EIO, and their threads are gone before
+        // anything below changes the filesystem under them.
+        self.end_waits();
+        self.drain_waiters(WAITER_DRAIN);
         if self.opts.read_only {
             return Ok(());
         }
@@ -782,7 +835,8 @@ impl Fs {
         }
         if self.leases.has_pins(ino) && !self.stopping.load(Ordering::SeqCst) {
             // Freeing the blocks breaks the leases on them, which may wait for holders: not
-            // on this (FUSE request) thread but on the reclaimer's.
+            // on this (FUSE request) thread; the worker tries, and hands a wait to a thread
+            // of its own.
             let _ = self.work.0.send(Work::Reclaim(ino));
             return Ok(());
         }
@@ -812,8 +866,19 @@ impl Fs {
         Ok(())
     }
 
-    /// Changes attributes (chmod, chown, truncate, utimensat).
+    /// Changes attributes (chmod, chown, truncate, utimensat). A truncate down may wait for
+    /// holders: not on a request thread (see [`Fs::try_setattr`]).
     pub fn setattr(&self, ino: u64, req: SetAttr, caller: Caller) -> FsResult<Attr> {
+        self.setattr_as(ino, req, caller, true)
+    }
+
+    /// [`Fs::setattr`] that never waits for a holder: `None` when the truncate would have to
+    /// (nothing was changed); the caller then runs [`Fs::setattr`] where it may wait.
+    pub fn try_setattr(&self, ino: u64, req: SetAttr, caller: Caller) -> Option<FsResult<Attr>> {
+        unless_waiting(self.setattr_as(ino, req, caller, false))
+    }
+
+    fn setattr_as(&self, ino: u64, req: SetAttr, caller: Caller, wait: bool) -> FsResult<Attr> {
         self.writable()?;
         // Truncating down changes the layout of the blocks past the new end: break the leases
         // on them first, before any lock is taken (the break may wait for holders).
@@ -824,6 +889,7 @@ impl Fs {
                 u64::MAX,
                 caller,
                 req.handle,
+                wait,
             )?),
             _ => None,
         };
@@ -1619,7 +1685,8 @@ impl Fs {
         lock(&self.journal).flush(&self.image);
     }
 
-    /// fallocate(2) with the modes the kernel forwards.
+    /// fallocate(2) with the modes the kernel forwards. Punching and zeroing may wait for
+    /// holders: not on a request thread (see [`Fs::try_fallocate`]).
     pub fn fallocate(
         &self,
         ino: u64,
@@ -1628,6 +1695,35 @@ impl Fs {
         mode: i32,
         caller: Caller,
         handle: Option<u64>,
+    ) -> FsResult<()> {
+        self.fallocate_as(ino, offset, len, mode, caller, handle, true)
+    }
+
+    /// [`Fs::fallocate`] that never waits for a holder: `None` when the punch or zeroing
+    /// would have to (nothing was changed); the caller then runs [`Fs::fallocate`] where it
+    /// may wait.
+    pub fn try_fallocate(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        caller: Caller,
+        handle: Option<u64>,
+    ) -> Option<FsResult<()>> {
+        unless_waiting(self.fallocate_as(ino, offset, len, mode, caller, handle, false))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fallocate_as(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        caller: Caller,
+        handle: Option<u64>,
+        wait: bool,
     ) -> FsResult<()> {
         use falloc::*;
         if mode & !(KEEP_SIZE | PUNCH_HOLE | ZERO_RANGE) != 0 {
@@ -1652,6 +1748,7 @@ impl Fs {
                 end / BLOCK_SIZE,
                 caller,
                 handle,
+                wait,
             )?)
         } else {
             None
@@ -1934,20 +2031,7 @@ impl Fs {
                     let r = match work {
                         Work::Stop => break,
                         Work::Relocate(ino) => fs.relocate_revoked(ino),
-                        Work::Reclaim(ino) => fs
-                            .leases
-                            .break_layout(
-                                ino,
-                                0,
-                                u64::MAX,
-                                Breaker {
-                                    pid: 0,
-                                    nonblock: false,
-                                },
-                                &*fs,
-                            )
-                            .map_err(FsError::from)
-                            .and_then(|_guard| fs.reclaim_now(ino)),
+                        Work::Reclaim(ino) => fs.reclaim_pinned(ino),
                     };
                     if let Err(e) = r {
                         tracing::warn!(?work, "background work failed: {e}");
@@ -1955,6 +2039,95 @@ impl Fs {
                 }
             })
             .expect("spawn the worker");
+    }
+
+    /// Frees pinned unlinked inode `ino` after breaking its leases: at once when no holder
+    /// must answer, else on a thread of its own, so that each such inode waits for its own
+    /// holders only and is freed as soon as they release.
+    fn reclaim_pinned(self: &Arc<Self>, ino: u64) -> FsResult<()> {
+        const ALL: Breaker = Breaker {
+            pid: 0,
+            nonblock: false,
+        };
+        match self.leases.try_break_layout(ino, 0, u64::MAX, ALL) {
+            Ok(_guard) => return self.reclaim_now(ino),
+            Err(LeaseError::MustWait) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !lock(&self.reclaiming).insert(ino) {
+            return Ok(()); // its thread is on it
+        }
+        let started = self.wait_elsewhere("pinfs-reclaim", move |fs| {
+            let r = fs
+                .leases
+                .break_layout(ino, 0, u64::MAX, ALL, fs)
+                .map_err(FsError::from)
+                .and_then(|_guard| fs.reclaim_now(ino));
+            lock(&fs.reclaiming).remove(&ino);
+            if let Err(e) = r {
+                tracing::warn!(ino, "freeing a pinned unlinked inode: {e}");
+            }
+        });
+        if !started {
+            lock(&self.reclaiming).remove(&ino);
+        }
+        Ok(())
+    }
+
+    /// Runs `job` on a thread of its own, where it may wait for holders: where breakers that
+    /// would wait go, so that no request thread ever does (one thread per waiting breaker:
+    /// stuck holders cannot exhaust a pool). Returns false, having dropped `job` (a FUSE
+    /// reply dropped answers `EIO`), when no thread can be started.
+    pub fn wait_elsewhere(
+        self: &Arc<Self>,
+        name: &str,
+        job: impl FnOnce(&Fs) + Send + 'static,
+    ) -> bool {
+        *lock(&self.waiters.0) += 1;
+        let fs = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
+            .stack_size(512 << 10)
+            .spawn(move || {
+                let _slot = WaiterSlot(&fs);
+                job(&fs);
+            });
+        match spawned {
+            Ok(_) => true,
+            Err(e) => {
+                drop(WaiterSlot(self));
+                tracing::error!("cannot start a thread for a waiting breaker: {e}");
+                false
+            }
+        }
+    }
+
+    /// Breakers waiting for holders on threads of their own now.
+    pub fn waiting_breakers(&self) -> usize {
+        *lock(&self.waiters.0)
+    }
+
+    /// Ends every breaker's wait for a holder with `EIO` and makes later ones fail at once
+    /// (SIGTERM, a lazy unmount, the unmount itself). Pins are refused from then on.
+    pub fn end_waits(&self) {
+        if !self.leases.is_closed() {
+            tracing::info!(
+                waiting = self.waiting_breakers(),
+                "ending the waits of breakers"
+            );
+        }
+        self.leases.close();
+    }
+
+    /// Waits (at most `limit`) until no waiter thread runs.
+    fn drain_waiters(&self, limit: Duration) {
+        let (count, cv) = &self.waiters;
+        let (n, timeout) = cv
+            .wait_timeout_while(lock(count), limit, |n| *n > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        if timeout.timed_out() {
+            tracing::warn!(left = *n, "waiting breakers did not end in time");
+        }
     }
 
     fn stop_background(&self) {

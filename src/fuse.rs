@@ -1,5 +1,10 @@
 //! The fuser adapter: translates FUSE requests into calls on [`crate::fs::Fs`] and its errors
 //! into errnos. It holds no locks of its own and decides nothing about the filesystem.
+//!
+//! Breakers (truncate, punch, zero range) call the core's `try_` variant on the request
+//! thread; when the core says the breaker would have to wait for a holder, the reply (fuser's
+//! replies are `Send`) moves to a thread of the core's ([`Fs::wait_elsewhere`]) that runs the
+//! waiting operation and answers, and the request thread goes back to serve.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -113,6 +118,12 @@ impl FuseFs {
             Err(e) => reply.error(errno(e)),
         }
     }
+    fn attr(reply: ReplyAttr, r: Result<Attr, FsError>) {
+        match r {
+            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
 }
 
 impl fuser::Filesystem for FuseFs {
@@ -183,9 +194,14 @@ impl fuser::Filesystem for FuseFs {
             ctime: ctime.map(Time::from_system),
             handle: fh.map(|h| h.0),
         };
-        match self.fs.setattr(ino.0, req_attr, caller(req)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
+        let (ino, who) = (ino.0, caller(req));
+        match self.fs.try_setattr(ino, req_attr, who) {
+            Some(r) => Self::attr(reply, r),
+            None => {
+                self.fs.wait_elsewhere("pinfs-breaker", move |fs| {
+                    Self::attr(reply, fs.setattr(ino, req_attr, who))
+                });
+            }
         }
     }
 
@@ -501,11 +517,15 @@ impl fuser::Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        Self::empty(
-            reply,
-            self.fs
-                .fallocate(ino.0, offset, length, mode, caller(req), Some(fh.0)),
-        )
+        let (ino, who, fh) = (ino.0, caller(req), Some(fh.0));
+        match self.fs.try_fallocate(ino, offset, length, mode, who, fh) {
+            Some(r) => Self::empty(reply, r),
+            None => {
+                self.fs.wait_elsewhere("pinfs-breaker", move |fs| {
+                    Self::empty(reply, fs.fallocate(ino, offset, length, mode, who, fh))
+                });
+            }
+        }
     }
 
     fn lseek(

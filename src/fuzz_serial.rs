@@ -600,7 +600,7 @@ pub fn run_serial(dir: &Path, prog: &[Step], cfg: SerialConfig) -> Result<Outcom
         break_time: Some(Duration::from_millis(1)),
         policy: cfg.policy,
         busy_blocks: cfg.busy_blocks,
-        ..Default::default()
+        ..LeaseConfig::default()
     };
     let fs = Arc::new(
         Fs::open(

@@ -12,11 +12,31 @@
 //! | `refuse` | the lease goes back to `Granted`, the breaker fails with `ETXTBSY` |
 //! | `revoke` | the lease is `Revoked`, its holder fenced and told; its blocks stay pinned, so the allocator keeps them busy once the file lets go of them |
 //!
-//! Unbreakable leases make breakers fail at once (`ETXTBSY`); a breaker that holds an
-//! overlapping lease itself fails with `EDEADLK`; a breaker on an `O_NONBLOCK` descriptor gets
-//! `EWOULDBLOCK` at once while the break goes on. While a break is in progress on a range
+//! Unbreakable leases make breakers fail at once (`ETXTBSY`); only root may take one, unless
+//! the mount allows it for all (`allow_unbreakable`); others get `EPERM`. A breaker that holds
+//! an overlapping lease itself fails with `EDEADLK`; a breaker on an `O_NONBLOCK` descriptor
+//! gets `EWOULDBLOCK` at once while the break goes on. While a break is in progress on a range
 //! (from its start until the breaker has changed the layout), new pins on that range are
 //! refused with `EAGAIN`.
+//!
+//! **Guest leases.** A lease whose holder is neither root nor the file's owner is a *guest*
+//! lease (Linux lets only the owner, or `CAP_LEASE`, take a lease: fcntl(2)). A guest may not
+//! hold other users' breakers forever nor refuse them: whatever the policy, its break has a
+//! deadline (`lease_break_time`; under `wait`, or when that is 0, `guest_break_time`) and at
+//! the deadline it is revoked, as under `revoke`:
+//!
+//! | lease | `wait` | `refuse` | `revoke` |
+//! |---|---|---|---|
+//! | owner's or root's | no deadline; the breaker waits | `ETXTBSY` at `lease_break_time` | revoked at `lease_break_time` |
+//! | guest's | revoked at `guest_break_time` | revoked at `lease_break_time` (or `guest_break_time` if 0) | revoked at `lease_break_time` (or `guest_break_time` if 0) |
+//!
+//! **Waiting off the request threads.** [`Leases::try_break_layout`] breaks like
+//! [`Leases::break_layout`] when that needs no wait for a holder, and otherwise returns
+//! [`LeaseError::MustWait`] having changed nothing; the caller then runs the waiting break on
+//! a thread that may wait. The check and the marker that keeps new pins off the range are
+//! taken in one critical section, so a pin granted after the check cannot make the inline
+//! breaker wait. [`Leases::close`] (unmount, SIGTERM) ends every wait with
+//! [`LeaseError::Closed`] (`EIO`, what a dead mount gives) and makes later ones fail at once.
 //!
 //! Every transition is an [`Event`]: logged with `tracing` at info level, kept in a ring for
 //! `status --events`, and sent to the holder it concerns through the notification channel
@@ -81,6 +101,11 @@ pub struct LeaseConfig {
     /// Most bytes the holders of one user (root excepted) may have pinned at once; `None`:
     /// each holder's own `RLIMIT_MEMLOCK`, as RDMA memory registration counts pinned pages.
     pub max_pinned: Option<PinLimit>,
+    /// The deadline of a guest lease's break when the mount gives none (`wait`, or
+    /// `lease_break_time=0`): guests never hold a breaker forever.
+    pub guest_break_time: Duration,
+    /// Anyone may take unbreakable pins (`allow_unbreakable`); otherwise only root.
+    pub allow_unbreakable: bool,
 }
 
 /// A mount's limit of pinned bytes per user.
@@ -100,6 +125,32 @@ impl Default for LeaseConfig {
             busy_blocks: true,
             detach_windows: true,
             max_pinned: None,
+            guest_break_time: Duration::from_secs(45),
+            allow_unbreakable: false,
+        }
+    }
+}
+
+/// Who a holder is to the file it pins: what its lease may do to other users' breakers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Standing {
+    /// The superuser.
+    #[default]
+    Root,
+    /// The file's owner.
+    Owner,
+    /// Anyone else (who may read or write the file): a guest lease, always revocable at a
+    /// bounded deadline.
+    Guest,
+}
+
+impl Standing {
+    /// The name `status` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Standing::Root => "root",
+            Standing::Owner => "owner",
+            Standing::Guest => "guest",
         }
     }
 }
@@ -169,6 +220,9 @@ pub struct Pin {
     pub writable: bool,
     /// Does every breaker fail at once?
     pub unbreakable: bool,
+    /// Who the holder is to the file (a guest's lease is revoked at a bounded deadline,
+    /// whatever the policy).
+    pub standing: Standing,
     /// Lease state.
     pub state: LeaseState,
     /// The allocator references are still held.
@@ -290,6 +344,19 @@ pub enum LeaseError {
     /// The pin would pass its user's limit of pinned bytes (`ENOMEM`).
     #[error("the pin would pass its user's limit of pinned bytes")]
     OverLimit,
+    /// An unbreakable pin asked for by someone other than root on a mount without
+    /// `allow_unbreakable` (`EPERM`).
+    #[error("only root may take an unbreakable pin (unless the mount has allow_unbreakable)")]
+    UnbreakableNeedsRoot,
+    /// The breaker would have to wait for a holder and was asked not to; nothing changed. The
+    /// caller runs the break again where it may wait. Never reaches a client (`EIO` if it
+    /// did).
+    #[error("the breaker would have to wait for a holder")]
+    MustWait,
+    /// The mount is going away (unmount, SIGTERM): waits for holders end, and no new ones or
+    /// new pins begin (`EIO`, as on a dead mount).
+    #[error("the mount is shutting down")]
+    Closed,
 }
 
 impl LeaseError {
@@ -301,7 +368,8 @@ impl LeaseError {
             LeaseError::WouldBlock => libc::EWOULDBLOCK,
             LeaseError::Again => libc::EAGAIN,
             LeaseError::NoSuchPin | LeaseError::NoSuchHolder => libc::ENOENT,
-            LeaseError::Fenced => libc::EPERM,
+            LeaseError::Fenced | LeaseError::UnbreakableNeedsRoot => libc::EPERM,
+            LeaseError::MustWait | LeaseError::Closed => libc::EIO,
             LeaseError::OverLimit => libc::ENOMEM,
         }
     }
@@ -387,6 +455,8 @@ struct State {
     /// Events emitted so far.
     emitted: u64,
     next_id: u64,
+    /// Set by [`Leases::close`]: no more waits.
+    closed: bool,
 }
 
 impl State {
@@ -539,16 +609,14 @@ impl Leases {
         id
     }
 
-    /// Grants a pin: `make` runs under the lease lock (so no break can start in between),
-    /// pins the blocks in the allocator and returns their extents. Refused with `EAGAIN` while
-    /// a break is in progress on the range, with `EPERM` for fenced holders and `ENOENT` for
-    /// unknown ones.
+    /// Grants a pin to a holder the caller vouches for (root's standing): see
+    /// [`Leases::grant_as`].
     pub fn grant<E>(
         &self,
         req: &PinRequest,
         make: impl FnOnce() -> Result<Vec<(u64, Extent)>, E>,
     ) -> Result<Result<PinId, E>, LeaseError> {
-        self.grant_within(req, None, make)
+        self.grant_as(req, Standing::Root, None, make)
     }
 
     /// Bytes pinned by the holders of user `uid` (every pin not yet removed: live, breaking
@@ -566,13 +634,28 @@ impl Leases {
         Self::pinned_by_user(&self.lock(), uid)
     }
 
-    /// [`Leases::grant`], refused with `ENOMEM` ([`LeaseError::OverLimit`]) when `limit`
-    /// (user, bytes) says the holder's user would then have more than that many bytes pinned.
-    /// The check and the grant are one step under the lease lock, so concurrent pins of one
-    /// user cannot pass the limit together.
-    pub fn grant_within<E>(
+    /// May a holder of `standing` ask for this pin at all? Unbreakable pins are root's,
+    /// unless the mount has `allow_unbreakable` (`EPERM`). Checked again at the grant.
+    pub fn may_pin(&self, req: &PinRequest, standing: Standing) -> Result<(), LeaseError> {
+        if req.unbreakable && standing != Standing::Root && !self.config.allow_unbreakable {
+            return Err(LeaseError::UnbreakableNeedsRoot);
+        }
+        Ok(())
+    }
+
+    /// Grants a pin to a holder of `standing` towards the file: `make` runs under the lease
+    /// lock (so no break can start in between), pins the blocks in the allocator and returns
+    /// their extents. Refused with `EAGAIN` while a break is in progress on the range, with
+    /// `EPERM` for fenced holders and for unbreakable pins of holders other than root
+    /// (unless `allow_unbreakable`), with `ENOENT` for unknown holders and `EIO` once closed,
+    /// and with `ENOMEM` ([`LeaseError::OverLimit`]) when `limit` (user, bytes) says the
+    /// holder's user would then have more than that many bytes pinned. The limit check and
+    /// the grant are one step under the lease lock, so concurrent pins of one user cannot
+    /// pass the limit together.
+    pub fn grant_as<E>(
         &self,
         req: &PinRequest,
+        standing: Standing,
         limit: Option<(u32, u64)>,
         make: impl FnOnce() -> Result<Vec<(u64, Extent)>, E>,
     ) -> Result<Result<PinId, E>, LeaseError> {
@@ -580,7 +663,11 @@ impl Leases {
         let (first_block, end) = req.blocks();
         let blocks = end - first_block;
         let (writable, unbreakable) = (req.writable, req.unbreakable);
+        self.may_pin(req, standing)?;
         let mut st = self.lock();
+        if st.closed {
+            return Err(LeaseError::Closed);
+        }
         match st.holders.get(&holder) {
             Some(h) if h.fenced => return Err(LeaseError::Fenced),
             Some(_) => {}
@@ -617,6 +704,7 @@ impl Leases {
             extents,
             writable,
             unbreakable,
+            standing,
             state: LeaseState::Granted,
             pinned: true,
         };
@@ -744,7 +832,14 @@ impl Leases {
             .collect();
         for id in due {
             st.counters.timeouts += 1;
+            // A guest lease is revoked at its deadline whatever the policy: a guest never
+            // refuses another user's breaker.
+            let guest = st
+                .pins
+                .get(&id)
+                .is_some_and(|p| p.standing == Standing::Guest);
             match self.config.policy {
+                _ if guest => self.revoke(st, id, unpinner),
                 Policy::Revoke | Policy::Wait => self.revoke(st, id, unpinner),
                 Policy::Refuse => {
                     let p = st.pins.get_mut(&id).expect("due");
@@ -789,10 +884,24 @@ impl Leases {
         self.changed.notify_all();
     }
 
+    /// The deadline of a break that starts at `now` on a lease of `standing`: the mount's,
+    /// except that a guest's is never unbounded.
+    fn deadline_for(&self, standing: Standing, now: Instant) -> Option<Instant> {
+        let c = &self.config;
+        match (standing, c.policy) {
+            (Standing::Guest, Policy::Wait) => Some(now + c.guest_break_time),
+            (Standing::Guest, _) => Some(now + c.break_time.unwrap_or(c.guest_break_time)),
+            (_, Policy::Wait) => None,
+            _ => c.break_time.map(|t| now + t),
+        }
+    }
+
     /// Breaks the leases that overlap file blocks `first..end` of `ino` before a layout
-    /// change, as the policy says. On success the returned guard keeps new pins off the range
-    /// until the caller has changed the layout and drops it. Costs one lock and a scan of the
-    /// file's pins when nothing is pinned.
+    /// change, as the policy says, waiting for holders if it must (never call this on a
+    /// thread that serves requests: see [`Leases::try_break_layout`]). On success the returned
+    /// guard keeps new pins off the range until the caller has changed the layout and drops
+    /// it. Costs one lock and a scan of the file's pins when nothing is pinned. A wait ends
+    /// with the release, the deadline, a fence, or [`Leases::close`] (`EIO`).
     pub fn break_layout(
         &self,
         ino: u64,
@@ -801,14 +910,36 @@ impl Leases {
         breaker: Breaker,
         unpinner: &dyn Unpinner,
     ) -> Result<BreakGuard<'_>, LeaseError> {
+        self.break_inner(ino, first, end, breaker, Some(unpinner))
+    }
+
+    /// [`Leases::break_layout`] for a thread that must not wait: the same outcome whenever no
+    /// wait for a holder is needed (nothing live pinned in the range, unbreakable `ETXTBSY`,
+    /// `EDEADLK`, a non-blocking breaker's `EWOULDBLOCK`), and otherwise
+    /// [`LeaseError::MustWait`] with nothing changed (no lease moved to breaking, no event,
+    /// no counter). The check and the guard's marker are one critical section: a pin asked
+    /// for after the check is refused (`EAGAIN`) until the guard goes.
+    pub fn try_break_layout(
+        &self,
+        ino: u64,
+        first: u64,
+        end: u64,
+        breaker: Breaker,
+    ) -> Result<BreakGuard<'_>, LeaseError> {
+        self.break_inner(ino, first, end, breaker, None)
+    }
+
+    /// Both breaks: `wait` is the unpinner for deadlines when the caller may wait, `None`
+    /// when it may not.
+    fn break_inner(
+        &self,
+        ino: u64,
+        first: u64,
+        end: u64,
+        breaker: Breaker,
+        wait: Option<&dyn Unpinner>,
+    ) -> Result<BreakGuard<'_>, LeaseError> {
         let mut st = self.lock();
-        if first >= end || !st.pins.values().any(|p| p.overlaps(ino, first, end)) {
-            let id = st.add_marker(ino, first, end);
-            return Ok(BreakGuard {
-                leases: self,
-                marker: Some(id),
-            });
-        }
         let overlapping = |st: &State| -> Vec<PinId> {
             st.pins
                 .values()
@@ -816,7 +947,20 @@ impl Leases {
                 .map(|p| p.id)
                 .collect()
         };
-        let live = overlapping(&st);
+        let live = if first < end {
+            overlapping(&st)
+        } else {
+            Vec::new()
+        };
+        if live.is_empty() {
+            // The fast path: nothing live in the way (revoked pins keep their blocks busy
+            // and wait for nobody).
+            let id = st.add_marker(ino, first, end);
+            return Ok(BreakGuard {
+                leases: self,
+                marker: Some(id),
+            });
+        }
         if live.iter().any(|id| st.pins[id].unbreakable) {
             st.counters.refusals += 1;
             return Err(LeaseError::Busy);
@@ -829,18 +973,22 @@ impl Leases {
         }) {
             return Err(LeaseError::Deadlock);
         }
-        let deadline = match self.config.policy {
-            Policy::Wait => None,
-            _ => self.config.break_time.map(|t| self.clock.now() + t),
-        };
+        if st.closed {
+            return Err(LeaseError::Closed);
+        }
+        if wait.is_none() && !breaker.nonblock {
+            return Err(LeaseError::MustWait);
+        }
+        let now = self.clock.now();
         for id in &live {
             let p = st.pins.get_mut(id).expect("live");
             if p.state == LeaseState::Granted {
+                let deadline = self.deadline_for(p.standing, now);
                 p.state = LeaseState::Breaking { deadline };
                 let p = p.clone();
                 st.counters.breaks += 1;
-                let deadline_ms = deadline
-                    .map(|d| d.saturating_duration_since(self.clock.now()).as_millis() as u64);
+                let deadline_ms =
+                    deadline.map(|d| d.saturating_duration_since(now).as_millis() as u64);
                 self.emit(
                     &mut st,
                     p.holder,
@@ -851,11 +999,19 @@ impl Leases {
             }
         }
         self.changed.notify_all();
-        if breaker.nonblock {
+        // A non-blocking breaker leaves the break to go on without it (the deadline thread
+        // applies the policy); so does the one that may not wait, which cannot get here.
+        let Some(unpinner) = wait.filter(|_| !breaker.nonblock) else {
             return Err(LeaseError::WouldBlock);
-        }
+        };
         let guard_id = st.add_marker(ino, first, end);
         loop {
+            if st.closed {
+                st.markers.retain(|m| m.id != guard_id);
+                drop(st);
+                self.changed.notify_all();
+                return Err(LeaseError::Closed);
+            }
             let next = self.expire(&mut st, self.clock.now(), unpinner);
             let still: Vec<PinId> = overlapping(&st);
             if still.is_empty() {
@@ -885,6 +1041,19 @@ impl Leases {
             leases: self,
             marker: Some(guard_id),
         })
+    }
+
+    /// Ends every wait for a holder with [`LeaseError::Closed`] and makes later breaks that
+    /// would wait, and new pins, fail the same way (unmount, SIGTERM). Releases, holder
+    /// deaths, fences and breaks that need no wait go on as before.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Has [`Leases::close`] run?
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     /// The extents of revoked pins on `ino`: (file block, image extent) as pinned.

@@ -27,7 +27,7 @@ pub struct MountOptions {
     /// Seconds to wait for the image lock (`lock_wait=SECONDS`, default 10).
     pub lock_wait: f64,
     /// `lease_break_time=SECONDS` (0: never), `break_policy=wait|refuse|revoke`,
-    /// `busy_blocks=on|off`.
+    /// `busy_blocks=on|off`, `guest_break_time=SECONDS` (more than 0), `allow_unbreakable`.
     pub leases: LeaseConfig,
 }
 
@@ -115,6 +115,14 @@ impl MountOptions {
                 ("break_policy", Some(v)) => {
                     o.leases.policy = Policy::parse(v).ok_or_else(|| format!("mount option '{opt}': the policy is wait, refuse or revoke"))?;
                 }
+                ("guest_break_time", v) => {
+                    let secs = number(v)?;
+                    if secs <= 0.0 {
+                        return Err(format!("mount option '{opt}': a guest lease's break needs a deadline; give more than 0 seconds"));
+                    }
+                    o.leases.guest_break_time = Duration::from_secs_f64(secs);
+                }
+                ("allow_unbreakable", None) => o.leases.allow_unbreakable = true,
                 ("busy_blocks", Some(v)) => {
                     o.leases.busy_blocks = match v {
                         "on" => true,
@@ -141,7 +149,7 @@ impl MountOptions {
                 (k, None) if IGNORED.contains(&k) || k.starts_with("x-") => {}
                 _ => {
                     return Err(format!(
-                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, default_permissions, threads=N, lock_wait=SECONDS, lease_break_time=SECONDS, break_policy=wait|refuse|revoke, busy_blocks=on|off, detach_windows=on|off, max_pinned=SIZE|unlimited)"
+                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, default_permissions, threads=N, lock_wait=SECONDS, lease_break_time=SECONDS, break_policy=wait|refuse|revoke, busy_blocks=on|off, detach_windows=on|off, max_pinned=SIZE|unlimited, guest_break_time=SECONDS, allow_unbreakable)"
                     ))
                 }
             }
@@ -189,7 +197,15 @@ mod tests {
                 .break_time,
             None
         );
+        let o = MountOptions::parse("guest_break_time=1.5,allow_unbreakable").unwrap();
+        assert_eq!(o.leases.guest_break_time, Duration::from_millis(1500));
+        assert!(o.leases.allow_unbreakable);
+        assert!(MountOptions::parse("guest_break_time=0")
+            .unwrap_err()
+            .contains("needs a deadline"));
         let d = MountOptions::parse("").unwrap().leases;
+        assert_eq!(d.guest_break_time, Duration::from_secs(45));
+        assert!(!d.allow_unbreakable);
         assert_eq!(
             (d.break_time, d.policy, d.busy_blocks),
             (Some(Duration::from_secs(45)), Policy::Revoke, true)

@@ -69,6 +69,9 @@ struct Lease {
     deadline_ms: Option<u64>,
     unbreakable: bool,
     writable: bool,
+    /// `root`, `owner` or `guest` (a guest's lease is revoked at its deadline whatever the
+    /// policy).
+    standing: &'static str,
 }
 
 struct Busy {
@@ -92,6 +95,9 @@ struct View {
     policy: &'static str,
     break_time_ms: Option<u128>,
     busy_on: bool,
+    guest_break_time_ms: u128,
+    allow_unbreakable: bool,
+    waiting_breakers: usize,
 }
 
 /// The status as `viewer` may see it (`None`: root, everything).
@@ -135,6 +141,7 @@ fn view(fs: &Fs, viewer: Option<&Viewer>) -> View {
             },
             unbreakable: p.unbreakable,
             writable: p.writable,
+            standing: p.standing.name(),
         })
         .collect();
     let owners = fs.leases().extent_holders();
@@ -172,6 +179,9 @@ fn view(fs: &Fs, viewer: Option<&Viewer>) -> View {
         policy: snap.config.policy.name(),
         break_time_ms: snap.config.break_time.map(|d| d.as_millis()),
         busy_on: snap.config.busy_blocks,
+        guest_break_time_ms: snap.config.guest_break_time.as_millis(),
+        allow_unbreakable: snap.config.allow_unbreakable,
+        waiting_breakers: fs.waiting_breakers(),
     }
 }
 
@@ -221,7 +231,7 @@ pub fn json_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
         .iter()
         .map(|l| {
             format!(
-                "{{\"holder\":{},\"pin\":{},\"ino\":{},\"path\":{},\"offset\":{},\"len\":{},\"state\":\"{}\",\"deadline_ms\":{},\"unbreakable\":{},\"writable\":{}}}",
+                "{{\"holder\":{},\"pin\":{},\"ino\":{},\"path\":{},\"offset\":{},\"len\":{},\"state\":\"{}\",\"deadline_ms\":{},\"unbreakable\":{},\"writable\":{},\"standing\":\"{}\"}}",
                 l.holder,
                 l.pin,
                 l.ino,
@@ -231,7 +241,8 @@ pub fn json_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
                 l.state,
                 opt(l.deadline_ms),
                 l.unbreakable,
-                l.writable
+                l.writable,
+                l.standing
             )
         })
         .collect();
@@ -249,7 +260,7 @@ pub fn json_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
         .collect();
     let c = v.counters;
     format!(
-        "{{\"holders\":[{}],\"leases\":[{}],\"busy\":{{\"blocks\":{},\"extents\":[{}]}},\"space\":{{\"block_size\":{BLOCK_SIZE},\"total_blocks\":{},\"free_blocks\":{},\"used_blocks\":{},\"busy_blocks\":{}}},\"counters\":{{\"breaks\":{},\"releases\":{},\"timeouts\":{},\"refusals\":{},\"revocations\":{},\"fences\":{}}},\"policy\":{{\"break_policy\":\"{}\",\"lease_break_time_ms\":{},\"busy_blocks\":{}}}}}",
+        "{{\"holders\":[{}],\"leases\":[{}],\"busy\":{{\"blocks\":{},\"extents\":[{}]}},\"space\":{{\"block_size\":{BLOCK_SIZE},\"total_blocks\":{},\"free_blocks\":{},\"used_blocks\":{},\"busy_blocks\":{}}},\"counters\":{{\"breaks\":{},\"releases\":{},\"timeouts\":{},\"refusals\":{},\"revocations\":{},\"fences\":{}}},\"policy\":{{\"break_policy\":\"{}\",\"lease_break_time_ms\":{},\"busy_blocks\":{},\"guest_break_time_ms\":{},\"allow_unbreakable\":{}}},\"waiting_breakers\":{}}}",
         holders.join(","),
         leases.join(","),
         v.busy_blocks,
@@ -266,7 +277,10 @@ pub fn json_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
         c.fences,
         v.policy,
         opt(v.break_time_ms),
-        v.busy_on
+        v.busy_on,
+        v.guest_break_time_ms,
+        v.allow_unbreakable,
+        v.waiting_breakers
     )
 }
 
@@ -281,11 +295,17 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
     let mut out = String::new();
     let c = v.counters;
     out.push_str(&format!(
-        "policy {} (lease_break_time {}, busy_blocks {})\n",
+        "policy {} (lease_break_time {}, busy_blocks {}, guest_break_time {:.3}s, unbreakable pins: {})\n",
         v.policy,
         v.break_time_ms
             .map_or("never".into(), |ms| format!("{:.3}s", ms as f64 / 1000.0)),
-        if v.busy_on { "on" } else { "off" }
+        if v.busy_on { "on" } else { "off" },
+        v.guest_break_time_ms as f64 / 1000.0,
+        if v.allow_unbreakable { "anyone" } else { "root only" }
+    ));
+    out.push_str(&format!(
+        "breakers waiting for holders: {}\n",
+        v.waiting_breakers
     ));
     out.push_str(&format!(
         "space: {} blocks of {BLOCK_SIZE}: {} free, {} used, {} busy\n",
@@ -309,7 +329,9 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
             if *fenced { "yes" } else { "no" }
         ));
     }
-    out.push_str("\nPIN     HOLDER  STATE     DEADLINE   MODE  OFFSET       LEN          PATH\n");
+    out.push_str(
+        "\nPIN     HOLDER  STATE     DEADLINE   MODE  AS     OFFSET       LEN          PATH\n",
+    );
     for l in &v.leases {
         let mode = format!(
             "{}{}",
@@ -318,12 +340,13 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
         );
         let deadline = l.deadline_ms.map_or("-".into(), |ms| format!("{ms}ms"));
         out.push_str(&format!(
-            "{:<7} {:<7} {:<9} {:<10} {:<5} {:<12} {:<12} {}\n",
+            "{:<7} {:<7} {:<9} {:<10} {:<5} {:<6} {:<12} {:<12} {}\n",
             l.pin,
             l.holder,
             l.state,
             deadline,
             mode,
+            l.standing,
             l.offset,
             l.len,
             l.path.clone().unwrap_or_else(|| format!("ino:{}", l.ino))

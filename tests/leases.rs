@@ -35,7 +35,7 @@ fn setup(policy: Policy, break_ms: u64, busy_blocks: bool) -> Setup {
             break_time,
             policy,
             busy_blocks,
-            ..Default::default()
+            ..LeaseConfig::default()
         },
         ..Default::default()
     };
@@ -729,4 +729,104 @@ fn dax_windows_give_direct_access_to_the_pinned_blocks_only() {
         b"storedbefore",
         "unmount keeps what was stored under the pin, and nothing stored after it"
     );
+}
+
+/// What a request thread calls: `try_setattr`/`try_fallocate` complete inline where nobody
+/// pinned, and where a holder would have to answer they come back undone (`None`) with the
+/// lease still granted, no break counted and the file unchanged; the blocking call then
+/// waits as before. `end_waits` ends a wait with EIO.
+#[test]
+fn request_threads_never_wait_and_end_waits_gives_eio() {
+    let s = setup(Policy::Wait, 0, true);
+    let (free, pinned) = (s.file("free", 4), s.file("pinned", 4));
+    let h = s.holder();
+    let (pin, _) = s.pin(h, pinned, 0, 4 * BLOCK_SIZE, false).unwrap();
+    let shrink = SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.fs.try_setattr(free, shrink, BREAKER),
+        Some(Ok(_))
+    ));
+    assert!(s.fs.try_setattr(pinned, shrink, BREAKER).is_none());
+    let punch = falloc::PUNCH_HOLE | falloc::KEEP_SIZE;
+    assert!(s
+        .fs
+        .try_fallocate(pinned, 0, BLOCK_SIZE, punch, BREAKER, None)
+        .is_none());
+    assert_eq!(s.state(pin), Some(LeaseState::Granted));
+    assert_eq!(s.fs.leases().snapshot().counters.breaks, 0);
+    assert_eq!(s.fs.getattr(pinned).unwrap().size, 4 * BLOCK_SIZE);
+    // The blocking truncate waits; ending the waits answers it with EIO.
+    let fs = s.fs.clone();
+    let t =
+        std::thread::spawn(move || fs.setattr(pinned, shrink, BREAKER).map(|_| ()).unwrap_err());
+    let end = Instant::now() + Duration::from_secs(5);
+    while !matches!(s.state(pin), Some(LeaseState::Breaking { .. })) {
+        assert!(Instant::now() < end, "the truncate never started its break");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s.fs.end_waits();
+    assert_eq!(t.join().unwrap().errno(), libc::EIO);
+    assert_eq!(s.fs.getattr(pinned).unwrap().size, 4 * BLOCK_SIZE);
+}
+
+/// A pin by someone who is neither root nor the file's owner is a guest lease: under `wait`
+/// its break gets the guest deadline and is revoked there; unbreakable pins are root's.
+#[test]
+fn guest_leases_are_revoked_at_the_guest_deadline_and_unbreakable_is_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img");
+    Fs::mkfs(&path, 64 << 20, false).unwrap();
+    let opts = FsOptions {
+        leases: LeaseConfig {
+            break_time: None,
+            policy: Policy::Wait,
+            guest_break_time: Duration::from_millis(200),
+            ..LeaseConfig::default()
+        },
+        ..Default::default()
+    };
+    let fs = Arc::new(Fs::open(&path, opts).unwrap());
+    fs.start_background();
+    let s = Setup {
+        _dir: dir,
+        notices: fs.take_notices().unwrap(),
+        fs,
+    };
+    let ino = s.file("shared", 4);
+    let guest = Caller {
+        uid: 65534,
+        gid: 65534,
+        pid: HOLDER_PID,
+    };
+    let h = s.holder();
+    let req = |unbreakable| PinRequest {
+        holder: h,
+        ino,
+        offset: 0,
+        len: 4 * BLOCK_SIZE,
+        writable: false,
+        unbreakable,
+    };
+    let e = s.fs.pin(&req(true), guest).unwrap_err();
+    assert_eq!(e.errno(), libc::EPERM, "{e}");
+    assert!(e.to_string().contains("only root"), "{e}");
+    let pin = s.fs.pin(&req(false), guest).unwrap().id;
+    let p = s.fs.leases().snapshot().pins;
+    assert_eq!(p[0].standing, pinfs::lease::Standing::Guest);
+    let t = Instant::now();
+    s.truncate(ino, 0).unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(s.state(pin), Some(LeaseState::Revoked));
+    let kinds: Vec<EventKind> = s.notices.try_iter().map(|n| n.event.kind).collect();
+    assert!(kinds.contains(&EventKind::Break {
+        deadline_ms: Some(200)
+    }));
+    assert!(kinds.contains(&EventKind::Revoked));
 }

@@ -133,7 +133,7 @@ fn revoke_detach_fence_and_holder_death() {
                     break_time: Some(Duration::ZERO),
                     policy: Policy::Revoke,
                     busy_blocks: true,
-                    ..Default::default()
+                    ..LeaseConfig::default()
                 },
                 None,
             ));
@@ -206,7 +206,7 @@ fn wait_never_detaches_under_a_live_lease() {
                     break_time: None,
                     policy: Policy::Wait,
                     busy_blocks: true,
-                    ..Default::default()
+                    ..LeaseConfig::default()
                 },
                 None,
             ));
@@ -261,7 +261,7 @@ fn refuse_nonblock_and_new_pins() {
                     break_time: Some(Duration::ZERO),
                     policy: Policy::Refuse,
                     busy_blocks: true,
-                    ..Default::default()
+                    ..LeaseConfig::default()
                 },
                 None,
             ));
@@ -369,7 +369,7 @@ fn revoke_when_the_deadline_passes_anywhere() {
                     break_time: Some(Duration::from_secs(1)),
                     policy: Policy::Revoke,
                     busy_blocks: true,
-                    ..Default::default()
+                    ..LeaseConfig::default()
                 },
                 None,
             ));
@@ -446,7 +446,7 @@ fn refuse_when_the_deadline_passes_anywhere() {
                     break_time: Some(Duration::from_secs(1)),
                     policy: Policy::Refuse,
                     busy_blocks: true,
-                    ..Default::default()
+                    ..LeaseConfig::default()
                 },
                 None,
             ));
@@ -500,5 +500,97 @@ fn refuse_when_the_deadline_passes_anywhere() {
             assert_eq!(space.busy(), 0, "nothing revoked: nothing busy");
         },
         3000,
+    );
+}
+
+/// A request thread's breaker (`try_break_layout`) racing a pin and a release: it either
+/// completes inline (the pin then gets EAGAIN until the guard goes) or says it must wait
+/// having changed nothing (the lease still granted, no break counted); it never waits. A
+/// waiting breaker that `close` reaches ends with `Closed`, or with its guard if the release
+/// came first.
+#[test]
+fn the_inline_breaker_never_waits_and_close_ends_waits() {
+    shuttle::check_random(
+        || {
+            let leases = Arc::new(Leases::new(
+                LeaseConfig {
+                    break_time: None,
+                    policy: Policy::Wait,
+                    busy_blocks: true,
+                    ..LeaseConfig::default()
+                },
+                None,
+            ));
+            let space = Space::new();
+            let h = holder(&leases, 41);
+            let pinner = {
+                let (l, s) = (leases.clone(), space.clone());
+                thread::spawn(move || pin(&l, &s, h, 0, 4))
+            };
+            let inline = {
+                let l = leases.clone();
+                thread::spawn(move || {
+                    let nobody = Breaker {
+                        pid: 99,
+                        nonblock: false,
+                    };
+                    match l.try_break_layout(INO, 0, 4, nobody) {
+                        Ok(guard) => {
+                            drop(guard);
+                            true
+                        }
+                        Err(LeaseError::MustWait) => false,
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                })
+            };
+            let done_inline = inline.join().unwrap();
+            let pinned = pinner.join().unwrap();
+            let snap = leases.snapshot();
+            if !done_inline {
+                // It found the pin, and left it alone.
+                let id = pinned.expect("a must-wait breaker saw a granted pin");
+                assert_eq!(snap.counters.breaks, 0);
+                assert!(snap
+                    .pins
+                    .iter()
+                    .all(|p| p.id != id || p.state == LeaseState::Granted));
+            } else if let Err(e) = pinned {
+                assert_eq!(e, LeaseError::Again, "only the guard refuses the pin");
+            }
+            // Now a breaker that waits, a close, and a release in any order.
+            let id = match pinned {
+                Ok(id) => id,
+                Err(_) => pin(&leases, &space, h, 0, 4).unwrap(),
+            };
+            let waiter = {
+                let (l, s) = (leases.clone(), space.clone());
+                thread::spawn(move || {
+                    let b = Breaker {
+                        pid: 98,
+                        nonblock: false,
+                    };
+                    l.break_layout(INO, 0, 4, b, &*s).map(drop)
+                })
+            };
+            let closer = {
+                let l = leases.clone();
+                thread::spawn(move || l.close())
+            };
+            let releaser = {
+                let (l, s) = (leases.clone(), space.clone());
+                thread::spawn(move || l.release(h, id, &*s))
+            };
+            let r = waiter.join().unwrap();
+            assert!(
+                matches!(r, Ok(()) | Err(LeaseError::Closed)),
+                "a wait ends by the release or the close: {r:?}"
+            );
+            closer.join().unwrap();
+            releaser.join().unwrap().unwrap();
+            assert!(leases.is_closed());
+            space.check();
+        },
+        2000,
     );
 }

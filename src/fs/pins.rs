@@ -61,7 +61,10 @@ pub(crate) struct Released {
 
 impl Fs {
     /// Breaks the leases on file blocks `first..end` of `ino` for a layout change by `caller`
-    /// (through `handle`, whose `O_NONBLOCK` makes the break not wait).
+    /// (through `handle`, whose `O_NONBLOCK` makes the break not wait). Where the caller may
+    /// not wait (`wait` false: a request thread), a break that would wait for a holder fails
+    /// with [`LeaseError::MustWait`](crate::lease::LeaseError::MustWait), having changed
+    /// nothing.
     pub(super) fn break_layout(
         &self,
         ino: u64,
@@ -69,20 +72,20 @@ impl Fs {
         end: u64,
         caller: Caller,
         handle: Option<u64>,
+        wait: bool,
     ) -> FsResult<crate::lease::BreakGuard<'_>> {
         let nonblock = handle
             .and_then(|fh| lock(&self.handles).get(&fh).copied())
             .is_some_and(|h| h.ino == ino && h.flags & libc::O_NONBLOCK != 0);
-        Ok(self.leases.break_layout(
-            ino,
-            first,
-            end,
-            Breaker {
-                pid: caller.pid,
-                nonblock,
-            },
-            self,
-        )?)
+        let breaker = Breaker {
+            pid: caller.pid,
+            nonblock,
+        };
+        Ok(if wait {
+            self.leases.break_layout(ino, first, end, breaker, self)?
+        } else {
+            self.leases.try_break_layout(ino, first, end, breaker)?
+        })
     }
 
     /// Registers a holder (its identity comes from the kernel, never from the holder).
@@ -337,7 +340,7 @@ impl Fs {
         let first = offset / BLOCK_SIZE;
         let end = end_byte.div_ceil(BLOCK_SIZE);
         let c = self.table.get(ino)?;
-        let may_fill = {
+        let (may_fill, standing) = {
             let i = c.read();
             match i.kind {
                 Kind::File => {}
@@ -363,9 +366,17 @@ impl Fs {
             if end_byte > i.size.next_multiple_of(BLOCK_SIZE) {
                 return Err(FsError::Invalid("pin past the end of the file"));
             }
+            // Only the owner (or root) holds leases that may keep other users' breakers
+            // waiting or refused; anyone else's is a guest lease (see crate::lease).
+            let standing = match caller.uid {
+                0 => crate::lease::Standing::Root,
+                u if u == i.uid => crate::lease::Standing::Owner,
+                _ => crate::lease::Standing::Guest,
+            };
             // Root may fill holes through any descriptor, as it may write any file.
-            may_write || caller.uid == 0
+            (may_write || caller.uid == 0, standing)
         };
+        self.leases.may_pin(req, standing)?;
         if writable && self.opts.read_only {
             return Err(FsError::ReadOnly);
         }
@@ -432,7 +443,7 @@ impl Fs {
                     )
                 })
                 .collect();
-            let granted = self.leases.grant_within(req, limit, || {
+            let granted = self.leases.grant_as(req, standing, limit, || {
                 let mut alloc = lock(&self.alloc);
                 for (n, (_, e)) in extents.iter().enumerate() {
                     if let Err(err) = alloc.pin(*e) {
