@@ -263,7 +263,17 @@ fn spawn_detach_watch(dev: u64, fs: Arc<Fs>) {
             };
             use std::os::fd::AsRawFd;
             loop {
-                if !mounted(dev) {
+                // mountinfo is read in pieces: while other mounts come and go, one read can
+                // miss a line. A detached mount stays absent, so absence is believed only
+                // when three reads a tenth of a second apart agree: ending the waits is for
+                // good.
+                let gone = (0..3).all(|k| {
+                    if k > 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    !mounted(dev)
+                });
+                if gone {
                     tracing::info!("the mount was detached");
                     fs.end_waits();
                     return;

@@ -10,6 +10,13 @@
 //! 3. inode locks (at most one outside the namespace lock);
 //! 4. `journal`; 5. `alloc`; then the handle and table shard locks, which are leaves.
 //!
+//! The lease lock sits between the inode locks and `alloc` (a pin holds its inode's lock,
+//! then the lease lock, which takes `alloc` inside). The DAX windows' lock ([`crate::dax`])
+//! comes after all of these: it is taken under an inode lock (opening and detaching windows)
+//! or under `alloc` (punching freed blocks), and nothing is taken inside it. `released` (pins
+//! the lease manager removed whose windows and allocator references are still to go) is a
+//! leaf, pushed to under the lease lock and drained with no lock held (`Fs::finish_releases`).
+//!
 //! The waiter count and the set of inodes being reclaimed (`waiters`, `reclaiming`) are leaves
 //! too, held only to count or to insert and remove. The lease lock ([`crate::lease`]) is
 //! never held across a wait for a holder; breakers take it before any lock here.

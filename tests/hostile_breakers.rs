@@ -341,9 +341,12 @@ fn unlinked_pinned_files_are_freed_each_on_its_own() {
     for (n, i) in [2usize, 0, 1].into_iter().enumerate() {
         holders[i].kill();
         let left = 2 - n;
+        // The blocks become free once the file is freed and the holder's window let go of
+        // them (in either order): until both, they are busy.
         let s = wait_status(&m.mnt, "one file freed", |s| {
             count(s, "\"state\":\"breaking\"") == left
                 && json_number(s, "waiting_breakers") == Some(left as u64)
+                && json_number(s, "free_blocks").unwrap() >= free0 + 8 * (n as u64 + 1)
         });
         let free = json_number(&s, "free_blocks").unwrap();
         assert!(

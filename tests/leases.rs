@@ -784,6 +784,8 @@ fn guest_leases_are_revoked_at_the_guest_deadline_and_unbreakable_is_roots() {
             break_time: None,
             policy: Policy::Wait,
             guest_break_time: Duration::from_millis(200),
+            // The guest here is no process (its pid is made up): no RLIMIT_MEMLOCK to read.
+            max_pinned: Some(pinfs::lease::PinLimit::Unlimited),
             ..LeaseConfig::default()
         },
         ..Default::default()
