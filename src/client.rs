@@ -104,7 +104,7 @@ pub struct Pin {
     pub extents: Vec<PinExtent>,
     map: *mut u8,
     len: usize,
-    _windows: Vec<OwnedFd>,
+    windows: Vec<OwnedFd>,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; moving it between threads
@@ -116,6 +116,13 @@ impl Pin {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: `map` is a live mapping of `len` bytes owned by this value.
         unsafe { std::slice::from_raw_parts_mut(self.map, self.len) }
+    }
+
+    /// The descriptors of the pin's windows, in the order of its pieces (read-only ones for
+    /// a read-only pin).
+    pub fn window_descriptors(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.windows.iter().map(|f| f.as_fd())
     }
 
     /// File offset of the first pinned byte (block-aligned).
@@ -303,8 +310,28 @@ impl Connection {
             extents,
             map,
             len: total as usize,
-            _windows: fds,
+            windows: fds,
         })
+    }
+
+    /// Ends the connection (its pins go, as when the holder exits) and waits up to `timeout`
+    /// for the daemon to close its end: it does so only after it has let go of every pin
+    /// of the connection, their windows detached. `Ok(true)`: the daemon's end is closed;
+    /// `Ok(false)`: it was still open at the timeout. Mappings of the pins stay as they are.
+    /// Any other copy of this connection's socket (a forked child's) keeps it open.
+    pub fn close_and_wait(self, timeout: Duration) -> Result<bool, ClientError> {
+        let until = Instant::now() + timeout;
+        self.sock.shutdown_write();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.sock.wait_readable(Some(left))? {
+                return Ok(false);
+            }
+            // Replies and events still on their way are dropped; the end reads as `None`.
+            if self.sock.recv()?.is_none() {
+                return Ok(true);
+            }
+        }
     }
 
     /// Gives a pin back.

@@ -142,6 +142,18 @@ pub enum Op {
     Unpin,
     /// The holder dies: its connection closes without an unpin.
     Die,
+    /// The holder gives its pin back but keeps its mapping, and goes on storing tags
+    /// through it (at each later `Store`, for a while): stores that must reach no file.
+    UnpinKeep,
+    /// The holder closes its connection (its pins go) but keeps the mappings, and goes on
+    /// storing through them.
+    Disconnect,
+    /// The holder forks a child that keeps the mappings and goes on storing through them
+    /// for a while after the holder is killed (`SIGKILL`, as at `Die`).
+    ForkDie,
+    /// The holder pins a range read-only and tries a writable shared mapping of its window
+    /// descriptors, which must fail with `EACCES`.
+    PinReadOnly { file: usize, off: u64, len: u64 },
 }
 
 /// One step of a program.
@@ -181,6 +193,9 @@ impl Iterator for Program {
         let pinned = PLAIN + r.below(PINNED as u64) as usize;
         if holder_step {
             let actor = Actor::Holder(r.below(self.shape.holders as u64) as usize);
+            // The misbehaviours take the place of some stores, unpins and deaths, chosen by
+            // `byte` (drawn for every step, unused by holders): the generator's sequence, and
+            // so every other step of a seed's program, is what it was before they existed.
             let op = match r.below(20) {
                 0 | 1 => Op::Pin {
                     file: pinned,
@@ -188,8 +203,18 @@ impl Iterator for Program {
                     len: 1 + r.below(8 * BLOCK_SIZE),
                     release_on_break: r.below(2) == 0,
                 },
+                2..=17 if byte.is_multiple_of(32) => Op::PinReadOnly {
+                    file: pinned,
+                    off,
+                    len: 1 + len % (8 * BLOCK_SIZE),
+                },
                 2..=17 => Op::Store,
-                18 => Op::Unpin,
+                18 => match byte % 4 {
+                    0 => Op::UnpinKeep,
+                    1 => Op::Disconnect,
+                    _ => Op::Unpin,
+                },
+                _ if byte.is_multiple_of(2) => Op::ForkDie,
                 _ => Op::Die,
             };
             return Some(Step { actor, op });
@@ -433,6 +458,13 @@ mod tests {
         assert!(steps.iter().any(|s| matches!(s.op, Op::Die)));
         assert!(steps.iter().any(|s| matches!(s.op, Op::Punch { .. })));
         assert!(steps.iter().any(|s| matches!(s.op, Op::Fence { .. })));
+        for misbehaviour in [Op::UnpinKeep, Op::Disconnect, Op::ForkDie] {
+            assert!(
+                steps.iter().any(|s| s.op == misbehaviour),
+                "{misbehaviour:?}"
+            );
+        }
+        assert!(steps.iter().any(|s| matches!(s.op, Op::PinReadOnly { .. })));
     }
 
     #[test]

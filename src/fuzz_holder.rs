@@ -10,9 +10,17 @@
 //! holder's remaining steps. Steps are paced 20 ms apart, so that pins live long enough to be
 //! broken. It stops at the end of its steps, at the run's deadline, or when the fuzzer closes
 //! its standard input.
+//!
+//! It also misbehaves as a hostile or buggy holder would: it keeps a pin's mapping after the
+//! unpin, or after closing its connection, and goes on storing through it; it forks a child
+//! that keeps the mappings and stores on after the holder's `SIGKILL`; it pins read-only and
+//! tries to map the window writable. Every store through a kept mapping is reported like any
+//! other, and the pin's end with a time taken once it is certainly gone ([`Entry::Gone`]),
+//! so that the fuzzer's ledger can check that none of those stores reaches a file.
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,6 +31,14 @@ use crate::image::BLOCK_SIZE;
 
 /// Time between two steps of a holder.
 pub const HOLDER_PACE: Duration = Duration::from_millis(20);
+/// Stores a holder makes through a mapping it kept past its pin (one at each `Store` step).
+const KEPT_STORES: u32 = 8;
+/// Mappings kept past their pins at once (the oldest goes first).
+const MAX_KEPT: usize = 4;
+/// How long a forked child stores on after its parent's death (never past the run's end).
+const ORPHAN_LIFE: Duration = Duration::from_millis(300);
+/// How long a holder waits for the daemon to close its end of a connection it closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// What a holder process runs.
 #[derive(Debug, Clone)]
@@ -105,11 +121,20 @@ struct HeldPin {
     release_on_break: bool,
 }
 
+/// A mapping kept after its pin went: stores through it must reach orphaned memory only.
+/// (The `client::Pin` is never given back again; dropping it unmaps.)
+struct Kept {
+    pin: HeldPin,
+    /// Stores still to make through it.
+    left: u32,
+}
+
 struct Holder {
     run: HolderRun,
     out: std::io::Stdout,
     conn: Option<Connection>,
     held: Option<HeldPin>,
+    kept: Vec<Kept>,
     next_pin: u32,
 }
 
@@ -119,15 +144,58 @@ impl Holder {
         let _ = writeln!(self.out, "{}", e.line()).and_then(|()| self.out.flush());
     }
 
-    fn unpin(&mut self) {
+    /// Gives the pin back; with `keep`, keeps its mapping and stores on through it.
+    fn unpin(&mut self, keep: bool) {
         if let Some(h) = self.held.take() {
             self.report(Entry::End {
                 pin: h.number,
                 at: now_ns(),
             });
-            if let Some(c) = self.conn.as_mut() {
-                let _ = c.unpin(&h.pin);
+            let gone = self.conn.as_mut().is_some_and(|c| c.unpin(&h.pin).is_ok());
+            if gone {
+                // The unpin returned: the pin's windows are detached.
+                self.report(Entry::Gone {
+                    pin: h.number,
+                    at: now_ns(),
+                });
             }
+            if keep {
+                self.keep(h);
+            }
+        }
+    }
+
+    fn keep(&mut self, pin: HeldPin) {
+        if self.kept.len() == MAX_KEPT {
+            self.kept.remove(0);
+        }
+        self.kept.push(Kept {
+            pin,
+            left: KEPT_STORES,
+        });
+    }
+
+    /// Closes the connection (the daemon releases its pins) and keeps the pin's mapping.
+    fn disconnect(&mut self) {
+        let Some(c) = self.conn.take() else { return };
+        let held = self.held.take();
+        if let Some(h) = &held {
+            self.report(Entry::End {
+                pin: h.number,
+                at: now_ns(),
+            });
+        }
+        // Only the daemon's close of its end says the pins are gone (a timeout or an error
+        // leaves the pin's end unknown: its later stores are then not judged as gone).
+        let closed = c.close_and_wait(CLOSE_WAIT).unwrap_or(false);
+        if let Some(h) = held {
+            if closed {
+                self.report(Entry::Gone {
+                    pin: h.number,
+                    at: now_ns(),
+                });
+            }
+            self.keep(h);
         }
     }
 
@@ -163,7 +231,7 @@ impl Holder {
                         .as_ref()
                         .is_some_and(|h| Some(h.pin.id) == ev.pin && h.release_on_break);
                     if ev.kind == "break" && answer {
-                        self.unpin();
+                        self.unpin(false);
                     }
                 }
                 Ok(None) => return,
@@ -182,8 +250,117 @@ impl Holder {
         }
     }
 
+    /// The holder's connection, made if it has none (`None`: it cannot connect, and said so).
+    fn connection(&mut self, path: &std::path::Path) -> Option<&mut Connection> {
+        if self.conn.is_none() {
+            match Connection::for_path(path) {
+                Ok(c) => self.conn = Some(c),
+                Err(e) => {
+                    let v = format!("holder {}: cannot connect: {e}", self.run.holder);
+                    self.report(Entry::Violation(v));
+                    return None;
+                }
+            }
+        }
+        self.conn.as_mut()
+    }
+
+    /// Pins a range read-only and tries to map its windows writable and shared: the daemon
+    /// gave read-only descriptors, so `mmap` must fail with `EACCES`.
+    fn pin_read_only(&mut self, file: usize, off: u64, len: u64) {
+        let path = self.run.dir.join(crate::fuzz::file_name(file));
+        let Ok(f) = std::fs::File::open(&path) else {
+            return;
+        };
+        let Some((off, len)) = f.metadata().ok().and_then(|m| pin_range(off, len, m.len())) else {
+            return;
+        };
+        let number = pin_number(self.run.holder, self.next_pin);
+        if number >= MAX_TAG_PIN {
+            return;
+        }
+        let holder = self.run.holder;
+        let Some(c) = self.connection(&path) else {
+            return;
+        };
+        let opts = PinOptions {
+            read_only: true,
+            ..PinOptions::default()
+        };
+        // A fenced connection (EPERM) or what racing breakers explain: nothing to try.
+        let pin = match c.pin(&f, off, len, opts) {
+            Ok(pin) => pin,
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(libc::EPERM | libc::EAGAIN | libc::EINVAL | libc::ENOSPC)
+                ) =>
+            {
+                return
+            }
+            Err(e) => {
+                self.report(Entry::Violation(format!("holder {holder}: pin ro: {e}")));
+                return;
+            }
+        };
+        let granted = now_ns();
+        let first = pin.file_offset() / BLOCK_SIZE;
+        let blocks: u64 = pin.extents.iter().map(|e| e.len).sum::<u64>() / BLOCK_SIZE;
+        self.next_pin += 1;
+        // Reported like any pin: its window pages are attached while it lives, so the
+        // ledger must know it may keep a block's page attached for another pin's mapping.
+        self.report(Entry::Pin {
+            pin: number,
+            session: pin.holder,
+            file,
+            first,
+            end: first + blocks,
+            granted,
+        });
+        let mut wrong = Vec::new();
+        for fd in pin.window_descriptors() {
+            // SAFETY: a new mapping chosen by the kernel (no MAP_FIXED), of one page of a
+            // descriptor we hold; a success is unmapped at once, nothing reads or writes it.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    BLOCK_SIZE as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    0,
+                )
+            };
+            if p != libc::MAP_FAILED {
+                // SAFETY: the page just mapped above, used by nothing.
+                unsafe { libc::munmap(p, BLOCK_SIZE as usize) };
+                wrong.push("succeeded".to_string());
+            } else {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EACCES) {
+                    wrong.push(format!("failed with {e}, not EACCES"));
+                }
+            }
+        }
+        for w in wrong {
+            self.report(Entry::Violation(format!(
+                "holder {holder}: a writable shared mapping of a read-only pin's window {w}"
+            )));
+        }
+        self.report(Entry::End {
+            pin: number,
+            at: now_ns(),
+        });
+        if self.conn.as_mut().is_some_and(|c| c.unpin(&pin).is_ok()) {
+            self.report(Entry::Gone {
+                pin: number,
+                at: now_ns(),
+            });
+        }
+    }
+
     fn pin(&mut self, file: usize, off: u64, len: u64, release_on_break: bool) {
-        self.unpin();
+        self.unpin(false);
         let path = self.run.dir.join(crate::fuzz::file_name(file));
         let Ok(f) = OpenOptions::new().read(true).write(true).open(&path) else {
             return;
@@ -246,23 +423,110 @@ impl Holder {
         }
     }
 
-    /// Stores a fresh tag into every pinned block, straight through the window.
+    /// Stores a fresh tag into every pinned block, straight through the window, and
+    /// through every mapping kept past its pin.
     fn store(&mut self) {
-        let Some(h) = self.held.as_mut() else { return };
-        if h.stores >= MAX_TAG_STORE {
-            return;
+        if let Some(e) = self.held.as_mut().and_then(store_through) {
+            self.report(e);
         }
-        let (pin, store) = (h.number, h.stores);
-        let began = now_ns();
-        fill_tags(h.pin.as_mut_slice(), pin, store);
-        let ended = now_ns();
-        h.stores += 1;
-        self.report(Entry::Store {
-            pin,
-            store,
-            began,
-            ended,
-        });
+        self.store_kept();
+    }
+
+    /// Stores a fresh tag through every kept mapping that has stores left.
+    fn store_kept(&mut self) {
+        let mut made = Vec::new();
+        for k in &mut self.kept {
+            k.left = k.left.saturating_sub(1);
+            made.extend(store_through(&mut k.pin));
+        }
+        self.kept.retain(|k| k.left > 0);
+        for e in made {
+            self.report(e);
+        }
+    }
+
+    /// Forks a child that keeps the mappings, then dies (as at [`Holder::die`]). The child
+    /// closes its copy of the connection once the parent is dead (before, it would keep the
+    /// pins alive: a connection ends with its last copy), waits for the daemon to close its
+    /// end (the pins are gone then), and stores on through its mappings for a while.
+    fn fork_die(&mut self, index: u64) -> ! {
+        let mut pipe = [0i32; 2];
+        // SAFETY: pipe2 writes two descriptors into the array on this stack frame.
+        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            self.die(index)
+        }
+        // Every report is flushed when made: the child inherits no buffered line.
+        // SAFETY: this process is single-threaded (a holder runs no threads), so the child
+        // may go on running ordinary code.
+        match unsafe { libc::fork() } {
+            0 => {
+                // SAFETY: the child's copy of the write end, closed once; the parent keeps
+                // its own until it dies.
+                unsafe { libc::close(pipe[1]) };
+                self.orphan(pipe[0])
+            }
+            pid => {
+                // SAFETY: the parent's copy of the read end (or, if fork failed, the only
+                // one), closed once; the write end closes with this process.
+                unsafe { libc::close(pipe[0]) };
+                if pid < 0 {
+                    // SAFETY: no child has the write end: it is ours to close.
+                    unsafe { libc::close(pipe[1]) };
+                }
+                self.die(index)
+            }
+        }
+    }
+
+    /// The forked child's life: see [`Holder::fork_die`]. `parent` is the read end of a pipe
+    /// whose only write end the parent holds. Exits by itself within [`ORPHAN_LIFE`] after
+    /// the parent's death, at the run's end, or when the fuzzer closes standard input.
+    fn orphan(&mut self, parent: i32) -> ! {
+        let stop_at = (now_ns() + ORPHAN_LIFE.as_nanos() as u64).min(self.run.until_ns);
+        // The parent's end of the pipe closes when it dies.
+        loop {
+            let now = now_ns();
+            if now >= stop_at {
+                // SAFETY: ends this process; nothing of it needs to run.
+                unsafe { libc::_exit(0) }
+            }
+            let mut p = libc::pollfd {
+                fd: parent,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = ((stop_at - now) / 1_000_000).clamp(1, 1000) as i32;
+            // SAFETY: poll on one pollfd that lives on this stack frame.
+            let n = unsafe { libc::poll(&mut p, 1, ms) };
+            if n > 0 && p.revents & (libc::POLLHUP | libc::POLLIN) != 0 {
+                break;
+            }
+        }
+        let held = self.held.take();
+        let closed = match self.conn.take() {
+            Some(c) => c.close_and_wait(CLOSE_WAIT).unwrap_or(false),
+            None => false,
+        };
+        if let Some(h) = held {
+            if closed {
+                self.report(Entry::Gone {
+                    pin: h.number,
+                    at: now_ns(),
+                });
+            }
+            self.keep(h);
+        }
+        let stop_at = stop_at.max(now_ns() + ORPHAN_LIFE.as_nanos() as u64 / 2);
+        let stop_at = stop_at.min(self.run.until_ns);
+        for k in &mut self.kept {
+            k.left = u32::MAX;
+        }
+        while now_ns() < stop_at && !Holder::told_to_stop() {
+            self.store_kept();
+            std::thread::sleep(HOLDER_PACE);
+        }
+        // SAFETY: ends this process without running the parent's exit path.
+        unsafe { libc::_exit(0) }
     }
 
     fn die(&mut self, index: u64) -> ! {
@@ -276,12 +540,31 @@ impl Holder {
     }
 }
 
+/// Stores a fresh tag into every block a (live or kept) pin's mapping reaches, and says so.
+fn store_through(h: &mut HeldPin) -> Option<Entry> {
+    if h.stores >= MAX_TAG_STORE {
+        return None;
+    }
+    let (pin, store) = (h.number, h.stores);
+    let began = now_ns();
+    fill_tags(h.pin.as_mut_slice(), pin, store);
+    let ended = now_ns();
+    h.stores += 1;
+    Some(Entry::Store {
+        pin,
+        store,
+        began,
+        ended,
+    })
+}
+
 /// Runs a holder's steps (the `pinfs fuzz-holder` command).
 pub fn run_holder(run: HolderRun) {
     let mut h = Holder {
         out: std::io::stdout(),
         conn: None,
         held: None,
+        kept: Vec::new(),
         next_pin: run.first_pin,
         run,
     };
@@ -309,12 +592,16 @@ pub fn run_holder(run: HolderRun) {
                 release_on_break,
             } => h.pin(file, off, len, release_on_break),
             Op::Store => h.store(),
-            Op::Unpin => h.unpin(),
+            Op::Unpin => h.unpin(false),
+            Op::UnpinKeep => h.unpin(true),
+            Op::Disconnect => h.disconnect(),
+            Op::PinReadOnly { file, off, len } => h.pin_read_only(file, off, len),
             Op::Die => h.die(i),
+            Op::ForkDie => h.fork_die(i),
             _ => {}
         }
         next += HOLDER_PACE.as_nanos() as u64;
         h.wait(next);
     }
-    h.unpin();
+    h.unpin(false);
 }

@@ -61,6 +61,10 @@ pub enum Entry {
     },
     /// The holder gave pin `pin` back, or died holding it (time before).
     End { pin: u32, at: u64 },
+    /// Pin `pin` is gone (time after): its unpin returned, or the daemon closed its end of
+    /// the pin's connection, which it does only once every pin of it is released. From then
+    /// on no store through the pin's mapping may reach any file.
+    Gone { pin: u32, at: u64 },
     /// The holder kills itself at program step `index`.
     Died { index: u64 },
     /// Something the holder saw that must not happen.
@@ -87,6 +91,7 @@ impl Entry {
                 ended,
             } => format!("store {pin} {store} {began} {ended}"),
             Entry::End { pin, at } => format!("end {pin} {at}"),
+            Entry::Gone { pin, at } => format!("gone {pin} {at}"),
             Entry::Died { index } => format!("died {index}"),
             Entry::Violation(v) => format!("violation {v}"),
         }
@@ -131,6 +136,13 @@ impl Entry {
                 },
                 _ => return None,
             },
+            "gone" => match nums()?[..] {
+                [pin, at] => Entry::Gone {
+                    pin: pin as u32,
+                    at,
+                },
+                _ => return None,
+            },
             "died" => Entry::Died {
                 index: rest.parse().ok()?,
             },
@@ -151,6 +163,9 @@ struct PinRecord {
     end: u64,
     granted: u64,
     ended: Option<u64>,
+    /// When the pin was certainly gone (after the unpin returned, or the daemon closed the
+    /// connection's end), if the holder saw it.
+    gone: Option<u64>,
     /// Each store's (began, ended), by store number.
     stores: Vec<(u64, u64)>,
 }
@@ -193,8 +208,16 @@ pub struct Ledger {
 enum Verdict {
     Fine,
     Unknown,
+    /// Wrong unless a pin whose report has not arrived yet explains it: judged again later
+    /// (and for good once every holder has exited).
+    Later(String),
     Wrong(String),
 }
+
+/// How long a store made after its pin was gone waits before it is called wrong: a pin of
+/// another holder that kept the block in the file may have been granted just before the
+/// store, its report not read yet. Holders report a grant at once; this is ample.
+const SETTLE_NS: u64 = 200_000_000;
 
 impl Ledger {
     /// Takes in a holder's entry (steps, deaths and violations are the caller's).
@@ -220,6 +243,7 @@ impl Ledger {
                         end,
                         granted,
                         ended: None,
+                        gone: None,
                         stores: Vec::new(),
                     },
                 );
@@ -240,6 +264,11 @@ impl Ledger {
             Entry::End { pin, at } => {
                 if let Some(p) = self.pins.get_mut(&pin) {
                     p.ended = Some(at);
+                }
+            }
+            Entry::Gone { pin, at } => {
+                if let Some(p) = self.pins.get_mut(&pin) {
+                    p.gone = Some(at);
                 }
             }
             _ => {}
@@ -315,9 +344,32 @@ impl Ledger {
             && self.broken_at(p).is_none_or(|b| b > from)
     }
 
+    /// Could a pin other than `g` have kept file block `b` of `file` in a window during
+    /// `from..to`? Any pin of that block granted before `to` and not certainly gone before
+    /// `from` counts (a pin whose end the ledger does not know, a killed holder's, counts as
+    /// long as the run): pages shared by pins stay attached while one of them lives, and a
+    /// store through any mapping of such a page reaches the block.
+    fn attached_by_another(&self, g: u32, file: usize, b: u64, from: u64, to: u64) -> bool {
+        self.pins.iter().any(|(&n, q)| {
+            n != g
+                && q.file == file
+                && q.first <= b
+                && b < q.end
+                && q.granted < to
+                && q.gone.is_none_or(|t| t > from)
+        })
+    }
+
     /// The tag of store `s` of pin `g` at byte `at` of pinned file `pinned` (`None`: a file
-    /// no holder pins).
-    fn judge(&self, pinned: Option<usize>, name: &str, at: usize, g: u32, s: u32) -> Verdict {
+    /// no holder pins). `last`: every holder has exited, so every report is in.
+    fn judge(
+        &self,
+        pinned: Option<usize>,
+        name: &str,
+        at: usize,
+        (g, s): (u32, u32),
+        last: bool,
+    ) -> Verdict {
         let Some(p) = self.pins.get(&g) else {
             return Verdict::Unknown;
         };
@@ -329,12 +381,31 @@ impl Ledger {
             p.holder,
             file_name(p.file)
         );
+        let b = at as u64 / BLOCK_SIZE;
+        // A mapping kept past its pin (after the unpin, the connection's end, or the holder's
+        // death, by a forked child) reaches orphaned memory: its stores reach no file, unless
+        // another pin still keeps the block's page attached (only in the pin's own file and
+        // range: nothing else of the file was ever in its mapping). Judged first, in any file,
+        // so that the verdict names what went wrong.
+        if let Some(t) = p.gone.filter(|&t| began > t) {
+            let own = Some(p.file) == pinned && p.first <= b && b < p.end;
+            if !(own && self.attached_by_another(g, p.file, b, began, ended)) {
+                let v = format!(
+                    "{name}: {who} at byte {at} began {:.1} ms after the pin was gone: a store made after its pin was gone reached a file",
+                    (began - t) as f64 / 1e6
+                );
+                return if !own || last || now_ns() > ended + SETTLE_NS {
+                    Verdict::Wrong(v)
+                } else {
+                    Verdict::Later(v)
+                };
+            }
+        }
         if Some(p.file) != pinned {
             return Verdict::Wrong(format!(
                 "{name}: {who} at byte {at}: a holder's bytes in a file it did not pin"
             ));
         }
-        let b = at as u64 / BLOCK_SIZE;
         if b < p.first || b >= p.end {
             return Verdict::Wrong(format!(
                 "{name}: {who} at byte {at}, outside its pinned blocks {}..{}",
@@ -380,10 +451,10 @@ impl Ledger {
                     continue;
                 }
                 judged = Some((g, s, block));
-                match self.judge(pinned, name, at, g, s) {
+                match self.judge(pinned, name, at, (g, s), false) {
                     Verdict::Fine => {}
                     Verdict::Wrong(v) => return Err(v),
-                    Verdict::Unknown => self.pending.push(Pending {
+                    Verdict::Unknown | Verdict::Later(_) => self.pending.push(Pending {
                         pinned,
                         name: name.to_string(),
                         at,
@@ -431,9 +502,12 @@ impl Ledger {
     pub fn check_pending(&mut self, last: bool) -> Result<(), String> {
         let mut keep = Vec::new();
         for t in std::mem::take(&mut self.pending) {
-            match self.judge(t.pinned, &t.name, t.at, t.pin, t.store) {
+            match self.judge(t.pinned, &t.name, t.at, (t.pin, t.store), last) {
                 Verdict::Fine => {}
                 Verdict::Wrong(v) => return Err(v),
+                // Every report is in at the end: a store still unexplained is wrong then.
+                Verdict::Later(v) if last => return Err(v),
+                Verdict::Later(_) => keep.push(t),
                 Verdict::Unknown if last => {
                     return Err(format!(
                         "{}: a tag of store {} of pin {} at byte {}, a store no holder made",
@@ -475,6 +549,7 @@ mod tests {
                 ended: 6,
             },
             Entry::End { pin: 33, at: 99 },
+            Entry::Gone { pin: 33, at: 101 },
             Entry::Died { index: 8 },
             Entry::Violation("pin: no".into()),
         ] {
@@ -571,6 +646,56 @@ mod tests {
             .check(Some(3), "pinned0", &file_with_tag(1, 2, 0))
             .unwrap_err();
         assert!(v.contains("revoked holder"), "{v}");
+    }
+
+    #[test]
+    fn a_store_after_its_pin_was_gone_is_caught_unless_another_pin_kept_the_page() {
+        let mut l = Ledger::default();
+        let pin = |l: &mut Ledger, g, holder, granted| {
+            l.record(
+                holder,
+                &Entry::Pin {
+                    pin: g,
+                    session: holder as u64,
+                    file: 3,
+                    first: 2,
+                    end: 6,
+                    granted,
+                },
+            )
+        };
+        let store = |l: &mut Ledger, g, s, began| {
+            l.record(
+                1,
+                &Entry::Store {
+                    pin: g,
+                    store: s,
+                    began,
+                    ended: began + 5,
+                },
+            )
+        };
+        pin(&mut l, 1, 1, 100);
+        store(&mut l, 1, 0, 150);
+        l.record(1, &Entry::End { pin: 1, at: 190 });
+        // A store racing the unpin (it began before the unpin returned) may land.
+        store(&mut l, 1, 1, 195);
+        l.record(1, &Entry::Gone { pin: 1, at: 200 });
+        store(&mut l, 1, 2, 210);
+        assert!(l.check(Some(3), "pinned0", &file_with_tag(2, 1, 0)).is_ok());
+        assert!(l.check(Some(3), "pinned0", &file_with_tag(2, 1, 1)).is_ok());
+        let v = l
+            .check(Some(3), "pinned0", &file_with_tag(2, 1, 2))
+            .unwrap_err();
+        assert!(v.contains("after its pin was gone"), "{v}");
+        // Another pin of the block (of any holder) that was not gone keeps its page
+        // attached: the store reaches the file through it.
+        pin(&mut l, 17, 1, 205);
+        assert!(l.check(Some(3), "pinned0", &file_with_tag(2, 1, 2)).is_ok());
+        l.record(1, &Entry::Gone { pin: 17, at: 207 });
+        assert!(l
+            .check(Some(3), "pinned0", &file_with_tag(2, 1, 2))
+            .is_err());
     }
 
     #[test]

@@ -440,6 +440,11 @@ fn supervise_holder(sh: &Shared, exe: &Path, n: usize) {
                 }
             }
         }
+        // The holder's output ended: it and any child it forked (which share its standard
+        // output and its process group) have exited, or the output broke. Whatever of the
+        // group is left goes now; until the holder is reaped its pid still names the group.
+        // SAFETY: kill(2) of the holder's own process group, which it has not left.
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
         let status = child.wait();
         lock(&sh.holder_stdin).remove(&n);
         match died {

@@ -192,11 +192,16 @@ impl Run {
                 },
             ) => self.pin(h, file, off, len, release_on_break),
             (Actor::Holder(h), Op::Store) => self.store(h),
-            (Actor::Holder(h), Op::Unpin) => {
+            // One thread has no second process to store through a kept mapping: an unpin
+            // that keeps it is an unpin here, a closed connection or a death with a forked
+            // child a death (what the filesystem sees of them), and a read-only pin's
+            // writable mapping is the mount's to refuse (the concurrent mode tries it).
+            (Actor::Holder(h), Op::Unpin | Op::UnpinKeep) => {
                 self.unpin(h);
                 self.run_waiting()
             }
-            (Actor::Holder(h), Op::Die) => {
+            (Actor::Holder(_), Op::PinReadOnly { .. }) => Ok(()),
+            (Actor::Holder(h), Op::Die | Op::Disconnect | Op::ForkDie) => {
                 if let Some(holder) = self.holders.remove(&h) {
                     self.fs.holder_gone(holder.id);
                 }

@@ -457,6 +457,13 @@ impl Packet {
         unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
     }
 
+    /// Shuts the sending direction down: the peer reads the end of the connection, and
+    /// this side can still receive what the peer sends until it closes its end.
+    pub fn shutdown_write(&self) {
+        // SAFETY: shutdown on our socket.
+        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) };
+    }
+
     /// A second handle on the same socket.
     pub fn try_clone(&self) -> io::Result<Packet> {
         Ok(Packet {
