@@ -77,6 +77,14 @@ fn main() -> ExitCode {
 
 type CmdResult = Result<i32, Result<Usage, String>>;
 
+/// For commands whose output is read by others (`pinfs status | head`): a reader that goes
+/// away ends the command quietly, by `SIGPIPE`, as it ends `cat`, instead of a panic in
+/// `print!`. (The daemon keeps SIGPIPE ignored: it must outlive any peer.)
+fn output_to_a_pipe() {
+    // SAFETY: restoring the default disposition of SIGPIPE, before any thread is started.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 fn run(args: &[String]) -> CmdResult {
     let Some(cmd) = args.first() else {
         return Err(Ok(usage("no command given")));
@@ -109,7 +117,10 @@ fn run(args: &[String]) -> CmdResult {
                 Err(e) => Err(Err(format!("demo: {e}"))),
             }
         }
-        "status" => cmd_status(&args[1..]),
+        "status" => {
+            output_to_a_pipe();
+            cmd_status(&args[1..])
+        }
         "fence" => cmd_fence(&args[1..]),
         _ if !cmd.starts_with('-') && args.len() >= 2 && !args[1].starts_with('-') => {
             cmd_mount(args)

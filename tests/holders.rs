@@ -536,3 +536,35 @@ fn the_fuzzer_catches_stores_after_the_pin_was_gone_only_without_detaching() {
         }
     }
 }
+
+#[test]
+fn status_into_a_closed_pipe_ends_quietly() {
+    if skip_without_fuse("holders_status_pipe") {
+        return;
+    }
+    let m = Mount::new("64M", "");
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe(2) into an array of two; the read end is closed at once, as `head` does
+    // once it has what it wants.
+    unsafe {
+        assert_eq!(libc::pipe(fds.as_mut_ptr()), 0);
+        libc::close(fds[0]);
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: the write end is ours alone; Stdio takes it.
+    let out = unsafe { std::process::Stdio::from_raw_fd(fds[1]) };
+    let r = std::process::Command::new(BIN)
+        .args(["status", m.mnt.to_str().unwrap(), "--json"])
+        .stdout(out)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!err.contains("panicked"), "no panic: {err}");
+    assert_eq!(
+        r.status.signal(),
+        Some(libc::SIGPIPE),
+        "ends like cat would: {err}"
+    );
+}
