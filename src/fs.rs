@@ -15,7 +15,9 @@
 //! comes after all of these: it is taken under an inode lock (opening and detaching windows)
 //! or under `alloc` (punching freed blocks), and nothing is taken inside it. `released` (pins
 //! the lease manager removed whose windows and allocator references are still to go) is a
-//! leaf, pushed to under the lease lock and drained with no lock held (`Fs::finish_releases`).
+//! leaf, pushed to under the lease lock and drained with no lock held (`Fs::finish_releases`),
+//! by one thread at a time: `detaching` is held across the drain, taken with no other lock
+//! held, and the inode, allocator and window locks are taken inside it.
 //!
 //! The waiter count and the set of inodes being reclaimed (`waiters`, `reclaiming`) are leaves
 //! too, held only to count or to insert and remove. The lease lock ([`crate::lease`]) is
@@ -474,6 +476,9 @@ pub struct Fs {
     /// Pins the lease manager removed whose windows and allocator references are still to go
     /// (lock order: taken alone, or inside the lease lock; nothing is taken inside it).
     released: Mutex<Vec<pins::Released>>,
+    /// Held by the one thread draining `released`, across the detaching (taken with no
+    /// other lock held; inode, allocator and window locks are taken inside it).
+    detaching: Mutex<()>,
     /// Threads running breakers that wait for holders (see [`Fs::wait_elsewhere`]), and
     /// its condvar, signalled when the count drops.
     waiters: (Mutex<usize>, Condvar),
@@ -582,6 +587,7 @@ impl Fs {
             mount_dev: Mutex::new(None),
             stale_attrs: crossbeam::channel::unbounded(),
             released: Mutex::new(Vec::new()),
+            detaching: Mutex::new(()),
             waiters: (Mutex::new(0), Condvar::new()),
             reclaiming: Mutex::new(HashSet::new()),
         };

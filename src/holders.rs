@@ -240,8 +240,9 @@ enum Job {
         bytes: Vec<u8>,
         fds: Vec<OwnedFd>,
     },
-    /// The connection of this holder ended: release its pins.
-    Gone(HolderId),
+    /// The connection of this holder ended: release its pins, then close the socket (so a
+    /// holder that shut its end and reads end-of-stream knows its pins are gone).
+    Gone(HolderId, Packet),
 }
 
 /// The running server of one mount.
@@ -667,10 +668,11 @@ impl Poller {
             }
             holder
         };
+        // A holder's socket is closed by the worker once its pins are released; any other's
+        // closes here, as `c` goes.
         if let Some(h) = holder {
-            let _ = self.jobs.send(Job::Gone(h));
+            let _ = self.jobs.send(Job::Gone(h, c.sock));
         }
-        // Dropping `c` closes the socket.
     }
 }
 
@@ -724,7 +726,10 @@ fn refuse(sock: &Packet, errno: i32, why: &str) {
 fn work(fs: &Fs, shared: &Shared, jobs: Receiver<Job>) {
     for job in jobs {
         match job {
-            Job::Gone(h) => fs.holder_gone(h),
+            Job::Gone(h, sock) => {
+                fs.holder_gone(h);
+                drop(sock);
+            }
             Job::Request {
                 conn,
                 peer,

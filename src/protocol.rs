@@ -38,7 +38,10 @@
 //!
 //! **An empty packet** is a malformed request (`? err errno=22 empty message`), not the end
 //! of the session; the end is the peer's hang-up, which the daemon reads from the socket's
-//! state (`POLLHUP`/`POLLRDHUP`), not from a zero-length read.
+//! state (`POLLHUP`/`POLLRDHUP`), not from a zero-length read. The daemon closes its end of
+//! a holder's connection only once it has released every pin of it and detached their
+//! windows: a holder that shuts down its sending side and reads end-of-stream knows that
+//! from then on nothing it kept reaches a file.
 //!
 //! Errors are `ID err errno=E <message>` (a fenced holder's pins get `EPERM`: it must
 //! reconnect). Notifications are

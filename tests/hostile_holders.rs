@@ -598,6 +598,9 @@ fn pinned_bytes_per_user_are_bounded_like_locked_memory() {
     ] {
         let m = Mount::new("128M", options);
         drop(write_file(&m.path("big"), b'b', 32 << 20, 0o666));
+        let holes = m.path("holes");
+        new_file(&holes).set_len(32 << 20).unwrap();
+        fs::set_permissions(&holes, fs::Permissions::from_mode(0o666)).unwrap();
         let p = m.path("big");
         let mnt = m.mnt.clone();
         assert!(as_nobody(|| {
@@ -616,9 +619,23 @@ fn pinned_bytes_per_user_are_bounded_like_locked_memory() {
             // A second connection of the same user shares the bound.
             let second = d.pin(&f, allowed / 2, allowed / 2, false).map(|_| ());
             let over = d.pin(&f, allowed, 4096, false).map(|_| ());
-            let ok = first.is_ok() && second.is_ok() && over == Err(libc::ENOMEM);
+            // A pin refused for the limit fills no hole either.
+            let h = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&holes)
+                .unwrap();
+            let over_holes = d.pin(&h, 0, 1 << 20, false).map(|_| ());
+            let allocated = h.metadata().unwrap().blocks();
+            let ok = first.is_ok()
+                && second.is_ok()
+                && over == Err(libc::ENOMEM)
+                && over_holes == Err(libc::ENOMEM)
+                && allocated == 0;
             if !ok {
-                say(&format!("{options}: {first:?} {second:?} {over:?}"));
+                say(&format!(
+                    "{options}: {first:?} {second:?} {over:?} {over_holes:?}, {allocated} sectors"
+                ));
             }
             ok
         }));

@@ -108,6 +108,10 @@ impl Fs {
     /// handed to another file only once nothing a holder was given can reach it. Called by
     /// every path that removes pins, after the lease call and with no lock held.
     pub(crate) fn finish_releases(&self) {
+        // One drainer at a time: a caller that finds the queue empty because another thread
+        // took its entry waits here until that thread is done with it, so that when this
+        // returns (and the holder hears `ok`), the pin's pages are detached.
+        let _one = lock(&self.detaching);
         loop {
             let batch = std::mem::take(&mut *lock(&self.released));
             if batch.is_empty() {
@@ -381,6 +385,28 @@ impl Fs {
             return Err(FsError::ReadOnly);
         }
         let limit = self.pin_limit(caller).map(|l| (caller.uid, l));
+        let over_limit = |limit: Option<(u32, u64)>| -> FsResult<()> {
+            match limit {
+                Some((uid, max))
+                    if self
+                        .leases
+                        .pinned_bytes(uid)
+                        .saturating_add((end - first) * BLOCK_SIZE)
+                        > max =>
+                {
+                    Err(FsError::PinLimit(format!(
+                        "uid {uid} has {} bytes pinned; {} more would pass its limit of {max} \
+                         bytes (the holder's RLIMIT_MEMLOCK, or the mount option max_pinned)",
+                        self.leases.pinned_bytes(uid),
+                        (end - first) * BLOCK_SIZE
+                    )))
+                }
+                _ => Ok(()),
+            }
+        };
+        // Checked before any hole is filled, so that a pin refused for the limit allocates
+        // nothing; checked again, atomically, at the grant.
+        over_limit(limit)?;
         for _ in 0..8 {
             let holes = {
                 let i = c.read();
@@ -461,16 +487,9 @@ impl Fs {
             let id = match granted {
                 Ok(g) => g?,
                 Err(crate::lease::LeaseError::OverLimit) => {
-                    let (used, max) = (
-                        self.leases.pinned_bytes(caller.uid),
-                        limit.map_or(0, |l| l.1),
-                    );
-                    return Err(FsError::PinLimit(format!(
-                        "uid {} has {used} bytes pinned; {} more would pass its limit of {max} \
-                         bytes (the holder's RLIMIT_MEMLOCK, or the mount option max_pinned)",
-                        caller.uid,
-                        (end - first) * BLOCK_SIZE
-                    )));
+                    // Another pin of the same user got in first: say by how much.
+                    over_limit(limit)?;
+                    return Err(crate::lease::LeaseError::OverLimit.into());
                 }
                 Err(e) => return Err(e.into()),
             };
