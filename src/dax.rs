@@ -329,7 +329,13 @@ impl Windows {
         let run = map[&a].clone();
         debug_assert_eq!(run.len, l);
         if let Some(file) = file {
-            if let Err(e) = copy_to_file(&run.fd, run.fd_offset, file, a, l) {
+            // Into the image file's page cache, straight from the daemon's mapping of the
+            // window (one copy). Not synced: the image mapping that takes over sees the page
+            // cache, and durability is fsync's business, as for any written block.
+            // SAFETY: `a..a+l` lies inside the daemon's live mapping (caller's contract),
+            // which maps the window there; pwrite copies from it without forming a Rust
+            // reference to bytes that holders may store into concurrently.
+            if let Err(e) = unsafe { pwrite_all(file, base.add(a as usize), l, a) } {
                 tracing::error!(
                     offset = a,
                     len = l,
@@ -470,6 +476,45 @@ impl Windows {
         fds.dedup();
         fds.len()
     }
+}
+
+/// Writes `len` bytes from `src` into `file` at `offset`.
+///
+/// # Safety
+/// `src` must be readable for `len` bytes.
+unsafe fn pwrite_all(
+    file: &std::fs::File,
+    src: *const u8,
+    len: u64,
+    offset: u64,
+) -> std::io::Result<()> {
+    let mut done = 0u64;
+    while done < len {
+        // SAFETY: the rest of the source range is readable (caller's contract).
+        let n = unsafe {
+            libc::pwrite(
+                file.as_raw_fd(),
+                src.add(done as usize).cast(),
+                (len - done) as usize,
+                (offset + done) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "the image file took no bytes",
+            ));
+        }
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// Copies `len` bytes at `fd_offset` of a window into `file` at `file_offset` and waits until
