@@ -121,12 +121,18 @@ impl Fs {
                 let mut stuck = Vec::new();
                 if self.opts.leases.detach_windows {
                     let cell = self.table.get(r.ino).ok();
-                    let _owner = cell.as_ref().map(|c| c.write());
+                    let mut owner = cell.as_ref().map(|c| c.write());
                     for (_, e) in &r.extents {
-                        stuck.extend(
-                            self.image
-                                .unwindow(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE),
-                        );
+                        let (off, len) = (e.start * BLOCK_SIZE, e.len * BLOCK_SIZE);
+                        stuck.extend(self.image.unwindow(off, len));
+                        // What the holder stored now sits in the image's page cache: the
+                        // file's next fsync must flush it, as it would have written the
+                        // window back. (For blocks the file no longer maps this only costs
+                        // an msync.)
+                        if let Some(i) = owner.as_mut() {
+                            let end = i.rt.dirty.entry(off).or_insert(off);
+                            *end = (*end).max(off + len);
+                        }
                     }
                 }
                 if !r.pinned {
