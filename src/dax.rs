@@ -99,9 +99,12 @@ pub struct Windows {
     runs: Mutex<BTreeMap<u64, Run>>,
 }
 
+/// The last OS error, errno kept (callers tell `EMFILE` from `ENOMEM` by it); what failed
+/// goes to the log.
 fn io_error(what: &str) -> std::io::Error {
     let e = std::io::Error::last_os_error();
-    std::io::Error::new(e.kind(), format!("{what}: {e}"))
+    tracing::warn!("{what}: {e}");
+    e
 }
 
 /// Splits the run that strictly contains `at`, if any, so that a run starts at `at`.

@@ -173,8 +173,18 @@ fn a_read_only_pin_gives_a_descriptor_that_cannot_write() {
         return;
     }
     let _serial = one_at_a_time();
-    let m = Mount::new("64M", "allow_other");
+    let mut m = Mount::new("64M", "allow_other");
     write_file(&m.path("rootfile"), b'r', 8192, 0o644);
+    // Also on a read-only mount, where even root may not write.
+    for options in ["allow_other", "allow_other,ro"] {
+        if options.ends_with(",ro") {
+            m.remount(options);
+        }
+        read_only_pin_cannot_write(&m);
+    }
+}
+
+fn read_only_pin_cannot_write(m: &Mount) {
     let p = m.path("rootfile");
     let mnt = m.mnt.clone();
     assert!(as_nobody(|| {
@@ -676,4 +686,58 @@ fn descriptors_of_gone_pins_are_closed() {
             fd_count(pid)
         );
     }
+    // A daemon out of descriptors says so (EMFILE, not ENOSPC), and recovers.
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit of the daemon (our own uid) with structs we own.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let lim = libc::rlimit {
+        rlim_cur: (fd_count(pid) + 6) as libc::rlim_t,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &lim,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let mut pins = Vec::new();
+    let errno = loop {
+        match c.pin(&f, pins.len() as u64 * 4096, 4096, false) {
+            Ok((r, _)) => pins.push(r.num("pin").unwrap()),
+            Err(e) => break e,
+        }
+        assert!(pins.len() < 100, "the descriptor limit never bit");
+    };
+    assert_eq!(errno, libc::EMFILE, "what ran out is descriptors");
+    for p in pins {
+        c.ask(&format!("unpin pin={p}"), &[]);
+    }
+    // SAFETY: as above, putting the old limit back.
+    assert_eq!(
+        unsafe {
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &old,
+                std::ptr::null_mut(),
+            )
+        },
+        0
+    );
+    assert!(c.pin(&f, 0, 4096, false).is_ok(), "pins work again");
 }
