@@ -983,6 +983,9 @@ impl Fs {
         self.commit(&mut held, &records)?;
         let i = held.get(ino)?;
         i.rt.times_dirty = false;
+        if owner_change {
+            self.leases.owner_changed(ino, uid);
+        }
         Ok(Attr::of(i))
     }
 

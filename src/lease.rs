@@ -884,6 +884,40 @@ impl Leases {
         self.changed.notify_all();
     }
 
+    /// The file `ino` has a new owner, `uid`: a lease its holder held as the owner becomes a
+    /// guest's if the holder is not the new owner (a chown takes the owner's terms away),
+    /// and a break of it already waiting with no deadline gets the guest's.
+    pub fn owner_changed(&self, ino: u64, uid: u32) {
+        let mut st = self.lock();
+        let now = self.clock.now();
+        let holders: HashMap<HolderId, u32> =
+            st.holders.iter().map(|(&id, h)| (id, h.info.uid)).collect();
+        let mut changed = false;
+        for p in st.pins.values_mut() {
+            if p.ino != ino || p.standing != Standing::Owner {
+                continue;
+            }
+            if holders.get(&p.holder).is_some_and(|&u| u == uid) {
+                continue;
+            }
+            p.standing = Standing::Guest;
+            changed = true;
+            if let LeaseState::Breaking { deadline } = p.state {
+                let guest = self.deadline_for(Standing::Guest, now);
+                p.state = LeaseState::Breaking {
+                    deadline: match (deadline, guest) {
+                        (Some(d), Some(g)) => Some(d.min(g)),
+                        (d, g) => d.or(g),
+                    },
+                };
+            }
+        }
+        drop(st);
+        if changed {
+            self.changed.notify_all();
+        }
+    }
+
     /// The deadline of a break that starts at `now` on a lease of `standing`: the mount's,
     /// except that a guest's is never unbounded.
     fn deadline_for(&self, standing: Standing, now: Instant) -> Option<Instant> {

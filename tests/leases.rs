@@ -832,3 +832,96 @@ fn guest_leases_are_revoked_at_the_guest_deadline_and_unbreakable_is_roots() {
     }));
     assert!(kinds.contains(&EventKind::Revoked));
 }
+
+/// A chown takes the owner's terms away: the former owner's lease becomes a guest's, so that
+/// under `wait` the new owner's truncate waits only the guest deadline, even for a break
+/// that already waits with no deadline.
+#[test]
+fn a_chown_turns_the_former_owners_lease_into_a_guests() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img");
+    Fs::mkfs(&path, 64 << 20, false).unwrap();
+    let opts = FsOptions {
+        leases: LeaseConfig {
+            break_time: None,
+            policy: Policy::Wait,
+            guest_break_time: Duration::from_millis(300),
+            // The holder here is no process (its pid is made up): no RLIMIT_MEMLOCK to read.
+            max_pinned: Some(pinfs::lease::PinLimit::Unlimited),
+            ..LeaseConfig::default()
+        },
+        ..Default::default()
+    };
+    let fs = Arc::new(Fs::open(&path, opts).unwrap());
+    fs.start_background();
+    let s = Setup {
+        _dir: dir,
+        notices: fs.take_notices().unwrap(),
+        fs,
+    };
+    let ino = s.file("theirs", 4);
+    let user = Caller {
+        uid: 1000,
+        gid: 1000,
+        pid: HOLDER_PID,
+    };
+    let chown = |uid: u32| {
+        s.fs.setattr(
+            ino,
+            SetAttr {
+                uid: Some(uid),
+                gid: Some(uid),
+                ..Default::default()
+            },
+            Caller::ROOT,
+        )
+        .unwrap();
+    };
+    chown(1000);
+    let h = s.fs.add_holder(HolderInfo {
+        pid: HOLDER_PID,
+        comm: "owner".into(),
+        uid: 1000,
+        gid: 1000,
+    });
+    let req = PinRequest {
+        holder: h,
+        ino,
+        offset: 0,
+        len: 4 * BLOCK_SIZE,
+        writable: false,
+        unbreakable: false,
+    };
+    let pin = s.fs.pin(&req, user).unwrap().id;
+    let standing = |s: &Setup| s.fs.leases().snapshot().pins[0].standing;
+    assert_eq!(standing(&s), pinfs::lease::Standing::Owner);
+    // A breaker starts waiting (no deadline: the owner's lease under `wait`)...
+    let fs2 = s.fs.clone();
+    let t = Instant::now();
+    let (done, breaker) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = fs2
+            .setattr(
+                ino,
+                SetAttr {
+                    size: Some(0),
+                    ..Default::default()
+                },
+                BREAKER,
+            )
+            .map(|_| ());
+        let _ = done.send(r);
+    });
+    while s.state(pin) == Some(LeaseState::Granted) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // ...then root gives the file away: the lease is a guest's now, with its deadline.
+    chown(0);
+    assert_eq!(standing(&s), pinfs::lease::Standing::Guest);
+    breaker
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the truncate ends at the guest deadline")
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(s.state(pin), Some(LeaseState::Revoked));
+}
