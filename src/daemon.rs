@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 
-use crate::fs::{Fs, FsOptions};
+use crate::fs::{Fs, FsOptions, Stale};
 use crate::fuse::FuseFs;
 use crate::options::MountOptions;
 
@@ -200,8 +200,23 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     let _ = std::thread::Builder::new()
         .name("pinfs-inval".into())
         .spawn(move || {
-            for ino in stale {
-                let _ = notifier.inval_inode(fuser::INodeNo(ino), -1, 0);
+            for what in stale {
+                let _ = match what {
+                    Stale::Attributes(ino) => notifier.inval_inode(fuser::INodeNo(ino), -1, 0),
+                    Stale::Data {
+                        ino,
+                        offset,
+                        len,
+                        done,
+                    } => {
+                        let r =
+                            notifier.inval_inode(fuser::INodeNo(ino), offset as i64, len as i64);
+                        if let Some(d) = done {
+                            let _ = d.send(());
+                        }
+                        r
+                    }
+                };
             }
         });
     let server = match mount_dev(&mnt) {

@@ -472,7 +472,9 @@ pub struct Fs {
     work: (Sender<Work>, Receiver<Work>),
     stopping: AtomicBool,
     mount_dev: Mutex<Option<u64>>,
-    stale_attrs: (Sender<u64>, Receiver<u64>),
+    stale_attrs: (Sender<Stale>, Receiver<Stale>),
+    /// A kernel mount takes the stale notices (the core alone keeps none).
+    kernel_listens: AtomicBool,
     /// Pins the lease manager removed whose windows and allocator references are still to go
     /// (lock order: taken alone, or inside the lease lock; nothing is taken inside it).
     released: Mutex<Vec<pins::Released>>,
@@ -522,6 +524,27 @@ enum Work {
     Relocate(u64),
     /// End the worker.
     Stop,
+}
+
+/// What the kernel may hold cached that changed behind its back, for the daemon to tell it
+/// (from a thread of its own: kernel notifications block).
+#[derive(Debug, Clone)]
+pub enum Stale {
+    /// An inode's attributes (set-id bits cleared by a write).
+    Attributes(u64),
+    /// Bytes `offset..offset+len` of an inode's data: a pin's range when the pin is granted
+    /// and when it goes, so that pages a shared mapping cached are read again and show what
+    /// holders stored.
+    Data {
+        /// The inode.
+        ino: u64,
+        /// First byte.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+        /// Told (or dropped) once the kernel has done it.
+        done: Option<Sender<()>>,
+    },
 }
 
 /// An open file handle: what breakers need to know about the descriptor they came through.
@@ -586,6 +609,7 @@ impl Fs {
             stopping: AtomicBool::new(false),
             mount_dev: Mutex::new(None),
             stale_attrs: crossbeam::channel::unbounded(),
+            kernel_listens: AtomicBool::new(false),
             released: Mutex::new(Vec::new()),
             detaching: Mutex::new(()),
             waiters: (Mutex::new(0), Condvar::new()),
@@ -1664,7 +1688,7 @@ impl Fs {
         self.commit_allocation(&mut held, &records)?;
         held.get(ino)?.rt.times_dirty = false;
         if privs_killed {
-            let _ = self.stale_attrs.0.send(ino);
+            self.tell_kernel(Stale::Attributes(ino));
         }
         Ok(written as u32)
     }
@@ -2009,10 +2033,17 @@ impl Fs {
         *lock(&self.mount_dev)
     }
 
-    /// Inodes whose attributes changed behind the kernel's back (set-id bits cleared by a
-    /// write): the daemon tells the kernel to drop its cached attributes, from a thread of its
-    /// own.
-    pub fn stale_attributes(&self) -> Receiver<u64> {
+    /// Queues a notice for the kernel, if a mount listens.
+    pub(crate) fn tell_kernel(&self, what: Stale) {
+        if self.kernel_listens.load(Ordering::SeqCst) {
+            let _ = self.stale_attrs.0.send(what);
+        }
+    }
+
+    /// What the kernel cached that changed behind its back ([`Stale`]): the daemon tells the
+    /// kernel to drop it, from a thread of its own.
+    pub fn stale_attributes(&self) -> Receiver<Stale> {
+        self.kernel_listens.store(true, Ordering::SeqCst);
         self.stale_attrs.1.clone()
     }
 

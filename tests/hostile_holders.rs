@@ -741,3 +741,53 @@ fn descriptors_of_gone_pins_are_closed() {
     );
     assert!(c.pin(&f, 0, 4096, false).is_ok(), "pins work again");
 }
+
+#[test]
+fn a_shared_mapping_through_the_mount_does_not_write_back_over_a_holders_stores() {
+    if skip_without_fuse("hostile_mmap") {
+        return;
+    }
+    let _serial = one_at_a_time();
+    let m = Mount::new("64M", "");
+    drop(write_file(&m.path("mm"), b'.', 4096, 0o644));
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("mm"))
+        .unwrap();
+    // A process maps the file through the mount and reads it: the kernel caches the page.
+    // SAFETY: a shared mapping of one page of our file, unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            rw(),
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    // SAFETY: reading the first byte of the live mapping.
+    assert_eq!(unsafe { *(map as *const u8) }, b'.');
+    // A holder stores into the second half of the block, then unpins.
+    let mut c = Raw::connect(&m.mnt);
+    let (reply, fds) = c.pin(&f, 0, 4096, false).unwrap();
+    let w = map_all(&fds[0], rw()).unwrap();
+    w[2048..].fill(b'H');
+    c.ask(&format!("unpin pin={}", reply.num("pin").unwrap()), &[]);
+    // The mapping stores into the first bytes and syncs: the kernel writes its page back.
+    // SAFETY: storing into and syncing our live mapping, then unmapping it.
+    unsafe {
+        std::ptr::copy_nonoverlapping(b"MMMM".as_ptr(), map as *mut u8, 4);
+        assert_eq!(libc::msync(map, 4096, libc::MS_SYNC), 0);
+        libc::munmap(map, 4096);
+    }
+    let mut back = vec![0u8; 4096];
+    f.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(&back[..4], b"MMMM");
+    assert!(
+        back[2048..].iter().all(|&b| b == b'H'),
+        "the holder's stores survive the mapping's write-back"
+    );
+}

@@ -107,7 +107,8 @@ impl Fs {
     /// between the copy back and the remap; then the allocator references go, so a block is
     /// handed to another file only once nothing a holder was given can reach it. Called by
     /// every path that removes pins, after the lease call and with no lock held.
-    pub(crate) fn finish_releases(&self) {
+    pub(crate) fn finish_releases(&self) -> Vec<crossbeam::channel::Receiver<()>> {
+        let mut told = Vec::new();
         // One drainer at a time: a caller that finds the queue empty because another thread
         // took its entry waits here until that thread is done with it, so that when this
         // returns (and the holder hears `ok`), the pin's pages are detached.
@@ -115,7 +116,7 @@ impl Fs {
         loop {
             let batch = std::mem::take(&mut *lock(&self.released));
             if batch.is_empty() {
-                return;
+                return told;
             }
             for r in batch {
                 let mut stuck = Vec::new();
@@ -134,6 +135,18 @@ impl Fs {
                             *end = (*end).max(off + len);
                         }
                     }
+                }
+                // And what shared mappings cached of the range is read again, with the
+                // holder's last stores in it.
+                if let (Some((first, _)), Some((last, e))) = (r.extents.first(), r.extents.last()) {
+                    let (tx, rx) = crossbeam::channel::bounded(1);
+                    self.tell_kernel(Stale::Data {
+                        ino: r.ino,
+                        offset: first * BLOCK_SIZE,
+                        len: (last + e.len - first) * BLOCK_SIZE,
+                        done: Some(tx),
+                    });
+                    told.push(rx);
                 }
                 if !r.pinned {
                     continue;
@@ -534,6 +547,14 @@ impl Fs {
                     }
                 }
             }
+            // Pages of the range that shared mappings cached are read again from now on:
+            // through the window, where the holder stores.
+            self.tell_kernel(Stale::Data {
+                ino,
+                offset: first * BLOCK_SIZE,
+                len: (end - first) * BLOCK_SIZE,
+                done: None,
+            });
             return Ok(PinGrant {
                 id,
                 extents,
@@ -547,7 +568,11 @@ impl Fs {
     pub fn unpin(&self, holder: HolderId, pin: PinId) -> FsResult<()> {
         let files = self.leases.files_of(holder);
         let r = self.leases.release(holder, pin, self);
-        self.finish_releases();
+        // The holder hears `ok` once the kernel dropped what shared mappings cached of the
+        // range (bounded: a kernel that does not answer, or no mount, costs at most that).
+        for told in self.finish_releases() {
+            let _ = told.recv_timeout(Duration::from_secs(1));
+        }
         r?;
         self.after_release(&files);
         Ok(())
