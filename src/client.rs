@@ -144,6 +144,8 @@ pub struct Connection {
     sock: Packet,
     next_id: u64,
     events: VecDeque<HolderEvent>,
+    /// The pieces of a long reply received so far (events may come between them).
+    pieces: Reassembly,
 }
 
 fn dev_of(st: &std::fs::Metadata) -> u64 {
@@ -170,6 +172,7 @@ impl Connection {
             sock,
             next_id: 1,
             events: VecDeque::new(),
+            pieces: Reassembly::default(),
         })
     }
 
@@ -181,26 +184,15 @@ impl Connection {
             // the reason may be waiting to be read.
             if let Ok((b, _)) = self.sock.try_recv() {
                 if let Ok(m) = Message::parse(&b) {
-                    if m.id == "?" && m.verb == "err" {
-                        let errno = m.num("errno").unwrap_or(libc::EIO as u64) as i32;
-                        let message = m.flags.join(" ");
-                        return Err(ClientError::Refused { errno, message });
+                    if let Some(refused) = refusal(&m).filter(|_| m.id == "?") {
+                        return Err(refused);
                     }
                 }
             }
             return Err(e.into());
         }
-        let mut pieces = Reassembly::default();
         loop {
-            let (packet, fds) = self
-                .sock
-                .recv()?
-                .ok_or_else(|| ClientError::Protocol("the daemon closed the connection".into()))?;
-            // A long reply comes in pieces (see crate::protocol); its descriptors come with
-            // the last one.
-            let Some(bytes) = pieces.take(&packet).map_err(ClientError::Protocol)? else {
-                continue;
-            };
+            let (bytes, fds) = self.next_message()?;
             let m = Message::parse(&bytes).map_err(ClientError::Protocol)?;
             if m.id == "event" {
                 self.events.push_back(parse_event(&m));
@@ -215,12 +207,24 @@ impl Connection {
                     m.id
                 )));
             }
-            if m.verb == "err" {
-                let errno = m.num("errno").unwrap_or(libc::EIO as u64) as i32;
-                let message = m.flags.join(" ");
-                return Err(ClientError::Refused { errno, message });
+            if let Some(refused) = refusal(&m) {
+                return Err(refused);
             }
             return Ok((m, fds));
+        }
+    }
+
+    /// The next whole message from the daemon and its descriptors: a long reply comes in
+    /// pieces (see crate::protocol), its descriptors with the last one.
+    fn next_message(&mut self) -> Result<(Vec<u8>, Vec<OwnedFd>), ClientError> {
+        loop {
+            let (packet, fds) = self
+                .sock
+                .recv()?
+                .ok_or_else(|| ClientError::Protocol("the daemon closed the connection".into()))?;
+            if let Some(bytes) = self.pieces.take(&packet).map_err(ClientError::Protocol)? {
+                return Ok((bytes, fds));
+            }
         }
     }
 
@@ -418,21 +422,22 @@ impl Connection {
     pub fn raw_exchange(&mut self, bytes: &[u8]) -> Result<String, ClientError> {
         self.sock
             .send(std::str::from_utf8(bytes).unwrap_or("\u{fffd}"), &[])?;
-        let mut pieces = Reassembly::default();
         loop {
-            let (packet, _) = self
-                .sock
-                .recv()?
-                .ok_or_else(|| ClientError::Protocol("closed".into()))?;
-            let Some(b) = pieces.take(&packet).map_err(ClientError::Protocol)? else {
-                continue;
-            };
+            let (b, _) = self.next_message()?;
             let text = String::from_utf8_lossy(&b).into_owned();
             if !text.starts_with("event ") {
                 return Ok(text);
             }
         }
     }
+}
+
+/// The daemon's refusal in `m` (`ID err errno=E message`), if it is one.
+fn refusal(m: &Message) -> Option<ClientError> {
+    (m.verb == "err").then(|| ClientError::Refused {
+        errno: m.num("errno").unwrap_or(libc::EIO as u64) as i32,
+        message: m.flags.join(" "),
+    })
 }
 
 fn parse_event(m: &Message) -> HolderEvent {

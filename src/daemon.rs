@@ -195,7 +195,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     };
     spawn_signal_thread(mnt.clone(), fs.clone());
     let notifier = session.notifier();
-    let stale = fs.stale_attributes();
+    let stale = fs.stale_notices();
     // Kernel notifications block: they go from a thread of their own, holding no lock.
     let _ = std::thread::Builder::new()
         .name("pinfs-inval".into())
@@ -313,13 +313,14 @@ fn mounted(dev: u64) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return true;
     };
-    info.lines().any(|l| {
-        l.split(' ')
-            .nth(2)
-            .and_then(|mm| mm.split_once(':'))
-            .and_then(|(ma, mi)| Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?)))
-            == Some(dev)
-    })
+    info.lines()
+        .any(|l| l.split(' ').nth(2).and_then(parse_dev) == Some(dev))
+}
+
+/// A mountinfo device field, `MAJOR:MINOR`, as a device number.
+fn parse_dev(mm: &str) -> Option<u64> {
+    let (ma, mi) = mm.split_once(':')?;
+    Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?))
 }
 
 /// The device number of the mount at `mnt`, from /proc/self/mountinfo (a `stat` of the mount
@@ -334,8 +335,5 @@ fn mount_dev(mnt: &Path) -> Option<u64> {
             let point = f.get(4)?.replace("\\040", " ");
             (point == want).then_some(*f.get(2)?)
         })
-        .and_then(|mm| {
-            let (ma, mi) = mm.split_once(':')?;
-            Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?))
-        })
+        .and_then(parse_dev)
 }

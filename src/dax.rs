@@ -92,6 +92,27 @@ struct Run {
     refs: u32,
 }
 
+impl Run {
+    /// This run, starting at image offset `at`, as a holder's piece.
+    fn piece(&self, at: u64) -> WindowPiece {
+        WindowPiece {
+            image_offset: at,
+            len: self.len,
+            fd: self.fd.clone(),
+            fd_offset: self.fd_offset,
+        }
+    }
+}
+
+impl WindowPiece {
+    /// Does `next` continue this piece, in the image and in the same memfd?
+    fn continued_by(&self, next: &WindowPiece) -> bool {
+        Arc::ptr_eq(&self.fd, &next.fd)
+            && self.image_offset + self.len == next.image_offset
+            && self.fd_offset + self.len == next.fd_offset
+    }
+}
+
 /// The windows of one image mapping.
 #[derive(Debug, Default)]
 pub struct Windows {
@@ -132,11 +153,7 @@ fn coalesce(map: &mut BTreeMap<u64, Run>, from: u64, to: u64) {
     for k in keys {
         if let Some(p) = prev {
             let (a, b) = (&map[&p], &map[&k]);
-            if p + a.len == k
-                && Arc::ptr_eq(&a.fd, &b.fd)
-                && a.fd_offset + a.len == b.fd_offset
-                && a.refs == b.refs
-            {
+            if a.refs == b.refs && a.piece(p).continued_by(&b.piece(k)) {
                 let add = b.len;
                 map.remove(&k);
                 map.get_mut(&p).expect("kept").len += add;
@@ -237,10 +254,7 @@ impl Windows {
         let mut made = Vec::new();
         for &(g, glen) in &gaps {
             // SAFETY: the gap lies inside the mapping (caller's contract).
-            match unsafe { new_window(base.add(g as usize), glen) } {
-                Ok(fd) => made.push((g, glen, fd)),
-                Err(e) => return Err(e),
-            }
+            made.push((g, glen, unsafe { new_window(base.add(g as usize), glen) }?));
         }
         for (g, glen, fd) in made {
             // SAFETY: the target range is page-aligned and inside our mapping (caller's
@@ -269,7 +283,7 @@ impl Windows {
                 for s in fresh {
                     let l = map[&s].len;
                     // SAFETY: as in `release`: our mapping of `file`, one whole run.
-                    unsafe { Self::detach(&mut map, base, Some(file), s, l) };
+                    unsafe { Self::detach(&mut map, base, file, s, l) };
                 }
                 return Err(err);
             }
@@ -289,84 +303,67 @@ impl Windows {
         for k in &keys {
             map.get_mut(k).expect("listed").refs += 1;
         }
-        let pieces: Vec<WindowPiece> = map
-            .range(off..end)
-            .map(|(&s, r)| WindowPiece {
-                image_offset: s,
-                len: r.len,
-                fd: r.fd.clone(),
-                fd_offset: r.fd_offset,
-            })
-            .collect();
-        coalesce(&mut map, off, end);
-        // One piece per memfd stretch: neighbours that continue each other join.
-        let mut joined: Vec<WindowPiece> = Vec::new();
-        for p in pieces {
-            match joined.last_mut() {
-                Some(l)
-                    if Arc::ptr_eq(&l.fd, &p.fd)
-                        && l.image_offset + l.len == p.image_offset
-                        && l.fd_offset + l.len == p.fd_offset =>
-                {
-                    l.len += p.len
-                }
-                _ => joined.push(p),
+        // One piece per memfd stretch (whatever the counts of its parts).
+        let mut pieces: Vec<WindowPiece> = Vec::new();
+        for (&s, r) in map.range(off..end) {
+            let p = r.piece(s);
+            match pieces.last_mut() {
+                Some(l) if l.continued_by(&p) => l.len += p.len,
+                _ => pieces.push(p),
             }
         }
-        Ok(joined)
+        coalesce(&mut map, off, end);
+        Ok(pieces)
     }
 
-    /// Detaches the run `a..a+l`: its contents go back into `file` (when given), the image
-    /// file is mapped over it again, and the memfd part is punched. Returns false (and leaves
-    /// the run attached) when the contents could not be saved.
+    /// Detaches the run `a..a+l`: its contents go back into `file`, the image file is mapped
+    /// over it again, and the memfd part is punched. Returns false (and leaves the run
+    /// attached) when the contents could not be saved.
     ///
     /// # Safety
     /// As for [`Windows::open`]; `a..a+l` must be exactly one run of `map`.
     unsafe fn detach(
         map: &mut BTreeMap<u64, Run>,
         base: *mut u8,
-        file: Option<&std::fs::File>,
+        file: &std::fs::File,
         a: u64,
         l: u64,
     ) -> bool {
         let run = map[&a].clone();
         debug_assert_eq!(run.len, l);
-        if let Some(file) = file {
-            // Into the image file's page cache, straight from the daemon's mapping of the
-            // window (one copy). Not synced: the image mapping that takes over sees the page
-            // cache, and durability is fsync's business, as for any written block.
-            // SAFETY: `a..a+l` lies inside the daemon's live mapping (caller's contract),
-            // which maps the window there; pwrite copies from it without forming a Rust
-            // reference to bytes that holders may store into concurrently.
-            if let Err(e) = unsafe { pwrite_all(file, base.add(a as usize), l, a) } {
-                tracing::error!(
-                    offset = a,
-                    len = l,
-                    "a released DAX window stays attached: its contents could not be saved: {e}"
-                );
-                return false;
-            }
-            // SAFETY: the range is page-aligned and inside the daemon's own shared mapping
-            // of `file` (caller's contract); MAP_FIXED puts the file back where it was.
-            let p = unsafe {
-                libc::mmap(
-                    base.add(a as usize).cast(),
-                    l as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
-                    file.as_raw_fd(),
-                    a as libc::off_t,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                tracing::error!(
-                    offset = a,
-                    len = l,
-                    "a released DAX window stays attached: {}",
-                    std::io::Error::last_os_error()
-                );
-                return false;
-            }
+        // Into the image file's page cache, straight from the daemon's mapping of the window
+        // (one copy). Not synced: the image mapping that takes over sees the page cache, and
+        // durability is fsync's business, as for any written block.
+        // SAFETY: `a..a+l` lies inside the daemon's live mapping (caller's contract), which
+        // maps the window there.
+        if let Err(e) = unsafe { pwrite_all(file, base.add(a as usize), l, a) } {
+            tracing::error!(
+                offset = a,
+                len = l,
+                "a released DAX window stays attached: its contents could not be saved: {e}"
+            );
+            return false;
+        }
+        // SAFETY: the range is page-aligned and inside the daemon's own shared mapping of
+        // `file` (caller's contract); MAP_FIXED puts the file back where it was.
+        let p = unsafe {
+            libc::mmap(
+                base.add(a as usize).cast(),
+                l as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                a as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            tracing::error!(
+                offset = a,
+                len = l,
+                "a released DAX window stays attached: {}",
+                std::io::Error::last_os_error()
+            );
+            return false;
         }
         // SAFETY: fallocate on a memfd we own, inside its size: the orphaned pages go back
         // to the system (a holder that still maps them gets fresh zero pages, its own).
@@ -413,7 +410,7 @@ impl Windows {
             }
             let l = r.len;
             // SAFETY: caller's contract; `k` is exactly one run.
-            if !unsafe { Self::detach(&mut map, base, Some(file), k, l) } {
+            if !unsafe { Self::detach(&mut map, base, file, k, l) } {
                 map.get_mut(&k).expect("kept").refs = 1;
                 stuck.push((k, l));
             }
@@ -439,19 +436,30 @@ impl Windows {
         }
     }
 
-    /// Copies the windowed parts of `off..off+len` into `file` (the image file behind them)
-    /// and makes them durable; returns the parts that are not windowed, for the caller to
-    /// msync.
-    pub fn write_back(&self, file: &std::fs::File, off: u64, len: u64) -> Vec<(u64, u64)> {
+    /// Copies the windowed parts of `off..off+len` of the mapping at `base` into `file` (the
+    /// image file behind them) and makes them durable; returns the parts that are not
+    /// windowed, for the caller to msync.
+    ///
+    /// # Safety
+    /// `base` must be the start of a live mapping of at least `off + len` bytes.
+    pub unsafe fn write_back(
+        &self,
+        base: *const u8,
+        file: &std::fs::File,
+        off: u64,
+        len: u64,
+    ) -> Vec<(u64, u64)> {
         let map = self.lock();
         let mut rest = Vec::new();
         let mut cursor = off;
-        for (a, l, s) in Self::covered(&map, off, len) {
+        for (a, l, _) in Self::covered(&map, off, len) {
             if a > cursor {
                 rest.push((cursor, a - cursor));
             }
-            let r = &map[&s];
-            if let Err(e) = copy_to_file(&r.fd, r.fd_offset + (a - s), file, a, l) {
+            // SAFETY: `a..a+l` lies inside the mapping (caller's contract), which maps the
+            // window there.
+            let written = unsafe { pwrite_all(file, base.add(a as usize), l, a) };
+            if let Err(e) = written.and_then(|()| sync_range(file, a, l)) {
                 tracing::error!(
                     offset = a,
                     len = l,
@@ -520,43 +528,13 @@ unsafe fn pwrite_all(
     Ok(())
 }
 
-/// Copies `len` bytes at `fd_offset` of a window into `file` at `file_offset` and waits until
-/// they are on the device.
-fn copy_to_file(
-    fd: &OwnedFd,
-    fd_offset: u64,
-    file: &std::fs::File,
-    file_offset: u64,
-    len: u64,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    const CHUNK: u64 = 1 << 20;
-    let mut buf = vec![0u8; len.min(CHUNK) as usize];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(CHUNK) as usize;
-        // SAFETY: pread into our buffer of at least `n` bytes from a memfd we own.
-        let r = unsafe {
-            libc::pread(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                n,
-                (fd_offset + done) as libc::off_t,
-            )
-        };
-        if r != n as isize {
-            return Err(io_error("reading a DAX window"));
-        }
-        file.write_all_at(&buf[..n], file_offset + done)?;
-        done += n as u64;
-    }
+/// Waits until bytes `off..off+len` of `file` are on the device.
+fn sync_range(file: &std::fs::File, off: u64, len: u64) -> std::io::Result<()> {
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
         | libc::SYNC_FILE_RANGE_WRITE
         | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: sync_file_range on the image file, in range.
-    if unsafe { libc::sync_file_range(file.as_raw_fd(), file_offset as i64, len as i64, flags) }
-        != 0
-    {
+    if unsafe { libc::sync_file_range(file.as_raw_fd(), off as i64, len as i64, flags) } != 0 {
         return Err(io_error("sync_file_range"));
     }
     Ok(())

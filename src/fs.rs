@@ -472,7 +472,7 @@ pub struct Fs {
     work: (Sender<Work>, Receiver<Work>),
     stopping: AtomicBool,
     mount_dev: Mutex<Option<u64>>,
-    stale_attrs: (Sender<Stale>, Receiver<Stale>),
+    stale: (Sender<Stale>, Receiver<Stale>),
     /// A kernel mount takes the stale notices (the core alone keeps none).
     kernel_listens: AtomicBool,
     /// Pins the lease manager removed whose windows and allocator references are still to go
@@ -608,7 +608,7 @@ impl Fs {
             work: crossbeam::channel::unbounded(),
             stopping: AtomicBool::new(false),
             mount_dev: Mutex::new(None),
-            stale_attrs: crossbeam::channel::unbounded(),
+            stale: crossbeam::channel::unbounded(),
             kernel_listens: AtomicBool::new(false),
             released: Mutex::new(Vec::new()),
             detaching: Mutex::new(()),
@@ -1286,7 +1286,7 @@ impl Fs {
         inos: &[u64],
         may_search: &dyn Fn(&Inode) -> bool,
     ) -> HashMap<u64, (String, Option<String>)> {
-        let wanted: std::collections::HashSet<u64> = inos.iter().copied().collect();
+        let wanted: HashSet<u64> = inos.iter().copied().collect();
         let mut found: HashMap<u64, (String, Option<String>)> = HashMap::new();
         let mut visible = 0;
         if wanted.contains(&ROOT_INO) {
@@ -2036,15 +2036,15 @@ impl Fs {
     /// Queues a notice for the kernel, if a mount listens.
     pub(crate) fn tell_kernel(&self, what: Stale) {
         if self.kernel_listens.load(Ordering::SeqCst) {
-            let _ = self.stale_attrs.0.send(what);
+            let _ = self.stale.0.send(what);
         }
     }
 
     /// What the kernel cached that changed behind its back ([`Stale`]): the daemon tells the
     /// kernel to drop it, from a thread of its own.
-    pub fn stale_attributes(&self) -> Receiver<Stale> {
+    pub fn stale_notices(&self) -> Receiver<Stale> {
         self.kernel_listens.store(true, Ordering::SeqCst);
-        self.stale_attrs.1.clone()
+        self.stale.1.clone()
     }
 
     /// The lease manager (status, events).

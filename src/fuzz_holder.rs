@@ -265,6 +265,22 @@ impl Holder {
         self.conn.as_mut()
     }
 
+    /// Counts pin `number` of `file` as granted now, and reports it.
+    fn granted(&mut self, pin: &crate::client::Pin, number: u32, file: usize) {
+        let granted = now_ns();
+        let first = pin.file_offset() / BLOCK_SIZE;
+        let blocks: u64 = pin.extents.iter().map(|e| e.len).sum::<u64>() / BLOCK_SIZE;
+        self.next_pin += 1;
+        self.report(Entry::Pin {
+            pin: number,
+            session: pin.holder,
+            file,
+            first,
+            end: first + blocks,
+            granted,
+        });
+    }
+
     /// Pins a range read-only and tries to map its windows writable and shared: the daemon
     /// gave read-only descriptors, so `mmap` must fail with `EACCES`.
     fn pin_read_only(&mut self, file: usize, off: u64, len: u64) {
@@ -303,20 +319,9 @@ impl Holder {
                 return;
             }
         };
-        let granted = now_ns();
-        let first = pin.file_offset() / BLOCK_SIZE;
-        let blocks: u64 = pin.extents.iter().map(|e| e.len).sum::<u64>() / BLOCK_SIZE;
-        self.next_pin += 1;
         // Reported like any pin: its window pages are attached while it lives, so the
         // ledger must know it may keep a block's page attached for another pin's mapping.
-        self.report(Entry::Pin {
-            pin: number,
-            session: pin.holder,
-            file,
-            first,
-            end: first + blocks,
-            granted,
-        });
+        self.granted(&pin, number, file);
         let mut wrong = Vec::new();
         for fd in pin.window_descriptors() {
             // SAFETY: a new mapping chosen by the kernel (no MAP_FIXED), of one page of a
@@ -386,18 +391,7 @@ impl Holder {
             let Some(c) = self.conn.as_mut() else { return };
             match c.pin(&f, off, len, PinOptions::default()) {
                 Ok(pin) => {
-                    let granted = now_ns();
-                    let first = pin.file_offset() / BLOCK_SIZE;
-                    let blocks: u64 = pin.extents.iter().map(|e| e.len).sum::<u64>() / BLOCK_SIZE;
-                    self.next_pin += 1;
-                    self.report(Entry::Pin {
-                        pin: number,
-                        session: pin.holder,
-                        file,
-                        first,
-                        end: first + blocks,
-                        granted,
-                    });
+                    self.granted(&pin, number, file);
                     self.held = Some(HeldPin {
                         pin,
                         number,

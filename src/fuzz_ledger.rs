@@ -558,6 +558,21 @@ mod tests {
         assert_eq!(Entry::parse("pin 1 2"), None);
     }
 
+    /// Records pin `g` of `holder`, granted at `granted`: blocks 2..6 of file 3.
+    fn pin(l: &mut Ledger, g: u32, holder: usize, granted: u64) {
+        l.record(
+            holder,
+            &Entry::Pin {
+                pin: g,
+                session: holder as u64,
+                file: 3,
+                first: 2,
+                end: 6,
+                granted,
+            },
+        )
+    }
+
     fn file_with_tag(block: u64, pin: u32, store: u32) -> Vec<u8> {
         let mut data = vec![0x11u8; 16 * BLOCK_SIZE as usize];
         let b = (block * BLOCK_SIZE) as usize;
@@ -568,19 +583,6 @@ mod tests {
     #[test]
     fn a_store_after_the_breaker_returned_is_caught_one_before_is_not() {
         let mut l = Ledger::default();
-        let pin = |l: &mut Ledger, g, holder, granted| {
-            l.record(
-                holder,
-                &Entry::Pin {
-                    pin: g,
-                    session: holder as u64,
-                    file: 3,
-                    first: 2,
-                    end: 6,
-                    granted,
-                },
-            )
-        };
         pin(&mut l, 1, 1, 100);
         l.record(
             1,
@@ -651,19 +653,6 @@ mod tests {
     #[test]
     fn a_store_after_its_pin_was_gone_is_caught_unless_another_pin_kept_the_page() {
         let mut l = Ledger::default();
-        let pin = |l: &mut Ledger, g, holder, granted| {
-            l.record(
-                holder,
-                &Entry::Pin {
-                    pin: g,
-                    session: holder as u64,
-                    file: 3,
-                    first: 2,
-                    end: 6,
-                    granted,
-                },
-            )
-        };
         let store = |l: &mut Ledger, g, s, began| {
             l.record(
                 1,

@@ -603,7 +603,12 @@ impl Image {
         if end <= start {
             return;
         }
-        for (s, l) in self.windows.write_back(&self.file, start, end - start) {
+        // SAFETY: the range is inside our live mapping (clamped to its length above).
+        let rest = unsafe {
+            self.windows
+                .write_back(self.map.as_ptr(), &self.file, start, end - start)
+        };
+        for (s, l) in rest {
             if let Err(e) = self.map.flush_range(s as usize, l as usize) {
                 tracing::error!(image = %self.path.display(), "msync failed: {e}");
             }
@@ -613,7 +618,12 @@ impl Image {
     /// Writes back into the image file the parts of `off..off+len` that are behind DAX
     /// windows (stores by holders, which the filesystem does not see), and nothing else.
     pub fn write_back_windowed(&self, off: u64, len: u64) {
-        self.windows.write_back(&self.file, off, len);
+        self.check_range(off, len as usize);
+        // SAFETY: the range is inside our live mapping (checked above).
+        unsafe {
+            self.windows
+                .write_back(self.map.as_ptr(), &self.file, off, len)
+        };
     }
 
     /// Writes bytes into the image *file* and makes them durable, bypassing the mapping (and
@@ -673,7 +683,8 @@ impl Image {
     pub fn write_back_windows(&self, keep: impl Fn(u64, u64) -> Vec<(u64, u64)>) {
         for (s, l) in self.windows.list() {
             for (a, n) in keep(s, l) {
-                self.windows.write_back(&self.file, a, n);
+                // SAFETY: a part of an attached run, inside our live mapping.
+                unsafe { self.windows.write_back(self.map.as_ptr(), &self.file, a, n) };
             }
         }
     }

@@ -839,15 +839,14 @@ impl Leases {
                 .get(&id)
                 .is_some_and(|p| p.standing == Standing::Guest);
             match self.config.policy {
-                _ if guest => self.revoke(st, id, unpinner),
-                Policy::Revoke | Policy::Wait => self.revoke(st, id, unpinner),
-                Policy::Refuse => {
+                Policy::Refuse if !guest => {
                     let p = st.pins.get_mut(&id).expect("due");
                     p.state = LeaseState::Granted;
                     let p = p.clone();
                     st.counters.refusals += 1;
                     self.emit(st, p.holder, Some(&p), p.ino, EventKind::Refused);
                 }
+                _ => self.revoke(st, id, unpinner),
             }
         }
         next
@@ -890,14 +889,13 @@ impl Leases {
     pub fn owner_changed(&self, ino: u64, uid: u32) {
         let mut st = self.lock();
         let now = self.clock.now();
-        let holders: HashMap<HolderId, u32> =
-            st.holders.iter().map(|(&id, h)| (id, h.info.uid)).collect();
+        let State { pins, holders, .. } = &mut *st;
         let mut changed = false;
-        for p in st.pins.values_mut() {
+        for p in pins.values_mut() {
             if p.ino != ino || p.standing != Standing::Owner {
                 continue;
             }
-            if holders.get(&p.holder).is_some_and(|&u| u == uid) {
+            if holders.get(&p.holder).is_some_and(|h| h.info.uid == uid) {
                 continue;
             }
             p.standing = Standing::Guest;

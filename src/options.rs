@@ -71,6 +71,15 @@ const IGNORED: &[&str] = &[
     "group",
 ];
 
+/// The value of a switch option, `on` or `off`.
+fn on_off(opt: &str, key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("mount option '{opt}': {key} is on or off")),
+    }
+}
+
 impl MountOptions {
     /// Parses a comma-separated option list (several `-o` lists may be joined with commas).
     pub fn parse(list: &str) -> Result<MountOptions, String> {
@@ -123,20 +132,8 @@ impl MountOptions {
                     o.leases.guest_break_time = Duration::from_secs_f64(secs);
                 }
                 ("allow_unbreakable", None) => o.leases.allow_unbreakable = true,
-                ("busy_blocks", Some(v)) => {
-                    o.leases.busy_blocks = match v {
-                        "on" => true,
-                        "off" => false,
-                        _ => return Err(format!("mount option '{opt}': busy_blocks is on or off")),
-                    }
-                }
-                ("detach_windows", Some(v)) => {
-                    o.leases.detach_windows = match v {
-                        "on" => true,
-                        "off" => false,
-                        _ => return Err(format!("mount option '{opt}': detach_windows is on or off")),
-                    }
-                }
+                ("busy_blocks", Some(v)) => o.leases.busy_blocks = on_off(opt, key, v)?,
+                ("detach_windows", Some(v)) => o.leases.detach_windows = on_off(opt, key, v)?,
                 ("max_pinned", Some("unlimited")) => o.leases.max_pinned = Some(PinLimit::Unlimited),
                 ("max_pinned", Some(v)) => {
                     let bytes = crate::image::parse_size(v).map_err(|e| {

@@ -134,6 +134,28 @@ fn fd_count(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
 
+/// In a forked child: becomes `uid`/`gid` with supplementary `groups`, or leaves with
+/// status 3.
+fn become_user(uid: u32, gid: u32, groups: &[u32]) {
+    // SAFETY: identity changes of this (child) process, each checked; _exit on failure.
+    unsafe {
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            libc::_exit(3);
+        }
+    }
+}
+
+/// A pipe: its read end and its write end.
+fn pipe() -> [i32; 2] {
+    let mut p = [0i32; 2];
+    // SAFETY: pipe(2) into an array of two.
+    assert_eq!(unsafe { libc::pipe(p.as_mut_ptr()) }, 0);
+    p
+}
+
 /// Runs `f` in a child with the given identity (supplementary groups as given).
 fn as_user(uid: u32, gid: u32, groups: &[u32], f: impl FnOnce() -> bool) -> bool {
     // SAFETY: fork in a test; the child changes identity, runs `f` and leaves with _exit.
@@ -141,12 +163,7 @@ fn as_user(uid: u32, gid: u32, groups: &[u32], f: impl FnOnce() -> bool) -> bool
         let pid = libc::fork();
         assert!(pid >= 0);
         if pid == 0 {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
-                libc::_exit(3);
-            }
+            become_user(uid, gid, groups);
             let ok = f();
             libc::_exit(if ok { 0 } else { 1 });
         }
@@ -367,25 +384,15 @@ fn keep_mapping_after_the_pin(how: &str, options: &str) -> (bool, bool) {
     let mnt = m.mnt.clone();
     // The attacker (uid 65534) pins its own file, maps the window, and reports through a pipe
     // when it is ready for the victim's file; then reads and writes through the mapping.
-    let (mut rd, mut wr) = (0, 0);
-    let mut pipe = [0i32; 2];
-    // SAFETY: pipe(2) into an array of two.
-    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
-    let mut go = [0i32; 2];
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::pipe(go.as_mut_ptr()) }, 0);
-    std::mem::swap(&mut rd, &mut pipe[0]);
-    std::mem::swap(&mut wr, &mut pipe[1]);
+    let [rd, wr] = pipe();
+    let go = pipe();
     let how = how.to_string();
     // SAFETY: fork in a test; the child runs the attack and leaves with _exit.
     let attacker = unsafe { libc::fork() };
     if attacker == 0 {
-        // SAFETY: identity change and raw I/O in the child, all checked.
+        become_user(65534, 65534, &[]);
+        // SAFETY: raw I/O in the child, all checked.
         unsafe {
-            libc::setgroups(0, std::ptr::null());
-            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                libc::_exit(3);
-            }
             let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
             let mut c = Raw::connect(&mnt);
             let Ok((reply, fds)) = c.pin(&f, 0, 1 << 20, false) else {
@@ -534,21 +541,13 @@ fn a_small_pin_inside_an_old_large_window_gets_only_its_own_blocks() {
     root.ask(&format!("unpin pin={}", big.num("pin").unwrap()), &[]);
     let p = m.path("shared");
     let mnt = m.mnt.clone();
-    let (mut go, mut ready) = ([0i32; 2], [0i32; 2]);
-    // SAFETY: pipe(2) into arrays of two.
-    unsafe {
-        assert_eq!(libc::pipe(go.as_mut_ptr()), 0);
-        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
-    }
+    let (go, ready) = (pipe(), pipe());
     // SAFETY: fork in a test; the child pins 4 KiB, waits, then tries its descriptor.
     let child = unsafe { libc::fork() };
     if child == 0 {
-        // SAFETY: identity change and raw I/O in the child, all checked.
+        become_user(65534, 65534, &[]);
+        // SAFETY: raw I/O in the child, all checked.
         unsafe {
-            libc::setgroups(0, std::ptr::null());
-            if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
-                libc::_exit(3);
-            }
             let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
             let mut c = Raw::connect(&mnt);
             let Ok((_, fds)) = c.pin(&f, 0, 4096, false) else {

@@ -26,17 +26,32 @@ struct Setup {
 }
 
 fn setup(policy: Policy, break_ms: u64, busy_blocks: bool) -> Setup {
+    setup_with(LeaseConfig {
+        break_time: (break_ms > 0).then(|| Duration::from_millis(break_ms)),
+        policy,
+        busy_blocks,
+        ..LeaseConfig::default()
+    })
+}
+
+/// Under `wait` with no break time, guest leases revoked at `guest_ms`; for holders that are
+/// no process (their pids are made up), so no RLIMIT_MEMLOCK to read: no pinned-bytes limit.
+fn guest_setup(guest_ms: u64) -> Setup {
+    setup_with(LeaseConfig {
+        break_time: None,
+        policy: Policy::Wait,
+        guest_break_time: Duration::from_millis(guest_ms),
+        max_pinned: Some(pinfs::lease::PinLimit::Unlimited),
+        ..LeaseConfig::default()
+    })
+}
+
+fn setup_with(leases: LeaseConfig) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("img");
     Fs::mkfs(&path, 64 << 20, false).unwrap();
-    let break_time = (break_ms > 0).then(|| Duration::from_millis(break_ms));
     let opts = FsOptions {
-        leases: LeaseConfig {
-            break_time,
-            policy,
-            busy_blocks,
-            ..LeaseConfig::default()
-        },
+        leases,
         ..Default::default()
     };
     let fs = Arc::new(Fs::open(&path, opts).unwrap());
@@ -776,27 +791,7 @@ fn request_threads_never_wait_and_end_waits_gives_eio() {
 /// its break gets the guest deadline and is revoked there; unbreakable pins are root's.
 #[test]
 fn guest_leases_are_revoked_at_the_guest_deadline_and_unbreakable_is_roots() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("img");
-    Fs::mkfs(&path, 64 << 20, false).unwrap();
-    let opts = FsOptions {
-        leases: LeaseConfig {
-            break_time: None,
-            policy: Policy::Wait,
-            guest_break_time: Duration::from_millis(200),
-            // The guest here is no process (its pid is made up): no RLIMIT_MEMLOCK to read.
-            max_pinned: Some(pinfs::lease::PinLimit::Unlimited),
-            ..LeaseConfig::default()
-        },
-        ..Default::default()
-    };
-    let fs = Arc::new(Fs::open(&path, opts).unwrap());
-    fs.start_background();
-    let s = Setup {
-        _dir: dir,
-        notices: fs.take_notices().unwrap(),
-        fs,
-    };
+    let s = guest_setup(200);
     let ino = s.file("shared", 4);
     let guest = Caller {
         uid: 65534,
@@ -838,27 +833,7 @@ fn guest_leases_are_revoked_at_the_guest_deadline_and_unbreakable_is_roots() {
 /// that already waits with no deadline.
 #[test]
 fn a_chown_turns_the_former_owners_lease_into_a_guests() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("img");
-    Fs::mkfs(&path, 64 << 20, false).unwrap();
-    let opts = FsOptions {
-        leases: LeaseConfig {
-            break_time: None,
-            policy: Policy::Wait,
-            guest_break_time: Duration::from_millis(300),
-            // The holder here is no process (its pid is made up): no RLIMIT_MEMLOCK to read.
-            max_pinned: Some(pinfs::lease::PinLimit::Unlimited),
-            ..LeaseConfig::default()
-        },
-        ..Default::default()
-    };
-    let fs = Arc::new(Fs::open(&path, opts).unwrap());
-    fs.start_background();
-    let s = Setup {
-        _dir: dir,
-        notices: fs.take_notices().unwrap(),
-        fs,
-    };
+    let s = guest_setup(300);
     let ino = s.file("theirs", 4);
     let user = Caller {
         uid: 1000,

@@ -72,6 +72,19 @@ impl Space {
     }
 }
 
+/// A lease manager with busy blocks on, with no notification channel.
+fn manager(policy: Policy, break_time: Option<Duration>) -> Arc<Leases> {
+    Arc::new(Leases::new(
+        LeaseConfig {
+            break_time,
+            policy,
+            busy_blocks: true,
+            ..LeaseConfig::default()
+        },
+        None,
+    ))
+}
+
 impl Unpinner for Space {
     fn unpin(&self, extents: &[(u64, Extent)]) {
         let mut a = self.alloc.lock().unwrap();
@@ -128,15 +141,7 @@ fn holder(leases: &Leases, pid: u32) -> u64 {
 fn revoke_detach_fence_and_holder_death() {
     shuttle::check_random(
         || {
-            let leases = Arc::new(Leases::new(
-                LeaseConfig {
-                    break_time: Some(Duration::ZERO),
-                    policy: Policy::Revoke,
-                    busy_blocks: true,
-                    ..LeaseConfig::default()
-                },
-                None,
-            ));
+            let leases = manager(Policy::Revoke, Some(Duration::ZERO));
             let space = Space::new();
             let h1 = holder(&leases, 11);
             let h2 = holder(&leases, 12);
@@ -201,15 +206,7 @@ fn revoke_detach_fence_and_holder_death() {
 fn wait_never_detaches_under_a_live_lease() {
     shuttle::check_random(
         || {
-            let leases = Arc::new(Leases::new(
-                LeaseConfig {
-                    break_time: None,
-                    policy: Policy::Wait,
-                    busy_blocks: true,
-                    ..LeaseConfig::default()
-                },
-                None,
-            ));
+            let leases = manager(Policy::Wait, None);
             let space = Space::new();
             let h = holder(&leases, 21);
             let pinned = pin(&leases, &space, h, 1, 3).unwrap();
@@ -256,15 +253,7 @@ fn wait_never_detaches_under_a_live_lease() {
 fn refuse_nonblock_and_new_pins() {
     shuttle::check_random(
         || {
-            let leases = Arc::new(Leases::new(
-                LeaseConfig {
-                    break_time: Some(Duration::ZERO),
-                    policy: Policy::Refuse,
-                    busy_blocks: true,
-                    ..LeaseConfig::default()
-                },
-                None,
-            ));
+            let leases = manager(Policy::Refuse, Some(Duration::ZERO));
             let space = Space::new();
             let h = holder(&leases, 31);
             let other = holder(&leases, 32);
@@ -364,15 +353,7 @@ fn breaker(leases: &Leases, space: &Space, first: u64, end: u64) -> Result<(), L
 fn revoke_when_the_deadline_passes_anywhere() {
     shuttle::check_random(
         || {
-            let leases = Arc::new(Leases::new(
-                LeaseConfig {
-                    break_time: Some(Duration::from_secs(1)),
-                    policy: Policy::Revoke,
-                    busy_blocks: true,
-                    ..LeaseConfig::default()
-                },
-                None,
-            ));
+            let leases = manager(Policy::Revoke, Some(Duration::from_secs(1)));
             let space = Space::new();
             let (silent, polite, doomed) = (
                 holder(&leases, 41),
@@ -441,15 +422,7 @@ fn revoke_when_the_deadline_passes_anywhere() {
 fn refuse_when_the_deadline_passes_anywhere() {
     shuttle::check_random(
         || {
-            let leases = Arc::new(Leases::new(
-                LeaseConfig {
-                    break_time: Some(Duration::from_secs(1)),
-                    policy: Policy::Refuse,
-                    busy_blocks: true,
-                    ..LeaseConfig::default()
-                },
-                None,
-            ));
+            let leases = manager(Policy::Refuse, Some(Duration::from_secs(1)));
             let space = Space::new();
             let h = holder(&leases, 51);
             let p = pin(&leases, &space, h, 0, 4).unwrap();
@@ -512,15 +485,7 @@ fn refuse_when_the_deadline_passes_anywhere() {
 fn the_inline_breaker_never_waits_and_close_ends_waits() {
     shuttle::check_random(
         || {
-            let leases = Arc::new(Leases::new(
-                LeaseConfig {
-                    break_time: None,
-                    policy: Policy::Wait,
-                    busy_blocks: true,
-                    ..LeaseConfig::default()
-                },
-                None,
-            ));
+            let leases = manager(Policy::Wait, None);
             let space = Space::new();
             let h = holder(&leases, 41);
             let pinner = {

@@ -307,26 +307,10 @@ impl Fs {
         match self.opts.leases.max_pinned {
             Some(PinLimit::Unlimited) => None,
             Some(PinLimit::Bytes(b)) => Some(b),
-            None => {
-                // SAFETY: an all-zero rlimit is valid; prlimit only reads the limit of
-                // process `pid` into it.
-                let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-                // SAFETY: as above.
-                let rc = unsafe {
-                    libc::prlimit(
-                        caller.pid as libc::pid_t,
-                        libc::RLIMIT_MEMLOCK,
-                        std::ptr::null(),
-                        &mut lim,
-                    )
-                };
-                if rc == 0 {
-                    return (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur);
-                }
-                // Without CAP_SYS_RESOURCE over the holder, its limits file says the same.
-                // A process that is gone (or was never there) may pin nothing.
-                memlock_from_proc(caller.pid).unwrap_or(Some(0))
-            }
+            // The holder's limits file (readable by all, unlike prlimit(2) of another user's
+            // process, which needs CAP_SYS_RESOURCE). A process that is gone (or was never
+            // there) may pin nothing.
+            None => memlock_from_proc(caller.pid).unwrap_or(Some(0)),
         }
     }
 
@@ -427,17 +411,7 @@ impl Fs {
         // nothing; checked again, atomically, at the grant.
         over_limit(limit)?;
         for _ in 0..8 {
-            let holes = {
-                let i = c.read();
-                let had: u64 = i
-                    .extents
-                    .mappings_in(first, end - first)
-                    .iter()
-                    .map(|m| m.len)
-                    .sum();
-                had < end - first
-            };
-            if holes {
+            if !Self::fully_mapped(&c.read(), first, end - first) {
                 if self.opts.read_only {
                     return Err(FsError::ReadOnly);
                 }
@@ -534,7 +508,6 @@ impl Fs {
                         // The pin's own references are gone: the release only unpins.
                         drop(i);
                         let _ = self.leases.release(req.holder, id, &NoWindows(self));
-                        self.finish_releases();
                         tracing::error!("no DAX window for a pin: {err}");
                         let errno = match err.raw_os_error() {
                             Some(libc::EMFILE | libc::ENFILE) => libc::EMFILE,
