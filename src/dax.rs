@@ -32,8 +32,15 @@
 //! attached pages of that window: pages that live pins of the same blocks' file cover,
 //! never a page no pin covers (those are detached).
 //!
-//! Invariant: attached runs are page-aligned, lie inside the image, and do not overlap; every
-//! attached page has a reference count of at least one.
+//! When the contents cannot go back into the image file (the host is out of space), the
+//! holder is cut off all the same: the pages move to a new window that only the daemon has
+//! (their contents copied into it, the holder's memfd pages punched), with no reference. Such
+//! a page is written back by `fsync` and at unmount, and detached again when a later pin of
+//! it goes; when its block is freed it is detached at once (it reads as zeros anyway).
+//!
+//! Invariant: attached runs are page-aligned, lie inside the image, and do not overlap; a run
+//! with no reference is behind a window of the daemon's own, whose memfd no holder was given,
+//! and covers only blocks that are not free.
 //!
 //! Locks: one mutex over the runs, taken inside the inode and allocator locks (order: inode,
 //! lease, allocator, windows); it is held across the copies and `mmap` calls of opening and
@@ -256,6 +263,7 @@ impl Windows {
             // SAFETY: the gap lies inside the mapping (caller's contract).
             made.push((g, glen, unsafe { new_window(base.add(g as usize), glen) }?));
         }
+        let mut inserted = Vec::new();
         for (g, glen, fd) in made {
             // SAFETY: the target range is page-aligned and inside our mapping (caller's
             // contract), so MAP_FIXED replaces only pages of the image mapping we own; the
@@ -275,18 +283,14 @@ impl Windows {
                 // it unmaps). The windows attached above for this pin, which have no
                 // reference yet, go back: the pin fails as a whole.
                 let err = io_error("mapping a DAX window");
-                let fresh: Vec<u64> = map
-                    .iter()
-                    .filter(|(_, r)| r.refs == 0)
-                    .map(|(&s, _)| s)
-                    .collect();
-                for s in fresh {
-                    let l = map[&s].len;
+                for s in inserted {
+                    let l = map.get(&s).map_or(0, |r: &Run| r.len);
                     // SAFETY: as in `release`: our mapping of `file`, one whole run.
                     unsafe { Self::detach(&mut map, base, file, s, l) };
                 }
                 return Err(err);
             }
+            inserted.push(g);
             map.insert(
                 g,
                 Run {
@@ -317,8 +321,10 @@ impl Windows {
     }
 
     /// Detaches the run `a..a+l`: its contents go back into `file`, the image file is mapped
-    /// over it again, and the memfd part is punched. Returns false (and leaves the run
-    /// attached) when the contents could not be saved.
+    /// over it again, and the memfd part is punched. When the contents cannot be written,
+    /// the run moves to a window of the daemon's own instead (see the module's documentation)
+    /// and stays attached with no reference. Returns false when not even that could be done:
+    /// the run then stays as it was, reachable by whoever holds its memfd.
     ///
     /// # Safety
     /// As for [`Windows::open`]; `a..a+l` must be exactly one run of `map`.
@@ -329,8 +335,7 @@ impl Windows {
         a: u64,
         l: u64,
     ) -> bool {
-        let run = map[&a].clone();
-        debug_assert_eq!(run.len, l);
+        debug_assert_eq!(map[&a].len, l);
         // Into the image file's page cache, straight from the daemon's mapping of the window
         // (one copy). Not synced: the image mapping that takes over sees the page cache, and
         // durability is fsync's business, as for any written block.
@@ -340,10 +345,30 @@ impl Windows {
             tracing::error!(
                 offset = a,
                 len = l,
-                "a released DAX window stays attached: its contents could not be saved: {e}"
+                "a released DAX window cannot be written back ({e}): the daemon keeps its \
+                 contents until fsync or unmount can write them"
             );
-            return false;
+            // SAFETY: as above.
+            return unsafe { Self::cut_off(map, base, a, l) };
         }
+        // SAFETY: as above.
+        unsafe { Self::restore(map, base, file, a, l) }
+    }
+
+    /// Maps the image file over run `a..a+l` again and drops the run (its memfd pages
+    /// punched), without writing anything back. False (nothing changed) if the kernel
+    /// refuses the mapping.
+    ///
+    /// # Safety
+    /// As for [`Windows::detach`].
+    unsafe fn restore(
+        map: &mut BTreeMap<u64, Run>,
+        base: *mut u8,
+        file: &std::fs::File,
+        a: u64,
+        l: u64,
+    ) -> bool {
+        let run = map[&a].clone();
         // SAFETY: the range is page-aligned and inside the daemon's own shared mapping of
         // `file` (caller's contract); MAP_FIXED puts the file back where it was.
         let p = unsafe {
@@ -365,17 +390,64 @@ impl Windows {
             );
             return false;
         }
-        // SAFETY: fallocate on a memfd we own, inside its size: the orphaned pages go back
-        // to the system (a holder that still maps them gets fresh zero pages, its own).
-        unsafe {
-            libc::fallocate(
-                run.fd.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                run.fd_offset as libc::off_t,
-                l as libc::off_t,
-            );
-        }
+        // The orphaned pages go back to the system (a holder that still maps them gets fresh
+        // zero pages, its own).
+        punch(&run.fd, run.fd_offset, l);
         map.remove(&a);
+        true
+    }
+
+    /// Moves run `a..a+l` to a new window of the daemon's own (its current contents copied
+    /// in), punches the old memfd's pages, and keeps the run attached with no reference.
+    /// False (nothing changed) when no new window can be made.
+    ///
+    /// # Safety
+    /// As for [`Windows::detach`].
+    unsafe fn cut_off(map: &mut BTreeMap<u64, Run>, base: *mut u8, a: u64, l: u64) -> bool {
+        let old = map[&a].clone();
+        // SAFETY: the run lies inside the mapping (caller's contract).
+        let fd = match unsafe { new_window(base.add(a as usize), l) } {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!(
+                    offset = a,
+                    len = l,
+                    "a released DAX window stays attached: {e}"
+                );
+                return false;
+            }
+        };
+        // SAFETY: page-aligned, inside the daemon's own mapping (caller's contract); the new
+        // memfd holds `l` bytes.
+        let p = unsafe {
+            libc::mmap(
+                base.add(a as usize).cast(),
+                l as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            tracing::error!(
+                offset = a,
+                len = l,
+                "a released DAX window stays attached: {}",
+                std::io::Error::last_os_error()
+            );
+            return false;
+        }
+        punch(&old.fd, old.fd_offset, l);
+        map.insert(
+            a,
+            Run {
+                len: l,
+                fd: Arc::new(fd),
+                fd_offset: 0,
+                refs: 0,
+            },
+        );
         true
     }
 
@@ -408,6 +480,9 @@ impl Windows {
                 r.refs -= 1;
                 continue;
             }
+            // The last reference (or none: a daemon's own window a pin never counted, which
+            // only happens if the caller releases what it did not open): detach.
+            r.refs = 0;
             let l = r.len;
             // SAFETY: caller's contract; `k` is exactly one run.
             if !unsafe { Self::detach(&mut map, base, file, k, l) } {
@@ -419,21 +494,32 @@ impl Windows {
         stuck
     }
 
-    /// Punches the windowed parts of `off..off+len` (freed blocks read as zeros).
-    pub fn discard(&self, off: u64, len: u64) {
-        let map = self.lock();
+    /// Freed blocks `off..off+len` of the mapping at `base` (a mapping of `file`, whose
+    /// range the caller has just punched) read as zeros: their windowed parts are punched,
+    /// and a window of the daemon's own over them goes (nothing of it needs writing back).
+    ///
+    /// # Safety
+    /// As for [`Windows::release`].
+    pub unsafe fn discard(&self, base: *mut u8, file: &std::fs::File, off: u64, len: u64) {
+        let mut map = self.lock();
+        let end = off + len;
         for (a, l, s) in Self::covered(&map, off, len) {
             let r = &map[&s];
-            // SAFETY: fallocate on a memfd we own, inside its size.
-            unsafe {
-                libc::fallocate(
-                    r.fd.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    (r.fd_offset + (a - s)) as libc::off_t,
-                    l as libc::off_t,
-                );
+            if r.refs > 0 {
+                // Still pinned (only when busy blocks or detaching are switched off).
+                punch(&r.fd, r.fd_offset + (a - s), l);
+                continue;
+            }
+            split_at(&mut map, a);
+            split_at(&mut map, a + l);
+            // SAFETY: caller's contract; `a..a+l` is now exactly one run. The image file
+            // there was punched: the mapping of it reads zeros, as a freed block must.
+            if !unsafe { Self::restore(&mut map, base, file, a, l) } {
+                let r = &map[&a];
+                punch(&r.fd, r.fd_offset, l);
             }
         }
+        coalesce(&mut map, off, end);
     }
 
     /// Copies the windowed parts of `off..off+len` of the mapping at `base` into `file` (the
@@ -528,6 +614,20 @@ unsafe fn pwrite_all(
     Ok(())
 }
 
+/// Punches `len` bytes at `off` of a window's memfd (they read as zeros after, in every
+/// mapping of it).
+fn punch(fd: &OwnedFd, off: u64, len: u64) {
+    // SAFETY: fallocate on a memfd we own, inside its size.
+    unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        );
+    }
+}
+
 /// Waits until bytes `off..off+len` of `file` are on the device.
 fn sync_range(file: &std::fs::File, off: u64, len: u64) -> std::io::Result<()> {
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
@@ -538,4 +638,109 @@ fn sync_range(file: &std::fs::File, off: u64, len: u64) -> std::io::Result<()> {
         return Err(io_error("sync_file_range"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// Maps `len` bytes of `fd` at `off` shared and writable, as a holder does.
+    fn holder_map(fd: &OwnedFd, off: u64, len: u64) -> *mut u8 {
+        // SAFETY: a new shared mapping chosen by the kernel; the tests leak it.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                off as libc::off_t,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p.cast()
+    }
+
+    #[test]
+    fn a_window_that_cannot_be_written_back_still_cuts_its_holder_off() {
+        const LEN: u64 = 4 * PAGE;
+        let file = tempfile::tempfile().unwrap();
+        file.set_len(LEN).unwrap();
+        file.write_all_at(&[b'a'; LEN as usize], 0).unwrap();
+        let map = memmap2::MmapOptions::new()
+            .len(LEN as usize)
+            .map_raw(&file)
+            .unwrap();
+        let base = map.as_mut_ptr();
+        let w = Windows::default();
+        // SAFETY: `base` maps the whole file; nothing else writes it in this test.
+        let pieces = unsafe { w.open(base, &file, PAGE, PAGE) }.unwrap();
+        let held = holder_map(&pieces[0].fd, pieces[0].fd_offset, PAGE);
+        // SAFETY: storing into the holder's live mapping of one page.
+        unsafe { held.write_bytes(b'h', PAGE as usize) };
+        // The write-back fails (a descriptor the image cannot be written through, as when
+        // the host is full): the holder must be cut off all the same.
+        let read_only = std::fs::File::open("/proc/self/exe").unwrap();
+        // SAFETY: as above.
+        let stuck = unsafe { w.release(base, &read_only, PAGE, PAGE) };
+        assert!(stuck.is_empty(), "cut off, not stuck: {stuck:?}");
+        // SAFETY: storing into the holder's (now orphaned) mapping, reading the daemon's.
+        let seen = unsafe {
+            held.write_bytes(b'x', PAGE as usize);
+            std::slice::from_raw_parts(base.add(PAGE as usize), PAGE as usize).to_vec()
+        };
+        assert!(
+            seen.iter().all(|&b| b == b'h'),
+            "the daemon keeps what was stored under the pin, and nothing stored after it"
+        );
+        assert_eq!(
+            w.list(),
+            vec![(PAGE, PAGE)],
+            "behind a window of the daemon's own"
+        );
+        // A later pin of the page gets that window, and its release writes the page back.
+        // SAFETY: as above.
+        unsafe { w.open(base, &file, PAGE, PAGE) }.unwrap();
+        // SAFETY: as above.
+        assert!(unsafe { w.release(base, &file, PAGE, PAGE) }.is_empty());
+        assert!(w.list().is_empty());
+        let mut back = vec![0u8; PAGE as usize];
+        file.read_exact_at(&mut back, PAGE).unwrap();
+        assert!(back.iter().all(|&b| b == b'h'), "written back at last");
+    }
+
+    #[test]
+    fn a_freed_block_behind_the_daemons_own_window_reads_zeros() {
+        const LEN: u64 = 2 * PAGE;
+        let file = tempfile::tempfile().unwrap();
+        file.write_all_at(&[b'a'; LEN as usize], 0).unwrap();
+        let map = memmap2::MmapOptions::new()
+            .len(LEN as usize)
+            .map_raw(&file)
+            .unwrap();
+        let base = map.as_mut_ptr();
+        let w = Windows::default();
+        let read_only = std::fs::File::open("/proc/self/exe").unwrap();
+        // SAFETY: `base` maps the whole file; nothing else writes it in this test.
+        unsafe {
+            w.open(base, &file, 0, PAGE).unwrap();
+            assert!(w.release(base, &read_only, 0, PAGE).is_empty());
+            // The block is freed: the image file is punched there, then the windows hear.
+            libc::fallocate(
+                file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                PAGE as libc::off_t,
+            );
+            w.discard(base, &file, 0, PAGE);
+        }
+        assert!(
+            w.list().is_empty(),
+            "nothing of a freed block needs writing back"
+        );
+        // SAFETY: reading the daemon's mapping.
+        let seen = unsafe { std::slice::from_raw_parts(base, PAGE as usize) };
+        assert!(seen.iter().all(|&b| b == 0), "a freed block reads as zeros");
+    }
 }

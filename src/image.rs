@@ -592,7 +592,12 @@ impl Image {
         if rc != 0 {
             self.zero(off, len);
         }
-        self.windows.discard(off, len);
+        // SAFETY: the range is inside our live shared mapping of `self.file` (checked above),
+        // and freed blocks are written by nobody.
+        unsafe {
+            self.windows
+                .discard(self.map.as_mut_ptr(), &self.file, off, len)
+        };
     }
 
     /// Makes `off..off+len` durable: `msync(MS_SYNC)` of the pages that cover it, and for

@@ -162,7 +162,7 @@ impl Fs {
                     tracing::error!(
                         start = e.start,
                         len = e.len,
-                        "blocks stay pinned until unmount: their DAX window could not be detached"
+                        "blocks stay pinned until unmount: their DAX window could not be detached, nor its holder cut off"
                     );
                 }
                 <Fs as Unpinner>::unpin(self, &go);
