@@ -349,7 +349,7 @@ impl Windows {
                  contents until fsync or unmount can write them"
             );
             // SAFETY: as above.
-            return unsafe { Self::cut_off(map, base, a, l) };
+            return unsafe { Self::cut_off(map, base, a, l, 0) };
         }
         // SAFETY: as above.
         unsafe { Self::restore(map, base, file, a, l) }
@@ -397,23 +397,25 @@ impl Windows {
         true
     }
 
-    /// Moves run `a..a+l` to a new window of the daemon's own (its current contents copied
-    /// in), punches the old memfd's pages, and keeps the run attached with no reference.
-    /// False (nothing changed) when no new window can be made.
+    /// Moves run `a..a+l` to a new window that no holder was given (its current contents
+    /// copied in), punches the old memfd's pages, and keeps the run attached with `refs`
+    /// references. False (nothing changed) when no new window can be made.
     ///
     /// # Safety
     /// As for [`Windows::detach`].
-    unsafe fn cut_off(map: &mut BTreeMap<u64, Run>, base: *mut u8, a: u64, l: u64) -> bool {
+    unsafe fn cut_off(
+        map: &mut BTreeMap<u64, Run>,
+        base: *mut u8,
+        a: u64,
+        l: u64,
+        refs: u32,
+    ) -> bool {
         let old = map[&a].clone();
         // SAFETY: the run lies inside the mapping (caller's contract).
         let fd = match unsafe { new_window(base.add(a as usize), l) } {
             Ok(fd) => fd,
             Err(e) => {
-                tracing::error!(
-                    offset = a,
-                    len = l,
-                    "a released DAX window stays attached: {e}"
-                );
+                tracing::error!(offset = a, len = l, "a DAX window stays as it was: {e}");
                 return false;
             }
         };
@@ -433,7 +435,7 @@ impl Windows {
             tracing::error!(
                 offset = a,
                 len = l,
-                "a released DAX window stays attached: {}",
+                "a DAX window stays as it was: {}",
                 std::io::Error::last_os_error()
             );
             return false;
@@ -445,10 +447,35 @@ impl Windows {
                 len: l,
                 fd: Arc::new(fd),
                 fd_offset: 0,
-                refs: 0,
+                refs,
             },
         );
         true
+    }
+
+    /// Cuts every holder that was given a window over `off..off+len` of the mapping at
+    /// `base` off from it: the pages move to new windows with the same contents and the same
+    /// references, which no holder was given. For revoked pins whose blocks cannot be moved
+    /// out of their file (no space): what a device could not do without ODP, software can.
+    /// Returns false if some page could not be moved (its holders still reach it).
+    ///
+    /// # Safety
+    /// As for [`Windows::release`].
+    pub unsafe fn rekey(&self, base: *mut u8, off: u64, len: u64) -> bool {
+        let end = off + len;
+        let mut map = self.lock();
+        split_at(&mut map, off);
+        split_at(&mut map, end);
+        let runs: Vec<(u64, u64, u32)> = map
+            .range(off..end)
+            .map(|(&s, r)| (s, r.len, r.refs))
+            .collect();
+        let mut all = true;
+        for (a, l, refs) in runs {
+            // SAFETY: caller's contract; `a..a+l` is exactly one run.
+            all &= unsafe { Self::cut_off(&mut map, base, a, l, refs) };
+        }
+        all
     }
 
     /// Drops one reference from every attached page of `off..off+len` of the mapping at

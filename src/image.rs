@@ -678,6 +678,16 @@ impl Image {
         }
     }
 
+    /// Cuts the holders given windows over `off..off+len` (whole blocks) off from them, the
+    /// blocks staying where they are ([`crate::dax::Windows::rekey`]); false if some page could
+    /// not be. The caller holds the lock of the inode that owns the blocks, if one does.
+    pub fn rekey_windows(&self, off: u64, len: u64) -> bool {
+        self.check_range(off, len as usize);
+        // SAFETY: the range is inside our live mapping (checked above); the caller excludes
+        // concurrent writes to it.
+        unsafe { self.windows.rekey(self.map.as_mut_ptr(), off, len) }
+    }
+
     /// How many memfds the daemon keeps open for DAX windows (for status and tests).
     pub fn window_descriptors(&self) -> usize {
         self.windows.descriptors()

@@ -900,3 +900,51 @@ fn a_chown_turns_the_former_owners_lease_into_a_guests() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(s.state(pin), Some(LeaseState::Revoked));
 }
+
+/// With no space left to move a revoked pin's blocks out of its file, the revocation holds
+/// all the same: the fence succeeds and the fenced holder's later stores reach no file.
+#[test]
+fn a_fence_on_a_full_filesystem_still_cuts_the_holder_off() {
+    let s = setup(Policy::Revoke, 45_000, true);
+    let ino = s.file("pinned", 4);
+    let h = s.holder();
+    let g =
+        s.fs.pin(
+            &PinRequest {
+                holder: h,
+                ino,
+                offset: 0,
+                len: 4 * BLOCK_SIZE,
+                writable: true,
+                unbreakable: false,
+            },
+            Caller::ROOT,
+        )
+        .unwrap();
+    let win = map_piece(&g.windows[0]);
+    win[..5].copy_from_slice(b"under");
+    // Fill the filesystem.
+    let filler = s.file("filler", 0);
+    let chunk = vec![0x22u8; 1 << 20];
+    let mut at = 0u64;
+    while s.fs.write(filler, at, &chunk, Caller::ROOT).is_ok() {
+        at += chunk.len() as u64;
+    }
+    while s
+        .fs
+        .write(filler, at, &chunk[..BLOCK_SIZE as usize], Caller::ROOT)
+        .is_ok()
+    {
+        at += BLOCK_SIZE;
+    }
+    assert_eq!(s.fs.statfs().free, 0, "the filesystem is full");
+    assert_eq!(s.fs.fence(h).unwrap(), 1, "the fence holds, space or not");
+    assert_eq!(s.state(g.id), Some(LeaseState::Revoked));
+    win[..5].copy_from_slice(b"after");
+    assert_eq!(
+        &s.fs.read(ino, 0, 5).unwrap(),
+        b"under",
+        "what was stored under the pin stays; nothing stored after the fence arrives"
+    );
+    s.fs.check_space().unwrap();
+}

@@ -274,11 +274,19 @@ impl Fs {
             .sum();
         if got < moves.iter().map(|m| m.len).sum::<u64>() {
             self.unallocate(&maps);
-            tracing::error!(
+            // No room to move them: the blocks stay, and the revoked holders are cut off
+            // from them instead (the revocation must hold, space or not). They stay pinned
+            // by the revoked pins, so the file's later frees still keep them busy.
+            let cut = moves.iter().all(|m| {
+                self.image
+                    .rekey_windows(m.image_block * BLOCK_SIZE, m.len * BLOCK_SIZE)
+            });
+            tracing::warn!(
                 ino,
-                "no space to move revoked pinned blocks out of the file"
+                cut,
+                "no space to move revoked pinned blocks out of the file: their holders were cut off from them instead"
             );
-            return Err(FsError::NoSpace);
+            return if cut { Ok(()) } else { Err(FsError::NoSpace) };
         }
         // Copy the data over before the new blocks become the file's.
         let new: Vec<Mapping> = maps.iter().filter_map(Record::as_mapping).collect();
