@@ -199,6 +199,19 @@ pub fn write<'a>(
             }
         }
     }
+    // The blob goes in by `pwrite`, which a full host answers with ENOSPC; provisioning
+    // first makes that a clean refusal with nothing changed (the blocks go back).
+    for &(s, l) in &extents {
+        if let Err(e) = image.provision(s * BLOCK_SIZE, l * BLOCK_SIZE) {
+            for &(s, l) in &extents {
+                alloc.free(Extent { start: s, len: l }).ok();
+            }
+            return Err(FsError::Host {
+                what: "allocating the checkpoint's blocks on the host",
+                source: e,
+            });
+        }
+    }
     // The free list never grows from allocations (they take from extents' starts), so the
     // final blob fits the estimate.
     let blob = finish(head, &alloc.encode(), &prev);
@@ -208,7 +221,7 @@ pub fn write<'a>(
         // Through the file, not the mapping: a DAX window may still cover these blocks.
         image
             .write_file(s * BLOCK_SIZE, &blob[off..off + n])
-            .map_err(|e| FsError::Corrupt(format!("writing the checkpoint: {e}")))?;
+            .map_err(FsError::host("writing the checkpoint"))?;
         off += n;
     }
     assert_eq!(off, blob.len(), "checkpoint outgrew its estimate");
@@ -218,7 +231,9 @@ pub fn write<'a>(
     sb.checkpoint_crc = crc32c(&blob);
     sb.checkpoint_extents = extents;
     sb.clean = clean;
-    image.write_superblock(sb);
+    image
+        .write_superblock(sb)
+        .map_err(FsError::host("writing the superblock"))?;
     journal.reset();
     for (s, l) in prev {
         for f in alloc

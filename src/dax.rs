@@ -127,6 +127,16 @@ pub struct Windows {
     runs: Mutex<BTreeMap<u64, Run>>,
 }
 
+/// What [`Windows::write_back`] did: bytes copied from windows into the image file, and the
+/// parts of the range that no window covers (the caller msyncs those).
+#[derive(Debug, Default)]
+pub struct WrittenBack {
+    /// Bytes written from windows into the image file (not yet durable).
+    pub windowed: u64,
+    /// Parts of the range that are the image mapping itself: (offset, length).
+    pub rest: Vec<(u64, u64)>,
+}
+
 /// The last OS error, errno kept (callers tell `EMFILE` from `ENOMEM` by it); what failed
 /// goes to the log.
 fn io_error(what: &str) -> std::io::Error {
@@ -550,8 +560,9 @@ impl Windows {
     }
 
     /// Copies the windowed parts of `off..off+len` of the mapping at `base` into `file` (the
-    /// image file behind them) and makes them durable; returns the parts that are not
-    /// windowed, for the caller to msync.
+    /// image file behind them), into the host's page cache: the caller makes them durable
+    /// (`fdatasync` of the image). Returns the parts that are not windowed, for the caller
+    /// to msync, or the first error (after trying every part).
     ///
     /// # Safety
     /// `base` must be the start of a live mapping of at least `off + len` bytes.
@@ -561,30 +572,37 @@ impl Windows {
         file: &std::fs::File,
         off: u64,
         len: u64,
-    ) -> Vec<(u64, u64)> {
+    ) -> std::io::Result<WrittenBack> {
         let map = self.lock();
-        let mut rest = Vec::new();
+        let mut done = WrittenBack::default();
+        let mut failed = None;
         let mut cursor = off;
         for (a, l, _) in Self::covered(&map, off, len) {
             if a > cursor {
-                rest.push((cursor, a - cursor));
+                done.rest.push((cursor, a - cursor));
             }
             // SAFETY: `a..a+l` lies inside the mapping (caller's contract), which maps the
             // window there.
-            let written = unsafe { pwrite_all(file, base.add(a as usize), l, a) };
-            if let Err(e) = written.and_then(|()| sync_range(file, a, l)) {
-                tracing::error!(
-                    offset = a,
-                    len = l,
-                    "writing a DAX window back to the image failed: {e}"
-                );
+            match unsafe { pwrite_all(file, base.add(a as usize), l, a) } {
+                Ok(()) => done.windowed += l,
+                Err(e) => {
+                    tracing::error!(
+                        offset = a,
+                        len = l,
+                        "writing a DAX window back to the image failed: {e}"
+                    );
+                    failed.get_or_insert(e);
+                }
             }
             cursor = a + l;
         }
         if cursor < off + len {
-            rest.push((cursor, off + len - cursor));
+            done.rest.push((cursor, off + len - cursor));
         }
-        rest
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 
     /// All attached runs: (image offset, length).
@@ -653,18 +671,6 @@ fn punch(fd: &OwnedFd, off: u64, len: u64) {
             len as libc::off_t,
         );
     }
-}
-
-/// Waits until bytes `off..off+len` of `file` are on the device.
-fn sync_range(file: &std::fs::File, off: u64, len: u64) -> std::io::Result<()> {
-    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: sync_file_range on the image file, in range.
-    if unsafe { libc::sync_file_range(file.as_raw_fd(), off as i64, len as i64, flags) } != 0 {
-        return Err(io_error("sync_file_range"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -91,6 +91,20 @@ pub enum FsError {
         /// What failed.
         message: String,
     },
+    /// The host filesystem under the image failed an I/O (`EIO`; `ENOSPC` when the host is
+    /// full): what was being made durable is not.
+    #[error("the image's host filesystem failed: {what}: {source}")]
+    Host {
+        /// What was being done.
+        what: &'static str,
+        /// The host's error.
+        source: std::io::Error,
+    },
+    /// An earlier host failure left metadata that may not be durable: the filesystem takes
+    /// no more changes (`EIO`, as XFS and ext4 after a forced shutdown). Unmount it; the image
+    /// keeps its last durable state, which the next mount replays.
+    #[error("the filesystem was shut down after its host failed; unmount it and run `pinfs fsck`")]
+    ShutDown,
 }
 
 impl From<DecodeError> for FsError {
@@ -100,6 +114,22 @@ impl From<DecodeError> for FsError {
 }
 
 impl FsError {
+    /// This error, if it is a host failure other than a full host (`ENOSPC` leaves nothing
+    /// half-done: it comes from provisioning, before any store).
+    pub fn as_host_failure(&self) -> Option<&FsError> {
+        match self {
+            FsError::Host { source, .. } if source.raw_os_error() != Some(libc::ENOSPC) => {
+                Some(self)
+            }
+            _ => None,
+        }
+    }
+
+    /// A host I/O error while doing `what`.
+    pub fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> FsError {
+        move |source| FsError::Host { what, source }
+    }
+
     /// The errno for this error.
     pub fn errno(&self) -> i32 {
         match self {
@@ -128,6 +158,10 @@ impl FsError {
             FsError::PinLimit(_) => libc::ENOMEM,
             FsError::Resources { errno, .. } => *errno,
             FsError::Unmounting => libc::ENODEV,
+            FsError::Host { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                libc::ENOSPC
+            }
+            FsError::Host { .. } | FsError::ShutDown => libc::EIO,
         }
     }
 }

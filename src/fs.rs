@@ -487,6 +487,10 @@ pub struct Fs {
     /// Pinned unlinked inodes whose freeing waits on a thread of its own (one thread per
     /// inode however often it is asked for).
     reclaiming: Mutex<HashSet<u64>>,
+    /// Set when the host failed to make metadata durable (journal, superblock, checkpoint):
+    /// from then on no change is taken ([`FsError::ShutDown`]) and unmount writes no
+    /// checkpoint, so the image keeps its last durable state.
+    shut_down: AtomicBool,
 }
 
 /// How long an unmount waits for the threads of breakers whose waits it ended.
@@ -586,9 +590,26 @@ impl Fs {
         let was_clean = sb.clean;
         let (notice_tx, notice_rx) = crossbeam::channel::unbounded();
         if !opts.read_only {
+            // Blocks stored into through the mapping must be backed by the host (see
+            // `Image::provision`): the metadata area and every block in use, for images made
+            // before blocks were provisioned at allocation (cheap where already backed).
+            image
+                .provision(0, sb.data_start() * BLOCK_SIZE)
+                .map_err(FsError::host(
+                    "allocating the image's metadata area on the host",
+                ))?;
+            for e in used_extents(&loaded.alloc) {
+                image
+                    .provision(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE)
+                    .map_err(FsError::host(
+                        "allocating the image's used blocks on the host",
+                    ))?;
+            }
             sb.generation += 1;
             sb.clean = false;
-            image.write_superblock(&sb);
+            image
+                .write_superblock(&sb)
+                .map_err(FsError::host("writing the superblock"))?;
         }
         let fs = Fs {
             image,
@@ -614,6 +635,7 @@ impl Fs {
             detaching: Mutex::new(()),
             waiters: (Mutex::new(0), Condvar::new()),
             reclaiming: Mutex::new(HashSet::new()),
+            shut_down: AtomicBool::new(false),
         };
         if !fs.opts.read_only {
             if !was_clean {
@@ -658,13 +680,16 @@ impl Fs {
             c.lookups.store(0, Ordering::SeqCst);
             c.opens.store(0, Ordering::SeqCst);
         }
+        self.is_up()?;
         self.reclaim_all_orphans()?;
         {
             // Windowed blocks that files own go back into the image file; free ones stay zero.
             let alloc = lock(&self.alloc);
             let free: Vec<Extent> = alloc.free_extents().collect();
             self.image
-                .write_back_windows(|off, len| owned_ranges(&free, off, len));
+                .write_back_windows(|off, len| owned_ranges(&free, off, len))
+                .and_then(|()| self.image.sync_host())
+                .map_err(|e| self.host_failed("writing DAX windows back at unmount", e))?;
         }
         // The owner note stays: until this process exits and the lock is free, a refused
         // mount can still say who is finishing an unmount.
@@ -739,6 +764,7 @@ impl Fs {
         let mut journal = lock(&self.journal);
         let mut alloc = lock(&self.alloc);
         let mut sb = lock(&self.sb);
+        self.is_up()?;
         checkpoint::write(
             &self.image,
             &mut sb,
@@ -747,7 +773,18 @@ impl Fs {
             self.next_ino.load(Ordering::SeqCst),
             guards.iter().map(|g| &**g),
             clean,
-        )?;
+        )
+        .inspect_err(|e| {
+            // A full host refused the blob's blocks before anything changed; any other
+            // host failure may have lost what the image's page cache held, or left the
+            // superblock switch unconfirmed: nothing more may be stored on top of that.
+            if let Some(FsError::Host { what, source }) = e.as_host_failure() {
+                self.shut_down.store(true, Ordering::SeqCst);
+                tracing::error!(
+                    "checkpoint failed ({what}: {source}): the filesystem is shut down"
+                );
+            }
+        })?;
         self.checkpoint_wanted.store(false, Ordering::SeqCst);
         tracing::debug!(generation = sb.generation, "checkpoint written");
         Ok(())
@@ -764,7 +801,34 @@ impl Fs {
         if self.opts.read_only {
             return Err(FsError::ReadOnly);
         }
+        self.is_up()?;
         self.maybe_checkpoint()
+    }
+
+    /// `Err(ShutDown)` once a host failure shut the filesystem down.
+    fn is_up(&self) -> FsResult<()> {
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(FsError::ShutDown);
+        }
+        Ok(())
+    }
+
+    /// The host failed to make something durable: shuts the filesystem down (a write-back
+    /// error is reported once, so no later success can be trusted) and returns the error for
+    /// the caller (`EIO`).
+    fn host_failed(&self, what: &'static str, source: std::io::Error) -> FsError {
+        if !self.shut_down.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                image = %self.image.path().display(),
+                "{what} failed: {source}; the filesystem is shut down (every change fails with EIO), the image keeps its last durable state"
+            );
+        }
+        FsError::Host { what, source }
+    }
+
+    /// Whether a host failure shut the filesystem down.
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::SeqCst)
     }
 
     fn gate(&self) -> RwLockReadGuard<'_, ()> {
@@ -776,6 +840,7 @@ impl Fs {
         if records.is_empty() {
             return Ok(());
         }
+        self.is_up()?;
         let payload = encode_transaction(records);
         let mut journal = lock(&self.journal);
         if !journal.has_room(payload.len()) {
@@ -1565,6 +1630,19 @@ impl Fs {
             while cur < hole_end {
                 match alloc.allocate(hole_end - cur, goal) {
                     Ok(e) => {
+                        // The host backs the blocks before anything is stored into them: a
+                        // full host is a short allocation (ENOSPC), not a SIGBUS later.
+                        if let Err(err) = self
+                            .image
+                            .provision(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE)
+                        {
+                            tracing::warn!(
+                                blocks = e.len,
+                                "the image's host cannot back new blocks: {err}"
+                            );
+                            let _ = alloc.free(e);
+                            return records;
+                        }
                         records.push(Record::Map {
                             ino,
                             file_block: cur,
@@ -1632,6 +1710,7 @@ impl Fs {
             if self.opts.read_only {
                 return Err(FsError::ReadOnly);
             }
+            self.is_up()?;
             if end <= i.size
                 && Self::fully_mapped(&i, first, count)
                 && kill_privs(i.perm, i.gid, caller) == i.perm
@@ -1693,8 +1772,10 @@ impl Fs {
         Ok(written as u32)
     }
 
-    /// Makes the file's data (and with `!datasync` its metadata) durable.
+    /// Makes the file's data (and with `!datasync` its metadata) durable on the host. A
+    /// host failure is `EIO` and shuts the filesystem down ([`FsError::ShutDown`]).
     pub fn fsync(&self, ino: u64, datasync: bool) -> FsResult<()> {
+        self.is_up()?;
         let c = self.table.get(ino)?;
         let (dirty, mapped) = {
             let mut i = c.write();
@@ -1705,24 +1786,48 @@ impl Fs {
                 .collect();
             (std::mem::take(&mut i.rt.dirty), mapped)
         };
+        let mut failed = None;
+        let mut still_dirty = BTreeMap::new();
         for (s, e) in dirty {
-            self.image.flush(s, e - s);
+            if let Err(err) = self.image.flush(s, e - s) {
+                still_dirty.insert(s, e);
+                failed.get_or_insert(err);
+            }
         }
         // Holders store into DAX windows without the filesystem seeing it: whatever of this
-        // file is behind a window goes back to the image file too.
+        // file is behind a window goes back to the image file too, then to the device.
+        let mut windowed = Ok(());
         for (s, l) in mapped {
-            self.image.write_back_windowed(s, l);
+            windowed = windowed.and(self.image.write_back_windowed(s, l));
+        }
+        if let Err(err) = windowed.and_then(|()| self.image.sync_host()) {
+            failed.get_or_insert(err);
+        }
+        if let Some(err) = failed {
+            let mut i = c.write();
+            for (s, e) in still_dirty {
+                let end = i.rt.dirty.get(&s).copied().unwrap_or(e).max(e);
+                i.rt.dirty.insert(s, end);
+            }
+            drop(i);
+            // The host reports a write-back error once per open file, and may have dropped
+            // other dirty pages of the image (journal, other files) in the same pass: no
+            // later success can be trusted, so the filesystem stops here.
+            return Err(self.host_failed("writing the file's data to the image", err));
         }
         if !self.opts.read_only && (!datasync || c.read().rt.times_dirty) {
             self.flush_times(ino)?;
         }
-        lock(&self.journal).flush(&self.image);
-        Ok(())
+        self.sync_metadata()
     }
 
-    /// Makes all metadata durable.
-    pub fn sync_metadata(&self) {
-        lock(&self.journal).flush(&self.image);
+    /// Makes all metadata durable (the journal's new entries). A failure shuts the
+    /// filesystem down: later entries would sit on top of ones the host lost.
+    pub fn sync_metadata(&self) -> FsResult<()> {
+        self.is_up()?;
+        lock(&self.journal)
+            .flush(&self.image)
+            .map_err(|e| self.host_failed("making the journal durable", e))
     }
 
     /// fallocate(2) with the modes the kernel forwards. Punching and zeroing may wait for
@@ -2248,4 +2353,26 @@ fn owned_ranges(free: &[Extent], off: u64, len: u64) -> Vec<(u64, u64)> {
         out.push((cursor, end - cursor));
     }
     out
+}
+
+/// Extents the allocator does not have free (metadata, checkpoint, files, busy blocks).
+fn used_extents(alloc: &Allocator) -> Vec<Extent> {
+    let mut used = Vec::new();
+    let mut cursor = 0;
+    for f in alloc.free_extents() {
+        if f.start > cursor {
+            used.push(Extent {
+                start: cursor,
+                len: f.start - cursor,
+            });
+        }
+        cursor = f.end();
+    }
+    if cursor < alloc.total_blocks() {
+        used.push(Extent {
+            start: cursor,
+            len: alloc.total_blocks() - cursor,
+        });
+    }
+    used
 }

@@ -420,8 +420,7 @@ impl fuser::Filesystem for FuseFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.fs.sync_metadata();
-        reply.ok()
+        Self::empty(reply, self.fs.sync_metadata())
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

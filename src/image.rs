@@ -13,9 +13,16 @@
 //! daemon that holds the lock, so that a refused second mount can name them.
 //!
 //! Persistence ordering: stores go to the shared mapping, so they survive the daemon being
-//! killed (they are in the host page cache). [`Image::flush`] (`msync(MS_SYNC)` of a range) makes
-//! a range durable against a host crash; callers flush data before the journal records that
-//! reference it, and a checkpoint before the superblock that points at it.
+//! killed (they are in the host page cache). [`Image::flush`] makes a range durable against a
+//! host crash (`msync(MS_SYNC)`, which is a data sync of that file range; for parts behind DAX
+//! windows, `pwrite` and `fdatasync`); callers flush data before the journal records that
+//! reference it, and a checkpoint before the superblock that points at it. Every flush
+//! reports its error: the caller answers `EIO` and does not go on as if it were durable.
+//!
+//! Host space: the image is sparse. A store through a shared mapping into a page the host has
+//! no room for kills the process with `SIGBUS`, so blocks are [`Image::provision`]ed (host
+//! `fallocate`) before they are handed out, and the metadata area at mkfs and mount; a full
+//! host is then `ENOSPC` at allocation time.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -349,8 +356,15 @@ impl Image {
             uuid: random_uuid(),
         };
         let img = Image::map(path, file)?;
-        img.write_superblock(&sb);
-        img.flush(0, 2 * BLOCK_SIZE);
+        // The superblocks and the journal are stored into through the mapping from the first
+        // mount on: the host backs them now, or mkfs fails here with its ENOSPC.
+        img.provision(0, sb.data_start() * BLOCK_SIZE)
+            .map_err(io_err(
+                path,
+                "cannot allocate the metadata area on the host",
+            ))?;
+        img.write_superblock(&sb)
+            .map_err(io_err(path, "cannot write the superblock"))?;
         Ok(sb)
     }
 
@@ -525,11 +539,14 @@ impl Image {
 
     /// Writes `sb` into the copy its generation selects (odd: A, even: B), so the other copy
     /// stays intact if this store is torn.
-    pub fn write_superblock(&self, sb: &Superblock) {
+    ///
+    /// The copy is durable on the host when this returns `Ok`: everything stored before it
+    /// (journal, checkpoint, data) that the caller flushed is ordered before it.
+    pub fn write_superblock(&self, sb: &Superblock) -> io::Result<()> {
         let bytes = sb.encode();
         let off = (sb.generation % 2) * BLOCK_SIZE;
         self.write(off, &bytes);
-        self.flush(off, BLOCK_SIZE);
+        self.flush(off, BLOCK_SIZE)
     }
 
     fn check_range(&self, off: u64, len: usize) {
@@ -600,55 +617,112 @@ impl Image {
         };
     }
 
-    /// Makes `off..off+len` durable: `msync(MS_SYNC)` of the pages that cover it, and for
-    /// parts behind DAX windows, a write-back into the image file.
-    pub fn flush(&self, off: u64, len: u64) {
+    /// Makes `off..off+len` durable on the host: the parts behind DAX windows are written
+    /// into the image file and the file is `fdatasync`ed; the rest is `msync(MS_SYNC)`ed
+    /// (which the kernel implements as a data sync of that file range: it writes the pages,
+    /// the host metadata they need, and flushes the device's cache). The first error is
+    /// returned after every part was tried; the caller reports it (`EIO`) and keeps the
+    /// range dirty.
+    pub fn flush(&self, off: u64, len: u64) -> io::Result<()> {
         let start = off & !(BLOCK_SIZE - 1);
-        let end = (off + len).min(self.len);
+        let end = off.saturating_add(len).min(self.len);
         if end <= start {
-            return;
+            return Ok(());
         }
         // SAFETY: the range is inside our live mapping (clamped to its length above).
-        let rest = unsafe {
+        let done = unsafe {
             self.windows
                 .write_back(self.map.as_ptr(), &self.file, start, end - start)
         };
+        let mut failed = None;
+        let rest = match done {
+            Ok(d) => {
+                if d.windowed > 0 {
+                    if let Err(e) = self.sync_host() {
+                        failed.get_or_insert(e);
+                    }
+                }
+                d.rest
+            }
+            Err(e) => {
+                failed.get_or_insert(e);
+                Vec::new()
+            }
+        };
         for (s, l) in rest {
             if let Err(e) = self.map.flush_range(s as usize, l as usize) {
-                tracing::error!(image = %self.path.display(), "msync failed: {e}");
+                tracing::error!(image = %self.path.display(), offset = s, len = l, "msync failed: {e}");
+                failed.get_or_insert(e);
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// `fdatasync` of the image file: whatever was written into it (by `pwrite` or through
+    /// the mapping) is on the device, with the host metadata needed to read it back.
+    pub fn sync_host(&self) -> io::Result<()> {
+        self.file.sync_data().inspect_err(
+            |e| tracing::error!(image = %self.path.display(), "fdatasync of the image failed: {e}"),
+        )
+    }
+
+    /// Has the host allocate `off..off+len` of the image file (`fallocate` mode 0), so that
+    /// later stores through the mapping cannot meet a full host filesystem: a store into an
+    /// unbacked page of a shared mapping is `SIGBUS`, while this answers `ENOSPC`. Blocks
+    /// the host already backs are left as they are. A host filesystem that cannot
+    /// preallocate is accepted (stores there keep the host's behaviour).
+    pub fn provision(&self, off: u64, len: u64) -> io::Result<()> {
+        self.check_range(off, len as usize);
+        if len == 0 {
+            return Ok(());
+        }
+        loop {
+            // SAFETY: fallocate on our own descriptor, in range; mode 0 changes no data.
+            let rc = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    0,
+                    off as libc::off_t,
+                    len as libc::off_t,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EOPNOTSUPP) => return Ok(()),
+                _ => return Err(e),
             }
         }
     }
 
     /// Writes back into the image file the parts of `off..off+len` that are behind DAX
     /// windows (stores by holders, which the filesystem does not see), and nothing else.
-    pub fn write_back_windowed(&self, off: u64, len: u64) {
+    /// Not durable until [`Image::sync_host`].
+    pub fn write_back_windowed(&self, off: u64, len: u64) -> io::Result<()> {
         self.check_range(off, len as usize);
         // SAFETY: the range is inside our live mapping (checked above).
         unsafe {
             self.windows
                 .write_back(self.map.as_ptr(), &self.file, off, len)
-        };
+        }
+        .map(|_| ())
     }
 
-    /// Writes bytes into the image *file* and makes them durable, bypassing the mapping (and
-    /// so any DAX window over those blocks): for checkpoints, which must reach the file even
-    /// where a window still covers blocks that were pinned once.
+    /// Writes bytes into the image *file* and makes them durable (`pwrite`, `fdatasync`),
+    /// bypassing the mapping (and so any DAX window over those blocks): for checkpoints,
+    /// which must reach the file even where a window still covers blocks that were pinned
+    /// once. A full host answers `ENOSPC` here, never `SIGBUS`.
     pub fn write_file(&self, off: u64, data: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
         self.check_range(off, data.len());
         self.file.write_all_at(data, off)?;
-        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-            | libc::SYNC_FILE_RANGE_WRITE
-            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-        // SAFETY: sync_file_range on our own descriptor, in range.
-        if unsafe {
-            libc::sync_file_range(self.file.as_raw_fd(), off as i64, data.len() as i64, flags)
-        } != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
+        self.sync_host()
     }
 
     /// Direct access to `off..off+len` (whole blocks) for a pin holder: the DAX window pieces
@@ -695,12 +769,23 @@ impl Image {
 
     /// Brings the image file up to date behind every DAX window, for the blocks `keep` says
     /// are owned (freed blocks must stay zero in the file).
-    pub fn write_back_windows(&self, keep: impl Fn(u64, u64) -> Vec<(u64, u64)>) {
+    /// Not durable until [`Image::sync_host`]; the first error is returned after every
+    /// window was tried.
+    pub fn write_back_windows(&self, keep: impl Fn(u64, u64) -> Vec<(u64, u64)>) -> io::Result<()> {
+        let mut failed = None;
         for (s, l) in self.windows.list() {
             for (a, n) in keep(s, l) {
                 // SAFETY: a part of an attached run, inside our live mapping.
-                unsafe { self.windows.write_back(self.map.as_ptr(), &self.file, a, n) };
+                if let Err(e) =
+                    unsafe { self.windows.write_back(self.map.as_ptr(), &self.file, a, n) }
+                {
+                    failed.get_or_insert(e);
+                }
             }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
     }
 

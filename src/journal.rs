@@ -137,10 +137,12 @@ impl Journal {
     }
 
     /// Makes every appended entry durable (`msync` of what was appended since the last call).
-    pub fn flush(&mut self, image: &Image) {
+    /// On an error the entries stay unsynced, so the next call tries them again.
+    pub fn flush(&mut self, image: &Image) -> std::io::Result<()> {
         if self.tail > self.synced {
-            image.flush(self.base + self.synced, self.tail - self.synced);
+            image.flush(self.base + self.synced, self.tail - self.synced)?;
             self.synced = self.tail;
         }
+        Ok(())
     }
 }

@@ -295,6 +295,20 @@ impl Fs {
             self.image.read(m.image_block * BLOCK_SIZE, &mut data);
             self.store(&new, m.file_block * BLOCK_SIZE, &data, &mut i.rt.dirty);
         }
+        // The copies are durable before the records that point the file at them can be:
+        // the old blocks held data that may have been fsync'd.
+        for m in &new {
+            if let Err(e) = self
+                .image
+                .flush(m.image_block * BLOCK_SIZE, m.len * BLOCK_SIZE)
+            {
+                self.unallocate(&maps);
+                return Err(FsError::Host {
+                    what: "making moved blocks durable",
+                    source: e,
+                });
+            }
+        }
         records.extend(maps);
         self.commit_allocation(&mut held, &records)
     }

@@ -1,0 +1,365 @@
+//! The host under the image fails: it fills up, or its filesystem stops taking I/O. pinfs must
+//! answer what a filesystem answers (`ENOSPC`, `EIO`), never die of `SIGBUS`, never report a
+//! failed flush as durable, and leave an image that the next mount and fsck accept.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// A host filesystem mounted in a temporary directory for one test, unmounted on drop.
+struct Host {
+    dir: tempfile::TempDir,
+    at: PathBuf,
+    mounted: bool,
+}
+
+impl Host {
+    /// A tmpfs of `size` (a host that fills up).
+    fn tmpfs(size: &str) -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("pinfs-host")
+            .tempdir()
+            .unwrap();
+        let at = dir.path().join("host");
+        std::fs::create_dir(&at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        Host {
+            dir,
+            at,
+            mounted: true,
+        }
+    }
+
+    /// An ext4 of `size` on a loop device (a host that can be shut down).
+    fn ext4(size: u64) -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("pinfs-host")
+            .tempdir()
+            .unwrap();
+        let disk = dir.path().join("disk");
+        std::fs::File::create(&disk).unwrap().set_len(size).unwrap();
+        let st = Command::new("mkfs.ext4")
+            .arg("-q")
+            .arg(&disk)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mkfs.ext4");
+        let at = dir.path().join("host");
+        std::fs::create_dir(&at).unwrap();
+        let mut h = Host {
+            dir,
+            at,
+            mounted: false,
+        };
+        h.mount_ext4();
+        h
+    }
+
+    fn mount_ext4(&mut self) {
+        let st = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(self.dir.path().join("disk"))
+            .arg(&self.at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount -o loop");
+        self.mounted = true;
+    }
+
+    /// Unmounts the host; retried while busy (a daemon that is exiting still has the image
+    /// open for a moment).
+    fn umount(&mut self) {
+        if self.mounted {
+            for _ in 0..200 {
+                let st = Command::new("umount").arg(&self.at).status().unwrap();
+                if st.success() {
+                    self.mounted = false;
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            panic!("umount {}: still busy after 20 s", self.at.display());
+        }
+    }
+
+    /// `EXT4_IOC_SHUTDOWN` (the number of `XFS_IOC_GOINGDOWN`) with `NOLOGFLUSH`: from now
+    /// on every write, fsync and page fault that needs I/O on the host fails, as when its
+    /// disk goes away.
+    fn shut_down(&self) {
+        let d = std::fs::File::open(&self.at).unwrap();
+        let flag: u32 = 2; // EXT4_GOING_FLAGS_NOLOGFLUSH
+        let req = (2u64 << 30) | (4 << 16) | ((b'X' as u64) << 8) | 125;
+        // SAFETY: the ioctl reads one u32 from a live local.
+        let rc = unsafe { libc::ioctl(d.as_raw_fd(), req as _, &flag) };
+        assert_eq!(
+            rc,
+            0,
+            "EXT4_IOC_SHUTDOWN: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.at).status();
+        }
+    }
+}
+
+/// A pinfs mount on an image inside `host`, unmounted (lazily) on drop.
+struct OnHost {
+    image: PathBuf,
+    mnt: PathBuf,
+    _dir: tempfile::TempDir,
+    mounted: bool,
+}
+
+impl OnHost {
+    fn new(host: &Host, size: &str) -> OnHost {
+        let dir = tempfile::Builder::new()
+            .prefix("pinfs-mnt")
+            .tempdir()
+            .unwrap();
+        let image = host.at.join("test.img");
+        mkfs(&image, size);
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let out = pinfs(&["mount", image.to_str().unwrap(), mnt.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        OnHost {
+            image,
+            mnt,
+            _dir: dir,
+            mounted: true,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// `umount` succeeds, and the daemon lets go of the image.
+    fn umount(&mut self) {
+        self.detach();
+        wait_unlocked(&self.image);
+    }
+
+    /// `umount` succeeds.
+    fn detach(&mut self) {
+        let c = cstr(&self.mnt);
+        let mut rc = -1;
+        // EBUSY is retried a while: a process another test spawns may hold a copy of a
+        // descriptor on the mount for a moment.
+        for _ in 0..100 {
+            // SAFETY: umount2 with a NUL-terminated path.
+            rc = unsafe { libc::umount2(c.as_ptr(), 0) };
+            if rc == 0 || errno() != libc::EBUSY {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert_eq!(rc, 0, "umount: {}", std::io::Error::last_os_error());
+        self.mounted = false;
+    }
+
+    /// The daemon still answers (a dead daemon's mount answers ENOTCONN).
+    fn alive(&self) -> bool {
+        std::fs::metadata(&self.mnt).is_ok() && std::fs::read_dir(&self.mnt).is_ok()
+    }
+}
+
+impl Drop for OnHost {
+    fn drop(&mut self) {
+        if self.mounted {
+            let c = cstr(&self.mnt);
+            // SAFETY: umount2 with a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            let _ = pinfs::image::Image::wait_until_free(
+                &self.image,
+                std::time::Duration::from_secs(20),
+            );
+        }
+    }
+}
+
+fn fsck_code(image: &Path) -> (i32, String) {
+    let out = pinfs(&["fsck", image.to_str().unwrap()]);
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Writes `chunk`-sized pieces to `path` until a write fails; returns the bytes written and
+/// the errno that stopped it.
+fn fill(path: &Path, chunk: usize, max: u64) -> (u64, i32) {
+    let mut f = new_file(path);
+    let buf = vec![0x5au8; chunk];
+    let mut done = 0u64;
+    while done < max {
+        match f.write(&buf) {
+            Ok(n) => done += n as u64,
+            Err(e) => return (done, e.raw_os_error().unwrap_or(0)),
+        }
+    }
+    (done, 0)
+}
+
+#[test]
+fn a_full_host_answers_enospc_and_the_daemon_lives() {
+    if skip_without_fuse("a_full_host_answers_enospc_and_the_daemon_lives") {
+        return;
+    }
+    // A 64 MiB sparse image on a 12 MiB host: the host fills long before the image does.
+    let host = Host::tmpfs("12m");
+    let mut m = OnHost::new(&host, "64M");
+    let (written, errno) = fill(&m.path("big"), 1 << 20, 64 << 20);
+    assert_eq!(
+        errno,
+        libc::ENOSPC,
+        "the write that found the host full must fail with ENOSPC (wrote {written} bytes first)"
+    );
+    assert!(m.alive(), "the daemon died when the host filled up");
+    assert!(written >= 4 << 20, "only {written} bytes fitted");
+    // What was written reads back, and space comes back when the file goes.
+    let mut back = Vec::new();
+    std::fs::File::open(m.path("big"))
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert_eq!(back.len() as u64, written);
+    assert!(back.iter().all(|&b| b == 0x5a), "written data reads back");
+    std::fs::remove_file(m.path("big")).unwrap();
+    let (again, errno) = fill(&m.path("again"), 1 << 20, 4 << 20);
+    assert_eq!(
+        (again, errno),
+        (4 << 20, 0),
+        "after the unlink the space is back"
+    );
+    let f = std::fs::File::open(m.path("again")).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    m.umount();
+    let (code, out) = fsck_code(&m.image);
+    assert_eq!(code, 0, "fsck after a full host: {out}");
+}
+
+#[test]
+fn a_full_host_refuses_a_pin_that_fills_holes() {
+    if skip_without_fuse("a_full_host_refuses_a_pin_that_fills_holes") {
+        return;
+    }
+    let host = Host::tmpfs("12m");
+    let mut m = OnHost::new(&host, "64M");
+    // Leave the host nearly full, then pin a sparse 16 MiB range: the pin must fill the
+    // holes, and the host cannot back them.
+    let (_, errno) = fill(&m.path("filler"), 1 << 20, 64 << 20);
+    assert_eq!(errno, libc::ENOSPC);
+    let f = new_file(m.path("sparse"));
+    f.set_len(16 << 20).unwrap();
+    drop(f);
+    let out = pinfs(&[
+        "pin",
+        m.path("sparse").to_str().unwrap(),
+        "--len",
+        "16M",
+        "--hold",
+        "0",
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a pin the host cannot back must fail: {text}"
+    );
+    assert!(
+        text.contains("No space left") || text.contains("ENOSPC") || text.contains("errno=28"),
+        "the pin's failure says the space ran out: {text}"
+    );
+    assert!(
+        m.alive(),
+        "the daemon died filling a pin's holes on a full host"
+    );
+    m.umount();
+    let (code, out) = fsck_code(&m.image);
+    assert_eq!(code, 0, "fsck: {out}");
+}
+
+#[test]
+fn fsync_on_a_failed_host_is_eio_and_the_mount_shuts_down() {
+    if skip_without_fuse("fsync_on_a_failed_host_is_eio_and_the_mount_shuts_down") {
+        return;
+    }
+    let mut host = Host::ext4(96 << 20);
+    let mut m = OnHost::new(&host, "32M");
+    // Durable before the failure: a file written and fsync'd.
+    let mut kept = new_file(m.path("kept"));
+    kept.write_all(&vec![0x11u8; 256 << 10]).unwrap();
+    kept.sync_all().unwrap();
+    drop(kept);
+    // Not durable: written, then the host goes away before the fsync.
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(0)
+        .open(m.path("lost"))
+        .unwrap();
+    f.write_all(&vec![0x22u8; 256 << 10]).unwrap();
+    host.shut_down();
+    let e = f
+        .sync_all()
+        .expect_err("fsync must not succeed when the host failed");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "fsync's errno: {e}");
+    // A second fsync must not pretend the data got there after all.
+    let e = f.sync_all().expect_err("a second fsync must fail too");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    drop(f);
+    // The mount is shut down: changes fail with EIO, and the daemon still answers.
+    let e = std::fs::File::create(m.path("new")).expect_err("create after a host failure");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "create's errno: {e}");
+    assert!(m.alive(), "the daemon died when its host failed");
+    // (The image cannot be opened on the failed host to see its lock: the host's own
+    // unmount below waits for the daemon to close it.)
+    m.detach();
+    // Back on a working host, the image holds what was durable.
+    host.umount();
+    host.mount_ext4();
+    let (code, out) = fsck_code(&m.image);
+    assert_eq!(code, 0, "fsck after a host failure: {out}");
+    let out = pinfs(&["mount", m.image.to_str().unwrap(), m.mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "remount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.mounted = true;
+    let back = std::fs::read(m.path("kept")).unwrap();
+    assert_eq!(
+        back,
+        vec![0x11u8; 256 << 10],
+        "the fsync'd file survives the host failure"
+    );
+    m.umount();
+}
