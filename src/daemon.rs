@@ -248,7 +248,15 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
             "{}: the FUSE session ended with an error: {e}",
             mnt.display()
         )
-    })
+    })?;
+    match fs.unmount_error() {
+        None => Ok(()),
+        Some(e) => Err(format!(
+            "{}: unmounted, but the image could not be left clean: {e}; it keeps its previous consistent state (the next mount replays its journal; `pinfs fsck {}` checks it)",
+            req.image.display(),
+            req.image.display()
+        )),
+    }
 }
 
 /// On SIGTERM, SIGINT or SIGHUP, ends the waits of breakers (they get `EIO`: a breaker waiting

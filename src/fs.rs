@@ -491,6 +491,8 @@ pub struct Fs {
     /// from then on no change is taken ([`FsError::ShutDown`]) and unmount writes no
     /// checkpoint, so the image keeps its last durable state.
     shut_down: AtomicBool,
+    /// Why the last unmount could not leave a clean image, for the daemon's exit status.
+    unmount_error: Mutex<Option<String>>,
 }
 
 /// How long an unmount waits for the threads of breakers whose waits it ended.
@@ -636,6 +638,7 @@ impl Fs {
             waiters: (Mutex::new(0), Condvar::new()),
             reclaiming: Mutex::new(HashSet::new()),
             shut_down: AtomicBool::new(false),
+            unmount_error: Mutex::new(None),
         };
         if !fs.opts.read_only {
             if !was_clean {
@@ -663,7 +666,26 @@ impl Fs {
     }
 
     /// Frees orphans and writes a clean checkpoint. The filesystem must not be used after.
+    /// On failure the image keeps its previous consistent state (the next mount replays the
+    /// journal), and [`Fs::unmount_error`] says why.
     pub fn unmount(&self) -> FsResult<()> {
+        let r = self.unmount_now();
+        if let Err(e) = &r {
+            tracing::error!(
+                image = %self.image.path().display(),
+                "the unmount could not write a clean image: {e}; the image keeps its previous consistent state, which the next mount replays"
+            );
+            *lock(&self.unmount_error) = Some(e.to_string());
+        }
+        r
+    }
+
+    /// Why the last [`Fs::unmount`] failed, if it did.
+    pub fn unmount_error(&self) -> Option<String> {
+        lock(&self.unmount_error).clone()
+    }
+
+    fn unmount_now(&self) -> FsResult<()> {
         // Breakers still waiting for holders get EIO, and their threads are gone before
         // anything below changes the filesystem under them.
         self.end_waits();
