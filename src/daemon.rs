@@ -18,6 +18,12 @@ use crate::options::MountOptions;
 /// Environment variable carrying the readiness pipe to a background daemon.
 const READY_FD_ENV: &str = "PINFS_READY_FD";
 
+/// Whether this process is a daemon that `pinfs mount` started in the background (it
+/// reports readiness over a pipe and has no terminal).
+pub fn is_background_daemon() -> bool {
+    std::env::var_os(READY_FD_ENV).is_some()
+}
+
 /// What `pinfs mount` was asked to do.
 #[derive(Debug, Clone)]
 pub struct MountRequest {

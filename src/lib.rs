@@ -29,6 +29,7 @@ pub mod holders;
 pub mod image;
 pub mod inode;
 pub mod journal;
+pub mod kmsg;
 pub mod lease;
 pub mod options;
 pub mod protocol;

@@ -44,7 +44,8 @@ mount options: rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, 
   allow_other, default_permissions (always on), threads=N, lock_wait=SECONDS,
   lease_break_time=SECONDS (default 45, 0 = never), break_policy=wait|refuse|revoke (default
   revoke), busy_blocks=on|off (default on; off only to show the corruption it prevents)
-environment: PINFS_LOG=info|debug (daemon log to stderr; with --foreground or PINFS_LOG set)";
+environment: PINFS_LOG=info|debug (daemon log to stderr; with --foreground or PINFS_LOG set;
+  otherwise a background daemon's warnings and errors go to the kernel log, see dmesg)";
 
 struct Usage(String);
 
@@ -53,6 +54,21 @@ fn usage(msg: impl Into<String>) -> Usage {
 }
 
 fn init_logging(default: &str) {
+    // The daemon that `pinfs mount` started in the background has no terminal: its warnings
+    // and errors go to the kernel log, as a kernel filesystem's would.
+    if std::env::var_os("PINFS_LOG").is_none() && pinfs::daemon::is_background_daemon() {
+        if let Some(k) = pinfs::kmsg::Kmsg::open() {
+            let _ = tracing_subscriber::fmt()
+                // fuser warns of its own unmount attempt after the kernel's (harmless).
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn,fuser=error"))
+                .with_writer(k)
+                .with_ansi(false)
+                .without_time()
+                .with_target(false)
+                .try_init();
+            return;
+        }
+    }
     let filter = std::env::var("PINFS_LOG").unwrap_or_else(|_| default.to_string());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))

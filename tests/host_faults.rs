@@ -340,6 +340,15 @@ fn fsync_on_a_failed_host_is_eio_and_the_mount_shuts_down() {
     let e = std::fs::File::create(m.path("new")).expect_err("create after a host failure");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "create's errno: {e}");
     assert!(m.alive(), "the daemon died when its host failed");
+    // The background daemon has no terminal: the kernel log says what happened.
+    let log = Command::new("dmesg").output().unwrap();
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.lines().any(|l| l.contains("pinfs[")
+            && l.contains("the filesystem is shut down")
+            && l.contains(m.image.to_str().unwrap())),
+        "the shutdown is in the kernel log"
+    );
     // (The image cannot be opened on the failed host to see its lock: the host's own
     // unmount below waits for the daemon to close it.)
     m.detach();

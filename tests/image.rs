@@ -61,7 +61,7 @@ fn mkfs_refuses_to_overwrite_and_checks_sizes() {
     // is stored into through the mapping, and no data block.
     let host_bytes = fs::metadata(&img).unwrap().blocks() * 512;
     assert!(
-        host_bytes >= (2 + 512) * 4096 && host_bytes < 4 << 20,
+        ((2 + 512) * 4096..4 << 20).contains(&host_bytes),
         "the image is sparse past its metadata area: {host_bytes} bytes on the host"
     );
     for bad in ["12Q", "abc", "1M", ""] {

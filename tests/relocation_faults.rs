@@ -23,7 +23,7 @@ fn start_daemon(image: &Path, mnt: &Path, options: &str) -> Child {
     if !options.is_empty() {
         args.extend(["-o".into(), options.into()]);
     }
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -41,6 +41,8 @@ fn start_daemon(image: &Path, mnt: &Path, options: &str) -> Child {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    child.kill().ok();
+    child.wait().ok();
     panic!("the daemon did not mount within 20 s");
 }
 
@@ -174,7 +176,11 @@ fn fsynced_data_moved_by_a_revocation_survives_kill_9() {
         return;
     }
     let d = dirs("64M");
-    let daemon = start_daemon(&d.image, &d.mnt, "allow_other,break_policy=revoke,lease_break_time=0.3");
+    let daemon = start_daemon(
+        &d.image,
+        &d.mnt,
+        "allow_other,break_policy=revoke,lease_break_time=0.3",
+    );
     let data = pattern(1 << 20, 5);
     let f = new_file(d.mnt.join("F"));
     f.write_all_at(&data, 0).unwrap();
@@ -183,7 +189,13 @@ fn fsynced_data_moved_by_a_revocation_survives_kill_9() {
     old_window(&d.mnt);
     // An unprivileged holder pins all of F and ignores the break of a truncate of F's tail.
     let mut holder = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "pin"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "pin",
+        ])
         .arg(d.mnt.join("F"))
         .args(["--len", "1M", "--ignore-breaks"])
         .stdout(Stdio::piped())
