@@ -828,7 +828,7 @@ impl Fs {
     }
 
     /// `Err(ShutDown)` once a host failure shut the filesystem down.
-    fn is_up(&self) -> FsResult<()> {
+    pub(crate) fn is_up(&self) -> FsResult<()> {
         if self.shut_down.load(Ordering::SeqCst) {
             return Err(FsError::ShutDown);
         }
@@ -1514,6 +1514,8 @@ impl Fs {
 
     /// Reads up to `len` bytes at `offset`.
     pub fn read(&self, ino: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        // After a host failure the image's pages may be unreadable (a fault on one is SIGBUS).
+        self.is_up()?;
         let c = self.table.get(ino)?;
         let needs_atime;
         let buf = {

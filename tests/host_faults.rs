@@ -340,6 +340,8 @@ fn fsync_on_a_failed_host_is_eio_and_the_mount_shuts_down() {
     let e = std::fs::File::create(m.path("new")).expect_err("create after a host failure");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "create's errno: {e}");
     assert!(m.alive(), "the daemon died when its host failed");
+    let e = std::fs::read(m.path("kept")).expect_err("a read after a host failure");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "read's errno: {e}");
     // The background daemon has no terminal: the kernel log says what happened.
     let log = Command::new("dmesg").output().unwrap();
     let log = String::from_utf8_lossy(&log.stdout);

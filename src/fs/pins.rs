@@ -353,6 +353,7 @@ impl Fs {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(FsError::Unmounting);
         }
+        self.is_up()?;
         let PinRequest {
             ino,
             offset,
