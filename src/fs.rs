@@ -491,6 +491,8 @@ pub struct Fs {
     /// from then on no change is taken ([`FsError::ShutDown`]) and unmount writes no
     /// checkpoint, so the image keeps its last durable state.
     shut_down: AtomicBool,
+    /// Open directory streams: handle -> the end cookie of the listing (taken alone).
+    dir_streams: Mutex<HashMap<u64, u64>>,
     /// Why the last unmount could not leave a clean image, for the daemon's exit status.
     unmount_error: Mutex<Option<String>>,
 }
@@ -638,6 +640,7 @@ impl Fs {
             waiters: (Mutex::new(0), Condvar::new()),
             reclaiming: Mutex::new(HashSet::new()),
             shut_down: AtomicBool::new(false),
+            dir_streams: Mutex::new(HashMap::new()),
             unmount_error: Mutex::new(None),
         };
         if !fs.opts.read_only {
@@ -1430,6 +1433,61 @@ impl Fs {
 
     /// Directory entries after offset `offset` ("." and ".." first).
     pub fn readdir(&self, ino: u64, offset: u64, max: usize) -> FsResult<Vec<DirEntry>> {
+        self.list_dir(ino, offset, max, u64::MAX)
+    }
+
+    /// Opens a directory stream (opendir(3)); returns its handle for [`Fs::readdir_stream`].
+    pub fn open_dir(&self, ino: u64) -> FsResult<u64> {
+        let end = {
+            let c = self.table.get(ino)?;
+            let d = c.read();
+            if d.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            d.dir.end_cookie()
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
+        lock(&self.dir_streams).insert(fh, end);
+        Ok(fh)
+    }
+
+    /// Closes a directory stream.
+    pub fn release_dir(&self, fh: u64) {
+        lock(&self.dir_streams).remove(&fh);
+    }
+
+    /// Reads a directory stream from `offset`. A stream lists the entries that were there
+    /// when it started (at opendir, and again at each rewind to offset 0): an entry renamed
+    /// or created meanwhile gets a cookie past that end and is not listed by this stream
+    /// (POSIX leaves it unspecified), so a listing that renames what it reads ends, and
+    /// lists each entry at most once. Unknown handles list everything.
+    pub fn readdir_stream(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        max: usize,
+    ) -> FsResult<Vec<DirEntry>> {
+        let end = if offset == 0 {
+            let end = {
+                let c = self.table.get(ino)?;
+                let d = c.read();
+                d.dir.end_cookie()
+            };
+            if let Some(e) = lock(&self.dir_streams).get_mut(&fh) {
+                *e = end;
+            }
+            end
+        } else {
+            lock(&self.dir_streams)
+                .get(&fh)
+                .copied()
+                .unwrap_or(u64::MAX)
+        };
+        self.list_dir(ino, offset, max, end)
+    }
+
+    fn list_dir(&self, ino: u64, offset: u64, max: usize, end: u64) -> FsResult<Vec<DirEntry>> {
         let c = self.table.get(ino)?;
         let d = c.read();
         if d.kind != Kind::Dir {
@@ -1453,7 +1511,7 @@ impl Fs {
             });
         }
         for (name, e) in d.dir.from_cookie((offset + 1).max(FIRST_COOKIE)) {
-            if out.len() >= max {
+            if out.len() >= max || e.cookie >= end {
                 break;
             }
             out.push(DirEntry {

@@ -190,6 +190,10 @@ impl Dir {
             .range(from..)
             .map(move |(_, name)| (name.as_slice(), self.entries[name]))
     }
+    /// The cookie the next inserted entry will get: every entry there now is below it.
+    pub fn end_cookie(&self) -> u64 {
+        self.next_cookie.max(FIRST_COOKIE)
+    }
     /// All entries in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], Entry)> + '_ {
         self.entries.iter().map(|(n, e)| (n.as_slice(), *e))

@@ -805,3 +805,68 @@ fn writes_into_the_image_are_visible_to_the_next_read() {
     let back = fs::read(m.path("f")).unwrap();
     assert_eq!(&back[..19], b"written by a device");
 }
+
+/// xfstests generic/736: a listing that renames each entry it reads ends, and lists each
+/// entry at most once (a renamed entry is new to the directory and comes after the end of
+/// the listing that began before it). A rewind starts a listing that sees the new names.
+#[test]
+fn a_listing_that_renames_what_it_reads_ends() {
+    let m = mount_or_skip!("64M", "");
+    let dir = m.path("d");
+    fs::create_dir(&dir).unwrap();
+    const N: usize = 5000;
+    for i in 0..N {
+        File::create(dir.join(format!("f{i}"))).unwrap();
+    }
+    let c = cstr(&dir);
+    // SAFETY: opendir of a NUL-terminated path; the stream is closed below.
+    let d = unsafe { libc::opendir(c.as_ptr()) };
+    assert!(!d.is_null(), "opendir: {}", std::io::Error::last_os_error());
+    let mut seen = 0usize;
+    let mut names = std::collections::HashMap::<String, usize>::new();
+    loop {
+        // SAFETY: readdir of the live stream; the entry is read before the next call.
+        let e = unsafe { libc::readdir(d) };
+        if e.is_null() {
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated inside the entry readdir returned.
+        let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        if name == "." || name == ".." {
+            continue;
+        }
+        seen += 1;
+        assert!(seen <= N, "the listing passed {N} entries: it does not end");
+        *names.entry(name.clone()).or_default() += 1;
+        let to = match name.strip_suffix("_r") {
+            Some(base) => base.to_string(),
+            None => format!("{name}_r"),
+        };
+        fs::rename(dir.join(&name), dir.join(&to)).unwrap();
+    }
+    assert_eq!(seen, N, "each entry that was there at opendir is listed");
+    assert!(names.values().all(|&n| n == 1), "no entry listed twice");
+    // After a rewind the listing sees the new names.
+    // SAFETY: rewinddir and closedir of the live stream, which is not used after.
+    let renamed = unsafe {
+        libc::rewinddir(d);
+        let mut n = 0;
+        loop {
+            let e = libc::readdir(d);
+            if e.is_null() {
+                break;
+            }
+            if std::ffi::CStr::from_ptr((*e).d_name.as_ptr())
+                .to_bytes()
+                .ends_with(b"_r")
+            {
+                n += 1;
+            }
+        }
+        libc::closedir(d);
+        n
+    };
+    assert_eq!(renamed, N, "after rewinddir every renamed entry is listed");
+}
