@@ -170,6 +170,84 @@ fn daemon_exits_zero_on_umount_and_on_sigterm() {
     assert_eq!(d.wait().unwrap().code(), Some(0));
 }
 
+/// A lazy unmount (`umount -l`) while a file stays open works as on any filesystem: the
+/// detached mount lives on for the open file, and the image with it; a new mount meanwhile
+/// is refused with a message that says so and names the daemon; when the last open file
+/// closes, the daemon writes its clean checkpoint, releases the image and exits.
+#[test]
+fn a_detached_mount_keeps_the_image_until_its_last_open_file_closes() {
+    if skip_without_fuse("detached_open") {
+        return;
+    }
+    let m = Mount::new("32M", "");
+    fs::write(m.path("f"), b"still here").unwrap();
+    let mut kept = File::open(m.path("f")).unwrap();
+    let c = cstr(&m.mnt);
+    // SAFETY: umount2 with a NUL-terminated path.
+    assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0);
+    let other = m.dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let try_mount = || {
+        pinfs(&[
+            "mount",
+            m.image.to_str().unwrap(),
+            other.to_str().unwrap(),
+            "-o",
+            "lock_wait=0",
+        ])
+    };
+    // The daemon notices the detach in a moment (it watches the mount table).
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let refusal = loop {
+        let out = try_mount();
+        assert_eq!(out.status.code(), Some(1), "the image is still in use");
+        let e = String::from_utf8_lossy(&out.stderr).into_owned();
+        if e.contains("detached") || std::time::Instant::now() > end {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        refusal.contains("still in use by a detached mount with open files"),
+        "{refusal}"
+    );
+    let pid: u32 = refusal
+        .split("pinfs process ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the message names the daemon's pid: {refusal}"));
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains(m.image.to_str().unwrap()),
+        "process {pid} is the daemon of the image"
+    );
+    assert!(refusal.contains(&format!("kill {pid}")), "{refusal}");
+    // The detached mount still serves its open file.
+    let mut text = String::new();
+    kept.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "still here");
+    drop(kept);
+    wait_unlocked(&m.image);
+    let out = m.fsck();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = pinfs(&["mount", m.image.to_str().unwrap(), other.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(other.join("f")).unwrap(), b"still here");
+    // SAFETY: umount2 with a NUL-terminated path.
+    assert_eq!(unsafe { libc::umount2(cstr(&other).as_ptr(), 0) }, 0);
+    wait_unlocked(&m.image);
+}
+
 #[test]
 fn many_threads_at_once_stay_consistent() {
     if skip_without_fuse("many_threads") {
