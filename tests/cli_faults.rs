@@ -114,6 +114,9 @@ fn numeric_flags_out_of_range_are_usage_errors() {
             &["0", "31536000001"],
         ),
         (&["fuzz", "--serial", "--duration"], seconds, &["31536001"]),
+        (&["fuzz", "--serial", "--ops"], "more than 0", &["0"]),
+        (&["fuzz", "--serial", "--runs"], "more than 0", &["0"]),
+        (&["fuzz", "--serial", "--seed"], "", &[]),
         (
             &["fuzz", "--serial", "--holders"],
             "from 1 to 16",
