@@ -132,6 +132,11 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     // Before any thread starts, so that all inherit the mask and only the signal thread
     // receives termination signals.
     crate::signals::block_termination();
+    let life = Arc::new(Life {
+        phase: std::sync::Mutex::new(Phase::Starting),
+        changed: std::sync::Condvar::new(),
+    });
+    spawn_signal_thread(life.clone());
     let fs_opts = FsOptions {
         read_only: opts.read_only,
         atime: opts.atime,
@@ -142,6 +147,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
         Ok(fs) => {
             let fs = Arc::new(fs);
             fs.start_background();
+            life.set(Phase::Opened(fs.clone()));
             fs
         }
         Err(e) => {
@@ -180,6 +186,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     };
     config.n_threads = Some(threads);
     config.clone_fd = true;
+    life.set(Phase::Mounting);
     let session = match fuser::Session::new(FuseFs::new(fs.clone()), &mnt, &config) {
         Ok(s) => s,
         Err(e) => {
@@ -188,12 +195,13 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
                 req.image.display(),
                 mnt.display()
             );
+            life.set(Phase::Ending);
             let _ = fs.unmount();
             report_ready(&Err(msg.clone()));
             return Err(msg);
         }
     };
-    spawn_signal_thread(mnt.clone(), fs.clone());
+    life.set(Phase::Serving(mnt.clone(), fs.clone()));
     let notifier = session.notifier();
     let stale = fs.stale_notices();
     // Kernel notifications block: they go from a thread of their own, holding no lock.
@@ -240,6 +248,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     report_ready(&Ok(()));
     tracing::info!(mountpoint = %mnt.display(), threads, "serving");
     let r = session.run();
+    life.set(Phase::Ending);
     if let Some(s) = server {
         s.stop();
     }
@@ -252,32 +261,95 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     })
 }
 
-/// On SIGTERM, SIGINT or SIGHUP, ends the waits of breakers (they get `EIO`: a breaker waiting
-/// for a holder would otherwise keep the mount, and so this daemon, alive) and ends the mount
-/// ([`end_mount`]), which ends the session: the daemon writes its clean checkpoint and exits.
-fn spawn_signal_thread(mnt: PathBuf, fs: Arc<Fs>) {
+/// Where the daemon is in its life, for the signal thread.
+enum Phase {
+    /// Opening the image: waiting for its lock (up to `lock_wait`), reading it.
+    Starting,
+    /// The image is open; no mount yet.
+    Opened(Arc<Fs>),
+    /// The mount is being made.
+    Mounting,
+    /// Serving the mount at this path.
+    Serving(PathBuf, Arc<Fs>),
+    /// The mount could not be made, or the session is over: the daemon is ending.
+    Ending,
+}
+
+/// The daemon's [`Phase`], and its condvar, signalled at each change.
+struct Life {
+    phase: std::sync::Mutex<Phase>,
+    changed: std::sync::Condvar,
+}
+
+impl Life {
+    fn set(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+        self.changed.notify_all();
+    }
+}
+
+/// On SIGTERM, SIGINT or SIGHUP, ends the daemon whatever it is waiting for. Before the image
+/// is open (a wait for its lock, however long `lock_wait` is) the process just exits (128 +
+/// the signal, as a shell reports it): nothing is changed yet that a crash would not leave
+/// consistent. With the image open and no mount yet, the daemon writes its clean checkpoint
+/// first. While the mount is being made, the signal waits for the outcome. Once serving, it
+/// ends the waits of breakers (they get `EIO`: a breaker waiting for a holder would otherwise
+/// keep the mount, and so this daemon, alive) and ends the mount ([`end_mount`]), which ends
+/// the session: the daemon writes its clean checkpoint and exits.
+fn spawn_signal_thread(life: Arc<Life>) {
     crate::signals::on_termination("pinfs-signals", move |sig| {
-        tracing::info!(signal = sig, "unmounting on signal");
-        fs.end_waits();
-        end_mount(&mnt, fs.mount_dev());
+        let mut phase = life.phase.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match &*phase {
+                Phase::Starting => {
+                    tracing::info!(signal = sig, "ending on signal before the image was open");
+                    std::process::exit(128 + sig);
+                }
+                Phase::Opened(fs) => {
+                    tracing::info!(signal = sig, "ending on signal before the mount was made");
+                    if let Err(e) = fs.unmount() {
+                        tracing::error!("the final checkpoint: {e}");
+                    }
+                    std::process::exit(128 + sig);
+                }
+                Phase::Mounting => {
+                    phase = life.changed.wait(phase).unwrap_or_else(|e| e.into_inner());
+                }
+                Phase::Serving(mnt, fs) => {
+                    let (mnt, fs) = (mnt.clone(), fs.clone());
+                    drop(phase);
+                    tracing::info!(signal = sig, "unmounting on signal");
+                    fs.end_waits();
+                    end_mount(&mnt, &fs);
+                    return;
+                }
+                Phase::Ending => return,
+            }
+        }
     });
 }
 
-/// How long a mount with users is given to become unused (processes whose waits just ended
-/// leaving it) before its connection is aborted.
+/// How long a mount with users is given to become unused (breakers whose waits just ended
+/// answering, their processes leaving it) before its connection is aborted.
 const END_GRACE: Duration = Duration::from_millis(200);
 
-/// Ends the mount at `mnt` (device `dev`) whatever uses it, the way `umount -f` does: files
+/// Ends the mount of `fs` at `mnt` whatever uses it, the way `umount -f` does: files
 /// still open on it fail with `ENOTCONN` from then on, as on a FUSE mount whose daemon died,
 /// and the kernel ends the session, so the daemon finishes. Data the kernel holds for open
 /// files is written back first (`syncfs`), while the daemon still serves it. A mount nobody
 /// uses is unmounted normally. A mount detached earlier (`umount -l`) that open files keep
 /// alive is reached through its connection in fusectl.
-fn end_mount(mnt: &Path, dev: Option<u64>) {
+fn end_mount(mnt: &Path, fs: &Fs) {
     let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) else {
         return;
     };
-    let Some(dev) = dev else {
+    let until = std::time::Instant::now() + END_GRACE;
+    // The breakers whose waits just ended answer `EIO` first: an aborted connection would
+    // fail their requests with `ECONNABORTED` instead.
+    while fs.waiting_breakers() > 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let Some(dev) = fs.mount_dev() else {
         // No device number: nothing can tell which mount is ours but the path.
         // SAFETY: umount2 with a NUL-terminated path.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
@@ -313,7 +385,6 @@ fn end_mount(mnt: &Path, dev: Option<u64>) {
             libc::close(root);
         }
     }
-    let until = std::time::Instant::now() + END_GRACE;
     loop {
         // SAFETY: umount2 with a NUL-terminated path.
         if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {

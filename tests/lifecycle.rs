@@ -248,6 +248,79 @@ fn a_detached_mount_keeps_the_image_until_its_last_open_file_closes() {
     wait_unlocked(&m.image);
 }
 
+/// A daemon waiting for the image lock (here up to an hour: another daemon holds it) ends on
+/// SIGTERM at once, without a mount, and leaves the other mount alone.
+#[test]
+fn sigterm_ends_a_daemon_waiting_for_the_image_lock() {
+    if skip_without_fuse("sigterm_lock_wait") {
+        return;
+    }
+    let m = Mount::new("32M", "");
+    fs::write(m.path("f"), b"served").unwrap();
+    let other = m.dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    /// Kills and reaps the daemon whatever happens (it must not mount later, once the lock is
+    /// free).
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut d = Reaped(
+        Command::new(BIN)
+            .args(["mount", m.image.to_str().unwrap(), other.to_str().unwrap()])
+            .args(["-o", "lock_wait=3600", "--foreground"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // It has the image open: it is waiting for the lock, with its signals in its own hands.
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let has_image = || {
+        fs::read_dir(format!("/proc/{}/fd", d.0.id()))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|e| fs::read_link(e.path()).is_ok_and(|p| p == m.image))
+            })
+            .unwrap_or(false)
+    };
+    while !has_image() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the daemon never opened the image"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = std::time::Instant::now();
+    // SAFETY: kill with a pid we spawned.
+    unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
+    let mut status = None;
+    while status.is_none() && t.elapsed() < Duration::from_secs(5) {
+        status = d.0.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = status.expect("the daemon waiting for the lock ends on SIGTERM");
+    eprintln!(
+        "daemon waiting for the lock gone {:?} after SIGTERM",
+        t.elapsed()
+    );
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(other.to_str().unwrap()),
+        "no mount was made"
+    );
+    assert_eq!(
+        fs::read(m.path("f")).unwrap(),
+        b"served",
+        "the other mount serves on"
+    );
+}
+
 #[test]
 fn many_threads_at_once_stay_consistent() {
     if skip_without_fuse("many_threads") {
