@@ -82,7 +82,8 @@ type CmdResult = Result<i32, Result<Usage, String>>;
 /// `cat`, instead of a panic in `print!`. Sockets are written with `MSG_NOSIGNAL`, so a daemon
 /// that goes away is still an error the command reports. The daemon (`mount`) keeps SIGPIPE
 /// ignored: it must outlive any peer. So do holders (`pin`, the fuzzer's holder processes):
-/// their pins outlive whoever reads their reports, which they write ignoring errors.
+/// their pins outlive whoever reads their reports, which they write ignoring errors. The demo
+/// stops by itself when its reader goes, between scenarios, so that it cleans up after itself.
 fn output_to_a_pipe() {
     // SAFETY: restoring the default disposition of SIGPIPE, before any thread is started.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -108,7 +109,7 @@ fn run(args: &[String]) -> CmdResult {
         "status",
         "fence",
     ];
-    let keeps_ignoring = ["mount", "pin", "fuzz-holder"].contains(&cmd.as_str())
+    let keeps_ignoring = ["mount", "pin", "fuzz-holder", "demo"].contains(&cmd.as_str())
         || (implicit_mount && !known.contains(&cmd.as_str()));
     if !keeps_ignoring {
         output_to_a_pipe();

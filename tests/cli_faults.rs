@@ -243,6 +243,21 @@ fn status_and_fence_end_quietly_when_the_reader_goes_and_pin_keeps_holding() {
     // The grant is an event already: --follow prints it first.
     assert_ends_quietly(&["status", mnt, "--follow"]);
     assert_ends_quietly(&["fence", mnt, "1"]);
+    // The fuzzer prints once its mount is gone; the demo stops before its first scenario.
+    assert_ends_quietly(&[
+        "fuzz",
+        "--seed",
+        "1",
+        "--duration",
+        "1",
+        "--ops",
+        "5",
+        "--holders",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    assert_ends_quietly(&["demo"]);
     assert!(
         quiet.try_wait().unwrap().is_none(),
         "the holder still runs after its fence"
