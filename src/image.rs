@@ -432,7 +432,9 @@ impl Image {
         })
     }
 
-    /// The owner note's pid and mount point when it says the mount was detached.
+    /// The owner note's pid and mount point when it says the mount was detached and that
+    /// process still runs (a note left by a daemon that is gone says nothing about whoever
+    /// took the lock since, before writing its own).
     fn read_detached_note(path: &Path) -> Option<(u32, String)> {
         use std::io::{Read, Seek, SeekFrom};
         let mut buf = vec![0u8; 1024];
@@ -441,7 +443,9 @@ impl Image {
         f.read_exact(&mut buf).ok()?;
         let mut r = Reader::new(&buf);
         let (pid, mnt, mark) = (r.u32().ok()?, r.bytes(1000).ok()?, r.u8().ok()?);
-        (pid != 0 && mark == DETACHED_MARK).then(|| (pid, String::from_utf8_lossy(&mnt).into()))
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        (pid != 0 && mark == DETACHED_MARK && alive)
+            .then(|| (pid, String::from_utf8_lossy(&mnt).into()))
     }
 
     fn read_owner_note(path: &Path) -> (String, String) {
