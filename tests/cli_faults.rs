@@ -99,6 +99,36 @@ fn numeric_mount_options_out_of_range_are_usage_errors() {
     }
 }
 
+/// The table above covers every option that takes a number, as the refusal of an unknown
+/// option lists them (`lock_wait=SECONDS`, `threads=N`, `max_pinned=SIZE|unlimited`).
+#[test]
+fn the_table_covers_every_numeric_mount_option() {
+    let out = pinfs(&["mount", "img", "mnt", "-o", "no_such_option"]);
+    let e = stderr(&out);
+    let list = e
+        .split("pinfs takes ")
+        .nth(1)
+        .and_then(|l| l.split(')').next())
+        .unwrap_or_else(|| panic!("the refusal lists the options: {e}"));
+    let numeric: Vec<&str> = list
+        .split(", ")
+        .filter_map(|o| o.split_once('='))
+        .filter(|(_, v)| {
+            ["SECONDS", "N", "SIZE"]
+                .iter()
+                .any(|n| v.split('|').any(|w| w == *n))
+        })
+        .map(|(k, _)| k)
+        .collect();
+    assert!(numeric.len() >= 5, "{numeric:?} from {list}");
+    for k in numeric {
+        assert!(
+            OPTIONS.iter().any(|(o, _, _)| *o == k),
+            "the numeric option {k} is in the table"
+        );
+    }
+}
+
 #[test]
 fn numeric_flags_out_of_range_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -229,6 +229,21 @@ fn a_detached_mount_keeps_the_image_until_its_last_open_file_closes() {
     assert_eq!(text, "still here");
     drop(kept);
     wait_unlocked(&m.image);
+    // And the daemon exits (or is a zombie until its new parent reaps it).
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let running = || {
+        fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("State:") && !l.contains("zombie"))
+        })
+    };
+    while running() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the daemon {pid} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let out = m.fsck();
     assert_eq!(
         out.status.code(),
