@@ -138,6 +138,11 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     // Before any thread starts, so that all inherit the mask and only the signal thread
     // receives termination signals.
     crate::signals::block_termination();
+    let life = Arc::new(Life {
+        phase: std::sync::Mutex::new(Phase::Starting),
+        changed: std::sync::Condvar::new(),
+    });
+    spawn_signal_thread(life.clone());
     let fs_opts = FsOptions {
         read_only: opts.read_only,
         atime: opts.atime,
@@ -148,6 +153,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
         Ok(fs) => {
             let fs = Arc::new(fs);
             fs.start_background();
+            life.set(Phase::Opened(fs.clone()));
             fs
         }
         Err(e) => {
@@ -186,6 +192,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     };
     config.n_threads = Some(threads);
     config.clone_fd = true;
+    life.set(Phase::Mounting);
     let session = match fuser::Session::new(FuseFs::new(fs.clone()), &mnt, &config) {
         Ok(s) => s,
         Err(e) => {
@@ -194,12 +201,13 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
                 req.image.display(),
                 mnt.display()
             );
+            life.set(Phase::Ending);
             let _ = fs.unmount();
             report_ready(&Err(msg.clone()));
             return Err(msg);
         }
     };
-    spawn_signal_thread(mnt.clone(), fs.clone());
+    life.set(Phase::Serving(mnt.clone(), fs.clone()));
     let notifier = session.notifier();
     let stale = fs.stale_notices();
     // Kernel notifications block: they go from a thread of their own, holding no lock.
@@ -228,7 +236,8 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     let server = match mount_dev(&mnt) {
         Some(dev) => {
             fs.set_mount_dev(dev);
-            spawn_detach_watch(dev, fs.clone());
+            let note = (!opts.read_only).then(|| mnt.display().to_string());
+            spawn_detach_watch(dev, fs.clone(), note);
             match crate::holders::Server::start(fs.clone(), dev, opts.allow_other) {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -245,6 +254,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     report_ready(&Ok(()));
     tracing::info!(mountpoint = %mnt.display(), threads, "serving");
     let r = session.run();
+    life.set(Phase::Ending);
     if let Some(s) = server {
         s.stop();
     }
@@ -265,25 +275,200 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     }
 }
 
-/// On SIGTERM, SIGINT or SIGHUP, ends the waits of breakers (they get `EIO`: a breaker waiting
-/// for a holder would otherwise keep the mount, and so this daemon, alive) and unmounts
-/// (lazily), which ends the session normally once nothing uses the mount.
-fn spawn_signal_thread(mnt: PathBuf, fs: Arc<Fs>) {
+/// Where the daemon is in its life, for the signal thread.
+enum Phase {
+    /// Opening the image: waiting for its lock (up to `lock_wait`), reading it.
+    Starting,
+    /// The image is open; no mount yet.
+    Opened(Arc<Fs>),
+    /// The mount is being made.
+    Mounting,
+    /// Serving the mount at this path.
+    Serving(PathBuf, Arc<Fs>),
+    /// The mount could not be made, or the session is over: the daemon is ending.
+    Ending,
+}
+
+/// The daemon's [`Phase`], and its condvar, signalled at each change.
+struct Life {
+    phase: std::sync::Mutex<Phase>,
+    changed: std::sync::Condvar,
+}
+
+impl Life {
+    fn set(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+        self.changed.notify_all();
+    }
+}
+
+/// On SIGTERM, SIGINT or SIGHUP, ends the daemon whatever it is waiting for. Before the image
+/// is open (a wait for its lock, however long `lock_wait` is) the process just exits (128 +
+/// the signal, as a shell reports it): nothing is changed yet that a crash would not leave
+/// consistent. With the image open and no mount yet, the daemon writes its clean checkpoint
+/// first. While the mount is being made, the signal waits for the outcome. Once serving, it
+/// ends the waits of breakers (they get `EIO`: a breaker waiting for a holder would otherwise
+/// keep the mount, and so this daemon, alive) and ends the mount ([`end_mount`]), which ends
+/// the session: the daemon writes its clean checkpoint and exits.
+fn spawn_signal_thread(life: Arc<Life>) {
     crate::signals::on_termination("pinfs-signals", move |sig| {
-        tracing::info!(signal = sig, "unmounting on signal");
-        fs.end_waits();
-        if let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) {
-            // SAFETY: umount2 with a NUL-terminated path.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let mut phase = life.phase.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match &*phase {
+                Phase::Starting => {
+                    tracing::info!(signal = sig, "ending on signal before the image was open");
+                    std::process::exit(128 + sig);
+                }
+                Phase::Opened(fs) => {
+                    tracing::info!(signal = sig, "ending on signal before the mount was made");
+                    if let Err(e) = fs.unmount() {
+                        tracing::error!("the final checkpoint: {e}");
+                    }
+                    std::process::exit(128 + sig);
+                }
+                Phase::Mounting => {
+                    phase = life.changed.wait(phase).unwrap_or_else(|e| e.into_inner());
+                }
+                Phase::Serving(mnt, fs) => {
+                    let (mnt, fs) = (mnt.clone(), fs.clone());
+                    drop(phase);
+                    tracing::info!(signal = sig, "unmounting on signal");
+                    fs.end_waits();
+                    end_mount(&mnt, &fs);
+                    return;
+                }
+                Phase::Ending => return,
+            }
         }
     });
+}
+
+/// How long a mount with users is given to become unused (breakers whose waits just ended
+/// answering, their processes leaving it) before its connection is aborted.
+const END_GRACE: Duration = Duration::from_millis(200);
+
+/// Ends the mount of `fs` at `mnt` whatever uses it, the way `umount -f` does: files
+/// still open on it fail with `ENOTCONN` from then on, as on a FUSE mount whose daemon died,
+/// and the kernel ends the session, so the daemon finishes. Data the kernel holds for open
+/// files is written back first (`syncfs`), while the daemon still serves it. A mount nobody
+/// uses is unmounted normally. A mount detached earlier (`umount -l`) that open files keep
+/// alive is reached through its connection in fusectl.
+fn end_mount(mnt: &Path, fs: &Fs) {
+    let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    let until = std::time::Instant::now() + END_GRACE;
+    // The breakers whose waits just ended answer `EIO` first: an aborted connection would
+    // fail their requests with `ECONNABORTED` instead.
+    while fs.waiting_breakers() > 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let Some(dev) = fs.mount_dev() else {
+        // No device number: nothing can tell which mount is ours but the path.
+        // SAFETY: umount2 with a NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        return;
+    };
+    if mount_dev(mnt) != Some(dev) {
+        // Not at `mnt` any more (whatever is there now is someone else's).
+        if !mounted(dev) {
+            if let Err(e) = abort_connection(dev) {
+                tracing::error!(
+                    "cannot end the detached mount: {e}; the daemon ends when its last open file closes"
+                );
+            }
+        } else {
+            tracing::error!(
+                "the mount was moved away from {}; unmount it where it is now",
+                mnt.display()
+            );
+        }
+        return;
+    }
+    // SAFETY: open(2) of a NUL-terminated path; the descriptor is closed below.
+    let root = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if root >= 0 {
+        // SAFETY: syncfs and close of the descriptor just opened.
+        unsafe {
+            libc::syncfs(root);
+            libc::close(root);
+        }
+    }
+    loop {
+        // SAFETY: umount2 with a NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return;
+        }
+        let busy = std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY);
+        if !busy || std::time::Instant::now() >= until {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    tracing::info!("the mount is in use: aborting its connection");
+    // SAFETY: umount2 with a NUL-terminated path. MNT_FORCE aborts the FUSE connection (and
+    // fails with EBUSY while files stay open); the detach takes the mount out of the table.
+    unsafe {
+        libc::umount2(c.as_ptr(), libc::MNT_FORCE);
+        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+    }
+}
+
+/// Aborts the FUSE connection of the detached mount with device number `dev`, through
+/// fusectl (mounted for the occasion on a private directory when it is not at
+/// /sys/fs/fuse/connections). The caller checked that no mount with this device number is in
+/// the table, so the number still names this daemon's connection.
+fn abort_connection(dev: u64) -> Result<(), String> {
+    // fusectl names a connection by the kernel's device number: major << 20 | minor.
+    let id = (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev));
+    let write_abort = |dir: &Path| -> Result<(), String> {
+        std::fs::write(dir.join(id.to_string()).join("abort"), b"1")
+            .map_err(|e| format!("fusectl connection {id}: {e}"))
+    };
+    let sys = Path::new("/sys/fs/fuse/connections");
+    if sys.join(id.to_string()).exists() {
+        return write_abort(sys);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("pinfs-fusectl")
+        .tempdir()
+        .map_err(|e| format!("a directory for fusectl: {e}"))?;
+    let target = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes())
+        .map_err(|e| e.to_string())?;
+    // SAFETY: mount(2) with NUL-terminated strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            c"fusectl".as_ptr(),
+            target.as_ptr(),
+            c"fusectl".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "cannot mount fusectl: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let r = write_abort(dir.path());
+    // SAFETY: umount2 of the fusectl mount made just above.
+    unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    r
 }
 
 /// Watches for the mount being detached (`umount -l`): the kernel tells a FUSE daemon nothing
 /// until the last user of a detached mount goes, and a breaker waiting for a holder is such
 /// a user, so the waits end (`EIO`) when the mount leaves the mount table. The table is
-/// pollable: `POLLPRI` on every change; the thread sleeps in `poll` in between.
-fn spawn_detach_watch(dev: u64, fs: Arc<Fs>) {
+/// pollable: `POLLPRI` on every change; the thread sleeps in `poll` in between. The image's
+/// owner note then says so (`note`: the mount point, for a writable image), so that a mount
+/// refused while files on the detached mount stay open says why.
+fn spawn_detach_watch(dev: u64, fs: Arc<Fs>, note: Option<String>) {
     let _ = std::thread::Builder::new()
         .name("pinfs-detach".into())
         .spawn(move || {
@@ -304,7 +489,14 @@ fn spawn_detach_watch(dev: u64, fs: Arc<Fs>) {
                 });
                 if gone {
                     tracing::info!("the mount was detached");
+                    // Waits already ended: an unmount or SIGTERM is ending the session, and
+                    // the image is released in a moment whatever is still open.
+                    let finishing = fs.leases().is_closed();
                     fs.end_waits();
+                    if let Some(mnt) = note.as_ref().filter(|_| !finishing) {
+                        fs.image()
+                            .write_owner_note_detached(std::process::id(), mnt);
+                    }
                     return;
                 }
                 let mut p = libc::pollfd {

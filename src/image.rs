@@ -10,7 +10,8 @@
 //! | the rest | data and checkpoint blocks, managed by the allocator |
 //!
 //! Block 0 also carries, past its superblock, the *owner note*: the pid and mount point of the
-//! daemon that holds the lock, so that a refused second mount can name them.
+//! daemon that holds the lock, so that a refused second mount can name them, and whether that
+//! mount was detached (files on it still open: the lock goes when the last closes).
 //!
 //! Persistence ordering: stores go to the shared mapping, so they survive the daemon being
 //! killed (they are in the host page cache). [`Image::flush`] makes a range durable against a
@@ -44,6 +45,8 @@ const MAGIC: &[u8; 8] = b"PINFSimg";
 pub const MAX_CHECKPOINT_EXTENTS: usize = 200;
 const SUPERBLOCK_BYTES: usize = 2048;
 const OWNER_NOTE_OFFSET: u64 = 2048;
+/// The byte after the owner note's mount point when that mount was detached (0 otherwise).
+const DETACHED_MARK: u8 = 0xde;
 /// Smallest image `mkfs` accepts.
 pub const MIN_IMAGE_BYTES: u64 = 4 << 20;
 
@@ -76,6 +79,17 @@ pub enum ImageError {
         /// Who holds it.
         holder: String,
         /// Where it is mounted, if known.
+        mount: String,
+    },
+    /// A daemon whose mount was detached (`umount -l`) still holds the image: files on the
+    /// detached mount stay open, and the image is released when the last of them closes.
+    #[error("{path}: the image is still in use by a detached mount with open files (pinfs process {pid}, detached from {mount}); it is released when the last file open on it is closed, or at once by `kill {pid}` (those files then fail with ENOTCONN)")]
+    BusyDetached {
+        /// The image.
+        path: PathBuf,
+        /// The daemon holding it.
+        pid: u32,
+        /// Where it was mounted.
         mount: String,
     },
 }
@@ -417,12 +431,35 @@ impl Image {
         if Self::lock_now(file) {
             return Ok(());
         }
+        if let Some((pid, mount)) = Self::read_detached_note(path) {
+            return Err(ImageError::BusyDetached {
+                path: path.to_path_buf(),
+                pid,
+                mount,
+            });
+        }
         let (holder, mount) = Self::read_owner_note(path);
         Err(ImageError::Busy {
             path: path.to_path_buf(),
             holder,
             mount,
         })
+    }
+
+    /// The owner note's pid and mount point when it says the mount was detached and that
+    /// process still runs (a note left by a daemon that is gone says nothing about whoever
+    /// took the lock since, before writing its own).
+    fn read_detached_note(path: &Path) -> Option<(u32, String)> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut buf = vec![0u8; 1024];
+        let mut f = File::open(path).ok()?;
+        f.seek(SeekFrom::Start(OWNER_NOTE_OFFSET)).ok()?;
+        f.read_exact(&mut buf).ok()?;
+        let mut r = Reader::new(&buf);
+        let (pid, mnt, mark) = (r.u32().ok()?, r.bytes(1000).ok()?, r.u8().ok()?);
+        let alive = Path::new(&format!("/proc/{pid}")).exists();
+        (pid != 0 && mark == DETACHED_MARK && alive)
+            .then(|| (pid, String::from_utf8_lossy(&mnt).into()))
     }
 
     fn read_owner_note(path: &Path) -> (String, String) {
@@ -472,8 +509,14 @@ impl Image {
         loop {
             match Self::try_lock(&file, path) {
                 Ok(()) => break,
-                Err(e @ ImageError::Busy { .. }) if Instant::now() >= deadline => return Err(e),
-                Err(ImageError::Busy { .. }) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e @ (ImageError::Busy { .. } | ImageError::BusyDetached { .. }))
+                    if Instant::now() >= deadline =>
+                {
+                    return Err(e)
+                }
+                Err(ImageError::Busy { .. } | ImageError::BusyDetached { .. }) => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -531,9 +574,20 @@ impl Image {
 
     /// Records who holds the image (see the module docs).
     pub fn write_owner_note(&self, pid: u32, mountpoint: &str) {
+        self.write_note(pid, mountpoint, 0);
+    }
+
+    /// Records that the holder's mount was detached while files on it stay open (a mount
+    /// refused meanwhile says so).
+    pub fn write_owner_note_detached(&self, pid: u32, mountpoint: &str) {
+        self.write_note(pid, mountpoint, DETACHED_MARK);
+    }
+
+    fn write_note(&self, pid: u32, mountpoint: &str, mark: u8) {
         let mut w = Writer::new();
         w.u32(pid)
-            .bytes(&mountpoint.as_bytes()[..mountpoint.len().min(1000)]);
+            .bytes(&mountpoint.as_bytes()[..mountpoint.len().min(1000)])
+            .u8(mark);
         self.write(OWNER_NOTE_OFFSET, &w.buf);
     }
 

@@ -93,9 +93,13 @@ fn main() -> ExitCode {
 
 type CmdResult = Result<i32, Result<Usage, String>>;
 
-/// For commands whose output is read by others (`pinfs status | head`): a reader that goes
-/// away ends the command quietly, by `SIGPIPE`, as it ends `cat`, instead of a panic in
-/// `print!`. (The daemon keeps SIGPIPE ignored: it must outlive any peer.)
+/// For every command but the daemon (`pinfs status | head`, `pinfs fsck | head`, `pinfs
+/// --help | head`): a reader that goes away ends the command quietly, by `SIGPIPE`, as it ends
+/// `cat`, instead of a panic in `print!`. Sockets are written with `MSG_NOSIGNAL`, so a daemon
+/// that goes away is still an error the command reports. The daemon (`mount`) keeps SIGPIPE
+/// ignored: it must outlive any peer. So do holders (`pin`, the fuzzer's holder processes):
+/// their pins outlive whoever reads their reports, which they write ignoring errors. The demo
+/// stops by itself when its reader goes, between scenarios, so that it cleans up after itself.
 fn output_to_a_pipe() {
     // SAFETY: restoring the default disposition of SIGPIPE, before any thread is started.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
@@ -103,8 +107,29 @@ fn output_to_a_pipe() {
 
 fn run(args: &[String]) -> CmdResult {
     let Some(cmd) = args.first() else {
+        output_to_a_pipe();
         return Err(Ok(usage("no command given")));
     };
+    let implicit_mount = !cmd.starts_with('-') && args.len() >= 2 && !args[1].starts_with('-');
+    let known = [
+        "-h",
+        "--help",
+        "help",
+        "-V",
+        "--version",
+        "mkfs",
+        "fsck",
+        "pin",
+        "fuzz",
+        "demo",
+        "status",
+        "fence",
+    ];
+    let keeps_ignoring = ["mount", "pin", "fuzz-holder", "demo"].contains(&cmd.as_str())
+        || (implicit_mount && !known.contains(&cmd.as_str()));
+    if !keeps_ignoring {
+        output_to_a_pipe();
+    }
     match cmd.as_str() {
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -133,14 +158,9 @@ fn run(args: &[String]) -> CmdResult {
                 Err(e) => Err(Err(format!("demo: {e}"))),
             }
         }
-        "status" => {
-            output_to_a_pipe();
-            cmd_status(&args[1..])
-        }
+        "status" => cmd_status(&args[1..]),
         "fence" => cmd_fence(&args[1..]),
-        _ if !cmd.starts_with('-') && args.len() >= 2 && !args[1].starts_with('-') => {
-            cmd_mount(args)
-        }
+        _ if implicit_mount => cmd_mount(args),
         other => Err(Ok(usage(format!("unknown command '{other}'")))),
     }
 }
@@ -199,11 +219,14 @@ fn cmd_mount(args: &[String]) -> CmdResult {
     if pos.len() != 2 {
         return Err(Ok(usage("mount: need IMAGE and MOUNTPOINT")));
     }
+    let options = options.join(",");
+    // Refused here, before any daemon starts: a bad option is a usage error (exit 2).
+    pinfs::options::MountOptions::parse(&options).map_err(|e| Ok(usage(e)))?;
     init_logging(if foreground { "info" } else { "warn" });
     let req = MountRequest {
         image: PathBuf::from(&pos[0]),
         mountpoint: PathBuf::from(&pos[1]),
-        options: options.join(","),
+        options,
         foreground,
     };
     mount(&req).map_err(Err)?;
@@ -269,13 +292,28 @@ fn number(flag: &str, v: Option<&String>) -> Result<u64, Result<Usage, String>> 
     parse_size(v).map_err(|e| Ok(usage(format!("{flag}: {e}"))))
 }
 
+/// A count from 1 to `max`.
+fn count(flag: &str, v: Option<&String>, max: u64) -> Result<usize, Result<Usage, String>> {
+    let n = number(flag, v)?;
+    if !(1..=max).contains(&n) {
+        return Err(Ok(usage(format!("{flag} {n}: a number from 1 to {max}"))));
+    }
+    Ok(n as usize)
+}
+
 fn seconds(flag: &str, v: Option<&String>) -> Result<std::time::Duration, Result<Usage, String>> {
     let v = v.ok_or_else(|| Ok(usage(format!("{flag} needs a value"))))?;
-    v.parse::<f64>()
+    let max = pinfs::options::MAX_SECONDS;
+    v.trim()
+        .parse::<f64>()
         .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
+        .filter(|s| (0.0..=max).contains(s))
         .map(std::time::Duration::from_secs_f64)
-        .ok_or_else(|| Ok(usage(format!("{flag} {v}: not a number of seconds"))))
+        .ok_or_else(|| {
+            Ok(usage(format!(
+                "{flag} {v}: not a number of seconds from 0 to {max} (365 days)"
+            )))
+        })
 }
 
 fn cmd_pin(args: &[String]) -> CmdResult {
@@ -306,8 +344,11 @@ fn cmd_pin(args: &[String]) -> CmdResult {
             }
             "--every" => {
                 let ms = number("--every", it.next())?;
-                if ms == 0 {
-                    return Err(Ok(usage("--every needs at least 1 millisecond")));
+                let max = pinfs::options::MAX_SECONDS as u64 * 1000;
+                if !(1..=max).contains(&ms) {
+                    return Err(Ok(usage(format!(
+                        "--every {ms}: a number of milliseconds from 1 to {max} (365 days)"
+                    ))));
                 }
                 cmd.every = Some(std::time::Duration::from_millis(ms));
             }
@@ -389,8 +430,8 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
                         Ok(usage("--mount needs a pinfs mount point"))
                     })?))
             }
-            "--holders" => holders = number("--holders", it.next())?.clamp(1, 16) as usize,
-            "--threads" => threads = number("--threads", it.next())?.clamp(1, 64) as usize,
+            "--holders" => holders = count("--holders", it.next(), 16)?,
+            "--threads" => threads = count("--threads", it.next(), 64)?,
             s => return Err(Ok(usage(format!("fuzz: unexpected argument '{s}'")))),
         }
     }
@@ -418,7 +459,7 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
         return fuzz_mount(run);
     }
     let parsed =
-        pinfs::options::MountOptions::parse(&opts).map_err(|e| Err(format!("fuzz: {e}")))?;
+        pinfs::options::MountOptions::parse(&opts).map_err(|e| Ok(usage(format!("fuzz: {e}"))))?;
     init_logging("error");
     let cfg = SerialConfig {
         policy: parsed.leases.policy,
@@ -444,8 +485,8 @@ fn fuzz_mount(mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdResult {
     if cfg.options.is_empty() && cfg.mount.is_none() {
         cfg.options = pinfs::fuzz::options_from_seed(cfg.seed);
     }
-    let parsed =
-        pinfs::options::MountOptions::parse(&cfg.options).map_err(|e| Err(format!("fuzz: {e}")))?;
+    let parsed = pinfs::options::MountOptions::parse(&cfg.options)
+        .map_err(|e| Ok(usage(format!("fuzz: {e}"))))?;
     let (seed, options, duration, holders, threads) = (
         cfg.seed,
         match &cfg.mount {

@@ -80,6 +80,65 @@ fn on_off(opt: &str, key: &str, v: &str) -> Result<bool, String> {
     }
 }
 
+/// The longest time any option takes: 365 days, in seconds. Deadlines are instants that
+/// far ahead at most, so that no clock arithmetic can overflow.
+pub const MAX_SECONDS: f64 = 365.0 * 86_400.0;
+
+/// What a time option accepts, besides numbers up to [`MAX_SECONDS`].
+struct SecondsRange {
+    /// The smallest value other than 0 (a deadline shorter than a millisecond cannot be
+    /// met, and rounds to nothing).
+    min: f64,
+    /// What 0 means when `min` is more than 0 and 0 is allowed all the same.
+    zero: Option<&'static str>,
+    /// Why 0 is refused, when `min` is more than 0 and `zero` is `None`.
+    no_zero: &'static str,
+}
+
+const LOCK_WAIT: SecondsRange = SecondsRange {
+    min: 0.0,
+    zero: None,
+    no_zero: "",
+};
+const BREAK_TIME: SecondsRange = SecondsRange {
+    min: 0.001,
+    zero: Some("no deadline"),
+    no_zero: "",
+};
+const GUEST_BREAK_TIME: SecondsRange = SecondsRange {
+    min: 0.001,
+    zero: None,
+    no_zero: "a guest lease's break needs a deadline",
+};
+
+/// The value of a time option, in seconds: a finite number in its range, or an error that
+/// names the option, the value and the range.
+fn seconds(opt: &str, key: &str, v: Option<&str>, range: SecondsRange) -> Result<f64, String> {
+    let n = v.and_then(|v| v.trim().parse::<f64>().ok());
+    let in_range = |n: &f64| {
+        if *n == 0.0 {
+            range.min == 0.0 || range.zero.is_some()
+        } else {
+            (range.min..=MAX_SECONDS).contains(n) && *n > 0.0
+        }
+    };
+    match n.filter(in_range) {
+        // -0 is 0.
+        Some(n) => Ok(if n == 0.0 { 0.0 } else { n }),
+        None => {
+            let zero = match (range.min == 0.0, range.zero) {
+                (true, _) => String::new(),
+                (false, Some(means)) => format!(", or 0 ({means})"),
+                (false, None) => format!(" ({})", range.no_zero),
+            };
+            Err(format!(
+                "mount option '{opt}': {key} is a number of seconds from {} to {MAX_SECONDS} (365 days){zero}",
+                range.min
+            ))
+        }
+    }
+}
+
 impl MountOptions {
     /// Parses a comma-separated option list (several `-o` lists may be joined with commas).
     pub fn parse(list: &str) -> Result<MountOptions, String> {
@@ -88,13 +147,6 @@ impl MountOptions {
             let (key, value) = match opt.split_once('=') {
                 Some((k, v)) => (k, Some(v)),
                 None => (opt, None),
-            };
-            let number = |v: Option<&str>| -> Result<f64, String> {
-                v.and_then(|v| v.parse::<f64>().ok())
-                    .filter(|n| n.is_finite() && *n >= 0.0)
-                    .ok_or_else(|| {
-                        format!("mount option '{opt}' needs a non-negative number, like {key}=4")
-                    })
             };
             match (key, value) {
                 ("rw", None) => o.read_only = false,
@@ -110,34 +162,30 @@ impl MountOptions {
                 ("noatime", None) => o.atime = AtimeMode::Never,
                 ("allow_other", None) => o.allow_other = true,
                 ("threads", v) => {
-                    let n = number(v)?;
-                    if !(1.0..=256.0).contains(&n) || n.fract() != 0.0 {
-                        return Err(format!("mount option '{opt}': threads must be a whole number from 1 to 256"));
-                    }
-                    o.threads = Some(n as usize);
+                    let n = v.and_then(|v| v.parse::<usize>().ok()).filter(|n| (1..=256).contains(n));
+                    o.threads = Some(n.ok_or_else(|| {
+                        format!("mount option '{opt}': threads is a whole number from 1 to 256")
+                    })?);
                 }
-                ("lock_wait", v) => o.lock_wait = number(v)?,
+                ("lock_wait", v) => o.lock_wait = seconds(opt, key, v, LOCK_WAIT)?,
                 ("lease_break_time", v) => {
-                    let secs = number(v)?;
+                    let secs = seconds(opt, key, v, BREAK_TIME)?;
                     o.leases.break_time = (secs > 0.0).then(|| Duration::from_secs_f64(secs));
                 }
                 ("break_policy", Some(v)) => {
                     o.leases.policy = Policy::parse(v).ok_or_else(|| format!("mount option '{opt}': the policy is wait, refuse or revoke"))?;
                 }
                 ("guest_break_time", v) => {
-                    let secs = number(v)?;
-                    if secs <= 0.0 {
-                        return Err(format!("mount option '{opt}': a guest lease's break needs a deadline; give more than 0 seconds"));
-                    }
+                    let secs = seconds(opt, key, v, GUEST_BREAK_TIME)?;
                     o.leases.guest_break_time = Duration::from_secs_f64(secs);
                 }
                 ("allow_unbreakable", None) => o.leases.allow_unbreakable = true,
                 ("busy_blocks", Some(v)) => o.leases.busy_blocks = on_off(opt, key, v)?,
                 ("detach_windows", Some(v)) => o.leases.detach_windows = on_off(opt, key, v)?,
                 ("max_pinned", Some("unlimited")) => o.leases.max_pinned = Some(PinLimit::Unlimited),
-                ("max_pinned", Some(v)) => {
-                    let bytes = crate::image::parse_size(v).map_err(|e| {
-                        format!("mount option '{opt}': {e} (a size like 64M, or unlimited)")
+                ("max_pinned", v) => {
+                    let bytes = crate::image::parse_size(v.unwrap_or("")).map_err(|e| {
+                        format!("mount option '{opt}': {e}; max_pinned is a size from 0 to 16E (bytes, or with a K, M, G or T unit, like 64M), or unlimited")
                     })?;
                     o.leases.max_pinned = Some(PinLimit::Bytes(bytes));
                 }
@@ -178,6 +226,24 @@ mod tests {
             .contains("wait, refuse or revoke"));
         assert!(MountOptions::parse("busy_blocks=yes").is_err());
         assert!(MountOptions::parse("lease_break_time=-1").is_err());
+    }
+
+    #[test]
+    fn numeric_options_take_their_whole_range() {
+        let o = MountOptions::parse(
+            "lock_wait=31536000,lease_break_time=31536000,guest_break_time=0.001,threads=256",
+        )
+        .unwrap();
+        assert_eq!(o.lock_wait, MAX_SECONDS);
+        assert_eq!(o.leases.break_time, Some(Duration::from_secs(31_536_000)));
+        assert_eq!(o.leases.guest_break_time, Duration::from_millis(1));
+        assert_eq!(o.threads, Some(256));
+        let o =
+            MountOptions::parse("lock_wait=0,lease_break_time=-0,threads=1,max_pinned=0").unwrap();
+        assert_eq!((o.lock_wait, o.leases.break_time), (0.0, None));
+        assert_eq!(o.leases.max_pinned, Some(PinLimit::Bytes(0)));
+        let e = MountOptions::parse("lease_break_time=1e30").unwrap_err();
+        assert_eq!(e, "mount option 'lease_break_time=1e30': lease_break_time is a number of seconds from 0.001 to 31536000 (365 days), or 0 (no deadline)");
     }
 
     #[test]

@@ -170,6 +170,172 @@ fn daemon_exits_zero_on_umount_and_on_sigterm() {
     assert_eq!(d.wait().unwrap().code(), Some(0));
 }
 
+/// A lazy unmount (`umount -l`) while a file stays open works as on any filesystem: the
+/// detached mount lives on for the open file, and the image with it; a new mount meanwhile
+/// is refused with a message that says so and names the daemon; when the last open file
+/// closes, the daemon writes its clean checkpoint, releases the image and exits.
+#[test]
+fn a_detached_mount_keeps_the_image_until_its_last_open_file_closes() {
+    if skip_without_fuse("detached_open") {
+        return;
+    }
+    let m = Mount::new("32M", "");
+    fs::write(m.path("f"), b"still here").unwrap();
+    let mut kept = File::open(m.path("f")).unwrap();
+    let c = cstr(&m.mnt);
+    // SAFETY: umount2 with a NUL-terminated path.
+    assert_eq!(unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) }, 0);
+    let other = m.dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let try_mount = || {
+        pinfs(&[
+            "mount",
+            m.image.to_str().unwrap(),
+            other.to_str().unwrap(),
+            "-o",
+            "lock_wait=0",
+        ])
+    };
+    // The daemon notices the detach in a moment (it watches the mount table).
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let refusal = loop {
+        let out = try_mount();
+        assert_eq!(out.status.code(), Some(1), "the image is still in use");
+        let e = String::from_utf8_lossy(&out.stderr).into_owned();
+        if e.contains("detached") || std::time::Instant::now() > end {
+            break e;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        refusal.contains("still in use by a detached mount with open files"),
+        "{refusal}"
+    );
+    let pid: u32 = refusal
+        .split("pinfs process ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("the message names the daemon's pid: {refusal}"));
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains(m.image.to_str().unwrap()),
+        "process {pid} is the daemon of the image"
+    );
+    assert!(refusal.contains(&format!("kill {pid}")), "{refusal}");
+    // The detached mount still serves its open file.
+    let mut text = String::new();
+    kept.read_to_string(&mut text).unwrap();
+    assert_eq!(text, "still here");
+    drop(kept);
+    wait_unlocked(&m.image);
+    // And the daemon exits (or is a zombie until its new parent reaps it).
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let running = || {
+        fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+            s.lines()
+                .any(|l| l.starts_with("State:") && !l.contains("zombie"))
+        })
+    };
+    while running() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the daemon {pid} still runs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = m.fsck();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = pinfs(&["mount", m.image.to_str().unwrap(), other.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(other.join("f")).unwrap(), b"still here");
+    // SAFETY: umount2 with a NUL-terminated path.
+    assert_eq!(unsafe { libc::umount2(cstr(&other).as_ptr(), 0) }, 0);
+    wait_unlocked(&m.image);
+}
+
+/// A daemon waiting for the image lock (here up to an hour: another daemon holds it) ends on
+/// SIGTERM at once, without a mount, and leaves the other mount alone.
+#[test]
+fn sigterm_ends_a_daemon_waiting_for_the_image_lock() {
+    if skip_without_fuse("sigterm_lock_wait") {
+        return;
+    }
+    let m = Mount::new("32M", "");
+    fs::write(m.path("f"), b"served").unwrap();
+    let other = m.dir.path().join("other");
+    fs::create_dir(&other).unwrap();
+    /// Kills and reaps the daemon whatever happens (it must not mount later, once the lock is
+    /// free).
+    struct Reaped(std::process::Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut d = Reaped(
+        Command::new(BIN)
+            .args(["mount", m.image.to_str().unwrap(), other.to_str().unwrap()])
+            .args(["-o", "lock_wait=3600", "--foreground"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // It has the image open: it is waiting for the lock, with its signals in its own hands.
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let has_image = || {
+        fs::read_dir(format!("/proc/{}/fd", d.0.id()))
+            .map(|fds| {
+                fds.flatten()
+                    .any(|e| fs::read_link(e.path()).is_ok_and(|p| p == m.image))
+            })
+            .unwrap_or(false)
+    };
+    while !has_image() {
+        assert!(
+            std::time::Instant::now() < end,
+            "the daemon never opened the image"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = std::time::Instant::now();
+    // SAFETY: kill with a pid we spawned.
+    unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
+    let mut status = None;
+    while status.is_none() && t.elapsed() < Duration::from_secs(5) {
+        status = d.0.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = status.expect("the daemon waiting for the lock ends on SIGTERM");
+    eprintln!(
+        "daemon waiting for the lock gone {:?} after SIGTERM",
+        t.elapsed()
+    );
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(other.to_str().unwrap()),
+        "no mount was made"
+    );
+    assert_eq!(
+        fs::read(m.path("f")).unwrap(),
+        b"served",
+        "the other mount serves on"
+    );
+}
+
 #[test]
 fn many_threads_at_once_stay_consistent() {
     if skip_without_fuse("many_threads") {
