@@ -713,7 +713,7 @@ pub fn serial_command(what: SerialRuns, cfg: SerialConfig) -> Result<bool, Strin
             Outcome::Failed { step, what: msg } => {
                 let small = shrink(dir.path(), &prog, cfg);
                 let expected = !cfg.busy_blocks;
-                println!(
+                crate::outln!(
                     "{}: seed {s}, step {step}: {msg}",
                     if expected {
                         "oracle fired (expected with busy_blocks=off)"
@@ -721,21 +721,21 @@ pub fn serial_command(what: SerialRuns, cfg: SerialConfig) -> Result<bool, Strin
                         "FAILED"
                     }
                 );
-                println!("program around the failure:");
+                crate::outln!("program around the failure:");
                 for (i, st) in prog.iter().enumerate().skip(step.saturating_sub(5)).take(6) {
-                    println!("  {i:4}: {:?} {:?}", st.actor, st.op);
+                    crate::outln!("  {i:4}: {:?} {:?}", st.actor, st.op);
                 }
-                println!("shrunk to {} steps:", small.len());
+                crate::outln!("shrunk to {} steps:", small.len());
                 for (i, st) in small.iter().enumerate() {
-                    println!("  {i:4}: {:?} {:?}", st.actor, st.op);
+                    crate::outln!("  {i:4}: {:?} {:?}", st.actor, st.op);
                 }
-                println!("replay: {}", replay_command(s, what.ops, what.shape, cfg));
+                crate::outln!("replay: {}", replay_command(s, what.ops, what.shape, cfg));
                 return Ok(expected);
             }
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    println!(
+    crate::outln!(
         "{} programs, {total_ops} steps, {total_breaks} breaks in {secs:.1} s ({:.0} steps/s, {:.0} breaks/s): all checks held (break_policy={}, busy_blocks={})",
         what.runs,
         total_ops as f64 / secs,
@@ -744,7 +744,7 @@ pub fn serial_command(what: SerialRuns, cfg: SerialConfig) -> Result<bool, Strin
         if cfg.busy_blocks { "on" } else { "off" }
     );
     if !cfg.busy_blocks {
-        println!(
+        crate::outln!(
             "busy_blocks=off, yet the oracle never fired: it may be unable to see the corruption"
         );
         return Ok(false);

@@ -162,8 +162,7 @@ pub fn status(mount: &Path, json: bool, events: bool) -> Result<(), String> {
     } else {
         conn.status(!json).map_err(|e| refused("status", e))?
     };
-    print!("{}", text.trim_end());
-    println!();
+    crate::outln!("{}", text.trim_end());
     Ok(())
 }
 
@@ -219,6 +218,6 @@ pub fn fence(mount: &Path, holder: u64) -> Result<(), String> {
     let n = conn
         .fence(holder)
         .map_err(|e| refused(&format!("fence holder {holder}"), e))?;
-    println!("holder {holder} fenced: {n} lease(s) revoked");
+    crate::outln!("holder {holder} fenced: {n} lease(s) revoked");
     Ok(())
 }

@@ -32,6 +32,7 @@ pub mod journal;
 pub mod kmsg;
 pub mod lease;
 pub mod options;
+pub mod output;
 pub mod protocol;
 pub mod record;
 pub mod signals;

@@ -132,11 +132,11 @@ fn run(args: &[String]) -> CmdResult {
     }
     match cmd.as_str() {
         "-h" | "--help" | "help" => {
-            println!("{USAGE}");
+            pinfs::outln!("{USAGE}");
             Ok(0)
         }
         "-V" | "--version" => {
-            println!("pinfs {}", env!("CARGO_PKG_VERSION"));
+            pinfs::outln!("pinfs {}", env!("CARGO_PKG_VERSION"));
             Ok(0)
         }
         "mkfs" => cmd_mkfs(&args[1..]),
@@ -189,7 +189,7 @@ fn cmd_mkfs(args: &[String]) -> CmdResult {
     let bytes = parse_size(&size).map_err(|e| Err(format!("mkfs: {e}")))?;
     init_logging("warn");
     Fs::mkfs(&image, bytes, force).map_err(|e| Err(format!("mkfs: {e}")))?;
-    println!(
+    pinfs::outln!(
         "{}: pinfs filesystem of {} bytes ({} blocks of 4096)",
         image.display(),
         bytes / 4096 * 4096,
@@ -249,18 +249,18 @@ fn cmd_fsck(args: &[String]) -> CmdResult {
     match pinfs::fsck::check(&image, repair) {
         Ok(report) => {
             if json {
-                println!("{}", report.to_json(&image));
+                pinfs::outln!("{}", report.to_json(&image));
             } else {
                 for e in &report.errors {
                     let fixed = report.repaired.contains(e);
-                    println!("{}{e}", if fixed { "repaired: " } else { "error: " });
+                    pinfs::outln!("{}{e}", if fixed { "repaired: " } else { "error: " });
                 }
                 let verdict = match report.exit_code() {
                     0 => "clean",
                     1 => "repaired",
                     _ => "errors left (run with --repair)",
                 };
-                println!(
+                pinfs::outln!(
                     "{}: {verdict}; {} inodes, {} file blocks, {} journal transactions replayed, {} orphans {}",
                     image.display(),
                     report.inodes,
@@ -274,7 +274,7 @@ fn cmd_fsck(args: &[String]) -> CmdResult {
         }
         Err(e) => {
             if json {
-                println!(
+                pinfs::outln!(
                     "{{\"image\":{},\"exit_code\":8,\"error\":{}}}",
                     pinfs::fsck::json_str(&image.display().to_string()),
                     pinfs::fsck::json_str(&e.to_string())
@@ -501,7 +501,7 @@ fn fuzz_mount(mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdResult {
     let t0 = std::time::Instant::now();
     let report = pinfs::fuzz_mount::run(&cfg).map_err(|e| Err(format!("fuzz: {e}")))?;
     let secs = t0.elapsed().as_secs_f64();
-    println!(
+    pinfs::outln!(
         "fuzz: seed {seed}, options {options}: {} steps ({} pins, {} holder stores, {} breakers done), {} breaks, {} revocations in {secs:.1} s ({:.0} steps/s, {:.1} breaks/s)",
         report.ops,
         report.pins,
@@ -521,12 +521,12 @@ fn fuzz_mount(mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdResult {
         "busy_blocks=off"
     };
     for v in &report.violations {
-        println!("  oracle: {v}");
+        pinfs::outln!("  oracle: {v}");
     }
     if !report.violations.is_empty() {
-        println!("  the steps before it, oldest first (step number: actor, operation):");
+        pinfs::outln!("  the steps before it, oldest first (step number: actor, operation):");
         for op in &report.recent {
-            println!("    {op}");
+            pinfs::outln!("    {op}");
         }
     }
     let target = match &cfg.mount {
@@ -537,7 +537,7 @@ fn fuzz_mount(mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdResult {
         .max_ops
         .map(|n| format!(" --ops {n}"))
         .unwrap_or_default();
-    println!(
+    pinfs::outln!(
         "replay (thread timing varies): pinfs fuzz --seed {seed} --duration {}{ops} --holders {holders} --threads {threads} {target}",
         duration.as_secs_f64()
     );
@@ -547,28 +547,28 @@ fn fuzz_mount(mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdResult {
             busy_blocks: parsed.leases.busy_blocks,
         };
         let shape = cfg.shape();
-        println!(
+        pinfs::outln!(
             "the same program in one thread: {}",
             pinfs::fuzz_serial::replay_command(seed, report.reached as usize, shape, serial)
         );
     }
     if let Some(sig) = report.interrupted {
-        println!("stopped early by signal {sig}: the checks cover what ran until then");
+        pinfs::outln!("stopped early by signal {sig}: the checks cover what ran until then");
         if report.violations.is_empty() {
             return Ok(128 + sig);
         }
     }
     match (report.violations.is_empty(), expected_failure) {
         (true, false) => {
-            println!("all checks held");
+            pinfs::outln!("all checks held");
             Ok(0)
         }
         (false, true) => {
-            println!("the oracle fired, as expected with {switch}");
+            pinfs::outln!("the oracle fired, as expected with {switch}");
             Ok(0)
         }
         (true, true) => {
-            println!("{switch}, yet no oracle fired: run longer, or the oracles cannot see the corruption");
+            pinfs::outln!("{switch}, yet no oracle fired: run longer, or the oracles cannot see the corruption");
             Ok(1)
         }
         (false, false) => Ok(1),

@@ -299,3 +299,37 @@ fn status_and_fence_end_quietly_when_the_reader_goes_and_pin_keeps_holding() {
     assert_eq!(st.signal(), Some(libc::SIGKILL), "{e}");
     assert!(!e.contains("panicked"), "{e}");
 }
+
+/// A standard output that fails (a full disk behind `> file`) ends a command with a clear
+/// message and exit status 1, never a panic.
+#[test]
+fn a_full_standard_output_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let img = img.to_str().unwrap();
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["--help"],
+        vec!["--version"],
+        vec!["mkfs", img, "--size", "8M"],
+        vec!["fsck", img],
+        vec!["fsck", img, "--json"],
+    ];
+    for args in runs {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinfs"))
+            .args(&args)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("cannot write to standard output: No space left on device")
+                && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
