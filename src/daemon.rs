@@ -248,7 +248,14 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
             "{}: the FUSE session ended with an error: {e}",
             mnt.display()
         )
-    })
+    })?;
+    if !fs.left_clean() {
+        return Err(format!(
+            "{}: the final checkpoint could not be written (see the error above); the image keeps its previous checkpoint and journal, which the next mount or `pinfs fsck` replays",
+            req.image.display()
+        ));
+    }
+    Ok(())
 }
 
 /// On SIGTERM, SIGINT or SIGHUP, ends the waits of breakers (they get `EIO`: a breaker waiting

@@ -147,7 +147,9 @@ impl fuser::Filesystem for FuseFs {
 
     fn destroy(&mut self) {
         if let Err(e) = self.fs.unmount() {
-            tracing::error!("final checkpoint failed: {e}");
+            tracing::error!(
+                "final checkpoint failed: {e}; the image keeps its previous checkpoint and journal"
+            );
         }
     }
 
@@ -429,7 +431,7 @@ impl fuser::Filesystem for FuseFs {
         reply.statfs(
             s.blocks,
             s.free,
-            s.free,
+            s.available,
             s.files + s.files_free,
             s.files_free,
             BLOCK_SIZE as u32,

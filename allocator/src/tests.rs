@@ -215,3 +215,38 @@ proptest! {
         }
     }
 }
+
+/// Data allocations leave the reserve alone: they take single-block fragments rather than
+/// cut into the extents the reserve needs, and fail once only the reserve is left, while a
+/// metadata allocation still gets the whole reserve in at most `extents` pieces.
+#[test]
+fn data_allocations_leave_the_reserve_in_few_extents() {
+    let mut a = Allocator::new(100);
+    a.allocate(100, None).unwrap();
+    // Free: ten single blocks 0, 2, .., 18, and one run 50..80.
+    for b in (0..20).step_by(2) {
+        a.free(ext(b, 1)).unwrap();
+    }
+    a.free(ext(50, 30)).unwrap();
+    a.set_reserve(Reserve {
+        blocks: 25,
+        extents: 1,
+    });
+    assert_eq!(a.available_blocks(), 10 + 5);
+    // A goal at the start of the run would cut into the reserve: a fragment is taken.
+    assert_eq!(a.allocate_data(8, Some(50)).unwrap().len, 1);
+    let mut data = 1;
+    while let Ok(e) = a.allocate_data(8, None) {
+        data += e.len;
+        assert!(a.reserve_holds());
+    }
+    assert_eq!(data, 10 + 5, "every fragment, and the run's spare 5 blocks");
+    assert_eq!(a.available_blocks(), 0);
+    assert!(matches!(
+        a.allocate_data(1, None),
+        Err(AllocError::NoSpace { .. })
+    ));
+    // The metadata allocation gets the reserve in one piece.
+    assert_eq!(a.allocate(25, None).unwrap().len, 25);
+    a.check().unwrap();
+}
