@@ -466,3 +466,105 @@ fn operations_whose_transaction_is_refused_change_nothing() {
     assert_eq!((after.size, after.perm), (before.size, before.perm));
     assert!(fs.read(ino, 0, data.len() as u32).unwrap() == data);
 }
+
+mod common;
+
+/// The mount-level sequences of case 3, through the kernel: `df` shows the reserve as not
+/// available, and unmount leaves a clean image with nothing to replay.
+mod mounted {
+    use super::common::{skip_without_fuse, Mount};
+    use std::fs;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn statvfs(p: &std::path::Path) -> libc::statvfs {
+        let c = super::common::cstr(p);
+        // SAFETY: statvfs into a zeroed struct we own, with a NUL-terminated path.
+        unsafe {
+            let mut s: libc::statvfs = std::mem::zeroed();
+            assert_eq!(libc::statvfs(c.as_ptr(), &mut s), 0);
+            s
+        }
+    }
+
+    fn chmod(p: &std::path::Path, mode: u32) -> std::io::Result<()> {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode))
+    }
+
+    fn fsck_clean_nothing_replayed(m: &Mount) {
+        let out = m.fsck();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        assert!(text.contains(" 0 journal transactions replayed"), "{text}");
+    }
+
+    #[test]
+    fn a_full_mount_chmods_truncates_and_unlinks_after_8194_chmods() {
+        if skip_without_fuse(module_path!()) {
+            return;
+        }
+        let mut m = Mount::new("64M", "");
+        fs::write(m.path("keep"), [0x11u8; 8192]).unwrap();
+        let mut f = fs::File::create(m.path("fill")).unwrap();
+        let chunk = vec![0x22u8; 1 << 20];
+        let err = loop {
+            if let Err(e) = f.write_all(&chunk) {
+                break e;
+            }
+        };
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        drop(f);
+        let st = statvfs(&m.mnt);
+        assert_eq!(st.f_bavail, 0, "nothing is available to users");
+        assert!(st.f_bfree > 0, "the reserve is free, not available");
+        for n in 0..9000u32 {
+            chmod(&m.path("keep"), 0o600 | (n & 0o77)).unwrap_or_else(|e| panic!("chmod {n}: {e}"));
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("keep"))
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        fs::remove_file(m.path("fill")).unwrap();
+        chmod(&m.path("keep"), 0o644).unwrap();
+        m.umount();
+        fsck_clean_nothing_replayed(&m);
+    }
+
+    #[test]
+    fn a_mount_with_free_space_in_single_blocks_keeps_creating_and_unmounts_clean() {
+        if skip_without_fuse(module_path!()) {
+            return;
+        }
+        let mut m = Mount::new("64M", "");
+        let block = [0x33u8; 4096];
+        let mut n = 0;
+        while fs::write(m.path(&format!("f{n}")), block).is_ok() {
+            n += 1;
+        }
+        for k in (0..n).step_by(2) {
+            fs::remove_file(m.path(&format!("f{k}"))).unwrap();
+        }
+        let mut g = 0;
+        loop {
+            let p = m.path(&format!("g{g}"));
+            let mut f = fs::File::create(&p).unwrap_or_else(|e| panic!("create g{g}: {e}"));
+            chmod(&p, 0o600).unwrap_or_else(|e| panic!("chmod g{g}: {e}"));
+            g += 1;
+            if f.write_all(&block).is_err() {
+                break;
+            }
+        }
+        assert!(g > 3000, "{g} files fit in the holes");
+        for k in 0..g {
+            let p = m.path(&format!("g{k}"));
+            chmod(&p, 0o640).unwrap_or_else(|e| panic!("chmod g{k}: {e}"));
+            if k % 2 == 0 {
+                fs::remove_file(&p).unwrap_or_else(|e| panic!("unlink g{k}: {e}"));
+            }
+        }
+        m.umount();
+        fsck_clean_nothing_replayed(&m);
+    }
+}
