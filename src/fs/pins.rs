@@ -184,10 +184,14 @@ impl Fs {
     pub fn fence(&self, holder: HolderId) -> FsResult<usize> {
         let files = self.leases.files_of(holder);
         let n = self.leases.fence(holder, self)?;
+        // Every file's revoked blocks are dealt with, whatever happens to one of them.
+        let mut result = Ok(n);
         for ino in files {
-            self.relocate_revoked(ino)?;
+            if let Err(e) = self.relocate_revoked(ino) {
+                result = result.and(Err(e));
+            }
         }
-        Ok(n)
+        result
     }
 
     /// Moves the blocks of revoked pins that `ino` still maps to new blocks (with their
