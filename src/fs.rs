@@ -773,9 +773,18 @@ impl Fs {
         Ok(())
     }
 
+    /// Writes the checkpoint the journal wants. One that finds no room (an image from before
+    /// the metadata reserve, or space fragmented past it) does not stop the operation: it
+    /// still goes to the journal while that has room, so deletes and truncates that would
+    /// make the room still work.
     fn maybe_checkpoint(&self) -> FsResult<()> {
         if self.checkpoint_wanted.load(Ordering::Relaxed) {
-            self.checkpoint(false)?;
+            match self.checkpoint(false) {
+                Err(FsError::NoSpace) => {
+                    tracing::warn!("no room for a checkpoint; the journal takes what it can")
+                }
+                r => r?,
+            }
         }
         Ok(())
     }

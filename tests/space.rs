@@ -217,6 +217,14 @@ fn a_checkpoint_with_too_many_extents_is_refused_not_a_panic() {
         Err(libc::ENOSPC)
     );
     assert_eq!(fs.read(ino, 0, 10).unwrap(), b"still here");
+    // A refused transaction makes the next operation want a checkpoint, which finds no room:
+    // chmod, truncate and unlink still go to the journal, which has room for them.
+    fs.fail_next_commits(1);
+    assert_eq!(errno(chmod(&fs, ino, 0o600)), libc::ENOSPC);
+    chmod(&fs, ino, 0o640).unwrap();
+    truncate(&fs, ino, 5, Caller::ROOT).unwrap();
+    assert_eq!(fs.read(ino, 0, 10).unwrap(), b"still");
+    fs.remove(ROOT_INO, b"kept", false).unwrap();
 }
 
 struct Pinned {
