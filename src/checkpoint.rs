@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use pinfs_allocator::{Allocator, Extent};
+use pinfs_allocator::{Allocator, Extent, Reserve};
 
 use crate::codec::{crc32c, Reader, Writer};
 use crate::error::{FsError, FsResult};
@@ -180,21 +180,25 @@ pub fn write<'a>(
         head.buf.len() as u64 + tail_len(alloc.encode().len(), prev.len()) + 2 * BLOCK_SIZE;
     let mut want = estimate.div_ceil(BLOCK_SIZE);
     let mut extents: Vec<(u64, u64)> = Vec::new();
-    let mut goal = None;
+    let give_back = |alloc: &mut Allocator, extents: &[(u64, u64)]| {
+        for &(s, l) in extents {
+            alloc.free(Extent { start: s, len: l }).ok();
+        }
+    };
+    // No goal: the allocator then takes an extent that holds the rest whole (best fit) or
+    // else the largest there is, the fewest extents for the blob; the metadata reserve
+    // ([`reserve_for`]) keeps that within what the superblock can name.
     while want > 0 {
-        match alloc.allocate(want, goal) {
+        match alloc.allocate(want, None) {
             Ok(e) if extents.len() < crate::image::MAX_CHECKPOINT_EXTENTS => {
                 want -= e.len;
-                goal = Some(e.end());
                 extents.push((e.start, e.len));
             }
             other => {
                 if let Ok(e) = other {
                     extents.push((e.start, e.len));
                 }
-                for &(s, l) in &extents {
-                    alloc.free(Extent { start: s, len: l }).ok();
-                }
+                give_back(alloc, &extents);
                 return Err(FsError::NoSpace);
             }
         }
@@ -203,9 +207,7 @@ pub fn write<'a>(
     // first makes that a clean refusal with nothing changed (the blocks go back).
     for &(s, l) in &extents {
         if let Err(e) = image.provision(s * BLOCK_SIZE, l * BLOCK_SIZE) {
-            for &(s, l) in &extents {
-                alloc.free(Extent { start: s, len: l }).ok();
-            }
+            give_back(alloc, &extents);
             return Err(FsError::Host {
                 what: "allocating the checkpoint's blocks on the host",
                 source: e,
@@ -219,9 +221,15 @@ pub fn write<'a>(
     for &(s, l) in &extents {
         let n = (blob.len() - off).min((l * BLOCK_SIZE) as usize);
         // Through the file, not the mapping: a DAX window may still cover these blocks.
-        image
-            .write_file(s * BLOCK_SIZE, &blob[off..off + n])
-            .map_err(FsError::host("writing the checkpoint"))?;
+        if let Err(e) = image.write_file(s * BLOCK_SIZE, &blob[off..off + n]) {
+            // The superblock still names the previous checkpoint: nothing changed here (the
+            // caller decides whether the host failure shuts the filesystem down).
+            give_back(alloc, &extents);
+            return Err(FsError::Host {
+                what: "writing the checkpoint",
+                source: e,
+            });
+        }
         off += n;
     }
     assert_eq!(off, blob.len(), "checkpoint outgrew its estimate");
@@ -243,5 +251,51 @@ pub fn write<'a>(
             image.discard(f.start * BLOCK_SIZE, f.len * BLOCK_SIZE);
         }
     }
+    alloc.set_reserve(reserve_for(sb));
     Ok(())
+}
+
+/// What an operation that grows the metadata needs free, with `journal_used` bytes in the
+/// journal: room for the next checkpoint by [`reserve_for`]'s bound (twice what the journal
+/// holds, the operation's record included), and as much again so that the checkpoint after
+/// it still fits once this one is written into the largest free extents (its predecessor's
+/// blocks come back only afterwards).
+pub fn growth_needs(sb: &Superblock, journal_used: u64) -> Reserve {
+    let bytes = sb
+        .checkpoint_len
+        .saturating_add(
+            journal_used
+                .saturating_add(GROWTH_RECORD_BYTES)
+                .saturating_mul(4),
+        )
+        .saturating_add(16 * crate::image::MAX_CHECKPOINT_EXTENTS as u64 + 2 * BLOCK_SIZE);
+    Reserve {
+        blocks: bytes.div_ceil(BLOCK_SIZE).saturating_add(1),
+        extents: crate::image::MAX_CHECKPOINT_EXTENTS,
+    }
+}
+
+/// The largest record an operation that grows the metadata journals: an extended attribute
+/// of 64 KiB with its name.
+const GROWTH_RECORD_BYTES: u64 = 64 * 1024 + 1024;
+
+/// The metadata reserve after the checkpoint `sb` names: room for the next checkpoint in
+/// extents the superblock can name, so that with every other block taken by data a
+/// checkpoint can still be written (and so deletes, truncates and unmount still work).
+///
+/// The next checkpoint is at most the current one plus what the journal records until then.
+/// The journal holds at most its capacity of records since the checkpoint `sb` names (they
+/// are replayed after a crash and appended to after that); a record grows a blob by at most
+/// about its own size (an inode or a mapping appears in both, a freed range adds one free
+/// extent), so twice the journal bounds it. Then the previous-extent list of the blob, the
+/// two blocks of slack [`write()`] allocates, and one block for rounding.
+pub fn reserve_for(sb: &Superblock) -> Reserve {
+    let bytes = sb
+        .checkpoint_len
+        .saturating_add(sb.journal_blocks.saturating_mul(2 * BLOCK_SIZE))
+        .saturating_add(16 * crate::image::MAX_CHECKPOINT_EXTENTS as u64 + 2 * BLOCK_SIZE);
+    Reserve {
+        blocks: bytes.div_ceil(BLOCK_SIZE).saturating_add(1),
+        extents: crate::image::MAX_CHECKPOINT_EXTENTS,
+    }
 }

@@ -229,6 +229,8 @@ pub struct StatFs {
     pub blocks: u64,
     /// Free blocks.
     pub free: u64,
+    /// Free blocks that data may have: those outside the metadata reserve (`f_bavail`).
+    pub available: u64,
     /// Busy blocks (counted as used).
     pub busy: u64,
     /// Inodes in use.
@@ -495,6 +497,8 @@ pub struct Fs {
     dir_streams: Mutex<HashMap<u64, u64>>,
     /// Why the last unmount could not leave a clean image, for the daemon's exit status.
     unmount_error: Mutex<Option<String>>,
+    /// Commits still to be refused as if the journal were full ([`Fs::fail_next_commits`]).
+    failing_commits: AtomicU32,
 }
 
 /// How long an unmount waits for the threads of breakers whose waits it ended.
@@ -642,7 +646,10 @@ impl Fs {
             shut_down: AtomicBool::new(false),
             dir_streams: Mutex::new(HashMap::new()),
             unmount_error: Mutex::new(None),
+            failing_commits: AtomicU32::new(0),
         };
+        // Data allocations leave room for the next checkpoint from the start.
+        lock(&fs.alloc).set_reserve(checkpoint::reserve_for(&lock(&fs.sb)));
         if !fs.opts.read_only {
             if !was_clean {
                 let alloc = lock(&fs.alloc);
@@ -781,6 +788,14 @@ impl Fs {
         Ok(mapped.iter().map(|m| m.1).sum())
     }
 
+    /// Test hook: the next `n` transactions are refused as if the journal had no room for
+    /// them (`ENOSPC`, nothing applied), the failure that operations must survive with
+    /// nothing changed but that the metadata reserve and the journal's soft limit make hard
+    /// to reach on purpose.
+    pub fn fail_next_commits(&self, n: u32) {
+        self.failing_commits.store(n, Ordering::SeqCst);
+    }
+
     /// Writes a checkpoint now.
     pub fn checkpoint(&self, clean: bool) -> FsResult<()> {
         let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
@@ -815,9 +830,18 @@ impl Fs {
         Ok(())
     }
 
+    /// Writes the checkpoint the journal wants. One that finds no room (an image from before
+    /// the metadata reserve, or space fragmented past it) does not stop the operation: it
+    /// still goes to the journal while that has room, so deletes and truncates that would
+    /// make the room still work.
     fn maybe_checkpoint(&self) -> FsResult<()> {
         if self.checkpoint_wanted.load(Ordering::Relaxed) {
-            self.checkpoint(false)?;
+            match self.checkpoint(false) {
+                Err(FsError::NoSpace) => {
+                    tracing::warn!("no room for a checkpoint; the journal takes what it can")
+                }
+                r => r?,
+            }
         }
         Ok(())
     }
@@ -856,6 +880,30 @@ impl Fs {
         self.shut_down.load(Ordering::SeqCst)
     }
 
+    /// Operations that grow the metadata (new inodes, names, extended attributes) need room
+    /// for the checkpoints that will hold them ([`checkpoint::growth_needs`]): without it,
+    /// a later checkpoint might not fit, and then deletes and unmount would fail too. When
+    /// space is short, a checkpoint now (which empties the journal) may make the room;
+    /// otherwise `ENOSPC`, as when a filesystem runs out of inodes. Called with no lock held.
+    fn room_to_grow(&self) -> FsResult<()> {
+        let fits = || {
+            let used = lock(&self.journal).used();
+            let needs = checkpoint::growth_needs(&lock(&self.sb), used);
+            (used, lock(&self.alloc).holds(needs))
+        };
+        match fits() {
+            (_, true) => Ok(()),
+            (0, false) => Err(FsError::NoSpace),
+            (_, false) => {
+                self.checkpoint(false)?;
+                match fits() {
+                    (_, true) => Ok(()),
+                    _ => Err(FsError::NoSpace),
+                }
+            }
+        }
+    }
+
     fn gate(&self) -> RwLockReadGuard<'_, ()> {
         self.gate.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -868,7 +916,11 @@ impl Fs {
         self.is_up()?;
         let payload = encode_transaction(records);
         let mut journal = lock(&self.journal);
-        if !journal.has_room(payload.len()) {
+        let injected = self
+            .failing_commits
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if injected || !journal.has_room(payload.len()) {
             self.checkpoint_wanted.store(true, Ordering::SeqCst);
             return Err(FsError::NoSpace);
         }
@@ -1052,6 +1104,7 @@ impl Fs {
             );
         }
         let (mut mtime, mut atime) = (i.mtime, i.atime);
+        let mut zero = (0, 0);
         if let Some(size) = req.size {
             match i.kind {
                 Kind::File => {}
@@ -1063,9 +1116,13 @@ impl Fs {
             }
             // Bytes past the end of file in its last block must read as zeros once the file
             // reaches them: when shrinking, past the new end; when growing, past the old one
-            // (a holder or a mapping may have stored there).
-            self.zero_bytes(i, size, i.size.min(size.next_multiple_of(BLOCK_SIZE)));
-            self.zero_past_eof(i, size);
+            // (a holder or a mapping may have stored there). Zeroed once the transaction is
+            // in: a truncate that fails changes no byte.
+            zero = if size < i.size {
+                (size, i.size.min(size.next_multiple_of(BLOCK_SIZE)))
+            } else {
+                (i.size, size.min(i.size.next_multiple_of(BLOCK_SIZE)))
+            };
             if size != i.size {
                 records.push(Record::SetSize { ino, size });
             }
@@ -1096,6 +1153,7 @@ impl Fs {
         });
         self.commit(&mut held, &records)?;
         let i = held.get(ino)?;
+        self.zero_bytes(i, zero.0, zero.1);
         i.rt.times_dirty = false;
         if owner_change {
             self.leases.owner_changed(ino, uid);
@@ -1131,6 +1189,7 @@ impl Fs {
             }
         }
         self.writable()?;
+        self.room_to_grow()?;
         let _gate = self.gate();
         let _ns = lock(&self.namespace);
         let cells = [self.table.get(parent)?];
@@ -1179,6 +1238,7 @@ impl Fs {
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
         check_name(name)?;
         self.writable()?;
+        self.room_to_grow()?;
         let _gate = self.gate();
         let _ns = lock(&self.namespace);
         let cells = [self.table.get(parent)?, self.table.get(ino)?];
@@ -1653,16 +1713,6 @@ impl Fs {
         self.store(&maps, offset, data, &mut i.rt.dirty);
     }
 
-    /// Before the file grows to `new_size`: zeros the bytes between the current end of file
-    /// and the end of its last block (up to `new_size`), which a holder or a mapping may have
-    /// stored into.
-    fn zero_past_eof(&self, i: &mut Inode, new_size: u64) {
-        if new_size > i.size {
-            let old = i.size;
-            self.zero_bytes(i, old, new_size.min(old.next_multiple_of(BLOCK_SIZE)));
-        }
-    }
-
     /// Stores zeros over the mapped bytes of `from..to` (at most a block or two: the partial
     /// blocks at the edges of a truncation, an extension or a punched range).
     fn zero_bytes(&self, i: &mut Inode, from: u64, to: u64) {
@@ -1710,7 +1760,7 @@ impl Fs {
                 })
             });
             while cur < hole_end {
-                match alloc.allocate(hole_end - cur, goal) {
+                match alloc.allocate_data(hole_end - cur, goal) {
                     Ok(e) => {
                         // The host backs the blocks before anything is stored into them: a
                         // full host is a short allocation (ENOSPC), not a SIGBUS later.
@@ -1832,22 +1882,35 @@ impl Fs {
         }
         let data = &data[..written as usize];
         let end = offset + written;
-        // Bytes between the old end of file and this write, in the old last block, must read
-        // as zeros (a holder or mmap may have left bytes past EOF there).
-        self.zero_past_eof(i, offset);
-        self.store(&maps, offset, data, &mut i.rt.dirty);
+        let old_size = i.size;
         if end > i.size {
             records.push(Record::SetSize { ino, size: end });
         }
         let now = Time::now();
-        i.mtime = now;
-        i.ctime = now;
         let perm = kill_privs(i.perm, i.gid, caller);
         let privs_killed = perm != i.perm;
-        i.perm = perm;
-        records.push(set_attr_record(i));
+        records.push(Record::SetAttr {
+            ino,
+            perm,
+            uid: i.uid,
+            gid: i.gid,
+            atime: i.atime,
+            mtime: now,
+            ctime: now,
+        });
+        // The transaction first: a write it refuses stores nothing, also not into blocks the
+        // file already had.
         self.commit_allocation(&mut held, &records)?;
-        held.get(ino)?.rt.times_dirty = false;
+        let i = held.get(ino)?;
+        // Bytes between the old end of file and this write, in the old last block, must read
+        // as zeros (a holder or mmap may have left bytes past EOF there).
+        self.zero_bytes(
+            i,
+            old_size,
+            offset.min(old_size.next_multiple_of(BLOCK_SIZE)),
+        );
+        self.store(&maps, offset, data, &mut i.rt.dirty);
+        i.rt.times_dirty = false;
         if privs_killed {
             self.tell_kernel(Stale::Attributes(ino));
         }
@@ -1994,16 +2057,19 @@ impl Fs {
         }
         let now = Time::now();
         let mut records = Vec::new();
-        let mut result = Ok(());
+        // Byte ranges zeroed in place once the transaction is in (a fallocate that fails
+        // changes nothing), and the new times.
+        let mut zero: Vec<(u64, u64)> = Vec::new();
+        let (mut mtime, mut ctime) = (i.mtime, i.ctime);
         if mode & (PUNCH_HOLE | ZERO_RANGE) != 0 {
             // Partial blocks at the edges are zeroed in place; whole blocks are unmapped.
             let whole_first = offset.div_ceil(BLOCK_SIZE);
             let whole_end = end / BLOCK_SIZE;
             if whole_first > whole_end {
-                self.zero_bytes(i, offset, end);
+                zero.push((offset, end));
             } else {
-                self.zero_bytes(i, offset, (whole_first * BLOCK_SIZE).min(end));
-                self.zero_bytes(i, (whole_end * BLOCK_SIZE).max(offset), end);
+                zero.push((offset, (whole_first * BLOCK_SIZE).min(end)));
+                zero.push(((whole_end * BLOCK_SIZE).max(offset), end));
                 if whole_end > whole_first
                     && !i
                         .extents
@@ -2017,8 +2083,7 @@ impl Fs {
                     });
                 }
             }
-            i.mtime = now;
-            i.ctime = now;
+            (mtime, ctime) = (now, now);
         }
         if mode & PUNCH_HOLE == 0 {
             let first = offset / BLOCK_SIZE;
@@ -2047,25 +2112,30 @@ impl Fs {
                     .sum::<u64>();
             if got < needed {
                 self.unallocate(&maps);
-                if mode & ZERO_RANGE == 0 {
-                    return Err(FsError::NoSpace);
-                }
-                // The range reads as zeros already; only the allocation failed.
-                result = Err(FsError::NoSpace);
-            } else {
-                records.extend(maps);
+                return Err(FsError::NoSpace);
             }
-            if result.is_ok() && mode & KEEP_SIZE == 0 && end > i.size {
-                self.zero_past_eof(i, end);
+            records.extend(maps);
+            if mode & KEEP_SIZE == 0 && end > i.size {
+                zero.push((i.size, end.min(i.size.next_multiple_of(BLOCK_SIZE))));
                 records.push(Record::SetSize { ino, size: end });
-                i.mtime = now;
-                i.ctime = now;
+                (mtime, ctime) = (now, now);
             }
         }
-        i.perm = kill_privs(i.perm, i.gid, caller);
-        records.push(set_attr_record(i));
+        records.push(Record::SetAttr {
+            ino,
+            perm: kill_privs(i.perm, i.gid, caller),
+            uid: i.uid,
+            gid: i.gid,
+            atime: i.atime,
+            mtime,
+            ctime,
+        });
         self.commit_allocation(&mut held, &records)?;
-        result
+        let i = held.get(ino)?;
+        for (from, to) in zero {
+            self.zero_bytes(i, from, to);
+        }
+        Ok(())
     }
 
     /// `lseek` with `SEEK_DATA` (3) or `SEEK_HOLE` (4); other kinds are the kernel's.
@@ -2144,6 +2214,7 @@ impl Fs {
             return Err(FsError::TooBig);
         }
         self.writable()?;
+        self.room_to_grow()?;
         let _gate = self.gate();
         let cells = [self.table.get(ino)?];
         let mut held = Held::lock(&cells);
@@ -2385,6 +2456,7 @@ impl Fs {
         StatFs {
             blocks,
             free: alloc.free_blocks(),
+            available: alloc.available_blocks(),
             busy: alloc.busy_blocks(),
             files,
             files_free: blocks.saturating_sub(files),

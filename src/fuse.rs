@@ -446,7 +446,7 @@ impl fuser::Filesystem for FuseFs {
         reply.statfs(
             s.blocks,
             s.free,
-            s.free,
+            s.available,
             s.files + s.files_free,
             s.files_free,
             BLOCK_SIZE as u32,

@@ -308,12 +308,6 @@ pub fn apply(model: &mut Vec<u8>, op: &Op) {
     }
 }
 
-/// A zero range that ran out of space after unmapping the range: what is inside the file
-/// reads as zeros, the size stays.
-pub fn apply_failed_zero(model: &mut [u8], off: u64, len: u64) {
-    zero_inside(model, off, len)
-}
-
 fn zero_inside(model: &mut [u8], off: u64, len: u64) {
     let upto = (off + len).min(model.len() as u64);
     if off < upto {

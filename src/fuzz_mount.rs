@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 
 use crate::client::Connection;
 use crate::fuzz::{
-    apply, apply_failed_zero, broken_blocks, file_name, first_difference, initial_content,
-    is_pinned, mmap_range, Actor, Op, Program, Shape, FILES, HOLDER_BYTES,
+    apply, broken_blocks, file_name, first_difference, initial_content, is_pinned, mmap_range,
+    Actor, Op, Program, Shape, FILES, HOLDER_BYTES,
 };
 use crate::fuzz_holder::HolderRun;
 use crate::fuzz_ledger::{now_ns, Entry, Ledger};
@@ -282,11 +282,8 @@ fn file_step(sh: &Shared, op: Op) {
                 lock(&sh.ledger).breaker(file, first, end, started, done);
             }
         }
-        Err(libc::ENOSPC) => {
-            if let Op::Zero { off, len, .. } = op {
-                apply_failed_zero(&mut model, off, len);
-            }
-        }
+        // Out of space (a zero range that finds no blocks included): nothing changed.
+        Err(libc::ENOSPC) => {}
         // Refused by the policy (ETXTBSY): nothing changed.
         Err(libc::ETXTBSY) if is_pinned(file) => {}
         Err(e) => {

@@ -41,9 +41,13 @@ pub const BLOCK_SIZE: u64 = 4096;
 /// On-image format version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 8] = b"PINFSimg";
-/// Checkpoint extents the superblock can name.
-pub const MAX_CHECKPOINT_EXTENTS: usize = 200;
 const SUPERBLOCK_BYTES: usize = 2048;
+/// Bytes of an encoded superblock besides its checkpoint extents: magic 8, version and block
+/// size 4 + 4, five u64 fields, the checkpoint CRC and extent count 4 + 4, `clean` 1, the
+/// uuid 16 and the CRC 4.
+const SUPERBLOCK_FIXED_BYTES: usize = 8 + 4 + 4 + 5 * 8 + 8 + 4 + 4 + 1 + 16 + 4;
+/// Checkpoint extents the superblock can name: as many as fit its area (16 bytes each).
+pub const MAX_CHECKPOINT_EXTENTS: usize = (SUPERBLOCK_BYTES - SUPERBLOCK_FIXED_BYTES) / 16;
 const OWNER_NOTE_OFFSET: u64 = 2048;
 /// The byte after the owner note's mount point when that mount was detached (0 otherwise).
 const DETACHED_MARK: u8 = 0xde;
@@ -856,5 +860,40 @@ impl Image {
     /// True for an empty mapping (never for an opened image).
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A superblock naming as many checkpoint extents as decoding accepts fits its area
+    /// (encoding it must not panic) and decodes back to itself.
+    #[test]
+    fn a_superblock_with_the_most_checkpoint_extents_fits_and_round_trips() {
+        let total_blocks = 1 << 40;
+        let sb = Superblock {
+            total_blocks,
+            journal_start: 2,
+            journal_blocks: 256,
+            generation: u64::MAX,
+            journal_seq: u64::MAX,
+            checkpoint_len: 0,
+            checkpoint_crc: u32::MAX,
+            checkpoint_extents: (0..MAX_CHECKPOINT_EXTENTS as u64)
+                .map(|k| (1000 + 2 * k, 1))
+                .collect(),
+            clean: true,
+            uuid: [0xff; 16],
+        };
+        let bytes = sb.encode();
+        assert!(bytes.len() <= SUPERBLOCK_BYTES, "{}", bytes.len());
+        assert_eq!(
+            bytes.len(),
+            SUPERBLOCK_FIXED_BYTES + 16 * MAX_CHECKPOINT_EXTENTS
+        );
+        let mut area = vec![0u8; SUPERBLOCK_BYTES];
+        area[..bytes.len()].copy_from_slice(&bytes);
+        assert_eq!(Superblock::decode(&area).unwrap(), Some(sb));
     }
 }

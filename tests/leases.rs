@@ -277,7 +277,7 @@ fn revoke_detaches_pinned_blocks_as_busy_until_the_holder_goes() {
         0,
         "busy blocks are freed when the holder goes"
     );
-    assert_eq!(s.fs.statfs().free, 4);
+    assert_eq!(s.fs.statfs().available, 4);
     s.fs.write(
         other,
         off,
@@ -937,7 +937,7 @@ fn a_fence_on_a_full_filesystem_still_cuts_the_holder_off() {
     {
         at += BLOCK_SIZE;
     }
-    assert_eq!(s.fs.statfs().free, 0, "the filesystem is full");
+    assert_eq!(s.fs.statfs().available, 0, "the filesystem is full");
     assert_eq!(s.fs.fence(h).unwrap(), 1, "the fence holds, space or not");
     assert_eq!(s.state(g.id), Some(LeaseState::Revoked));
     win[..5].copy_from_slice(b"after");

@@ -94,6 +94,22 @@ impl FreeSpace {
         Some(Extent { start, len: got })
     }
 
+    /// Blocks in the `n` largest free extents.
+    pub(crate) fn largest_blocks(&self, n: usize) -> u64 {
+        self.by_len.iter().rev().take(n).map(|&(l, _)| l).sum()
+    }
+
+    /// Takes up to `want` blocks from the start of the smallest free extent.
+    pub(crate) fn take_smallest(&mut self, want: u64) -> Option<Extent> {
+        let &(len, start) = self.by_len.iter().next()?;
+        let ext = Extent {
+            start,
+            len: want.min(len),
+        };
+        self.take_exact(ext);
+        Some(ext)
+    }
+
     /// Removes exactly `ext` from free space; every block of it must be free.
     pub(crate) fn take_exact(&mut self, ext: Extent) -> bool {
         if !self.contains(ext) {

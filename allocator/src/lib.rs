@@ -104,6 +104,18 @@ pub struct Allocator {
     total: u64,
     free: FreeSpace,
     pins: PinMap,
+    reserve: Reserve,
+}
+
+/// Free space kept back from data allocations ([`Allocator::allocate_data`]) for metadata:
+/// at least `blocks` blocks within the `extents` largest free extents, so that one
+/// allocation of `blocks` in at most `extents` pieces always succeeds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reserve {
+    /// Blocks kept back.
+    pub blocks: u64,
+    /// How many free extents may hold them.
+    pub extents: usize,
 }
 
 /// Full invariant checks after each operation run in debug builds only while the allocator is
@@ -125,6 +137,7 @@ impl Allocator {
             total,
             free,
             pins: PinMap::default(),
+            reserve: Reserve::default(),
         }
     }
 
@@ -135,6 +148,7 @@ impl Allocator {
             total,
             free: FreeSpace::default(),
             pins: PinMap::default(),
+            reserve: Reserve::default(),
         }
     }
 
@@ -235,6 +249,68 @@ impl Allocator {
             busy: self.pins.busy_blocks(),
         })?;
         self.debug_check();
+        Ok(ext)
+    }
+
+    /// Sets the metadata reserve that [`Allocator::allocate_data`] leaves alone.
+    pub fn set_reserve(&mut self, reserve: Reserve) {
+        self.reserve = reserve;
+    }
+
+    /// The metadata reserve.
+    pub fn reserve(&self) -> Reserve {
+        self.reserve
+    }
+
+    /// Does free space still hold the reserve?
+    pub fn reserve_holds(&self) -> bool {
+        self.holds(self.reserve)
+    }
+
+    /// Could `r.blocks` blocks be allocated now in at most `r.extents` extents?
+    pub fn holds(&self, r: Reserve) -> bool {
+        r.blocks == 0 || self.free.largest_blocks(r.extents) >= r.blocks
+    }
+
+    /// Free blocks data allocations may have (those outside the reserve), as `statfs`
+    /// reports them to users (`f_bavail`).
+    pub fn available_blocks(&self) -> u64 {
+        if self.reserve.blocks == 0 {
+            return self.free.blocks();
+        }
+        let top = self.free.largest_blocks(self.reserve.extents);
+        self.free.blocks() - top + top.saturating_sub(self.reserve.blocks)
+    }
+
+    /// [`Allocator::allocate`] for data: never takes the reserve. When the preferred extent
+    /// would cut into it, takes from the smallest free extent (a fragment the reserve does
+    /// not need) or what the reserve can spare; `NoSpace` when there is nothing of either.
+    pub fn allocate_data(&mut self, want: u64, goal: Option<u64>) -> Result<Extent, AllocError> {
+        let ext = self.allocate(want, goal)?;
+        if self.reserve_holds() {
+            return Ok(ext);
+        }
+        self.free.insert(ext);
+        let no_space = AllocError::NoSpace {
+            busy: self.pins.busy_blocks(),
+        };
+        // Taking from the smallest extent leaves the largest ones (and so the reserve)
+        // alone whenever there are more extents than the reserve may use.
+        if self.free.extent_count() > self.reserve.extents {
+            let ext = self.free.take_smallest(want).ok_or(no_space)?;
+            self.debug_check();
+            return Ok(ext);
+        }
+        // Every free extent may be needed: only what exceeds the reserve can go.
+        let spare = self
+            .free
+            .largest_blocks(self.reserve.extents)
+            .saturating_sub(self.reserve.blocks);
+        if spare == 0 {
+            return Err(no_space);
+        }
+        let ext = self.allocate(want.min(spare), goal)?;
+        debug_assert!(self.reserve_holds());
         Ok(ext)
     }
 

@@ -215,3 +215,106 @@ proptest! {
         }
     }
 }
+
+/// Data allocations leave the reserve alone: they take single-block fragments rather than
+/// cut into the extents the reserve needs, and fail once only the reserve is left, while a
+/// metadata allocation still gets the whole reserve in at most `extents` pieces.
+#[test]
+fn data_allocations_leave_the_reserve_in_few_extents() {
+    let mut a = Allocator::new(100);
+    a.allocate(100, None).unwrap();
+    // Free: ten single blocks 0, 2, .., 18, and one run 50..80.
+    for b in (0..20).step_by(2) {
+        a.free(ext(b, 1)).unwrap();
+    }
+    a.free(ext(50, 30)).unwrap();
+    a.set_reserve(Reserve {
+        blocks: 25,
+        extents: 1,
+    });
+    assert_eq!(a.available_blocks(), 10 + 5);
+    // A goal at the start of the run would cut into the reserve: a fragment is taken.
+    assert_eq!(a.allocate_data(8, Some(50)).unwrap().len, 1);
+    let mut data = 1;
+    while let Ok(e) = a.allocate_data(8, None) {
+        data += e.len;
+        assert!(a.reserve_holds());
+    }
+    assert_eq!(data, 10 + 5, "every fragment, and the run's spare 5 blocks");
+    assert_eq!(a.available_blocks(), 0);
+    assert!(matches!(
+        a.allocate_data(1, None),
+        Err(AllocError::NoSpace { .. })
+    ));
+    // The metadata allocation gets the reserve in one piece.
+    assert_eq!(a.allocate(25, None).unwrap().len, 25);
+    a.check().unwrap();
+}
+
+#[derive(Clone, Debug)]
+enum DataOp {
+    Allocate(u64, bool),
+    Free(usize, u64, u64),
+}
+
+fn data_op() -> impl Strategy<Value = DataOp> {
+    prop_oneof![
+        (1u64..24, any::<bool>()).prop_map(|(n, g)| DataOp::Allocate(n, g)),
+        (0usize..64, 0u64..24, 1u64..24).prop_map(|(i, o, l)| DataOp::Free(i, o, l)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Whatever data allocates and frees: a reserve that holds keeps holding, data gets
+    /// exactly the available blocks (`NoSpace` only when none is), and a metadata
+    /// allocation of the reserve's size then fits in the reserve's number of extents.
+    #[test]
+    fn data_allocations_keep_the_reserve(
+        reserve in 0u64..80,
+        extents in 1usize..5,
+        ops in proptest::collection::vec(data_op(), 1..200),
+    ) {
+        const TOTAL: u64 = 256;
+        let mut a = Allocator::new(TOTAL);
+        let r = Reserve { blocks: reserve, extents };
+        a.set_reserve(r);
+        let mut owned: Vec<Extent> = Vec::new();
+        for op in ops {
+            match op {
+                DataOp::Allocate(n, with_goal) => {
+                    let before = a.available_blocks();
+                    let goal = with_goal.then(|| owned.last().map_or(0, |e| e.end()));
+                    match a.allocate_data(n, goal) {
+                        Ok(e) => {
+                            prop_assert!(e.len >= 1 && e.len <= n.min(before));
+                            prop_assert_eq!(a.available_blocks(), before - e.len);
+                            owned.push(e);
+                        }
+                        Err(AllocError::NoSpace { .. }) => prop_assert_eq!(before, 0),
+                        Err(e) => prop_assert!(false, "unexpected {e}"),
+                    }
+                }
+                DataOp::Free(i, off, len) => {
+                    if owned.is_empty() { continue; }
+                    let e = owned.remove(i % owned.len());
+                    let off = off % e.len;
+                    let part = ext(e.start + off, len.min(e.len - off));
+                    a.free(part).unwrap();
+                    if off > 0 { owned.push(ext(e.start, off)); }
+                    if part.end() < e.end() { owned.push(ext(part.end(), e.end() - part.end())); }
+                }
+            }
+            a.check().map_err(TestCaseError::fail)?;
+            prop_assert!(a.reserve_holds(), "data took the reserve");
+        }
+        // The metadata allocation the reserve is for: largest extents first.
+        let mut want = reserve;
+        let mut pieces = 0;
+        while want > 0 {
+            want -= a.allocate(want, None).unwrap().len;
+            pieces += 1;
+        }
+        prop_assert!(pieces <= extents, "{} pieces for a reserve of {} extents", pieces, extents);
+    }
+}

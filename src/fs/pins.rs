@@ -184,21 +184,32 @@ impl Fs {
     pub fn fence(&self, holder: HolderId) -> FsResult<usize> {
         let files = self.leases.files_of(holder);
         let n = self.leases.fence(holder, self)?;
+        // Every file's revoked blocks are dealt with, whatever happens to one of them.
+        let mut result = Ok(n);
         for ino in files {
-            self.relocate_revoked(ino)?;
+            if let Err(e) = self.relocate_revoked(ino) {
+                result = result.and(Err(e));
+            }
         }
-        Ok(n)
+        result
     }
 
     /// Moves the blocks of revoked pins that `ino` still maps to new blocks (with their
     /// data), so that a fenced holder that goes on storing reaches only blocks no file owns:
     /// busy ones, or with `busy_blocks=off`, free ones (the demonstrated danger). Idempotent.
+    ///
+    /// The revocation has already happened when this runs, so it does not fail for want of
+    /// space or journal room: blocks it cannot move (no blocks outside the metadata reserve,
+    /// a transaction refused) stay in the file, and the revoked holders are cut off from them
+    /// instead. It fails only if that is impossible too.
     pub(super) fn relocate_revoked(&self, ino: u64) -> FsResult<()> {
         let revoked = self.leases.revoked_extents(ino);
         if revoked.is_empty() || self.opts.read_only {
             return Ok(());
         }
-        self.maybe_checkpoint()?;
+        if let Err(e) = self.maybe_checkpoint() {
+            tracing::warn!(ino, "checkpoint before moving revoked pinned blocks: {e}");
+        }
         let _gate = self.gate();
         let Ok(cell) = self.table.get(ino) else {
             return Ok(());
@@ -272,21 +283,31 @@ impl Fs {
             .filter_map(Record::as_mapping)
             .map(|m| m.len)
             .sum();
-        if got < moves.iter().map(|m| m.len).sum::<u64>() {
-            self.unallocate(&maps);
-            // No room to move them: the blocks stay, and the revoked holders are cut off
-            // from them instead (the revocation must hold, space or not). They stay pinned
-            // by the revoked pins, so the file's later frees still keep them busy.
+        // No room to move them: the blocks stay, and the revoked holders are cut off from
+        // them instead (the revocation must hold, space or not). They stay pinned by the
+        // revoked pins, so the file's later frees still keep them busy.
+        let cut_off = |why: &str| {
             let cut = moves.iter().all(|m| {
                 self.image
                     .rekey_windows(m.image_block * BLOCK_SIZE, m.len * BLOCK_SIZE)
             });
-            tracing::warn!(
-                ino,
-                cut,
-                "no space to move revoked pinned blocks out of the file: their holders were cut off from them instead"
-            );
-            return if cut { Ok(()) } else { Err(FsError::NoSpace) };
+            if cut {
+                tracing::warn!(
+                    ino,
+                    "{why}: the revoked holders were cut off from their pinned blocks instead"
+                );
+                Ok(())
+            } else {
+                tracing::error!(
+                    ino,
+                    "{why}, and the revoked holders could not be cut off from their pinned blocks"
+                );
+                Err(FsError::NoSpace)
+            }
+        };
+        if got < moves.iter().map(|m| m.len).sum::<u64>() {
+            self.unallocate(&maps);
+            return cut_off("no space to move revoked pinned blocks out of the file");
         }
         // Copy the data over before the new blocks become the file's.
         let new: Vec<Mapping> = maps.iter().filter_map(Record::as_mapping).collect();
@@ -310,7 +331,11 @@ impl Fs {
             }
         }
         records.extend(maps);
-        self.commit_allocation(&mut held, &records)
+        match self.commit_allocation(&mut held, &records) {
+            // Refused before anything was applied: the new blocks went back.
+            Err(FsError::NoSpace) => cut_off("no journal room to move revoked pinned blocks"),
+            r => r,
+        }
     }
 
     /// Pins bytes `offset..offset+len` of `ino` for `holder`, the file's mode bits deciding
