@@ -354,6 +354,24 @@ fn fsync_on_a_failed_host_is_eio_and_the_mount_shuts_down() {
     // (The image cannot be opened on the failed host to see its lock: the host's own
     // unmount below waits for the daemon to close it.)
     m.detach();
+    // The unmount wrote nothing on top of the failed host, and said so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let log = Command::new("dmesg").output().unwrap();
+        let log = String::from_utf8_lossy(&log.stdout).into_owned();
+        if log.lines().any(|l| {
+            l.contains("pinfs[")
+                && l.contains("the unmount could not write a clean image")
+                && l.contains(m.image.to_str().unwrap())
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed unmount is not in the kernel log"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     // Back on a working host, the image holds what was durable.
     host.umount();
     host.mount_ext4();
