@@ -796,6 +796,20 @@ impl Fs {
         self.failing_commits.store(n, Ordering::SeqCst);
     }
 
+    /// Runs an operation that changes metadata. When its transaction found the journal full
+    /// (the operation changed nothing, since the fallible part comes first, and asked for a
+    /// checkpoint), writes the checkpoint and runs it once more: the soft limit normally
+    /// checkpoints before the journal fills, but operations already past their admission can
+    /// fill the rest, and a delete must not fail for that.
+    fn with_journal_room<T>(&self, mut op: impl FnMut() -> FsResult<T>) -> FsResult<T> {
+        match op() {
+            Err(FsError::NoSpace) if self.checkpoint_wanted.load(Ordering::SeqCst) => {
+                self.checkpoint(false).and_then(|()| op())
+            }
+            r => r,
+        }
+    }
+
     /// Writes a checkpoint now.
     pub fn checkpoint(&self, clean: bool) -> FsResult<()> {
         let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
@@ -1058,6 +1072,16 @@ impl Fs {
     }
 
     fn setattr_as(&self, ino: u64, req: SetAttr, caller: Caller, wait: bool) -> FsResult<Attr> {
+        self.with_journal_room(|| self.setattr_as_once(ino, req, caller, wait))
+    }
+
+    fn setattr_as_once(
+        &self,
+        ino: u64,
+        req: SetAttr,
+        caller: Caller,
+        wait: bool,
+    ) -> FsResult<Attr> {
         self.writable()?;
         // Truncating down changes the layout of the blocks past the new end: break the leases
         // on them first, before any lock is taken (the break may wait for holders).
@@ -1174,6 +1198,18 @@ impl Fs {
         target: Option<&[u8]>,
         caller: Caller,
     ) -> FsResult<Attr> {
+        self.with_journal_room(|| self.create_once(parent, name, mode, rdev, target, caller))
+    }
+
+    fn create_once(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+        caller: Caller,
+    ) -> FsResult<Attr> {
         check_name(name)?;
         let kind = if target.is_some() {
             Kind::Symlink
@@ -1236,6 +1272,10 @@ impl Fs {
 
     /// Adds the name `name` in `parent` for `ino`.
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        self.with_journal_room(|| self.link_once(ino, parent, name))
+    }
+
+    fn link_once(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
         check_name(name)?;
         self.writable()?;
         self.room_to_grow()?;
@@ -1270,6 +1310,10 @@ impl Fs {
 
     /// Removes a name: `unlink` (`dir` false) or `rmdir` (`dir` true).
     pub fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+        self.with_journal_room(|| self.remove_once(parent, name, dir))
+    }
+
+    fn remove_once(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -1332,6 +1376,19 @@ impl Fs {
 
     /// rename(2) with `renameat2` flags.
     pub fn rename(
+        &self,
+        from_parent: u64,
+        from_name: &[u8],
+        to_parent: u64,
+        to_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        self.with_journal_room(|| {
+            self.rename_once(from_parent, from_name, to_parent, to_name, flags)
+        })
+    }
+
+    fn rename_once(
         &self,
         from_parent: u64,
         from_name: &[u8],
@@ -1821,6 +1878,10 @@ impl Fs {
 
     /// Writes `data` at `offset`; returns the bytes written (short only when space ran out).
     pub fn write(&self, ino: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<u32> {
+        self.with_journal_room(|| self.write_once(ino, offset, data, caller))
+    }
+
+    fn write_once(&self, ino: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<u32> {
         if data.is_empty() {
             return Ok(0);
         }
@@ -2006,6 +2067,22 @@ impl Fs {
 
     #[allow(clippy::too_many_arguments)]
     fn fallocate_as(
+        &self,
+        ino: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        caller: Caller,
+        handle: Option<u64>,
+        wait: bool,
+    ) -> FsResult<()> {
+        self.with_journal_room(|| {
+            self.fallocate_as_once(ino, offset, len, mode, caller, handle, wait)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fallocate_as_once(
         &self,
         ino: u64,
         offset: u64,
@@ -2209,6 +2286,10 @@ impl Fs {
 
     /// Sets an extended attribute (`flags`: `XATTR_CREATE` 1, `XATTR_REPLACE` 2).
     pub fn setxattr(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+        self.with_journal_room(|| self.setxattr_once(ino, name, value, flags))
+    }
+
+    fn setxattr_once(&self, ino: u64, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
         Self::check_xattr_name(name)?;
         if value.len() > XATTR_VALUE_MAX {
             return Err(FsError::TooBig);
@@ -2260,6 +2341,10 @@ impl Fs {
 
     /// Removes an extended attribute.
     pub fn removexattr(&self, ino: u64, name: &[u8]) -> FsResult<()> {
+        self.with_journal_room(|| self.removexattr_once(ino, name))
+    }
+
+    fn removexattr_once(&self, ino: u64, name: &[u8]) -> FsResult<()> {
         Self::check_xattr_name(name)?;
         self.writable()?;
         let _gate = self.gate();

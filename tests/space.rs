@@ -461,7 +461,7 @@ fn operations_whose_transaction_is_refused_change_nothing() {
             ),
         ];
         for (what, op) in tries.drain(..) {
-            fs.fail_next_commits(1);
+            fs.fail_next_commits(2); // the operation and its retry after a checkpoint
             assert_eq!(errno(op()), libc::ENOSPC, "{what}");
             unchanged(what);
         }
@@ -575,4 +575,45 @@ mod mounted {
         m.umount();
         fsck_clean_nothing_replayed(&m);
     }
+}
+
+/// A transaction that finds the journal full (operations already admitted can fill the
+/// quarter the soft limit leaves) is not the user's ENOSPC: the operation changed nothing, so
+/// it runs again after the checkpoint it asked for. Chmod, truncate, write, unlink, rename,
+/// link and xattrs all get through.
+#[test]
+fn an_operation_that_finds_the_journal_full_goes_through_after_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(&dir, 64 << 20);
+    let fs = open(&path);
+    let ino = create(&fs, "f").unwrap();
+    let ops: Vec<(&str, Box<Op<'_>>)> = vec![
+        ("chmod", Box::new(|| chmod(&fs, ino, 0o600))),
+        (
+            "write",
+            Box::new(|| fs.write(ino, 0, b"data", Caller::ROOT).map(|_| ())),
+        ),
+        ("truncate", Box::new(|| truncate(&fs, ino, 2, Caller::ROOT))),
+        (
+            "setxattr",
+            Box::new(|| fs.setxattr(ino, b"user.k", b"v", 0)),
+        ),
+        ("removexattr", Box::new(|| fs.removexattr(ino, b"user.k"))),
+        (
+            "link",
+            Box::new(|| fs.link(ino, ROOT_INO, b"g").map(|_| ())),
+        ),
+        (
+            "rename",
+            Box::new(|| fs.rename(ROOT_INO, b"g", ROOT_INO, b"h", 0)),
+        ),
+        ("unlink", Box::new(|| fs.remove(ROOT_INO, b"h", false))),
+        ("create", Box::new(|| create(&fs, "n").map(|_| ()))),
+    ];
+    for (what, op) in &ops {
+        fs.fail_next_commits(1);
+        op().unwrap_or_else(|e| panic!("{what} after a full journal: {e}"));
+    }
+    assert_eq!(fs.read(ino, 0, 10).unwrap(), b"da");
+    fs.check_space().unwrap();
 }
