@@ -91,6 +91,10 @@ struct View {
     busy_blocks: u64,
     total: u64,
     free: u64,
+    /// Free blocks outside the metadata reserve.
+    available: u64,
+    /// A host failure shut the mount down.
+    shut_down: bool,
     counters: crate::lease::Counters,
     policy: &'static str,
     break_time_ms: Option<u128>,
@@ -175,6 +179,8 @@ fn view(fs: &Fs, viewer: Option<&Viewer>) -> View {
         busy_blocks,
         total: st.blocks,
         free: st.free,
+        available: st.available,
+        shut_down: fs.is_shut_down(),
         counters: snap.counters,
         policy: snap.config.policy.name(),
         break_time_ms: snap.config.break_time.map(|d| d.as_millis()),
@@ -260,13 +266,14 @@ pub fn json_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
         .collect();
     let c = v.counters;
     format!(
-        "{{\"holders\":[{}],\"leases\":[{}],\"busy\":{{\"blocks\":{},\"extents\":[{}]}},\"space\":{{\"block_size\":{BLOCK_SIZE},\"total_blocks\":{},\"free_blocks\":{},\"used_blocks\":{},\"busy_blocks\":{}}},\"counters\":{{\"breaks\":{},\"releases\":{},\"timeouts\":{},\"refusals\":{},\"revocations\":{},\"fences\":{}}},\"policy\":{{\"break_policy\":\"{}\",\"lease_break_time_ms\":{},\"busy_blocks\":{},\"guest_break_time_ms\":{},\"allow_unbreakable\":{}}},\"waiting_breakers\":{}}}",
+        "{{\"holders\":[{}],\"leases\":[{}],\"busy\":{{\"blocks\":{},\"extents\":[{}]}},\"space\":{{\"block_size\":{BLOCK_SIZE},\"total_blocks\":{},\"free_blocks\":{},\"available_blocks\":{},\"used_blocks\":{},\"busy_blocks\":{}}},\"counters\":{{\"breaks\":{},\"releases\":{},\"timeouts\":{},\"refusals\":{},\"revocations\":{},\"fences\":{}}},\"policy\":{{\"break_policy\":\"{}\",\"lease_break_time_ms\":{},\"busy_blocks\":{},\"guest_break_time_ms\":{},\"allow_unbreakable\":{}}},\"waiting_breakers\":{},\"state\":\"{}\"}}",
         holders.join(","),
         leases.join(","),
         v.busy_blocks,
         busy.join(","),
         v.total,
         v.free,
+        v.available,
         v.total - v.free - v.busy_blocks,
         v.busy_blocks,
         c.breaks,
@@ -280,7 +287,8 @@ pub fn json_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
         v.busy_on,
         v.guest_break_time_ms,
         v.allow_unbreakable,
-        v.waiting_breakers
+        v.waiting_breakers,
+        if v.shut_down { "shut_down" } else { "up" }
     )
 }
 
@@ -294,6 +302,9 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
     let v = view(fs, viewer);
     let mut out = String::new();
     let c = v.counters;
+    if v.shut_down {
+        out.push_str("state: SHUT DOWN after a host failure: every change fails with EIO; unmount it (the image keeps its last durable state)\n");
+    }
     out.push_str(&format!(
         "policy {} (lease_break_time {}, busy_blocks {}, guest_break_time {:.3}s, unbreakable pins: {})\n",
         v.policy,
@@ -308,9 +319,10 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
         v.waiting_breakers
     ));
     out.push_str(&format!(
-        "space: {} blocks of {BLOCK_SIZE}: {} free, {} used, {} busy\n",
+        "space: {} blocks of {BLOCK_SIZE}: {} free ({} for data, the rest kept for metadata), {} used, {} busy\n",
         v.total,
         v.free,
+        v.available,
         v.total - v.free - v.busy_blocks,
         v.busy_blocks
     ));

@@ -342,6 +342,16 @@ fn fsync_on_a_failed_host_is_eio_and_the_mount_shuts_down() {
     assert!(m.alive(), "the daemon died when its host failed");
     let e = std::fs::read(m.path("kept")).expect_err("a read after a host failure");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "read's errno: {e}");
+    // Status says so.
+    let st = pinfs(&["status", m.mnt.to_str().unwrap(), "--json"]);
+    let st = String::from_utf8_lossy(&st.stdout);
+    assert!(st.contains("\"state\":\"shut_down\""), "status: {st}");
+    let st = pinfs(&["status", m.mnt.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&st.stdout).starts_with("state: SHUT DOWN after a host failure"),
+        "status: {}",
+        String::from_utf8_lossy(&st.stdout)
+    );
     // The background daemon has no terminal: the kernel log says what happened.
     let log = Command::new("dmesg").output().unwrap();
     let log = String::from_utf8_lossy(&log.stdout);
