@@ -1113,19 +1113,20 @@ impl Fs {
             req.uid.is_some_and(|u| u != i.uid) || req.gid.is_some_and(|g| g != i.gid);
         uid = req.uid.unwrap_or(uid);
         gid = req.gid.unwrap_or(gid);
-        if (req.uid.is_some() || req.gid.is_some())
-            && i.kind != Kind::Dir
-            && req.mode.is_none()
-            && (owner_change || caller.uid != 0)
-        {
-            perm = kill_privs(
-                perm,
-                i.gid,
-                Caller {
-                    uid: u32::MAX,
-                    ..caller
-                },
-            );
+        if (req.uid.is_some() || req.gid.is_some()) && i.kind != Kind::Dir && req.mode.is_none() {
+            // chown(2) of a non-directory, by anyone and even to the same owner (Linux since
+            // 2.2.13; the kernel leaves it to a daemon with FUSE_HANDLE_KILLPRIV): set-uid
+            // goes; set-gid goes when group-exec makes it a set-gid executable, or when the
+            // caller is neither in the file's group nor privileged (the kernel's
+            // `setattr_should_drop_sgid`). Set-gid without group-exec is mandatory locking's
+            // mark, which stays.
+            perm &= !libc::S_ISUID;
+            let in_group = caller.uid == 0
+                || caller.gid == i.gid
+                || crate::status::groups_of(caller.pid).contains(&i.gid);
+            if perm & libc::S_IXGRP != 0 || !in_group {
+                perm &= !libc::S_ISGID;
+            }
         }
         let (mut mtime, mut atime) = (i.mtime, i.atime);
         let mut zero = (0, 0);

@@ -870,3 +870,54 @@ fn a_listing_that_renames_what_it_reads_ends() {
     };
     assert_eq!(renamed, N, "after rewinddir every renamed entry is listed");
 }
+
+/// chown(2) of a non-directory clears set-uid, even to the same owner and by root, and
+/// clears set-gid only with group-exec or for a caller outside the file's group (xfstests
+/// generic/193; the kernel's `setattr_should_drop_sgid`).
+#[test]
+fn chown_clears_set_id_bits_as_the_kernel_does() {
+    let m = mount_or_skip!("64M", "allow_other");
+    let mode_of = |p: &std::path::Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    let chown = |p: &std::path::Path, uid: u32, gid: u32| {
+        let c = cstr(p);
+        // SAFETY: chown of a NUL-terminated path.
+        assert_eq!(unsafe { libc::chown(c.as_ptr(), uid, gid) }, 0, "chown");
+    };
+    let cases = [
+        // (mode, new owner, mode after), all as root
+        (0o2644, (65534, 65534), 0o2644), // -rw-r-Sr--: set-gid without group-exec stays
+        (0o2754, (65534, 65534), 0o0754), // set-gid with group-exec goes
+        (0o4755, (0, 0), 0o0755),         // set-uid goes, even chown to the same owner
+        (0o6755, (0, 65534), 0o0755),     // both go (group-exec)
+        (0o6644, (65534, 0), 0o2644),     // set-uid goes, set-gid stays
+    ];
+    for (k, (mode, (uid, gid), want)) in cases.into_iter().enumerate() {
+        let p = m.path(&format!("f{k}"));
+        File::create(&p).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        chown(&p, uid, gid);
+        assert_eq!(
+            mode_of(&p),
+            want,
+            "mode {mode:o} after chown to {uid}:{gid}"
+        );
+    }
+    // An unprivileged owner in the file's group keeps set-gid; set-uid goes.
+    let p = m.path("mine");
+    File::create(&p).unwrap();
+    chown(&p, 65534, 65534);
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o6644)).unwrap();
+    let pc = p.clone();
+    assert!(as_nobody(move || {
+        let c = cstr(&pc);
+        // SAFETY: chown of a NUL-terminated path.
+        unsafe { libc::chown(c.as_ptr(), 65534, 65534) == 0 }
+    }));
+    assert_eq!(mode_of(&p), 0o2644);
+    // Directories keep both.
+    let d = m.path("dir");
+    fs::create_dir(&d).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o6755)).unwrap();
+    chown(&d, 65534, 65534);
+    assert_eq!(mode_of(&d), 0o6755);
+}
