@@ -404,6 +404,13 @@ impl Connection {
             .map_err(|e| ClientError::Protocol(format!("bad check reply: {e}")))
     }
 
+    /// Remounts with a mount option list (root only; see [`crate::remount`]): the daemon's
+    /// side only, the kernel's flags are the caller's.
+    pub fn remount(&mut self, options: &str) -> Result<(), ClientError> {
+        self.request(&format!("remount\n{options}"), &[])
+            .map(|_| ())
+    }
+
     /// The raw image file (root only).
     pub fn raw_image(&mut self) -> Result<OwnedFd, ClientError> {
         let (_, mut fds) = self.request("raw", &[])?;

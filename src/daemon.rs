@@ -164,6 +164,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     };
     let mnt = std::fs::canonicalize(&req.mountpoint).unwrap_or_else(|_| req.mountpoint.clone());
     fs.set_owner(&mnt.display().to_string());
+    fs.set_mount_options(opts.clone());
     let pick = |on: bool, yes: MountOption, no: MountOption| if on { yes } else { no };
     let mut mount_options = vec![
         MountOption::FSName(req.image.display().to_string()),

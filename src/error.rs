@@ -58,6 +58,9 @@ pub enum FsError {
     /// Not supported here.
     #[error("operation not supported")]
     NotSupported,
+    /// In use in a way that forbids the operation (`EBUSY`).
+    #[error("device or resource busy: {0}")]
+    Busy(&'static str),
     /// Read-only mount.
     #[error("read-only filesystem")]
     ReadOnly,
@@ -151,6 +154,7 @@ impl FsError {
             FsError::TooBig => libc::E2BIG,
             FsError::NotSupported => libc::EOPNOTSUPP,
             FsError::ReadOnly => libc::EROFS,
+            FsError::Busy(_) => libc::EBUSY,
             FsError::NoSuchOffset => libc::ENXIO,
             FsError::Corrupt(_) | FsError::Image(_) => libc::EIO,
             FsError::Lease(e) => e.errno(),

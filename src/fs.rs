@@ -493,6 +493,13 @@ pub struct Fs {
     /// from then on no change is taken ([`FsError::ShutDown`]) and unmount writes no
     /// checkpoint, so the image keeps its last durable state.
     shut_down: AtomicBool,
+    /// Read-only now (`ro` at mount, or a remount since).
+    read_only: AtomicBool,
+    /// The mount-time writable set-up ran (provisioning, the superblock marked in use,
+    /// orphans freed): a read-only mount does it at its first remount read-write.
+    opened_rw: AtomicBool,
+    /// The options the daemon mounted with, for a remount to compare against (taken alone).
+    mounted_with: Mutex<Option<crate::options::MountOptions>>,
     /// Open directory streams: handle -> the end cookie of the listing (taken alone).
     dir_streams: Mutex<HashMap<u64, u64>>,
     /// Why the last unmount could not leave a clean image, for the daemon's exit status.
@@ -596,23 +603,10 @@ impl Fs {
             other => other,
         })?;
         let was_clean = sb.clean;
+        let read_only = opts.read_only;
         let (notice_tx, notice_rx) = crossbeam::channel::unbounded();
         if !opts.read_only {
-            // Blocks stored into through the mapping must be backed by the host (see
-            // `Image::provision`): the metadata area and every block in use, for images made
-            // before blocks were provisioned at allocation (cheap where already backed).
-            image
-                .provision(0, sb.data_start() * BLOCK_SIZE)
-                .map_err(FsError::host(
-                    "allocating the image's metadata area on the host",
-                ))?;
-            for e in used_extents(&loaded.alloc) {
-                image
-                    .provision(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE)
-                    .map_err(FsError::host(
-                        "allocating the image's used blocks on the host",
-                    ))?;
-            }
+            provision_in_use(&image, &sb, &loaded.alloc)?;
             sb.generation += 1;
             sb.clean = false;
             image
@@ -644,13 +638,16 @@ impl Fs {
             waiters: (Mutex::new(0), Condvar::new()),
             reclaiming: Mutex::new(HashSet::new()),
             shut_down: AtomicBool::new(false),
+            read_only: AtomicBool::new(read_only),
+            opened_rw: AtomicBool::new(!read_only),
             dir_streams: Mutex::new(HashMap::new()),
+            mounted_with: Mutex::new(None),
             unmount_error: Mutex::new(None),
             failing_commits: AtomicU32::new(0),
         };
         // Data allocations leave room for the next checkpoint from the start.
         lock(&fs.alloc).set_reserve(checkpoint::reserve_for(&lock(&fs.sb)));
-        if !fs.opts.read_only {
+        if !fs.ro() {
             if !was_clean {
                 let alloc = lock(&fs.alloc);
                 for e in alloc.free_extents() {
@@ -670,7 +667,7 @@ impl Fs {
 
     /// Records who holds the image.
     pub fn set_owner(&self, mountpoint: &str) {
-        if !self.opts.read_only {
+        if !self.ro() {
             self.image.write_owner_note(std::process::id(), mountpoint);
         }
     }
@@ -700,7 +697,7 @@ impl Fs {
         // anything below changes the filesystem under them.
         self.end_waits();
         self.drain_waiters(WAITER_DRAIN);
-        if self.opts.read_only {
+        if self.ro() {
             return Ok(());
         }
         self.stop_background();
@@ -861,11 +858,93 @@ impl Fs {
     }
 
     fn writable(&self) -> FsResult<()> {
-        if self.opts.read_only {
+        if self.ro() {
             return Err(FsError::ReadOnly);
         }
         self.is_up()?;
         self.maybe_checkpoint()
+    }
+
+    /// Records the options the mount was made with (see [`crate::remount`]).
+    pub fn set_mount_options(&self, o: crate::options::MountOptions) {
+        *lock(&self.mounted_with) = Some(o);
+    }
+
+    /// The options the mount was made with (the defaults if none were recorded).
+    pub fn mount_options(&self) -> crate::options::MountOptions {
+        lock(&self.mounted_with).clone().unwrap_or_default()
+    }
+
+    /// Read-only now?
+    fn ro(&self) -> bool {
+        self.read_only.load(Ordering::SeqCst)
+    }
+
+    /// Remounts read-only or read-write (the mount's kernel flag is the caller's to change).
+    ///
+    /// Read-only: refused with `EBUSY` while a writable pin is granted (its holder may store
+    /// into the file); otherwise new changes fail with `EROFS` from now on, the changes in
+    /// flight finish, and a clean checkpoint makes the image what an unmount would leave.
+    /// Read-write: the superblock is marked in use again (and, for a mount that was made
+    /// read-only, the set-up a writable mount does at open runs now).
+    pub fn remount(&self, read_only: bool) -> FsResult<()> {
+        self.is_up()?;
+        if read_only {
+            if self.ro() {
+                return Ok(());
+            }
+            if self
+                .leases
+                .snapshot()
+                .pins
+                .iter()
+                .any(|p| p.writable && p.live())
+            {
+                return Err(FsError::Busy("a writable pin is granted"));
+            }
+            self.read_only.store(true, Ordering::SeqCst);
+            let done = self.make_clean();
+            if done.is_err() {
+                self.read_only.store(false, Ordering::SeqCst);
+            }
+            return done;
+        }
+        if !self.ro() {
+            return Ok(());
+        }
+        let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        let mut sb = lock(&self.sb);
+        if !self.opened_rw.load(Ordering::SeqCst) {
+            provision_in_use(&self.image, &sb, &lock(&self.alloc))?;
+        }
+        let mut next = sb.clone();
+        next.generation += 1;
+        next.clean = false;
+        self.image
+            .write_superblock(&next)
+            .map_err(|e| self.host_failed("writing the superblock", e))?;
+        *sb = next;
+        drop(sb);
+        drop(_gate);
+        self.read_only.store(false, Ordering::SeqCst);
+        if !self.opened_rw.swap(true, Ordering::SeqCst) {
+            self.reclaim_all_orphans()?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the image as an unmount would, the mount staying: windowed blocks written
+    /// back, everything in the image's page cache on the device, a clean checkpoint.
+    fn make_clean(&self) -> FsResult<()> {
+        {
+            let alloc = lock(&self.alloc);
+            let free: Vec<Extent> = alloc.free_extents().collect();
+            self.image
+                .write_back_windows(|off, len| owned_ranges(&free, off, len))
+                .and_then(|()| self.image.sync_host())
+                .map_err(|e| self.host_failed("making the image durable", e))?;
+        }
+        self.checkpoint(true)
     }
 
     /// `Err(ShutDown)` once a host failure shut the filesystem down.
@@ -1012,7 +1091,7 @@ impl Fs {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
                     Some(l.saturating_sub(n))
                 });
-            if left.is_ok_and(|l| l <= n) && !self.opts.read_only {
+            if left.is_ok_and(|l| l <= n) && !self.ro() {
                 if let Err(e) = self.maybe_reclaim(ino) {
                     tracing::error!(ino, "freeing an orphan failed: {e}");
                 }
@@ -1662,7 +1741,7 @@ impl Fs {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |o| {
                 Some(o.saturating_sub(1))
             });
-        if self.opts.read_only {
+        if self.ro() {
             return Ok(());
         }
         self.flush_times(ino)?;
@@ -1714,7 +1793,7 @@ impl Fs {
                 AtimeMode::Relative => {
                     i.atime <= i.mtime || i.atime <= i.ctime || i.atime.secs + 86400 <= now.secs
                 }
-            } && !self.opts.read_only;
+            } && !self.ro();
             buf
         };
         if needs_atime {
@@ -1901,7 +1980,7 @@ impl Fs {
                 Kind::Dir => return Err(FsError::IsDir),
                 _ => return Err(FsError::Invalid("write to a special file")),
             }
-            if self.opts.read_only {
+            if self.ro() {
                 return Err(FsError::ReadOnly);
             }
             self.is_up()?;
@@ -2022,7 +2101,7 @@ impl Fs {
             // later success can be trusted, so the filesystem stops here.
             return Err(self.host_failed("writing the file's data to the image", err));
         }
-        if !self.opts.read_only && (!datasync || c.read().rt.times_dirty) {
+        if !self.ro() && (!datasync || c.read().rt.times_dirty) {
             self.flush_times(ino)?;
         }
         self.sync_metadata()
@@ -2615,4 +2694,23 @@ fn used_extents(alloc: &Allocator) -> Vec<Extent> {
         });
     }
     used
+}
+
+/// Has the host back what is stored into through the mapping (see `Image::provision`): the
+/// metadata area and every block in use, for images made before blocks were provisioned at
+/// allocation (cheap where already backed).
+fn provision_in_use(image: &Image, sb: &Superblock, alloc: &Allocator) -> FsResult<()> {
+    image
+        .provision(0, sb.data_start() * BLOCK_SIZE)
+        .map_err(FsError::host(
+            "allocating the image's metadata area on the host",
+        ))?;
+    for e in used_extents(alloc) {
+        image
+            .provision(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE)
+            .map_err(FsError::host(
+                "allocating the image's used blocks on the host",
+            ))?;
+    }
+    Ok(())
 }

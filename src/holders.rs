@@ -969,6 +969,11 @@ fn handle(
             Err(e) => err(id, libc::EINVAL, e),
         },
         "hello" => ok(id, format!("holder={}", holder.unwrap_or(0)), Vec::new()),
+        "remount" if peer.uid != 0 => err(id, libc::EPERM, "only root may remount"),
+        "remount" => match crate::remount::apply(fs, &fs.mount_options(), &msg.body) {
+            Ok(()) => ok(id, String::new(), Vec::new()),
+            Err((errno, m)) => err(id, errno, m),
+        },
         "check" if peer.uid != 0 => err(id, libc::EPERM, "only root may check the mount"),
         "check" => match fs.check_space() {
             Ok(blocks) => ok(id, format!("mapped_blocks={blocks}"), Vec::new()),

@@ -233,7 +233,8 @@ impl Pin {
     fn overlaps(&self, ino: u64, first: u64, end: u64) -> bool {
         self.ino == ino && self.first_block < end && first < self.first_block + self.blocks
     }
-    fn live(&self) -> bool {
+    /// Granted or breaking: the holder still has its range.
+    pub fn live(&self) -> bool {
         matches!(
             self.state,
             LeaseState::Granted | LeaseState::Breaking { .. }
@@ -499,7 +500,9 @@ pub trait Unpinner: Sync {
 
 /// The lease manager of one mount.
 pub struct Leases {
-    config: LeaseConfig,
+    /// The settings; a leaf lock (taken for a copy, inside the state lock or alone), so a
+    /// remount can change the live ones ([`Leases::set_live`]).
+    config: Mutex<LeaseConfig>,
     state: Mutex<State>,
     changed: Condvar,
     notices: Option<Sender<Notice>>,
@@ -509,7 +512,7 @@ pub struct Leases {
 impl std::fmt::Debug for Leases {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Leases")
-            .field("config", &self.config)
+            .field("config", &self.config())
             .finish_non_exhaustive()
     }
 }
@@ -549,7 +552,7 @@ impl Leases {
     /// A lease manager; `notices` receives every event addressed to a holder.
     pub fn new(config: LeaseConfig, notices: Option<Sender<Notice>>) -> Leases {
         Leases {
-            config,
+            config: Mutex::new(config),
             state: Mutex::new(State {
                 next_id: 1,
                 ..Default::default()
@@ -562,7 +565,16 @@ impl Leases {
 
     /// The settings.
     pub fn config(&self) -> LeaseConfig {
-        self.config
+        *self.config.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes the settings a remount may change: the break time, the policy and the guest
+    /// break time. Breaks already under way keep the deadline they were given.
+    pub fn set_live(&self, break_time: Option<Duration>, policy: Policy, guest: Duration) {
+        let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        c.break_time = break_time;
+        c.policy = policy;
+        c.guest_break_time = guest;
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -637,7 +649,7 @@ impl Leases {
     /// May a holder of `standing` ask for this pin at all? Unbreakable pins are root's,
     /// unless the mount has `allow_unbreakable` (`EPERM`). Checked again at the grant.
     pub fn may_pin(&self, req: &PinRequest, standing: Standing) -> Result<(), LeaseError> {
-        if req.unbreakable && standing != Standing::Root && !self.config.allow_unbreakable {
+        if req.unbreakable && standing != Standing::Root && !self.config().allow_unbreakable {
             return Err(LeaseError::UnbreakableNeedsRoot);
         }
         Ok(())
@@ -770,7 +782,7 @@ impl Leases {
             return;
         };
         p.state = LeaseState::Revoked;
-        if !self.config.busy_blocks && p.pinned {
+        if !self.config().busy_blocks && p.pinned {
             // The dangerous demonstration: the blocks follow the file's fate at once.
             p.pinned = false;
             unpinner.unpin(&p.extents);
@@ -838,7 +850,7 @@ impl Leases {
                 .pins
                 .get(&id)
                 .is_some_and(|p| p.standing == Standing::Guest);
-            match self.config.policy {
+            match self.config().policy {
                 Policy::Refuse if !guest => {
                     let p = st.pins.get_mut(&id).expect("due");
                     p.state = LeaseState::Granted;
@@ -919,7 +931,7 @@ impl Leases {
     /// The deadline of a break that starts at `now` on a lease of `standing`: the mount's,
     /// except that a guest's is never unbounded.
     fn deadline_for(&self, standing: Standing, now: Instant) -> Option<Instant> {
-        let c = &self.config;
+        let c = &self.config();
         match (standing, c.policy) {
             (Standing::Guest, Policy::Wait) => Some(now + c.guest_break_time),
             (Standing::Guest, _) => Some(now + c.break_time.unwrap_or(c.guest_break_time)),
@@ -1141,7 +1153,7 @@ impl Leases {
             holders,
             pins: st.pins.values().cloned().collect(),
             counters: st.counters,
-            config: self.config,
+            config: self.config(),
         }
     }
 

@@ -35,6 +35,7 @@ pub mod options;
 pub mod output;
 pub mod protocol;
 pub mod record;
+pub mod remount;
 pub mod signals;
 pub mod status;
 pub mod sync;

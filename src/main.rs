@@ -14,6 +14,10 @@ usage:
                                               mount; returns once the mount is ready
   pinfs IMAGE MOUNTPOINT -o OPTIONS           the same, as mount.fuse3 calls it
                                               (so `mount -t fuse.pinfs IMAGE MOUNTPOINT` works)
+  pinfs mount IMAGE MOUNTPOINT -o remount,OPTIONS
+                                              change a live mount: ro, rw, nosuid, nodev, noexec,
+                                              lease_break_time, break_policy, guest_break_time
+                                              (also `mount -t fuse.pinfs -o remount,ro IMAGE MNT`)
   pinfs fsck IMAGE [--repair] [--json]        check (and repair) an unmounted image;
                                               exit 0 clean, 1 repaired, 4 errors left
   umount MOUNTPOINT                           unmount (flushes and ends the daemon)
@@ -220,6 +224,11 @@ fn cmd_mount(args: &[String]) -> CmdResult {
         return Err(Ok(usage("mount: need IMAGE and MOUNTPOINT")));
     }
     let options = options.join(",");
+    if pinfs::remount::is_remount(&options) {
+        init_logging("warn");
+        pinfs::remount::run(std::path::Path::new(&pos[1]), &options).map_err(Err)?;
+        return Ok(0);
+    }
     // Refused here, before any daemon starts: a bad option is a usage error (exit 2).
     pinfs::options::MountOptions::parse(&options).map_err(|e| Ok(usage(e)))?;
     init_logging(if foreground { "info" } else { "warn" });

@@ -96,6 +96,30 @@ fn mount_t_fuse_pinfs_works_as_xfstests_needs() {
     let (ok, out) = sh(&format!("mount -t fuse.pinfs -o rw,dev,suid,noatime,allow_other,default_permissions {i} {m} && umount {i}"));
     assert!(ok, "the options xfstests passes: {out}");
 
+    // Remount as xfstests does it (`_scratch_remount`: mount(8) with the type, which hands
+    // `-o remount,...` to the helper). The kernel shows the type as plain `fuse`, which
+    // xfstests's mount checks expect, so a remount names the type.
+    let (ok, out) = sh(&format!(
+        "mount -t fuse.pinfs -o rw,dev,suid {i} {m} && echo x > {m}/before && mount -t fuse.pinfs -o remount,ro {i} {m}"
+    ));
+    assert!(ok, "mount -o remount,ro: {out}");
+    let (ok, out) = sh(&format!("echo y > {m}/after"));
+    assert!(
+        !ok && out.contains("Read-only file system"),
+        "a write after remount,ro: {out}"
+    );
+    let (ok, out) = sh(&format!(
+        "mount -t fuse.pinfs -o remount,rw {i} {m} && echo y > {m}/after && cat {m}/before"
+    ));
+    assert!(ok && out.trim() == "x", "mount -o remount,rw: {out}");
+    let (ok, out) = sh(&format!("grep ' {m} ' /proc/mounts"));
+    assert!(
+        ok && out.contains(" rw,") && out.contains("user_id="),
+        "the mount is read-write again, still a FUSE mount: {out}"
+    );
+    let (ok, out) = sh(&format!("umount {m}"));
+    assert!(ok, "{out}");
+
     let (ok, out) = sh(&format!("mount -t fuse.pinfs -o no_such_option {i} {m}"));
     assert!(
         !ok && out.contains("no_such_option") && !mounted(&mnt),

@@ -204,7 +204,7 @@ impl Fs {
     /// instead. It fails only if that is impossible too.
     pub(super) fn relocate_revoked(&self, ino: u64) -> FsResult<()> {
         let revoked = self.leases.revoked_extents(ino);
-        if revoked.is_empty() || self.opts.read_only {
+        if revoked.is_empty() || self.ro() {
             return Ok(());
         }
         if let Err(e) = self.maybe_checkpoint() {
@@ -432,7 +432,7 @@ impl Fs {
             (may_write || caller.uid == 0, standing)
         };
         self.leases.may_pin(req, standing)?;
-        if writable && self.opts.read_only {
+        if writable && self.ro() {
             return Err(FsError::ReadOnly);
         }
         let limit = self.pin_limit(caller).map(|l| (caller.uid, l));
@@ -460,7 +460,7 @@ impl Fs {
         over_limit(limit)?;
         for _ in 0..8 {
             if !Self::fully_mapped(&c.read(), first, end - first) {
-                if self.opts.read_only {
+                if self.ro() {
                     return Err(FsError::ReadOnly);
                 }
                 if !may_fill {
