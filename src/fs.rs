@@ -160,6 +160,15 @@ pub struct Attr {
 }
 
 impl Attr {
+    /// The inode's generation for file handles: from its creation time, so a number reused
+    /// after a crash (an inode created and removed after the last checkpoint) gets another
+    /// generation and an old handle gets `ESTALE`, not the new file. (The kernel keeps 32
+    /// bits of it.)
+    pub fn generation(&self) -> u64 {
+        let g = (self.crtime.secs as u64).wrapping_mul(1_000_000_007) ^ self.crtime.nsecs as u64;
+        g & 0xffff_ffff
+    }
+
     fn of(i: &Inode) -> Attr {
         Attr {
             ino: i.ino,
@@ -1065,7 +1074,9 @@ impl Fs {
         let ino = {
             let p = self.table.get(parent)?;
             let p = p.read();
-            if p.kind != Kind::Dir {
+            // "." of any inode is the inode itself: the kernel asks for it to resolve a file
+            // handle whose inode it no longer caches (FUSE_EXPORT_SUPPORT).
+            if p.kind != Kind::Dir && name != b"." {
                 return Err(FsError::NotDir);
             }
             match name {

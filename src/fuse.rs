@@ -108,7 +108,7 @@ fn open_flags() -> FopenFlags {
 impl FuseFs {
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
         match r {
-            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(a.generation())),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -134,6 +134,10 @@ impl fuser::Filesystem for FuseFs {
             InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_MAX_PAGES,
+            // File handles (name_to_handle_at, NFS export): the kernel then resolves a handle
+            // whose inode it no longer caches with LOOKUP(ino, ".") and a directory's parent
+            // with LOOKUP(ino, ".."), checking the generation.
+            InitFlags::FUSE_EXPORT_SUPPORT,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::info!("kernel lacks {cap:?}");
@@ -516,7 +520,7 @@ impl fuser::Filesystem for FuseFs {
             Ok((a, fh)) => reply.created(
                 &TTL,
                 &file_attr(&a),
-                Generation(0),
+                Generation(a.generation()),
                 FileHandle(fh),
                 open_flags(),
             ),

@@ -921,3 +921,103 @@ fn chown_clears_set_id_bits_as_the_kernel_does() {
     chown(&d, 65534, 65534);
     assert_eq!(mode_of(&d), 0o6755);
 }
+
+/// A file handle from name_to_handle_at(2), held in a buffer of the largest size.
+struct Handle {
+    buf: Vec<u64>,
+}
+
+impl Handle {
+    fn of(p: &std::path::Path) -> Handle {
+        let mut buf = vec![0u64; 17]; // 8 header bytes + MAX_HANDLE_SZ (128)
+        buf[0] = 128; // handle_bytes (u32), handle_type (i32) = 0
+        let mut mount_id = 0;
+        let c = cstr(p);
+        // SAFETY: the buffer is a file_handle with room for 128 handle bytes; the path is
+        // NUL-terminated.
+        let rc = unsafe {
+            libc::name_to_handle_at(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                &mut mount_id,
+                0,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "name_to_handle_at: {}",
+            std::io::Error::last_os_error()
+        );
+        Handle { buf }
+    }
+
+    /// open_by_handle_at(2) through any descriptor on the mount: the file, or the errno.
+    fn open(&mut self, mnt: &std::path::Path) -> Result<File, i32> {
+        let m = File::open(mnt).unwrap();
+        // SAFETY: the buffer holds the handle name_to_handle_at filled in.
+        let fd = unsafe {
+            libc::open_by_handle_at(m.as_raw_fd(), self.buf.as_mut_ptr().cast(), libc::O_RDONLY)
+        };
+        if fd < 0 {
+            return Err(errno());
+        }
+        // SAFETY: a new descriptor we own.
+        Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    }
+}
+
+fn drop_caches() {
+    // Syncs nothing the tests need; evicts dentries and inodes the kernel does not use.
+    fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+}
+
+/// xfstests generic/426, 467, 477: file handles resolve after the kernel dropped the inode
+/// and after a remount (LOOKUP of "." and "..", FUSE_EXPORT_SUPPORT); a removed file's handle
+/// is ESTALE, also when its inode number is used again.
+#[test]
+fn file_handles_survive_cache_eviction_and_remount() {
+    let mut m = mount_or_skip!("64M", "");
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), b"by handle").unwrap();
+    fs::write(m.path("gone"), b"x").unwrap();
+    let mut f = Handle::of(&m.path("d/f"));
+    let mut d = Handle::of(&m.path("d"));
+    let mut g = Handle::of(&m.path("gone"));
+    let read = |file: File| {
+        let mut s = String::new();
+        let mut file = file;
+        file.read_to_string(&mut s).unwrap();
+        s
+    };
+    assert_eq!(read(f.open(&m.mnt).unwrap()), "by handle");
+    drop_caches();
+    assert_eq!(
+        read(f.open(&m.mnt).unwrap()),
+        "by handle",
+        "after the kernel dropped the inode"
+    );
+    assert!(d.open(&m.mnt).is_ok(), "a directory's handle");
+    fs::remove_file(m.path("gone")).unwrap();
+    drop_caches();
+    assert_eq!(
+        g.open(&m.mnt).map(|_| ()),
+        Err(libc::ESTALE),
+        "a removed file's handle"
+    );
+    m.remount("");
+    assert_eq!(
+        read(f.open(&m.mnt).unwrap()),
+        "by handle",
+        "after a remount"
+    );
+    let dir = d.open(&m.mnt).unwrap();
+    let c = CString::new("f").unwrap();
+    // SAFETY: openat relative to the directory opened by handle, with a NUL-terminated name.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), libc::O_RDONLY) };
+    assert!(fd >= 0, "a name under a directory opened by handle");
+    // SAFETY: closing the descriptor openat returned.
+    unsafe { libc::close(fd) };
+    assert_eq!(g.open(&m.mnt).map(|_| ()), Err(libc::ESTALE));
+}
