@@ -436,17 +436,20 @@ fn check_name(name: &[u8]) -> FsResult<()> {
     Ok(())
 }
 
-/// Permission bits after a write, truncate or chown by `caller` of a file whose group is
+/// Permission bits after a write, truncate or fallocate by `caller` of a file whose group is
 /// `gid` (the kernel leaves clearing set-uid/set-gid to us: `FUSE_HANDLE_KILLPRIV`). As in
-/// Linux (`setattr_should_drop_sgid`): set-uid goes; set-gid goes with group execute, and
-/// without it when the caller is not in the file's group (FUSE tells us only the caller's
-/// primary group).
+/// Linux (`setattr_should_drop_suidgid`), for a caller other than root: set-uid goes; set-gid
+/// goes with group execute, and without it when the caller is not in the file's group (its
+/// supplementary groups read from /proc, FUSE giving only the primary one).
 fn kill_privs(perm: u32, gid: u32, caller: Caller) -> u32 {
-    if caller.uid == 0 {
+    if caller.uid == 0 || perm & (libc::S_ISUID | libc::S_ISGID) == 0 {
         return perm;
     }
     let mut p = perm & !libc::S_ISUID;
-    if p & libc::S_IXGRP != 0 || caller.gid != gid {
+    if p & libc::S_ISGID != 0
+        && (p & libc::S_IXGRP != 0
+            || (caller.gid != gid && !crate::status::groups_of(caller.pid).contains(&gid)))
+    {
         p &= !libc::S_ISGID;
     }
     p
@@ -2289,9 +2292,11 @@ impl Fs {
                 (mtime, ctime) = (now, now);
             }
         }
+        let perm = kill_privs(i.perm, i.gid, caller);
+        let privs_killed = perm != i.perm;
         records.push(Record::SetAttr {
             ino,
-            perm: kill_privs(i.perm, i.gid, caller),
+            perm,
             uid: i.uid,
             gid: i.gid,
             atime: i.atime,
@@ -2302,6 +2307,11 @@ impl Fs {
         let i = held.get(ino)?;
         for (from, to) in zero {
             self.zero_bytes(i, from, to);
+        }
+        drop(held);
+        if privs_killed {
+            // The kernel caches the mode: it must see the set-id bits go (xfstests 683-685).
+            self.tell_kernel(Stale::Attributes(ino));
         }
         Ok(())
     }

@@ -1021,3 +1021,36 @@ fn file_handles_survive_cache_eviction_and_remount() {
     unsafe { libc::close(fd) };
     assert_eq!(g.open(&m.mnt).map(|_| ()), Err(libc::ESTALE));
 }
+
+/// xfstests generic/683, 684, 685: fallocate, punch hole and zero range by an unprivileged
+/// user clear set-uid, and set-gid with group-exec, as a write does; root's do not.
+#[test]
+fn fallocate_punch_and_zero_range_by_a_user_clear_set_id_bits() {
+    let m = mount_or_skip!("64M", "allow_other");
+    const PUNCH: i32 = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    for (k, mode) in [0, PUNCH, libc::FALLOC_FL_ZERO_RANGE]
+        .into_iter()
+        .enumerate()
+    {
+        let p = m.path(&format!("f{k}"));
+        fs::write(&p, vec![1u8; 16384]).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o6777)).unwrap();
+        let pc = p.clone();
+        assert!(as_nobody(move || {
+            let f = OpenOptions::new().write(true).open(&pc).unwrap();
+            // SAFETY: fallocate on a descriptor we own.
+            unsafe { libc::fallocate(f.as_raw_fd(), mode, 0, 8192) == 0 }
+        }));
+        assert_eq!(
+            fs::metadata(&p).unwrap().mode() & 0o7777,
+            0o0777,
+            "fallocate mode {mode:#x} by a user"
+        );
+        // Root keeps them.
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o6777)).unwrap();
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        // SAFETY: fallocate on a descriptor we own.
+        assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), mode, 0, 8192) }, 0);
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o6777);
+    }
+}
