@@ -1783,6 +1783,17 @@ impl Fs {
 
     /// Reads up to `len` bytes at `offset`.
     pub fn read(&self, ino: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        self.read_as(ino, None, offset, len)
+    }
+
+    /// Reads up to `len` bytes at `offset` through open handle `fh`: a handle opened with
+    /// `O_NOATIME` leaves the access time alone (the kernel let only the owner or root open
+    /// it so).
+    pub fn read_handle(&self, ino: u64, fh: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        self.read_as(ino, Some(fh), offset, len)
+    }
+
+    fn read_as(&self, ino: u64, fh: Option<u64>, offset: u64, len: u32) -> FsResult<Vec<u8>> {
         // After a host failure the image's pages may be unreadable (a fault on one is SIGBUS).
         self.is_up()?;
         let c = self.table.get(ino)?;
@@ -1807,7 +1818,12 @@ impl Fs {
                 AtimeMode::Relative => {
                     i.atime <= i.mtime || i.atime <= i.ctime || i.atime.secs + 86400 <= now.secs
                 }
-            } && !self.ro();
+            } && !self.ro()
+                && !fh.is_some_and(|fh| {
+                    lock(&self.handles)
+                        .get(&fh)
+                        .is_some_and(|h| h.flags & libc::O_NOATIME != 0)
+                });
             buf
         };
         if needs_atime {

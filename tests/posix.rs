@@ -1054,3 +1054,41 @@ fn fallocate_punch_and_zero_range_by_a_user_clear_set_id_bits() {
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o6777);
     }
 }
+
+/// A read through an O_NOATIME descriptor leaves atime alone, even under strictatime; only the
+/// owner or root may open so (EPERM otherwise, the kernel's check).
+#[test]
+fn o_noatime_reads_leave_atime_alone() {
+    let m = mount_or_skip!("64M", "strictatime,allow_other");
+    let p = m.path("f");
+    fs::write(&p, b"data").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    let atime = |p: &std::path::Path| {
+        let md = fs::metadata(p).unwrap();
+        (md.atime(), md.atime_nsec())
+    };
+    let before = atime(&p);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(&p)
+        .unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    drop(f);
+    assert_eq!(atime(&p), before, "an O_NOATIME read");
+    let mut s = String::new();
+    File::open(&p).unwrap().read_to_string(&mut s).unwrap();
+    assert_ne!(atime(&p), before, "a plain read under strictatime");
+    let pc = p.clone();
+    assert!(as_nobody(move || {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOATIME)
+            .open(&pc)
+            .err()
+            .and_then(|e| e.raw_os_error())
+            == Some(libc::EPERM)
+    }));
+}
