@@ -827,6 +827,29 @@ impl Fs {
         self.maybe_checkpoint()
     }
 
+    /// [`Fs::writable`] for changes that give space back (unlink, rmdir, truncate): a due
+    /// checkpoint that cannot get its blocks (the image or the host under it is full) does
+    /// not stop them. They go into the journal room left past its soft limit, and the space
+    /// they free (punched back to the host) is what lets the next checkpoint be written;
+    /// refusing them would leave a full filesystem where nothing can be deleted.
+    fn writable_to_free(&self) -> FsResult<()> {
+        match self.writable() {
+            Err(FsError::NoSpace) => Ok(()),
+            Err(e @ FsError::Host { .. }) if e.as_host_failure().is_none() => Ok(()),
+            r => r,
+        }
+    }
+
+    /// The error for an allocation that came up short: `ENOSPC`, or `EIO` when it was the
+    /// host that failed (and shut the filesystem down).
+    fn short_allocation(&self) -> FsError {
+        if self.is_shut_down() {
+            FsError::ShutDown
+        } else {
+            FsError::NoSpace
+        }
+    }
+
     /// `Err(ShutDown)` once a host failure shut the filesystem down.
     pub(crate) fn is_up(&self) -> FsResult<()> {
         if self.shut_down.load(Ordering::SeqCst) {
@@ -1003,7 +1026,11 @@ impl Fs {
     }
 
     fn setattr_as(&self, ino: u64, req: SetAttr, caller: Caller, wait: bool) -> FsResult<Attr> {
-        self.writable()?;
+        if req.size.is_some() {
+            self.writable_to_free()?;
+        } else {
+            self.writable()?;
+        }
         // Truncating down changes the layout of the blocks past the new end: break the leases
         // on them first, before any lock is taken (the break may wait for holders).
         let _break = match req.size {
@@ -1216,7 +1243,7 @@ impl Fs {
         if dir && name == b".." {
             return Err(FsError::NotEmpty);
         }
-        self.writable()?;
+        self.writable_to_free()?;
         let child_ino;
         {
             let _gate = self.gate();
@@ -1660,11 +1687,18 @@ impl Fs {
                             .image
                             .provision(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE)
                         {
-                            tracing::warn!(
-                                blocks = e.len,
-                                "the image's host cannot back new blocks: {err}"
-                            );
                             let _ = alloc.free(e);
+                            if err.raw_os_error() == Some(libc::ENOSPC) {
+                                tracing::warn!(
+                                    blocks = e.len,
+                                    "the image's host cannot back new blocks: {err}"
+                                );
+                            } else {
+                                // Not a full host: the host failed, and may fail what was
+                                // stored before too (callers answer EIO, see
+                                // `short_allocation`).
+                                self.host_failed("allocating blocks on the host", err);
+                            }
                             return records;
                         }
                         records.push(Record::Map {
@@ -1769,7 +1803,7 @@ impl Fs {
             written = (covered * BLOCK_SIZE).saturating_sub(offset).min(written);
             if written == 0 {
                 self.unallocate(&records);
-                return Err(FsError::NoSpace);
+                return Err(self.short_allocation());
             }
         }
         let data = &data[..written as usize];
@@ -1990,10 +2024,10 @@ impl Fs {
             if got < needed {
                 self.unallocate(&maps);
                 if mode & ZERO_RANGE == 0 {
-                    return Err(FsError::NoSpace);
+                    return Err(self.short_allocation());
                 }
                 // The range reads as zeros already; only the allocation failed.
-                result = Err(FsError::NoSpace);
+                result = Err(self.short_allocation());
             } else {
                 records.extend(maps);
             }

@@ -374,3 +374,135 @@ fn fsync_on_a_failed_host_is_eio_and_the_mount_shuts_down() {
     );
     m.umount();
 }
+
+/// Fills the host's free space with a file of its own (not the image's), until the host
+/// answers ENOSPC.
+fn fill_host(host: &Host) -> PathBuf {
+    let p = host.at.join("filler");
+    let mut f = std::fs::File::create(&p).unwrap();
+    let buf = vec![0u8; 64 << 10];
+    let e = loop {
+        if let Err(e) = f.write_all(&buf) {
+            break e;
+        }
+    };
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC),
+        "filling the host: {e}"
+    );
+    // Whatever page the last short write left: the host has no block to spare.
+    let _ = f.write_all(&[0u8; 1]);
+    p
+}
+
+/// Bytes free on the host filesystem.
+fn host_free(host: &Host) -> u64 {
+    let c = cstr(&host.at);
+    // SAFETY: statvfs is plain data; all zeros is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs of a NUL-terminated path into a live local.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    assert_eq!(rc, 0, "statvfs of the host");
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+#[test]
+fn a_full_host_can_still_delete_after_a_checkpoint_is_refused() {
+    if skip_without_fuse("a_full_host_can_still_delete_after_a_checkpoint_is_refused") {
+        return;
+    }
+    let host = Host::tmpfs("12m");
+    let mut m = OnHost::new(&host, "64M");
+    let mut victim = new_file(m.path("victim"));
+    victim.write_all(&vec![0x33u8; 4 << 20]).unwrap();
+    victim.sync_all().unwrap();
+    drop(victim);
+    drop(new_file(m.path("c")));
+    let filler = fill_host(&host);
+    // Metadata work until the journal wants a checkpoint that the full host cannot back:
+    // the change that finds it so is refused with ENOSPC.
+    let c = cstr(&m.path("c"));
+    let mut refused = None;
+    for n in 0..20_000u32 {
+        // SAFETY: chmod with a NUL-terminated path.
+        if unsafe { libc::chmod(c.as_ptr(), 0o600 | (n % 7)) } != 0 {
+            refused = Some((n, errno()));
+            break;
+        }
+    }
+    let (n, e) = refused.expect("a checkpoint on a full host must be refused at some point");
+    assert_eq!(e, libc::ENOSPC, "chmod {n} on a full host: errno {e}");
+    // Deleting gives the space back (to the image and to the host): it must not be refused
+    // because the checkpoint was. Before, every unlink failed with ENOSPC from here on.
+    std::fs::remove_file(m.path("victim"))
+        .expect("unlink on a full host after a refused checkpoint");
+    // The blocks go when the kernel forgets the inode (a moment after the unlink), and are
+    // punched back to the host; that space lets the checkpoint through: changes work again.
+    let mut waited = 0;
+    while host_free(&host) < 1 << 20 {
+        assert!(
+            waited < 200,
+            "the unlinked file's blocks never went back to the host"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
+    // SAFETY: as above.
+    let rc = unsafe { libc::chmod(c.as_ptr(), 0o644) };
+    assert_eq!(rc, 0, "chmod after the unlink: errno {}", errno());
+    assert!(m.alive());
+    std::fs::remove_file(filler).unwrap();
+    m.umount();
+    let (code, out) = fsck_code(&m.image);
+    assert_eq!(code, 0, "fsck: {out}");
+    assert!(
+        out.contains(" 0 journal transactions replayed"),
+        "the unmount wrote a checkpoint: {out}"
+    );
+}
+
+#[test]
+fn a_write_onto_a_failed_host_is_eio_and_the_mount_shuts_down() {
+    if skip_without_fuse("a_write_onto_a_failed_host_is_eio_and_the_mount_shuts_down") {
+        return;
+    }
+    let mut host = Host::ext4(96 << 20);
+    let mut m = OnHost::new(&host, "32M");
+    let mut kept = new_file(m.path("kept"));
+    kept.write_all(&vec![0x44u8; 64 << 10]).unwrap();
+    kept.sync_all().unwrap();
+    drop(kept);
+    let mut f = new_file(m.path("new"));
+    host.shut_down();
+    // The write needs new blocks, which the failed host cannot allocate: that is the host's
+    // I/O error, not a full filesystem (before: ENOSPC, and the mount went on taking changes).
+    let e = f
+        .write_all(&vec![0x55u8; 64 << 10])
+        .expect_err("a write that needs blocks on a failed host");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "write's errno: {e}");
+    drop(f);
+    let e = std::fs::File::create(m.path("after")).expect_err("create after the failure");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "create's errno: {e}");
+    // SAFETY: chmod with a NUL-terminated path.
+    let rc = unsafe { libc::chmod(cstr(&m.path("kept")).as_ptr(), 0o600) };
+    assert_eq!((rc, errno()), (-1, libc::EIO), "chmod after the failure");
+    assert!(m.alive(), "the daemon died when its host failed");
+    m.detach();
+    host.umount();
+    host.mount_ext4();
+    let (code, out) = fsck_code(&m.image);
+    assert_eq!(code, 0, "fsck after a host failure: {out}");
+    let out = pinfs(&["mount", m.image.to_str().unwrap(), m.mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "remount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.mounted = true;
+    assert_eq!(
+        std::fs::read(m.path("kept")).unwrap(),
+        vec![0x44u8; 64 << 10]
+    );
+    m.umount();
+}

@@ -464,7 +464,7 @@ impl Fs {
                     .sum();
                 if got + had < end - first {
                     self.unallocate(&records);
-                    return Err(FsError::NoSpace);
+                    return Err(self.short_allocation());
                 }
                 self.commit_allocation(&mut held, &records)?;
             }
