@@ -93,7 +93,7 @@ pub enum FsError {
     },
     /// The host filesystem under the image failed an I/O (`EIO`; `ENOSPC` when the host is
     /// full): what was being made durable is not.
-    #[error("the image's host filesystem failed: {what}: {source}")]
+    #[error("{}", host_message(what, source))]
     Host {
         /// What was being done.
         what: &'static str,
@@ -105,6 +105,18 @@ pub enum FsError {
     /// keeps its last durable state, which the next mount replays.
     #[error("the filesystem was shut down after its host failed; unmount it and run `pinfs fsck`")]
     ShutDown,
+}
+
+/// What a [`FsError::Host`] says: a full host is not a failing one, and the way out is to
+/// make room on it.
+fn host_message(what: &str, source: &std::io::Error) -> String {
+    if source.raw_os_error() == Some(libc::ENOSPC) {
+        format!(
+            "the image's host filesystem is full: {what}: {source}; free space on the filesystem that holds the image"
+        )
+    } else {
+        format!("the image's host filesystem failed: {what}: {source}")
+    }
 }
 
 impl From<DecodeError> for FsError {

@@ -598,7 +598,7 @@ impl Fs {
             image
                 .provision(0, sb.data_start() * BLOCK_SIZE)
                 .map_err(FsError::host(
-                    "allocating the image's metadata area on the host",
+                    "allocating the image's superblocks and journal on the host",
                 ))?;
             for e in used_extents(&loaded.alloc) {
                 image

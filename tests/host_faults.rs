@@ -506,3 +506,65 @@ fn a_write_onto_a_failed_host_is_eio_and_the_mount_shuts_down() {
     );
     m.umount();
 }
+
+#[test]
+fn an_image_with_a_sparse_journal_on_a_full_host_is_refused_clearly() {
+    if skip_without_fuse("an_image_with_a_sparse_journal_on_a_full_host_is_refused_clearly") {
+        return;
+    }
+    let host = Host::tmpfs("12m");
+    let dir = tempfile::tempdir().unwrap();
+    let image = host.at.join("old.img");
+    mkfs(&image, "64M");
+    // Images made before blocks were provisioned have a sparse journal (blocks 2.. of a
+    // 64 MiB image; the checkpoint follows it): punch it out again to make one.
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        // SAFETY: fallocate on a descriptor we own, inside the file.
+        let rc = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                2 * 4096,
+                256 * 4096,
+            )
+        };
+        assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+    }
+    let (code, out) = fsck_code(&image);
+    assert_eq!(code, 0, "the sparse-journal image is a valid image: {out}");
+    let before = std::fs::read(&image).unwrap();
+    let filler = fill_host(&host);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = pinfs(&["mount", image.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "mount on a full host: {err}");
+    // What went wrong (the host is full, not failing) and what to do.
+    assert!(
+        err.contains("the image's host filesystem is full")
+            && err.contains("journal")
+            && err.contains("free space on the filesystem that holds the image"),
+        "the refusal says the host is full and what to do: {err}"
+    );
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "a refused mount changes nothing in the image"
+    );
+    std::fs::remove_file(filler).unwrap();
+    let out = pinfs(&["mount", image.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "mount once the host has room: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = cstr(&mnt);
+    // SAFETY: umount2 with a NUL-terminated path.
+    assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0);
+    wait_unlocked(&image);
+    let (code, out) = fsck_code(&image);
+    assert_eq!(code, 0, "fsck: {out}");
+}
