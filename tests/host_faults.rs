@@ -568,3 +568,28 @@ fn an_image_with_a_sparse_journal_on_a_full_host_is_refused_clearly() {
     let (code, out) = fsck_code(&image);
     assert_eq!(code, 0, "fsck: {out}");
 }
+
+#[test]
+fn mkfs_on_a_full_host_fails_and_leaves_no_file() {
+    if skip_without_fuse("mkfs_on_a_full_host_fails_and_leaves_no_file") {
+        return;
+    }
+    let host = Host::tmpfs("4m");
+    let filler = fill_host(&host);
+    let image = host.at.join("new.img");
+    let out = pinfs(&["mkfs", image.to_str().unwrap(), "--size", "64M"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "mkfs on a full host: {err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    // Before, a 64 MiB file of zeros stayed behind: not an image, and in the way of the
+    // next mkfs ("exists and is not a pinfs image").
+    assert!(
+        !image.exists(),
+        "a failed mkfs leaves no file behind: {}",
+        image.display()
+    );
+    std::fs::remove_file(filler).unwrap();
+    mkfs(&image, "4M");
+    let (code, out) = fsck_code(&image);
+    assert_eq!(code, 0, "fsck: {out}");
+}
