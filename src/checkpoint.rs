@@ -219,9 +219,16 @@ pub fn write<'a>(
     for &(s, l) in &extents {
         let n = (blob.len() - off).min((l * BLOCK_SIZE) as usize);
         // Through the file, not the mapping: a DAX window may still cover these blocks.
-        image
-            .write_file(s * BLOCK_SIZE, &blob[off..off + n])
-            .map_err(FsError::host("writing the checkpoint"))?;
+        if let Err(e) = image.write_file(s * BLOCK_SIZE, &blob[off..off + n]) {
+            // Nothing points at the blob yet: its blocks go back.
+            for &(s, l) in &extents {
+                alloc.free(Extent { start: s, len: l }).ok();
+            }
+            return Err(FsError::Host {
+                what: "writing the checkpoint",
+                source: lost_write_back(e),
+            });
+        }
         off += n;
     }
     assert_eq!(off, blob.len(), "checkpoint outgrew its estimate");
@@ -231,9 +238,10 @@ pub fn write<'a>(
     sb.checkpoint_crc = crc32c(&blob);
     sb.checkpoint_extents = extents;
     sb.clean = clean;
-    image
-        .write_superblock(sb)
-        .map_err(FsError::host("writing the superblock"))?;
+    image.write_superblock(sb).map_err(|e| FsError::Host {
+        what: "writing the superblock",
+        source: lost_write_back(e),
+    })?;
     journal.reset();
     for (s, l) in prev {
         for f in alloc
@@ -244,4 +252,17 @@ pub fn write<'a>(
         }
     }
     Ok(())
+}
+
+/// An error from writing the blob or the superblock and syncing the image. Its `ENOSPC` is
+/// not a full host refusing blocks (those were provisioned before): it is the host reporting
+/// a write-back that failed, maybe of pages of other files that it has dropped, and it is
+/// reported once. It is made an I/O error (`EIO`), so that the filesystem shuts down as on
+/// any failed flush; a refusal for space would let a later `fsync` of those files succeed.
+fn lost_write_back(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        std::io::Error::other(format!("the host lost written data ({e})"))
+    } else {
+        e
+    }
 }

@@ -593,3 +593,167 @@ fn mkfs_on_a_full_host_fails_and_leaves_no_file() {
     let (code, out) = fsck_code(&image);
     assert_eq!(code, 0, "fsck: {out}");
 }
+
+/// An ext4 host on a loop device whose backing file lives on a small tmpfs: blocks of the
+/// backing file punched out fail their next write (the tmpfs is full) until space is made,
+/// as a thin-provisioned disk fails. The ext4 itself stays up (its own blocks are backed).
+struct ThinHost {
+    host: Host,
+    under: Host,
+    disk: PathBuf,
+}
+
+impl ThinHost {
+    fn new() -> ThinHost {
+        let under = Host::tmpfs("300m");
+        let disk = under.at.join("disk");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(128 << 20)
+            .unwrap();
+        let st = Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-E",
+                "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+            ])
+            .arg(&disk)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mkfs.ext4");
+        // mkfs zeroes by punching: back every block of the disk on the tmpfs.
+        Self::fallocate(&disk, 0, 0, 128 << 20);
+        let dir = tempfile::Builder::new()
+            .prefix("pinfs-host")
+            .tempdir()
+            .unwrap();
+        let at = dir.path().join("host");
+        std::fs::create_dir(&at).unwrap();
+        let st = Command::new("mount")
+            .args(["-o", "loop,nodiscard"])
+            .arg(&disk)
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount -o loop");
+        ThinHost {
+            host: Host {
+                dir,
+                at,
+                mounted: true,
+            },
+            under,
+            disk,
+        }
+    }
+
+    fn fallocate(path: &Path, mode: i32, off: u64, len: u64) {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        // SAFETY: fallocate on a descriptor we own.
+        let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
+        assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
+    }
+
+    /// The image's 4 KiB blocks and where each lies on the disk (`filefrag`).
+    fn blocks_of(image: &Path) -> std::collections::BTreeMap<u64, u64> {
+        let out = Command::new("filefrag")
+            .args(["-v", "-b4096"])
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "filefrag");
+        let mut map = std::collections::BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "   3:      262..     517:       2560..      2815:    256: ..."
+            let f: Vec<&str> = line
+                .split([':', ' ', '.'])
+                .filter(|s| !s.is_empty())
+                .collect();
+            if f.len() < 5 || f[0].parse::<u64>().is_err() {
+                continue;
+            }
+            let (Ok(l0), Ok(l1), Ok(p0)) = (
+                f[1].parse::<u64>(),
+                f[2].parse::<u64>(),
+                f[3].parse::<u64>(),
+            ) else {
+                continue;
+            };
+            for b in l0..=l1 {
+                map.insert(b, p0 + (b - l0));
+            }
+        }
+        map
+    }
+}
+
+#[test]
+fn a_write_back_error_that_a_checkpoint_sees_shuts_the_mount_down() {
+    if skip_without_fuse("a_write_back_error_that_a_checkpoint_sees_shuts_the_mount_down") {
+        return;
+    }
+    let mut thin = ThinHost::new();
+    let mut m = OnHost::new(&thin.host, "32M");
+    drop(new_file(m.path("c")));
+    let before = ThinHost::blocks_of(&m.image);
+    // Written, not yet fsync'd: the data sits in the host's page cache.
+    let mut a = new_file(m.path("A"));
+    a.write_all(&vec![b'A'; 1 << 20]).unwrap();
+    drop(a);
+    // The disk loses the blocks the host gave A, and cannot take them back: the host's
+    // write-back of A fails, and the host drops those pages.
+    for (b, p) in ThinHost::blocks_of(&m.image) {
+        if !before.contains_key(&b) {
+            ThinHost::fallocate(
+                &thin.disk,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                p * 4096,
+                4096,
+            );
+        }
+    }
+    let filler = fill_host(&thin.under);
+    let img = std::fs::File::open(&m.image).unwrap();
+    // SAFETY: syncfs on a descriptor we own.
+    let rc = unsafe { libc::syncfs(img.as_raw_fd()) };
+    assert_eq!(rc, -1, "the host's write-back of A must fail");
+    drop(img);
+    std::fs::remove_file(filler).unwrap();
+    // The disk works again. Metadata work until a checkpoint: its sync is the first to hear
+    // of the failed write-back (the host reports it once, as ENOSPC).
+    let c = cstr(&m.path("c"));
+    let mut refused = None;
+    for n in 0..20_000u32 {
+        // SAFETY: chmod with a NUL-terminated path.
+        if unsafe { libc::chmod(c.as_ptr(), 0o600 | (n % 7)) } != 0 {
+            refused = Some(errno());
+            break;
+        }
+    }
+    assert_eq!(
+        refused,
+        Some(libc::EIO),
+        "the checkpoint that heard of lost pages fails with EIO"
+    );
+    // A's pages are gone: its fsync must not say they are durable. Before, it returned 0
+    // (the checkpoint had taken the host's report as a full host), and A read back as zeros.
+    let f = std::fs::File::open(m.path("A")).unwrap();
+    let e = f
+        .sync_all()
+        .expect_err("fsync of a file whose pages the host lost");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "fsync's errno: {e}");
+    drop(f);
+    assert!(m.alive());
+    m.detach();
+    thin.host.umount();
+    let st = Command::new("mount")
+        .args(["-o", "loop,nodiscard"])
+        .arg(&thin.disk)
+        .arg(&thin.host.at)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    thin.host.mounted = true;
+    let (code, out) = fsck_code(&m.image);
+    assert_eq!(code, 0, "fsck after the host recovered: {out}");
+}
