@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use pinfs_allocator::{Allocator, Extent};
 
 use crate::codec::{crc32c, Reader, Writer};
-use crate::error::{FsError, FsResult};
+use crate::error::{lost_write_back, FsError, FsResult};
 use crate::image::{Image, Superblock, BLOCK_SIZE};
 use crate::inode::{Inode, Kind, Time, ROOT_INO};
 use crate::journal::Journal;
@@ -252,17 +252,4 @@ pub fn write<'a>(
         }
     }
     Ok(())
-}
-
-/// An error from writing the blob or the superblock and syncing the image. Its `ENOSPC` is
-/// not a full host refusing blocks (those were provisioned before): it is the host reporting
-/// a write-back that failed, maybe of pages of other files that it has dropped, and it is
-/// reported once. It is made an I/O error (`EIO`), so that the filesystem shuts down as on
-/// any failed flush; a refusal for space would let a later `fsync` of those files succeed.
-fn lost_write_back(e: std::io::Error) -> std::io::Error {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
-        std::io::Error::other(format!("the host lost written data ({e})"))
-    } else {
-        e
-    }
 }

@@ -180,3 +180,17 @@ impl FsError {
 
 /// Shorthand for results of filesystem operations.
 pub type FsResult<T> = Result<T, FsError>;
+
+/// An error from storing into provisioned blocks and syncing the image (a checkpoint, moved
+/// blocks). Its `ENOSPC` is not a full host refusing blocks (those were provisioned
+/// before): it is the host reporting a write-back that failed, maybe of pages of other files
+/// that it has dropped, and it is reported once. It is made an I/O error (`EIO`), so that
+/// the filesystem shuts down as on any failed flush; a refusal for space would let a later
+/// `fsync` of those files succeed.
+pub(crate) fn lost_write_back(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        std::io::Error::other(format!("the host lost written data ({e})"))
+    } else {
+        e
+    }
+}

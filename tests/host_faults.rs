@@ -129,6 +129,11 @@ struct OnHost {
 
 impl OnHost {
     fn new(host: &Host, size: &str) -> OnHost {
+        OnHost::with_options(host, size, &[])
+    }
+
+    /// With `pinfs mount` arguments `extra` (such as `-o OPTIONS`).
+    fn with_options(host: &Host, size: &str, extra: &[&str]) -> OnHost {
         let dir = tempfile::Builder::new()
             .prefix("pinfs-mnt")
             .tempdir()
@@ -137,7 +142,9 @@ impl OnHost {
         mkfs(&image, size);
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let out = pinfs(&["mount", image.to_str().unwrap(), mnt.to_str().unwrap()]);
+        let mut args = vec!["mount", image.to_str().unwrap(), mnt.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = pinfs(&args);
         assert!(
             out.status.success(),
             "mount: {}",
@@ -614,6 +621,8 @@ impl ThinHost {
         let st = Command::new("mkfs.ext4")
             .args([
                 "-q",
+                "-b",
+                "4096",
                 "-E",
                 "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
             ])
@@ -687,6 +696,25 @@ impl ThinHost {
     }
 }
 
+/// Has the host write the image's dirty pages back now, and nothing else of its own
+/// metadata (on a full backing store the host would fail its superblock too); the write-back
+/// must fail.
+fn write_back_image(image: &Path) {
+    let img = std::fs::File::open(image).unwrap();
+    // SAFETY: sync_file_range on a descriptor we own, the whole file.
+    let rc = unsafe {
+        libc::sync_file_range(
+            img.as_raw_fd(),
+            0,
+            0,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+    };
+    assert_eq!(rc, -1, "the host's write-back of the image must fail");
+}
+
 #[test]
 fn a_write_back_error_that_a_checkpoint_sees_shuts_the_mount_down() {
     if skip_without_fuse("a_write_back_error_that_a_checkpoint_sees_shuts_the_mount_down") {
@@ -713,11 +741,7 @@ fn a_write_back_error_that_a_checkpoint_sees_shuts_the_mount_down() {
         }
     }
     let filler = fill_host(&thin.under);
-    let img = std::fs::File::open(&m.image).unwrap();
-    // SAFETY: syncfs on a descriptor we own.
-    let rc = unsafe { libc::syncfs(img.as_raw_fd()) };
-    assert_eq!(rc, -1, "the host's write-back of A must fail");
-    drop(img);
+    write_back_image(&m.image);
     std::fs::remove_file(filler).unwrap();
     // The disk works again. Metadata work until a checkpoint: its sync is the first to hear
     // of the failed write-back (the host reports it once, as ENOSPC).
@@ -756,4 +780,86 @@ fn a_write_back_error_that_a_checkpoint_sees_shuts_the_mount_down() {
     thin.host.mounted = true;
     let (code, out) = fsck_code(&m.image);
     assert_eq!(code, 0, "fsck after the host recovered: {out}");
+}
+
+#[test]
+fn a_write_back_error_that_a_relocation_sees_shuts_the_mount_down() {
+    if skip_without_fuse("a_write_back_error_that_a_relocation_sees_shuts_the_mount_down") {
+        return;
+    }
+    let mut thin = ThinHost::new();
+    let m = OnHost::with_options(
+        &thin.host,
+        "32M",
+        &["-o", "allow_other,break_policy=revoke,lease_break_time=0.3"],
+    );
+    let mut f = new_file(m.path("F"));
+    f.write_all(&vec![0x66u8; 1 << 20]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::fs::set_permissions(
+        m.path("F"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    // An unprivileged holder pins all of F and ignores breaks: a truncate of F's tail
+    // revokes its lease and moves F's remaining blocks away from it.
+    let mut holder = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "pin",
+        ])
+        .arg(m.path("F"))
+        .args(["--len", "1M", "--ignore-breaks"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("\"extents\""), "the holder's grant: {line}");
+    // As in the checkpoint case: A's pages are lost at the host's write-back, which the
+    // host reports once, to whichever sync of the image comes next.
+    let before = ThinHost::blocks_of(&m.image);
+    let mut a = new_file(m.path("A"));
+    a.write_all(&vec![b'A'; 1 << 20]).unwrap();
+    drop(a);
+    for (b, p) in ThinHost::blocks_of(&m.image) {
+        if !before.contains_key(&b) {
+            ThinHost::fallocate(
+                &thin.disk,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                p * 4096,
+                4096,
+            );
+        }
+    }
+    let filler = fill_host(&thin.under);
+    write_back_image(&m.image);
+    std::fs::remove_file(filler).unwrap();
+    // The revocation's flush of the moved copies is the next sync of the image.
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("F"))
+        .and_then(|f| f.set_len(512 << 10));
+    holder.kill().ok();
+    holder.wait().ok();
+    // Whatever the truncate answered, A's pages are gone: fsync must not say otherwise.
+    // Before, the relocation took the report without shutting down, and this returned 0.
+    let f = std::fs::File::open(m.path("A")).unwrap();
+    let e = f.sync_all().expect_err(&format!(
+        "fsync of a file whose pages the host lost (truncate: {r:?})"
+    ));
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "fsync's errno: {e}");
+    drop(f);
+    assert!(m.alive());
+    drop(m);
+    thin.host.umount();
 }

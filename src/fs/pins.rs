@@ -303,10 +303,12 @@ impl Fs {
                 .flush(m.image_block * BLOCK_SIZE, m.len * BLOCK_SIZE)
             {
                 self.unallocate(&maps);
-                return Err(FsError::Host {
-                    what: "making moved blocks durable",
-                    source: e,
-                });
+                // The host reports a failed write-back once: the filesystem shuts down here
+                // as on any other flush, or a later fsync would pass over lost pages.
+                return Err(self.host_failed(
+                    "making moved blocks durable",
+                    crate::error::lost_write_back(e),
+                ));
             }
         }
         records.extend(maps);
