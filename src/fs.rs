@@ -862,6 +862,9 @@ impl Fs {
     /// error is reported once, so no later success can be trusted) and returns the error for
     /// the caller (`EIO`).
     fn host_failed(&self, what: &'static str, source: std::io::Error) -> FsError {
+        // Flushes are of provisioned blocks: an ENOSPC from one is a write-back the host
+        // lost, not a full host (`EIO` to the caller).
+        let source = crate::error::lost_write_back(source);
         if !self.shut_down.swap(true, Ordering::SeqCst) {
             tracing::error!(
                 image = %self.image.path().display(),

@@ -663,6 +663,30 @@ impl ThinHost {
         assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
     }
 
+    /// Writes 1 MiB into a new file `name` of `m` (not fsync'd) and has the host lose it:
+    /// the disk loses the blocks the host gave the file and cannot take them back, the
+    /// host's write-back fails and drops those pages; then the disk works again. The host
+    /// reports the failure once, to whichever sync of the image comes next.
+    fn lose_pages_of(&self, m: &OnHost, name: &str) {
+        let before = ThinHost::blocks_of(&m.image);
+        let mut a = new_file(m.path(name));
+        a.write_all(&vec![b'A'; 1 << 20]).unwrap();
+        drop(a);
+        for (b, p) in ThinHost::blocks_of(&m.image) {
+            if !before.contains_key(&b) {
+                ThinHost::fallocate(
+                    &self.disk,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    p * 4096,
+                    4096,
+                );
+            }
+        }
+        let filler = fill_host(&self.under);
+        write_back_image(&m.image);
+        std::fs::remove_file(filler).unwrap();
+    }
+
     /// The image's 4 KiB blocks and where each lies on the disk (`filefrag`).
     fn blocks_of(image: &Path) -> std::collections::BTreeMap<u64, u64> {
         let out = Command::new("filefrag")
@@ -723,26 +747,7 @@ fn a_write_back_error_that_a_checkpoint_sees_shuts_the_mount_down() {
     let mut thin = ThinHost::new();
     let mut m = OnHost::new(&thin.host, "32M");
     drop(new_file(m.path("c")));
-    let before = ThinHost::blocks_of(&m.image);
-    // Written, not yet fsync'd: the data sits in the host's page cache.
-    let mut a = new_file(m.path("A"));
-    a.write_all(&vec![b'A'; 1 << 20]).unwrap();
-    drop(a);
-    // The disk loses the blocks the host gave A, and cannot take them back: the host's
-    // write-back of A fails, and the host drops those pages.
-    for (b, p) in ThinHost::blocks_of(&m.image) {
-        if !before.contains_key(&b) {
-            ThinHost::fallocate(
-                &thin.disk,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                p * 4096,
-                4096,
-            );
-        }
-    }
-    let filler = fill_host(&thin.under);
-    write_back_image(&m.image);
-    std::fs::remove_file(filler).unwrap();
+    thin.lose_pages_of(&m, "A");
     // The disk works again. Metadata work until a checkpoint: its sync is the first to hear
     // of the failed write-back (the host reports it once, as ENOSPC).
     let c = cstr(&m.path("c"));
@@ -827,23 +832,7 @@ fn a_write_back_error_that_a_relocation_sees_shuts_the_mount_down() {
     assert!(line.contains("\"extents\""), "the holder's grant: {line}");
     // As in the checkpoint case: A's pages are lost at the host's write-back, which the
     // host reports once, to whichever sync of the image comes next.
-    let before = ThinHost::blocks_of(&m.image);
-    let mut a = new_file(m.path("A"));
-    a.write_all(&vec![b'A'; 1 << 20]).unwrap();
-    drop(a);
-    for (b, p) in ThinHost::blocks_of(&m.image) {
-        if !before.contains_key(&b) {
-            ThinHost::fallocate(
-                &thin.disk,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                p * 4096,
-                4096,
-            );
-        }
-    }
-    let filler = fill_host(&thin.under);
-    write_back_image(&m.image);
-    std::fs::remove_file(filler).unwrap();
+    thin.lose_pages_of(&m, "A");
     // The revocation's flush of the moved copies is the next sync of the image.
     let r = std::fs::OpenOptions::new()
         .write(true)
@@ -862,4 +851,29 @@ fn a_write_back_error_that_a_relocation_sees_shuts_the_mount_down() {
     assert!(m.alive());
     drop(m);
     thin.host.umount();
+}
+
+#[test]
+fn a_write_back_error_that_fsync_sees_is_eio() {
+    if skip_without_fuse("a_write_back_error_that_fsync_sees_is_eio") {
+        return;
+    }
+    let thin = ThinHost::new();
+    let m = OnHost::new(&thin.host, "32M");
+    thin.lose_pages_of(&m, "A");
+    // The host answers ENOSPC for pages it lost; the caller hears EIO, as the README
+    // promises for any host failure (before: ENOSPC, as if the write could be retried).
+    let f = std::fs::File::open(m.path("A")).unwrap();
+    let e = f
+        .sync_all()
+        .expect_err("fsync of a file whose pages the host lost");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "fsync's errno: {e}");
+    let e = f.sync_all().expect_err("a second fsync");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EIO),
+        "the second fsync's errno: {e}"
+    );
+    drop(f);
+    assert!(m.alive());
 }

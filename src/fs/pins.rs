@@ -305,10 +305,7 @@ impl Fs {
                 self.unallocate(&maps);
                 // The host reports a failed write-back once: the filesystem shuts down here
                 // as on any other flush, or a later fsync would pass over lost pages.
-                return Err(self.host_failed(
-                    "making moved blocks durable",
-                    crate::error::lost_write_back(e),
-                ));
+                return Err(self.host_failed("making moved blocks durable", e));
             }
         }
         records.extend(maps);
