@@ -877,3 +877,34 @@ fn a_write_back_error_that_fsync_sees_is_eio() {
     drop(f);
     assert!(m.alive());
 }
+
+#[test]
+fn a_pin_that_fills_holes_on_a_failed_host_is_eio() {
+    if skip_without_fuse("a_pin_that_fills_holes_on_a_failed_host_is_eio") {
+        return;
+    }
+    let host = Host::ext4(96 << 20);
+    let mut m = OnHost::new(&host, "32M");
+    new_file(m.path("sparse")).set_len(1 << 20).unwrap();
+    host.shut_down();
+    let out = pinfs(&[
+        "pin",
+        m.path("sparse").to_str().unwrap(),
+        "--len",
+        "1M",
+        "--hold",
+        "0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "a pin on a failed host: {err}");
+    // Before: "no space left on device", and the mount went on taking changes.
+    assert!(
+        err.contains("Input/output error") && err.contains("shut down"),
+        "the pin's failure is the host's, and the mount is shut down: {err}"
+    );
+    let e = std::fs::File::create(m.path("after")).expect_err("create after the failure");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "create's errno: {e}");
+    assert!(m.alive());
+    // (The image's lock cannot be watched on the failed host.)
+    m.detach();
+}
