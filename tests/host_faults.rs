@@ -258,6 +258,16 @@ fn a_full_host_answers_enospc_and_the_daemon_lives() {
     assert_eq!(back.len() as u64, written);
     assert!(back.iter().all(|&b| b == 0x5a), "written data reads back");
     std::fs::remove_file(m.path("big")).unwrap();
+    // The blocks go when the kernel forgets the inode, a moment after the unlink.
+    let mut waited = 0;
+    while host_free(&host) < 4 << 20 {
+        assert!(
+            waited < 200,
+            "the unlinked file's blocks never went back to the host"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
     let (again, errno) = fill(&m.path("again"), 1 << 20, 4 << 20);
     assert_eq!(
         (again, errno),
