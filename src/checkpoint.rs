@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use pinfs_allocator::{Allocator, Extent, Reserve};
 
 use crate::codec::{crc32c, Reader, Writer};
-use crate::error::{FsError, FsResult};
+use crate::error::{lost_write_back, FsError, FsResult};
 use crate::image::{Image, Superblock, BLOCK_SIZE};
 use crate::inode::{Inode, Kind, Time, ROOT_INO};
 use crate::journal::Journal;
@@ -222,12 +222,13 @@ pub fn write<'a>(
         let n = (blob.len() - off).min((l * BLOCK_SIZE) as usize);
         // Through the file, not the mapping: a DAX window may still cover these blocks.
         if let Err(e) = image.write_file(s * BLOCK_SIZE, &blob[off..off + n]) {
-            // The superblock still names the previous checkpoint: nothing changed here (the
-            // caller decides whether the host failure shuts the filesystem down).
+            // The superblock still names the previous checkpoint: nothing points at the blob
+            // yet, so its blocks go back (the caller decides whether the host failure shuts
+            // the filesystem down).
             give_back(alloc, &extents);
             return Err(FsError::Host {
                 what: "writing the checkpoint",
-                source: e,
+                source: lost_write_back(e),
             });
         }
         off += n;
@@ -239,9 +240,10 @@ pub fn write<'a>(
     sb.checkpoint_crc = crc32c(&blob);
     sb.checkpoint_extents = extents;
     sb.clean = clean;
-    image
-        .write_superblock(sb)
-        .map_err(FsError::host("writing the superblock"))?;
+    image.write_superblock(sb).map_err(|e| FsError::Host {
+        what: "writing the superblock",
+        source: lost_write_back(e),
+    })?;
     journal.reset();
     for (s, l) in prev {
         for f in alloc

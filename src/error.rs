@@ -96,7 +96,7 @@ pub enum FsError {
     },
     /// The host filesystem under the image failed an I/O (`EIO`; `ENOSPC` when the host is
     /// full): what was being made durable is not.
-    #[error("the image's host filesystem failed: {what}: {source}")]
+    #[error("{}", host_message(what, source))]
     Host {
         /// What was being done.
         what: &'static str,
@@ -108,6 +108,18 @@ pub enum FsError {
     /// keeps its last durable state, which the next mount replays.
     #[error("the filesystem was shut down after its host failed; unmount it and run `pinfs fsck`")]
     ShutDown,
+}
+
+/// What a [`FsError::Host`] says: a full host is not a failing one, and the way out is to
+/// make room on it.
+fn host_message(what: &str, source: &std::io::Error) -> String {
+    if source.raw_os_error() == Some(libc::ENOSPC) {
+        format!(
+            "the image's host filesystem is full: {what}: {source}; free space on the filesystem that holds the image"
+        )
+    } else {
+        format!("the image's host filesystem failed: {what}: {source}")
+    }
 }
 
 impl From<DecodeError> for FsError {
@@ -172,3 +184,17 @@ impl FsError {
 
 /// Shorthand for results of filesystem operations.
 pub type FsResult<T> = Result<T, FsError>;
+
+/// An error from storing into provisioned blocks and syncing the image (a checkpoint, moved
+/// blocks). Its `ENOSPC` is not a full host refusing blocks (those were provisioned
+/// before): it is the host reporting a write-back that failed, maybe of pages of other files
+/// that it has dropped, and it is reported once. It is made an I/O error (`EIO`), so that
+/// the filesystem shuts down as on any failed flush; a refusal for space would let a later
+/// `fsync` of those files succeed.
+pub(crate) fn lost_write_back(e: std::io::Error) -> std::io::Error {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        std::io::Error::other(format!("the host lost written data ({e})"))
+    } else {
+        e
+    }
+}

@@ -959,6 +959,29 @@ impl Fs {
         self.checkpoint(true)
     }
 
+    /// [`Fs::writable`] for changes that give space back (unlink, rmdir, truncate): a due
+    /// checkpoint that cannot get its blocks (the image or the host under it is full) does
+    /// not stop them. They go into the journal room left past its soft limit, and the space
+    /// they free (punched back to the host) is what lets the next checkpoint be written;
+    /// refusing them would leave a full filesystem where nothing can be deleted.
+    fn writable_to_free(&self) -> FsResult<()> {
+        match self.writable() {
+            Err(FsError::NoSpace) => Ok(()),
+            Err(e @ FsError::Host { .. }) if e.as_host_failure().is_none() => Ok(()),
+            r => r,
+        }
+    }
+
+    /// The error for an allocation that came up short: `ENOSPC`, or `EIO` when it was the
+    /// host that failed (and shut the filesystem down).
+    fn short_allocation(&self) -> FsError {
+        if self.is_shut_down() {
+            FsError::ShutDown
+        } else {
+            FsError::NoSpace
+        }
+    }
+
     /// `Err(ShutDown)` once a host failure shut the filesystem down.
     pub(crate) fn is_up(&self) -> FsResult<()> {
         if self.shut_down.load(Ordering::SeqCst) {
@@ -971,6 +994,9 @@ impl Fs {
     /// error is reported once, so no later success can be trusted) and returns the error for
     /// the caller (`EIO`).
     fn host_failed(&self, what: &'static str, source: std::io::Error) -> FsError {
+        // Flushes are of provisioned blocks: an ENOSPC from one is a write-back the host
+        // lost, not a full host (`EIO` to the caller).
+        let source = crate::error::lost_write_back(source);
         if !self.shut_down.swap(true, Ordering::SeqCst) {
             tracing::error!(
                 image = %self.image.path().display(),
@@ -1175,7 +1201,12 @@ impl Fs {
         caller: Caller,
         wait: bool,
     ) -> FsResult<Attr> {
-        self.writable()?;
+        // Truncating gives space back: a checkpoint refused for space does not stop it.
+        if req.size.is_some() {
+            self.writable_to_free()?;
+        } else {
+            self.writable()?;
+        }
         // Truncating down changes the layout of the blocks past the new end: break the leases
         // on them first, before any lock is taken (the break may wait for holders).
         let _break = match req.size {
@@ -1417,7 +1448,7 @@ impl Fs {
         if dir && name == b".." {
             return Err(FsError::NotEmpty);
         }
-        self.writable()?;
+        self.writable_to_free()?;
         let child_ino;
         {
             let _gate = self.gate();
@@ -1935,11 +1966,18 @@ impl Fs {
                             .image
                             .provision(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE)
                         {
-                            tracing::warn!(
-                                blocks = e.len,
-                                "the image's host cannot back new blocks: {err}"
-                            );
                             let _ = alloc.free(e);
+                            if err.raw_os_error() == Some(libc::ENOSPC) {
+                                tracing::warn!(
+                                    blocks = e.len,
+                                    "the image's host cannot back new blocks: {err}"
+                                );
+                            } else {
+                                // Not a full host: the host failed, and may fail what was
+                                // stored before too (callers answer EIO, see
+                                // `short_allocation`).
+                                self.host_failed("allocating blocks on the host", err);
+                            }
                             return records;
                         }
                         records.push(Record::Map {
@@ -2048,7 +2086,7 @@ impl Fs {
             written = (covered * BLOCK_SIZE).saturating_sub(offset).min(written);
             if written == 0 {
                 self.unallocate(&records);
-                return Err(FsError::NoSpace);
+                return Err(self.short_allocation());
             }
         }
         let data = &data[..written as usize];
@@ -2299,7 +2337,7 @@ impl Fs {
                     .sum::<u64>();
             if got < needed {
                 self.unallocate(&maps);
-                return Err(FsError::NoSpace);
+                return Err(self.short_allocation());
             }
             records.extend(maps);
             if mode & KEEP_SIZE == 0 && end > i.size {
@@ -2740,7 +2778,7 @@ fn provision_in_use(image: &Image, sb: &Superblock, alloc: &Allocator) -> FsResu
     image
         .provision(0, sb.data_start() * BLOCK_SIZE)
         .map_err(FsError::host(
-            "allocating the image's metadata area on the host",
+            "allocating the image's superblocks and journal on the host",
         ))?;
     for e in used_extents(alloc) {
         image

@@ -349,6 +349,7 @@ impl Image {
             }
         }
         let total_blocks = size / BLOCK_SIZE;
+        let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -357,6 +358,23 @@ impl Image {
             .open(path)
             .map_err(io_err(path, "cannot create"))?;
         Self::try_lock(&file, path)?;
+        // Shares the open file description, and so the lock, until the cleanup below is done.
+        let locked = file.try_clone().map_err(io_err(path, "cannot create"))?;
+        Self::format(path, file, total_blocks).inspect_err(|_| {
+            // A failed mkfs leaves no file that is not an image: the file it made goes, and
+            // one it re-formatted (whose old contents are gone already) is left empty, so
+            // that a later mkfs takes it without --force.
+            if existed {
+                let _ = locked.set_len(0);
+            } else {
+                let _ = std::fs::remove_file(path);
+            }
+            drop(locked);
+        })
+    }
+
+    /// Sizes a locked, new or re-formatted image file and writes an empty filesystem into it.
+    fn format(path: &Path, file: File, total_blocks: u64) -> Result<Superblock, ImageError> {
         file.set_len(0).map_err(io_err(path, "cannot truncate"))?;
         file.set_len(total_blocks * BLOCK_SIZE)
             .map_err(io_err(path, "cannot size"))?;

@@ -129,6 +129,11 @@ struct OnHost {
 
 impl OnHost {
     fn new(host: &Host, size: &str) -> OnHost {
+        OnHost::with_options(host, size, &[])
+    }
+
+    /// With `pinfs mount` arguments `extra` (such as `-o OPTIONS`).
+    fn with_options(host: &Host, size: &str, extra: &[&str]) -> OnHost {
         let dir = tempfile::Builder::new()
             .prefix("pinfs-mnt")
             .tempdir()
@@ -137,7 +142,9 @@ impl OnHost {
         mkfs(&image, size);
         let mnt = dir.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let out = pinfs(&["mount", image.to_str().unwrap(), mnt.to_str().unwrap()]);
+        let mut args = vec!["mount", image.to_str().unwrap(), mnt.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = pinfs(&args);
         assert!(
             out.status.success(),
             "mount: {}",
@@ -251,6 +258,16 @@ fn a_full_host_answers_enospc_and_the_daemon_lives() {
     assert_eq!(back.len() as u64, written);
     assert!(back.iter().all(|&b| b == 0x5a), "written data reads back");
     std::fs::remove_file(m.path("big")).unwrap();
+    // The blocks go when the kernel forgets the inode, a moment after the unlink.
+    let mut waited = 0;
+    while host_free(&host) < 4 << 20 {
+        assert!(
+            waited < 200,
+            "the unlinked file's blocks never went back to the host"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
     let (again, errno) = fill(&m.path("again"), 1 << 20, 4 << 20);
     assert_eq!(
         (again, errno),
@@ -401,4 +418,531 @@ fn fsync_on_a_failed_host_is_eio_and_the_mount_shuts_down() {
         "the fsync'd file survives the host failure"
     );
     m.umount();
+}
+
+/// Fills the host's free space with a file of its own (not the image's), until the host
+/// answers ENOSPC.
+fn fill_host(host: &Host) -> PathBuf {
+    let p = host.at.join("filler");
+    let mut f = std::fs::File::create(&p).unwrap();
+    let buf = vec![0u8; 64 << 10];
+    let e = loop {
+        if let Err(e) = f.write_all(&buf) {
+            break e;
+        }
+    };
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC),
+        "filling the host: {e}"
+    );
+    // Whatever page the last short write left: the host has no block to spare.
+    let _ = f.write_all(&[0u8; 1]);
+    p
+}
+
+/// Bytes free on the host filesystem.
+fn host_free(host: &Host) -> u64 {
+    let c = cstr(&host.at);
+    // SAFETY: statvfs is plain data; all zeros is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs of a NUL-terminated path into a live local.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    assert_eq!(rc, 0, "statvfs of the host");
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+#[test]
+fn a_full_host_can_still_delete_after_a_checkpoint_is_refused() {
+    if skip_without_fuse("a_full_host_can_still_delete_after_a_checkpoint_is_refused") {
+        return;
+    }
+    let host = Host::tmpfs("12m");
+    let mut m = OnHost::new(&host, "64M");
+    let mut victim = new_file(m.path("victim"));
+    victim.write_all(&vec![0x33u8; 4 << 20]).unwrap();
+    victim.sync_all().unwrap();
+    drop(victim);
+    drop(new_file(m.path("c")));
+    let filler = fill_host(&host);
+    // Metadata work until the journal wants a checkpoint that the full host cannot back:
+    // the change that finds it so is refused with ENOSPC.
+    let c = cstr(&m.path("c"));
+    let mut refused = None;
+    for n in 0..20_000u32 {
+        // SAFETY: chmod with a NUL-terminated path.
+        if unsafe { libc::chmod(c.as_ptr(), 0o600 | (n % 7)) } != 0 {
+            refused = Some((n, errno()));
+            break;
+        }
+    }
+    let (n, e) = refused.expect("a checkpoint on a full host must be refused at some point");
+    assert_eq!(e, libc::ENOSPC, "chmod {n} on a full host: errno {e}");
+    // Deleting gives the space back (to the image and to the host): it must not be refused
+    // because the checkpoint was. Before, every unlink failed with ENOSPC from here on.
+    std::fs::remove_file(m.path("victim"))
+        .expect("unlink on a full host after a refused checkpoint");
+    // The blocks go when the kernel forgets the inode (a moment after the unlink), and are
+    // punched back to the host; that space lets the checkpoint through: changes work again.
+    let mut waited = 0;
+    while host_free(&host) < 1 << 20 {
+        assert!(
+            waited < 200,
+            "the unlinked file's blocks never went back to the host"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        waited += 1;
+    }
+    // SAFETY: as above.
+    let rc = unsafe { libc::chmod(c.as_ptr(), 0o644) };
+    assert_eq!(rc, 0, "chmod after the unlink: errno {}", errno());
+    assert!(m.alive());
+    std::fs::remove_file(filler).unwrap();
+    m.umount();
+    let (code, out) = fsck_code(&m.image);
+    assert_eq!(code, 0, "fsck: {out}");
+    assert!(
+        out.contains(" 0 journal transactions replayed"),
+        "the unmount wrote a checkpoint: {out}"
+    );
+}
+
+#[test]
+fn a_write_onto_a_failed_host_is_eio_and_the_mount_shuts_down() {
+    if skip_without_fuse("a_write_onto_a_failed_host_is_eio_and_the_mount_shuts_down") {
+        return;
+    }
+    let mut host = Host::ext4(96 << 20);
+    let mut m = OnHost::new(&host, "32M");
+    let mut kept = new_file(m.path("kept"));
+    kept.write_all(&vec![0x44u8; 64 << 10]).unwrap();
+    kept.sync_all().unwrap();
+    drop(kept);
+    let mut f = new_file(m.path("new"));
+    host.shut_down();
+    // The write needs new blocks, which the failed host cannot allocate: that is the host's
+    // I/O error, not a full filesystem (before: ENOSPC, and the mount went on taking changes).
+    let e = f
+        .write_all(&vec![0x55u8; 64 << 10])
+        .expect_err("a write that needs blocks on a failed host");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "write's errno: {e}");
+    drop(f);
+    let e = std::fs::File::create(m.path("after")).expect_err("create after the failure");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "create's errno: {e}");
+    // SAFETY: chmod with a NUL-terminated path.
+    let rc = unsafe { libc::chmod(cstr(&m.path("kept")).as_ptr(), 0o600) };
+    assert_eq!((rc, errno()), (-1, libc::EIO), "chmod after the failure");
+    assert!(m.alive(), "the daemon died when its host failed");
+    m.detach();
+    host.umount();
+    host.mount_ext4();
+    let (code, out) = fsck_code(&m.image);
+    assert_eq!(code, 0, "fsck after a host failure: {out}");
+    let out = pinfs(&["mount", m.image.to_str().unwrap(), m.mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "remount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.mounted = true;
+    assert_eq!(
+        std::fs::read(m.path("kept")).unwrap(),
+        vec![0x44u8; 64 << 10]
+    );
+    m.umount();
+}
+
+#[test]
+fn an_image_with_a_sparse_journal_on_a_full_host_is_refused_clearly() {
+    if skip_without_fuse("an_image_with_a_sparse_journal_on_a_full_host_is_refused_clearly") {
+        return;
+    }
+    let host = Host::tmpfs("12m");
+    let dir = tempfile::tempdir().unwrap();
+    let image = host.at.join("old.img");
+    mkfs(&image, "64M");
+    // Images made before blocks were provisioned have a sparse journal (blocks 2.. of a
+    // 64 MiB image; the checkpoint follows it): punch it out again to make one.
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
+        // SAFETY: fallocate on a descriptor we own, inside the file.
+        let rc = unsafe {
+            libc::fallocate(
+                f.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                2 * 4096,
+                256 * 4096,
+            )
+        };
+        assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+    }
+    let (code, out) = fsck_code(&image);
+    assert_eq!(code, 0, "the sparse-journal image is a valid image: {out}");
+    let before = std::fs::read(&image).unwrap();
+    let filler = fill_host(&host);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = pinfs(&["mount", image.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "mount on a full host: {err}");
+    // What went wrong (the host is full, not failing) and what to do.
+    assert!(
+        err.contains("the image's host filesystem is full")
+            && err.contains("journal")
+            && err.contains("free space on the filesystem that holds the image"),
+        "the refusal says the host is full and what to do: {err}"
+    );
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "a refused mount changes nothing in the image"
+    );
+    std::fs::remove_file(filler).unwrap();
+    let out = pinfs(&["mount", image.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "mount once the host has room: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = cstr(&mnt);
+    // SAFETY: umount2 with a NUL-terminated path.
+    assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0);
+    wait_unlocked(&image);
+    let (code, out) = fsck_code(&image);
+    assert_eq!(code, 0, "fsck: {out}");
+}
+
+#[test]
+fn mkfs_on_a_full_host_fails_and_leaves_no_file() {
+    if skip_without_fuse("mkfs_on_a_full_host_fails_and_leaves_no_file") {
+        return;
+    }
+    let host = Host::tmpfs("4m");
+    let filler = fill_host(&host);
+    let image = host.at.join("new.img");
+    let out = pinfs(&["mkfs", image.to_str().unwrap(), "--size", "64M"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "mkfs on a full host: {err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    // Before, a 64 MiB file of zeros stayed behind: not an image, and in the way of the
+    // next mkfs ("exists and is not a pinfs image").
+    assert!(
+        !image.exists(),
+        "a failed mkfs leaves no file behind: {}",
+        image.display()
+    );
+    std::fs::remove_file(filler).unwrap();
+    mkfs(&image, "4M");
+    let (code, out) = fsck_code(&image);
+    assert_eq!(code, 0, "fsck: {out}");
+}
+
+/// An ext4 host on a loop device whose backing file lives on a small tmpfs: blocks of the
+/// backing file punched out fail their next write (the tmpfs is full) until space is made,
+/// as a thin-provisioned disk fails. The ext4 itself stays up (its own blocks are backed).
+struct ThinHost {
+    host: Host,
+    under: Host,
+    disk: PathBuf,
+}
+
+impl ThinHost {
+    fn new() -> ThinHost {
+        let under = Host::tmpfs("300m");
+        let disk = under.at.join("disk");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(128 << 20)
+            .unwrap();
+        let st = Command::new("mkfs.ext4")
+            .args([
+                "-q",
+                "-b",
+                "4096",
+                "-E",
+                "nodiscard,lazy_itable_init=0,lazy_journal_init=0",
+            ])
+            .arg(&disk)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mkfs.ext4");
+        // mkfs zeroes by punching: back every block of the disk on the tmpfs.
+        Self::fallocate(&disk, 0, 0, 128 << 20);
+        let dir = tempfile::Builder::new()
+            .prefix("pinfs-host")
+            .tempdir()
+            .unwrap();
+        let at = dir.path().join("host");
+        std::fs::create_dir(&at).unwrap();
+        let st = Command::new("mount")
+            .args(["-o", "loop,nodiscard"])
+            .arg(&disk)
+            .arg(&at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount -o loop");
+        ThinHost {
+            host: Host {
+                dir,
+                at,
+                mounted: true,
+            },
+            under,
+            disk,
+        }
+    }
+
+    fn fallocate(path: &Path, mode: i32, off: u64, len: u64) {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        // SAFETY: fallocate on a descriptor we own.
+        let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
+        assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
+    }
+
+    /// Writes 1 MiB into a new file `name` of `m` (not fsync'd) and has the host lose it:
+    /// the disk loses the blocks the host gave the file and cannot take them back, the
+    /// host's write-back fails and drops those pages; then the disk works again. The host
+    /// reports the failure once, to whichever sync of the image comes next.
+    fn lose_pages_of(&self, m: &OnHost, name: &str) {
+        let before = ThinHost::blocks_of(&m.image);
+        let mut a = new_file(m.path(name));
+        a.write_all(&vec![b'A'; 1 << 20]).unwrap();
+        drop(a);
+        for (b, p) in ThinHost::blocks_of(&m.image) {
+            if !before.contains_key(&b) {
+                ThinHost::fallocate(
+                    &self.disk,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    p * 4096,
+                    4096,
+                );
+            }
+        }
+        let filler = fill_host(&self.under);
+        write_back_image(&m.image);
+        std::fs::remove_file(filler).unwrap();
+    }
+
+    /// The image's 4 KiB blocks and where each lies on the disk (`filefrag`).
+    fn blocks_of(image: &Path) -> std::collections::BTreeMap<u64, u64> {
+        let out = Command::new("filefrag")
+            .args(["-v", "-b4096"])
+            .arg(image)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "filefrag");
+        let mut map = std::collections::BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // "   3:      262..     517:       2560..      2815:    256: ..."
+            let f: Vec<&str> = line
+                .split([':', ' ', '.'])
+                .filter(|s| !s.is_empty())
+                .collect();
+            if f.len() < 5 || f[0].parse::<u64>().is_err() {
+                continue;
+            }
+            let (Ok(l0), Ok(l1), Ok(p0)) = (
+                f[1].parse::<u64>(),
+                f[2].parse::<u64>(),
+                f[3].parse::<u64>(),
+            ) else {
+                continue;
+            };
+            for b in l0..=l1 {
+                map.insert(b, p0 + (b - l0));
+            }
+        }
+        map
+    }
+}
+
+/// Has the host write the image's dirty pages back now, and nothing else of its own
+/// metadata (on a full backing store the host would fail its superblock too); the write-back
+/// must fail.
+fn write_back_image(image: &Path) {
+    let img = std::fs::File::open(image).unwrap();
+    // SAFETY: sync_file_range on a descriptor we own, the whole file.
+    let rc = unsafe {
+        libc::sync_file_range(
+            img.as_raw_fd(),
+            0,
+            0,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )
+    };
+    assert_eq!(rc, -1, "the host's write-back of the image must fail");
+}
+
+#[test]
+fn a_write_back_error_that_a_checkpoint_sees_shuts_the_mount_down() {
+    if skip_without_fuse("a_write_back_error_that_a_checkpoint_sees_shuts_the_mount_down") {
+        return;
+    }
+    let mut thin = ThinHost::new();
+    let mut m = OnHost::new(&thin.host, "32M");
+    drop(new_file(m.path("c")));
+    thin.lose_pages_of(&m, "A");
+    // The disk works again. Metadata work until a checkpoint: its sync is the first to hear
+    // of the failed write-back (the host reports it once, as ENOSPC).
+    let c = cstr(&m.path("c"));
+    let mut refused = None;
+    for n in 0..20_000u32 {
+        // SAFETY: chmod with a NUL-terminated path.
+        if unsafe { libc::chmod(c.as_ptr(), 0o600 | (n % 7)) } != 0 {
+            refused = Some(errno());
+            break;
+        }
+    }
+    assert_eq!(
+        refused,
+        Some(libc::EIO),
+        "the checkpoint that heard of lost pages fails with EIO"
+    );
+    // A's pages are gone: its fsync must not say they are durable. Before, it returned 0
+    // (the checkpoint had taken the host's report as a full host), and A read back as zeros.
+    let f = std::fs::File::open(m.path("A")).unwrap();
+    let e = f
+        .sync_all()
+        .expect_err("fsync of a file whose pages the host lost");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "fsync's errno: {e}");
+    drop(f);
+    assert!(m.alive());
+    m.detach();
+    thin.host.umount();
+    let st = Command::new("mount")
+        .args(["-o", "loop,nodiscard"])
+        .arg(&thin.disk)
+        .arg(&thin.host.at)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    thin.host.mounted = true;
+    let (code, out) = fsck_code(&m.image);
+    assert_eq!(code, 0, "fsck after the host recovered: {out}");
+}
+
+#[test]
+fn a_write_back_error_that_a_relocation_sees_shuts_the_mount_down() {
+    if skip_without_fuse("a_write_back_error_that_a_relocation_sees_shuts_the_mount_down") {
+        return;
+    }
+    let mut thin = ThinHost::new();
+    let m = OnHost::with_options(
+        &thin.host,
+        "32M",
+        &["-o", "allow_other,break_policy=revoke,lease_break_time=0.3"],
+    );
+    let mut f = new_file(m.path("F"));
+    f.write_all(&vec![0x66u8; 1 << 20]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    std::fs::set_permissions(
+        m.path("F"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    // An unprivileged holder pins all of F and ignores breaks: a truncate of F's tail
+    // revokes its lease and moves F's remaining blocks away from it.
+    let mut holder = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "pin",
+        ])
+        .arg(m.path("F"))
+        .args(["--len", "1M", "--ignore-breaks"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.contains("\"extents\""), "the holder's grant: {line}");
+    // As in the checkpoint case: A's pages are lost at the host's write-back, which the
+    // host reports once, to whichever sync of the image comes next.
+    thin.lose_pages_of(&m, "A");
+    // The revocation's flush of the moved copies is the next sync of the image.
+    let r = std::fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("F"))
+        .and_then(|f| f.set_len(512 << 10));
+    holder.kill().ok();
+    holder.wait().ok();
+    // Whatever the truncate answered, A's pages are gone: fsync must not say otherwise.
+    // Before, the relocation took the report without shutting down, and this returned 0.
+    let f = std::fs::File::open(m.path("A")).unwrap();
+    let e = f.sync_all().expect_err(&format!(
+        "fsync of a file whose pages the host lost (truncate: {r:?})"
+    ));
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "fsync's errno: {e}");
+    drop(f);
+    assert!(m.alive());
+    drop(m);
+    thin.host.umount();
+}
+
+#[test]
+fn a_write_back_error_that_fsync_sees_is_eio() {
+    if skip_without_fuse("a_write_back_error_that_fsync_sees_is_eio") {
+        return;
+    }
+    let thin = ThinHost::new();
+    let m = OnHost::new(&thin.host, "32M");
+    thin.lose_pages_of(&m, "A");
+    // The host answers ENOSPC for pages it lost; the caller hears EIO, as the README
+    // promises for any host failure (before: ENOSPC, as if the write could be retried).
+    let f = std::fs::File::open(m.path("A")).unwrap();
+    let e = f
+        .sync_all()
+        .expect_err("fsync of a file whose pages the host lost");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "fsync's errno: {e}");
+    let e = f.sync_all().expect_err("a second fsync");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::EIO),
+        "the second fsync's errno: {e}"
+    );
+    drop(f);
+    assert!(m.alive());
+}
+
+#[test]
+fn a_pin_that_fills_holes_on_a_failed_host_is_eio() {
+    if skip_without_fuse("a_pin_that_fills_holes_on_a_failed_host_is_eio") {
+        return;
+    }
+    let host = Host::ext4(96 << 20);
+    let mut m = OnHost::new(&host, "32M");
+    new_file(m.path("sparse")).set_len(1 << 20).unwrap();
+    host.shut_down();
+    let out = pinfs(&[
+        "pin",
+        m.path("sparse").to_str().unwrap(),
+        "--len",
+        "1M",
+        "--hold",
+        "0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "a pin on a failed host: {err}");
+    // Before: "no space left on device", and the mount went on taking changes.
+    assert!(
+        err.contains("Input/output error") && err.contains("shut down"),
+        "the pin's failure is the host's, and the mount is shut down: {err}"
+    );
+    let e = std::fs::File::create(m.path("after")).expect_err("create after the failure");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "create's errno: {e}");
+    assert!(m.alive());
+    // (The image's lock cannot be watched on the failed host.)
+    m.detach();
 }

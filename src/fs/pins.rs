@@ -324,10 +324,9 @@ impl Fs {
                 .flush(m.image_block * BLOCK_SIZE, m.len * BLOCK_SIZE)
             {
                 self.unallocate(&maps);
-                return Err(FsError::Host {
-                    what: "making moved blocks durable",
-                    source: e,
-                });
+                // The host reports a failed write-back once: the filesystem shuts down here
+                // as on any other flush, or a later fsync would pass over lost pages.
+                return Err(self.host_failed("making moved blocks durable", e));
             }
         }
         records.extend(maps);
@@ -489,7 +488,7 @@ impl Fs {
                     .sum();
                 if got + had < end - first {
                     self.unallocate(&records);
-                    return Err(FsError::NoSpace);
+                    return Err(self.short_allocation());
                 }
                 self.commit_allocation(&mut held, &records)?;
             }
