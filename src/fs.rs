@@ -576,13 +576,32 @@ impl Fs {
         fs.unmount()
     }
 
-    /// Opens an image: loads its checkpoint, replays its journal, frees orphans.
+    /// Opens an image: loads its checkpoint, replays its journal, validates the result with
+    /// fsck's own pass ([`crate::fsck::examine`]) and refuses it on any error that pass
+    /// reports, then frees orphans. After an unclean shutdown the allocator comes from what
+    /// owns blocks, not from the stored free list ([`checkpoint::load`]).
     pub fn open(path: &Path, opts: FsOptions) -> FsResult<Fs> {
         let (image, mut sb) = Image::open(path, opts.lock_wait)?;
-        let loaded = checkpoint::load(&image, &sb).map_err(|e| match e {
-            FsError::Corrupt(why) => FsError::Corrupt(format!("{}: {why}", path.display())),
-            other => other,
-        })?;
+        let mut loaded =
+            checkpoint::load(&image, &sb).map_err(|e| {
+                match crate::fsck::with_damage(&image, e) {
+                    FsError::Corrupt(why) => FsError::Corrupt(format!("{}: {why}", path.display())),
+                    other => other,
+                }
+            })?;
+        let report = crate::fsck::examine(&image, &sb, &mut loaded, false);
+        if !report.errors.is_empty() {
+            let n = report.errors.len();
+            let shown: Vec<&str> = report.errors.iter().take(3).map(|e| e.as_str()).collect();
+            return Err(FsError::Refused(format!(
+                "{}: the image has {n} error{} that fsck reports: {}{}; mount refused, run `pinfs fsck --repair {}`",
+                path.display(),
+                if n == 1 { "" } else { "s" },
+                shown.join("; "),
+                if n > 3 { format!("; and {} more", n - 3) } else { String::new() },
+                path.display()
+            )));
+        }
         let was_clean = sb.clean;
         let (notice_tx, notice_rx) = crossbeam::channel::unbounded();
         if !opts.read_only {
