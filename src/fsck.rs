@@ -1,21 +1,33 @@
 //! Checking and repairing an image offline: every invariant the filesystem relies on.
 //!
-//! What is checked: the superblock and checkpoint load and the journal replays; the root is a
-//! directory; every directory entry names an existing inode of the kind it says; every
-//! directory has one name and its `..` matches; link counts; lost inodes (links but
-//! no name); every image block is owned at most once and lies in the data area; the
-//! allocator's free list is exactly the blocks nobody owns; the allocator's own invariants;
-//! symlink and directory sizes.
+//! The checks are one pass, [`examine`], which mount runs too ([`crate::fs::Fs::open`]) and
+//! which makes it refuse any image it reports errors for: what fsck rejects never mounts.
+//!
+//! What is checked: the superblocks (a copy whose checksum matches but whose contents are
+//! impossible, copies that disagree on the layout; a copy that fails its checksum is a torn
+//! store, not damage) and that the checkpoint loads and the journal replays, each record
+//! within the geometry; the root is a directory; inode numbers, file sizes and file blocks
+//! within their bounds; no directory entries outside directories, no symlink target outside
+//! symlinks; every directory entry names an existing inode of the kind it says; every
+//! directory has one name, its `..` matches, and it leads up to the root; link counts; lost
+//! inodes (links but no name); every image block is owned at most once and lies in the data
+//! area; the allocator's free list is exactly the blocks nobody owns; the allocator's own
+//! invariants; symlink and directory sizes.
 //!
 //! Orphans (no links, but still open when the daemon stopped) are not errors: like the
 //! journal, they are crash recovery, which mount performs; they are counted, and `--repair`
-//! frees them.
+//! frees them. After an unclean shutdown the stored free list is not compared: busy blocks
+//! of holders that died with the daemon are in it as used, and mount rebuilds the allocator
+//! from ownership instead ([`checkpoint::load`]).
 //!
 //! What `--repair` does: frees orphans, moves lost inodes to `/lost+found`, fixes link
 //! counts, sizes and `..`, drops entries that name missing inodes, drops the later owner's
-//! mapping of a block owned twice, rebuilds the allocator from the extent maps, and writes
-//! the result as a new clean checkpoint. Exit codes follow e2fsck: 0 clean, 1 repaired,
-//! 4 errors left.
+//! mapping of a block owned twice or outside the data area, rebuilds the allocator from the
+//! extent maps, writes the result as a new clean checkpoint, and rewrites a damaged
+//! superblock copy from the one that checks out. It never makes an image worse: when it
+//! cannot tell which superblock is right, or the checkpoint does not load, it changes nothing
+//! and fails. Exit codes follow e2fsck: 0 clean, 1 repaired, 4 errors left (8 from the CLI
+//! when the image cannot be checked at all).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -123,7 +135,21 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
             image.damaged_superblocks().join("; ")
         )));
     }
-    let mut loaded = checkpoint::load(&image, &sb).map_err(|e| with_damage(&image, e))?;
+    let mut loaded = match checkpoint::load(&image, &sb) {
+        Ok(l) => l,
+        Err(e) => {
+            // A damaged newer superblock whose checkpoint does not load: the older copy
+            // that checks out may still name one that does.
+            let older = image
+                .superblock_fallback()
+                .and_then(|fb| Some((fb.clone(), checkpoint::load(&image, fb).ok()?)));
+            let Some((fb, l)) = older else {
+                return Err(with_damage(&image, e));
+            };
+            sb = fb;
+            l
+        }
+    };
     let report = examine(&image, &sb, &mut loaded, repair);
     let freed_orphans = repair && !report.orphans.is_empty();
     if repair && (freed_orphans || !report.repaired.is_empty()) {

@@ -9,6 +9,14 @@
 //! | 2 .. 2+J | the metadata journal ([`crate::journal`]) |
 //! | the rest | data and checkpoint blocks, managed by the allocator |
 //!
+//! A copy that fails its checksum is what a torn superblock store leaves, so the other copy is
+//! used without complaint. A copy whose checksum matches but whose contents are impossible
+//! (a geometry that overflows, counters without room, a missing checkpoint after the journal
+//! began), or two copies that disagree on the layout, pinfs never writes: [`Image::open`]
+//! works around such damage where it can (the layout never changes after mkfs, so a newer
+//! damaged copy takes it from the other) and records it for fsck to report and mount to
+//! refuse ([`Image::damaged_superblocks`]).
+//!
 //! Block 0 also carries, past its superblock, the *owner note*: the pid and mount point of the
 //! daemon that holds the lock, so that a refused second mount can name them.
 //!
@@ -312,6 +320,8 @@ pub struct Image {
     damaged_copies: Vec<String>,
     /// False when the damage leaves no way to tell which superblock is right.
     repairable: bool,
+    /// The copy that checked out, when a newer damaged copy was chosen over it.
+    fallback: Option<Superblock>,
 }
 
 impl std::fmt::Debug for Image {
@@ -458,6 +468,7 @@ impl Image {
             windows: Windows::default(),
             damaged_copies: Vec::new(),
             repairable: true,
+            fallback: None,
         })
     }
 
@@ -624,7 +635,7 @@ impl Image {
                     img.damaged_copies.push(format!(
                         "superblock {name}: {problem} (its layout is taken from superblock {other})"
                     ));
-                    sb = s;
+                    img.fallback = Some(std::mem::replace(&mut sb, s));
                 }
                 None => img.damaged_copies.push(format!(
                     "superblock {name}: {problem} (superblock {other} is used)"
@@ -654,6 +665,13 @@ impl Image {
     /// when two copies that check out disagree on the layout: either may be the damaged one.
     pub fn superblocks_repairable(&self) -> bool {
         self.repairable
+    }
+
+    /// The older copy that checks out, when [`Image::open`] chose a newer damaged copy with
+    /// the layout taken from it: what fsck falls back to if the damaged copy's checkpoint
+    /// does not load.
+    pub fn superblock_fallback(&self) -> Option<&Superblock> {
+        self.fallback.as_ref()
     }
 
     /// The image path as given.

@@ -332,3 +332,44 @@ fn busy_blocks_at_a_checkpoint_are_free_after_a_crash() {
         free_with_file
     );
 }
+
+/// The checkpoint extents a superblock copy names, from its bytes.
+fn checkpoint_extents(copy: &[u8]) -> Vec<(u64, u64)> {
+    let n = u32::from_le_bytes(copy[EXTENT_COUNT..EXTENT_COUNT + 4].try_into().unwrap());
+    (0..n as usize)
+        .map(|i| (u64_at(copy, 72 + 16 * i), u64_at(copy, 80 + 16 * i)))
+        .collect()
+}
+
+#[test]
+fn a_damaged_newer_superblock_whose_checkpoint_is_bad_falls_back_to_the_older_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = image_with_a_file(dir.path());
+    // What a crash between a checkpoint's superblock and the freeing of the previous
+    // checkpoint leaves: both copies name a checkpoint that loads.
+    let before = std::fs::read(&img).unwrap();
+    let fs = Fs::open(&img, opts()).unwrap();
+    fs.checkpoint(false).unwrap();
+    drop(fs);
+    let newer = current_slot(&img);
+    let older = read_copy(&img, 1 - newer);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    for (s, l) in checkpoint_extents(&older) {
+        let (a, b) = ((s * BLOCK_SIZE) as usize, ((s + l) * BLOCK_SIZE) as usize);
+        f.write_all_at(&before[a..b], s * BLOCK_SIZE).unwrap();
+    }
+    // The newer copy: an impossible journal, and a checkpoint length that cannot be right.
+    edit_copy(&img, newer, JOURNAL_BLOCKS, |_| u64::MAX);
+    edit_copy(&img, newer, CHECKPOINT_LEN, |l| l + 1);
+    let (code, out) = fsck(&img, false);
+    assert_eq!(
+        code, 4,
+        "the older copy is checked, the damage reported: {out}"
+    );
+    assert!(out.contains("impossible geometry"), "{out}");
+    assert!(Fs::open(&img, opts()).is_err(), "mount refuses it");
+    let (code, out) = fsck(&img, true);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(fsck(&img, false).0, 0);
+    assert_eq!(file_contents(&img), data(100_000), "nothing was lost");
+}
