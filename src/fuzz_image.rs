@@ -485,7 +485,14 @@ pub fn hostile_values(img: &[u8], all: &[Field], f: &Field) -> Vec<u64> {
     let same = |r: Role| all.iter().filter(move |g| g.role == r).map(|g| g.get(img));
     match f.role {
         Role::Block => {
-            out.extend([total, total - 1, total + 1, data_start, data_start - 1, 2]);
+            out.extend([
+                total,
+                total - 1,
+                total + 1,
+                data_start,
+                data_start.wrapping_sub(1),
+                2,
+            ]);
             out.extend(same(Role::Block).filter(|&b| b > 2).take(40));
         }
         Role::FileBlock => {
@@ -515,6 +522,9 @@ pub fn hostile_values(img: &[u8], all: &[Field], f: &Field) -> Vec<u64> {
 /// checksum; returns what was changed (`None`: no field takes a different value).
 pub fn mutate(img: &mut [u8], seed: u64) -> Option<String> {
     let all = fields(img);
+    if all.is_empty() {
+        return None;
+    }
     let mut rng = crate::fuzz::Rng::new(seed);
     let f = &all[rng.below(all.len() as u64) as usize];
     let values = hostile_values(img, &all, f);
