@@ -213,6 +213,17 @@ fn mount_refuses_what_fsck_rejects(place: fn(&Superblock) -> u64) {
         "{msg}"
     );
     assert_eq!(refused.errno(), libc::EIO);
+    if fuse_unavailable().is_none() {
+        // The CLI says the same and mounts nothing.
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let out = pinfs(&["mount", img.to_str().unwrap(), mnt.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("outside the data area"), "{err}");
+        assert!(err.contains("pinfs fsck --repair"), "{err}");
+        assert!(std::fs::read_dir(&mnt).unwrap().next().is_none());
+    }
     let (code, out) = fsck(&img, true);
     assert_eq!(code, 1, "{out}");
     assert_eq!(fsck(&img, false).0, 0);
