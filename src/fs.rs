@@ -578,8 +578,8 @@ impl Fs {
 
     /// Opens an image: loads its checkpoint, replays its journal, validates the result with
     /// fsck's own pass ([`crate::fsck::examine`]) and refuses it on any error that pass
-    /// reports, then frees orphans. After an unclean shutdown the allocator comes from what
-    /// owns blocks, not from the stored free list ([`checkpoint::load`]).
+    /// reports (but a stale free list), then frees orphans. The allocator comes from what
+    /// owns blocks, not from the stored free list.
     pub fn open(path: &Path, opts: FsOptions) -> FsResult<Fs> {
         let (image, mut sb) = Image::open(path, opts.lock_wait)?;
         let mut loaded =
@@ -590,9 +590,10 @@ impl Fs {
                 }
             })?;
         let report = crate::fsck::examine(&image, &sb, &mut loaded, false);
-        if !report.errors.is_empty() {
-            let n = report.errors.len();
-            let shown: Vec<&str> = report.errors.iter().take(3).map(|e| e.as_str()).collect();
+        let errors = report.refused_by_mount();
+        if !errors.is_empty() {
+            let n = errors.len();
+            let shown: Vec<&str> = errors.iter().take(3).map(|e| e.as_str()).collect();
             return Err(FsError::Refused(format!(
                 "{}: the image has {n} error{} that fsck reports: {}{}; mount refused, run `pinfs fsck --repair {}`",
                 path.display(),
@@ -602,6 +603,10 @@ impl Fs {
                 path.display()
             )));
         }
+        // The allocator is what ownership says (what examine just compared the stored free
+        // list with), never the stored list: after an unclean shutdown that list holds the
+        // busy blocks of holders that are gone, and after a clean one it can only be wrong.
+        loaded.alloc = checkpoint::allocator_from_owners(&sb, loaded.inodes.values());
         let was_clean = sb.clean;
         let (notice_tx, notice_rx) = crossbeam::channel::unbounded();
         if !opts.read_only {

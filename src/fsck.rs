@@ -1,7 +1,9 @@
 //! Checking and repairing an image offline: every invariant the filesystem relies on.
 //!
 //! The checks are one pass, [`examine`], which mount runs too ([`crate::fs::Fs::open`]) and
-//! which makes it refuse any image it reports errors for: what fsck rejects never mounts.
+//! which makes it refuse any image it reports errors for: what fsck rejects never mounts. The
+//! one exception is a stored free list that differs from ownership: mount never uses it (it
+//! rebuilds the allocator from what owns blocks), so it fixes that itself.
 //!
 //! What is checked: the superblocks (a copy whose checksum matches but whose contents are
 //! impossible, copies that disagree on the layout; a copy that fails its checksum is a torn
@@ -57,6 +59,20 @@ pub struct Report {
     /// Inodes without links that were still open or referenced when the daemon stopped
     /// (normal after a crash: mount frees them, as does `--repair`; not an error).
     pub orphans: Vec<u64>,
+    /// The errors (among `errors`) that mount fixes by itself: a stored free list that
+    /// differs from ownership, which mount never uses (it rebuilds the allocator from what
+    /// owns blocks). Mount refuses an image for any other error.
+    pub fixed_by_mount: Vec<String>,
+}
+
+impl Report {
+    /// Errors that make mount refuse the image.
+    pub fn refused_by_mount(&self) -> Vec<&String> {
+        self.errors
+            .iter()
+            .filter(|e| !self.fixed_by_mount.contains(e))
+            .collect()
+    }
 }
 
 impl Report {
@@ -193,7 +209,8 @@ pub fn with_damage(image: &Image, e: FsError) -> FsError {
 /// The one validation pass fsck and mount share: checks `loaded` (as [`checkpoint::load`]
 /// made it from `image`, whose current superblock is `sb`) against every invariant of the
 /// module docs and, with `repair`, fixes what it can in `loaded`. Mount refuses an image for
-/// which this reports any error; orphans are not errors (mount frees them).
+/// which this reports any error but those it fixes itself ([`Report::fixed_by_mount`]);
+/// orphans are not errors (mount frees them).
 pub fn examine(image: &Image, sb: &Superblock, loaded: &mut Loaded, repair: bool) -> Report {
     let mut c = Checker {
         report: Report {
@@ -524,14 +541,21 @@ pub fn examine(image: &Image, sb: &Superblock, loaded: &mut Loaded, repair: bool
             .iter()
             .map(|(&start, &(len, _))| Extent { start, len }),
     );
+    // The stored free list: mount rebuilds the allocator from ownership, so a list that
+    // differs is an error here (it should not) but no reason to refuse a mount.
+    let mut allocator_problems = Vec::new();
     if let Err(e) = loaded.alloc.check() {
-        c.problem(format!("allocator: {e}"), true);
+        allocator_problems.push(format!("allocator: {e}"));
     }
     let have: Vec<Extent> = loaded.alloc.free_extents().collect();
     let want: Vec<Extent> = expected.free_extents().collect();
     if have != want {
         let (hf, wf) = (loaded.alloc.free_blocks(), expected.free_blocks());
-        c.problem(format!("allocator free space ({hf} blocks in {} extents) differs from the blocks nobody owns ({wf} in {})", have.len(), want.len()), true);
+        allocator_problems.push(format!("allocator free space ({hf} blocks in {} extents) differs from the blocks nobody owns ({wf} in {})", have.len(), want.len()));
+    }
+    for p in allocator_problems {
+        c.report.fixed_by_mount.push(p.clone());
+        c.problem(p, true);
     }
     c.report.inodes = inodes.len();
     c.report

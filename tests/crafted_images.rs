@@ -4,7 +4,7 @@
 //! past the end of the image, block 0, another extent's blocks, another inode...) and every
 //! checksum recomputed, so the value reaches the checks behind the CRCs. For each: fsck and
 //! mount (through the core) never panic, mount refuses exactly the images fsck finds errors
-//! in, and a mounted image works all the way: every directory listed, every file read, xattrs
+//! in (but for a stale free list, which mount rebuilds), and a mounted image works all the way: every directory listed, every file read, xattrs
 //! and symlinks read, a write to each file, a clean unmount, fsck clean after. Seeded, so a
 //! failure replays (`pinfs::fuzz_image::mutate(image, seed)`). Besides random seeds (some
 //! changing two or three fields), every field is swept with every one of its hostile values.
