@@ -5,6 +5,12 @@
 //! Blob layout: magic, `next_ino`, the inodes, the encoded free list, and the extents of the
 //! *previous* checkpoint. The free list was taken after the blob's own blocks were allocated
 //! and before the previous checkpoint's blocks were freed, so loading frees those.
+//!
+//! The stored free list is trusted only after a clean unmount. It records busy blocks (pinned
+//! blocks that left their file and wait for their holder) as used; after an unclean shutdown
+//! no holder survives, so [`load`] rebuilds the allocator from what owns blocks (the metadata
+//! area, the current checkpoint, the files) before replaying the journal, as redb rebuilds its
+//! allocator after an unclean close.
 
 use std::collections::HashMap;
 
@@ -16,6 +22,30 @@ use crate::image::{Image, Superblock, BLOCK_SIZE};
 use crate::inode::{Inode, Kind, Time, ROOT_INO};
 use crate::journal::Journal;
 use crate::record::{apply, decode_transaction, Space};
+
+/// The allocator as ownership says it must be: the metadata area, the current checkpoint's
+/// extents and every file's mappings used, all else free.
+pub fn allocator_from_owners<'a>(
+    sb: &Superblock,
+    inodes: impl Iterator<Item = &'a Inode>,
+) -> Allocator {
+    let metadata = std::iter::once(Extent {
+        start: 0,
+        len: sb.data_start(),
+    })
+    .chain(
+        sb.checkpoint_extents
+            .iter()
+            .map(|&(start, len)| Extent { start, len }),
+    );
+    let files = inodes.flat_map(|i| {
+        i.extents.iter().map(|m| Extent {
+            start: m.image_block,
+            len: m.len,
+        })
+    });
+    Allocator::from_used(sb.total_blocks, metadata.chain(files).collect::<Vec<_>>())
+}
 
 const MAGIC: u32 = 0x504b_4350; // "PCKP"
 
@@ -128,6 +158,9 @@ pub fn load(image: &Image, sb: &Superblock) -> FsResult<Loaded> {
                 .free(ext)
                 .map_err(|e| FsError::Corrupt(format!("previous checkpoint extent: {e}")))?;
         }
+        if !sb.clean {
+            alloc = allocator_from_owners(sb, inodes.values());
+        }
         (inodes, alloc, next_ino)
     };
     if !inodes.get(&ROOT_INO).is_some_and(|r| r.kind == Kind::Dir) {
@@ -144,12 +177,30 @@ pub fn load(image: &Image, sb: &Superblock) -> FsResult<Loaded> {
         let records = decode_transaction(payload)
             .map_err(|e| FsError::Corrupt(format!("journal transaction {n}: {}", e.0)))?;
         for rec in &records {
+            rec.check_geometry(sb)
+                .map_err(|e| FsError::Corrupt(format!("journal transaction {n}: {e}")))?;
             apply(rec, &mut inodes, &mut space)
                 .map_err(|e| FsError::Corrupt(format!("journal transaction {n}: {e}")))?;
         }
     }
-    if let Some(max) = inodes.keys().max() {
+    if !inodes.get(&ROOT_INO).is_some_and(|r| r.kind == Kind::Dir) {
+        return Err(FsError::Corrupt(
+            "the journal removes the root directory".into(),
+        ));
+    }
+    if let Some(&max) = inodes.keys().max() {
+        if max >= crate::inode::MAX_INO {
+            return Err(FsError::Corrupt(format!(
+                "inode number {max} is beyond the largest, {}",
+                crate::inode::MAX_INO - 1
+            )));
+        }
         next_ino = next_ino.max(max + 1);
+    }
+    if next_ino >= crate::inode::MAX_INO {
+        return Err(FsError::Corrupt(format!(
+            "next inode number {next_ino} is beyond the largest"
+        )));
     }
     Ok(Loaded {
         inodes,

@@ -73,6 +73,10 @@ pub enum FsError {
     /// The image could not be used.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// Mount found what fsck reports as errors in the image (the message says which, and
+    /// how to repair it).
+    #[error("{0}")]
+    Refused(String),
     /// The filesystem is being unmounted.
     #[error("the filesystem is being unmounted")]
     Unmounting,
@@ -168,7 +172,7 @@ impl FsError {
             FsError::ReadOnly => libc::EROFS,
             FsError::Busy(_) => libc::EBUSY,
             FsError::NoSuchOffset => libc::ENXIO,
-            FsError::Corrupt(_) | FsError::Image(_) => libc::EIO,
+            FsError::Corrupt(_) | FsError::Image(_) | FsError::Refused(_) => libc::EIO,
             FsError::Lease(e) => e.errno(),
             FsError::Denied(_) => libc::EACCES,
             FsError::PinLimit(_) => libc::ENOMEM,

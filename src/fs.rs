@@ -607,13 +607,37 @@ impl Fs {
         fs.unmount()
     }
 
-    /// Opens an image: loads its checkpoint, replays its journal, frees orphans.
+    /// Opens an image: loads its checkpoint, replays its journal, validates the result with
+    /// fsck's own pass ([`crate::fsck::examine`]) and refuses it on any error that pass
+    /// reports (but a stale free list), then frees orphans. The allocator comes from what
+    /// owns blocks, not from the stored free list.
     pub fn open(path: &Path, opts: FsOptions) -> FsResult<Fs> {
         let (image, mut sb) = Image::open(path, opts.lock_wait)?;
-        let loaded = checkpoint::load(&image, &sb).map_err(|e| match e {
-            FsError::Corrupt(why) => FsError::Corrupt(format!("{}: {why}", path.display())),
-            other => other,
-        })?;
+        let mut loaded =
+            checkpoint::load(&image, &sb).map_err(|e| {
+                match crate::fsck::with_damage(&image, e) {
+                    FsError::Corrupt(why) => FsError::Corrupt(format!("{}: {why}", path.display())),
+                    other => other,
+                }
+            })?;
+        let report = crate::fsck::examine(&image, &sb, &mut loaded, false);
+        let errors = report.refused_by_mount();
+        if !errors.is_empty() {
+            let n = errors.len();
+            let shown: Vec<&str> = errors.iter().take(3).map(|e| e.as_str()).collect();
+            return Err(FsError::Refused(format!(
+                "{}: the image has {n} error{} that fsck reports: {}{}; mount refused, run `pinfs fsck --repair {}`",
+                path.display(),
+                if n == 1 { "" } else { "s" },
+                shown.join("; "),
+                if n > 3 { format!("; and {} more", n - 3) } else { String::new() },
+                path.display()
+            )));
+        }
+        // The allocator is what ownership says (what examine just compared the stored free
+        // list with), never the stored list: after an unclean shutdown that list holds the
+        // busy blocks of holders that are gone, and after a clean one it can only be wrong.
+        loaded.alloc = checkpoint::allocator_from_owners(&sb, loaded.inodes.values());
         let was_clean = sb.clean;
         let read_only = opts.read_only;
         let (notice_tx, notice_rx) = crossbeam::channel::unbounded();

@@ -1,21 +1,35 @@
 //! Checking and repairing an image offline: every invariant the filesystem relies on.
 //!
-//! What is checked: the superblock and checkpoint load and the journal replays; the root is a
-//! directory; every directory entry names an existing inode of the kind it says; every
-//! directory has one name and its `..` matches; link counts; lost inodes (links but
-//! no name); every image block is owned at most once and lies in the data area; the
-//! allocator's free list is exactly the blocks nobody owns; the allocator's own invariants;
-//! symlink and directory sizes.
+//! The checks are one pass, [`examine`], which mount runs too ([`crate::fs::Fs::open`]) and
+//! which makes it refuse any image it reports errors for: what fsck rejects never mounts. The
+//! one exception is a stored free list that differs from ownership: mount never uses it (it
+//! rebuilds the allocator from what owns blocks), so it fixes that itself.
+//!
+//! What is checked: the superblocks (a copy whose checksum matches but whose contents are
+//! impossible, copies that disagree on the layout; a copy that fails its checksum is a torn
+//! store, not damage) and that the checkpoint loads and the journal replays, each record
+//! within the geometry; the root is a directory; inode numbers, file sizes and file blocks
+//! within their bounds; no directory entries outside directories, no symlink target outside
+//! symlinks; every directory entry names an existing inode of the kind it says; every
+//! directory has one name, its `..` matches, and it leads up to the root; link counts; lost
+//! inodes (links but no name); every image block is owned at most once and lies in the data
+//! area; the allocator's free list is exactly the blocks nobody owns; the allocator's own
+//! invariants; symlink and directory sizes.
 //!
 //! Orphans (no links, but still open when the daemon stopped) are not errors: like the
 //! journal, they are crash recovery, which mount performs; they are counted, and `--repair`
-//! frees them.
+//! frees them. After an unclean shutdown the stored free list is not compared: busy blocks
+//! of holders that died with the daemon are in it as used, and mount rebuilds the allocator
+//! from ownership instead ([`checkpoint::load`]).
 //!
 //! What `--repair` does: frees orphans, moves lost inodes to `/lost+found`, fixes link
 //! counts, sizes and `..`, drops entries that name missing inodes, drops the later owner's
-//! mapping of a block owned twice, rebuilds the allocator from the extent maps, and writes
-//! the result as a new clean checkpoint. Exit codes follow e2fsck: 0 clean, 1 repaired,
-//! 4 errors left.
+//! mapping of a block owned twice or outside the data area, rebuilds the allocator from the
+//! extent maps, writes the result as a new clean checkpoint, and rewrites a damaged
+//! superblock copy from the one that checks out. It never makes an image worse: when it
+//! cannot tell which superblock is right, or the checkpoint does not load, it changes nothing
+//! and fails. Exit codes follow e2fsck: 0 clean, 1 repaired, 4 errors left (8 from the CLI
+//! when the image cannot be checked at all).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -23,10 +37,11 @@ use std::time::Duration;
 
 use pinfs_allocator::{Allocator, Extent};
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Loaded};
 use crate::error::FsError;
-use crate::image::{Image, BLOCK_SIZE};
-use crate::inode::{Inode, Kind, Time, ROOT_INO};
+use crate::image::{Image, Superblock, BLOCK_SIZE};
+use crate::inode::{Inode, Kind, Time, MAX_FILE_SIZE, ROOT_INO};
+use crate::record::MAX_FILE_BLOCKS;
 
 /// The outcome of a check.
 #[derive(Debug, Default)]
@@ -44,6 +59,20 @@ pub struct Report {
     /// Inodes without links that were still open or referenced when the daemon stopped
     /// (normal after a crash: mount frees them, as does `--repair`; not an error).
     pub orphans: Vec<u64>,
+    /// The errors (among `errors`) that mount fixes by itself: a stored free list that
+    /// differs from ownership, which mount never uses (it rebuilds the allocator from what
+    /// owns blocks). Mount refuses an image for any other error.
+    pub fixed_by_mount: Vec<String>,
+}
+
+impl Report {
+    /// Errors that make mount refuse the image.
+    pub fn refused_by_mount(&self) -> Vec<&String> {
+        self.errors
+            .iter()
+            .filter(|e| !self.fixed_by_mount.contains(e))
+            .collect()
+    }
 }
 
 impl Report {
@@ -111,10 +140,78 @@ impl Checker {
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Checks (and with `repair`, repairs) the image at `path`. Refuses a mounted image (after
-/// [`LOCK_WAIT`], in case the daemon is still writing its final checkpoint).
+/// [`LOCK_WAIT`], in case the daemon is still writing its final checkpoint). A repair that
+/// cannot tell what is right changes nothing and fails.
 pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
     let (image, mut sb) = Image::open(path, LOCK_WAIT)?;
-    let mut loaded = checkpoint::load(&image, &sb)?;
+    if repair && !image.superblocks_repairable() {
+        return Err(FsError::Corrupt(format!(
+            "{}: {}; nothing was changed",
+            path.display(),
+            image.damaged_superblocks().join("; ")
+        )));
+    }
+    let mut loaded = match checkpoint::load(&image, &sb) {
+        Ok(l) => l,
+        Err(e) => {
+            // A damaged newer superblock whose checkpoint does not load: the older copy
+            // that checks out may still name one that does.
+            let older = image
+                .superblock_fallback()
+                .and_then(|fb| Some((fb.clone(), checkpoint::load(&image, fb).ok()?)));
+            let Some((fb, l)) = older else {
+                return Err(with_damage(&image, e));
+            };
+            sb = fb;
+            l
+        }
+    };
+    let report = examine(&image, &sb, &mut loaded, repair);
+    let freed_orphans = repair && !report.orphans.is_empty();
+    if repair && (freed_orphans || !report.repaired.is_empty()) {
+        // Rebuild the allocator from ownership as it now stands (after the fixes).
+        let mut alloc = checkpoint::allocator_from_owners(&sb, loaded.inodes.values());
+        let mut list: Vec<&Inode> = loaded.inodes.values().collect();
+        list.sort_by_key(|i| i.ino);
+        checkpoint::write(
+            &image,
+            &mut sb,
+            &mut alloc,
+            &mut loaded.journal,
+            loaded.next_ino,
+            list.into_iter(),
+            true,
+        )?;
+        if !image.damaged_superblocks().is_empty() {
+            // The other copy gets the same contents one generation back, so neither copy
+            // is the damaged one any more.
+            let mut twin = sb.clone();
+            twin.generation -= 1;
+            image.write_superblock(&twin);
+        }
+        for e in alloc.free_extents() {
+            image.discard(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE);
+        }
+    }
+    Ok(report)
+}
+
+/// A load failure, with the superblock damage that may explain it.
+pub fn with_damage(image: &Image, e: FsError) -> FsError {
+    match e {
+        FsError::Corrupt(why) if !image.damaged_superblocks().is_empty() => FsError::Corrupt(
+            format!("{why} ({})", image.damaged_superblocks().join("; ")),
+        ),
+        other => other,
+    }
+}
+
+/// The one validation pass fsck and mount share: checks `loaded` (as [`checkpoint::load`]
+/// made it from `image`, whose current superblock is `sb`) against every invariant of the
+/// module docs and, with `repair`, fixes what it can in `loaded`. Mount refuses an image for
+/// which this reports any error but those it fixes itself ([`Report::fixed_by_mount`]);
+/// orphans are not errors (mount frees them).
+pub fn examine(image: &Image, sb: &Superblock, loaded: &mut Loaded, repair: bool) -> Report {
     let mut c = Checker {
         report: Report {
             replayed: loaded.replayed,
@@ -122,7 +219,52 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
         },
         repair,
     };
+    for p in image.damaged_superblocks() {
+        c.problem(p.clone(), image.superblocks_repairable());
+    }
     let inodes = &mut loaded.inodes;
+
+    // What each inode is on its own: a number that can exist, a size a file can have, no
+    // parts of another kind.
+    let mut inos: Vec<u64> = inodes.keys().copied().collect();
+    inos.sort_unstable();
+    for ino in inos {
+        if ino == 0 {
+            c.problem("inode 0 exists (inode numbers start at 1)".into(), true);
+            if repair {
+                inodes.remove(&0);
+            }
+            continue;
+        }
+        let i = inodes.get_mut(&ino).expect("inode");
+        if i.kind == Kind::File && i.size > MAX_FILE_SIZE {
+            c.problem(
+                format!("inode {ino}: size {} is past the largest file", i.size),
+                true,
+            );
+            if repair {
+                i.size = MAX_FILE_SIZE;
+            }
+        }
+        if i.kind != Kind::Dir && !i.dir.is_empty() {
+            c.problem(
+                format!("inode {ino}: a {:?} holds directory entries", i.kind),
+                true,
+            );
+            if repair {
+                i.dir = Default::default();
+            }
+        }
+        if i.kind != Kind::Symlink && !i.target.is_empty() {
+            c.problem(
+                format!("inode {ino}: a {:?} has a symlink target", i.kind),
+                true,
+            );
+            if repair {
+                i.target.clear();
+            }
+        }
+    }
 
     // Directory entries: targets exist, kinds match, directories have one name.
     let mut refs: HashMap<u64, u32> = HashMap::new();
@@ -190,7 +332,9 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
             continue;
         }
         if refs.get(&i.ino).copied().unwrap_or(0) == 0 {
-            if i.nlink == 0 {
+            // A directory that still holds entries is no leftover of an rmdir (which needs
+            // it empty): its entries would be lost with it.
+            if i.nlink == 0 && (i.kind != Kind::Dir || i.dir.is_empty()) {
                 orphans.push(i.ino);
             } else {
                 lost.push(i.ino);
@@ -213,7 +357,6 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
             }
         }
     }
-    let freed_orphans = repair && !orphans.is_empty();
     let orphan_set: std::collections::HashSet<u64> = orphans.iter().copied().collect();
     c.report.orphans = orphans;
     if !lost.is_empty() {
@@ -231,7 +374,12 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
             *subdirs.entry(ROOT_INO).or_default() += 1;
         }
         for ino in lost {
-            c.problem(format!("inode {ino} has links but no name"), true);
+            let what = if inodes[&ino].nlink == 0 {
+                format!("directory {ino} holds entries but has no name")
+            } else {
+                format!("inode {ino} has links but no name")
+            };
+            c.problem(what, true);
             if let Some(lf) = lf {
                 let kind = inodes[&ino].kind;
                 let name = format!("#{ino}").into_bytes();
@@ -323,6 +471,26 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
         }
     }
 
+    // Every named directory leads up to the root (a loop of directories does not).
+    let mut named: Vec<u64> = dir_parent.keys().copied().collect();
+    named.sort_unstable();
+    for d in named {
+        let (mut at, mut steps) = (d, 0usize);
+        while at != ROOT_INO && steps <= dir_parent.len() {
+            match dir_parent.get(&at) {
+                Some(&p) => at = p,
+                None => break, // under a lost directory, reported above
+            }
+            steps += 1;
+        }
+        if steps > dir_parent.len() {
+            c.problem(
+                format!("directory {d} is in a loop of directories, not under the root"),
+                false,
+            );
+        }
+    }
+
     // Block ownership: the metadata area, the checkpoint, and each file's mappings.
     let total = sb.total_blocks;
     let mut owners: BTreeMap<u64, (u64, u64)> = BTreeMap::new(); // start -> (len, owner ino; 0 = metadata)
@@ -336,7 +504,10 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
         let maps: Vec<_> = inodes[&ino].extents.iter().collect();
         for m in maps {
             let bad_range = m.image_block < sb.data_start()
-                || m.image_block.checked_add(m.len).is_none_or(|e| e > total);
+                || m.image_block.checked_add(m.len).is_none_or(|e| e > total)
+                || m.file_block
+                    .checked_add(m.len)
+                    .is_none_or(|e| e > MAX_FILE_BLOCKS);
             let clash = !bad_range && overlaps(&owners, m.image_block, m.len);
             if bad_range || clash {
                 let why = if bad_range {
@@ -370,51 +541,24 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
             .iter()
             .map(|(&start, &(len, _))| Extent { start, len }),
     );
+    // The stored free list: mount rebuilds the allocator from ownership, so a list that
+    // differs is an error here (it should not) but no reason to refuse a mount.
+    let mut allocator_problems = Vec::new();
     if let Err(e) = loaded.alloc.check() {
-        c.problem(format!("allocator: {e}"), true);
+        allocator_problems.push(format!("allocator: {e}"));
     }
     let have: Vec<Extent> = loaded.alloc.free_extents().collect();
     let want: Vec<Extent> = expected.free_extents().collect();
     if have != want {
         let (hf, wf) = (loaded.alloc.free_blocks(), expected.free_blocks());
-        c.problem(format!("allocator free space ({hf} blocks in {} extents) differs from the blocks nobody owns ({wf} in {})", have.len(), want.len()), true);
+        allocator_problems.push(format!("allocator free space ({hf} blocks in {} extents) differs from the blocks nobody owns ({wf} in {})", have.len(), want.len()));
+    }
+    for p in allocator_problems {
+        c.report.fixed_by_mount.push(p.clone());
+        c.problem(p, true);
     }
     c.report.inodes = inodes.len();
-
-    if repair && (freed_orphans || !c.report.repaired.is_empty()) {
-        // Rebuild the allocator from ownership as it now stands (after the fixes above).
-        let metadata = std::iter::once(Extent {
-            start: 0,
-            len: sb.data_start(),
-        })
-        .chain(
-            sb.checkpoint_extents
-                .iter()
-                .map(|&(start, len)| Extent { start, len }),
-        );
-        let files = inodes.values().flat_map(|i| {
-            i.extents.iter().map(|m| Extent {
-                start: m.image_block,
-                len: m.len,
-            })
-        });
-        let mut alloc = Allocator::from_used(total, metadata.chain(files).collect::<Vec<_>>());
-        let mut list: Vec<&Inode> = inodes.values().collect();
-        list.sort_by_key(|i| i.ino);
-        checkpoint::write(
-            &image,
-            &mut sb,
-            &mut alloc,
-            &mut loaded.journal,
-            loaded.next_ino,
-            list.into_iter(),
-            true,
-        )?;
-        for e in alloc.free_extents() {
-            image.discard(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE);
-        }
-    }
-    Ok(c.report)
+    c.report
 }
 
 fn overlaps(owners: &BTreeMap<u64, (u64, u64)>, start: u64, len: u64) -> bool {

@@ -3,113 +3,67 @@
 //! (tests/fuzz_corpora.rs) on a stable toolchain.
 //!
 //! - [`image`]: patches bytes of a valid image's metadata (both superblocks, the journal,
-//!   the checkpoint) as the input says, then runs fsck and a read-only mount: both must end
-//!   in an error or a result, never a panic, hang or out-of-bounds access.
+//!   the checkpoint) as the input says, recomputes every checksum so the patches reach the
+//!   decoders and checks behind them, then runs fsck and mounts the image through the core
+//!   and uses all of it ([`crate::fuzz_image::exercise`]): no panic, hang or out-of-bounds
+//!   access; mount refuses exactly what fsck finds errors in; a mounted image works.
 //! - [`protocol`]: feeds the input as a holder's message to the daemon's request path on a
 //!   live filesystem core: every message gets a reply; none may panic, reach blocks it did
 //!   not pin or change anything without a pin.
 
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use crate::fs::{Caller, Fs, FsOptions};
-use crate::image::{Image, BLOCK_SIZE};
+use crate::image::BLOCK_SIZE;
 use crate::inode::ROOT_INO;
 use crate::protocol::PeerCred;
 
-/// The valid image the image target patches, kept in memory (its file is gone: a static
-/// is never dropped, so nothing on disk may depend on one).
-struct Base {
-    bytes: Vec<u8>,
-    regions: Vec<(u64, u64)>,
-}
-
-fn base() -> &'static Base {
-    static BASE: OnceLock<Base> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("pinfs-fuzz-image")
-            .tempdir()
-            .expect("tempdir");
-        let path = dir.path().join("base.img");
-        Fs::mkfs(&path, 4 << 20, true).expect("mkfs");
-        let fs = Fs::open(
-            &path,
-            FsOptions {
-                lock_wait: Duration::from_secs(5),
-                ..Default::default()
-            },
-        )
-        .expect("open");
-        let d = fs
-            .create(ROOT_INO, b"d", libc::S_IFDIR | 0o755, 0, None, Caller::ROOT)
-            .expect("mkdir");
-        for i in 0..4u64 {
-            let f = fs
-                .create(
-                    d.ino,
-                    format!("f{i}").as_bytes(),
-                    libc::S_IFREG | 0o644,
-                    0,
-                    None,
-                    Caller::ROOT,
-                )
-                .expect("create");
-            fs.write(f.ino, i * 3000, &[i as u8; 6000], Caller::ROOT)
-                .expect("write");
+/// The regions of a base image the image target patches: both superblocks, the start of the
+/// journal and of each checkpoint extent.
+fn regions(img: &[u8]) -> Vec<(u64, u64)> {
+    let mut regions = vec![(0, 512), (BLOCK_SIZE, 512), (2 * BLOCK_SIZE, 16 * 1024)];
+    for f in crate::fuzz_image::fields(img) {
+        if f.name.starts_with("checkpoint") {
+            let at = f.bytes[0] as u64 & !(BLOCK_SIZE - 1);
+            if !regions.iter().any(|r| r.0 == at) {
+                regions.push((at, BLOCK_SIZE));
+            }
         }
-        fs.unmount().expect("unmount");
-        let f = fs.create(
-            d.ino,
-            b"after",
-            libc::S_IFREG | 0o644,
-            0,
-            None,
-            Caller::ROOT,
-        );
-        drop(f);
-        drop(fs); // left with journal entries after the checkpoint, like a crash
-        let (_, sb) = Image::open(&path, Duration::from_secs(5)).expect("reopen");
-        let mut regions = vec![(0, 512), (BLOCK_SIZE, 512), (2 * BLOCK_SIZE, 16 * 1024)];
-        regions.extend(
-            sb.checkpoint_extents
-                .iter()
-                .map(|&(s, _)| (s * BLOCK_SIZE, sb.checkpoint_len.min(BLOCK_SIZE * 4))),
-        );
-        let bytes = std::fs::read(&path).expect("read");
-        Base { bytes, regions }
-    })
+    }
+    regions
 }
 
 /// The image target: the input is a list of 4-byte patches (region, offset low, offset
-/// high, value).
+/// high, value), applied to one of the base images of [`crate::fuzz_image::base_images`]
+/// (the clean one for an even number of patches, the crashed one with a journal otherwise).
+/// A broken rule panics, so the fuzzer reports it.
 pub fn image(data: &[u8]) {
-    let b = base();
-    let mut img = b.bytes.clone();
+    static REGIONS: OnceLock<[Vec<(u64, u64)>; 2]> = OnceLock::new();
+    let bases = crate::fuzz_image::base_images();
+    let regions = REGIONS.get_or_init(|| [regions(&bases[0]), regions(&bases[1])]);
+    let which = (data.len() / 4) % 2;
+    let mut img = bases[which].clone();
+    let regions = &regions[which];
     for p in data.chunks_exact(4) {
-        let (start, len) = b.regions[p[0] as usize % b.regions.len()];
+        let (start, len) = regions[p[0] as usize % regions.len()];
         let off = u16::from_le_bytes([p[1], p[2]]) as u64 % len.max(1);
         img[(start + off) as usize] = p[3];
     }
-    // A file of its own for each input, removed when it is dropped.
-    let Ok(mut scratch) = tempfile::Builder::new()
+    crate::fuzz_image::fix_checksums(&mut img);
+    // A file of its own for each input, removed with its directory.
+    let Ok(dir) = tempfile::Builder::new()
         .prefix("pinfs-fuzz-image")
-        .tempfile()
+        .tempdir()
     else {
         return;
     };
-    if std::io::Write::write_all(&mut scratch, &img).is_err() {
+    let path = dir.path().join("img");
+    if crate::fuzz_image::write_image(&path, &img).is_err() {
         return;
     }
-    let _ = crate::fsck::check(scratch.path(), false);
-    let _ = Fs::open(
-        scratch.path(),
-        FsOptions {
-            read_only: true,
-            lock_wait: Duration::ZERO,
-            ..Default::default()
-        },
-    );
+    if let Err(rule) = crate::fuzz_image::exercise(&path) {
+        panic!("patches {data:?}: {rule}");
+    }
 }
 
 /// The live core the protocol target talks to. Its image file is removed once mapped (a

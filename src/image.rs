@@ -9,6 +9,14 @@
 //! | 2 .. 2+J | the metadata journal ([`crate::journal`]) |
 //! | the rest | data and checkpoint blocks, managed by the allocator |
 //!
+//! A copy that fails its checksum is what a torn superblock store leaves, so the other copy is
+//! used without complaint. A copy whose checksum matches but whose contents are impossible
+//! (a geometry that overflows, counters without room, a missing checkpoint after the journal
+//! began), or two copies that disagree on the layout, pinfs never writes: [`Image::open`]
+//! works around such damage where it can (the layout never changes after mkfs, so a newer
+//! damaged copy takes it from the other) and records it for fsck to report and mount to
+//! refuse ([`Image::damaged_superblocks`]).
+//!
 //! Block 0 also carries, past its superblock, the *owner note*: the pid and mount point of the
 //! daemon that holds the lock, so that a refused second mount can name them, and whether that
 //! mount was detached (files on it still open: the lock goes when the last closes).
@@ -123,13 +131,35 @@ pub struct Superblock {
     pub uuid: [u8; 16],
 }
 
+/// Why one superblock copy is not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyProblem {
+    /// Unreadable (short, or its checksum does not match): what a torn superblock store
+    /// leaves behind after a crash, so not damage on its own.
+    Torn(String),
+    /// The checksum matches but the contents are impossible: pinfs never writes such a copy,
+    /// so the image is damaged. `sb` is the decoded copy, where it could be decoded.
+    Damaged {
+        /// What is wrong.
+        problem: String,
+        /// The copy as decoded (geometry unchecked).
+        sb: Option<Box<Superblock>>,
+    },
+}
+
+/// Highest generation or journal sequence number a superblock may carry: both are counted up
+/// without bounds checks while the filesystem runs.
+const MAX_COUNTER: u64 = 1 << 62;
+
 impl Superblock {
     /// First block the allocator manages.
     pub fn data_start(&self) -> u64 {
-        self.journal_start + self.journal_blocks
+        self.journal_start.saturating_add(self.journal_blocks)
     }
 
-    fn encode(&self) -> Vec<u8> {
+    /// The superblock's on-image encoding, checksum included (what [`Image::write_superblock`]
+    /// stores at the start of its block).
+    pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.buf.extend_from_slice(MAGIC);
         w.u32(FORMAT_VERSION).u32(BLOCK_SIZE as u32);
@@ -153,25 +183,28 @@ impl Superblock {
         w.buf
     }
 
-    /// Decodes one superblock copy. `Ok(None)`: no pinfs magic at all.
-    fn decode(bytes: &[u8]) -> Result<Option<Superblock>, String> {
-        if &bytes[..8] != MAGIC {
+    /// Decodes one superblock copy (the first 2048 bytes of its block) and checks
+    /// its geometry. `Ok(None)`: no pinfs magic at all.
+    pub fn decode(bytes: &[u8]) -> Result<Option<Superblock>, CopyProblem> {
+        if bytes.len() < 8 || &bytes[..8] != MAGIC {
             return Ok(None);
         }
+        let damaged = |problem: String| CopyProblem::Damaged { problem, sb: None };
+        let torn = |e: crate::codec::DecodeError| CopyProblem::Torn(e.0);
         let mut r = Reader::new(&bytes[8..]);
-        let e = |e: crate::codec::DecodeError| e.0;
-        let version = r.u32().map_err(e)?;
+        let version = r.u32().map_err(torn)?;
         if version != FORMAT_VERSION {
-            return Err(format!(
+            return Err(damaged(format!(
                 "format version {version} is not supported by this pinfs (it reads version {FORMAT_VERSION}); use a matching pinfs build"
-            ));
+            )));
         }
-        let bs = r.u32().map_err(e)?;
+        let bs = r.u32().map_err(torn)?;
         if bs as u64 != BLOCK_SIZE {
-            return Err(format!(
+            return Err(damaged(format!(
                 "block size {bs} is not supported (only {BLOCK_SIZE})"
-            ));
+            )));
         }
+        let e = torn;
         let total_blocks = r.u64().map_err(e)?;
         let journal_start = r.u64().map_err(e)?;
         let journal_blocks = r.u64().map_err(e)?;
@@ -181,9 +214,10 @@ impl Superblock {
         let checkpoint_crc = r.u32().map_err(e)?;
         let n = r.u32().map_err(e)? as usize;
         if n > MAX_CHECKPOINT_EXTENTS {
-            return Err(format!(
+            // Where the checksum would be is unknown, so this may be a torn store as well.
+            return Err(CopyProblem::Torn(format!(
                 "superblock names {n} checkpoint extents (at most {MAX_CHECKPOINT_EXTENTS})"
-            ));
+            )));
         }
         let mut checkpoint_extents = Vec::with_capacity(n);
         for _ in 0..n {
@@ -197,7 +231,7 @@ impl Superblock {
         let body_len = bytes.len() - 8 - r.remaining() + 8;
         let crc = r.u32().map_err(e)?;
         if crc32c(&bytes[..body_len]) != crc {
-            return Err("superblock checksum mismatch".into());
+            return Err(CopyProblem::Torn("superblock checksum mismatch".into()));
         }
         let sb = Superblock {
             total_blocks,
@@ -211,33 +245,85 @@ impl Superblock {
             clean,
             uuid,
         };
-        sb.check_geometry()?;
-        Ok(Some(sb))
+        match sb.check_geometry() {
+            Ok(()) => Ok(Some(sb)),
+            Err(problem) => Err(CopyProblem::Damaged {
+                problem,
+                sb: Some(Box::new(sb)),
+            }),
+        }
     }
 
-    fn check_geometry(&self) -> Result<(), String> {
+    /// Everything a superblock must satisfy on its own, in checked arithmetic: the layout of
+    /// the module docs, counters with room to count, and a checkpoint inside the data area
+    /// (none only before `mkfs` has written its first one).
+    pub fn check_geometry(&self) -> Result<(), String> {
+        let data_start = self.journal_start.checked_add(self.journal_blocks);
         if self.journal_start != 2
             || self.journal_blocks == 0
-            || self.data_start() >= self.total_blocks
+            || data_start.is_none_or(|d| d >= self.total_blocks)
+            || self.total_blocks > (isize::MAX as u64) / BLOCK_SIZE
         {
             return Err(format!(
                 "impossible geometry: {} blocks, journal {}+{}",
                 self.total_blocks, self.journal_start, self.journal_blocks
             ));
         }
+        let data_start = self.data_start();
+        if self.generation == 0 || self.generation >= MAX_COUNTER {
+            return Err(format!("impossible generation {}", self.generation));
+        }
+        if self.journal_seq == 0 || self.journal_seq >= MAX_COUNTER {
+            return Err(format!(
+                "impossible journal sequence number {}",
+                self.journal_seq
+            ));
+        }
         let mut covered = 0u64;
-        for &(s, l) in &self.checkpoint_extents {
-            if s < self.data_start() || s.checked_add(l).is_none_or(|e| e > self.total_blocks) {
+        let mut extents = self.checkpoint_extents.clone();
+        extents.sort_unstable();
+        let mut prev_end = 0u64;
+        for &(s, l) in &extents {
+            if l == 0 || s < data_start || s.checked_add(l).is_none_or(|e| e > self.total_blocks) {
                 return Err(format!(
                     "checkpoint extent {s}+{l} lies outside the data area"
                 ));
             }
+            if s < prev_end {
+                return Err(format!("checkpoint extent {s}+{l} overlaps another"));
+            }
+            prev_end = s + l;
             covered += l;
         }
         if self.checkpoint_len > covered * BLOCK_SIZE {
             return Err("checkpoint is longer than its extents".into());
         }
+        if self.checkpoint_len == 0 && (!extents.is_empty() || self.journal_seq != 1) {
+            return Err(format!(
+                "names no checkpoint, yet {} (only a new image has none)",
+                if extents.is_empty() {
+                    format!("its journal is at sequence {}", self.journal_seq)
+                } else {
+                    format!("{} checkpoint extents", extents.len())
+                }
+            ));
+        }
         Ok(())
+    }
+
+    /// Do `self` and `other` describe the same filesystem layout?
+    fn same_layout(&self, other: &Superblock) -> bool {
+        (
+            self.total_blocks,
+            self.journal_start,
+            self.journal_blocks,
+            self.uuid,
+        ) == (
+            other.total_blocks,
+            other.journal_start,
+            other.journal_blocks,
+            other.uuid,
+        )
     }
 }
 
@@ -255,6 +341,12 @@ pub struct Image {
     map: MmapRaw,
     len: u64,
     windows: Windows,
+    /// Superblock copies that check out by their checksum but not by their contents.
+    damaged_copies: Vec<String>,
+    /// False when the damage leaves no way to tell which superblock is right.
+    repairable: bool,
+    /// The copy that checked out, when a newer damaged copy was chosen over it.
+    fallback: Option<Superblock>,
 }
 
 impl std::fmt::Debug for Image {
@@ -424,6 +516,9 @@ impl Image {
             map,
             len,
             windows: Windows::default(),
+            damaged_copies: Vec::new(),
+            repairable: true,
+            fallback: None,
         })
     }
 
@@ -554,11 +649,13 @@ impl Image {
             }
             return Err(invalid(path, "is not a pinfs image (too small, no pinfs magic); create one with `pinfs mkfs IMAGE --size SIZE`"));
         }
-        let img = Image::map(path, file)?;
-        let mut copies = Vec::new();
-        let mut problems = Vec::new();
+        let mut img = Image::map(path, file)?;
+        let mut copies: Vec<Superblock> = Vec::new();
+        let mut torn = Vec::new();
+        let mut damaged: Vec<(&str, String, Option<Box<Superblock>>)> = Vec::new();
         let mut magic_seen = false;
         for b in 0..2u64 {
+            let name = ["A", "B"][b as usize];
             let mut buf = vec![0u8; SUPERBLOCK_BYTES];
             img.read(b * BLOCK_SIZE, &mut buf);
             match Superblock::decode(&buf) {
@@ -567,26 +664,93 @@ impl Image {
                     copies.push(sb)
                 }
                 Ok(None) => {}
-                Err(p) => {
+                Err(CopyProblem::Torn(p)) => {
                     magic_seen = true;
-                    problems.push(format!("superblock {}: {p}", ["A", "B"][b as usize]))
+                    torn.push(format!("superblock {name}: {p}"))
+                }
+                Err(CopyProblem::Damaged { problem, sb }) => {
+                    magic_seen = true;
+                    damaged.push((name, problem, sb))
                 }
             }
         }
         if !magic_seen {
             return Err(invalid(path, "is not a pinfs image (no pinfs magic in either superblock); create one with `pinfs mkfs IMAGE --size SIZE`"));
         }
-        let Some(sb) = copies.into_iter().max_by_key(|s| s.generation) else {
+        if let [a, b] = &copies[..] {
+            if !a.same_layout(b) {
+                img.damaged_copies.push(format!(
+                    "superblocks A and B disagree on the layout ({} and {} blocks, journals of {} and {} blocks, or their filesystem ids), and either may be the damaged one",
+                    a.total_blocks, b.total_blocks, a.journal_blocks, b.journal_blocks
+                ));
+                img.repairable = false;
+            }
+        }
+        let Some(mut sb) = copies.into_iter().max_by_key(|s| s.generation) else {
+            let problems: Vec<String> = damaged
+                .iter()
+                .map(|(name, p, _)| format!("superblock {name}: {p}"))
+                .chain(torn)
+                .collect();
             return Err(invalid(path, format!("{}; run `pinfs fsck --repair` only if you have a copy, the superblocks cannot be rebuilt", problems.join("; "))));
         };
-        if sb.total_blocks * BLOCK_SIZE > img.len {
+        for (name, problem, copy) in damaged {
+            // A copy newer than the one that checks out keeps the pointer to the current
+            // checkpoint; the layout never changes after mkfs, so it comes from the good copy
+            // (and the checkpoint's checksum then vouches for the rest).
+            let salvaged = copy
+                .filter(|c| c.generation > sb.generation)
+                .map(|c| Superblock {
+                    total_blocks: sb.total_blocks,
+                    journal_start: sb.journal_start,
+                    journal_blocks: sb.journal_blocks,
+                    uuid: sb.uuid,
+                    ..*c
+                })
+                .filter(|c| c.check_geometry().is_ok());
+            let other = if name == "A" { "B" } else { "A" };
+            match salvaged {
+                Some(s) => {
+                    img.damaged_copies.push(format!(
+                        "superblock {name}: {problem} (its layout is taken from superblock {other})"
+                    ));
+                    img.fallback = Some(std::mem::replace(&mut sb, s));
+                }
+                None => img.damaged_copies.push(format!(
+                    "superblock {name}: {problem} (superblock {other} is used)"
+                )),
+            }
+        }
+        let size = sb.total_blocks.checked_mul(BLOCK_SIZE);
+        if size.is_none_or(|s| s > img.len) {
             return Err(invalid(path, format!(
-                "image is truncated: the superblock says {} bytes, the file has {}; restore it from a copy",
-                sb.total_blocks * BLOCK_SIZE,
+                "image is truncated: the superblock says {} blocks of {BLOCK_SIZE} bytes, the file has {} bytes; restore it from a copy",
+                sb.total_blocks,
                 img.len
             )));
         }
         Ok((img, sb))
+    }
+
+    /// Damage [`Image::open`] found in the superblocks and worked around: copies whose
+    /// checksum matches but whose contents are impossible, and copies that disagree. pinfs
+    /// never writes these (a torn store fails its checksum instead), so fsck reports them as
+    /// errors and mount refuses the image.
+    pub fn damaged_superblocks(&self) -> &[String] {
+        &self.damaged_copies
+    }
+
+    /// Can `fsck --repair` rewrite the superblocks from the one [`Image::open`] chose? False
+    /// when two copies that check out disagree on the layout: either may be the damaged one.
+    pub fn superblocks_repairable(&self) -> bool {
+        self.repairable
+    }
+
+    /// The older copy that checks out, when [`Image::open`] chose a newer damaged copy with
+    /// the layout taken from it: what fsck falls back to if the damaged copy's checkpoint
+    /// does not load.
+    pub fn superblock_fallback(&self) -> Option<&Superblock> {
+        self.fallback.as_ref()
     }
 
     /// The image path as given.

@@ -22,6 +22,9 @@ pub const XATTR_NAME_MAX: usize = 255;
 pub const XATTR_VALUE_MAX: usize = 65536;
 /// Largest file: 2^63 - 1 bytes, like other 64-bit Linux filesystems (offsets are signed).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+/// Inode numbers are below this: they are counted up while the filesystem runs, so an image
+/// must leave room to count.
+pub const MAX_INO: u64 = 1 << 62;
 
 /// What an inode is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,15 +113,35 @@ impl Time {
             }
         }
     }
-    /// To a `SystemTime`.
+    /// To a `SystemTime`. Seconds come from the image and may be any `i64`; one the host's
+    /// time type cannot hold becomes a representable time on the same side of the epoch
+    /// (never a panic on a request thread).
     pub fn to_system(self) -> std::time::SystemTime {
+        use std::time::Duration;
         let base = std::time::UNIX_EPOCH;
-        if self.secs >= 0 {
-            base + std::time::Duration::new(self.secs as u64, self.nsecs)
+        let nanos = Duration::from_nanos(self.nsecs.min(999_999_999) as u64);
+        let t = if self.secs >= 0 {
+            base.checked_add(Duration::from_secs(self.secs as u64))
+                .and_then(|t| t.checked_add(nanos))
         } else {
-            base - std::time::Duration::from_secs(self.secs.unsigned_abs())
-                + std::time::Duration::from_nanos(self.nsecs as u64)
-        }
+            base.checked_sub(Duration::from_secs(self.secs.unsigned_abs()))
+                .and_then(|t| t.checked_add(nanos))
+        };
+        t.unwrap_or_else(|| {
+            // Halve the span until it is representable (at the latest at the epoch).
+            let mut span = Duration::from_secs(self.secs.unsigned_abs());
+            loop {
+                span /= 2;
+                let t = if self.secs >= 0 {
+                    base.checked_add(span)
+                } else {
+                    base.checked_sub(span)
+                };
+                if let Some(t) = t {
+                    return t;
+                }
+            }
+        })
     }
     fn put(self, w: &mut Writer) {
         w.i64(self.secs).u32(self.nsecs);

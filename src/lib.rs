@@ -20,6 +20,7 @@ pub mod fsck;
 pub mod fuse;
 pub mod fuzz;
 pub mod fuzz_holder;
+pub mod fuzz_image;
 pub mod fuzz_ledger;
 pub mod fuzz_mount;
 pub mod fuzz_serial;

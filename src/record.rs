@@ -7,8 +7,11 @@
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::{FsError, FsResult};
-use crate::image::{Image, BLOCK_SIZE};
-use crate::inode::{Inode, Kind, Time, NAME_MAX, SYMLINK_MAX, XATTR_NAME_MAX, XATTR_VALUE_MAX};
+use crate::image::{Image, Superblock, BLOCK_SIZE};
+use crate::inode::{
+    Inode, Kind, Time, MAX_FILE_SIZE, MAX_INO, NAME_MAX, ROOT_INO, SYMLINK_MAX, XATTR_NAME_MAX,
+    XATTR_VALUE_MAX,
+};
 use pinfs_allocator::{Allocator, Extent};
 
 /// One metadata change.
@@ -174,7 +177,128 @@ fn get_kind(r: &mut Reader<'_>) -> Result<Kind, DecodeError> {
     .ok_or_else(|| DecodeError(format!("unknown kind {c} in journal record")))
 }
 
+/// File blocks a file may have: enough for [`MAX_FILE_SIZE`] bytes.
+pub const MAX_FILE_BLOCKS: u64 = MAX_FILE_SIZE.div_ceil(BLOCK_SIZE);
+
+fn check_name(name: &[u8]) -> Result<(), String> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(format!(
+            "impossible name {:?}",
+            String::from_utf8_lossy(name)
+        ));
+    }
+    Ok(())
+}
+
+fn check_ino(ino: u64) -> Result<(), String> {
+    if ino == 0 || ino >= MAX_INO {
+        return Err(format!("impossible inode number {ino}"));
+    }
+    Ok(())
+}
+
 impl Record {
+    /// Checks what a record read from the journal must satisfy before it is applied, its
+    /// checksum notwithstanding: inode numbers and names that can exist, mappings of file
+    /// blocks a file can have onto image blocks of the data area, sizes a file can have.
+    /// Live operations only ever build records that pass.
+    pub fn check_geometry(&self, sb: &Superblock) -> Result<(), String> {
+        let file_range = |file_block: u64, len: u64| -> Result<(), String> {
+            if file_block
+                .checked_add(len)
+                .is_none_or(|e| e > MAX_FILE_BLOCKS)
+            {
+                return Err(format!(
+                    "file blocks {file_block}+{len} lie past the largest file"
+                ));
+            }
+            Ok(())
+        };
+        match self {
+            Record::Create {
+                parent, name, ino, ..
+            } => {
+                check_ino(*parent)?;
+                check_ino(*ino)?;
+                if *ino == ROOT_INO {
+                    return Err("a record creates the root directory".into());
+                }
+                check_name(name)
+            }
+            Record::Link {
+                parent, name, ino, ..
+            } => {
+                check_ino(*parent)?;
+                check_ino(*ino)?;
+                check_name(name)
+            }
+            Record::Unlink { parent, name, .. } => {
+                check_ino(*parent)?;
+                check_name(name)
+            }
+            Record::Rename {
+                from_parent,
+                from_name,
+                to_parent,
+                to_name,
+                ..
+            } => {
+                check_ino(*from_parent)?;
+                check_ino(*to_parent)?;
+                check_name(from_name)?;
+                check_name(to_name)
+            }
+            Record::SetAttr { ino, .. }
+            | Record::SetXattr { ino, .. }
+            | Record::RemoveXattr { ino, .. } => check_ino(*ino),
+            Record::Free { ino } => {
+                check_ino(*ino)?;
+                if *ino == ROOT_INO {
+                    return Err("a record frees the root directory".into());
+                }
+                Ok(())
+            }
+            Record::SetSize { ino, size } => {
+                check_ino(*ino)?;
+                if *size > MAX_FILE_SIZE {
+                    return Err(format!("inode {ino}: size {size} past the largest file"));
+                }
+                Ok(())
+            }
+            Record::Map {
+                ino,
+                file_block,
+                image_block,
+                len,
+            } => {
+                check_ino(*ino)?;
+                if *len == 0 {
+                    return Err(format!("inode {ino}: an empty mapping"));
+                }
+                file_range(*file_block, *len)?;
+                if *image_block < sb.data_start()
+                    || image_block
+                        .checked_add(*len)
+                        .is_none_or(|e| e > sb.total_blocks)
+                {
+                    return Err(format!(
+                        "inode {ino}: image blocks {image_block}+{len} lie outside the data area"
+                    ));
+                }
+                Ok(())
+            }
+            Record::Unmap {
+                ino,
+                file_block,
+                len,
+            } => {
+                check_ino(*ino)?;
+                file_range(*file_block, *len)
+            }
+        }
+    }
+
     /// The mapping a `Map` record adds.
     pub fn as_mapping(&self) -> Option<crate::extent_map::Mapping> {
         match *self {
@@ -471,6 +595,9 @@ pub fn apply(rec: &Record, set: &mut impl InodeSet, space: &mut Space<'_>) -> Fs
             target,
             time,
         } => {
+            if space.replay && set.inode(*ino).is_ok() {
+                return Err(corrupt(format!("create of inode {ino}, which exists")));
+            }
             let p = set.inode(*parent)?;
             if p.kind != Kind::Dir || p.dir.get(name).is_some() {
                 return Err(corrupt(format!(
@@ -480,7 +607,7 @@ pub fn apply(rec: &Record, set: &mut impl InodeSet, space: &mut Space<'_>) -> Fs
             }
             p.dir.insert(name, *ino, *kind);
             if *kind == Kind::Dir {
-                p.nlink += 1;
+                p.nlink = p.nlink.saturating_add(1);
             }
             touch_dir(p, *time);
             let mut inode = Inode::new(*ino, *kind, *perm, *uid, *gid, *rdev, *parent, *time);
@@ -497,11 +624,14 @@ pub fn apply(rec: &Record, set: &mut impl InodeSet, space: &mut Space<'_>) -> Fs
             time,
         } => {
             let child = set.inode(*ino)?;
-            child.nlink += 1;
+            if child.kind == Kind::Dir {
+                return Err(corrupt(format!("hard link to directory {ino}")));
+            }
+            child.nlink = child.nlink.saturating_add(1);
             child.ctime = *time;
             let kind = child.kind;
             let p = set.inode(*parent)?;
-            if p.dir.get(name).is_some() {
+            if p.kind != Kind::Dir || p.dir.get(name).is_some() {
                 return Err(corrupt(format!(
                     "link over existing name in inode {parent}"
                 )));
@@ -516,7 +646,7 @@ pub fn apply(rec: &Record, set: &mut impl InodeSet, space: &mut Space<'_>) -> Fs
                 .remove(name)
                 .ok_or_else(|| corrupt(format!("unlink of missing name in inode {parent}")))?;
             if e.kind == Kind::Dir {
-                p.nlink -= 1;
+                p.nlink = p.nlink.saturating_sub(1);
             }
             touch_dir(p, *time);
             let child = set.inode(e.ino)?;
@@ -558,8 +688,10 @@ pub fn apply(rec: &Record, set: &mut impl InodeSet, space: &mut Space<'_>) -> Fs
                     child.ctime = *time;
                     if e.kind == Kind::Dir && from != to {
                         child.parent = to;
-                        set.inode(from)?.nlink -= 1;
-                        set.inode(to)?.nlink += 1;
+                        let f = set.inode(from)?;
+                        f.nlink = f.nlink.saturating_sub(1);
+                        let t = set.inode(to)?;
+                        t.nlink = t.nlink.saturating_add(1);
                     }
                 }
             } else {
@@ -568,7 +700,8 @@ pub fn apply(rec: &Record, set: &mut impl InodeSet, space: &mut Space<'_>) -> Fs
                     victim.ctime = *time;
                     if old.kind == Kind::Dir {
                         victim.nlink = 0;
-                        set.inode(*to_parent)?.nlink -= 1;
+                        let t = set.inode(*to_parent)?;
+                        t.nlink = t.nlink.saturating_sub(1);
                     } else {
                         victim.nlink = victim.nlink.saturating_sub(1);
                     }
@@ -580,8 +713,10 @@ pub fn apply(rec: &Record, set: &mut impl InodeSet, space: &mut Space<'_>) -> Fs
                 child.ctime = *time;
                 if src.kind == Kind::Dir && from_parent != to_parent {
                     child.parent = *to_parent;
-                    set.inode(*from_parent)?.nlink -= 1;
-                    set.inode(*to_parent)?.nlink += 1;
+                    let f = set.inode(*from_parent)?;
+                    f.nlink = f.nlink.saturating_sub(1);
+                    let t = set.inode(*to_parent)?;
+                    t.nlink = t.nlink.saturating_add(1);
                 }
             }
             touch_dir(set.inode(*from_parent)?, *time);

@@ -153,21 +153,24 @@ impl Allocator {
     }
 
     /// An allocator over `total` blocks where exactly the blocks of `used` (extents in any
-    /// order, possibly overlapping) are used and all others free: rebuilding allocator state
-    /// from what owners say they own.
+    /// order, possibly overlapping, possibly reaching past `total`, where they count for
+    /// nothing) are used and all others free: rebuilding allocator state from what owners
+    /// say they own.
     pub fn from_used(total: u64, used: impl IntoIterator<Item = Extent>) -> Self {
         let mut used: Vec<Extent> = used.into_iter().collect();
         used.sort_unstable();
         let mut a = Allocator::all_used(total);
         let mut cursor = 0u64;
         for e in used {
-            if e.start > cursor {
+            // Clamped to the address space: parts past the end own nothing here.
+            let start = e.start.min(total);
+            if start > cursor {
                 a.free.insert(Extent {
                     start: cursor,
-                    len: e.start.min(total) - cursor,
+                    len: start - cursor,
                 });
             }
-            cursor = cursor.max(e.end().min(total));
+            cursor = cursor.max(e.start.saturating_add(e.len).min(total));
         }
         if cursor < total {
             a.free.insert(Extent {

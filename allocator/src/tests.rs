@@ -96,6 +96,25 @@ fn from_used_frees_exactly_the_gaps() {
 }
 
 #[test]
+fn from_used_ignores_what_lies_past_the_end() {
+    // Owners read from a damaged image may name blocks past the end (more than once).
+    let a = Allocator::from_used(
+        100,
+        [
+            ext(10, 5),
+            ext(120, 3),
+            ext(101, 1000),
+            ext(u64::MAX - 1, 5),
+        ],
+    );
+    assert_eq!(
+        a.free_extents().collect::<Vec<_>>(),
+        vec![ext(0, 10), ext(15, 85)]
+    );
+    a.check().unwrap();
+}
+
+#[test]
 fn encode_decode_round_trip_and_corruption() {
     let mut a = Allocator::new(1000);
     for _ in 0..10 {
