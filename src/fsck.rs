@@ -187,7 +187,9 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
             // is the damaged one any more.
             let mut twin = sb.clone();
             twin.generation -= 1;
-            image.write_superblock(&twin);
+            image
+                .write_superblock(&twin)
+                .map_err(FsError::host("writing the repaired superblock copy"))?;
         }
         for e in alloc.free_extents() {
             image.discard(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE);

@@ -789,7 +789,7 @@ pub fn base_images() -> &'static [Vec<u8>; 2] {
         let punch = crate::fs::falloc::PUNCH_HOLE | crate::fs::falloc::KEEP_SIZE;
         fs.fallocate(big.ino, 0, 8192, punch, r, None)
             .expect("punch");
-        fs.sync_metadata();
+        fs.sync_metadata().expect("sync");
         drop(fs); // no unmount: the journal holds the changes, as after a crash
         let crashed = std::fs::read(&path).expect("read");
         [clean, crashed]

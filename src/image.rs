@@ -1058,9 +1058,11 @@ mod tests {
             total_blocks,
             journal_start: 2,
             journal_blocks: 256,
-            generation: u64::MAX,
-            journal_seq: u64::MAX,
-            checkpoint_len: 0,
+            // The largest counters decoding accepts: the encoding's size does not depend on
+            // them, and a superblock past them is damage.
+            generation: MAX_COUNTER - 1,
+            journal_seq: MAX_COUNTER - 1,
+            checkpoint_len: MAX_CHECKPOINT_EXTENTS as u64 * BLOCK_SIZE,
             checkpoint_crc: u32::MAX,
             checkpoint_extents: (0..MAX_CHECKPOINT_EXTENTS as u64)
                 .map(|k| (1000 + 2 * k, 1))
