@@ -944,14 +944,15 @@ impl Image {
     /// Writes back into the image file the parts of `off..off+len` that are behind DAX
     /// windows (stores by holders, which the filesystem does not see), and nothing else.
     /// Not durable until [`Image::sync_host`].
-    pub fn write_back_windowed(&self, off: u64, len: u64) -> io::Result<()> {
+    /// Returns the bytes written (0: no window covers the range, nothing to sync).
+    pub fn write_back_windowed(&self, off: u64, len: u64) -> io::Result<u64> {
         self.check_range(off, len as usize);
         // SAFETY: the range is inside our live mapping (checked above).
         unsafe {
             self.windows
                 .write_back(self.map.as_ptr(), &self.file, off, len)
         }
-        .map(|_| ())
+        .map(|d| d.windowed)
     }
 
     /// Writes bytes into the image *file* and makes them durable (`pwrite`, `fdatasync`),
