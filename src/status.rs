@@ -266,7 +266,7 @@ pub fn json_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
         .collect();
     let c = v.counters;
     format!(
-        "{{\"holders\":[{}],\"leases\":[{}],\"busy\":{{\"blocks\":{},\"extents\":[{}]}},\"space\":{{\"block_size\":{BLOCK_SIZE},\"total_blocks\":{},\"free_blocks\":{},\"available_blocks\":{},\"used_blocks\":{},\"busy_blocks\":{}}},\"counters\":{{\"breaks\":{},\"releases\":{},\"timeouts\":{},\"refusals\":{},\"revocations\":{},\"fences\":{}}},\"policy\":{{\"break_policy\":\"{}\",\"lease_break_time_ms\":{},\"busy_blocks\":{},\"guest_break_time_ms\":{},\"allow_unbreakable\":{}}},\"waiting_breakers\":{},\"state\":\"{}\"}}",
+        "{{\"holders\":[{}],\"leases\":[{}],\"busy\":{{\"blocks\":{},\"extents\":[{}]}},\"space\":{{\"block_size\":{BLOCK_SIZE},\"total_blocks\":{},\"free_blocks\":{},\"available_blocks\":{},\"used_blocks\":{},\"busy_blocks\":{}}},\"counters\":{{\"breaks\":{},\"releases\":{},\"timeouts\":{},\"refusals\":{},\"revocations\":{},\"fences\":{}}},\"policy\":{{\"break_policy\":\"{}\",\"lease_break_time_ms\":{},\"busy_blocks\":{},\"guest_break_time_ms\":{},\"allow_unbreakable\":{}}},\"waiting_breakers\":{},\"mount\":\"{}\"}}",
         holders.join(","),
         leases.join(","),
         v.busy_blocks,

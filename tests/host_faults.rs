@@ -362,7 +362,7 @@ fn fsync_on_a_failed_host_is_eio_and_the_mount_shuts_down() {
     // Status says so.
     let st = pinfs(&["status", m.mnt.to_str().unwrap(), "--json"]);
     let st = String::from_utf8_lossy(&st.stdout);
-    assert!(st.contains("\"state\":\"shut_down\""), "status: {st}");
+    assert!(st.contains("\"mount\":\"shut_down\""), "status: {st}");
     let st = pinfs(&["status", m.mnt.to_str().unwrap()]);
     assert!(
         String::from_utf8_lossy(&st.stdout).starts_with("state: SHUT DOWN after a host failure"),
