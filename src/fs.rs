@@ -1556,6 +1556,11 @@ impl Fs {
             return Err(FsError::Invalid("unsupported rename flags"));
         }
         self.writable()?;
+        // A longer name grows the metadata as a create does, so it needs the same room
+        // (an exchange keeps both names where they are).
+        if !exchange && to_name.len() > from_name.len() {
+            self.room_to_grow()?;
+        }
         let victim;
         {
             let _gate = self.gate();

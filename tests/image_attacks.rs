@@ -1,0 +1,202 @@
+//! Images crafted through the checkpoint writer itself (so every checksum and layout is
+//! right): directory loops cut off from the root, a directory that holds itself, a file
+//! with links but no name. fsck must report what would be lost, mount must refuse what fsck
+//! refuses, and `fsck --repair` must either make the image clean (run twice: the second run
+//! finds nothing) with every file still reachable, or change nothing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use pinfs::checkpoint;
+use pinfs::fs::{Caller, Fs, FsOptions};
+use pinfs::image::Image;
+use pinfs::inode::{Inode, Kind, ROOT_INO};
+
+const REG: u32 = libc::S_IFREG | 0o644;
+const DIR: u32 = libc::S_IFDIR | 0o755;
+
+fn opts() -> FsOptions {
+    FsOptions {
+        lock_wait: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+/// A clean image with /a/b/c (directories) and /a/f, /a/b/g (files with data).
+fn base(path: &Path) -> HashMap<&'static str, u64> {
+    Fs::mkfs(path, 4 << 20, true).unwrap();
+    let fs = Fs::open(path, opts()).unwrap();
+    let r = Caller::ROOT;
+    let a = fs.create(ROOT_INO, b"a", DIR, 0, None, r).unwrap().ino;
+    let b = fs.create(a, b"b", DIR, 0, None, r).unwrap().ino;
+    let c = fs.create(b, b"c", DIR, 0, None, r).unwrap().ino;
+    let f = fs.create(a, b"f", REG, 0, None, r).unwrap().ino;
+    let g = fs.create(b, b"g", REG, 0, None, r).unwrap().ino;
+    fs.write(f, 0, &[0x46; 5000], r).unwrap();
+    fs.write(g, 0, &[0x47; 5000], r).unwrap();
+    fs.unmount().unwrap();
+    drop(fs);
+    HashMap::from([("a", a), ("b", b), ("c", c), ("f", f), ("g", g)])
+}
+
+/// Rewrites the image's metadata through `edit` and writes it as a new clean checkpoint.
+fn craft(path: &Path, edit: impl FnOnce(&mut HashMap<u64, Inode>)) {
+    let (image, mut sb) = Image::open(path, Duration::from_secs(5)).unwrap();
+    let mut loaded = checkpoint::load(&image, &sb).unwrap();
+    edit(&mut loaded.inodes);
+    let mut alloc = checkpoint::allocator_from_owners(&sb, loaded.inodes.values());
+    let mut list: Vec<&Inode> = loaded.inodes.values().collect();
+    list.sort_by_key(|i| i.ino);
+    checkpoint::write(
+        &image,
+        &mut sb,
+        &mut alloc,
+        &mut loaded.journal,
+        loaded.next_ino,
+        list.into_iter(),
+        true,
+    )
+    .unwrap();
+}
+
+/// fsck's errors (exit code and messages) on the image.
+fn fsck(path: &Path, repair: bool) -> (i32, Vec<String>) {
+    match pinfs::fsck::check(path, repair) {
+        Ok(r) => (r.exit_code(), r.errors),
+        Err(e) => (8, vec![e.to_string()]),
+    }
+}
+
+/// Every file reachable from the root, by walking the mounted image: (path, size).
+fn walk(fs: &Fs) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut todo = vec![(ROOT_INO, String::new())];
+    while let Some((d, at)) = todo.pop() {
+        for e in fs.readdir(d, 0, 10_000).unwrap() {
+            if e.name == b"." || e.name == b".." {
+                continue;
+            }
+            let p = format!("{at}/{}", String::from_utf8_lossy(&e.name));
+            let a = fs.getattr(e.ino).unwrap();
+            match a.kind {
+                Kind::Dir => todo.push((e.ino, p)),
+                _ => out.push((p, a.size)),
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What a repaired image must be: a second repair finds nothing, mount works, and both
+/// files are reachable with their data.
+fn assert_repaired_keeps_files(path: &Path) {
+    let (code, errors) = fsck(path, false);
+    assert_eq!(code, 0, "fsck after --repair: {errors:?}");
+    let (code, errors) = fsck(path, true);
+    assert_eq!(code, 0, "a second --repair: {errors:?}");
+    let fs = Fs::open(path, opts()).expect("mount after --repair");
+    let files = walk(&fs);
+    let sizes: Vec<u64> = files.iter().map(|f| f.1).collect();
+    assert_eq!(sizes, vec![5000, 5000], "files after --repair: {files:?}");
+    fs.unmount().unwrap();
+}
+
+/// a and b hold each other, nothing in the root names either: the files under them are
+/// unreachable. fsck says so, mount refuses, --repair reattaches them (or changes nothing).
+#[test]
+fn a_loop_of_directories_cut_off_from_the_root_is_reported_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.img");
+    let n = base(&path);
+    let (a, b, c) = (n["a"], n["b"], n["c"]);
+    craft(&path, |inodes| {
+        // root loses "a"; b's subdirectory c is replaced by a (c goes, empty and unlinked).
+        let root = inodes.get_mut(&ROOT_INO).unwrap();
+        root.dir.remove(b"a");
+        root.nlink -= 1;
+        root.size -= 1;
+        let bd = inodes.get_mut(&b).unwrap();
+        bd.dir.remove(b"c");
+        bd.dir.insert(b"a", a, Kind::Dir);
+        inodes.remove(&c);
+        inodes.get_mut(&a).unwrap().parent = b;
+    });
+    let (code, errors) = fsck(&path, false);
+    assert_ne!(code, 0, "fsck calls a cut-off loop clean: {errors:?}");
+    assert!(
+        Fs::open(&path, opts()).is_err(),
+        "mount accepts a loop fsck rejects"
+    );
+    let before = std::fs::read(&path).unwrap();
+    let (code, errors) = fsck(&path, true);
+    if code == 1 {
+        assert_repaired_keeps_files(&path);
+    } else {
+        assert_eq!(code, 4, "--repair: {errors:?}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "a refused repair changed the image"
+        );
+    }
+}
+
+/// A directory whose only name is an entry in itself.
+#[test]
+fn a_directory_that_holds_itself_is_reported_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.img");
+    let n = base(&path);
+    let (a, b) = (n["a"], n["b"]);
+    craft(&path, |inodes| {
+        // b leaves a and becomes its own entry "me".
+        let ad = inodes.get_mut(&a).unwrap();
+        ad.dir.remove(b"b");
+        ad.nlink -= 1;
+        ad.size -= 1;
+        let bd = inodes.get_mut(&b).unwrap();
+        bd.dir.insert(b"me", b, Kind::Dir);
+        bd.parent = b;
+        bd.nlink += 1;
+        bd.size += 1;
+    });
+    let (code, errors) = fsck(&path, false);
+    assert_ne!(
+        code, 0,
+        "fsck calls a self-holding directory clean: {errors:?}"
+    );
+    assert!(
+        Fs::open(&path, opts()).is_err(),
+        "mount accepts a self-holding directory fsck rejects"
+    );
+    let before = std::fs::read(&path).unwrap();
+    let (code, errors) = fsck(&path, true);
+    if code == 1 {
+        assert_repaired_keeps_files(&path);
+    } else {
+        assert_eq!(code, 4, "--repair: {errors:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+}
+
+/// A file with a link count but no name goes to lost+found, once; the second repair finds
+/// nothing.
+#[test]
+fn a_nameless_file_is_repaired_once_into_lost_and_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.img");
+    let n = base(&path);
+    let a = n["a"];
+    craft(&path, |inodes| {
+        let ad = inodes.get_mut(&a).unwrap();
+        ad.dir.remove(b"f");
+        ad.size -= 1;
+    });
+    let (code, errors) = fsck(&path, false);
+    assert_eq!(code, 4, "{errors:?}");
+    let (code, errors) = fsck(&path, true);
+    assert_eq!(code, 1, "{errors:?}");
+    assert_repaired_keeps_files(&path);
+}
