@@ -572,11 +572,23 @@ fn overlaps(owners: &BTreeMap<u64, (u64, u64)>, start: u64, len: u64) -> bool {
     false
 }
 
-/// Finds or makes `/lost+found`; returns its inode number.
+/// Finds or makes `/lost+found`; returns its inode number. When the name is taken by
+/// something that is not a directory (a user's file), that keeps its name and the directory
+/// is made as `/lost+found.N`, the first such name that is free (or reused, a directory
+/// already).
 fn lost_and_found(inodes: &mut HashMap<u64, Inode>, next_ino: &u64) -> u64 {
-    if let Some(e) = inodes[&ROOT_INO].dir.get(b"lost+found") {
+    let root = &inodes[&ROOT_INO].dir;
+    let mut name = b"lost+found".to_vec();
+    if let Some(e) = root.get(&name) {
         if e.kind == Kind::Dir {
             return e.ino;
+        }
+        name = (1u64..)
+            .map(|n| format!("lost+found.{n}").into_bytes())
+            .find(|n| root.get(n).is_none_or(|e| e.kind == Kind::Dir))
+            .expect("a free name");
+        if let Some(e) = root.get(&name) {
+            return e.ino; // made by an earlier repair
         }
     }
     let ino = (*next_ino).max(inodes.keys().max().copied().unwrap_or(ROOT_INO) + 1);
@@ -586,7 +598,7 @@ fn lost_and_found(inodes: &mut HashMap<u64, Inode>, next_ino: &u64) -> u64 {
         Inode::new(ino, Kind::Dir, 0o700, 0, 0, 0, ROOT_INO, now),
     );
     let root = inodes.get_mut(&ROOT_INO).expect("root");
-    root.dir.insert(b"lost+found", ino, Kind::Dir);
+    root.dir.insert(&name, ino, Kind::Dir);
     root.size = root.dir.len() as u64;
     ino
 }

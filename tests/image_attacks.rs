@@ -131,6 +131,7 @@ fn a_loop_of_directories_cut_off_from_the_root_is_reported_and_repaired() {
     );
     let before = std::fs::read(&path).unwrap();
     let (code, errors) = fsck(&path, true);
+    eprintln!("--repair: exit {code}, {errors:?}");
     if code == 1 {
         assert_repaired_keeps_files(&path);
     } else {
@@ -173,6 +174,7 @@ fn a_directory_that_holds_itself_is_reported_and_repaired() {
     );
     let before = std::fs::read(&path).unwrap();
     let (code, errors) = fsck(&path, true);
+    eprintln!("--repair: exit {code}, {errors:?}");
     if code == 1 {
         assert_repaired_keeps_files(&path);
     } else {
@@ -199,4 +201,37 @@ fn a_nameless_file_is_repaired_once_into_lost_and_found() {
     let (code, errors) = fsck(&path, true);
     assert_eq!(code, 1, "{errors:?}");
     assert_repaired_keeps_files(&path);
+}
+
+/// `/lost+found` is a regular file of the user's when a repair needs the directory: the
+/// file must keep its name (and data), and the repair must still make the image clean.
+#[test]
+fn a_repair_keeps_a_file_named_lost_and_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.img");
+    let n = base(&path);
+    let a = n["a"];
+    {
+        let fs = Fs::open(&path, opts()).unwrap();
+        let lf = fs
+            .create(ROOT_INO, b"lost+found", REG, 0, None, Caller::ROOT)
+            .unwrap();
+        fs.write(lf.ino, 0, &[0x4c; 5000], Caller::ROOT).unwrap();
+        fs.unmount().unwrap();
+    }
+    craft(&path, |inodes| {
+        let ad = inodes.get_mut(&a).unwrap();
+        ad.dir.remove(b"f");
+        ad.size -= 1;
+    });
+    let (code, errors) = fsck(&path, true);
+    assert_eq!(code, 1, "{errors:?}");
+    let (code, errors) = fsck(&path, false);
+    assert_eq!(code, 0, "fsck after --repair: {errors:?}");
+    let fs = Fs::open(&path, opts()).expect("mount after --repair");
+    let files = walk(&fs);
+    let sizes: Vec<u64> = files.iter().map(|f| f.1).collect();
+    assert_eq!(sizes.len(), 3, "files after --repair: {files:?}");
+    assert!(sizes.iter().all(|&s| s == 5000), "{files:?}");
+    fs.unmount().unwrap();
 }

@@ -327,3 +327,93 @@ fn renames_to_long_names_on_a_full_filesystem_cannot_stop_root_cleaning_up() {
     drop(fs);
     assert_clean(&path);
 }
+
+/// Writers, creators and deleters at once on a nearly full filesystem (as the user and as
+/// root), then an unmount: every failure is ENOSPC, and the image is clean.
+#[test]
+fn concurrent_writers_and_deleters_on_a_full_filesystem_unmount_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.img");
+    Fs::mkfs(&path, 4 << 20, true).unwrap();
+    let fs = open(&path);
+    let u = user_dir(&fs, b"u");
+    std::thread::scope(|s| {
+        for t in 0..6u32 {
+            let fs = &fs;
+            s.spawn(move || {
+                let who = if t % 2 == 0 { NOBODY } else { Caller::ROOT };
+                let value = vec![t as u8; 3000];
+                for i in 0..400u32 {
+                    let mut name = format!("t{t}-{i}-").into_bytes();
+                    name.resize(40 + (i as usize * 7) % 200, b'x');
+                    let a = match fs.create(u, &name, REG, 0, None, who) {
+                        Ok(a) => a,
+                        Err(FsError::NoSpace) => continue,
+                        Err(e) => panic!("create: {e}"),
+                    };
+                    let len = 1000 + (i as usize * 4099) % 60_000;
+                    match fs.write(a.ino, (i as u64 % 5) * 8192, &vec![1u8; len], who) {
+                        Ok(_) | Err(FsError::NoSpace) => {}
+                        Err(e) => panic!("write: {e}"),
+                    }
+                    match fs.setxattr(a.ino, b"user.v", &value, 0) {
+                        Ok(()) | Err(FsError::NoSpace) => {}
+                        Err(e) => panic!("setxattr: {e}"),
+                    }
+                    if i % 3 != 0 {
+                        fs.remove(u, &name, false)
+                            .unwrap_or_else(|e| panic!("unlink on a full filesystem: {e}"));
+                    } else {
+                        match chmod(fs, a.ino, 0o600, Caller::ROOT) {
+                            Ok(()) | Err(FsError::NoSpace) => {}
+                            Err(e) => panic!("chmod: {e}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    eprintln!("after the threads: {:?}", fs.statfs());
+    for e in fs.readdir(u, 0, 100_000).unwrap() {
+        if e.name != b"." && e.name != b".." {
+            fs.remove(u, &e.name, false)
+                .unwrap_or_else(|err| panic!("unlink after the threads: {err}"));
+        }
+    }
+    fs.remove(ROOT_INO, b"u", true).expect("rmdir");
+    fs.unmount().expect("unmount");
+    drop(fs);
+    assert_clean(&path);
+}
+
+/// df's available count is what a writer really gets: one file takes at least all of it
+/// (the journal's checkpoints on the way may only give more back).
+#[test]
+fn f_bavail_is_what_can_be_written() {
+    for size in [4u64 << 20, 16 << 20] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.img");
+        Fs::mkfs(&path, size, true).unwrap();
+        let fs = open(&path);
+        let f = fs
+            .create(ROOT_INO, b"f", REG, 0, None, Caller::ROOT)
+            .unwrap();
+        let before = fs.statfs();
+        let wrote = fill_data(&fs, f.ino, Caller::ROOT);
+        let after = fs.statfs();
+        eprintln!(
+            "{size}: before {before:?}, wrote {} blocks, after {after:?}",
+            wrote / 4096
+        );
+        assert!(
+            wrote >= before.available * 4096,
+            "df said {} blocks available, {} could be written",
+            before.available,
+            wrote / 4096
+        );
+        assert_eq!(after.available, 0, "ENOSPC with blocks available");
+        fs.unmount().unwrap();
+        drop(fs);
+        assert_clean(&path);
+    }
+}
