@@ -488,8 +488,11 @@ pub fn examine(image: &Image, sb: &Superblock, loaded: &mut Loaded, repair: bool
         if steps > dir_parent.len() {
             c.problem(
                 format!("directory {d} is in a loop of directories, not under the root"),
-                false,
+                true,
             );
+            if repair {
+                cut_loop(inodes, &mut loaded.next_ino, &mut dir_parent, d);
+            }
         }
     }
 
@@ -570,6 +573,61 @@ fn overlaps(owners: &BTreeMap<u64, (u64, u64)>, start: u64, len: u64) -> bool {
         }
     }
     false
+}
+
+/// Cuts the loop of directories that `d` is in or under: its smallest member leaves its
+/// parent in the loop for `/lost+found` (as `#ino`), with the link counts, sizes and
+/// `..` of the directories involved kept right, so everything in the loop is reachable
+/// again.
+fn cut_loop(
+    inodes: &mut HashMap<u64, Inode>,
+    next_ino: &mut u64,
+    dir_parent: &mut HashMap<u64, u64>,
+    d: u64,
+) {
+    let mut path = vec![d];
+    let start = loop {
+        let Some(&p) = dir_parent.get(path.last().expect("path")) else {
+            return; // reaches a directory without a name: not a loop
+        };
+        if p == ROOT_INO {
+            return; // an earlier cut already made it reachable
+        }
+        if let Some(i) = path.iter().position(|&x| x == p) {
+            break i;
+        }
+        path.push(p);
+    };
+    let x = *path[start..].iter().min().expect("a loop");
+    let p = dir_parent[&x];
+    let parent = inodes.get_mut(&p).expect("parent in the loop");
+    let names: Vec<Vec<u8>> = parent
+        .dir
+        .iter()
+        .filter(|(_, e)| e.ino == x)
+        .map(|(n, _)| n.to_vec())
+        .collect();
+    for n in &names {
+        parent.dir.remove(n);
+    }
+    parent.nlink = parent.nlink.saturating_sub(1);
+    parent.size = parent.dir.len() as u64;
+    let existed = inodes[&ROOT_INO].dir.iter().count();
+    let lf = lost_and_found(inodes, next_ino);
+    if inodes[&ROOT_INO].dir.iter().count() != existed {
+        // A new /lost+found: one more subdirectory of the root.
+        inodes.get_mut(&ROOT_INO).expect("root").nlink += 1;
+        dir_parent.insert(lf, ROOT_INO);
+    }
+    if lf >= *next_ino {
+        *next_ino = lf + 1;
+    }
+    let l = inodes.get_mut(&lf).expect("lost+found");
+    l.dir.insert(format!("#{x}").as_bytes(), x, Kind::Dir);
+    l.nlink += 1;
+    l.size = l.dir.len() as u64;
+    inodes.get_mut(&x).expect("loop member").parent = lf;
+    dir_parent.insert(x, lf);
 }
 
 /// Finds or makes `/lost+found`; returns its inode number. When the name is taken by
