@@ -371,9 +371,12 @@ pub fn examine(image: &Image, sb: &Superblock, loaded: &mut Loaded, repair: bool
             if lf >= loaded.next_ino {
                 loaded.next_ino = lf + 1;
             }
-            *refs.entry(lf).or_default() += 1;
-            dir_parent.insert(lf, ROOT_INO);
-            *subdirs.entry(ROOT_INO).or_default() += 1;
+            // A /lost+found that was there already was counted with the root's entries.
+            if let std::collections::hash_map::Entry::Vacant(e) = dir_parent.entry(lf) {
+                e.insert(ROOT_INO);
+                *refs.entry(lf).or_default() += 1;
+                *subdirs.entry(ROOT_INO).or_default() += 1;
+            }
         }
         for ino in lost {
             let what = if inodes[&ino].nlink == 0 {
@@ -384,7 +387,7 @@ pub fn examine(image: &Image, sb: &Superblock, loaded: &mut Loaded, repair: bool
             c.problem(what, true);
             if let Some(lf) = lf {
                 let kind = inodes[&ino].kind;
-                let name = format!("#{ino}").into_bytes();
+                let name = free_name(&inodes[&lf].dir, &format!("#{ino}"));
                 inodes
                     .get_mut(&lf)
                     .expect("lost+found")
@@ -623,11 +626,21 @@ fn cut_loop(
         *next_ino = lf + 1;
     }
     let l = inodes.get_mut(&lf).expect("lost+found");
-    l.dir.insert(format!("#{x}").as_bytes(), x, Kind::Dir);
+    let name = free_name(&l.dir, &format!("#{x}"));
+    l.dir.insert(&name, x, Kind::Dir);
     l.nlink += 1;
     l.size = l.dir.len() as u64;
     inodes.get_mut(&x).expect("loop member").parent = lf;
     dir_parent.insert(x, lf);
+}
+
+/// `base`, or when `dir` holds that name already, the first free `base.N`.
+fn free_name(dir: &crate::inode::Dir, base: &str) -> Vec<u8> {
+    std::iter::once(base.to_string())
+        .chain((1u64..).map(|n| format!("{base}.{n}")))
+        .map(String::into_bytes)
+        .find(|n| dir.get(n).is_none())
+        .expect("a free name")
 }
 
 /// Finds or makes `/lost+found`; returns its inode number. When the name is taken by

@@ -219,3 +219,45 @@ fn a_repair_keeps_a_file_named_lost_and_found() {
     assert!(sizes.iter().all(|&s| s == 5000), "{files:?}");
     fs.unmount().unwrap();
 }
+
+/// `/lost+found` already holds a name `#ino` for the inode a repair puts there: both keep
+/// a name.
+#[test]
+fn a_repair_does_not_overwrite_a_name_in_lost_and_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.img");
+    let n = base(&path);
+    let (a, f) = (n["a"], n["f"]);
+    {
+        let fs = Fs::open(&path, opts()).unwrap();
+        let lf = fs
+            .create(ROOT_INO, b"lost+found", DIR, 0, None, Caller::ROOT)
+            .unwrap();
+        let x = fs
+            .create(
+                lf.ino,
+                format!("#{f}").as_bytes(),
+                REG,
+                0,
+                None,
+                Caller::ROOT,
+            )
+            .unwrap();
+        fs.write(x.ino, 0, &[0x58; 5000], Caller::ROOT).unwrap();
+        fs.unmount().unwrap();
+    }
+    craft(&path, |inodes| {
+        let ad = inodes.get_mut(&a).unwrap();
+        ad.dir.remove(b"f");
+        ad.size -= 1;
+    });
+    let (code, errors) = fsck(&path, true);
+    assert_eq!(code, 1, "{errors:?}");
+    let (code, errors) = fsck(&path, false);
+    assert_eq!(code, 0, "fsck after --repair: {errors:?}");
+    let fs = Fs::open(&path, opts()).expect("mount after --repair");
+    let files = walk(&fs);
+    assert_eq!(files.len(), 3, "files after --repair: {files:?}");
+    assert!(files.iter().all(|f| f.1 == 5000), "{files:?}");
+    fs.unmount().unwrap();
+}
