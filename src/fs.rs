@@ -1394,7 +1394,14 @@ impl Fs {
         } else {
             caller.gid
         };
-        let ino = self.next_ino.fetch_add(1, Ordering::SeqCst);
+        // Inode numbers run out like inodes (ENOSPC): the next number stays below
+        // MAX_INO, or the checkpoint would hold one that load refuses.
+        let ino = self
+            .next_ino
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n + 1 < crate::inode::MAX_INO).then_some(n + 1)
+            })
+            .map_err(|_| FsError::NoSpace)?;
         let rec = Record::Create {
             parent,
             name: name.to_vec(),
