@@ -417,3 +417,50 @@ fn f_bavail_is_what_can_be_written() {
         assert_clean(&path);
     }
 }
+
+/// Through the kernel, on the smallest image: nobody fills it with files, long renames and
+/// data; root then removes everything and unmounts; fsck is clean with nothing to replay.
+#[test]
+fn through_fuse_a_user_filling_the_smallest_image_cannot_stop_root() {
+    #[path = "common/mod.rs"]
+    #[allow(clippy::duplicate_mod)]
+    mod common;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    if common::skip_without_fuse("through_fuse_a_user_filling_the_smallest_image_cannot_stop_root")
+    {
+        return;
+    }
+    let mut m = common::Mount::new("4M", "allow_other");
+    let u = m.path("u");
+    std::fs::create_dir(&u).unwrap();
+    std::os::unix::fs::chown(&u, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&u, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ud = u.clone();
+    assert!(common::as_nobody(move || {
+        let mut names = Vec::new();
+        for i in 0..3000 {
+            let p = ud.join(format!("{i:x}"));
+            if std::fs::File::create(&p).is_err() {
+                break;
+            }
+            names.push(p);
+        }
+        for p in &names {
+            let mut long = p.as_os_str().to_owned();
+            long.push("-".repeat(200));
+            if std::fs::rename(p, &long).is_err() {
+                break;
+            }
+        }
+        if let Ok(mut f) = std::fs::File::create(ud.join("big")) {
+            let buf = vec![1u8; 65536];
+            while f.write_all(&buf).is_ok() {}
+        }
+        !names.is_empty()
+    }));
+    std::fs::remove_dir_all(&u).expect("root removes everything the user made");
+    m.umount();
+    let r = pinfs::fsck::check(&m.image, false).expect("fsck");
+    assert_eq!((r.exit_code(), r.replayed), (0, 0), "{:?}", r.errors);
+}
