@@ -1394,7 +1394,14 @@ impl Fs {
         } else {
             caller.gid
         };
-        let ino = self.next_ino.fetch_add(1, Ordering::SeqCst);
+        // Inode numbers run out like inodes (ENOSPC): the next number stays below
+        // MAX_INO, or the checkpoint would hold one that load refuses.
+        let ino = self
+            .next_ino
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n + 1 < crate::inode::MAX_INO).then_some(n + 1)
+            })
+            .map_err(|_| FsError::NoSpace)?;
         let rec = Record::Create {
             parent,
             name: name.to_vec(),
@@ -1556,6 +1563,11 @@ impl Fs {
             return Err(FsError::Invalid("unsupported rename flags"));
         }
         self.writable()?;
+        // A longer name grows the metadata as a create does, so it needs the same room
+        // (an exchange keeps both names where they are).
+        if !exchange && to_name.len() > from_name.len() {
+            self.room_to_grow()?;
+        }
         let victim;
         {
             let _gate = self.gate();

@@ -371,9 +371,12 @@ pub fn examine(image: &Image, sb: &Superblock, loaded: &mut Loaded, repair: bool
             if lf >= loaded.next_ino {
                 loaded.next_ino = lf + 1;
             }
-            *refs.entry(lf).or_default() += 1;
-            dir_parent.insert(lf, ROOT_INO);
-            *subdirs.entry(ROOT_INO).or_default() += 1;
+            // A /lost+found that was there already was counted with the root's entries.
+            if let std::collections::hash_map::Entry::Vacant(e) = dir_parent.entry(lf) {
+                e.insert(ROOT_INO);
+                *refs.entry(lf).or_default() += 1;
+                *subdirs.entry(ROOT_INO).or_default() += 1;
+            }
         }
         for ino in lost {
             let what = if inodes[&ino].nlink == 0 {
@@ -384,7 +387,7 @@ pub fn examine(image: &Image, sb: &Superblock, loaded: &mut Loaded, repair: bool
             c.problem(what, true);
             if let Some(lf) = lf {
                 let kind = inodes[&ino].kind;
-                let name = format!("#{ino}").into_bytes();
+                let name = free_name(&inodes[&lf].dir, &format!("#{ino}"));
                 inodes
                     .get_mut(&lf)
                     .expect("lost+found")
@@ -488,8 +491,11 @@ pub fn examine(image: &Image, sb: &Superblock, loaded: &mut Loaded, repair: bool
         if steps > dir_parent.len() {
             c.problem(
                 format!("directory {d} is in a loop of directories, not under the root"),
-                false,
+                true,
             );
+            if repair {
+                cut_loop(inodes, &mut loaded.next_ino, &mut dir_parent, d);
+            }
         }
     }
 
@@ -572,11 +578,88 @@ fn overlaps(owners: &BTreeMap<u64, (u64, u64)>, start: u64, len: u64) -> bool {
     false
 }
 
-/// Finds or makes `/lost+found`; returns its inode number.
+/// Cuts the loop of directories that `d` is in or under: its smallest member leaves its
+/// parent in the loop for `/lost+found` (as `#ino`), with the link counts, sizes and
+/// `..` of the directories involved kept right, so everything in the loop is reachable
+/// again.
+fn cut_loop(
+    inodes: &mut HashMap<u64, Inode>,
+    next_ino: &mut u64,
+    dir_parent: &mut HashMap<u64, u64>,
+    d: u64,
+) {
+    let mut path = vec![d];
+    let start = loop {
+        let Some(&p) = dir_parent.get(path.last().expect("path")) else {
+            return; // reaches a directory without a name: not a loop
+        };
+        if p == ROOT_INO {
+            return; // an earlier cut already made it reachable
+        }
+        if let Some(i) = path.iter().position(|&x| x == p) {
+            break i;
+        }
+        path.push(p);
+    };
+    let x = *path[start..].iter().min().expect("a loop");
+    let p = dir_parent[&x];
+    let parent = inodes.get_mut(&p).expect("parent in the loop");
+    let names: Vec<Vec<u8>> = parent
+        .dir
+        .iter()
+        .filter(|(_, e)| e.ino == x)
+        .map(|(n, _)| n.to_vec())
+        .collect();
+    for n in &names {
+        parent.dir.remove(n);
+    }
+    parent.nlink = parent.nlink.saturating_sub(1);
+    parent.size = parent.dir.len() as u64;
+    let existed = inodes[&ROOT_INO].dir.iter().count();
+    let lf = lost_and_found(inodes, next_ino);
+    if inodes[&ROOT_INO].dir.iter().count() != existed {
+        // A new /lost+found: one more subdirectory of the root.
+        inodes.get_mut(&ROOT_INO).expect("root").nlink += 1;
+        dir_parent.insert(lf, ROOT_INO);
+    }
+    if lf >= *next_ino {
+        *next_ino = lf + 1;
+    }
+    let l = inodes.get_mut(&lf).expect("lost+found");
+    let name = free_name(&l.dir, &format!("#{x}"));
+    l.dir.insert(&name, x, Kind::Dir);
+    l.nlink += 1;
+    l.size = l.dir.len() as u64;
+    inodes.get_mut(&x).expect("loop member").parent = lf;
+    dir_parent.insert(x, lf);
+}
+
+/// `base`, or when `dir` holds that name already, the first free `base.N`.
+fn free_name(dir: &crate::inode::Dir, base: &str) -> Vec<u8> {
+    std::iter::once(base.to_string())
+        .chain((1u64..).map(|n| format!("{base}.{n}")))
+        .map(String::into_bytes)
+        .find(|n| dir.get(n).is_none())
+        .expect("a free name")
+}
+
+/// Finds or makes `/lost+found`; returns its inode number. When the name is taken by
+/// something that is not a directory (a user's file), that keeps its name and the directory
+/// is made as `/lost+found.N`, the first such name that is free (or reused, a directory
+/// already).
 fn lost_and_found(inodes: &mut HashMap<u64, Inode>, next_ino: &u64) -> u64 {
-    if let Some(e) = inodes[&ROOT_INO].dir.get(b"lost+found") {
+    let root = &inodes[&ROOT_INO].dir;
+    let mut name = b"lost+found".to_vec();
+    if let Some(e) = root.get(&name) {
         if e.kind == Kind::Dir {
             return e.ino;
+        }
+        name = (1u64..)
+            .map(|n| format!("lost+found.{n}").into_bytes())
+            .find(|n| root.get(n).is_none_or(|e| e.kind == Kind::Dir))
+            .expect("a free name");
+        if let Some(e) = root.get(&name) {
+            return e.ino; // made by an earlier repair
         }
     }
     let ino = (*next_ino).max(inodes.keys().max().copied().unwrap_or(ROOT_INO) + 1);
@@ -586,7 +669,7 @@ fn lost_and_found(inodes: &mut HashMap<u64, Inode>, next_ino: &u64) -> u64 {
         Inode::new(ino, Kind::Dir, 0o700, 0, 0, 0, ROOT_INO, now),
     );
     let root = inodes.get_mut(&ROOT_INO).expect("root");
-    root.dir.insert(b"lost+found", ino, Kind::Dir);
+    root.dir.insert(&name, ino, Kind::Dir);
     root.size = root.dir.len() as u64;
     ino
 }
