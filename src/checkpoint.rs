@@ -257,7 +257,7 @@ pub fn write<'a>(
     // The blob goes in by `pwrite`, which a full host answers with ENOSPC; provisioning
     // first makes that a clean refusal with nothing changed (the blocks go back).
     for &(s, l) in &extents {
-        if let Err(e) = image.provision(s * BLOCK_SIZE, l * BLOCK_SIZE) {
+        if let Err(e) = image.provision_new(s * BLOCK_SIZE, l * BLOCK_SIZE) {
             give_back(alloc, &extents);
             return Err(FsError::Host {
                 what: "allocating the checkpoint's blocks on the host",

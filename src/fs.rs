@@ -2000,7 +2000,7 @@ impl Fs {
                         // full host is a short allocation (ENOSPC), not a SIGBUS later.
                         if let Err(err) = self
                             .image
-                            .provision(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE)
+                            .provision_new(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE)
                         {
                             let _ = alloc.free(e);
                             if err.raw_os_error() == Some(libc::ENOSPC) {

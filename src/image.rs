@@ -486,7 +486,7 @@ impl Image {
         let img = Image::map(path, file)?;
         // The superblocks and the journal are stored into through the mapping from the first
         // mount on: the host backs them now, or mkfs fails here with its ENOSPC.
-        img.provision(0, sb.data_start() * BLOCK_SIZE)
+        img.provision_new(0, sb.data_start() * BLOCK_SIZE)
             .map_err(io_err(
                 path,
                 "cannot allocate the metadata area on the host",
@@ -847,7 +847,12 @@ impl Image {
             )
         };
         if rc != 0 {
-            self.zero(off, len);
+            // A host that cannot punch (ext2, ...): zeros through the file, not the mapping,
+            // so that a hole met on a full host is an error here (it reads as zeros anyway,
+            // which is all a freed block needs), never a SIGBUS.
+            if let Err(e) = self.zero_file(off, len) {
+                tracing::debug!(offset = off, len, "zeroing freed blocks: {e}");
+            }
         }
         // SAFETY: the range is inside our live shared mapping of `self.file` (checked above),
         // and freed blocks are written by nobody.
@@ -915,6 +920,40 @@ impl Image {
     /// the host already backs are left as they are. A host filesystem that cannot
     /// preallocate is accepted (stores there keep the host's behaviour).
     pub fn provision(&self, off: u64, len: u64) -> io::Result<()> {
+        match self.fallocate(off, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// [`Image::provision`] for blocks that hold nothing yet (just allocated, or a new
+    /// image's metadata area): where the host cannot preallocate (ext2, some network and
+    /// FUSE filesystems), zeros are written through the file instead, which allocates them
+    /// the same way and answers `ENOSPC` the same way. (Free blocks read as zeros, so this
+    /// changes no byte.)
+    pub fn provision_new(&self, off: u64, len: u64) -> io::Result<()> {
+        match self.fallocate(off, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => self.zero_file(off, len),
+            r => r,
+        }
+    }
+
+    /// Stores zeros into `off..off+len` of the image file with `pwrite` (not durable).
+    fn zero_file(&self, off: u64, len: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.check_range(off, len as usize);
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut at = off;
+        while at < off + len {
+            let n = (off + len - at).min(zeros.len() as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at).map_err(full_host)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// `fallocate` mode 0 of `off..off+len`; a host quota is a full host.
+    fn fallocate(&self, off: u64, len: u64) -> io::Result<()> {
         self.check_range(off, len as usize);
         if len == 0 {
             return Ok(());
@@ -935,8 +974,7 @@ impl Image {
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
                 Some(libc::EINTR) => continue,
-                Some(libc::EOPNOTSUPP) => return Ok(()),
-                _ => return Err(e),
+                _ => return Err(full_host(e)),
             }
         }
     }
@@ -1043,6 +1081,15 @@ impl Image {
     /// True for an empty mapping (never for an opened image).
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// A host quota that ran out is, for the image, a full host: `ENOSPC`.
+fn full_host(e: io::Error) -> io::Error {
+    if e.raw_os_error() == Some(libc::EDQUOT) {
+        io::Error::from_raw_os_error(libc::ENOSPC)
+    } else {
+        e
     }
 }
 

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,18 +43,24 @@ impl Host {
 
     /// An ext4 of `size` on a loop device (a host that can be shut down).
     fn ext4(size: u64) -> Host {
+        Host::on_loop("mkfs.ext4", size)
+    }
+
+    /// An ext2 of `size` on a loop device: a host that cannot preallocate (its `fallocate`
+    /// answers EOPNOTSUPP) nor punch holes.
+    fn ext2(size: u64) -> Host {
+        Host::on_loop("mkfs.ext2", size)
+    }
+
+    fn on_loop(mkfs: &str, size: u64) -> Host {
         let dir = tempfile::Builder::new()
             .prefix("pinfs-host")
             .tempdir()
             .unwrap();
         let disk = dir.path().join("disk");
         std::fs::File::create(&disk).unwrap().set_len(size).unwrap();
-        let st = Command::new("mkfs.ext4")
-            .arg("-q")
-            .arg(&disk)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mkfs.ext4");
+        let st = Command::new(mkfs).arg("-q").arg(&disk).status().unwrap();
+        assert!(st.success(), "{mkfs}");
         let at = dir.path().join("host");
         std::fs::create_dir(&at).unwrap();
         let mut h = Host {
@@ -945,4 +951,38 @@ fn a_pin_that_fills_holes_on_a_failed_host_is_eio() {
     assert!(m.alive());
     // (The image's lock cannot be watched on the failed host.)
     m.detach();
+}
+
+/// A host that cannot preallocate (ext2: fallocate is EOPNOTSUPP): new blocks are backed by
+/// writing zeros instead, so a full host is still ENOSPC to the writer, not a SIGBUS that
+/// kills the daemon; freed blocks are zeroed through the file (ext2 cannot punch either).
+#[test]
+fn a_host_that_cannot_preallocate_still_answers_enospc() {
+    if skip_without_fuse("a_host_that_cannot_preallocate_still_answers_enospc") {
+        return;
+    }
+    let host = Host::ext2(24 << 20);
+    let mut m = OnHost::new(&host, "64M");
+    let (written, errno) = fill(&m.path("big"), 1 << 20, 64 << 20);
+    assert_eq!(
+        errno,
+        libc::ENOSPC,
+        "the write that found the host full (after {written} bytes)"
+    );
+    assert!(
+        m.alive(),
+        "the daemon died on a full host that cannot preallocate"
+    );
+    let back = std::fs::read(m.path("big")).unwrap();
+    assert_eq!(back.len() as u64, written);
+    assert!(back.iter().all(|&b| b == 0x5a));
+    drop(back);
+    std::fs::remove_file(m.path("big")).unwrap();
+    let f = new_file(m.path("small"));
+    f.write_all_at(b"after the unlink", 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    m.umount();
+    let (code, out) = fsck_code(&m.image);
+    assert_eq!(code, 0, "fsck: {out}");
 }
