@@ -747,18 +747,9 @@ impl Fs {
         }
         self.is_up()?;
         self.reclaim_all_orphans()?;
-        {
-            // Windowed blocks that files own go back into the image file; free ones stay zero.
-            let alloc = lock(&self.alloc);
-            let free: Vec<Extent> = alloc.free_extents().collect();
-            self.image
-                .write_back_windows(|off, len| owned_ranges(&free, off, len))
-                .and_then(|()| self.image.sync_host())
-                .map_err(|e| self.host_failed("writing DAX windows back at unmount", e))?;
-        }
         // The owner note stays: until this process exits and the lock is free, a refused
         // mount can still say who is finishing an unmount.
-        self.checkpoint(true)
+        self.make_clean()
     }
 
     fn reclaim_all_orphans(&self) -> FsResult<()> {
@@ -973,6 +964,7 @@ impl Fs {
     /// back, everything in the image's page cache on the device, a clean checkpoint.
     fn make_clean(&self) -> FsResult<()> {
         {
+            // Windowed blocks that files own go back into the image file; free ones stay zero.
             let alloc = lock(&self.alloc);
             let free: Vec<Extent> = alloc.free_extents().collect();
             self.image

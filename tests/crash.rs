@@ -5,8 +5,7 @@ mod common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,35 +14,6 @@ use common::*;
 
 /// Files that were fsync'd, with the content they must keep.
 type Synced = Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>;
-
-fn start_daemon(image: &Path, mnt: &Path) -> Child {
-    let mut child = Command::new(BIN)
-        .args([
-            "mount",
-            image.to_str().unwrap(),
-            mnt.to_str().unwrap(),
-            "--foreground",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start daemon");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-        if mounts
-            .lines()
-            .any(|l| l.split(' ').nth(1) == Some(mnt.to_str().unwrap()))
-        {
-            return child;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().ok();
-    child.wait().ok();
-    panic!("daemon did not mount {}", mnt.display());
-}
 
 fn content(tag: usize, round: usize) -> Vec<u8> {
     let len = 1000 + (tag * 7919) % 60000;
@@ -109,7 +79,7 @@ fn kill_9_during_metadata_workload_loses_nothing_fsynced() {
     mkfs(&image, "256M");
     let mut all_synced: Vec<(PathBuf, Vec<u8>)> = Vec::new();
     for round in 0..4u64 {
-        let mut daemon = start_daemon(&image, &mnt);
+        let mut daemon = start_daemon(&image, &mnt, "");
         let stop = Arc::new(AtomicBool::new(false));
         let synced = Arc::new(Mutex::new(Vec::new()));
         let root = mnt.join(format!("round{round}"));
@@ -151,7 +121,7 @@ fn kill_9_during_metadata_workload_loses_nothing_fsynced() {
             "round {round}: the workload made progress"
         );
         all_synced.extend(synced.lock().unwrap().drain(..));
-        let mut check = start_daemon(&image, &mnt);
+        let mut check = start_daemon(&image, &mnt, "");
         for (path, data) in &all_synced {
             let got = fs::read(path)
                 .unwrap_or_else(|e| panic!("round {round}: fsync'd {} lost: {e}", path.display()));

@@ -212,18 +212,6 @@ impl Drop for OnHost {
     }
 }
 
-fn fsck_code(image: &Path) -> (i32, String) {
-    let out = pinfs(&["fsck", image.to_str().unwrap()]);
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// Writes `chunk`-sized pieces to `path` until a write fails; returns the bytes written and
 /// the errno that stopped it.
 fn fill(path: &Path, chunk: usize, max: u64) -> (u64, i32) {
@@ -284,7 +272,7 @@ fn a_full_host_answers_enospc_and_the_daemon_lives() {
     f.sync_all().unwrap();
     drop(f);
     m.umount();
-    let (code, out) = fsck_code(&m.image);
+    let (code, out) = fsck_report(&m.image);
     assert_eq!(code, 0, "fsck after a full host: {out}");
 }
 
@@ -325,7 +313,7 @@ fn a_full_host_refuses_a_pin_that_fills_holes() {
         "the daemon died filling a pin's holes on a full host"
     );
     m.umount();
-    let (code, out) = fsck_code(&m.image);
+    let (code, out) = fsck_report(&m.image);
     assert_eq!(code, 0, "fsck: {out}");
 }
 
@@ -408,7 +396,7 @@ fn fsync_on_a_failed_host_is_eio_and_the_mount_shuts_down() {
     // Back on a working host, the image holds what was durable.
     host.umount();
     host.mount_ext4();
-    let (code, out) = fsck_code(&m.image);
+    let (code, out) = fsck_report(&m.image);
     assert_eq!(code, 0, "fsck after a host failure: {out}");
     let out = pinfs(&["mount", m.image.to_str().unwrap(), m.mnt.to_str().unwrap()]);
     assert!(
@@ -505,7 +493,7 @@ fn a_full_host_can_still_delete_after_a_checkpoint_is_refused() {
     assert!(m.alive());
     std::fs::remove_file(filler).unwrap();
     m.umount();
-    let (code, out) = fsck_code(&m.image);
+    let (code, out) = fsck_report(&m.image);
     assert_eq!(code, 0, "fsck: {out}");
     assert!(
         out.contains(" 0 journal transactions replayed"),
@@ -542,7 +530,7 @@ fn a_write_onto_a_failed_host_is_eio_and_the_mount_shuts_down() {
     m.detach();
     host.umount();
     host.mount_ext4();
-    let (code, out) = fsck_code(&m.image);
+    let (code, out) = fsck_report(&m.image);
     assert_eq!(code, 0, "fsck after a host failure: {out}");
     let out = pinfs(&["mount", m.image.to_str().unwrap(), m.mnt.to_str().unwrap()]);
     assert!(
@@ -585,7 +573,7 @@ fn an_image_with_a_sparse_journal_on_a_full_host_is_refused_clearly() {
         };
         assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
     }
-    let (code, out) = fsck_code(&image);
+    let (code, out) = fsck_report(&image);
     assert_eq!(code, 0, "the sparse-journal image is a valid image: {out}");
     let before = std::fs::read(&image).unwrap();
     let filler = fill_host(&host);
@@ -616,7 +604,7 @@ fn an_image_with_a_sparse_journal_on_a_full_host_is_refused_clearly() {
     // SAFETY: umount2 with a NUL-terminated path.
     assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0);
     wait_unlocked(&image);
-    let (code, out) = fsck_code(&image);
+    let (code, out) = fsck_report(&image);
     assert_eq!(code, 0, "fsck: {out}");
 }
 
@@ -641,7 +629,7 @@ fn mkfs_on_a_full_host_fails_and_leaves_no_file() {
     );
     std::fs::remove_file(filler).unwrap();
     mkfs(&image, "4M");
-    let (code, out) = fsck_code(&image);
+    let (code, out) = fsck_report(&image);
     assert_eq!(code, 0, "fsck: {out}");
 }
 
@@ -827,7 +815,7 @@ fn a_write_back_error_that_a_checkpoint_sees_shuts_the_mount_down() {
         .unwrap();
     assert!(st.success());
     thin.host.mounted = true;
-    let (code, out) = fsck_code(&m.image);
+    let (code, out) = fsck_report(&m.image);
     assert_eq!(code, 0, "fsck after the host recovered: {out}");
 }
 
@@ -983,6 +971,6 @@ fn a_host_that_cannot_preallocate_still_answers_enospc() {
     f.sync_all().unwrap();
     drop(f);
     m.umount();
-    let (code, out) = fsck_code(&m.image);
+    let (code, out) = fsck_report(&m.image);
     assert_eq!(code, 0, "fsck: {out}");
 }

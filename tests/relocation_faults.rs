@@ -13,39 +13,6 @@ use std::time::Duration;
 use common::*;
 use pinfs::client::{Connection, PinOptions};
 
-fn start_daemon(image: &Path, mnt: &Path, options: &str) -> Child {
-    let mut args = vec![
-        "mount".to_string(),
-        image.to_str().unwrap().into(),
-        mnt.to_str().unwrap().into(),
-        "--foreground".into(),
-    ];
-    if !options.is_empty() {
-        args.extend(["-o".into(), options.into()]);
-    }
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start daemon");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
-        if mounts
-            .lines()
-            .any(|l| l.split(' ').nth(1) == Some(mnt.to_str().unwrap()))
-        {
-            return child;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().ok();
-    child.wait().ok();
-    panic!("the daemon did not mount within 20 s");
-}
-
 /// kill -9, detach the dead mount, wait for the lock to go.
 fn kill_9(mut daemon: Child, image: &Path, mnt: &Path) {
     daemon.kill().unwrap();
@@ -54,28 +21,6 @@ fn kill_9(mut daemon: Child, image: &Path, mnt: &Path) {
     // SAFETY: umount2 with a NUL-terminated path.
     unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     wait_unlocked(image);
-}
-
-fn fsck(image: &Path) -> (i32, String) {
-    let out = pinfs(&["fsck", image.to_str().unwrap()]);
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// The "N journal transactions replayed" of fsck's report.
-fn replayed(report: &str) -> u64 {
-    let words: Vec<&str> = report.split_whitespace().collect();
-    words
-        .windows(3)
-        .find(|w| w[1] == "journal" && w[2].starts_with("transaction"))
-        .and_then(|w| w[0].parse().ok())
-        .unwrap_or_else(|| panic!("no replay count in fsck's report: {report}"))
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -124,7 +69,7 @@ fn dirs(size: &str) -> Dirs {
 
 /// After the kill: fsck is clean, and F holds exactly what was fsync'd.
 fn check_after_kill(d: &Dirs, f_len: usize, want: &[u8]) {
-    let (code, out) = fsck(&d.image);
+    let (code, out) = fsck_report(&d.image);
     assert_eq!(code, 0, "fsck after the kill: {out}");
     let daemon = start_daemon(&d.image, &d.mnt, "");
     let back = fs::read(d.mnt.join("F")).unwrap();
@@ -249,7 +194,7 @@ fn a_checkpoint_in_an_old_window_then_a_full_fs_and_umount_leave_a_clean_image()
     let status = daemon.wait().unwrap();
     assert!(status.success(), "the daemon's unmount failed: {status}");
     wait_unlocked(&d.image);
-    let (code, out) = fsck(&d.image);
+    let (code, out) = fsck_report(&d.image);
     assert_eq!(code, 0, "fsck after the umount: {out}");
     assert_eq!(
         replayed(&out),

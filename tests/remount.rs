@@ -49,14 +49,6 @@ fn daemon_pid(m: &Mount) -> u32 {
     pid.unwrap_or_else(|| panic!("no daemon pid in: {err}"))
 }
 
-fn replayed(report: &str) -> u64 {
-    let w: Vec<&str> = report.split_whitespace().collect();
-    w.windows(3)
-        .find(|w| w[1] == "journal" && w[2].starts_with("transaction"))
-        .and_then(|w| w[0].parse().ok())
-        .unwrap_or_else(|| panic!("no replay count in: {report}"))
-}
-
 #[test]
 fn remount_read_only_leaves_a_clean_image_and_refuses_writes() {
     if skip_without_fuse("remount_read_only_leaves_a_clean_image_and_refuses_writes") {

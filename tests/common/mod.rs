@@ -215,3 +215,61 @@ pub fn as_nobody(f: impl FnOnce() -> bool) -> bool {
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
     }
 }
+
+/// Starts `pinfs mount IMAGE MNT --foreground [-o OPTIONS]` and returns once the mount is in
+/// the mount table (the daemon is the child: kill -9 tests kill it).
+pub fn start_daemon(image: &Path, mnt: &Path, options: &str) -> std::process::Child {
+    let mut args = vec![
+        "mount".to_string(),
+        image.to_str().unwrap().into(),
+        mnt.to_str().unwrap().into(),
+        "--foreground".into(),
+    ];
+    if !options.is_empty() {
+        args.extend(["-o".into(), options.into()]);
+    }
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start daemon");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        if mounts
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(mnt.to_str().unwrap()))
+        {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().ok();
+    child.wait().ok();
+    panic!("the daemon did not mount within 20 s");
+}
+
+/// `pinfs fsck IMAGE`: its exit code, and its stdout and stderr together.
+pub fn fsck_report(image: &Path) -> (i32, String) {
+    let out = pinfs(&["fsck", image.to_str().unwrap()]);
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The "N journal transactions replayed" of an fsck report.
+pub fn replayed(report: &str) -> u64 {
+    let words: Vec<&str> = report.split_whitespace().collect();
+    words
+        .windows(3)
+        .find(|w| w[1] == "journal" && w[2].starts_with("transaction"))
+        .and_then(|w| w[0].parse().ok())
+        .unwrap_or_else(|| panic!("no replay count in fsck's report: {report}"))
+}
