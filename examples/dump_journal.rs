@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use pinfs::image::Image;
-use pinfs::journal::Journal;
-use pinfs::record::decode_transaction;
+use pinfs::format::record::decode_transaction;
+use pinfs::log::journal::Journal;
+use pinfs::store::image::Image;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pinfs::client::{Connection, PinOptions};
+use pinfs::holder::client::{Connection, PinOptions};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();

@@ -69,7 +69,7 @@ struct Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mnt).status();
-        crate::image::Image::wait_until_free(&self.image, Duration::from_secs(20));
+        crate::store::image::Image::wait_until_free(&self.image, Duration::from_secs(20));
     }
 }
 
@@ -155,10 +155,10 @@ fn scenario(exe: &Path, work: &Path, n: usize, s: &Scenario) -> Result<Outcome, 
     std::thread::sleep(Duration::from_millis(100)); // the holder writes on meanwhile
     let data = fs::read(&fresh).map_err(|e| e.to_string())?;
     let corrupted = data.iter().filter(|&&b| b == HOLDER_BYTE).count();
-    let busy = crate::client::Connection::for_path(&mnt)
+    let busy = crate::holder::client::Connection::for_path(&mnt)
         .and_then(|mut c| c.status(false))
         .ok()
-        .and_then(|j| crate::status::json_number(&j, "busy_blocks"))
+        .and_then(|j| crate::fs::status::json_number(&j, "busy_blocks"))
         .map_or("?".to_string(), |n| n.to_string());
     let _ = holder.kill();
     let _ = holder.wait();

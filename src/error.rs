@@ -1,8 +1,8 @@
 //! The filesystem's errors, each with the one errno a Linux local filesystem gives for it.
 
-use crate::codec::DecodeError;
-use crate::image::ImageError;
+use crate::format::codec::DecodeError;
 use crate::lease::LeaseError;
+use crate::store::image::ImageError;
 
 /// A failed filesystem operation.
 #[derive(Debug, thiserror::Error)]

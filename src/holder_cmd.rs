@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::client::{ClientError, Connection, HolderEvent, PinOptions};
 use crate::fsck::json_str;
+use crate::holder::client::{ClientError, Connection, HolderEvent, PinOptions};
 
 /// What `pinfs pin` was asked to do.
 #[derive(Debug, Clone, Default)]

@@ -1,42 +1,35 @@
 //! pinfs: a FUSE filesystem on an emulated persistent-memory image, built to make long-term
 //! block pinning (RDMA, VFIO) on DAX-like storage real and testable.
 //!
-//! Module map: [`image`] (mapping, superblocks, persistence ordering), [`journal`] and
-//! [`checkpoint`] (crash consistency), [`record`] (the metadata changes), [`inode`] and
-//! [`extent_map`] (metadata), [`fs`] (POSIX operations, no FUSE), [`lease`] (layout leases), [`fuse`] (the thin fuser
-//! adapter), [`options`] (mount options), [`fsck`] (checking and repair), [`daemon`] (mounting
-//! and the daemon's life).
+//! The folders are the architecture (the README's layout table says the same):
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`store`] | the image mapping, superblocks, host durability, holders' DAX windows |
+//! | [`format`] | the byte codec and the metadata records |
+//! | [`meta`] | inodes and extent maps |
+//! | [`log`] | the journal and checkpoints (crash consistency) |
+//! | [`fs`] | the filesystem core: every POSIX operation, pins, space, status (no FUSE) |
+//! | [`lease`] | the layout-lease state machine and its events |
+//! | [`fsck`] | checking and repair of an image |
+//! | [`holder`] | the holder protocol and client (no fuser, no image mapping) |
+//! | [`daemon`] | mounting, the fuser adapter, the holder server, remount, signals |
+//! | [`fuzzer`] | the truncate-vs-pin fuzzer: serial core runs and live mounts |
+//!
+//! [`sync`] is the one place locks come from; [`error`] maps failures to errnos.
 
-pub mod checkpoint;
-pub mod client;
-pub mod codec;
 pub mod daemon;
-pub mod dax;
 pub mod demo;
 pub mod error;
-pub mod extent_map;
+pub mod format;
 pub mod fs;
 pub mod fsck;
-pub mod fuse;
-pub mod fuzz;
-pub mod fuzz_holder;
-pub mod fuzz_image;
-pub mod fuzz_ledger;
-pub mod fuzz_mount;
-pub mod fuzz_serial;
-pub mod fuzz_targets;
+pub mod fuzzer;
+pub mod holder;
 pub mod holder_cmd;
-pub mod holders;
-pub mod image;
-pub mod inode;
-pub mod journal;
-pub mod kmsg;
 pub mod lease;
-pub mod options;
+pub mod log;
+pub mod meta;
 pub mod output;
-pub mod protocol;
-pub mod record;
-pub mod remount;
-pub mod signals;
-pub mod status;
+pub mod store;
 pub mod sync;

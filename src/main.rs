@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use pinfs::daemon::{mount, MountRequest};
 use pinfs::fs::Fs;
-use pinfs::image::parse_size;
+use pinfs::store::image::parse_size;
 
 const USAGE: &str = "\
 usage:
@@ -61,7 +61,7 @@ fn init_logging(default: &str) {
     // The daemon that `pinfs mount` started in the background has no terminal: its warnings
     // and errors go to the kernel log, as a kernel filesystem's would.
     if std::env::var_os("PINFS_LOG").is_none() && pinfs::daemon::is_background_daemon() {
-        if let Some(k) = pinfs::kmsg::Kmsg::open() {
+        if let Some(k) = pinfs::daemon::kmsg::Kmsg::open() {
             let _ = tracing_subscriber::fmt()
                 // fuser warns of its own unmount attempt after the kernel's (harmless).
                 .with_env_filter(tracing_subscriber::EnvFilter::new("warn,fuser=error"))
@@ -148,9 +148,9 @@ fn run(args: &[String]) -> CmdResult {
         "fsck" => cmd_fsck(&args[1..]),
         "pin" => cmd_pin(&args[1..]),
         "fuzz" => cmd_fuzz(&args[1..]),
-        "fuzz-holder" => pinfs::fuzz_holder::HolderRun::parse(&args[1..])
+        "fuzz-holder" => pinfs::fuzzer::holder::HolderRun::parse(&args[1..])
             .map(|run| {
-                pinfs::fuzz_holder::run_holder(run);
+                pinfs::fuzzer::holder::run_holder(run);
                 0
             })
             .map_err(Err),
@@ -224,13 +224,13 @@ fn cmd_mount(args: &[String]) -> CmdResult {
         return Err(Ok(usage("mount: need IMAGE and MOUNTPOINT")));
     }
     let options = options.join(",");
-    if pinfs::remount::is_remount(&options) {
+    if pinfs::daemon::remount::is_remount(&options) {
         init_logging("warn");
-        pinfs::remount::run(std::path::Path::new(&pos[1]), &options).map_err(Err)?;
+        pinfs::daemon::remount::run(std::path::Path::new(&pos[1]), &options).map_err(Err)?;
         return Ok(0);
     }
     // Refused here, before any daemon starts: a bad option is a usage error (exit 2).
-    pinfs::options::MountOptions::parse(&options).map_err(|e| Ok(usage(e)))?;
+    pinfs::fs::options::MountOptions::parse(&options).map_err(|e| Ok(usage(e)))?;
     init_logging(if foreground { "info" } else { "warn" });
     let req = MountRequest {
         image: PathBuf::from(&pos[0]),
@@ -312,7 +312,7 @@ fn count(flag: &str, v: Option<&String>, max: u64) -> Result<usize, Result<Usage
 
 fn seconds(flag: &str, v: Option<&String>) -> Result<std::time::Duration, Result<Usage, String>> {
     let v = v.ok_or_else(|| Ok(usage(format!("{flag} needs a value"))))?;
-    let max = pinfs::options::MAX_SECONDS;
+    let max = pinfs::fs::options::MAX_SECONDS;
     v.trim()
         .parse::<f64>()
         .ok()
@@ -353,7 +353,7 @@ fn cmd_pin(args: &[String]) -> CmdResult {
             }
             "--every" => {
                 let ms = number("--every", it.next())?;
-                let max = pinfs::options::MAX_SECONDS as u64 * 1000;
+                let max = pinfs::fs::options::MAX_SECONDS as u64 * 1000;
                 if !(1..=max).contains(&ms) {
                     return Err(Ok(usage(format!(
                         "--every {ms}: a number of milliseconds from 1 to {max} (365 days)"
@@ -413,7 +413,7 @@ fn cmd_fence(args: &[String]) -> CmdResult {
 }
 
 fn cmd_fuzz(args: &[String]) -> CmdResult {
-    use pinfs::fuzz_serial::{serial_command, SerialConfig, SerialRuns};
+    use pinfs::fuzzer::serial::{serial_command, SerialConfig, SerialRuns};
     let (mut seed, mut ops, mut runs, mut serial, mut opts) =
         (None, None::<u64>, 100u64, false, String::new());
     let (mut duration, mut holders, mut threads) =
@@ -456,7 +456,7 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
             .unwrap_or(1)
     });
     if !serial {
-        let run = pinfs::fuzz_mount::MountFuzz {
+        let run = pinfs::fuzzer::mount::MountFuzz {
             seed,
             duration,
             holders,
@@ -467,8 +467,8 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
         };
         return fuzz_mount(run);
     }
-    let parsed =
-        pinfs::options::MountOptions::parse(&opts).map_err(|e| Ok(usage(format!("fuzz: {e}"))))?;
+    let parsed = pinfs::fs::options::MountOptions::parse(&opts)
+        .map_err(|e| Ok(usage(format!("fuzz: {e}"))))?;
     init_logging("error");
     let cfg = SerialConfig {
         policy: parsed.leases.policy,
@@ -478,7 +478,7 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
         seed,
         ops: ops.unwrap_or(60) as usize,
         runs,
-        shape: pinfs::fuzz::Shape {
+        shape: pinfs::fuzzer::Shape {
             workers: threads,
             holders,
         },
@@ -490,11 +490,11 @@ fn cmd_fuzz(args: &[String]) -> CmdResult {
     }
 }
 
-fn fuzz_mount(mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdResult {
+fn fuzz_mount(mut cfg: pinfs::fuzzer::mount::MountFuzz) -> CmdResult {
     if cfg.options.is_empty() && cfg.mount.is_none() {
-        cfg.options = pinfs::fuzz::options_from_seed(cfg.seed);
+        cfg.options = pinfs::fuzzer::options_from_seed(cfg.seed);
     }
-    let parsed = pinfs::options::MountOptions::parse(&cfg.options)
+    let parsed = pinfs::fs::options::MountOptions::parse(&cfg.options)
         .map_err(|e| Ok(usage(format!("fuzz: {e}"))))?;
     let (seed, options, duration, holders, threads) = (
         cfg.seed,
@@ -508,7 +508,7 @@ fn fuzz_mount(mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdResult {
     );
     init_logging("error");
     let t0 = std::time::Instant::now();
-    let report = pinfs::fuzz_mount::run(&cfg).map_err(|e| Err(format!("fuzz: {e}")))?;
+    let report = pinfs::fuzzer::mount::run(&cfg).map_err(|e| Err(format!("fuzz: {e}")))?;
     let secs = t0.elapsed().as_secs_f64();
     pinfs::outln!(
         "fuzz: seed {seed}, options {options}: {} steps ({} pins, {} holder stores, {} breakers done), {} breaks, {} revocations in {secs:.1} s ({:.0} steps/s, {:.1} breaks/s)",
@@ -551,14 +551,14 @@ fn fuzz_mount(mut cfg: pinfs::fuzz_mount::MountFuzz) -> CmdResult {
         duration.as_secs_f64()
     );
     if cfg.mount.is_none() {
-        let serial = pinfs::fuzz_serial::SerialConfig {
+        let serial = pinfs::fuzzer::serial::SerialConfig {
             policy: parsed.leases.policy,
             busy_blocks: parsed.leases.busy_blocks,
         };
         let shape = cfg.shape();
         pinfs::outln!(
             "the same program in one thread: {}",
-            pinfs::fuzz_serial::replay_command(seed, report.reached as usize, shape, serial)
+            pinfs::fuzzer::serial::replay_command(seed, report.reached as usize, shape, serial)
         );
     }
     if let Some(sig) = report.interrupted {

@@ -12,8 +12,8 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use common::*;
-use pinfs::client::Connection;
-use pinfs::protocol::{socket_path, Message, Packet};
+use pinfs::holder::client::Connection;
+use pinfs::holder::protocol::{socket_path, Message, Packet};
 
 const FILE_BLOCKS: u64 = 256;
 

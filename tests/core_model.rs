@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use pinfs::fs::{falloc, Caller, Fs, FsOptions, SetAttr};
-use pinfs::inode::ROOT_INO;
+use pinfs::meta::inode::ROOT_INO;
 use proptest::prelude::*;
 
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];

@@ -6,10 +6,10 @@
 //! mount (through the core) never panic, mount refuses exactly the images fsck finds errors
 //! in (but for a stale free list, which mount rebuilds), and a mounted image works all the way: every directory listed, every file read, xattrs
 //! and symlinks read, a write to each file, a clean unmount, fsck clean after. Seeded, so a
-//! failure replays (`pinfs::fuzz_image::mutate(image, seed)`). Besides random seeds (some
+//! failure replays (`pinfs::fuzzer::image::mutate(image, seed)`). Besides random seeds (some
 //! changing two or three fields), every field is swept with every one of its hostile values.
 
-use pinfs::fuzz_image::{
+use pinfs::fuzzer::image::{
     base_images, exercise, fields, fix_checksums, hostile_values, mutate, write_image, Verdict,
 };
 

@@ -11,11 +11,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use pinfs::checkpoint;
 use pinfs::fs::{Caller, Fs, FsOptions, SetAttr};
-use pinfs::image::{Image, Superblock, BLOCK_SIZE};
-use pinfs::inode::{Inode, ROOT_INO};
 use pinfs::lease::{HolderInfo, LeaseConfig, PinRequest, Policy};
+use pinfs::log::checkpoint;
+use pinfs::meta::inode::{Inode, ROOT_INO};
+use pinfs::store::image::{Image, Superblock, BLOCK_SIZE};
 
 fn opts() -> FsOptions {
     FsOptions {
@@ -83,7 +83,7 @@ fn edit_copy(img: &Path, slot: u64, field: usize, edit: impl FnOnce(u64) -> u64)
     b[field..field + 8].copy_from_slice(&v.to_le_bytes());
     let n = u32::from_le_bytes(b[EXTENT_COUNT..EXTENT_COUNT + 4].try_into().unwrap()) as usize;
     let crc_at = 72 + 16 * n + 1 + 16;
-    let crc = pinfs::codec::crc32c(&b[..crc_at]);
+    let crc = pinfs::format::codec::crc32c(&b[..crc_at]);
     b[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
     let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
     f.write_all_at(&b, slot * BLOCK_SIZE).unwrap();
@@ -130,7 +130,7 @@ fn wrapped_journal_is_repaired_from_the_other_copy(slot_of: impl Fn(&Path) -> u6
     assert_eq!(code, 0, "clean after the repair: {out}");
     for s in 0..2 {
         let copy = read_copy(&img, s);
-        let journal = pinfs::image::journal_blocks_for(u64_at(&copy, TOTAL_BLOCKS));
+        let journal = pinfs::store::image::journal_blocks_for(u64_at(&copy, TOTAL_BLOCKS));
         assert_eq!(
             u64_at(&copy, JOURNAL_BLOCKS),
             journal,
@@ -402,7 +402,7 @@ fn a_free_list_that_frees_a_files_blocks_is_rebuilt_at_mount() {
     // blocks between are the file's or the previous checkpoint's, which the blob then no
     // longer lists).
     let mut bytes = std::fs::read(&img).unwrap();
-    let fields = pinfs::fuzz_image::fields(&bytes);
+    let fields = pinfs::fuzzer::image::fields(&bytes);
     let free: Vec<_> = fields
         .iter()
         .filter(|f| {
@@ -428,7 +428,7 @@ fn a_free_list_that_frees_a_files_blocks_is_rebuilt_at_mount() {
         .find(|f| f.name == "checkpoint previous extents: count")
         .unwrap();
     prev.set(&mut bytes, 0);
-    pinfs::fuzz_image::fix_checksums(&mut bytes);
+    pinfs::fuzzer::image::fix_checksums(&mut bytes);
     std::fs::write(&img, &bytes).unwrap();
 
     let (code, out) = fsck(&img, false);

@@ -19,10 +19,10 @@ fn replay(target: &str, run: fn(&[u8])) {
 
 #[test]
 fn image_corpus_replays() {
-    replay("image", pinfs::fuzz_targets::image);
+    replay("image", pinfs::fuzzer::targets::image);
 }
 
 #[test]
 fn protocol_corpus_replays() {
-    replay("protocol", pinfs::fuzz_targets::protocol);
+    replay("protocol", pinfs::fuzzer::targets::protocol);
 }

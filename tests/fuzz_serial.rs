@@ -2,8 +2,8 @@
 //! policy, and with `busy_blocks=off` its oracle catches the corruption and shrinks the
 //! program (a self-test that the oracle can fail).
 
-use pinfs::fuzz::{program, Shape};
-use pinfs::fuzz_serial::{run_serial, shrink, Outcome, SerialConfig};
+use pinfs::fuzzer::serial::{run_serial, shrink, Outcome, SerialConfig};
+use pinfs::fuzzer::{program, Shape};
 use pinfs::lease::Policy;
 
 const SHAPE: Shape = Shape {

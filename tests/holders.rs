@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pinfs::client::{Connection, PinOptions};
+use pinfs::holder::client::{Connection, PinOptions};
 
 fn file(m: &Mount, name: &str, len: usize) -> fs::File {
     let f = new_file(m.path(name));
@@ -356,8 +356,8 @@ fn breaker_errnos_on_a_real_mount() {
 /// freed blocks and shows those stores, and the ledger says so (the oracle can fail).
 #[test]
 fn the_fuzzer_ledger_sees_a_revoked_store_in_its_own_file_only_without_busy_blocks() {
-    use pinfs::fuzz::fill_tags;
-    use pinfs::fuzz_ledger::{now_ns, Entry, Ledger};
+    use pinfs::fuzzer::fill_tags;
+    use pinfs::fuzzer::ledger::{now_ns, Entry, Ledger};
     if skip_without_fuse("holders_ledger") {
         return;
     }
@@ -385,7 +385,7 @@ fn the_fuzzer_ledger_sees_a_revoked_store_in_its_own_file_only_without_busy_bloc
                 granted: now_ns(),
             },
         );
-        let store = |pin: &mut pinfs::client::Pin, ledger: &mut Ledger, s: u32| {
+        let store = |pin: &mut pinfs::holder::client::Pin, ledger: &mut Ledger, s: u32| {
             let began = now_ns();
             fill_tags(pin.as_mut_slice(), g, s);
             let ended = now_ns();
@@ -463,7 +463,7 @@ fn status_follow_streams_every_lease_event_until_the_unmount() {
         for line in lines.by_ref() {
             let line = line.unwrap();
             assert!(line.starts_with("{\"time\":1"), "{line}");
-            let kind = pinfs::status::json_field(&line, "event").unwrap();
+            let kind = pinfs::fs::status::json_field(&line, "event").unwrap();
             seen.push(kind.trim_matches('"').to_string());
             if seen.last().is_some_and(|k| k == "holder_gone") {
                 break;

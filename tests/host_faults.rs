@@ -204,7 +204,7 @@ impl Drop for OnHost {
             let c = cstr(&self.mnt);
             // SAFETY: umount2 with a NUL-terminated path.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            let _ = pinfs::image::Image::wait_until_free(
+            let _ = pinfs::store::image::Image::wait_until_free(
                 &self.image,
                 std::time::Duration::from_secs(20),
             );

@@ -17,8 +17,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pinfs::client::{Connection, PinOptions};
-use pinfs::status::json_number;
+use pinfs::fs::status::json_number;
+use pinfs::holder::client::{Connection, PinOptions};
 
 const NOBODY: u32 = 65534;
 

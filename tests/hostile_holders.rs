@@ -13,8 +13,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use pinfs::client::Connection;
-use pinfs::protocol::{socket_path, Message, Packet};
+use pinfs::holder::client::Connection;
+use pinfs::holder::protocol::{socket_path, Message, Packet};
 
 /// These tests fork children that inherit every descriptor of the test process, other
 /// tests' files on their mounts included (which would make those mounts busy at unmount):

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pinfs::client::{Connection, PinOptions};
-use pinfs::protocol::{socket_path, Packet};
+use pinfs::holder::client::{Connection, PinOptions};
+use pinfs::holder::protocol::{socket_path, Packet};
 
 fn sock_of(m: &Mount) -> PathBuf {
     socket_path(fs::metadata(&m.mnt).unwrap().dev())
@@ -305,7 +305,7 @@ fn connections_per_user_are_bounded_root_is_not() {
     let sock = sock_of(&m);
     let s = sock.clone();
     let (child, go, ready) = nobody_until_told(move |wait| {
-        let held: Vec<Packet> = (0..pinfs::holders::MAX_CONNS_PER_UID)
+        let held: Vec<Packet> = (0..pinfs::daemon::holders::MAX_CONNS_PER_UID)
             .map(|_| Packet::connect(&s).unwrap())
             .collect();
         for (i, c) in held.iter().enumerate() {
@@ -318,7 +318,7 @@ fn connections_per_user_are_bounded_root_is_not() {
         let reply = recv_text(&extra);
         let want = format!(
             "? err errno=11 too many connections for uid 65534 (limit {})",
-            pinfs::holders::MAX_CONNS_PER_UID
+            pinfs::daemon::holders::MAX_CONNS_PER_UID
         );
         if !reply.starts_with(&want) {
             eprintln!("{reply}");
@@ -335,7 +335,7 @@ fn connections_per_user_are_bounded_root_is_not() {
         "the child holds its connections"
     );
     // Root, meanwhile, is not bounded.
-    let mine: Vec<Packet> = (0..pinfs::holders::MAX_CONNS_PER_UID + 10)
+    let mine: Vec<Packet> = (0..pinfs::daemon::holders::MAX_CONNS_PER_UID + 10)
         .map(|_| Packet::connect(&sock).unwrap())
         .collect();
     let last = mine.last().unwrap();
@@ -372,7 +372,7 @@ fn connections_per_user_are_bounded_root_is_not() {
         // them are accepted, which leaves this uid exactly at its limit.
         let deadline = Instant::now() + Duration::from_secs(10);
         let _held = loop {
-            let held: Vec<Packet> = (0..pinfs::holders::MAX_CONNS_PER_UID)
+            let held: Vec<Packet> = (0..pinfs::daemon::holders::MAX_CONNS_PER_UID)
                 .map(|_| Packet::connect(&s).unwrap())
                 .collect();
             let accepted = held.iter().enumerate().all(|(i, c)| {

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use pinfs::checkpoint;
-use pinfs::image::{Image, BLOCK_SIZE};
-use pinfs::inode::{Inode, Kind, Time, ROOT_INO};
+use pinfs::log::checkpoint;
+use pinfs::meta::inode::{Inode, Kind, Time, ROOT_INO};
+use pinfs::store::image::{Image, BLOCK_SIZE};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use pinfs::checkpoint;
 use pinfs::fs::{Caller, Fs, FsOptions};
-use pinfs::image::Image;
-use pinfs::inode::{Inode, Kind, ROOT_INO};
+use pinfs::log::checkpoint;
+use pinfs::meta::inode::{Inode, Kind, ROOT_INO};
+use pinfs::store::image::Image;
 
 const REG: u32 = libc::S_IFREG | 0o644;
 const DIR: u32 = libc::S_IFDIR | 0o755;
@@ -270,7 +270,7 @@ fn a_repair_does_not_overwrite_a_name_in_lost_and_found() {
 #[test]
 fn crafted_images_that_mount_survive_every_namespace_change() {
     use pinfs::error::FsError;
-    use pinfs::fuzz_image::{base_images, fields, fix_checksums, hostile_values, write_image};
+    use pinfs::fuzzer::image::{base_images, fields, fix_checksums, hostile_values, write_image};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.img");
     let mut failures = Vec::new();
@@ -375,7 +375,7 @@ fn crafted_images_that_mount_survive_every_namespace_change() {
 #[test]
 fn creates_past_the_last_inode_number_are_enospc_and_the_image_stays_mountable() {
     use pinfs::error::FsError;
-    use pinfs::fuzz_image::{fields, fix_checksums};
+    use pinfs::fuzzer::image::{fields, fix_checksums};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.img");
     base(&path);
@@ -385,7 +385,7 @@ fn creates_past_the_last_inode_number_are_enospc_and_the_image_stays_mountable()
         .iter()
         .find(|f| f.name.ends_with("next_ino"))
         .expect("the next_ino field");
-    f.set(&mut img, pinfs::inode::MAX_INO - 1);
+    f.set(&mut img, pinfs::meta::inode::MAX_INO - 1);
     fix_checksums(&mut img);
     std::fs::write(&path, &img).unwrap();
     let fs = Fs::open(&path, opts()).expect("mount");
@@ -457,7 +457,7 @@ fn the_largest_offsets_keep_the_image_clean() {
 /// one that refuses (exit 4 or 8) changes nothing.
 #[test]
 fn repair_of_every_crafted_image_is_clean_or_changes_nothing() {
-    use pinfs::fuzz_image::{base_images, fields, fix_checksums, hostile_values, write_image};
+    use pinfs::fuzzer::image::{base_images, fields, fix_checksums, hostile_values, write_image};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.img");
     let (mut failures, mut repaired, mut refused) = (Vec::new(), 0, 0);

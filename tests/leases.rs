@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::Receiver;
 use pinfs::error::FsError;
 use pinfs::fs::{falloc, Caller, Fs, FsOptions, SetAttr};
-use pinfs::image::BLOCK_SIZE;
-use pinfs::inode::ROOT_INO;
 use pinfs::lease::{EventKind, HolderInfo, LeaseConfig, LeaseState, Notice, PinRequest, Policy};
+use pinfs::meta::inode::ROOT_INO;
+use pinfs::store::image::BLOCK_SIZE;
 
 const HOLDER_PID: u32 = 4_000_001;
 const BREAKER: Caller = Caller {
@@ -607,7 +607,7 @@ fn pins_need_permission_stay_in_the_file_and_allocate_holes() {
 }
 
 /// Maps a window piece the way a holder does.
-fn map_piece(p: &pinfs::dax::WindowPiece) -> &'static mut [u8] {
+fn map_piece(p: &pinfs::store::windows::WindowPiece) -> &'static mut [u8] {
     use std::os::fd::AsRawFd;
     // SAFETY: a shared mapping of `len` bytes of the memfd at `fd_offset`; leaked on purpose
     // for the test's lifetime.

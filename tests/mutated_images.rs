@@ -2,9 +2,9 @@
 //! entries, checkpoint) changed at random and every checksum recomputed must make fsck and
 //! mount agree (mount refuses what fsck finds errors in) and never panic, and a mounted
 //! image must work all the way. Seeded, so a failure replays; the same body as the `image`
-//! fuzz target (pinfs::fuzz_targets::image), driven here by a plain generator.
+//! fuzz target (pinfs::fuzzer::targets::image), driven here by a plain generator.
 
-use pinfs::fuzz::Rng;
+use pinfs::fuzzer::Rng;
 
 #[test]
 fn mutated_images_never_panic() {
@@ -13,7 +13,7 @@ fn mutated_images_never_panic() {
         let patches: Vec<u8> = (0..4 * (1 + rng.below(8)))
             .map(|_| rng.below(256) as u8)
             .collect();
-        let r = std::panic::catch_unwind(|| pinfs::fuzz_targets::image(&patches));
+        let r = std::panic::catch_unwind(|| pinfs::fuzzer::targets::image(&patches));
         assert!(
             r.is_ok(),
             "round {round}: patches {patches:?} broke a rule (see the panic above)"

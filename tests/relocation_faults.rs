@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use pinfs::client::{Connection, PinOptions};
+use pinfs::holder::client::{Connection, PinOptions};
 
 /// kill -9, detach the dead mount, wait for the lock to go.
 fn kill_9(mut daemon: Child, image: &Path, mnt: &Path) {

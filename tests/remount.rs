@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 
 use common::*;
-use pinfs::client::{Connection, PinOptions};
+use pinfs::holder::client::{Connection, PinOptions};
 
 fn remount(m: &Mount, options: &str) -> std::process::Output {
     pinfs(&[

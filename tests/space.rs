@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use pinfs::error::FsError;
 use pinfs::fs::{falloc, Caller, Fs, FsOptions, SetAttr};
-use pinfs::image::BLOCK_SIZE;
-use pinfs::inode::ROOT_INO;
 use pinfs::lease::{HolderInfo, LeaseConfig, LeaseState, PinRequest, Policy};
+use pinfs::meta::inode::ROOT_INO;
+use pinfs::store::image::BLOCK_SIZE;
 
 const BREAKER: Caller = Caller {
     uid: 0,
@@ -308,7 +308,7 @@ impl Pinned {
     }
 }
 
-fn map_piece(p: &pinfs::dax::WindowPiece) -> &'static mut [u8] {
+fn map_piece(p: &pinfs::store::windows::WindowPiece) -> &'static mut [u8] {
     use std::os::fd::AsRawFd;
     // SAFETY: a shared mapping of `len` bytes of the memfd at `fd_offset`; leaked on purpose
     // for the test's lifetime.

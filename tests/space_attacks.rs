@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pinfs::error::FsError;
 use pinfs::fs::{Caller, Fs, FsOptions, SetAttr};
-use pinfs::inode::ROOT_INO;
+use pinfs::meta::inode::ROOT_INO;
 
 const NOBODY: Caller = Caller {
     uid: 65534,

@@ -1,3 +1,3 @@
-//! Holder messages must never harm the daemon (see pinfs::fuzz_targets::protocol).
+//! Holder messages must never harm the daemon (see pinfs::fuzzer::targets::protocol).
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| pinfs::fuzz_targets::protocol(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| pinfs::fuzzer::targets::protocol(data));

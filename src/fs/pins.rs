@@ -19,7 +19,7 @@ pub struct PinGrant {
     /// The pinned range, piece by piece, in file order.
     pub extents: Vec<PinnedExtent>,
     /// Memfd windows covering the pinned image bytes.
-    pub windows: Vec<crate::dax::WindowPiece>,
+    pub windows: Vec<crate::store::windows::WindowPiece>,
 }
 
 /// What a holder gets for a pin: where each piece of the pinned range lives in the image.

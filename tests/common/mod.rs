@@ -160,7 +160,7 @@ impl Drop for Mount {
 /// Waits until no daemon holds the image lock (at most 20 s).
 pub fn wait_unlocked(image: &Path) {
     assert!(
-        pinfs::image::Image::wait_until_free(image, std::time::Duration::from_secs(20)),
+        pinfs::store::image::Image::wait_until_free(image, std::time::Duration::from_secs(20)),
         "{}: still locked 20 s after unmount",
         image.display()
     );

@@ -21,8 +21,8 @@ use fuser::{
 
 use crate::error::FsError;
 use crate::fs::{Attr, Caller, Fs, SetAttr, SetTime};
-use crate::image::BLOCK_SIZE;
-use crate::inode::{Kind, Time, NAME_MAX};
+use crate::meta::inode::{Kind, Time, NAME_MAX};
+use crate::store::image::BLOCK_SIZE;
 
 /// How long the kernel may cache names and attributes. Everything that changes them passes
 /// through the kernel, which invalidates what it cached.

@@ -5,7 +5,7 @@
 //! - [`image`]: patches bytes of a valid image's metadata (both superblocks, the journal,
 //!   the checkpoint) as the input says, recomputes every checksum so the patches reach the
 //!   decoders and checks behind them, then runs fsck and mounts the image through the core
-//!   and uses all of it ([`crate::fuzz_image::exercise`]): no panic, hang or out-of-bounds
+//!   and uses all of it ([`crate::fuzzer::image::exercise`]): no panic, hang or out-of-bounds
 //!   access; mount refuses exactly what fsck finds errors in; a mounted image works.
 //! - [`protocol`]: feeds the input as a holder's message to the daemon's request path on a
 //!   live filesystem core: every message gets a reply; none may panic, reach blocks it did
@@ -14,15 +14,15 @@
 use std::sync::OnceLock;
 
 use crate::fs::{Caller, Fs, FsOptions};
-use crate::image::BLOCK_SIZE;
-use crate::inode::ROOT_INO;
-use crate::protocol::PeerCred;
+use crate::holder::protocol::PeerCred;
+use crate::meta::inode::ROOT_INO;
+use crate::store::image::BLOCK_SIZE;
 
 /// The regions of a base image the image target patches: both superblocks, the start of the
 /// journal and of each checkpoint extent.
 fn regions(img: &[u8]) -> Vec<(u64, u64)> {
     let mut regions = vec![(0, 512), (BLOCK_SIZE, 512), (2 * BLOCK_SIZE, 16 * 1024)];
-    for f in crate::fuzz_image::fields(img) {
+    for f in crate::fuzzer::image::fields(img) {
         if f.name.starts_with("checkpoint") {
             let at = f.bytes[0] as u64 & !(BLOCK_SIZE - 1);
             if !regions.iter().any(|r| r.0 == at) {
@@ -34,12 +34,12 @@ fn regions(img: &[u8]) -> Vec<(u64, u64)> {
 }
 
 /// The image target: the input is a list of 4-byte patches (region, offset low, offset
-/// high, value), applied to one of the base images of [`crate::fuzz_image::base_images`]
+/// high, value), applied to one of the base images of [`crate::fuzzer::image::base_images`]
 /// (the clean one for an even number of patches, the crashed one with a journal otherwise).
 /// A broken rule panics, so the fuzzer reports it.
 pub fn image(data: &[u8]) {
     static REGIONS: OnceLock<[Vec<(u64, u64)>; 2]> = OnceLock::new();
-    let bases = crate::fuzz_image::base_images();
+    let bases = crate::fuzzer::image::base_images();
     let regions = REGIONS.get_or_init(|| [regions(&bases[0]), regions(&bases[1])]);
     let which = (data.len() / 4) % 2;
     let mut img = bases[which].clone();
@@ -49,7 +49,7 @@ pub fn image(data: &[u8]) {
         let off = u16::from_le_bytes([p[1], p[2]]) as u64 % len.max(1);
         img[(start + off) as usize] = p[3];
     }
-    crate::fuzz_image::fix_checksums(&mut img);
+    crate::fuzzer::image::fix_checksums(&mut img);
     // A file of its own for each input, removed with its directory.
     let Ok(dir) = tempfile::Builder::new()
         .prefix("pinfs-fuzz-image")
@@ -58,10 +58,10 @@ pub fn image(data: &[u8]) {
         return;
     };
     let path = dir.path().join("img");
-    if crate::fuzz_image::write_image(&path, &img).is_err() {
+    if crate::fuzzer::image::write_image(&path, &img).is_err() {
         return;
     }
-    if let Err(rule) = crate::fuzz_image::exercise(&path) {
+    if let Err(rule) = crate::fuzzer::image::exercise(&path) {
         panic!("patches {data:?}: {rule}");
     }
 }
@@ -107,7 +107,7 @@ pub fn protocol(data: &[u8]) {
         uid: 1000,
         gid: 1000,
     };
-    let reply = crate::holders::reply_to(&l.fs, holder, user, data);
+    let reply = crate::daemon::holders::reply_to(&l.fs, holder, user, data);
     assert!(
         reply.contains(" ok") || reply.contains(" err errno="),
         "every message gets a reply: {reply}"
@@ -117,7 +117,7 @@ pub fn protocol(data: &[u8]) {
         uid: 0,
         gid: 0,
     };
-    let _ = crate::holders::reply_to(&l.fs, None, root, data);
+    let _ = crate::daemon::holders::reply_to(&l.fs, None, root, data);
     // Without a descriptor no pin can exist, so no block may be busy or pinned.
     assert_eq!(l.fs.statfs().busy, 0);
     assert!(

@@ -24,10 +24,10 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::client::{Connection, PinOptions};
-use crate::fuzz::{fill_tags, pin_range, Actor, Op, Program, Shape, MAX_TAG_PIN, MAX_TAG_STORE};
-use crate::fuzz_ledger::{now_ns, pin_number, Entry, MAX_HOLDERS};
-use crate::image::BLOCK_SIZE;
+use crate::fuzzer::ledger::{now_ns, pin_number, Entry, MAX_HOLDERS};
+use crate::fuzzer::{fill_tags, pin_range, Actor, Op, Program, Shape, MAX_TAG_PIN, MAX_TAG_STORE};
+use crate::holder::client::{Connection, PinOptions};
+use crate::store::image::BLOCK_SIZE;
 
 /// Time between two steps of a holder.
 pub const HOLDER_PACE: Duration = Duration::from_millis(20);
@@ -115,7 +115,7 @@ impl HolderRun {
 }
 
 struct HeldPin {
-    pin: crate::client::Pin,
+    pin: crate::holder::client::Pin,
     number: u32,
     stores: u32,
     release_on_break: bool,
@@ -266,7 +266,7 @@ impl Holder {
     }
 
     /// Counts pin `number` of `file` as granted now, and reports it.
-    fn granted(&mut self, pin: &crate::client::Pin, number: u32, file: usize) {
+    fn granted(&mut self, pin: &crate::holder::client::Pin, number: u32, file: usize) {
         let granted = now_ns();
         let first = pin.file_offset() / BLOCK_SIZE;
         let blocks: u64 = pin.extents.iter().map(|e| e.len).sum::<u64>() / BLOCK_SIZE;
@@ -284,7 +284,7 @@ impl Holder {
     /// Pins a range read-only and tries to map its windows writable and shared: the daemon
     /// gave read-only descriptors, so `mmap` must fail with `EACCES`.
     fn pin_read_only(&mut self, file: usize, off: u64, len: u64) {
-        let path = self.run.dir.join(crate::fuzz::file_name(file));
+        let path = self.run.dir.join(crate::fuzzer::file_name(file));
         let Ok(f) = std::fs::File::open(&path) else {
             return;
         };
@@ -366,7 +366,7 @@ impl Holder {
 
     fn pin(&mut self, file: usize, off: u64, len: u64, release_on_break: bool) {
         self.unpin(false);
-        let path = self.run.dir.join(crate::fuzz::file_name(file));
+        let path = self.run.dir.join(crate::fuzzer::file_name(file));
         let Ok(f) = OpenOptions::new().read(true).write(true).open(&path) else {
             return;
         };

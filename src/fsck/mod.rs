@@ -37,11 +37,11 @@ use std::time::Duration;
 
 use pinfs_allocator::{Allocator, Extent};
 
-use crate::checkpoint::{self, Loaded};
 use crate::error::FsError;
-use crate::image::{Image, Superblock, BLOCK_SIZE};
-use crate::inode::{Inode, Kind, Time, MAX_FILE_SIZE, ROOT_INO};
-use crate::record::MAX_FILE_BLOCKS;
+use crate::format::record::MAX_FILE_BLOCKS;
+use crate::log::checkpoint::{self, Loaded};
+use crate::meta::inode::{Inode, Kind, Time, MAX_FILE_SIZE, ROOT_INO};
+use crate::store::image::{Image, Superblock, BLOCK_SIZE};
 
 /// The outcome of a check.
 #[derive(Debug, Default)]
@@ -635,7 +635,7 @@ fn cut_loop(
 }
 
 /// `base`, or when `dir` holds that name already, the first free `base.N`.
-fn free_name(dir: &crate::inode::Dir, base: &str) -> Vec<u8> {
+fn free_name(dir: &crate::meta::inode::Dir, base: &str) -> Vec<u8> {
     std::iter::once(base.to_string())
         .chain((1u64..).map(|n| format!("{base}.{n}")))
         .map(String::into_bytes)

@@ -1,6 +1,6 @@
 //! The truncate-versus-pin fuzzer's random programs, which both of its modes run: the
-//! concurrent mode ([`crate::fuzz_mount`]) gives each actor its own thread on a real mount,
-//! the serial mode ([`crate::fuzz_serial`]) runs the same steps in program order in one
+//! concurrent mode ([`crate::fuzzer::mount`]) gives each actor its own thread on a real mount,
+//! the serial mode ([`crate::fuzzer::serial`]) runs the same steps in program order in one
 //! thread against the filesystem core.
 //!
 //! A program is an endless sequence of [`Step`]s drawn from a seed. Each step belongs to an
@@ -17,7 +17,14 @@
 //! there: enough to check, even with threads racing, that no store made after a pin's lease
 //! was revoked reaches any file.
 
-use crate::image::BLOCK_SIZE;
+pub mod holder;
+pub mod image;
+pub mod ledger;
+pub mod mount;
+pub mod serial;
+pub mod targets;
+
+use crate::store::image::BLOCK_SIZE;
 
 /// A small deterministic generator (SplitMix64): programs depend only on the seed.
 #[derive(Debug, Clone)]
@@ -478,7 +485,7 @@ mod tests {
         assert!(!off.is_empty());
         assert!(off.iter().all(|o| o.contains("break_policy=revoke")));
         for o in &all {
-            crate::options::MountOptions::parse(o).expect(o);
+            crate::fs::options::MountOptions::parse(o).expect(o);
         }
     }
 

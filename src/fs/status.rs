@@ -13,8 +13,8 @@ use std::time::{Instant, UNIX_EPOCH};
 
 use crate::fs::Fs;
 use crate::fsck::json_str;
-use crate::image::BLOCK_SIZE;
 use crate::lease::{Event, EventKind, LeaseState};
+use crate::store::image::BLOCK_SIZE;
 
 /// A caller who is not root, as far as visibility goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,7 @@ pub struct Viewer {
 
 impl Viewer {
     /// Could this viewer search (pass through) directory `d`, by its mode bits?
-    fn may_search(&self, d: &crate::inode::Inode) -> bool {
+    fn may_search(&self, d: &crate::meta::inode::Inode) -> bool {
         let bits = if self.uid == d.uid {
             d.perm >> 6
         } else if self.gid == d.gid || self.groups.contains(&d.gid) {

@@ -16,7 +16,7 @@
 //! | `ID events` | | `ID ok`, a newline, then a JSON array of recent events |
 //! | `ID fence holder=H` (root only) | | `ID ok revoked=N` |
 //! | `ID watch` | | `ID ok`; from then on every lease event of the mount, as notifications (and `event lost count=N` after a watcher fell behind) |
-//! | `ID remount`, a newline, then a mount option list (root only) | | `ID ok`, or an error with nothing changed (see [`crate::remount`]) |
+//! | `ID remount`, a newline, then a mount option list (root only) | | `ID ok`, or an error with nothing changed (see [`crate::daemon::remount`]) |
 //! | `ID check` (root only) | | `ID ok mapped_blocks=N`, or `ID err errno=EUCLEAN <what is inconsistent>` |
 //! | (any reply over [`PACKET_PAYLOAD`] bytes) | | `ID more` packets, then `ID end` (see below) |
 //!

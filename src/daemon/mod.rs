@@ -2,6 +2,12 @@
 //! for failure) to the command that started it, serve until unmounted or signalled, then
 //! write a clean checkpoint and release the image.
 
+pub mod fuse;
+pub mod holders;
+pub mod kmsg;
+pub mod remount;
+pub mod signals;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -11,9 +17,9 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 
+use crate::daemon::fuse::FuseFs;
+use crate::fs::options::MountOptions;
 use crate::fs::{Fs, FsOptions, Stale};
-use crate::fuse::FuseFs;
-use crate::options::MountOptions;
 
 /// Environment variable carrying the readiness pipe to a background daemon.
 const READY_FD_ENV: &str = "PINFS_READY_FD";
@@ -137,7 +143,7 @@ fn report_ready(result: &Result<(), String>) {
 fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     // Before any thread starts, so that all inherit the mask and only the signal thread
     // receives termination signals.
-    crate::signals::block_termination();
+    crate::daemon::signals::block_termination();
     let life = Arc::new(Life {
         phase: std::sync::Mutex::new(Phase::Starting),
         changed: std::sync::Condvar::new(),
@@ -239,7 +245,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
             fs.set_mount_dev(dev);
             let note = (!opts.read_only).then(|| mnt.display().to_string());
             spawn_detach_watch(dev, fs.clone(), note);
-            match crate::holders::Server::start(fs.clone(), dev, opts.allow_other) {
+            match crate::daemon::holders::Server::start(fs.clone(), dev, opts.allow_other) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::error!("holder socket: {e}; pins are unavailable on this mount");
@@ -312,7 +318,7 @@ impl Life {
 /// keep the mount, and so this daemon, alive) and ends the mount ([`end_mount`]), which ends
 /// the session: the daemon writes its clean checkpoint and exits.
 fn spawn_signal_thread(life: Arc<Life>) {
-    crate::signals::on_termination("pinfs-signals", move |sig| {
+    crate::daemon::signals::on_termination("pinfs-signals", move |sig| {
         let mut phase = life.phase.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             match &*phase {

@@ -11,7 +11,7 @@
 //! 4. `journal`; 5. `alloc`; then the handle and table shard locks, which are leaves.
 //!
 //! The lease lock sits between the inode locks and `alloc` (a pin holds its inode's lock,
-//! then the lease lock, which takes `alloc` inside). The DAX windows' lock ([`crate::dax`])
+//! then the lease lock, which takes `alloc` inside). The DAX windows' lock ([`crate::store::windows`])
 //! comes after all of these: it is taken under an inode lock (opening and detaching windows)
 //! or under `alloc` (punching freed blocks), and nothing is taken inside it. `released` (pins
 //! the lease manager removed whose windows and allocator references are still to go) is a
@@ -56,20 +56,20 @@ use std::time::Duration;
 
 use pinfs_allocator::{Allocator, Extent};
 
-use crate::checkpoint;
 use crate::error::{FsError, FsResult};
-use crate::extent_map::{ExtentMap, Mapping};
-use crate::image::{Image, Superblock, BLOCK_SIZE};
-use crate::inode::{
-    Inode, Kind, Time, FIRST_COOKIE, MAX_FILE_SIZE, NAME_MAX, ROOT_INO, SYMLINK_MAX,
-    XATTR_NAME_MAX, XATTR_VALUE_MAX,
-};
-use crate::journal::Journal;
+use crate::format::record::{apply, encode_transaction, InodeSet, Record, Space};
 use crate::lease::{
     Breaker, HolderId, HolderInfo, LeaseConfig, LeaseError, Leases, Notice, PinId, PinRequest,
     Unpinner,
 };
-use crate::record::{apply, encode_transaction, InodeSet, Record, Space};
+use crate::log::checkpoint;
+use crate::log::journal::Journal;
+use crate::meta::extent_map::{ExtentMap, Mapping};
+use crate::meta::inode::{
+    Inode, Kind, Time, FIRST_COOKIE, MAX_FILE_SIZE, NAME_MAX, ROOT_INO, SYMLINK_MAX,
+    XATTR_NAME_MAX, XATTR_VALUE_MAX,
+};
+use crate::store::image::{Image, Superblock, BLOCK_SIZE};
 use crossbeam::channel::{Receiver, Sender};
 
 /// When reads update the access time.
@@ -249,7 +249,9 @@ pub struct StatFs {
 }
 
 /// `fallocate` modes the kernel forwards.
+pub mod options;
 mod pins;
+pub mod status;
 pub use pins::{PinAccess, PinGrant, PinnedExtent};
 
 pub mod falloc {
@@ -448,7 +450,7 @@ fn kill_privs(perm: u32, gid: u32, caller: Caller) -> u32 {
     let mut p = perm & !libc::S_ISUID;
     if p & libc::S_ISGID != 0
         && (p & libc::S_IXGRP != 0
-            || (caller.gid != gid && !crate::status::groups_of(caller.pid).contains(&gid)))
+            || (caller.gid != gid && !crate::fs::status::groups_of(caller.pid).contains(&gid)))
     {
         p &= !libc::S_ISGID;
     }
@@ -511,7 +513,7 @@ pub struct Fs {
     /// orphans freed): a read-only mount does it at its first remount read-write.
     opened_rw: AtomicBool,
     /// The options the daemon mounted with, for a remount to compare against (taken alone).
-    mounted_with: Mutex<Option<crate::options::MountOptions>>,
+    mounted_with: Mutex<Option<crate::fs::options::MountOptions>>,
     /// Open directory streams: handle -> the end cookie of the listing (taken alone).
     dir_streams: Mutex<HashMap<u64, u64>>,
     /// Why the last unmount could not leave a clean image, for the daemon's exit status.
@@ -892,13 +894,13 @@ impl Fs {
         self.maybe_checkpoint()
     }
 
-    /// Records the options the mount was made with (see [`crate::remount`]).
-    pub fn set_mount_options(&self, o: crate::options::MountOptions) {
+    /// Records the options the mount was made with (see [`crate::daemon::remount`]).
+    pub fn set_mount_options(&self, o: crate::fs::options::MountOptions) {
         *lock(&self.mounted_with) = Some(o);
     }
 
     /// The options the mount was made with (the defaults if none were recorded).
-    pub fn mount_options(&self) -> crate::options::MountOptions {
+    pub fn mount_options(&self) -> crate::fs::options::MountOptions {
         lock(&self.mounted_with).clone().unwrap_or_default()
     }
 
@@ -1263,7 +1265,7 @@ impl Fs {
             perm &= !libc::S_ISUID;
             let in_group = caller.uid == 0
                 || caller.gid == i.gid
-                || crate::status::groups_of(caller.pid).contains(&i.gid);
+                || crate::fs::status::groups_of(caller.pid).contains(&i.gid);
             if perm & libc::S_IXGRP != 0 || !in_group {
                 perm &= !libc::S_ISGID;
             }
@@ -1391,7 +1393,7 @@ impl Fs {
         let ino = self
             .next_ino
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n + 1 < crate::inode::MAX_INO).then_some(n + 1)
+                (n + 1 < crate::meta::inode::MAX_INO).then_some(n + 1)
             })
             .map_err(|_| FsError::NoSpace)?;
         let rec = Record::Create {

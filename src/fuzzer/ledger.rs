@@ -14,9 +14,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::fuzz::file_name;
-use crate::fuzz::{read_tag, HOLDER_BYTES};
-use crate::image::BLOCK_SIZE;
+use crate::fuzzer::file_name;
+use crate::fuzzer::{read_tag, HOLDER_BYTES};
+use crate::store::image::BLOCK_SIZE;
 
 /// Nanoseconds of `CLOCK_MONOTONIC`: the same clock in every process.
 pub fn now_ns() -> u64 {
@@ -525,7 +525,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuzz::fill_tags;
+    use crate::fuzzer::fill_tags;
 
     #[test]
     fn entries_survive_their_lines() {

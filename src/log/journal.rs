@@ -12,8 +12,8 @@
 //! number). When the journal passes [`Journal::SOFT_LIMIT`] the filesystem checkpoints before its
 //! next operation; the remaining quarter absorbs the operations already in flight.
 
-use crate::codec::{crc32c, Reader, Writer};
-use crate::image::{Image, Superblock, BLOCK_SIZE};
+use crate::format::codec::{crc32c, Reader, Writer};
+use crate::store::image::{Image, Superblock, BLOCK_SIZE};
 
 const MAGIC: u32 = 0x4e52_4a50; // "PJRN"
 const HEADER: u64 = 24;

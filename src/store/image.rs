@@ -6,7 +6,7 @@
 //! | blocks | content |
 //! |---|---|
 //! | 0, 1 | superblock copies A and B; the valid one with the higher generation is current |
-//! | 2 .. 2+J | the metadata journal ([`crate::journal`]) |
+//! | 2 .. 2+J | the metadata journal ([`crate::log::journal`]) |
 //! | the rest | data and checkpoint blocks, managed by the allocator |
 //!
 //! A copy that fails its checksum is what a torn superblock store leaves, so the other copy is
@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
 
-use crate::codec::{crc32c, Reader, Writer};
-use crate::dax::{WindowPiece, Windows};
+use crate::format::codec::{crc32c, Reader, Writer};
+use crate::store::windows::{WindowPiece, Windows};
 
 /// Bytes per block.
 pub const BLOCK_SIZE: u64 = 4096;
@@ -190,7 +190,7 @@ impl Superblock {
             return Ok(None);
         }
         let damaged = |problem: String| CopyProblem::Damaged { problem, sb: None };
-        let torn = |e: crate::codec::DecodeError| CopyProblem::Torn(e.0);
+        let torn = |e: crate::format::codec::DecodeError| CopyProblem::Torn(e.0);
         let mut r = Reader::new(&bytes[8..]);
         let version = r.u32().map_err(torn)?;
         if version != FORMAT_VERSION {
@@ -1032,7 +1032,7 @@ impl Image {
     }
 
     /// Cuts the holders given windows over `off..off+len` (whole blocks) off from them, the
-    /// blocks staying where they are ([`crate::dax::Windows::rekey`]); false if some page could
+    /// blocks staying where they are ([`crate::store::windows::Windows::rekey`]); false if some page could
     /// not be. The caller holds the lock of the inode that owns the blocks, if one does.
     pub fn rekey_windows(&self, off: u64, len: u64) -> bool {
         self.check_range(off, len as usize);

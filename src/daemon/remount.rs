@@ -15,8 +15,8 @@
 
 use std::path::Path;
 
+use crate::fs::options::MountOptions;
 use crate::fs::Fs;
-use crate::options::MountOptions;
 
 /// Keys a remount applies in the daemon.
 const LIVE: &[&str] = &["lease_break_time", "break_policy", "guest_break_time"];
@@ -194,7 +194,7 @@ pub fn run(mnt: &Path, list: &str) -> Result<(), String> {
         };
         new = (new | set) & !clear;
     }
-    let mut conn = crate::client::Connection::for_path(mnt).map_err(|e| {
+    let mut conn = crate::holder::client::Connection::for_path(mnt).map_err(|e| {
         format!(
             "{}: not a pinfs mount, or its daemon does not answer: {e}",
             mnt.display()

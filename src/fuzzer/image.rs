@@ -1,6 +1,6 @@
 //! Crafted images: a valid image with one metadata field rewritten to a hostile value and
 //! every checksum recomputed, so the change reaches the decoders and checks behind the CRCs.
-//! Shared by the `image` fuzz target ([`crate::fuzz_targets::image`]) and
+//! Shared by the `image` fuzz target ([`crate::fuzzer::targets::image`]) and
 //! tests/crafted_images.rs.
 //!
 //! The field map is built by walking the on-image layouts (superblock copies, the current
@@ -14,10 +14,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::codec::crc32c;
+use crate::format::codec::crc32c;
 use crate::fs::{Caller, Fs, FsOptions};
-use crate::image::{BLOCK_SIZE, MAX_CHECKPOINT_EXTENTS};
-use crate::inode::{Kind, ROOT_INO};
+use crate::meta::inode::{Kind, ROOT_INO};
+use crate::store::image::{BLOCK_SIZE, MAX_CHECKPOINT_EXTENTS};
 
 const SB_MAGIC: &[u8; 8] = b"PINFSimg";
 const JOURNAL_MAGIC: u32 = 0x4e52_4a50;
@@ -526,7 +526,7 @@ pub fn mutate(img: &mut [u8], seed: u64) -> Option<String> {
     if all.is_empty() {
         return None;
     }
-    let mut rng = crate::fuzz::Rng::new(seed);
+    let mut rng = crate::fuzzer::Rng::new(seed);
     let f = &all[rng.below(all.len() as u64) as usize];
     let values = hostile_values(img, &all, f);
     if values.is_empty() {

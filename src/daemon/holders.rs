@@ -1,5 +1,5 @@
 //! The holder server: accepts pin holders on the mount's socket, turns their requests
-//! ([`crate::protocol`]) into calls on the filesystem core, and delivers lease notifications.
+//! ([`crate::holder::protocol`]) into calls on the filesystem core, and delivers lease notifications.
 //! Holders are untrusted (another user's program, a buggy driver), so the server bounds what
 //! any of them can cost it: threads, descriptors, memory.
 //!
@@ -48,7 +48,7 @@
 //!
 //! Identity is the kernel's: pid, uid and gid from `SO_PEERCRED`, the command name from
 //! `/proc/PID/comm`, supplementary groups from `/proc/PID/status` (for what `status` may
-//! show a caller, see [`crate::status`]). A file to pin is passed as a descriptor, so the
+//! show a caller, see [`crate::fs::status`]). A file to pin is passed as a descriptor, so the
 //! kernel has already checked that the holder may open it (for writing, for a writable pin).
 
 use std::collections::{HashMap, VecDeque};
@@ -60,10 +60,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{unbounded, Receiver, Sender};
 
-use crate::dax::WindowPiece;
 use crate::fs::{Caller, Fs, PinAccess};
+use crate::holder::protocol::{frames, socket_path, Message, Packet, PeerCred};
 use crate::lease::{EventKind, HolderId, HolderInfo, PinRequest};
-use crate::protocol::{frames, socket_path, Message, Packet, PeerCred};
+use crate::store::windows::WindowPiece;
 
 /// Threads that run requests.
 pub const WORKERS: usize = 4;
@@ -942,22 +942,22 @@ fn handle(
             Err(e) => err(id, libc::EIO, e),
         },
         "status" => {
-            // Root sees everything; anyone else what crate::status lets a viewer see.
-            let viewer = (peer.uid != 0).then(|| crate::status::Viewer {
+            // Root sees everything; anyone else what crate::fs::status lets a viewer see.
+            let viewer = (peer.uid != 0).then(|| crate::fs::status::Viewer {
                 uid: peer.uid,
                 gid: peer.gid,
-                groups: crate::status::groups_of(peer.pid),
+                groups: crate::fs::status::groups_of(peer.pid),
             });
             let body = if msg.has("table") {
-                crate::status::table_for(fs, viewer.as_ref())
+                crate::fs::status::table_for(fs, viewer.as_ref())
             } else {
-                crate::status::json_for(fs, viewer.as_ref())
+                crate::fs::status::json_for(fs, viewer.as_ref())
             };
             ok(id, format!("\n{body}"), Vec::new())
         }
         "events" => ok(
             id,
-            format!("\n{}", crate::status::events_json(fs)),
+            format!("\n{}", crate::fs::status::events_json(fs)),
             Vec::new(),
         ),
         "fence" if peer.uid != 0 => err(id, libc::EPERM, "only root may fence a holder"),
@@ -970,7 +970,7 @@ fn handle(
         },
         "hello" => ok(id, format!("holder={}", holder.unwrap_or(0)), Vec::new()),
         "remount" if peer.uid != 0 => err(id, libc::EPERM, "only root may remount"),
-        "remount" => match crate::remount::apply(fs, &fs.mount_options(), &msg.body) {
+        "remount" => match crate::daemon::remount::apply(fs, &fs.mount_options(), &msg.body) {
             Ok(()) => ok(id, String::new(), Vec::new()),
             Err((errno, m)) => err(id, errno, m),
         },

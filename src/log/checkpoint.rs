@@ -16,12 +16,12 @@ use std::collections::HashMap;
 
 use pinfs_allocator::{Allocator, Extent, Reserve};
 
-use crate::codec::{crc32c, Reader, Writer};
 use crate::error::{lost_write_back, FsError, FsResult};
-use crate::image::{Image, Superblock, BLOCK_SIZE};
-use crate::inode::{Inode, Kind, Time, ROOT_INO};
-use crate::journal::Journal;
-use crate::record::{apply, decode_transaction, Space};
+use crate::format::codec::{crc32c, Reader, Writer};
+use crate::format::record::{apply, decode_transaction, Space};
+use crate::log::journal::Journal;
+use crate::meta::inode::{Inode, Kind, Time, ROOT_INO};
+use crate::store::image::{Image, Superblock, BLOCK_SIZE};
 
 /// The allocator as ownership says it must be: the metadata area, the current checkpoint's
 /// extents and every file's mappings used, all else free.
@@ -189,15 +189,15 @@ pub fn load(image: &Image, sb: &Superblock) -> FsResult<Loaded> {
         ));
     }
     if let Some(&max) = inodes.keys().max() {
-        if max >= crate::inode::MAX_INO {
+        if max >= crate::meta::inode::MAX_INO {
             return Err(FsError::Corrupt(format!(
                 "inode number {max} is beyond the largest, {}",
-                crate::inode::MAX_INO - 1
+                crate::meta::inode::MAX_INO - 1
             )));
         }
         next_ino = next_ino.max(max + 1);
     }
-    if next_ino >= crate::inode::MAX_INO {
+    if next_ino >= crate::meta::inode::MAX_INO {
         return Err(FsError::Corrupt(format!(
             "next inode number {next_ino} is beyond the largest"
         )));
@@ -241,7 +241,7 @@ pub fn write<'a>(
     // ([`reserve_for`]) keeps that within what the superblock can name.
     while want > 0 {
         match alloc.allocate(want, None) {
-            Ok(e) if extents.len() < crate::image::MAX_CHECKPOINT_EXTENTS => {
+            Ok(e) if extents.len() < crate::store::image::MAX_CHECKPOINT_EXTENTS => {
                 want -= e.len;
                 extents.push((e.start, e.len));
             }
@@ -321,10 +321,10 @@ pub fn growth_needs(sb: &Superblock, journal_used: u64) -> Reserve {
                 .saturating_add(GROWTH_RECORD_BYTES)
                 .saturating_mul(4),
         )
-        .saturating_add(16 * crate::image::MAX_CHECKPOINT_EXTENTS as u64 + 2 * BLOCK_SIZE);
+        .saturating_add(16 * crate::store::image::MAX_CHECKPOINT_EXTENTS as u64 + 2 * BLOCK_SIZE);
     Reserve {
         blocks: bytes.div_ceil(BLOCK_SIZE).saturating_add(1),
-        extents: crate::image::MAX_CHECKPOINT_EXTENTS,
+        extents: crate::store::image::MAX_CHECKPOINT_EXTENTS,
     }
 }
 
@@ -346,9 +346,9 @@ pub fn reserve_for(sb: &Superblock) -> Reserve {
     let bytes = sb
         .checkpoint_len
         .saturating_add(sb.journal_blocks.saturating_mul(2 * BLOCK_SIZE))
-        .saturating_add(16 * crate::image::MAX_CHECKPOINT_EXTENTS as u64 + 2 * BLOCK_SIZE);
+        .saturating_add(16 * crate::store::image::MAX_CHECKPOINT_EXTENTS as u64 + 2 * BLOCK_SIZE);
     Reserve {
         blocks: bytes.div_ceil(BLOCK_SIZE).saturating_add(1),
-        extents: crate::image::MAX_CHECKPOINT_EXTENTS,
+        extents: crate::store::image::MAX_CHECKPOINT_EXTENTS,
     }
 }

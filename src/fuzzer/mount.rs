@@ -1,6 +1,6 @@
-//! The fuzzer's concurrent mode: a program ([`crate::fuzz`]) run on a real pinfs mount, each
+//! The fuzzer's concurrent mode: a program ([`crate::fuzzer`]) run on a real pinfs mount, each
 //! actor taking its own steps in program order: workers as threads of this process, holders
-//! as processes of their own ([`crate::fuzz_holder`]).
+//! as processes of their own ([`crate::fuzzer::holder`]).
 //!
 //! - Workers write, store through shared mappings and truncate the *plain* files; write,
 //!   truncate, punch and zero the *pinned* files (the breakers); and make new files that
@@ -37,14 +37,14 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::client::Connection;
-use crate::fuzz::{
+use crate::fuzzer::holder::HolderRun;
+use crate::fuzzer::ledger::{now_ns, Entry, Ledger};
+use crate::fuzzer::{
     apply, broken_blocks, file_name, first_difference, initial_content, is_pinned, mmap_range,
     Actor, Op, Program, Shape, FILES, HOLDER_BYTES,
 };
-use crate::fuzz_holder::HolderRun;
-use crate::fuzz_ledger::{now_ns, Entry, Ledger};
-use crate::image::BLOCK_SIZE;
+use crate::holder::client::Connection;
+use crate::store::image::BLOCK_SIZE;
 
 /// Settings of a concurrent run.
 #[derive(Debug, Clone)]
@@ -486,7 +486,7 @@ fn busy_extents(status: &str) -> Vec<(u64, u64)> {
         .map_or("", |(list, _)| list);
     list.split("},{")
         .filter_map(|e| {
-            let n = |k| crate::status::json_number(e, k);
+            let n = |k| crate::fs::status::json_number(e, k);
             Some((n("len")?, n("holder")?))
         })
         .collect()
@@ -496,7 +496,7 @@ fn busy_extents(status: &str) -> Vec<(u64, u64)> {
 /// directory of `cfg.mount`.
 pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
     // Before any thread starts: a termination signal stops the run cleanly (see below).
-    crate::signals::block_termination();
+    crate::daemon::signals::block_termination();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let work = tempfile::Builder::new()
         .prefix("pinfs-fuzz")
@@ -543,7 +543,7 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
     });
     {
         let sh = sh.clone();
-        crate::signals::on_termination("pinfs-fuzz-signals", move |sig| sh.interrupt(sig));
+        crate::daemon::signals::on_termination("pinfs-fuzz-signals", move |sig| sh.interrupt(sig));
     }
     let before = mount_status(&dir);
     let setup = (0..FILES).try_for_each(|f| {
@@ -579,7 +579,7 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
     let after = mount_status(&dir);
     let counter = |j: &Option<String>, key: &str| {
         j.as_deref()
-            .and_then(|j| crate::status::json_number(j, key))
+            .and_then(|j| crate::fs::status::json_number(j, key))
             .unwrap_or(0)
     };
     let breaks = counter(&after, "breaks").saturating_sub(counter(&before, "breaks"));

@@ -5,13 +5,13 @@
 //! replays the journal by applying the same records in order. So a replayed filesystem is the
 //! one the daemon had, as far as the journal reached.
 
-use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::{FsError, FsResult};
-use crate::image::{Image, Superblock, BLOCK_SIZE};
-use crate::inode::{
+use crate::format::codec::{DecodeError, Reader, Writer};
+use crate::meta::inode::{
     Inode, Kind, Time, MAX_FILE_SIZE, MAX_INO, NAME_MAX, ROOT_INO, SYMLINK_MAX, XATTR_NAME_MAX,
     XATTR_VALUE_MAX,
 };
+use crate::store::image::{Image, Superblock, BLOCK_SIZE};
 use pinfs_allocator::{Allocator, Extent};
 
 /// One metadata change.
@@ -300,14 +300,14 @@ impl Record {
     }
 
     /// The mapping a `Map` record adds.
-    pub fn as_mapping(&self) -> Option<crate::extent_map::Mapping> {
+    pub fn as_mapping(&self) -> Option<crate::meta::extent_map::Mapping> {
         match *self {
             Record::Map {
                 file_block,
                 image_block,
                 len,
                 ..
-            } => Some(crate::extent_map::Mapping {
+            } => Some(crate::meta::extent_map::Mapping {
                 file_block,
                 image_block,
                 len,

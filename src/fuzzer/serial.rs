@@ -1,4 +1,4 @@
-//! The fuzzer's serial mode: a program ([`crate::fuzz`]) run step by step in program order,
+//! The fuzzer's serial mode: a program ([`crate::fuzzer`]) run step by step in program order,
 //! in one thread, against a fresh filesystem core: exactly reproducible from its seed and
 //! shape, checked against a model after every step, and shrunk to a short failing program
 //! when a check fails.
@@ -23,13 +23,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::fs::{falloc, Caller, Fs, FsOptions, PinnedExtent, SetAttr};
-use crate::fuzz::{
+use crate::fuzzer::{
     apply, broken_blocks, file_name, fill_tags, first_difference, initial_content, mmap_range,
     pin_range, program, read_tag, Actor, Op, Shape, Step, FILES, HOLDER_BYTES, MAX_TAG_STORE,
 };
-use crate::image::BLOCK_SIZE;
-use crate::inode::ROOT_INO;
 use crate::lease::{HolderId, HolderInfo, LeaseConfig, PinId, PinRequest, Policy};
+use crate::meta::inode::ROOT_INO;
+use crate::store::image::BLOCK_SIZE;
 
 const BREAKER_PID: u32 = 5_000_000;
 const HOLDER_PID: u32 = 6_000_000;

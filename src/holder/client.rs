@@ -2,7 +2,7 @@
 //! (DAX-like) access to the pinned blocks, and hear about lease breaks.
 //!
 //! ```no_run
-//! use pinfs::client::{Connection, PinOptions};
+//! use pinfs::holder::client::{Connection, PinOptions};
 //! let file = std::fs::OpenOptions::new().read(true).write(true).open("/mnt/pinfs/buf")?;
 //! let mut conn = Connection::for_file(&file)?;
 //! let mut pin = conn.pin(&file, 0, 1 << 20, PinOptions::default())?;
@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{socket_path, Message, Packet, Reassembly};
+use crate::holder::protocol::{socket_path, Message, Packet, Reassembly};
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -215,7 +215,7 @@ impl Connection {
     }
 
     /// The next whole message from the daemon and its descriptors: a long reply comes in
-    /// pieces (see crate::protocol), its descriptors with the last one.
+    /// pieces (see crate::holder::protocol), its descriptors with the last one.
     fn next_message(&mut self) -> Result<(Vec<u8>, Vec<OwnedFd>), ClientError> {
         loop {
             let (packet, fds) = self
@@ -404,7 +404,7 @@ impl Connection {
             .map_err(|e| ClientError::Protocol(format!("bad check reply: {e}")))
     }
 
-    /// Remounts with a mount option list (root only; see [`crate::remount`]): the daemon's
+    /// Remounts with a mount option list (root only; see [`crate::daemon::remount`]): the daemon's
     /// side only, the kernel's flags are the caller's.
     pub fn remount(&mut self, options: &str) -> Result<(), ClientError> {
         self.request(&format!("remount\n{options}"), &[])

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::codec::{DecodeError, Reader, Writer};
-use crate::extent_map::ExtentMap;
+use crate::format::codec::{DecodeError, Reader, Writer};
+use crate::meta::extent_map::ExtentMap;
 
 /// Inode number of the root directory (FUSE's `FUSE_ROOT_ID`).
 pub const ROOT_INO: u64 = 1;

@@ -184,7 +184,7 @@ impl MountOptions {
                 ("detach_windows", Some(v)) => o.leases.detach_windows = on_off(opt, key, v)?,
                 ("max_pinned", Some("unlimited")) => o.leases.max_pinned = Some(PinLimit::Unlimited),
                 ("max_pinned", v) => {
-                    let bytes = crate::image::parse_size(v.unwrap_or("")).map_err(|e| {
+                    let bytes = crate::store::image::parse_size(v.unwrap_or("")).map_err(|e| {
                         format!("mount option '{opt}': {e}; max_pinned is a size from 0 to 16E (bytes, or with a K, M, G or T unit, like 64M), or unlimited")
                     })?;
                     o.leases.max_pinned = Some(PinLimit::Bytes(bytes));
