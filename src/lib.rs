@@ -6,7 +6,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`store`] | the image mapping, superblocks, host durability, holders' DAX windows |
-//! | [`format`] | the byte codec and the metadata records |
+//! | [`mod@format`] | the byte codec and the metadata records |
 //! | [`meta`] | inodes and extent maps |
 //! | [`log`] | the journal and checkpoints (crash consistency) |
 //! | [`fs`] | the filesystem core: every POSIX operation, pins, space, status (no FUSE) |
