@@ -1,0 +1,156 @@
+//! Background work and waits off the request threads: the worker that reclaims unlinked
+//! inodes, breakers that wait for holders on threads of their own, and the notices the FUSE
+//! adapter turns into kernel cache invalidations.
+
+use super::*;
+
+impl Fs {
+    /// Queues a notice for the kernel, if a mount listens.
+    pub(crate) fn tell_kernel(&self, what: Stale) {
+        if self.kernel_listens.load(Ordering::SeqCst) {
+            let _ = self.stale.0.send(what);
+        }
+    }
+
+    /// What the kernel cached that changed behind its back ([`Stale`]): the daemon tells the
+    /// kernel to drop it, from a thread of its own.
+    pub fn stale_notices(&self) -> Receiver<Stale> {
+        self.kernel_listens.store(true, Ordering::SeqCst);
+        self.stale.1.clone()
+    }
+
+    /// The lease manager (status, events).
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// The receiver of holder notifications (once; the daemon's notifier takes it).
+    pub fn take_notices(&self) -> Option<Receiver<Notice>> {
+        lock(&self.notices).take()
+    }
+
+    /// Starts the mount's background work: lease deadlines (so leases expire on time with no
+    /// breaker waiting) and the reclaimer (frees pinned unlinked inodes after breaking their
+    /// leases). Both end at unmount.
+    pub fn start_background(self: &Arc<Self>) {
+        let fs = self.clone();
+        std::thread::Builder::new()
+            .name("pinfs-deadlines".into())
+            .spawn(move || {
+                fs.leases
+                    .run_deadlines(&*fs, &|| fs.stopping.load(Ordering::SeqCst))
+            })
+            .expect("spawn the deadline thread");
+        let fs = self.clone();
+        let rx = self.work.1.clone();
+        std::thread::Builder::new()
+            .name("pinfs-worker".into())
+            .spawn(move || {
+                for work in rx {
+                    let r = match work {
+                        Work::Stop => break,
+                        Work::Relocate(ino) => fs.relocate_revoked(ino),
+                        Work::Reclaim(ino) => fs.reclaim_pinned(ino),
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!(?work, "background work failed: {e}");
+                    }
+                }
+            })
+            .expect("spawn the worker");
+    }
+
+    /// Frees pinned unlinked inode `ino` after breaking its leases: at once when no holder
+    /// must answer, else on a thread of its own, so that each such inode waits for its own
+    /// holders only and is freed as soon as they release.
+    fn reclaim_pinned(self: &Arc<Self>, ino: u64) -> FsResult<()> {
+        const ALL: Breaker = Breaker {
+            pid: 0,
+            nonblock: false,
+        };
+        match self.leases.try_break_layout(ino, 0, u64::MAX, ALL) {
+            Ok(_guard) => return self.reclaim_now(ino),
+            Err(LeaseError::MustWait) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !lock(&self.reclaiming).insert(ino) {
+            return Ok(()); // its thread is on it
+        }
+        let started = self.wait_elsewhere("pinfs-reclaim", move |fs| {
+            let r = fs
+                .leases
+                .break_layout(ino, 0, u64::MAX, ALL, fs)
+                .map_err(FsError::from)
+                .and_then(|_guard| fs.reclaim_now(ino));
+            lock(&fs.reclaiming).remove(&ino);
+            if let Err(e) = r {
+                tracing::warn!(ino, "freeing a pinned unlinked inode: {e}");
+            }
+        });
+        if !started {
+            lock(&self.reclaiming).remove(&ino);
+        }
+        Ok(())
+    }
+
+    /// Runs `job` on a thread of its own, where it may wait for holders: where breakers that
+    /// would wait go, so that no request thread ever does (one thread per waiting breaker:
+    /// stuck holders cannot exhaust a pool). Returns false, having dropped `job` (a FUSE
+    /// reply dropped answers `EIO`), when no thread can be started.
+    pub fn wait_elsewhere(
+        self: &Arc<Self>,
+        name: &str,
+        job: impl FnOnce(&Fs) + Send + 'static,
+    ) -> bool {
+        *lock(&self.waiters.0) += 1;
+        let fs = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
+            .stack_size(512 << 10)
+            .spawn(move || {
+                let _slot = WaiterSlot(&fs);
+                job(&fs);
+            });
+        match spawned {
+            Ok(_) => true,
+            Err(e) => {
+                drop(WaiterSlot(self));
+                tracing::error!("cannot start a thread for a waiting breaker: {e}");
+                false
+            }
+        }
+    }
+
+    /// Breakers waiting for holders on threads of their own now.
+    pub fn waiting_breakers(&self) -> usize {
+        *lock(&self.waiters.0)
+    }
+
+    /// Ends every breaker's wait for a holder with `EIO` and makes later ones fail at once
+    /// (SIGTERM, a lazy unmount, the unmount itself). Pins are refused from then on.
+    pub fn end_waits(&self) {
+        if !self.leases.is_closed() {
+            tracing::info!(
+                waiting = self.waiting_breakers(),
+                "ending the waits of breakers"
+            );
+        }
+        self.leases.close();
+    }
+
+    /// Waits (at most `limit`) until no waiter thread runs.
+    pub(super) fn drain_waiters(&self, limit: Duration) {
+        let (count, cv) = &self.waiters;
+        let (n, timeout) = cv
+            .wait_timeout_while(lock(count), limit, |n| *n > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        if timeout.timed_out() {
+            tracing::warn!(left = *n, "waiting breakers did not end in time");
+        }
+    }
+
+    pub(super) fn stop_background(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.work.0.send(Work::Stop);
+    }
+}

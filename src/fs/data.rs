@@ -1,0 +1,349 @@
+//! The data path: open files, read and write through the image mapping (with DAX windows
+//! in the way where blocks are pinned), and fsync.
+
+use super::*;
+
+impl Fs {
+    /// The image block behind `file_block` of `ino`, if mapped (for the fuzzer's oracles
+    /// and tools; not a data path).
+    pub fn image_block_of(&self, ino: u64, file_block: u64) -> Option<u64> {
+        let c = self.table.get(ino).ok()?;
+        let i = c.read();
+        i.extents
+            .lookup(file_block)
+            .map(|m| m.image_block + (file_block - m.file_block))
+    }
+
+    /// Opens `ino` with open(2) `flags`; returns the handle.
+    pub fn open_file(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let c = self.table.get(ino)?;
+        c.opens.fetch_add(1, Ordering::SeqCst);
+        let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
+        lock(&self.handles).insert(fh, OpenHandle { ino, flags });
+        Ok(fh)
+    }
+
+    /// Closes a handle: journals timestamps the data path changed, frees an orphan.
+    pub fn release(&self, ino: u64, fh: u64) -> FsResult<()> {
+        lock(&self.handles).remove(&fh);
+        let c = self.table.get(ino)?;
+        let left = c
+            .opens
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |o| {
+                Some(o.saturating_sub(1))
+            });
+        if self.ro() {
+            return Ok(());
+        }
+        self.flush_times(ino)?;
+        if left.is_ok_and(|o| o <= 1) {
+            self.maybe_reclaim(ino)?;
+        }
+        Ok(())
+    }
+
+    fn flush_times(&self, ino: u64) -> FsResult<()> {
+        if !self.table.get(ino)?.read().rt.times_dirty {
+            return Ok(());
+        }
+        let _gate = self.gate();
+        let cells = [self.table.get(ino)?];
+        let mut held = Held::lock(&cells);
+        let i = held.get(ino)?;
+        if i.rt.times_dirty && i.nlink > 0 {
+            let rec = set_attr_record(i);
+            self.commit(&mut held, &[rec])?;
+        }
+        held.get(ino)?.rt.times_dirty = false;
+        Ok(())
+    }
+
+    /// Reads up to `len` bytes at `offset`.
+    pub fn read(&self, ino: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        self.read_as(ino, None, offset, len)
+    }
+
+    /// Reads up to `len` bytes at `offset` through open handle `fh`: a handle opened with
+    /// `O_NOATIME` leaves the access time alone (the kernel let only the owner or root open
+    /// it so).
+    pub fn read_handle(&self, ino: u64, fh: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        self.read_as(ino, Some(fh), offset, len)
+    }
+
+    fn read_as(&self, ino: u64, fh: Option<u64>, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        // After a host failure the image's pages may be unreadable (a fault on one is SIGBUS).
+        self.is_up()?;
+        let c = self.table.get(ino)?;
+        let needs_atime;
+        let buf = {
+            let i = c.read();
+            match i.kind {
+                Kind::File => {}
+                Kind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("read of a special file")),
+            }
+            if offset >= i.size {
+                return Ok(Vec::new());
+            }
+            let n = (len as u64).min(i.size - offset) as usize;
+            let mut buf = vec![0u8; n];
+            self.copy_out(&i, offset, &mut buf);
+            let now = Time::now();
+            needs_atime = match self.opts.atime {
+                AtimeMode::Never => false,
+                AtimeMode::Strict => true,
+                AtimeMode::Relative => {
+                    i.atime <= i.mtime || i.atime <= i.ctime || i.atime.secs + 86400 <= now.secs
+                }
+            } && !self.ro()
+                && !fh.is_some_and(|fh| {
+                    lock(&self.handles)
+                        .get(&fh)
+                        .is_some_and(|h| h.flags & libc::O_NOATIME != 0)
+                });
+            buf
+        };
+        if needs_atime {
+            let mut i = c.write();
+            i.atime = Time::now();
+            i.rt.times_dirty = true;
+        }
+        Ok(buf)
+    }
+
+    fn copy_out(&self, i: &Inode, offset: u64, buf: &mut [u8]) {
+        let first = offset / BLOCK_SIZE;
+        let last = (offset + buf.len() as u64).div_ceil(BLOCK_SIZE);
+        for m in i.extents.mappings_in(first, last - first) {
+            let start = (m.file_block * BLOCK_SIZE).max(offset);
+            let end = ((m.file_block + m.len) * BLOCK_SIZE).min(offset + buf.len() as u64);
+            let img = m.image_block * BLOCK_SIZE + (start - m.file_block * BLOCK_SIZE);
+            self.image.read(
+                img,
+                &mut buf[(start - offset) as usize..(end - offset) as usize],
+            );
+        }
+    }
+
+    /// Copies `data`, which belongs at file offset `offset`, into the image through `maps`
+    /// (mappings in file order; unmapped parts are skipped), and notes the image ranges
+    /// written in `dirty` for the next fsync.
+    pub(super) fn store(
+        &self,
+        maps: &[Mapping],
+        offset: u64,
+        data: &[u8],
+        dirty: &mut BTreeMap<u64, u64>,
+    ) {
+        let data_end = offset + data.len() as u64;
+        for m in maps {
+            let start = (m.file_block * BLOCK_SIZE).max(offset);
+            let end = ((m.file_block + m.len) * BLOCK_SIZE).min(data_end);
+            if start >= end {
+                continue;
+            }
+            let img = m.image_block * BLOCK_SIZE + (start - m.file_block * BLOCK_SIZE);
+            self.image.write(
+                img,
+                &data[(start - offset) as usize..(end - offset) as usize],
+            );
+            let e = dirty.entry(img).or_insert(img);
+            *e = (*e).max(img + (end - start));
+        }
+    }
+
+    fn mappings_covering(i: &Inode, offset: u64, len: u64) -> Vec<Mapping> {
+        let first = offset / BLOCK_SIZE;
+        let last = (offset + len).div_ceil(BLOCK_SIZE);
+        i.extents.mappings_in(first, last - first)
+    }
+
+    fn copy_in(&self, i: &mut Inode, offset: u64, data: &[u8]) {
+        let maps = Self::mappings_covering(i, offset, data.len() as u64);
+        self.store(&maps, offset, data, &mut i.rt.dirty);
+    }
+
+    /// Stores zeros over the mapped bytes of `from..to` (at most a block or two: the partial
+    /// blocks at the edges of a truncation, an extension or a punched range).
+    pub(super) fn zero_bytes(&self, i: &mut Inode, from: u64, to: u64) {
+        if from < to {
+            self.copy_in(i, from, &vec![0u8; (to - from) as usize]);
+        }
+    }
+
+    pub(super) fn fully_mapped(i: &Inode, first: u64, count: u64) -> bool {
+        i.extents
+            .mappings_in(first, count)
+            .iter()
+            .map(|m| m.len)
+            .sum::<u64>()
+            == count
+    }
+
+    /// Writes `data` at `offset`; returns the bytes written (short only when space ran out).
+    pub fn write(&self, ino: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<u32> {
+        self.with_journal_room(|| self.write_once(ino, offset, data, caller))
+    }
+
+    fn write_once(&self, ino: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<u32> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooBig)?;
+        let c = self.table.get(ino)?;
+        let first = offset / BLOCK_SIZE;
+        let count = end.div_ceil(BLOCK_SIZE) - first;
+        {
+            // Fast path: overwrite inside the file, of blocks it already has.
+            let mut i = c.write();
+            match i.kind {
+                Kind::File => {}
+                Kind::Dir => return Err(FsError::IsDir),
+                _ => return Err(FsError::Invalid("write to a special file")),
+            }
+            if self.ro() {
+                return Err(FsError::ReadOnly);
+            }
+            self.is_up()?;
+            if end <= i.size
+                && Self::fully_mapped(&i, first, count)
+                && kill_privs(i.perm, i.gid, caller) == i.perm
+            {
+                self.copy_in(&mut i, offset, data);
+                let now = Time::now();
+                i.mtime = now;
+                i.ctime = now;
+                i.rt.times_dirty = true;
+                return Ok(data.len() as u32);
+            }
+        }
+        self.maybe_checkpoint()?;
+        let _gate = self.gate();
+        let cells = [c];
+        let mut held = Held::lock(&cells);
+        let i = held.get(ino)?;
+        let mut records = self.allocate_range(ino, &i.extents, first, count);
+        // The blocks this write goes to: those the file has and those just allocated.
+        let mut maps = i.extents.mappings_in(first, count);
+        maps.extend(records.iter().filter_map(Record::as_mapping));
+        maps.sort_by_key(|m| m.file_block);
+        let mut covered = first;
+        for m in &maps {
+            if m.file_block > covered {
+                break;
+            }
+            covered = covered.max(m.file_block + m.len);
+        }
+        let mut written = data.len() as u64;
+        if covered < first + count {
+            written = (covered * BLOCK_SIZE).saturating_sub(offset).min(written);
+            if written == 0 {
+                self.unallocate(&records);
+                return Err(self.short_allocation());
+            }
+        }
+        let data = &data[..written as usize];
+        let end = offset + written;
+        let old_size = i.size;
+        if end > i.size {
+            records.push(Record::SetSize { ino, size: end });
+        }
+        let now = Time::now();
+        let perm = kill_privs(i.perm, i.gid, caller);
+        let privs_killed = perm != i.perm;
+        records.push(Record::SetAttr {
+            ino,
+            perm,
+            uid: i.uid,
+            gid: i.gid,
+            atime: i.atime,
+            mtime: now,
+            ctime: now,
+        });
+        // The transaction first: a write it refuses stores nothing, also not into blocks the
+        // file already had.
+        self.commit_allocation(&mut held, &records)?;
+        let i = held.get(ino)?;
+        // Bytes between the old end of file and this write, in the old last block, must read
+        // as zeros (a holder or mmap may have left bytes past EOF there).
+        self.zero_bytes(
+            i,
+            old_size,
+            offset.min(old_size.next_multiple_of(BLOCK_SIZE)),
+        );
+        self.store(&maps, offset, data, &mut i.rt.dirty);
+        i.rt.times_dirty = false;
+        if privs_killed {
+            self.tell_kernel(Stale::Attributes(ino));
+        }
+        Ok(written as u32)
+    }
+
+    /// Makes the file's data (and with `!datasync` its metadata) durable on the host. A
+    /// host failure is `EIO` and shuts the filesystem down ([`FsError::ShutDown`]).
+    pub fn fsync(&self, ino: u64, datasync: bool) -> FsResult<()> {
+        self.is_up()?;
+        let c = self.table.get(ino)?;
+        let (dirty, mapped) = {
+            let mut i = c.write();
+            let mapped: Vec<(u64, u64)> = i
+                .extents
+                .iter()
+                .map(|m| (m.image_block * BLOCK_SIZE, m.len * BLOCK_SIZE))
+                .collect();
+            (std::mem::take(&mut i.rt.dirty), mapped)
+        };
+        let mut failed = None;
+        let mut still_dirty = BTreeMap::new();
+        for (s, e) in dirty {
+            if let Err(err) = self.image.flush(s, e - s) {
+                still_dirty.insert(s, e);
+                failed.get_or_insert(err);
+            }
+        }
+        // Holders store into DAX windows without the filesystem seeing it: whatever of this
+        // file is behind a window goes back to the image file too, then to the device.
+        // (The dirty ranges were msync'd above, a data sync of those ranges whatever stored
+        // into them; only bytes copied out of windows need the image-wide fdatasync.)
+        let mut windowed = Ok(0u64);
+        for (s, l) in mapped {
+            windowed = windowed.and_then(|n| Ok(n + self.image.write_back_windowed(s, l)?));
+        }
+        let synced = match windowed {
+            Ok(0) => Ok(()),
+            Ok(_) => self.image.sync_host(),
+            Err(e) => Err(e),
+        };
+        if let Err(err) = synced {
+            failed.get_or_insert(err);
+        }
+        if let Some(err) = failed {
+            let mut i = c.write();
+            for (s, e) in still_dirty {
+                let end = i.rt.dirty.get(&s).copied().unwrap_or(e).max(e);
+                i.rt.dirty.insert(s, end);
+            }
+            drop(i);
+            // The host reports a write-back error once per open file, and may have dropped
+            // other dirty pages of the image (journal, other files) in the same pass: no
+            // later success can be trusted, so the filesystem stops here.
+            return Err(self.host_failed("writing the file's data to the image", err));
+        }
+        if !self.ro() && (!datasync || c.read().rt.times_dirty) {
+            self.flush_times(ino)?;
+        }
+        self.sync_metadata()
+    }
+
+    /// Makes all metadata durable (the journal's new entries). A failure shuts the
+    /// filesystem down: later entries would sit on top of ones the host lost.
+    pub fn sync_metadata(&self) -> FsResult<()> {
+        self.is_up()?;
+        lock(&self.journal)
+            .flush(&self.image)
+            .map_err(|e| self.host_failed("making the journal durable", e))
+    }
+}

@@ -1,0 +1,569 @@
+//! The namespace: lookup and the kernel's references (forget, reclaim of unlinked inodes),
+//! create, link, remove, rename, symlinks, and directory listings with stable cookies.
+
+use super::*;
+
+/// Can `name` be added to directory `p`?
+fn check_new_name(p: &Inode, name: &[u8]) -> FsResult<()> {
+    if p.kind != Kind::Dir {
+        return Err(FsError::NotDir);
+    }
+    if p.nlink == 0 {
+        return Err(FsError::NotFound); // the directory was removed
+    }
+    if p.dir.get(name).is_some() {
+        return Err(FsError::Exists);
+    }
+    Ok(())
+}
+
+fn check_name(name: &[u8]) -> FsResult<()> {
+    if name.len() > NAME_MAX {
+        return Err(FsError::NameTooLong);
+    }
+    if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
+        return Err(FsError::Invalid("bad file name"));
+    }
+    Ok(())
+}
+
+impl Fs {
+    /// Looks `name` up in `parent` and takes a kernel reference on the result.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let ino = {
+            let p = self.table.get(parent)?;
+            let p = p.read();
+            // "." of any inode is the inode itself: the kernel asks for it to resolve a file
+            // handle whose inode it no longer caches (FUSE_EXPORT_SUPPORT).
+            if p.kind != Kind::Dir && name != b"." {
+                return Err(FsError::NotDir);
+            }
+            match name {
+                b"." => p.ino,
+                b".." => p.parent,
+                _ => p.dir.get(name).ok_or(FsError::NotFound)?.ino,
+            }
+        };
+        let cell = self.table.get(ino)?;
+        let i = cell.read();
+        if i.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        cell.lookups.fetch_add(1, Ordering::SeqCst);
+        Ok(Attr::of(&i))
+    }
+
+    /// Drops `n` kernel references on `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if let Ok(cell) = self.table.get(ino) {
+            let left = cell
+                .lookups
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
+                    Some(l.saturating_sub(n))
+                });
+            if left.is_ok_and(|l| l <= n) && !self.ro() {
+                if let Err(e) = self.maybe_reclaim(ino) {
+                    tracing::error!(ino, "freeing an orphan failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// Frees `ino` if it has no links, no open handles and no kernel references.
+    pub(super) fn maybe_reclaim(&self, ino: u64) -> FsResult<()> {
+        match self.table.get(ino) {
+            Ok(cell) if Self::reclaimable(&cell) => {}
+            _ => return Ok(()),
+        }
+        if self.leases.has_pins(ino) && !self.stopping.load(Ordering::SeqCst) {
+            // Freeing the blocks breaks the leases on them, which may wait for holders: not
+            // on this (FUSE request) thread; the worker tries, and hands a wait to a thread
+            // of its own.
+            let _ = self.work.0.send(Work::Reclaim(ino));
+            return Ok(());
+        }
+        self.reclaim_now(ino)
+    }
+
+    /// No names, no open handles, no kernel references: the inode's storage can go.
+    fn reclaimable(cell: &Cell) -> bool {
+        cell.read().nlink == 0
+            && cell.lookups.load(Ordering::SeqCst) == 0
+            && cell.opens.load(Ordering::SeqCst) == 0
+    }
+
+    pub(super) fn reclaim_now(&self, ino: u64) -> FsResult<()> {
+        let _gate = self.gate();
+        let _ns = lock(&self.namespace);
+        let Ok(cell) = self.table.get(ino) else {
+            return Ok(());
+        };
+        if !Self::reclaimable(&cell) {
+            return Ok(());
+        }
+        let cells = [cell];
+        let mut held = Held::lock(&cells);
+        self.commit(&mut held, &[Record::Free { ino }])?;
+        self.publish(&mut held);
+        Ok(())
+    }
+
+    /// Creates a file, directory, device node, FIFO or socket (`mode` carries the type), or a
+    /// symlink to `target`.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        self.with_journal_room(|| self.create_once(parent, name, mode, rdev, target, caller))
+    }
+
+    fn create_once(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        check_name(name)?;
+        let kind = if target.is_some() {
+            Kind::Symlink
+        } else {
+            Kind::from_mode(mode).ok_or(FsError::Invalid("unknown file type"))?
+        };
+        if let Some(t) = target {
+            if t.len() > SYMLINK_MAX {
+                return Err(FsError::NameTooLong);
+            }
+            if t.is_empty() {
+                return Err(FsError::NotFound);
+            }
+        }
+        self.writable()?;
+        self.room_to_grow()?;
+        let _gate = self.gate();
+        let _ns = lock(&self.namespace);
+        let cells = [self.table.get(parent)?];
+        let mut held = Held::lock(&cells);
+        let p = held.get(parent)?;
+        check_new_name(p, name)?;
+        let mut perm = if kind == Kind::Symlink {
+            0o777
+        } else {
+            mode & 0o7777
+        };
+        let gid = if p.perm & libc::S_ISGID != 0 {
+            if kind == Kind::Dir {
+                perm |= libc::S_ISGID;
+            }
+            p.gid
+        } else {
+            caller.gid
+        };
+        // Inode numbers run out like inodes (ENOSPC): the next number stays below
+        // MAX_INO, or the checkpoint would hold one that load refuses.
+        let ino = self
+            .next_ino
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n + 1 < crate::meta::inode::MAX_INO).then_some(n + 1)
+            })
+            .map_err(|_| FsError::NoSpace)?;
+        let rec = Record::Create {
+            parent,
+            name: name.to_vec(),
+            ino,
+            kind,
+            perm,
+            uid: caller.uid,
+            gid,
+            rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+                rdev
+            } else {
+                0
+            },
+            target: target.unwrap_or_default().to_vec(),
+            time: Time::now(),
+        };
+        self.commit(&mut held, &[rec])?;
+        let added = self.publish(&mut held);
+        let cell = &added[0];
+        cell.lookups.fetch_add(1, Ordering::SeqCst);
+        let attr = Attr::of(&cell.read());
+        Ok(attr)
+    }
+
+    /// Adds the name `name` in `parent` for `ino`.
+    pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        self.with_journal_room(|| self.link_once(ino, parent, name))
+    }
+
+    fn link_once(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        check_name(name)?;
+        self.writable()?;
+        self.room_to_grow()?;
+        let _gate = self.gate();
+        let _ns = lock(&self.namespace);
+        let cells = [self.table.get(parent)?, self.table.get(ino)?];
+        let mut held = Held::lock(&cells);
+        let p = held.get(parent)?;
+        check_new_name(p, name)?;
+        let child = held.get(ino)?;
+        if child.kind == Kind::Dir {
+            return Err(FsError::NotPermitted);
+        }
+        if child.nlink == 0 {
+            return Err(FsError::NotFound);
+        }
+        if child.nlink >= u32::MAX - 1 {
+            return Err(FsError::TooManyLinks);
+        }
+        self.commit(
+            &mut held,
+            &[Record::Link {
+                parent,
+                name: name.to_vec(),
+                ino,
+                time: Time::now(),
+            }],
+        )?;
+        cells[1].lookups.fetch_add(1, Ordering::SeqCst);
+        Ok(Attr::of(held.get(ino)?))
+    }
+
+    /// Removes a name: `unlink` (`dir` false) or `rmdir` (`dir` true).
+    pub fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+        self.with_journal_room(|| self.remove_once(parent, name, dir))
+    }
+
+    fn remove_once(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+        if name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        if dir && name == b"." {
+            return Err(FsError::Invalid("rmdir of ."));
+        }
+        if dir && name == b".." {
+            return Err(FsError::NotEmpty);
+        }
+        self.writable_to_free()?;
+        let child_ino;
+        {
+            let _gate = self.gate();
+            let _ns = lock(&self.namespace);
+            let pc = self.table.get(parent)?;
+            let entry = {
+                let p = pc.read();
+                if p.kind != Kind::Dir {
+                    return Err(FsError::NotDir);
+                }
+                p.dir.get(name).ok_or(FsError::NotFound)?
+            };
+            let cells = [pc, self.table.get(entry.ino)?];
+            let mut held = Held::lock(&cells);
+            let child = held.get(entry.ino)?;
+            match (dir, child.kind == Kind::Dir) {
+                (false, true) => return Err(FsError::IsDir),
+                (true, false) => return Err(FsError::NotDir),
+                (true, true) if !child.dir.is_empty() => return Err(FsError::NotEmpty),
+                _ => {}
+            }
+            self.commit(
+                &mut held,
+                &[Record::Unlink {
+                    parent,
+                    name: name.to_vec(),
+                    time: Time::now(),
+                }],
+            )?;
+            child_ino = entry.ino;
+        }
+        self.maybe_reclaim(child_ino)
+    }
+
+    /// Is `ancestor` on the path from `dir` up to the root?
+    fn is_ancestor(&self, ancestor: u64, mut dir: u64) -> FsResult<bool> {
+        for _ in 0..1_000_000 {
+            if dir == ancestor {
+                return Ok(true);
+            }
+            if dir == ROOT_INO {
+                return Ok(false);
+            }
+            dir = self.table.get(dir)?.read().parent;
+        }
+        Err(FsError::Corrupt(
+            "directory parent chain does not reach the root".into(),
+        ))
+    }
+
+    /// rename(2) with `renameat2` flags.
+    pub fn rename(
+        &self,
+        from_parent: u64,
+        from_name: &[u8],
+        to_parent: u64,
+        to_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        self.with_journal_room(|| {
+            self.rename_once(from_parent, from_name, to_parent, to_name, flags)
+        })
+    }
+
+    fn rename_once(
+        &self,
+        from_parent: u64,
+        from_name: &[u8],
+        to_parent: u64,
+        to_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        check_name(to_name)?;
+        if from_name.len() > NAME_MAX {
+            return Err(FsError::NameTooLong);
+        }
+        let exchange = flags & rename_flags::EXCHANGE != 0;
+        if flags & !(rename_flags::NOREPLACE | rename_flags::EXCHANGE) != 0
+            || (exchange && flags & rename_flags::NOREPLACE != 0)
+        {
+            return Err(FsError::Invalid("unsupported rename flags"));
+        }
+        self.writable()?;
+        // A longer name grows the metadata as a create does, so it needs the same room
+        // (an exchange keeps both names where they are).
+        if !exchange && to_name.len() > from_name.len() {
+            self.room_to_grow()?;
+        }
+        let victim;
+        {
+            let _gate = self.gate();
+            let _ns = lock(&self.namespace);
+            let (fp, tp) = (self.table.get(from_parent)?, self.table.get(to_parent)?);
+            let (src, dst) = {
+                let f = fp.read();
+                if f.kind != Kind::Dir {
+                    return Err(FsError::NotDir);
+                }
+                let src = f.dir.get(from_name).ok_or(FsError::NotFound)?;
+                drop(f);
+                let t = tp.read();
+                if t.kind != Kind::Dir {
+                    return Err(FsError::NotDir);
+                }
+                if t.nlink == 0 {
+                    return Err(FsError::NotFound);
+                }
+                (src, t.dir.get(to_name))
+            };
+            match dst {
+                None if exchange => return Err(FsError::NotFound),
+                Some(_) if flags & rename_flags::NOREPLACE != 0 => return Err(FsError::Exists),
+                Some(d) if d.ino == src.ino => return Ok(()),
+                _ => {}
+            }
+            if src.kind == Kind::Dir && self.is_ancestor(src.ino, to_parent)? {
+                return Err(FsError::Invalid("cannot move a directory into itself"));
+            }
+            if let Some(d) = dst {
+                if exchange && d.kind == Kind::Dir && self.is_ancestor(d.ino, from_parent)? {
+                    return Err(FsError::Invalid("cannot move a directory into itself"));
+                }
+                if !exchange {
+                    match (src.kind == Kind::Dir, d.kind == Kind::Dir) {
+                        (true, false) => return Err(FsError::NotDir),
+                        (false, true) => return Err(FsError::IsDir),
+                        _ => {}
+                    }
+                }
+            }
+            let mut cells = vec![fp, tp, self.table.get(src.ino)?];
+            if let Some(d) = dst {
+                cells.push(self.table.get(d.ino)?);
+            }
+            let mut held = Held::lock(&cells);
+            if let Some(d) = dst {
+                if !exchange && d.kind == Kind::Dir && !held.get(d.ino)?.dir.is_empty() {
+                    return Err(FsError::NotEmpty);
+                }
+            }
+            let rec = Record::Rename {
+                from_parent,
+                from_name: from_name.to_vec(),
+                to_parent,
+                to_name: to_name.to_vec(),
+                exchange,
+                time: Time::now(),
+            };
+            self.commit(&mut held, &[rec])?;
+            victim = dst.filter(|_| !exchange).map(|d| d.ino);
+        }
+        if let Some(v) = victim {
+            self.maybe_reclaim(v)?;
+        }
+        Ok(())
+    }
+
+    /// A path from the root (the first name found) for each of `inos` that has one, in one
+    /// walk of the namespace: for status displays, not for the data path.
+    pub fn paths_of(&self, inos: &[u64]) -> HashMap<u64, String> {
+        self.paths_seen(inos, &|_| true)
+            .into_iter()
+            .map(|(ino, (path, _))| (ino, path))
+            .collect()
+    }
+
+    /// For each of `inos` that has a name: its first path found, and the first path through
+    /// directories that all pass `may_search` (the root included), if any: what a given user
+    /// could `stat`. One walk of the namespace, for status displays.
+    pub fn paths_seen(
+        &self,
+        inos: &[u64],
+        may_search: &dyn Fn(&Inode) -> bool,
+    ) -> HashMap<u64, (String, Option<String>)> {
+        let wanted: HashSet<u64> = inos.iter().copied().collect();
+        let mut found: HashMap<u64, (String, Option<String>)> = HashMap::new();
+        let mut visible = 0;
+        if wanted.contains(&ROOT_INO) {
+            found.insert(ROOT_INO, ("/".to_string(), Some("/".to_string())));
+            visible += 1;
+        }
+        // (directory, its path, may the user search every directory above it)
+        let mut stack = vec![(ROOT_INO, String::new(), true)];
+        while let Some((dir, prefix, reachable)) = stack.pop() {
+            if visible == wanted.len() {
+                break;
+            }
+            let Ok(cell) = self.table.get(dir) else {
+                continue;
+            }; // removed meanwhile
+            let d = cell.read();
+            let searchable = reachable && may_search(&d);
+            for (name, e) in d.dir.iter() {
+                let path = format!("{prefix}/{}", String::from_utf8_lossy(name));
+                if wanted.contains(&e.ino) {
+                    let entry = found.entry(e.ino).or_insert_with(|| (path.clone(), None));
+                    if searchable && entry.1.is_none() {
+                        entry.1 = Some(path.clone());
+                        visible += 1;
+                    }
+                }
+                if e.kind == Kind::Dir {
+                    stack.push((e.ino, path, searchable));
+                }
+            }
+        }
+        found
+    }
+
+    /// The target of a symlink.
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let c = self.table.get(ino)?;
+        let i = c.read();
+        if i.kind != Kind::Symlink {
+            return Err(FsError::Invalid("not a symlink"));
+        }
+        Ok(i.target.clone())
+    }
+
+    /// Directory entries after offset `offset` ("." and ".." first).
+    pub fn readdir(&self, ino: u64, offset: u64, max: usize) -> FsResult<Vec<DirEntry>> {
+        self.list_dir(ino, offset, max, u64::MAX)
+    }
+
+    /// Opens a directory stream (opendir(3)); returns its handle for [`Fs::readdir_stream`].
+    pub fn open_dir(&self, ino: u64) -> FsResult<u64> {
+        let end = {
+            let c = self.table.get(ino)?;
+            let d = c.read();
+            if d.kind != Kind::Dir {
+                return Err(FsError::NotDir);
+            }
+            d.dir.end_cookie()
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
+        lock(&self.dir_streams).insert(fh, end);
+        Ok(fh)
+    }
+
+    /// Closes a directory stream.
+    pub fn release_dir(&self, fh: u64) {
+        lock(&self.dir_streams).remove(&fh);
+    }
+
+    /// Reads a directory stream from `offset`. A stream lists the entries that were there
+    /// when it started (at opendir, and again at each rewind to offset 0): an entry renamed
+    /// or created meanwhile gets a cookie past that end and is not listed by this stream
+    /// (POSIX leaves it unspecified), so a listing that renames what it reads ends, and
+    /// lists each entry at most once. Unknown handles list everything.
+    pub fn readdir_stream(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        max: usize,
+    ) -> FsResult<Vec<DirEntry>> {
+        let end = if offset == 0 {
+            let end = {
+                let c = self.table.get(ino)?;
+                let d = c.read();
+                d.dir.end_cookie()
+            };
+            if let Some(e) = lock(&self.dir_streams).get_mut(&fh) {
+                *e = end;
+            }
+            end
+        } else {
+            lock(&self.dir_streams)
+                .get(&fh)
+                .copied()
+                .unwrap_or(u64::MAX)
+        };
+        self.list_dir(ino, offset, max, end)
+    }
+
+    fn list_dir(&self, ino: u64, offset: u64, max: usize, end: u64) -> FsResult<Vec<DirEntry>> {
+        let c = self.table.get(ino)?;
+        let d = c.read();
+        if d.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        let mut out = Vec::new();
+        if offset < 1 {
+            out.push(DirEntry {
+                ino: d.ino,
+                next: 1,
+                kind: Kind::Dir,
+                name: b".".to_vec(),
+            });
+        }
+        if offset < 2 {
+            out.push(DirEntry {
+                ino: d.parent,
+                next: 2,
+                kind: Kind::Dir,
+                name: b"..".to_vec(),
+            });
+        }
+        for (name, e) in d.dir.from_cookie((offset + 1).max(FIRST_COOKIE)) {
+            if out.len() >= max || e.cookie >= end {
+                break;
+            }
+            out.push(DirEntry {
+                ino: e.ino,
+                next: e.cookie,
+                kind: e.kind,
+                name: name.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+}
