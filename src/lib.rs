@@ -17,19 +17,37 @@
 //! | [`fuzzer`] | the truncate-vs-pin fuzzer: serial core runs and live mounts |
 //!
 //! [`sync`] is the one place locks come from; [`error`] maps failures to errnos.
+//!
+//! Only [`holder`] is built without the default feature `daemon`: a program that is just a pin
+//! holder depends on `pinfs` with `default-features = false` and gets no fuser, no memmap2
+//! and no filesystem in its dependency tree.
 
+#[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "daemon")]
 pub mod demo;
+#[cfg(feature = "daemon")]
 pub mod error;
+#[cfg(feature = "daemon")]
 pub mod format;
+#[cfg(feature = "daemon")]
 pub mod fs;
+#[cfg(feature = "daemon")]
 pub mod fsck;
+#[cfg(feature = "daemon")]
 pub mod fuzzer;
 pub mod holder;
+#[cfg(feature = "daemon")]
 pub mod holder_cmd;
+#[cfg(feature = "daemon")]
 pub mod lease;
+#[cfg(feature = "daemon")]
 pub mod log;
+#[cfg(feature = "daemon")]
 pub mod meta;
+#[cfg(feature = "daemon")]
 pub mod output;
+#[cfg(feature = "daemon")]
 pub mod store;
+#[cfg(feature = "daemon")]
 pub mod sync;

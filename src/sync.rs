@@ -1,5 +1,5 @@
 //! The lock primitives and the clock of the parts that are model-checked: std's normally,
-//! shuttle's when built with `--cfg shuttle` (see tests/shuttle_leases.rs), so that the
+//! shuttle's when built with `--cfg shuttle` (see tests/model/shuttle_leases.rs), so that the
 //! checker controls every interleaving of the lease manager, and time moves only when a
 //! modelled thread moves it.
 

@@ -1,7 +1,7 @@
 //! Crafted images: a valid image with one metadata field rewritten to a hostile value and
 //! every checksum recomputed, so the change reaches the decoders and checks behind the CRCs.
 //! Shared by the `image` fuzz target ([`crate::fuzzer::targets::image`]) and
-//! tests/crafted_images.rs.
+//! tests/core/crafted_images.rs.
 //!
 //! The field map is built by walking the on-image layouts (superblock copies, the current
 //! checkpoint blob, the journal entries after it) independently of the decoders under test,

@@ -1,6 +1,6 @@
 //! The bodies of the coverage-guided fuzz targets (`fuzz/`, run with `cargo fuzz`), kept in
 //! the library so that the kept corpora also run as ordinary tests
-//! (tests/fuzz_corpora.rs) on a stable toolchain.
+//! (tests/core/fuzz_corpora.rs) on a stable toolchain.
 //!
 //! - [`image`]: patches bytes of a valid image's metadata (both superblocks, the journal,
 //!   the checkpoint) as the input says, recomputes every checksum so the patches reach the

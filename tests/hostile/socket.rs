@@ -3,6 +3,7 @@
 //! never reads, replies of any size, empty packets. Each test failed on the server with two
 //! threads per connection and one packet per reply.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::fs;

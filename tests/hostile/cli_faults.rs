@@ -4,6 +4,7 @@
 //! range, never a panic; and every command that prints ends quietly when its standard
 //! output is a pipe nobody reads (killed by SIGPIPE, as `cat` is), with nothing on stderr.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::io::Read;

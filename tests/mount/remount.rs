@@ -2,6 +2,7 @@
 //! mount(8) runs for `mount -t fuse.pinfs -o remount,...`): read-only and back, live
 //! options, and refusals that change nothing.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::fs;

@@ -1,6 +1,7 @@
 //! Crash consistency: kill -9 the daemon in the middle of a metadata-heavy workload, remount,
 //! check with fsck, and find every fsync'd file intact.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::fs::{self, File, OpenOptions};

@@ -2,6 +2,7 @@
 //! answer what a filesystem answers (`ENOSPC`, `EIO`), never die of `SIGBUS`, never report a
 //! failed flush as durable, and leave an image that the next mount and fsck accept.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::io::{Read, Write};

@@ -1,5 +1,6 @@
 //! POSIX behaviour on a real mount, errno included.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::ffi::CString;

@@ -422,7 +422,7 @@ fn f_bavail_is_what_can_be_written() {
 /// data; root then removes everything and unmounts; fsck is clean with nothing to replay.
 #[test]
 fn through_fuse_a_user_filling_the_smallest_image_cannot_stop_root() {
-    #[path = "common/mod.rs"]
+    #[path = "../common/mod.rs"]
     #[allow(clippy::duplicate_mod)]
     mod common;
     use std::io::Write;

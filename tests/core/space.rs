@@ -475,6 +475,7 @@ fn operations_whose_transaction_is_refused_change_nothing() {
     assert!(fs.read(ino, 0, data.len() as u32).unwrap() == data);
 }
 
+#[path = "../common/mod.rs"]
 mod common;
 
 /// The mount-level sequences of case 3, through the kernel: `df` shows the reserve as not

@@ -7,6 +7,7 @@
 //! other tests); breakers are forked children that close every inherited descriptor first
 //! and report their errno through a pipe.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::io::{BufRead, BufReader};

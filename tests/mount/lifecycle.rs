@@ -1,6 +1,7 @@
 //! The daemon's life and the mount options that change behaviour: read-only mounts, access
 //! times, exit on umount and on SIGTERM, and many threads at once.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::fs::{self, File, OpenOptions};

@@ -4,6 +4,7 @@
 //! superblocks, a superblock that names no checkpoint. Every checksum is recomputed, so only
 //! the contents are wrong. And busy blocks at a checkpoint, then a crash: free afterwards.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::os::unix::fs::FileExt;

@@ -1,5 +1,6 @@
 //! The demonstration runs and every outcome is the expected one.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use common::*;

@@ -1,6 +1,7 @@
 //! Pin holders on a real mount, through the socket protocol and the client: DAX-like access,
 //! breaks delivered as they happen, holder death, permissions, fencing, hostile messages.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::fs::{self, OpenOptions};

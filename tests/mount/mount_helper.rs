@@ -3,6 +3,7 @@
 //! fixed PATH. The test links the freshly built binary into /usr/local/bin when no `pinfs`
 //! is there, and removes the link afterwards.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::fs;

@@ -4,6 +4,7 @@
 //! No holder survives the daemon, so after the crash those blocks are free: fsck is clean,
 //! the image mounts, and df counts them free.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::fs;

@@ -1,6 +1,7 @@
 //! Images: mkfs refusals, mount refusals of foreign, truncated, corrupt or newer images (with a
 //! clear message and a non-zero exit, never a panic), the image lock, and fsck repairs.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::fs::{self, OpenOptions};

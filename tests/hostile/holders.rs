@@ -4,6 +4,7 @@
 //! an attack that worked before DAX windows were detached and descriptors checked, and
 //! states what a user relies on instead, with the exact errno.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::fs::{self, File, OpenOptions};

@@ -2,6 +2,7 @@
 //! and checkpoints, in blocks that an old DAX window once covered; then kill -9 or a full
 //! filesystem and umount. fsync'd data must come back, and the image must stay mountable.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::fs;
