@@ -145,8 +145,8 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     // receives termination signals.
     crate::daemon::signals::block_termination();
     let life = Arc::new(Life {
-        phase: std::sync::Mutex::new(Phase::Starting),
-        changed: std::sync::Condvar::new(),
+        phase: crate::sync::Mutex::new(Phase::Starting),
+        changed: crate::sync::Condvar::new(),
     });
     spawn_signal_thread(life.clone());
     let fs_opts = FsOptions {
@@ -298,8 +298,8 @@ enum Phase {
 
 /// The daemon's [`Phase`], and its condvar, signalled at each change.
 struct Life {
-    phase: std::sync::Mutex<Phase>,
-    changed: std::sync::Condvar,
+    phase: crate::sync::Mutex<Phase>,
+    changed: crate::sync::Condvar,
 }
 
 impl Life {

@@ -141,10 +141,8 @@ impl Fs {
     /// Waits (at most `limit`) until no waiter thread runs.
     pub(super) fn drain_waiters(&self, limit: Duration) {
         let (count, cv) = &self.waiters;
-        let (n, timeout) = cv
-            .wait_timeout_while(lock(count), limit, |n| *n > 0)
-            .unwrap_or_else(|e| e.into_inner());
-        if timeout.timed_out() {
+        let (n, timed_out) = cv.wait_timeout_while(lock(count), limit, |n| *n > 0);
+        if timed_out {
             tracing::warn!(left = *n, "waiting breakers did not end in time");
         }
     }

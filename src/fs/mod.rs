@@ -60,12 +60,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pinfs_allocator::{Allocator, Extent};
 
 use crate::error::{FsError, FsResult};
+use crate::sync::{Condvar, Mutex, MutexGuard, Rank, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::format::record::{apply, encode_transaction, InodeSet, Record, Space};
 use crate::lease::{
     Breaker, HolderId, HolderInfo, LeaseConfig, LeaseError, Leases, Notice, PinId, PinRequest,
@@ -296,6 +297,7 @@ pub mod rename_flags {
     pub const WHITEOUT: u32 = 4;
 }
 
+#[track_caller]
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

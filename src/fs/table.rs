@@ -12,9 +12,11 @@ pub struct Cell {
 }
 
 impl Cell {
+    #[track_caller]
     pub(super) fn read(&self) -> RwLockReadGuard<'_, Inode> {
         self.inode.read().unwrap_or_else(|e| e.into_inner())
     }
+    #[track_caller]
     pub(super) fn write(&self) -> RwLockWriteGuard<'_, Inode> {
         self.inode.write().unwrap_or_else(|e| e.into_inner())
     }
@@ -50,7 +52,7 @@ impl Table {
     }
     pub(super) fn insert(&self, i: Inode) -> Arc<Cell> {
         let cell = Arc::new(Cell {
-            inode: RwLock::new(i),
+            inode: RwLock::ranked(Rank::Inode, i),
             lookups: AtomicU64::new(0),
             opens: AtomicU32::new(0),
         });

@@ -553,7 +553,7 @@ impl Leases {
     pub fn new(config: LeaseConfig, notices: Option<Sender<Notice>>) -> Leases {
         Leases {
             config: Mutex::new(config),
-            state: Mutex::new(State {
+            state: Mutex::ranked(crate::sync::Rank::Lease, State {
                 next_id: 1,
                 ..Default::default()
             }),
@@ -577,6 +577,7 @@ impl Leases {
         c.guest_break_time = guest;
     }
 
+    #[track_caller]
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -49,7 +49,9 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use crate::sync::{Mutex, MutexGuard};
 
 const PAGE: u64 = 4096;
 
@@ -121,10 +123,18 @@ impl WindowPiece {
 }
 
 /// The windows of one image mapping.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Windows {
     /// Attached runs by image offset.
     runs: Mutex<BTreeMap<u64, Run>>,
+}
+
+impl Default for Windows {
+    fn default() -> Windows {
+        Windows {
+            runs: Mutex::ranked(crate::sync::Rank::Windows, BTreeMap::new()),
+        }
+    }
 }
 
 /// What [`Windows::write_back`] did: bytes copied from windows into the image file, and the
@@ -218,6 +228,7 @@ unsafe fn new_window(src: *const u8, len: u64) -> std::io::Result<OwnedFd> {
 }
 
 impl Windows {
+    #[track_caller]
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, Run>> {
         self.runs.lock().unwrap_or_else(|e| e.into_inner())
     }
