@@ -1,17 +1,26 @@
 //! Prints the journal records of an unmounted image that mention an inode (debugging aid):
 //! `cargo run --example dump_journal IMAGE [INO]`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Parser;
 use pinfs::format::record::decode_transaction;
 use pinfs::log::journal::Journal;
 use pinfs::store::image::Image;
 
+/// Prints the journal records of an unmounted image (those that mention INO, if given).
+#[derive(Parser)]
+struct Args {
+    /// The image (not mounted).
+    image: PathBuf,
+    /// Only the records that mention this inode.
+    ino: Option<u64>,
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let image = args.first().expect("usage: dump_journal IMAGE [INO]");
-    let ino: Option<u64> = args.get(1).and_then(|s| s.parse().ok());
-    let (img, sb) = Image::open(image.as_ref(), Duration::from_secs(5)).expect("open");
+    let Args { image, ino } = Args::parse();
+    let (img, sb) = Image::open(&image, Duration::from_secs(5)).expect("open");
     println!(
         "superblock: generation {} journal_seq {} checkpoint {} bytes",
         sb.generation, sb.journal_seq, sb.checkpoint_len

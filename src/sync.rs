@@ -195,10 +195,7 @@ impl<T> Mutex<T> {
     #[track_caller]
     pub fn lock(&self) -> LockResult<MutexGuard<'_, T>> {
         let held = order::enter(self.rank, self as *const Self as usize, true);
-        relock(self.inner.lock(), |guard| MutexGuard {
-            guard,
-            _held: held,
-        })
+        relock(self.inner.lock(), |guard| MutexGuard { guard, _held: held })
     }
 
     /// The value, the mutex gone.
@@ -465,7 +462,10 @@ mod tests {
     #[test]
     fn several_inode_locks_only_under_the_namespace_lock() {
         let ns = Mutex::ranked(Rank::Namespace, ());
-        let (a, b) = (RwLock::ranked(Rank::Inode, 1), RwLock::ranked(Rank::Inode, 2));
+        let (a, b) = (
+            RwLock::ranked(Rank::Inode, 1),
+            RwLock::ranked(Rank::Inode, 2),
+        );
         {
             let _n = ns.lock().unwrap();
             let _a = a.write().unwrap();

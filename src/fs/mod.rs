@@ -66,7 +66,6 @@ use std::time::Duration;
 use pinfs_allocator::{Allocator, Extent};
 
 use crate::error::{FsError, FsResult};
-use crate::sync::{Condvar, Mutex, MutexGuard, Rank, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::format::record::{apply, encode_transaction, InodeSet, Record, Space};
 use crate::lease::{
     Breaker, HolderId, HolderInfo, LeaseConfig, LeaseError, Leases, Notice, PinId, PinRequest,
@@ -80,6 +79,7 @@ use crate::meta::inode::{
     XATTR_NAME_MAX, XATTR_VALUE_MAX,
 };
 use crate::store::image::{Image, Superblock, BLOCK_SIZE};
+use crate::sync::{Condvar, Mutex, MutexGuard, Rank, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crossbeam::channel::{Receiver, Sender};
 
 /// When reads update the access time.

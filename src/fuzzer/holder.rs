@@ -24,7 +24,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::fuzzer::ledger::{now_ns, pin_number, Entry, MAX_HOLDERS};
+use crate::fuzzer::ledger::{now_ns, pin_number, Entry};
 use crate::fuzzer::{fill_tags, pin_range, Actor, Op, Program, Shape, MAX_TAG_PIN, MAX_TAG_STORE};
 use crate::holder::client::{Connection, PinOptions};
 use crate::store::image::BLOCK_SIZE;
@@ -62,7 +62,8 @@ pub struct HolderRun {
 }
 
 impl HolderRun {
-    /// The arguments of `pinfs fuzz-holder` that run this.
+    /// The arguments of `pinfs fuzz-holder` that run this (the command line of the
+    /// `pinfs` binary parses them back).
     pub fn args(&self) -> Vec<String> {
         vec![
             "fuzz-holder".into(),
@@ -76,41 +77,6 @@ impl HolderRun {
             self.until_ns.to_string(),
             self.first_pin.to_string(),
         ]
-    }
-
-    /// Parses what [`HolderRun::args`] made (after `fuzz-holder`).
-    pub fn parse(args: &[String]) -> Result<HolderRun, String> {
-        let [dir, seed, workers, holders, holder, from, max_ops, until, first_pin] = args else {
-            return Err("fuzz-holder: expects DIR SEED WORKERS HOLDERS HOLDER FROM MAX_OPS UNTIL_NS FIRST_PIN (it is started by pinfs fuzz)".into());
-        };
-        let num = |s: &String| -> Result<u64, String> {
-            s.parse()
-                .map_err(|_| format!("fuzz-holder: '{s}' is not a number"))
-        };
-        let run = HolderRun {
-            dir: PathBuf::from(dir),
-            seed: num(seed)?,
-            shape: Shape {
-                workers: num(workers)? as usize,
-                holders: num(holders)? as usize,
-            },
-            holder: num(holder)? as usize,
-            from: num(from)?,
-            max_ops: if max_ops == "-" {
-                None
-            } else {
-                Some(num(max_ops)?)
-            },
-            until_ns: num(until)?,
-            first_pin: num(first_pin)? as u32,
-        };
-        if run.shape.holders > MAX_HOLDERS || run.holder >= run.shape.holders {
-            return Err(format!(
-                "fuzz-holder: holder {} of {} (at most {MAX_HOLDERS})",
-                run.holder, run.shape.holders
-            ));
-        }
-        Ok(run)
     }
 }
 

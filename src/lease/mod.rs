@@ -553,10 +553,13 @@ impl Leases {
     pub fn new(config: LeaseConfig, notices: Option<Sender<Notice>>) -> Leases {
         Leases {
             config: Mutex::new(config),
-            state: Mutex::ranked(crate::sync::Rank::Lease, State {
-                next_id: 1,
-                ..Default::default()
-            }),
+            state: Mutex::ranked(
+                crate::sync::Rank::Lease,
+                State {
+                    next_id: 1,
+                    ..Default::default()
+                },
+            ),
             changed: Condvar::new(),
             clock: Clock::new(),
             notices,

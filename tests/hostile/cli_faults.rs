@@ -68,7 +68,10 @@ fn assert_usage_error(args: &[&str], words: &[&str]) {
     for w in words {
         assert!(e.contains(w), "{args:?}: the message says '{w}': {e}");
     }
-    assert!(e.contains("usage:"), "{args:?}: the usage follows: {e}");
+    assert!(
+        e.to_lowercase().contains("usage:"),
+        "{args:?}: the usage follows: {e}"
+    );
 }
 
 #[test]

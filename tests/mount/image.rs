@@ -65,7 +65,9 @@ fn mkfs_refuses_to_overwrite_and_checks_sizes() {
         ((2 + 512) * 4096..4 << 20).contains(&host_bytes),
         "the image is sparse past its metadata area: {host_bytes} bytes on the host"
     );
-    for bad in ["12Q", "abc", "1M", ""] {
+    // A size that is not one is a usage error (exit 2) naming --size; one too small for a
+    // filesystem is refused by mkfs (exit 1).
+    for (bad, code) in [("12Q", 2), ("abc", 2), ("", 2), ("1M", 1)] {
         let out = pinfs(&[
             "mkfs",
             dir.path().join("x").to_str().unwrap(),
@@ -74,9 +76,18 @@ fn mkfs_refuses_to_overwrite_and_checks_sizes() {
         ]);
         assert_eq!(
             out.status.code(),
-            Some(1),
+            Some(code),
             "size '{bad}' is refused: {}",
             stderr(&out)
+        );
+        assert!(
+            code == 1 || stderr(&out).contains("--size"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            !dir.path().join("x").exists(),
+            "no image made of size '{bad}'"
         );
     }
     let out = pinfs(&["mkfs", dir.path().join("y").to_str().unwrap()]);
