@@ -27,10 +27,10 @@
 //!    the allocator and this while it writes the blob and switches the superblock);
 //! 9. [`Rank::Windows`]: the DAX windows' runs (taken under an inode lock, the allocator or
 //!    the superblock, to write windowed blocks back or to detach them);
-//! 10. [`Rank::Leaf`]: everything else, held only to read or change one value, with nothing
-//!    taken inside: the inode table's shards, open handles,
-//!    directory streams, the release list, the waiter count, the reclaim set, lease
-//!    configuration, the holder server's hub, the daemon's phase, the fuzzer's bookkeeping.
+//! 10. [`Rank::Leaf`]: everything else, held only to read or change one value, with
+//!     nothing taken inside: the inode table's shards, open handles, directory streams, the
+//!     release list, the waiter count, the reclaim set, lease configuration, the holder
+//!     server's hub, the daemon's phase, the fuzzer's bookkeeping.
 //!
 //! No lock is held across a FUSE notification, a wait on a holder or I/O to a client; a
 //! [`Condvar`] wait releases its own mutex and keeps the thread's place in the order.
