@@ -44,7 +44,7 @@ use shuttle::sync as imp;
 pub use std::sync::{LockResult, PoisonError, WaitTimeoutResult};
 
 /// A lock's place in the order (see the module documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum Rank {
     /// The filesystem's drain of released windows.
     Detaching,
@@ -65,6 +65,7 @@ pub enum Rank {
     /// The DAX windows.
     Windows,
     /// A lock with nothing taken inside it.
+    #[default]
     Leaf,
 }
 
@@ -161,12 +162,6 @@ fn relock<G, H>(r: LockResult<G>, wrap: impl FnOnce(G) -> H) -> LockResult<H> {
 pub struct Mutex<T> {
     rank: Rank,
     inner: imp::Mutex<T>,
-}
-
-impl Default for Rank {
-    fn default() -> Rank {
-        Rank::Leaf
-    }
 }
 
 /// A held [`Mutex`].
