@@ -194,8 +194,7 @@ pub fn run_demo() -> Result<bool, String> {
     if !Path::new("/dev/fuse").exists() {
         return Err("the demo needs /dev/fuse (modprobe fuse)".into());
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Err("the demo needs root (it mounts filesystems)".into());
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;

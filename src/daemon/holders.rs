@@ -52,7 +52,7 @@
 //! kernel has already checked that the holder may open it (for writing, for a writable pin).
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -61,9 +61,10 @@ use crate::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{unbounded, Receiver, Sender};
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
 
 use crate::fs::{Caller, Fs, PinAccess};
-use crate::holder::protocol::{frames, socket_path, Message, Packet, PeerCred};
+use crate::holder::protocol::{frames, poll_ms, socket_path, Message, Packet, PeerCred};
 use crate::lease::{EventKind, HolderId, HolderInfo, PinRequest};
 use crate::store::windows::WindowPiece;
 
@@ -197,28 +198,18 @@ struct Waker {
 
 impl Waker {
     fn new() -> std::io::Result<Waker> {
-        // SAFETY: eventfd with constant flags; the result is checked before use.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        Ok(Waker {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        Ok(Waker { fd })
     }
 
     fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: write of 8 bytes from a u64 on our stack to our eventfd. It can only fail
-        // when the counter is saturated, and then the poller is woken anyway.
-        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // It can only fail when the counter is saturated, and then the poller is woken anyway.
+        let _ = rustix::io::write(&self.fd, &1u64.to_ne_bytes());
     }
 
     fn drain(&self) {
-        let mut n: u64 = 0;
-        // SAFETY: read of 8 bytes into a u64 on our stack from our nonblocking eventfd.
-        unsafe { libc::read(self.fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+        let mut n = [0u8; 8];
+        let _ = rustix::io::read(&self.fd, &mut n);
     }
 }
 
@@ -266,13 +257,16 @@ impl std::fmt::Debug for Server {
 /// Lets this process have as many descriptors as its hard limit allows: every connection is
 /// one (the per-user bound keeps other users from taking them all).
 fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a struct on our stack.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
-        }
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let r = getrlimit(Resource::Nofile);
+    if r.current < r.maximum {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: r.maximum,
+                maximum: r.maximum,
+            },
+        );
     }
 }
 
@@ -327,8 +321,7 @@ impl Server {
             listener: Some(listener),
             stop: stop.clone(),
             allow_other,
-            // SAFETY: geteuid has no preconditions.
-            owner: unsafe { libc::geteuid() },
+            owner: rustix::process::geteuid().as_raw(),
             conns: HashMap::new(),
             per_uid: HashMap::new(),
             next_conn: 0,
@@ -400,7 +393,7 @@ struct Poller {
 
 impl Poller {
     fn run(mut self) {
-        let mut pollfds: Vec<libc::pollfd> = Vec::new();
+        let mut revents: Vec<libc::c_short> = Vec::new();
         let mut ids: Vec<u64> = Vec::new();
         loop {
             if self.stop.load(Ordering::SeqCst) {
@@ -410,17 +403,12 @@ impl Poller {
             if self.paused_until.is_some_and(|t| Instant::now() >= t) {
                 self.paused_until = None;
             }
-            pollfds.clear();
             ids.clear();
-            let pfd = |fd: RawFd, events: libc::c_short| libc::pollfd {
-                fd,
-                events,
-                revents: 0,
-            };
-            pollfds.push(pfd(self.shared.waker.fd.as_raw_fd(), libc::POLLIN));
+            let mut pollfds = Vec::with_capacity(2 + self.conns.len());
+            pollfds.push(PollFd::new(&self.shared.waker.fd, PollFlags::IN));
             let listening = match (&self.listener, self.paused_until) {
                 (Some(l), None) => {
-                    pollfds.push(pfd(l.raw_fd(), libc::POLLIN));
+                    pollfds.push(PollFd::new(l, PollFlags::IN));
                     true
                 }
                 _ => false,
@@ -430,40 +418,39 @@ impl Poller {
                 if c.gone {
                     continue;
                 }
-                let mut events = 0;
+                let mut events = PollFlags::empty();
                 if !c.busy {
-                    events |= libc::POLLIN | libc::POLLRDHUP;
+                    events |= PollFlags::IN | PollFlags::RDHUP;
                 }
                 if c.blocked {
-                    events |= libc::POLLOUT;
+                    events |= PollFlags::OUT;
                 }
                 // Even with no events asked, poll reports a hang-up, which marks it gone.
-                pollfds.push(pfd(c.sock.raw_fd(), events));
+                pollfds.push(PollFd::new(&c.sock, events));
                 ids.push(*id);
             }
             let timeout = self.paused_until.map_or(-1, |t| {
                 t.saturating_duration_since(Instant::now()).as_millis() as i32 + 1
             });
-            // SAFETY: poll on our vector of pollfds, whose length we pass.
-            let n =
-                unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    tracing::error!("holder socket: poll: {e}; retrying");
+            if let Err(e) = poll_ms(&mut pollfds, timeout) {
+                if e != rustix::io::Errno::INTR {
+                    tracing::error!("holder socket: poll: {}; retrying", std::io::Error::from(e));
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 continue;
             }
-            if pollfds[0].revents != 0 {
+            revents.clear();
+            revents.extend(pollfds.iter().map(|p| p.revents().bits() as libc::c_short));
+            drop(pollfds);
+            if revents[0] != 0 {
                 self.shared.waker.drain();
             }
-            if listening && pollfds[1].revents != 0 {
+            if listening && revents[1] != 0 {
                 self.accept_some();
             }
-            for (p, id) in pollfds[first_conn..].iter().zip(&ids) {
-                if p.revents != 0 {
-                    self.on_ready(*id, p.revents);
+            for (&r, id) in revents[first_conn..].iter().zip(&ids) {
+                if r != 0 {
+                    self.on_ready(*id, r);
                 }
             }
         }
@@ -998,14 +985,10 @@ fn pin(
     ro: bool,
     unbreakable: bool,
 ) -> Result<PinReply, (i32, String)> {
-    // SAFETY: fstat and fcntl(F_GETFL) on a descriptor we own.
-    let (st, flags) = unsafe {
-        let mut st: libc::stat = std::mem::zeroed();
-        if libc::fstat(file.as_raw_fd(), &mut st) != 0 {
-            return Err((libc::EBADF, "cannot stat the descriptor".into()));
-        }
-        (st, libc::fcntl(file.as_raw_fd(), libc::F_GETFL))
+    let Ok(st) = rustix::fs::fstat(file) else {
+        return Err((libc::EBADF, "cannot stat the descriptor".into()));
     };
+    let flags = rustix::fs::fcntl_getfl(file).map_or(-1, |f| f.bits() as libc::c_int);
     let mount_dev = fs.mount_dev();
     if Some(st.st_dev) != mount_dev {
         return Err((libc::EXDEV, "the file is not on this pinfs mount".into()));

@@ -10,16 +10,21 @@ pub mod signals;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::mount::{unmount, UnmountFlags};
 
 use crate::daemon::fuse::FuseFs;
 use crate::fs::options::MountOptions;
 use crate::fs::{Fs, FsOptions, Stale};
+use crate::holder::protocol::poll_ms;
 
 /// Environment variable carrying the readiness pipe to a background daemon.
 const READY_FD_ENV: &str = "PINFS_READY_FD";
@@ -73,20 +78,16 @@ fn check_mountpoint(m: &Path) -> Result<(), String> {
     }
 }
 
+/// A rustix error as std reports it (`Device or resource busy (os error 16)`).
+fn io_error(e: Errno) -> std::io::Error {
+    e.into()
+}
+
 fn spawn_background(req: &MountRequest) -> Result<(), String> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe() fills the two-element array; no other memory is touched.
-    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-        return Err(format!(
-            "cannot create a pipe: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: both descriptors were just created by pipe() and are owned by nobody else.
-    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (rd, wr) =
+        rustix::pipe::pipe().map_err(|e| format!("cannot create a pipe: {}", io_error(e)))?;
     // The read end must not leak into the daemon (it would never see EOF otherwise).
-    // SAFETY: fcntl on a descriptor we own.
-    unsafe { libc::fcntl(fds[0], libc::F_SETFD, libc::FD_CLOEXEC) };
+    let _ = rustix::io::fcntl_setfd(&rd, rustix::io::FdFlags::CLOEXEC);
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the pinfs binary: {e}"))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("mount")
@@ -94,7 +95,7 @@ fn spawn_background(req: &MountRequest) -> Result<(), String> {
         .arg(&req.mountpoint)
         .arg("-o")
         .arg(&req.options);
-    cmd.env(READY_FD_ENV, fds[1].to_string());
+    cmd.env(READY_FD_ENV, wr.as_raw_fd().to_string());
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
     if std::env::var_os("PINFS_LOG").is_none() {
@@ -372,8 +373,7 @@ fn end_mount(mnt: &Path, fs: &Fs) {
     }
     let Some(dev) = fs.mount_dev() else {
         // No device number: nothing can tell which mount is ours but the path.
-        // SAFETY: umount2 with a NUL-terminated path.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = unmount(c.as_c_str(), UnmountFlags::DETACH);
         return;
     };
     if mount_dev(mnt) != Some(dev) {
@@ -392,38 +392,27 @@ fn end_mount(mnt: &Path, fs: &Fs) {
         }
         return;
     }
-    // SAFETY: open(2) of a NUL-terminated path; the descriptor is closed below.
-    let root = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if root >= 0 {
-        // SAFETY: syncfs and close of the descriptor just opened.
-        unsafe {
-            libc::syncfs(root);
-            libc::close(root);
-        }
+    let root = rustix::fs::open(
+        c.as_c_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    );
+    if let Ok(root) = root {
+        let _ = rustix::fs::syncfs(&root);
     }
     loop {
-        // SAFETY: umount2 with a NUL-terminated path.
-        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-            return;
-        }
-        let busy = std::io::Error::last_os_error().raw_os_error() == Some(libc::EBUSY);
-        if !busy || std::time::Instant::now() >= until {
-            break;
+        match unmount(c.as_c_str(), UnmountFlags::empty()) {
+            Ok(()) => return,
+            Err(e) if e == Errno::BUSY && std::time::Instant::now() < until => {}
+            Err(_) => break,
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     tracing::info!("the mount is in use: aborting its connection");
-    // SAFETY: umount2 with a NUL-terminated path. MNT_FORCE aborts the FUSE connection (and
-    // fails with EBUSY while files stay open); the detach takes the mount out of the table.
-    unsafe {
-        libc::umount2(c.as_ptr(), libc::MNT_FORCE);
-        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-    }
+    // MNT_FORCE aborts the FUSE connection (and fails with EBUSY while files stay open); the
+    // detach takes the mount out of the table.
+    let _ = unmount(c.as_c_str(), UnmountFlags::FORCE);
+    let _ = unmount(c.as_c_str(), UnmountFlags::DETACH);
 }
 
 /// Aborts the FUSE connection of the detached mount with device number `dev`, through
@@ -445,27 +434,17 @@ fn abort_connection(dev: u64) -> Result<(), String> {
         .prefix("pinfs-fusectl")
         .tempdir()
         .map_err(|e| format!("a directory for fusectl: {e}"))?;
-    let target = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes())
-        .map_err(|e| e.to_string())?;
-    // SAFETY: mount(2) with NUL-terminated strings and no data.
-    let rc = unsafe {
-        libc::mount(
-            c"fusectl".as_ptr(),
-            target.as_ptr(),
-            c"fusectl".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "cannot mount fusectl: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    let r = write_abort(dir.path());
-    // SAFETY: umount2 of the fusectl mount made just above.
-    unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    let target = dir.path();
+    rustix::mount::mount(
+        c"fusectl",
+        target,
+        c"fusectl",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .map_err(|e| format!("cannot mount fusectl: {}", io_error(e)))?;
+    let r = write_abort(target);
+    let _ = unmount(target, UnmountFlags::DETACH);
     r
 }
 
@@ -482,7 +461,6 @@ fn spawn_detach_watch(dev: u64, fs: Arc<Fs>, note: Option<String>) {
             let Ok(table) = File::open("/proc/self/mountinfo") else {
                 return;
             };
-            use std::os::fd::AsRawFd;
             loop {
                 // mountinfo is read in pieces: while other mounts come and go, one read can
                 // miss a line. A detached mount stays absent, so absence is believed only
@@ -506,15 +484,8 @@ fn spawn_detach_watch(dev: u64, fs: Arc<Fs>, note: Option<String>) {
                     }
                     return;
                 }
-                let mut p = libc::pollfd {
-                    fd: table.as_raw_fd(),
-                    events: libc::POLLPRI,
-                    revents: 0,
-                };
-                // SAFETY: poll on one pollfd on this stack, for a descriptor we own.
-                if unsafe { libc::poll(&mut p, 1, -1) } < 0
-                    && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted
-                {
+                let mut p = [PollFd::new(&table, PollFlags::PRI)];
+                if poll_ms(&mut p, -1).is_err_and(|e| e != Errno::INTR) {
                     return;
                 }
             }

@@ -124,18 +124,8 @@ pub fn apply(fs: &Fs, mounted: &MountOptions, list: &str) -> Result<(), (i32, St
 fn mount_flags(mnt: &Path) -> Result<libc::c_ulong, String> {
     let c = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes())
         .map_err(|_| format!("{}: the path holds a NUL byte", mnt.display()))?;
-    // SAFETY: statvfs into a zeroed struct we own, with a NUL-terminated path.
-    let st = unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
-            return Err(format!(
-                "{}: {}",
-                mnt.display(),
-                std::io::Error::last_os_error()
-            ));
-        }
-        st
-    };
+    let st = rustix::fs::statvfs(c.as_c_str())
+        .map_err(|e| format!("{}: {}", mnt.display(), std::io::Error::from(e)))?;
     let mut flags = 0;
     for (st_flag, ms_flag) in [
         (libc::ST_RDONLY, libc::MS_RDONLY),
@@ -146,7 +136,7 @@ fn mount_flags(mnt: &Path) -> Result<libc::c_ulong, String> {
         (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
         (libc::ST_RELATIME, libc::MS_RELATIME),
     ] {
-        if st.f_flag & st_flag != 0 {
+        if st.f_flag.bits() & st_flag != 0 {
             flags |= ms_flag;
         }
     }

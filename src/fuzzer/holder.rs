@@ -24,9 +24,12 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rustix::event::{PollFd, PollFlags};
+
 use crate::fuzzer::ledger::{now_ns, pin_number, Entry};
 use crate::fuzzer::{fill_tags, pin_range, Actor, Op, Program, Shape, MAX_TAG_PIN, MAX_TAG_STORE};
 use crate::holder::client::{Connection, PinOptions};
+use crate::holder::protocol::poll_ms;
 use crate::store::image::BLOCK_SIZE;
 
 /// Time between two steps of a holder.
@@ -167,14 +170,11 @@ impl Holder {
 
     /// Has the fuzzer closed our standard input (stop now)?
     fn told_to_stop() -> bool {
-        let mut p = libc::pollfd {
-            fd: 0,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: poll on one pollfd that lives on this stack frame, without waiting.
-        let n = unsafe { libc::poll(&mut p, 1, 0) };
-        n > 0 && p.revents & (libc::POLLIN | libc::POLLHUP) != 0
+        use std::os::fd::AsFd;
+        let stdin = std::io::stdin();
+        let mut p = [PollFd::from_borrowed_fd(stdin.as_fd(), PollFlags::IN)];
+        let n = poll_ms(&mut p, 0).unwrap_or(0);
+        n > 0 && p[0].revents().intersects(PollFlags::IN | PollFlags::HUP)
     }
 
     /// Waits until `until_ns`, answering events: a break of a pin that releases on breaks
@@ -410,28 +410,27 @@ impl Holder {
     /// pins alive: a connection ends with its last copy), waits for the daemon to close its
     /// end (the pins are gone then), and stores on through its mappings for a while.
     fn fork_die(&mut self, index: u64) -> ! {
-        let mut pipe = [0i32; 2];
-        // SAFETY: pipe2 writes two descriptors into the array on this stack frame.
-        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        let Ok((read_end, write_end)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        else {
             self.die(index)
-        }
+        };
         // Every report is flushed when made: the child inherits no buffered line.
         // SAFETY: this process is single-threaded (a holder runs no threads), so the child
         // may go on running ordinary code.
         match unsafe { libc::fork() } {
             0 => {
-                // SAFETY: the child's copy of the write end, closed once; the parent keeps
-                // its own until it dies.
-                unsafe { libc::close(pipe[1]) };
-                self.orphan(pipe[0])
+                // The child's copy of the write end goes; the parent keeps its own until it
+                // dies.
+                drop(write_end);
+                self.orphan(read_end)
             }
             pid => {
-                // SAFETY: the parent's copy of the read end (or, if fork failed, the only
-                // one), closed once; the write end closes with this process.
-                unsafe { libc::close(pipe[0]) };
+                // The parent's copy of the read end (or, if fork failed, the only one) goes;
+                // the write end closes with this process (`die` does not return), or now if
+                // no child has it.
+                drop(read_end);
                 if pid < 0 {
-                    // SAFETY: no child has the write end: it is ours to close.
-                    unsafe { libc::close(pipe[1]) };
+                    drop(write_end);
                 }
                 self.die(index)
             }
@@ -441,7 +440,7 @@ impl Holder {
     /// The forked child's life: see [`Holder::fork_die`]. `parent` is the read end of a pipe
     /// whose only write end the parent holds. Exits by itself within [`ORPHAN_LIFE`] after
     /// the parent's death, at the run's end, or when the fuzzer closes standard input.
-    fn orphan(&mut self, parent: i32) -> ! {
+    fn orphan(&mut self, parent: std::os::fd::OwnedFd) -> ! {
         let stop_at = (now_ns() + ORPHAN_LIFE.as_nanos() as u64).min(self.run.until_ns);
         // The parent's end of the pipe closes when it dies.
         loop {
@@ -450,15 +449,10 @@ impl Holder {
                 // SAFETY: ends this process; nothing of it needs to run.
                 unsafe { libc::_exit(0) }
             }
-            let mut p = libc::pollfd {
-                fd: parent,
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut p = [PollFd::new(&parent, PollFlags::IN)];
             let ms = ((stop_at - now) / 1_000_000).clamp(1, 1000) as i32;
-            // SAFETY: poll on one pollfd that lives on this stack frame.
-            let n = unsafe { libc::poll(&mut p, 1, ms) };
-            if n > 0 && p.revents & (libc::POLLHUP | libc::POLLIN) != 0 {
+            let n = poll_ms(&mut p, ms).unwrap_or(0);
+            if n > 0 && p[0].revents().intersects(PollFlags::HUP | PollFlags::IN) {
                 break;
             }
         }
@@ -494,8 +488,8 @@ impl Holder {
             self.report(Entry::End { pin, at: now_ns() });
         }
         self.report(Entry::Died { index });
-        // SAFETY: kill(2) of this very process; nothing after it runs.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::process::abort()
     }
 }

@@ -265,15 +265,14 @@ fn file_step(sh: &Shared, op: Op) {
             .map(|()| op)
             .map_err(|e| e.raw_os_error().unwrap_or(0)),
         Op::Punch { off, len, .. } | Op::Zero { off, len, .. } => {
+            use rustix::fs::FallocateFlags;
             let mode = match op {
-                Op::Punch { .. } => libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                _ => libc::FALLOC_FL_ZERO_RANGE,
+                Op::Punch { .. } => FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                _ => FallocateFlags::ZERO_RANGE,
             };
-            // SAFETY: fallocate on an open descriptor; no memory is involved.
-            match unsafe { libc::fallocate(fd, mode, off as i64, len as i64) } {
-                0 => Ok(op),
-                _ => Err(errno()),
-            }
+            rustix::fs::fallocate(&f, mode, off, len)
+                .map(|()| op)
+                .map_err(|e| e.raw_os_error())
         }
         _ => return,
     };
@@ -443,8 +442,8 @@ fn supervise_holder(sh: &Shared, exe: &Path, n: usize) {
         // The holder's output ended: it and any child it forked (which share its standard
         // output and its process group) have exited, or the output broke. Whatever of the
         // group is left goes now; until the holder is reaped its pid still names the group.
-        // SAFETY: kill(2) of the holder's own process group, which it has not left.
-        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let group = rustix::process::Pid::from_child(&child);
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         let status = child.wait();
         lock(&sh.holder_stdin).remove(&n);
         match died {

@@ -55,8 +55,15 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::net::{
+    self, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, Shutdown, SocketAddrUnix, SocketFlags,
+    SocketType,
+};
 
 /// Largest packet, in bytes.
 pub const MAX_MESSAGE: usize = 64 * 1024;
@@ -148,44 +155,55 @@ pub struct Packet {
     fd: OwnedFd,
 }
 
-fn cvt(rc: libc::c_int, what: &str) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+impl AsFd for Packet {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
-    Ok(rc)
 }
 
-fn sockaddr(path: &std::path::Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: an all-zero sockaddr_un is valid; we fill family and path below.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+/// The control buffer of a received packet: room for exactly one `SCM_RIGHTS` message of
+/// [`MAX_FDS`] descriptors (`CMSG_SPACE`), aligned for `cmsghdr` so that rustix uses all of
+/// it. A packet that carries more gets `MSG_CTRUNC` from the kernel.
+#[repr(C, align(8))]
+struct RecvControl([std::mem::MaybeUninit<u8>; RECV_CONTROL]);
+
+/// `CMSG_SPACE(MAX_FDS * 4)`: `cmsg_space!` adds the alignment of `cmsghdr` for buffers that
+/// are not aligned; [`RecvControl`] is, so that slack is taken off again.
+const RECV_CONTROL: usize =
+    rustix::cmsg_space!(ScmRights(MAX_FDS)) - std::mem::align_of::<libc::cmsghdr>();
+
+/// `what: ERROR`, keeping the error's kind (as every socket error of this module reads).
+fn with_context(e: impl Into<io::Error>, what: &str) -> io::Error {
+    let e = e.into();
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+fn sockaddr(path: &std::path::Path) -> io::Result<SocketAddrUnix> {
     let bytes = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::other("socket path has a NUL"))?;
-    let bytes = bytes.as_bytes_with_nul();
-    if bytes.len() > addr.sun_path.len() {
+    // The path and its NUL must fit in `sun_path` (rustix would also take a path that fills
+    // it without the NUL, which not every peer reads back).
+    if bytes.as_bytes_with_nul().len() > SUN_PATH_LEN {
         return Err(io::Error::other(format!(
             "socket path {} is too long",
             path.display()
         )));
     }
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    Ok((
-        addr,
-        std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-    ))
+    SocketAddrUnix::new(bytes.as_c_str()).map_err(|e| with_context(e, "socket address"))
 }
 
+/// Bytes of `sockaddr_un::sun_path`.
+const SUN_PATH_LEN: usize =
+    std::mem::size_of::<libc::sockaddr_un>() - std::mem::offset_of!(libc::sockaddr_un, sun_path);
+
 fn new_socket() -> io::Result<OwnedFd> {
-    // SAFETY: socket() with constant arguments; the result is checked.
-    let fd = cvt(
-        unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) },
-        "socket",
-    )?;
-    // SAFETY: a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| with_context(e, "socket"))
 }
 
 /// The identity of the peer, from the kernel.
@@ -207,28 +225,15 @@ impl Packet {
     pub fn listen(path: &std::path::Path, mode: u32) -> io::Result<Packet> {
         let _ = std::fs::remove_file(path);
         let fd = new_socket()?;
-        let (addr, len) = sockaddr(path)?;
-        // SAFETY: fchmod, bind and listen on our socket with a valid address of `len` bytes;
-        // fcntl(F_SETFL) on a descriptor we own.
-        unsafe {
-            // On Linux the socket file is created with the socket inode's mode (less the
-            // umask); where fchmod of a socket is not supported, the chmod below still runs.
-            libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t);
-            cvt(
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_un).cast(),
-                    len,
-                ),
-                "bind",
-            )?;
-            cvt(libc::listen(fd.as_raw_fd(), 128), "listen")?;
-            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-            cvt(
-                libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK),
-                "fcntl(O_NONBLOCK)",
-            )?;
-        }
+        let addr = sockaddr(path)?;
+        // On Linux the socket file is created with the socket inode's mode (less the umask);
+        // where fchmod of a socket is not supported, the chmod below still runs.
+        let _ = rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(mode));
+        net::bind(&fd, &addr).map_err(|e| with_context(e, "bind"))?;
+        net::listen(&fd, 128).map_err(|e| with_context(e, "listen"))?;
+        rustix::fs::fcntl_getfl(&fd)
+            .and_then(|fl| rustix::fs::fcntl_setfl(&fd, fl | rustix::fs::OFlags::NONBLOCK))
+            .map_err(|e| with_context(e, "fcntl(O_NONBLOCK)"))?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
         Ok(Packet { fd })
@@ -237,59 +242,41 @@ impl Packet {
     /// Connects to `path`.
     pub fn connect(path: &std::path::Path) -> io::Result<Packet> {
         let fd = new_socket()?;
-        let (addr, len) = sockaddr(path)?;
-        // SAFETY: connect our socket to a valid address of `len` bytes.
-        cvt(
-            unsafe {
-                libc::connect(
-                    fd.as_raw_fd(),
-                    (&addr as *const libc::sockaddr_un).cast(),
-                    len,
-                )
-            },
-            "connect",
-        )
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        let addr = sockaddr(path)?;
+        net::connect(&fd, &addr).map_err(|e| {
+            let e = with_context(e, "connect");
+            io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+        })?;
         Ok(Packet { fd })
     }
 
     /// Accepts a connection (the new socket is nonblocking); on a nonblocking listener,
     /// `WouldBlock` when nobody is waiting.
     pub fn accept(&self) -> io::Result<Packet> {
-        // SAFETY: accept4 on our listening socket, no address wanted.
-        let fd = cvt(
-            unsafe {
-                libc::accept4(
-                    self.fd.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                )
-            },
-            "accept",
-        )?;
-        // SAFETY: a fresh descriptor nobody else owns.
-        Ok(Packet {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = net::accept_with(&self.fd, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)
+            .map_err(|e| with_context(e, "accept"))?;
+        Ok(Packet { fd })
     }
 
     /// The connected peer's credentials.
     pub fn peer(&self) -> io::Result<PeerCred> {
-        // SAFETY: getsockopt(SO_PEERCRED) into a ucred of the size we pass.
+        // Not rustix's `socket_peercred`: its `UCred` holds the pid as a nonzero `Pid`, and
+        // the kernel reports pid 0 for a peer in a pid namespace this process cannot see.
+        // SAFETY: getsockopt(SO_PEERCRED) into a ucred of the size we pass; an all-zero
+        // ucred is valid.
         unsafe {
             let mut cred: libc::ucred = std::mem::zeroed();
             let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-            cvt(
-                libc::getsockopt(
-                    self.fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_PEERCRED,
-                    (&mut cred as *mut libc::ucred).cast(),
-                    &mut len,
-                ),
-                "SO_PEERCRED",
-            )?;
+            if libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            ) < 0
+            {
+                return Err(with_context(io::Error::last_os_error(), "SO_PEERCRED"));
+            }
             Ok(PeerCred {
                 pid: cred.pid as u32,
                 uid: cred.uid,
@@ -300,55 +287,43 @@ impl Packet {
 
     /// Sends one message with descriptors, waiting for room if need be.
     pub fn send(&self, text: &str, fds: &[RawFd]) -> io::Result<()> {
-        self.send_flags(text, fds, 0)
+        self.send_flags(text, fds, SendFlags::empty())
     }
 
     /// Sends one message with descriptors if the socket has room now: `Ok(false)` when it
     /// has not (nothing was sent; try again once it is writable).
     pub fn try_send(&self, text: &str, fds: &[RawFd]) -> io::Result<bool> {
-        match self.send_flags(text, fds, libc::MSG_DONTWAIT) {
+        match self.send_flags(text, fds, SendFlags::DONTWAIT) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    fn send_flags(&self, text: &str, fds: &[RawFd], flags: libc::c_int) -> io::Result<()> {
+    fn send_flags(&self, text: &str, fds: &[RawFd], flags: SendFlags) -> io::Result<()> {
         if text.len() > MAX_MESSAGE || fds.len() > MAX_FDS {
             return Err(io::Error::other("message too large"));
         }
-        let mut iov = libc::iovec {
-            iov_base: text.as_ptr() as *mut libc::c_void,
-            iov_len: text.len(),
-        };
-        // SAFETY: CMSG_SPACE is a pure size computation.
-        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
-        let mut cbuf = vec![0u8; if fds.is_empty() { 0 } else { space }];
-        // SAFETY: msghdr is plain data; an all-zero value is valid and filled in below. The
-        // control buffer holds exactly one SCM_RIGHTS header with `fds.len()` descriptors,
-        // written through the CMSG macros within its `space` bytes.
-        unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            if !fds.is_empty() {
-                msg.msg_control = cbuf.as_mut_ptr().cast();
-                msg.msg_controllen = space as _;
-                let c = libc::CMSG_FIRSTHDR(&msg);
-                (*c).cmsg_level = libc::SOL_SOCKET;
-                (*c).cmsg_type = libc::SCM_RIGHTS;
-                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
-                std::ptr::copy_nonoverlapping(
-                    fds.as_ptr(),
-                    libc::CMSG_DATA(c).cast::<RawFd>(),
-                    fds.len(),
-                );
-            }
-            cvt(
-                libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | flags) as libc::c_int,
-                "sendmsg",
-            )?;
+        // SAFETY: the caller's descriptors stay open for this call (a number that is not an
+        // open descriptor makes sendmsg fail with EBADF, as it did when it took raw numbers).
+        let borrowed: Vec<BorrowedFd<'_>> = fds
+            .iter()
+            .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) })
+            .collect();
+        let mut space = vec![std::mem::MaybeUninit::uninit(); cmsg_space(fds.len())];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+            return Err(io::Error::other(
+                "descriptors do not fit the control buffer",
+            ));
         }
+        net::sendmsg(
+            &self.fd,
+            &[io::IoSlice::new(text.as_bytes())],
+            &mut control,
+            SendFlags::NOSIGNAL | flags,
+        )
+        .map_err(|e| with_context(e, "sendmsg"))?;
         Ok(())
     }
 
@@ -357,7 +332,7 @@ impl Packet {
     /// does not fit, or that carries too many descriptors, is an error (its descriptors are
     /// closed).
     pub fn recv(&self) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
-        let (bytes, fds) = self.recv_flags(0)?;
+        let (bytes, fds) = self.recv_flags(RecvFlags::empty())?;
         if bytes.is_empty() && fds.is_empty() {
             return Ok(None);
         }
@@ -368,70 +343,45 @@ impl Packet {
     /// end of stream both read as no bytes and no descriptors: the caller tells them apart
     /// by the socket's hang-up state (see [`Packet::hung_up`]).
     pub fn try_recv(&self) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
-        self.recv_flags(libc::MSG_DONTWAIT)
+        self.recv_flags(RecvFlags::DONTWAIT)
     }
 
-    fn recv_flags(&self, flags: libc::c_int) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    fn recv_flags(&self, flags: RecvFlags) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: pure size computation.
-        let space =
-            unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
-        let mut cbuf = vec![0u8; space];
-        // SAFETY: recvmsg into our buffers of the sizes given; the control messages are then
-        // walked with the CMSG macros, which stay inside `msg_controllen` bytes; every
-        // descriptor received is wrapped in an OwnedFd exactly once.
-        unsafe {
-            let mut msg: libc::msghdr = std::mem::zeroed();
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = cbuf.as_mut_ptr().cast();
-            msg.msg_controllen = space as _;
-            let n = libc::recvmsg(
-                self.fd.as_raw_fd(),
-                &mut msg,
-                libc::MSG_CMSG_CLOEXEC | flags,
-            );
-            if n < 0 {
-                return Err(io::Error::last_os_error());
+        let mut space = RecvControl([std::mem::MaybeUninit::uninit(); RECV_CONTROL]);
+        let mut control = RecvAncillaryBuffer::new(&mut space.0);
+        let got = net::recvmsg(
+            &self.fd,
+            &mut [io::IoSliceMut::new(&mut buf)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | flags,
+        )?;
+        // Every descriptor received becomes an OwnedFd (those of other control messages, if
+        // any, are closed as the buffer drops).
+        let mut fds = Vec::new();
+        for m in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = m {
+                fds.extend(received);
             }
-            let mut fds = Vec::new();
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(c);
-                    let bytes = (*c).cmsg_len as usize - (data as usize - c as usize);
-                    for i in 0..bytes / std::mem::size_of::<RawFd>() {
-                        let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
-                        fds.push(OwnedFd::from_raw_fd(fd));
-                    }
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-            if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
-                // `fds` drops here: the descriptors of a refused message are closed.
-                return Err(io::Error::other(format!(
-                    "message too large (at most {MAX_MESSAGE} bytes and {MAX_FDS} descriptors)"
-                )));
-            }
-            buf.truncate(n as usize);
-            Ok((buf, fds))
         }
+        if got
+            .flags
+            .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
+        {
+            // `fds` drops here: the descriptors of a refused message are closed.
+            return Err(io::Error::other(format!(
+                "message too large (at most {MAX_MESSAGE} bytes and {MAX_FDS} descriptors)"
+            )));
+        }
+        buf.truncate(got.bytes);
+        Ok((buf, fds))
     }
 
     /// Waits up to `timeout` for a message to arrive (`false`: none yet).
     pub fn wait_readable(&self, timeout: Option<std::time::Duration>) -> io::Result<bool> {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut p = [PollFd::new(&self.fd, PollFlags::IN)];
         let ms = timeout.map_or(-1, |t| t.as_millis().min(i32::MAX as u128) as i32);
-        // SAFETY: poll on one pollfd on our stack.
-        let n = cvt(unsafe { libc::poll(&mut p, 1, ms) }, "poll")?;
+        let n = poll_ms(&mut p, ms).map_err(|e| with_context(e, "poll"))?;
         Ok(n > 0)
     }
 
@@ -440,14 +390,9 @@ impl Packet {
     /// survivor's receiving side shut when the peer goes, which is how an end of stream is
     /// told from an empty packet (both read as zero bytes).
     pub fn hung_up(&self) -> bool {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: poll on one pollfd on our stack, without waiting.
-        let n = unsafe { libc::poll(&mut p, 1, 0) };
-        n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+        let mut p = [PollFd::new(&self.fd, PollFlags::RDHUP)];
+        let n = poll_ms(&mut p, 0).unwrap_or(0);
+        n > 0 && p[0].revents().intersects(PollFlags::RDHUP | PollFlags::HUP)
     }
 
     /// The descriptor, for poll(2).
@@ -457,15 +402,13 @@ impl Packet {
 
     /// Shuts the connection down in both directions (wakes a reader blocked on it).
     pub fn shutdown(&self) {
-        // SAFETY: shutdown on our socket.
-        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        let _ = net::shutdown(&self.fd, Shutdown::Both);
     }
 
     /// Shuts the sending direction down: the peer reads the end of the connection, and
     /// this side can still receive what the peer sends until it closes its end.
     pub fn shutdown_write(&self) {
-        // SAFETY: shutdown on our socket.
-        unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_WR) };
+        let _ = net::shutdown(&self.fd, Shutdown::Write);
     }
 
     /// A second handle on the same socket.
@@ -474,6 +417,26 @@ impl Packet {
             fd: self.fd.try_clone()?,
         })
     }
+}
+
+/// Room for one `SCM_RIGHTS` message of `n` descriptors (none when `n` is 0), as
+/// [`SendAncillaryBuffer`] wants it.
+fn cmsg_space(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        rustix::cmsg_space!(ScmRights(n))
+    }
+}
+
+/// `poll(2)` of `fds` for up to `ms` milliseconds (negative: no limit), as libc's `poll`
+/// counts them: the number of descriptors with events, `EINTR` as an error.
+pub(crate) fn poll_ms(fds: &mut [PollFd<'_>], ms: i32) -> rustix::io::Result<usize> {
+    let timeout = (ms >= 0).then(|| Timespec {
+        tv_sec: (ms / 1000).into(),
+        tv_nsec: ((ms % 1000) * 1_000_000).into(),
+    });
+    poll(fds, timeout.as_ref())
 }
 
 /// The packets of reply `text` to request `id`: `text` itself when it fits in
@@ -564,6 +527,96 @@ mod tests {
         }
         let m = Message::parse(b"1 pin offset=99999999999999999999999").unwrap();
         assert!(m.num("offset").is_err());
+    }
+
+    /// The kernel sets `MSG_CTRUNC` (and the packet is refused) exactly when a packet has
+    /// more than [`MAX_FDS`] descriptors: the buffer must be `CMSG_SPACE` of that many.
+    #[test]
+    fn receive_control_buffer_holds_exactly_max_fds() {
+        let header = std::mem::size_of::<libc::cmsghdr>();
+        let data = (MAX_FDS * std::mem::size_of::<RawFd>()).next_multiple_of(8);
+        assert_eq!(RECV_CONTROL, header + data);
+        assert_eq!(SUN_PATH_LEN, 108);
+    }
+
+    /// A connected pair: (client, server side).
+    fn pair(dir: &std::path::Path) -> (Packet, Packet) {
+        let path = dir.join("s.sock");
+        let l = Packet::listen(&path, 0o600).unwrap();
+        let c = Packet::connect(&path).unwrap();
+        loop {
+            match l.accept() {
+                Ok(s) => return (c, s),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    l.wait_readable(None).map(|_| ()).unwrap()
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    }
+
+    /// Sends `text` with every group of `groups` as an `SCM_RIGHTS` message of its own,
+    /// past the checks of [`Packet::send`] (as a hostile client could).
+    fn send_raw(p: &Packet, text: &[u8], groups: &[Vec<BorrowedFd<'_>>]) -> rustix::io::Result<()> {
+        let room: usize = groups.iter().map(|g| cmsg_space(g.len())).sum();
+        let mut space = vec![std::mem::MaybeUninit::uninit(); room];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        for g in groups {
+            assert!(control.push(SendAncillaryMessage::ScmRights(g)));
+        }
+        net::sendmsg(
+            p,
+            &[io::IoSlice::new(text)],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .map(|_| ())
+    }
+
+    /// Every copy of `write_end` that travelled is closed once the receiver refused the
+    /// packet: with ours gone too, the pipe's read end sees the hang-up.
+    fn assert_all_closed(read_end: &OwnedFd, write_end: OwnedFd) {
+        drop(write_end);
+        let mut p = [PollFd::new(read_end, PollFlags::IN)];
+        assert_eq!(
+            poll_ms(&mut p, 5000).unwrap(),
+            1,
+            "a received copy is still open"
+        );
+        assert!(p[0].revents().contains(PollFlags::HUP));
+    }
+
+    #[test]
+    fn a_refused_packet_has_all_its_descriptors_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, s) = pair(dir.path());
+
+        // Text longer than a message may be (MSG_TRUNC), with as many descriptors as a
+        // packet can carry.
+        let (rd, wr) = rustix::pipe::pipe().unwrap();
+        send_raw(
+            &c,
+            &vec![b'x'; MAX_MESSAGE + 1],
+            &[vec![wr.as_fd(); MAX_FDS]],
+        )
+        .unwrap();
+        let e = s.recv().unwrap_err();
+        assert!(e.to_string().starts_with("message too large"), "{e}");
+        assert_all_closed(&rd, wr);
+
+        // More than MAX_FDS (the kernel's SCM_MAX_FD) in one packet, even split over two
+        // control messages, never arrives: the receive buffer need hold no more.
+        let (_rd, wr) = rustix::pipe::pipe().unwrap();
+        let split = [vec![wr.as_fd(); MAX_FDS], vec![wr.as_fd(); 1]];
+        assert_eq!(
+            send_raw(&c, b"1 hello", &split),
+            Err(rustix::io::Errno::INVAL)
+        );
+
+        // The connection goes on, and a packet of exactly MAX_FDS passes.
+        c.send("2 hello", &vec![wr.as_raw_fd(); MAX_FDS]).unwrap();
+        let (msg, fds) = s.recv().unwrap().unwrap();
+        assert_eq!((msg.as_slice(), fds.len()), (&b"2 hello"[..], MAX_FDS));
     }
 
     #[test]

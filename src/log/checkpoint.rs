@@ -105,8 +105,10 @@ fn read_blob(image: &Image, sb: &Superblock) -> FsResult<Vec<u8>> {
 
 /// The root directory of a freshly made filesystem.
 pub fn new_root(now: Time) -> Inode {
-    // SAFETY: getuid/getgid cannot fail and touch no memory.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = (
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw(),
+    );
     Inode::new(ROOT_INO, Kind::Dir, 0o755, uid, gid, 0, ROOT_INO, now)
 }
 

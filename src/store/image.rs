@@ -35,11 +35,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::FallocateFlags;
 
 use crate::format::codec::{Reader, Writer};
 pub use crate::store::superblock::{
@@ -292,8 +292,7 @@ impl Image {
 
     /// Takes the image lock if it is free (held while `file` stays open).
     fn lock_now(file: &File) -> bool {
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+        rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
     }
 
     /// Waits up to `wait` until no daemon holds the image at `path` (a daemon releases it
@@ -605,16 +604,13 @@ impl Image {
     /// mapping. Falls back to storing zeros where the host cannot punch.
     pub fn discard(&self, off: u64, len: u64) {
         self.check_range(off, len as usize);
-        // SAFETY: fallocate on our own descriptor with an in-range offset and length.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if rc != 0 {
+        let punched = rustix::fs::fallocate(
+            &self.file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            off,
+            len,
+        );
+        if punched.is_err() {
             // A host that cannot punch (ext2, ...): zeros through the file, not the mapping,
             // so that a hole met on a full host is an error here (it reads as zeros anyway,
             // which is all a freed block needs), never a SIGBUS.
@@ -727,22 +723,10 @@ impl Image {
             return Ok(());
         }
         loop {
-            // SAFETY: fallocate on our own descriptor, in range; mode 0 changes no data.
-            let rc = unsafe {
-                libc::fallocate(
-                    self.file.as_raw_fd(),
-                    0,
-                    off as libc::off_t,
-                    len as libc::off_t,
-                )
-            };
-            if rc == 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                _ => return Err(full_host(e)),
+            match rustix::fs::fallocate(&self.file, FallocateFlags::empty(), off, len) {
+                Ok(()) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(full_host(e.into())),
             }
         }
     }

@@ -47,11 +47,12 @@
 //! detaching, never across anything that waits for a holder.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use crate::sync::{Mutex, MutexGuard};
+
+use rustix::fs::{FallocateFlags, MemfdFlags, Mode, OFlags, SealFlags};
 
 const PAGE: u64 = 4096;
 
@@ -75,19 +76,14 @@ impl WindowPiece {
     /// It shares nothing with the daemon's own (file status flags such as `O_APPEND` are per
     /// description).
     pub fn descriptor(&self, writable: bool) -> std::io::Result<OwnedFd> {
-        let path = CString::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).expect("no NUL");
+        let path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
         let mode = if writable {
-            libc::O_RDWR
+            OFlags::RDWR
         } else {
-            libc::O_RDONLY
+            OFlags::RDONLY
         };
-        // SAFETY: open of a NUL-terminated path; the result is checked and owned once.
-        let raw = unsafe { libc::open(path.as_ptr(), mode | libc::O_CLOEXEC) };
-        if raw < 0 {
-            return Err(io_error("reopening a DAX window for a holder"));
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+        rustix::fs::open(path.as_str(), mode | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| os_error("reopening a DAX window for a holder", e))
     }
 }
 
@@ -150,7 +146,12 @@ pub struct WrittenBack {
 /// The last OS error, errno kept (callers tell `EMFILE` from `ENOMEM` by it); what failed
 /// goes to the log.
 fn io_error(what: &str) -> std::io::Error {
-    let e = std::io::Error::last_os_error();
+    os_error(what, std::io::Error::last_os_error())
+}
+
+/// `e`, logged with `what` was being done.
+fn os_error(what: &str, e: impl Into<std::io::Error>) -> std::io::Error {
+    let e = e.into();
     tracing::warn!("{what}: {e}");
     e
 }
@@ -196,34 +197,27 @@ fn coalesce(map: &mut BTreeMap<u64, Run>, from: u64, to: u64) {
 /// # Safety
 /// `src` must be readable for `len` bytes.
 unsafe fn new_window(src: *const u8, len: u64) -> std::io::Result<OwnedFd> {
-    let name = CString::new("pinfs-window").expect("no NUL");
-    // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
-    let raw =
-        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
-    if raw < 0 {
-        return Err(io_error("memfd_create"));
-    }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = rustix::fs::memfd_create(
+        c"pinfs-window",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(|e| os_error("memfd_create", e))?;
+    // Through a raw pointer, not a slice: a holder may be storing into these pages while
+    // the kernel copies them.
     // SAFETY: pwrite copies `len` readable bytes (caller's contract) into the memfd at 0;
-    // fchmod and fcntl act on our own descriptor. All results are checked.
-    unsafe {
-        let n = libc::pwrite(fd.as_raw_fd(), src.cast(), len as usize, 0);
-        if n != len as isize {
-            return Err(io_error("filling a DAX window"));
-        }
-        // Only the daemon (and root) may open it anew: a holder cannot turn its read-only
-        // descriptor into a writable one through /proc/PID/fd.
-        if libc::fchmod(fd.as_raw_fd(), 0o600) != 0 {
-            return Err(io_error("fchmod of a DAX window"));
-        }
-        // A holder with a writable descriptor must not shrink the memfd under the daemon's
-        // mapping (a SIGBUS in the daemon) nor grow it (memory nobody asked for).
-        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-        if libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) != 0 {
-            return Err(io_error("sealing a DAX window"));
-        }
+    // the result is checked.
+    let n = unsafe { libc::pwrite(fd.as_raw_fd(), src.cast(), len as usize, 0) };
+    if n != len as isize {
+        return Err(io_error("filling a DAX window"));
     }
+    // Only the daemon (and root) may open it anew: a holder cannot turn its read-only
+    // descriptor into a writable one through /proc/PID/fd.
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600))
+        .map_err(|e| os_error("fchmod of a DAX window", e))?;
+    // A holder with a writable descriptor must not shrink the memfd under the daemon's
+    // mapping (a SIGBUS in the daemon) nor grow it (memory nobody asked for).
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .map_err(|e| os_error("sealing a DAX window", e))?;
     Ok(fd)
 }
 
@@ -673,15 +667,12 @@ unsafe fn pwrite_all(
 /// Punches `len` bytes at `off` of a window's memfd (they read as zeros after, in every
 /// mapping of it).
 fn punch(fd: &OwnedFd, off: u64, len: u64) {
-    // SAFETY: fallocate on a memfd we own, inside its size.
-    unsafe {
-        libc::fallocate(
-            fd.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            off as libc::off_t,
-            len as libc::off_t,
-        );
-    }
+    let _ = rustix::fs::fallocate(
+        fd,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        off,
+        len,
+    );
 }
 
 #[cfg(test)]
