@@ -24,7 +24,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::client::{Connection, PinOptions};
+use crate::client::{Connection, EventKind, PinOptions};
 use crate::fuzz::{fill_tags, pin_range, Actor, Op, Program, Shape, MAX_TAG_PIN, MAX_TAG_STORE};
 use crate::fuzz_ledger::{now_ns, pin_number, Entry, MAX_HOLDERS};
 use crate::image::BLOCK_SIZE;
@@ -226,11 +226,15 @@ impl Holder {
             };
             match c.next_event(Some(left)) {
                 Ok(Some(ev)) => {
+                    let broken = ev
+                        .lease()
+                        .filter(|l| matches!(l.kind, EventKind::Break { .. }))
+                        .and_then(|l| l.pin);
                     let answer = self
                         .held
                         .as_ref()
-                        .is_some_and(|h| Some(h.pin.id) == ev.pin && h.release_on_break);
-                    if ev.kind == "break" && answer {
+                        .is_some_and(|h| broken == Some(h.pin.id) && h.release_on_break);
+                    if answer {
                         self.unpin(false);
                     }
                 }

@@ -283,11 +283,7 @@ fn cmd_fsck(args: &[String]) -> CmdResult {
         }
         Err(e) => {
             if json {
-                pinfs::outln!(
-                    "{{\"image\":{},\"exit_code\":8,\"error\":{}}}",
-                    pinfs::fsck::json_str(&image.display().to_string()),
-                    pinfs::fsck::json_str(&e.to_string())
-                );
+                pinfs::outln!("{}", pinfs::fsck::failure_json(&image, &e.to_string()));
             } else {
                 eprintln!("pinfs fsck: {e}");
             }
