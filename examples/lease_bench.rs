@@ -111,7 +111,7 @@ fn main() {
                     .next_event(Some(Duration::from_secs(20)))
                     .unwrap()
                     .expect("event");
-                if e.kind == "break" {
+                if e.name() == "break" {
                     let t = now_ns();
                     h.unpin(&p).unwrap();
                     // SAFETY: write the 8-byte timestamp.

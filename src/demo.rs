@@ -105,7 +105,9 @@ fn start_holder(
     let mut out = BufReader::new(child.stdout.take().expect("piped"));
     let mut grant = String::new();
     out.read_line(&mut grant).map_err(|e| e.to_string())?;
-    if !grant.contains("\"pin\"") {
+    let granted = serde_json::from_str::<serde_json::Value>(&grant)
+        .is_ok_and(|g| g.get("pin").is_some_and(serde_json::Value::is_u64));
+    if !granted {
         let _ = child.kill();
         return Err(format!("the holder did not pin: {grant}"));
     }
@@ -158,7 +160,8 @@ fn scenario(exe: &Path, work: &Path, n: usize, s: &Scenario) -> Result<Outcome, 
     let busy = crate::holder::client::Connection::for_path(&mnt)
         .and_then(|mut c| c.status(false))
         .ok()
-        .and_then(|j| crate::fs::status::json_number(&j, "busy_blocks"))
+        .and_then(|j| serde_json::from_str::<crate::fs::status::Status>(&j).ok())
+        .map(|s| s.space.busy_blocks)
         .map_or("?".to_string(), |n| n.to_string());
     let _ = holder.kill();
     let _ = holder.wait();

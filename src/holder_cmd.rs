@@ -5,8 +5,10 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::fsck::json_str;
-use crate::holder::client::{ClientError, Connection, HolderEvent, PinOptions};
+use serde::Serialize;
+
+use crate::fs::status::to_json;
+use crate::holder::client::{ClientError, Connection, EventKind, PinExtent, PinOptions};
 
 /// What `pinfs pin` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -31,18 +33,6 @@ pub struct PinCommand {
     pub hold: Option<Duration>,
 }
 
-fn event_json(e: &HolderEvent) -> String {
-    format!(
-        "{{\"event\":{},\"pin\":{},\"ino\":{},\"offset\":{},\"len\":{},\"deadline_ms\":{}}}",
-        json_str(&e.kind),
-        e.pin.map_or("null".into(), |p| p.to_string()),
-        e.ino,
-        e.offset,
-        e.len,
-        e.deadline_ms.map_or("null".into(), |d| d.to_string())
-    )
-}
-
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -61,8 +51,16 @@ fn refused(what: &str, e: ClientError) -> String {
     }
 }
 
-/// Runs `pinfs pin`: pins, prints the grant and every event as JSON lines, and behaves as
-/// asked until killed or `--hold` expires.
+/// The first line `pinfs pin` prints: the grant.
+#[derive(Serialize)]
+struct GrantJson {
+    holder: u64,
+    pin: u64,
+    extents: Vec<PinExtent>,
+}
+
+/// Runs `pinfs pin`: pins, prints the grant and every event as JSON lines (the events in
+/// the shape of `status --events`), and behaves as asked until killed or `--hold` expires.
 pub fn pin(cmd: &PinCommand) -> Result<(), String> {
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -89,22 +87,11 @@ pub fn pin(cmd: &PinCommand) -> Result<(), String> {
     // The pin holds the blocks, not the file: like a memory registration, it outlives the
     // descriptor (so an unlinked pinned file can be freed, which breaks the lease).
     drop(file);
-    let extents: Vec<String> = pin
-        .extents
-        .iter()
-        .map(|e| {
-            format!(
-                "{{\"file_offset\":{},\"image_offset\":{},\"len\":{}}}",
-                e.file_offset, e.image_offset, e.len
-            )
-        })
-        .collect();
-    say(&format!(
-        "{{\"holder\":{},\"pin\":{},\"extents\":[{}]}}",
-        pin.holder,
-        pin.id,
-        extents.join(",")
-    ));
+    say(&to_json(&GrantJson {
+        holder: pin.holder,
+        pin: pin.id,
+        extents: pin.extents.clone(),
+    }));
     let end = cmd.hold.map(|h| Instant::now() + h);
     let writing = cmd.write_byte.zip(cmd.every).filter(|_| !cmd.read_only);
     let mut next_write = Instant::now();
@@ -130,16 +117,17 @@ pub fn pin(cmd: &PinCommand) -> Result<(), String> {
         }
         match conn.next_event(Some(wait)) {
             Ok(Some(ev)) => {
-                if ev.kind == "granted" {
+                let kind = ev.lease().map(|l| l.kind);
+                if kind == Some(EventKind::Granted) {
                     continue;
                 }
-                say(&event_json(&ev));
-                match ev.kind.as_str() {
-                    "break" if !cmd.ignore_breaks && pinned => {
+                say(&to_json(&ev));
+                match kind {
+                    Some(EventKind::Break { .. }) if !cmd.ignore_breaks && pinned => {
                         conn.unpin(&pin).map_err(|e| refused("release", e))?;
                         pinned = false;
                     }
-                    "revoked" => pinned = false,
+                    Some(EventKind::Revoked) => pinned = false,
                     _ => {}
                 }
             }
@@ -175,7 +163,7 @@ pub fn follow(mount: &Path) -> Result<(), String> {
     watch.watch().map_err(|e| refused("watch", e))?;
     loop {
         match watch.next_event(None) {
-            Ok(Some(e)) => say(&watched_json(&e)),
+            Ok(Some(e)) => say(&to_json(&e)),
             Ok(None) => {}
             Err(ClientError::Protocol(_)) => {
                 eprintln!("pinfs: {}: the mount went away", mount.display());
@@ -184,31 +172,6 @@ pub fn follow(mount: &Path) -> Result<(), String> {
             Err(e) => return Err(refused("watch", e)),
         }
     }
-}
-
-/// A watched event as JSON, in the shape of `status --events`.
-fn watched_json(e: &HolderEvent) -> String {
-    if e.kind == "lost" {
-        return format!("{{\"event\":\"lost\",\"count\":{}}}", e.count.unwrap_or(0));
-    }
-    let deadline = if e.kind == "break" {
-        format!(
-            ",\"deadline_ms\":{}",
-            e.deadline_ms.map_or("null".into(), |d| d.to_string())
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        "{{\"time\":{},\"event\":{},\"holder\":{},\"pin\":{},\"ino\":{},\"offset\":{},\"len\":{}{deadline}}}",
-        e.time.as_deref().unwrap_or("null"),
-        json_str(&e.kind),
-        e.holder.map_or("null".into(), |h| h.to_string()),
-        e.pin.map_or("null".into(), |p| p.to_string()),
-        e.ino,
-        e.offset,
-        e.len
-    )
 }
 
 /// Runs `pinfs fence`.

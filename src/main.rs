@@ -202,11 +202,7 @@ fn cmd_fsck(a: FsckArgs) -> i32 {
         }
         Err(e) => {
             if json {
-                pinfs::outln!(
-                    "{{\"image\":{},\"exit_code\":8,\"error\":{}}}",
-                    pinfs::fsck::json_str(&image.display().to_string()),
-                    pinfs::fsck::json_str(&e.to_string())
-                );
+                pinfs::outln!("{}", pinfs::fsck::failure_json(&image, &e.to_string()));
             } else {
                 eprintln!("pinfs fsck: {e}");
             }

@@ -64,8 +64,11 @@ use crossbeam::channel::{unbounded, Receiver, Sender};
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 
 use crate::fs::{Caller, Fs, PinAccess};
-use crate::holder::protocol::{frames, poll_ms, socket_path, Message, Packet, PeerCred};
-use crate::lease::{EventKind, HolderId, HolderInfo, PinRequest};
+use crate::holder::protocol::{
+    frames, poll_ms, socket_path, Event, Grant, Packet, PeerCred, PinExtent, Reply, Request,
+    WindowExtent,
+};
+use crate::lease::{HolderId, HolderInfo, PinRequest};
 use crate::store::windows::WindowPiece;
 
 /// Threads that run requests.
@@ -175,7 +178,7 @@ impl Hub {
                 continue;
             }
             if w.lost > 0 {
-                let text = format!("event lost count={}", w.lost);
+                let text = Event::Lost { count: w.lost }.encode();
                 w.lost = 0;
                 q.put(Outgoing {
                     text,
@@ -297,7 +300,7 @@ impl Server {
                 .name("pinfs-notifier".into())
                 .spawn(move || {
                     for n in notices {
-                        let text = event_text(&n.event);
+                        let text = crate::fs::status::wire_event(&n.event).encode();
                         let mut hub = shared.hub();
                         if let Some(conn) = hub.holders.get(&n.holder).copied() {
                             hub.push(
@@ -701,7 +704,7 @@ fn flush(shared: &Shared, id: u64, c: &mut Conn) -> Flushed {
 /// sent is discarded: closing a socket with unread packets would reset the peer, which
 /// would then never read the reason.
 fn refuse(sock: &Packet, errno: i32, why: &str) {
-    let _ = sock.try_send(&format!("? err errno={errno} {why}"), &[]);
+    let _ = sock.try_send(&err("?", errno, why).text, &[]);
     sock.shutdown();
     for _ in 0..64 {
         match sock.try_recv() {
@@ -746,9 +749,9 @@ fn answer(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Outgoing {
-    match Message::parse(bytes) {
-        Err(e) => err("?", libc::EINVAL, e),
-        Ok(msg) if msg.verb == "watch" => {
+    match Request::parse(bytes) {
+        Err(e) => err(e.id.as_deref().unwrap_or("?"), libc::EINVAL, e.message),
+        Ok((id, Request::Watch)) => {
             // The recent events, then (from the notifier) each later one. Under the hub's
             // lock, the notifier cannot pass between the two.
             let mut hub = shared.hub();
@@ -757,7 +760,7 @@ fn answer(
             let packets = recent
                 .iter()
                 .map(|e| Outgoing {
-                    text: event_text(e),
+                    text: crate::fs::status::wire_event(e).encode(),
                     fds: Vec::new(),
                 })
                 .collect();
@@ -765,14 +768,14 @@ fn answer(
             if let Some(q) = hub.queues.get_mut(&conn) {
                 q.watch = Some(Watch { after, lost: 0 });
             }
-            ok(&msg.id, String::new(), Vec::new())
+            reply(&id, Ok((Reply::Done, Vec::new())))
         }
-        Ok(msg) => {
+        Ok((id, req)) => {
             // A connection becomes a holder with its first pin (or `hello`): status and
             // fence queries are not holders. One request in flight per connection, so no
             // other worker registers this one meanwhile.
             let mut holder = shared.hub().queues.get(&conn).and_then(|q| q.holder);
-            if holder.is_none() && matches!(msg.verb.as_str(), "pin" | "hello") {
+            if holder.is_none() && matches!(req, Request::Pin { .. } | Request::Hello) {
                 let h = register(fs, peer);
                 let mut hub = shared.hub();
                 if let Some(q) = hub.queues.get_mut(&conn) {
@@ -781,7 +784,7 @@ fn answer(
                 hub.holders.insert(h, conn);
                 holder = Some(h);
             }
-            handle(fs, holder, peer, &msg, fds)
+            reply(&id, respond(fs, holder, peer, &req, fds))
         }
     }
 }
@@ -806,30 +809,6 @@ fn framed(reply: Outgoing) -> Vec<Outgoing> {
     out
 }
 
-fn event_text(e: &crate::lease::Event) -> String {
-    let at =
-        e.at.duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-    let mut t = format!(
-        "event {} holder={} pin={} ino={} offset={} len={} time={}.{:09}",
-        e.kind.name(),
-        e.holder,
-        e.pin.map_or("-".into(), |p| p.to_string()),
-        e.ino,
-        e.offset,
-        e.len,
-        at.as_secs(),
-        at.subsec_nanos()
-    );
-    if let EventKind::Break { deadline_ms } = e.kind {
-        t.push_str(&format!(
-            " deadline_ms={}",
-            deadline_ms.map_or("never".into(), |d| d.to_string())
-        ));
-    }
-    t
-}
-
 fn comm_of(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_string())
@@ -839,27 +818,34 @@ fn comm_of(pid: u32) -> String {
 /// Handles one message from a holder connection without descriptors and returns the reply's
 /// text: the daemon's request path, for the protocol fuzz target and its regression tests.
 pub fn reply_to(fs: &Fs, holder: Option<HolderId>, peer: PeerCred, bytes: &[u8]) -> String {
-    match Message::parse(bytes) {
-        Ok(msg) => handle(fs, holder, peer, &msg, Vec::new()).text,
-        Err(e) => err("?", libc::EINVAL, e).text,
+    match Request::parse(bytes) {
+        Ok((id, req)) => reply(&id, respond(fs, holder, peer, &req, Vec::new())).text,
+        Err(e) => err(e.id.as_deref().unwrap_or("?"), libc::EINVAL, e.message).text,
+    }
+}
+
+/// What a request gets: a reply and the descriptors that go with it, or an errno and why.
+type Answer = Result<(Reply, Vec<Arc<OwnedFd>>), (i32, String)>;
+
+/// The message that carries `answer` to request `id`.
+fn reply(id: &str, answer: Answer) -> Outgoing {
+    match answer {
+        Ok((r, fds)) => Outgoing {
+            text: r.encode(id),
+            fds,
+        },
+        Err((errno, message)) => err(id, errno, message),
     }
 }
 
 fn err(id: &str, errno: i32, msg: impl std::fmt::Display) -> Outgoing {
+    let failed = Reply::Failed {
+        errno,
+        message: msg.to_string(),
+    };
     Outgoing {
-        text: format!("{id} err errno={errno} {msg}"),
+        text: failed.encode(id),
         fds: Vec::new(),
-    }
-}
-
-fn ok(id: &str, rest: String, fds: Vec<Arc<OwnedFd>>) -> Outgoing {
-    Outgoing {
-        text: if rest.is_empty() {
-            format!("{id} ok")
-        } else {
-            format!("{id} ok {rest}")
-        },
-        fds,
     }
 }
 
@@ -873,106 +859,99 @@ fn register(fs: &Fs, peer: PeerCred) -> HolderId {
     })
 }
 
-fn handle(
+/// Runs one request (all but `watch`, which needs the hub: see [`answer`]).
+fn respond(
     fs: &Fs,
     holder: Option<HolderId>,
     peer: PeerCred,
-    msg: &Message,
+    req: &Request,
     mut fds: Vec<OwnedFd>,
-) -> Outgoing {
-    let id = msg.id.as_str();
+) -> Answer {
     let caller = Caller {
         uid: peer.uid,
         gid: peer.gid,
         pid: peer.pid,
     };
-    match msg.verb.as_str() {
-        "pin" => {
-            if fds.len() != 1 {
-                return err(id, libc::EBADF, "pin needs exactly one file descriptor");
-            }
-            let file = fds.pop().expect("one");
-            let (offset, len) = match (msg.num("offset"), msg.num("len")) {
-                (Ok(o), Ok(l)) => (o, l),
-                (Err(e), _) | (_, Err(e)) => return err(id, libc::EINVAL, e),
+    let root = peer.uid == 0;
+    let only_root = |what: &str| -> Answer { Err((libc::EPERM, format!("only root may {what}"))) };
+    let done = |r: Reply| -> Answer { Ok((r, Vec::new())) };
+    let failed = |e: crate::error::FsError| -> Answer { Err((e.errno(), e.to_string())) };
+    match req {
+        &Request::Pin {
+            offset,
+            len,
+            read_only,
+            unbreakable,
+        } => {
+            let (Some(file), true) = (fds.pop(), fds.is_empty()) else {
+                return Err((libc::EBADF, "pin needs exactly one file descriptor".into()));
             };
             let Some(holder) = holder else {
-                return err(id, libc::EIO, "no holder for this connection");
+                return Err((libc::EIO, "no holder for this connection".into()));
             };
-            match pin(
+            pin(
                 fs,
                 holder,
                 caller,
                 &file,
                 offset,
                 len,
-                msg.has("ro"),
-                msg.has("unbreakable"),
-            ) {
-                Ok(out) => ok(id, out.0, out.1),
-                Err((errno, m)) => err(id, errno, m),
-            }
+                read_only,
+                unbreakable,
+            )
         }
-        "unpin" => match msg.num("pin") {
-            Ok(p) => match holder
-                .ok_or(crate::error::FsError::Lease(
-                    crate::lease::LeaseError::NoSuchPin,
-                ))
-                .and_then(|h| fs.unpin(h, p))
-            {
-                Ok(()) => ok(id, String::new(), Vec::new()),
-                Err(e) => err(id, e.errno(), e),
-            },
-            Err(e) => err(id, libc::EINVAL, e),
+        &Request::Unpin { pin } => match holder
+            .ok_or(crate::error::FsError::Lease(
+                crate::lease::LeaseError::NoSuchPin,
+            ))
+            .and_then(|h| fs.unpin(h, pin))
+        {
+            Ok(()) => done(Reply::Done),
+            Err(e) => failed(e),
         },
-        "raw" if peer.uid != 0 => err(id, libc::EPERM, "only root may map the raw image"),
-        "raw" => match fs.image().raw_fd() {
-            Ok(f) => ok(id, String::new(), vec![Arc::new(f)]),
-            Err(e) => err(id, libc::EIO, e),
+        Request::Raw if !root => only_root("map the raw image"),
+        Request::Raw => match fs.image().raw_fd() {
+            Ok(f) => Ok((Reply::Done, vec![Arc::new(f)])),
+            Err(e) => Err((libc::EIO, e.to_string())),
         },
-        "status" => {
+        &Request::Status { table } => {
             // Root sees everything; anyone else what crate::fs::status lets a viewer see.
-            let viewer = (peer.uid != 0).then(|| crate::fs::status::Viewer {
+            let viewer = (!root).then(|| crate::fs::status::Viewer {
                 uid: peer.uid,
                 gid: peer.gid,
                 groups: crate::fs::status::groups_of(peer.pid),
             });
-            let body = if msg.has("table") {
+            done(Reply::Document(if table {
                 crate::fs::status::table_for(fs, viewer.as_ref())
             } else {
                 crate::fs::status::json_for(fs, viewer.as_ref())
-            };
-            ok(id, format!("\n{body}"), Vec::new())
+            }))
         }
-        "events" => ok(
-            id,
-            format!("\n{}", crate::fs::status::events_json(fs)),
-            Vec::new(),
-        ),
-        "fence" if peer.uid != 0 => err(id, libc::EPERM, "only root may fence a holder"),
-        "fence" => match msg.num("holder") {
-            Ok(h) => match fs.fence(h) {
-                Ok(n) => ok(id, format!("revoked={n}"), Vec::new()),
-                Err(e) => err(id, e.errno(), e),
-            },
-            Err(e) => err(id, libc::EINVAL, e),
+        Request::Events => done(Reply::Document(crate::fs::status::events_json(fs))),
+        Request::Fence { .. } if !root => only_root("fence a holder"),
+        &Request::Fence { holder: h } => match fs.fence(h) {
+            Ok(n) => done(Reply::Revoked { count: n as u64 }),
+            Err(e) => failed(e),
         },
-        "hello" => ok(id, format!("holder={}", holder.unwrap_or(0)), Vec::new()),
-        "remount" if peer.uid != 0 => err(id, libc::EPERM, "only root may remount"),
-        "remount" => match crate::daemon::remount::apply(fs, &fs.mount_options(), &msg.body) {
-            Ok(()) => ok(id, String::new(), Vec::new()),
-            Err((errno, m)) => err(id, errno, m),
+        Request::Hello => done(Reply::Holder {
+            id: holder.unwrap_or(0),
+        }),
+        Request::Remount { .. } if !root => only_root("remount"),
+        Request::Remount { options } => {
+            crate::daemon::remount::apply(fs, &fs.mount_options(), options)?;
+            done(Reply::Done)
+        }
+        Request::Check if !root => only_root("check the mount"),
+        Request::Check => match fs.check_space() {
+            Ok(mapped_blocks) => done(Reply::Checked { mapped_blocks }),
+            Err(e) => Err((libc::EUCLEAN, e)),
         },
-        "check" if peer.uid != 0 => err(id, libc::EPERM, "only root may check the mount"),
-        "check" => match fs.check_space() {
-            Ok(blocks) => ok(id, format!("mapped_blocks={blocks}"), Vec::new()),
-            Err(e) => err(id, libc::EUCLEAN, e),
-        },
-        other => err(id, libc::EINVAL, format!("unknown request '{other}'")),
+        Request::Watch => Err((
+            libc::EOPNOTSUPP,
+            "watch needs a connection to the daemon's socket".into(),
+        )),
     }
 }
-
-type PinReply = (String, Vec<Arc<OwnedFd>>);
 
 #[allow(clippy::too_many_arguments)]
 fn pin(
@@ -984,7 +963,7 @@ fn pin(
     len: u64,
     ro: bool,
     unbreakable: bool,
-) -> Result<PinReply, (i32, String)> {
+) -> Answer {
     let Ok(st) = rustix::fs::fstat(file) else {
         return Err((libc::EBADF, "cannot stat the descriptor".into()));
     };
@@ -1035,23 +1014,27 @@ fn pin(
             }
         }
     }
-    let extents: Vec<String> = grant
-        .extents
-        .iter()
-        .map(|e| format!("{}:{}:{}", e.file_offset, e.image_offset, e.len))
-        .collect();
-    let windows: Vec<String> = grant
-        .windows
-        .iter()
-        .map(|w: &WindowPiece| format!("{}:{}:{}", w.image_offset, w.len, w.fd_offset))
-        .collect();
-    Ok((
-        format!(
-            "pin={} holder={holder} extents={} windows={}",
-            grant.id,
-            extents.join(","),
-            windows.join(",")
-        ),
-        fds,
-    ))
+    let grant = Grant {
+        pin: grant.id,
+        holder,
+        extents: grant
+            .extents
+            .iter()
+            .map(|e| PinExtent {
+                file_offset: e.file_offset,
+                image_offset: e.image_offset,
+                len: e.len,
+            })
+            .collect(),
+        windows: grant
+            .windows
+            .iter()
+            .map(|w: &WindowPiece| WindowExtent {
+                image_offset: w.image_offset,
+                len: w.len,
+                fd_offset: w.fd_offset,
+            })
+            .collect(),
+    };
+    Ok((Reply::Pinned(grant), fds))
 }

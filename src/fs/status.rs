@@ -1,5 +1,7 @@
 //! What `pinfs status` shows: holders, leases, busy blocks, space and counters, as one JSON
-//! object or as a readable table, and the recent lease events.
+//! object or as a readable table, and the recent lease events. The JSON object is
+//! [`Status`] (serde), which a tool or test reads back with serde_json; events are
+//! [`crate::holder::protocol::Event`]s.
 //!
 //! What a caller may see: root sees everything. Any other caller (a [`Viewer`]) sees its own
 //! holders (same uid) fully; of other users' holders, the pid and command are hidden (`null`
@@ -9,10 +11,12 @@
 //! its inode number tells which file it is. Everything else (ids, ranges, states, busy
 //! extents, counters) is the same for every caller. Events carry no pid, command or path.
 
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
 
 use crate::fs::Fs;
-use crate::fsck::json_str;
+use crate::holder::protocol;
 use crate::lease::{Event, EventKind, LeaseState};
 use crate::store::image::BLOCK_SIZE;
 
@@ -57,55 +61,165 @@ pub fn groups_of(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-struct Lease {
-    holder: u64,
-    pin: u64,
-    ino: u64,
-    /// `None`: hidden from this viewer.
-    path: Option<String>,
-    offset: u64,
-    len: u64,
-    state: &'static str,
-    deadline_ms: Option<u64>,
-    unbreakable: bool,
-    writable: bool,
+/// The status document, as `status --json` writes it and a tool reads it back (with
+/// serde_json): every field below is a JSON field of the same name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The holders (connections that pinned, or said `hello`).
+    pub holders: Vec<HolderStatus>,
+    /// Every lease (pin) of the mount.
+    pub leases: Vec<LeaseStatus>,
+    /// Blocks that left the files but stay pinned.
+    pub busy: BusyStatus,
+    /// Space, in blocks.
+    pub space: SpaceStatus,
+    /// Lease transitions since mount.
+    pub counters: Counters,
+    /// The lease settings.
+    pub policy: PolicyStatus,
+    /// Breakers waiting for holders to release.
+    pub waiting_breakers: u64,
+    /// Whether the mount is up.
+    pub mount: MountState,
+}
+
+/// A holder in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HolderStatus {
+    /// Holder id.
+    pub id: u64,
+    /// Process (`null`: hidden from the caller).
+    pub pid: Option<u32>,
+    /// Command (`null`: hidden from the caller).
+    pub comm: Option<String>,
+    /// Fenced: its pins are refused.
+    pub fenced: bool,
+}
+
+/// A lease in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    /// The holder.
+    pub holder: u64,
+    /// The pin.
+    pub pin: u64,
+    /// The file's inode.
+    pub ino: u64,
+    /// The file's path (`(unlinked)` for a file with no name; `null`: hidden).
+    pub path: Option<String>,
+    /// First byte (block-aligned).
+    pub offset: u64,
+    /// Bytes (whole blocks).
+    pub len: u64,
+    /// `granted`, `breaking`, `released` or `revoked`.
+    pub state: String,
+    /// For a breaking lease: milliseconds left (`null`: no deadline, or not breaking).
+    pub deadline_ms: Option<u64>,
+    /// Breakers fail instead of breaking it.
+    pub unbreakable: bool,
+    /// A writable pin.
+    pub writable: bool,
     /// `root`, `owner` or `guest` (a guest's lease is revoked at its deadline whatever the
     /// policy).
-    standing: &'static str,
+    pub standing: String,
 }
 
-struct Busy {
-    start: u64,
-    len: u64,
-    holder: Option<u64>,
+/// The busy blocks in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusyStatus {
+    /// How many.
+    pub blocks: u64,
+    /// Where, and for which holder.
+    pub extents: Vec<BusyExtent>,
 }
 
-/// A holder's pid and command; `None` where hidden from the viewer.
-type Who = Option<(u32, String)>;
+/// A busy extent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BusyExtent {
+    /// First block.
+    pub start: u64,
+    /// Blocks.
+    pub len: u64,
+    /// The holder whose pin keeps it (`null`: none known).
+    pub holder: Option<u64>,
+}
 
-struct View {
-    /// id, pid and command, fenced.
-    holders: Vec<(u64, Who, bool)>,
-    leases: Vec<Lease>,
-    busy: Vec<Busy>,
-    busy_blocks: u64,
-    total: u64,
-    free: u64,
+/// Space in [`Status`], in blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceStatus {
+    /// Bytes per block.
+    pub block_size: u64,
+    /// All blocks.
+    pub total_blocks: u64,
+    /// Free blocks.
+    pub free_blocks: u64,
     /// Free blocks outside the metadata reserve.
-    available: u64,
-    /// A host failure shut the mount down.
-    shut_down: bool,
-    counters: crate::lease::Counters,
-    policy: &'static str,
-    break_time_ms: Option<u128>,
-    busy_on: bool,
-    guest_break_time_ms: u128,
-    allow_unbreakable: bool,
-    waiting_breakers: usize,
+    pub available_blocks: u64,
+    /// Blocks in use (neither free nor busy).
+    pub used_blocks: u64,
+    /// Busy blocks.
+    pub busy_blocks: u64,
+}
+
+/// Lease transitions since mount, in [`Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Leases moved to breaking.
+    pub breaks: u64,
+    /// Leases released by their holders.
+    pub releases: u64,
+    /// Deadlines that passed.
+    pub timeouts: u64,
+    /// Breakers refused.
+    pub refusals: u64,
+    /// Leases revoked.
+    pub revocations: u64,
+    /// Holders fenced.
+    pub fences: u64,
+}
+
+/// The lease settings in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStatus {
+    /// `wait`, `refuse` or `revoke`.
+    pub break_policy: String,
+    /// Time a holder has to release (`null`: never expires).
+    pub lease_break_time_ms: Option<u64>,
+    /// Freed blocks that are pinned stay busy.
+    pub busy_blocks: bool,
+    /// A guest's time to release.
+    pub guest_break_time_ms: u64,
+    /// Anyone may pin unbreakably (not only root).
+    pub allow_unbreakable: bool,
+}
+
+/// Whether the mount is up, in [`Status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MountState {
+    /// Serving.
+    Up,
+    /// A host failure shut it down: every change fails with EIO.
+    ShutDown,
+}
+
+/// `value` as compact JSON. The documents of this crate always serialize (string keys, no
+/// failing `Serialize`); were one not to, the text says why instead of panicking.
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|e| {
+        format!(
+            "{{\"error\":{}}}",
+            serde_json::Value::String(format!("cannot write JSON: {e}"))
+        )
+    })
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
 }
 
 /// The status as `viewer` may see it (`None`: root, everything).
-fn view(fs: &Fs, viewer: Option<&Viewer>) -> View {
+pub fn status_for(fs: &Fs, viewer: Option<&Viewer>) -> Status {
     let snap = fs.leases().snapshot();
     let now = Instant::now();
     let mut inos: Vec<u64> = snap.pins.iter().map(|p| p.ino).collect();
@@ -125,7 +239,7 @@ fn view(fs: &Fs, viewer: Option<&Viewer>) -> View {
     let leases = snap
         .pins
         .iter()
-        .map(|p| Lease {
+        .map(|p| LeaseStatus {
             holder: p.holder,
             pin: p.id,
             ino: p.ino,
@@ -136,24 +250,24 @@ fn view(fs: &Fs, viewer: Option<&Viewer>) -> View {
             },
             offset: p.first_block * BLOCK_SIZE,
             len: p.blocks * BLOCK_SIZE,
-            state: p.state.name(),
+            state: p.state.name().into(),
             deadline_ms: match p.state {
                 LeaseState::Breaking { deadline: Some(d) } => {
-                    Some(d.saturating_duration_since(now).as_millis() as u64)
+                    Some(millis(d.saturating_duration_since(now)))
                 }
                 _ => None,
             },
             unbreakable: p.unbreakable,
             writable: p.writable,
-            standing: p.standing.name(),
+            standing: p.standing.name().into(),
         })
         .collect();
     let owners = fs.leases().extent_holders();
-    let (busy, busy_blocks) = fs.with_allocator(|a| {
+    let (extents, busy_blocks) = fs.with_allocator(|a| {
         let busy = a
             .busy_extents()
             .into_iter()
-            .map(|b| Busy {
+            .map(|b| BusyExtent {
                 start: b.extent.start,
                 len: b.extent.len,
                 holder: owners
@@ -165,52 +279,63 @@ fn view(fs: &Fs, viewer: Option<&Viewer>) -> View {
         (busy, a.busy_blocks())
     });
     let st = fs.statfs();
-    View {
+    let c = snap.counters;
+    Status {
         holders: snap
             .holders
             .iter()
             .map(|(id, info, fenced)| {
-                let who = own.contains(id).then(|| (info.pid, info.comm.clone()));
-                (*id, who, *fenced)
+                let mine = own.contains(id);
+                HolderStatus {
+                    id: *id,
+                    pid: mine.then_some(info.pid),
+                    comm: mine.then(|| info.comm.clone()),
+                    fenced: *fenced,
+                }
             })
             .collect(),
         leases,
-        busy,
-        busy_blocks,
-        total: st.blocks,
-        free: st.free,
-        available: st.available,
-        shut_down: fs.is_shut_down(),
-        counters: snap.counters,
-        policy: snap.config.policy.name(),
-        break_time_ms: snap.config.break_time.map(|d| d.as_millis()),
-        busy_on: snap.config.busy_blocks,
-        guest_break_time_ms: snap.config.guest_break_time.as_millis(),
-        allow_unbreakable: snap.config.allow_unbreakable,
-        waiting_breakers: fs.waiting_breakers(),
+        busy: BusyStatus {
+            blocks: busy_blocks,
+            extents,
+        },
+        space: SpaceStatus {
+            block_size: BLOCK_SIZE,
+            total_blocks: st.blocks,
+            free_blocks: st.free,
+            available_blocks: st.available,
+            used_blocks: st
+                .blocks
+                .saturating_sub(st.free)
+                .saturating_sub(busy_blocks),
+            busy_blocks,
+        },
+        counters: Counters {
+            breaks: c.breaks,
+            releases: c.releases,
+            timeouts: c.timeouts,
+            refusals: c.refusals,
+            revocations: c.revocations,
+            fences: c.fences,
+        },
+        policy: PolicyStatus {
+            break_policy: snap.config.policy.name().into(),
+            lease_break_time_ms: snap.config.break_time.map(millis),
+            busy_blocks: snap.config.busy_blocks,
+            guest_break_time_ms: millis(snap.config.guest_break_time),
+            allow_unbreakable: snap.config.allow_unbreakable,
+        },
+        waiting_breakers: fs.waiting_breakers() as u64,
+        mount: if fs.is_shut_down() {
+            MountState::ShutDown
+        } else {
+            MountState::Up
+        },
     }
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("null".into(), |v| v.to_string())
-}
-
-/// The number after `"key":` in a status JSON document (a reader for tools and tests that
-/// need one counter, not a JSON parser).
-pub fn json_number(json: &str, key: &str) -> Option<u64> {
-    let rest = json.split(&format!("\"{key}\":")).nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// The raw text of the first value of `key` in `json`, when it is a number or a literal
-/// (up to the next `,` or `}`).
-pub fn json_field(json: &str, key: &str) -> Option<String> {
-    let rest = json.split(&format!("\"{key}\":")).nth(1)?;
-    let end = rest.find([',', '}']).unwrap_or(rest.len());
-    Some(rest[..end].trim().to_string())
 }
 
 /// The status as one JSON object, all of it (root's view).
@@ -220,76 +345,7 @@ pub fn json(fs: &Fs) -> String {
 
 /// The status as one JSON object, as `viewer` may see it (`None`: root).
 pub fn json_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
-    let v = view(fs, viewer);
-    let holders: Vec<String> = v
-        .holders
-        .iter()
-        .map(|(id, who, fenced)| {
-            let (pid, comm) = match who {
-                Some((pid, comm)) => (pid.to_string(), json_str(comm)),
-                None => ("null".into(), "null".into()),
-            };
-            format!("{{\"id\":{id},\"pid\":{pid},\"comm\":{comm},\"fenced\":{fenced}}}")
-        })
-        .collect();
-    let leases: Vec<String> = v
-        .leases
-        .iter()
-        .map(|l| {
-            format!(
-                "{{\"holder\":{},\"pin\":{},\"ino\":{},\"path\":{},\"offset\":{},\"len\":{},\"state\":\"{}\",\"deadline_ms\":{},\"unbreakable\":{},\"writable\":{},\"standing\":\"{}\"}}",
-                l.holder,
-                l.pin,
-                l.ino,
-                l.path.as_deref().map_or("null".into(), json_str),
-                l.offset,
-                l.len,
-                l.state,
-                opt(l.deadline_ms),
-                l.unbreakable,
-                l.writable,
-                l.standing
-            )
-        })
-        .collect();
-    let busy: Vec<String> = v
-        .busy
-        .iter()
-        .map(|b| {
-            format!(
-                "{{\"start\":{},\"len\":{},\"holder\":{}}}",
-                b.start,
-                b.len,
-                opt(b.holder)
-            )
-        })
-        .collect();
-    let c = v.counters;
-    format!(
-        "{{\"holders\":[{}],\"leases\":[{}],\"busy\":{{\"blocks\":{},\"extents\":[{}]}},\"space\":{{\"block_size\":{BLOCK_SIZE},\"total_blocks\":{},\"free_blocks\":{},\"available_blocks\":{},\"used_blocks\":{},\"busy_blocks\":{}}},\"counters\":{{\"breaks\":{},\"releases\":{},\"timeouts\":{},\"refusals\":{},\"revocations\":{},\"fences\":{}}},\"policy\":{{\"break_policy\":\"{}\",\"lease_break_time_ms\":{},\"busy_blocks\":{},\"guest_break_time_ms\":{},\"allow_unbreakable\":{}}},\"waiting_breakers\":{},\"mount\":\"{}\"}}",
-        holders.join(","),
-        leases.join(","),
-        v.busy_blocks,
-        busy.join(","),
-        v.total,
-        v.free,
-        v.available,
-        v.total - v.free - v.busy_blocks,
-        v.busy_blocks,
-        c.breaks,
-        c.releases,
-        c.timeouts,
-        c.refusals,
-        c.revocations,
-        c.fences,
-        v.policy,
-        opt(v.break_time_ms),
-        v.busy_on,
-        v.guest_break_time_ms,
-        v.allow_unbreakable,
-        v.waiting_breakers,
-        if v.shut_down { "shut_down" } else { "up" }
-    )
+    to_json(&status_for(fs, viewer))
 }
 
 /// The status as a table for people, all of it (root's view).
@@ -299,46 +355,46 @@ pub fn table(fs: &Fs) -> String {
 
 /// The status as a table for people, as `viewer` may see it (`None`: root).
 pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
-    let v = view(fs, viewer);
+    let v = status_for(fs, viewer);
     let mut out = String::new();
-    let c = v.counters;
-    if v.shut_down {
+    let (c, p, sp) = (&v.counters, &v.policy, &v.space);
+    if v.mount == MountState::ShutDown {
         out.push_str("state: SHUT DOWN after a host failure: every change fails with EIO; unmount it (the image keeps its last durable state)\n");
     }
     out.push_str(&format!(
         "policy {} (lease_break_time {}, busy_blocks {}, guest_break_time {:.3}s, unbreakable pins: {})\n",
-        v.policy,
-        v.break_time_ms
+        p.break_policy,
+        p.lease_break_time_ms
             .map_or("never".into(), |ms| format!("{:.3}s", ms as f64 / 1000.0)),
-        if v.busy_on { "on" } else { "off" },
-        v.guest_break_time_ms as f64 / 1000.0,
-        if v.allow_unbreakable { "anyone" } else { "root only" }
+        if p.busy_blocks { "on" } else { "off" },
+        p.guest_break_time_ms as f64 / 1000.0,
+        if p.allow_unbreakable { "anyone" } else { "root only" }
     ));
     out.push_str(&format!(
         "breakers waiting for holders: {}\n",
         v.waiting_breakers
     ));
     out.push_str(&format!(
-        "space: {} blocks of {BLOCK_SIZE}: {} free ({} for data, the rest kept for metadata), {} used, {} busy\n",
-        v.total,
-        v.free,
-        v.available,
-        v.total - v.free - v.busy_blocks,
-        v.busy_blocks
+        "space: {} blocks of {}: {} free ({} for data, the rest kept for metadata), {} used, {} busy\n",
+        sp.total_blocks,
+        sp.block_size,
+        sp.free_blocks,
+        sp.available_blocks,
+        sp.used_blocks,
+        sp.busy_blocks
     ));
     out.push_str(&format!(
         "counters: {} breaks, {} releases, {} timeouts, {} refusals, {} revocations, {} fences\n",
         c.breaks, c.releases, c.timeouts, c.refusals, c.revocations, c.fences
     ));
     out.push_str("\nHOLDER  PID      COMM             FENCED\n");
-    for (id, who, fenced) in &v.holders {
-        let (pid, comm) = match who {
-            Some((pid, comm)) => (pid.to_string(), comm.as_str()),
-            None => ("-".into(), "-"),
-        };
+    for h in &v.holders {
+        let pid = h.pid.map_or("-".into(), |p| p.to_string());
+        let comm = h.comm.as_deref().unwrap_or("-");
         out.push_str(&format!(
-            "{id:<7} {pid:<8} {comm:<16} {}\n",
-            if *fenced { "yes" } else { "no" }
+            "{:<7} {pid:<8} {comm:<16} {}\n",
+            h.id,
+            if h.fenced { "yes" } else { "no" }
         ));
     }
     out.push_str(
@@ -365,34 +421,122 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
         ));
     }
     out.push_str("\nBUSY START   LEN      HOLDER\n");
-    for b in &v.busy {
+    for b in &v.busy.extents {
         out.push_str(&format!("{:<12} {:<8} {}\n", b.start, b.len, opt(b.holder)));
     }
     out
 }
 
-/// One event as JSON.
-pub fn event_json(e: &Event) -> String {
-    let at = e.at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let deadline = match e.kind {
-        EventKind::Break { deadline_ms } => format!(",\"deadline_ms\":{}", opt(deadline_ms)),
-        _ => String::new(),
-    };
-    format!(
-        "{{\"time\":{}.{:09},\"event\":\"{}\",\"holder\":{},\"pin\":{},\"ino\":{},\"offset\":{},\"len\":{}{deadline}}}",
-        at.as_secs(),
-        at.subsec_nanos(),
-        e.kind.name(),
-        e.holder,
-        opt(e.pin),
-        e.ino,
-        e.offset,
-        e.len
-    )
+/// A lease event of the core as the protocol carries it (notifications and JSON alike).
+pub fn wire_event(e: &Event) -> protocol::Event {
+    protocol::Event::Lease(protocol::LeaseEvent {
+        kind: match e.kind {
+            EventKind::Granted => protocol::EventKind::Granted,
+            EventKind::Break { deadline_ms } => protocol::EventKind::Break { deadline_ms },
+            EventKind::Released => protocol::EventKind::Released,
+            EventKind::Revoked => protocol::EventKind::Revoked,
+            EventKind::Refused => protocol::EventKind::Refused,
+            EventKind::Fenced => protocol::EventKind::Fenced,
+            EventKind::HolderGone => protocol::EventKind::HolderGone,
+        },
+        holder: e.holder,
+        pin: e.pin,
+        ino: e.ino,
+        offset: e.offset,
+        len: e.len,
+        time: protocol::Timestamp::of(e.at),
+    })
 }
 
-/// The recent events as a JSON array, oldest first.
+/// The recent events as a JSON array, oldest first (each as [`protocol::Event`] writes it).
 pub fn events_json(fs: &Fs) -> String {
-    let list: Vec<String> = fs.leases().events().iter().map(event_json).collect();
-    format!("[{}]", list.join(","))
+    let list: Vec<protocol::Event> = fs.leases().events().iter().map(wire_event).collect();
+    to_json(&list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document has the fields, order and `null`s that the hand-written encoder gave
+    /// (which tools and tests read), and reads back as itself.
+    #[test]
+    fn the_status_document_keeps_its_shape() {
+        let s = Status {
+            holders: vec![
+                HolderStatus {
+                    id: 1,
+                    pid: Some(42),
+                    comm: Some("nic \"x\"".into()),
+                    fenced: false,
+                },
+                HolderStatus {
+                    id: 2,
+                    pid: None,
+                    comm: None,
+                    fenced: true,
+                },
+            ],
+            leases: vec![LeaseStatus {
+                holder: 2,
+                pin: 7,
+                ino: 9,
+                path: None,
+                offset: 4096,
+                len: 8192,
+                state: "breaking".into(),
+                deadline_ms: None,
+                unbreakable: false,
+                writable: true,
+                standing: "guest".into(),
+            }],
+            busy: BusyStatus {
+                blocks: 2,
+                extents: vec![BusyExtent {
+                    start: 300,
+                    len: 2,
+                    holder: None,
+                }],
+            },
+            space: SpaceStatus {
+                block_size: 4096,
+                total_blocks: 100,
+                free_blocks: 50,
+                available_blocks: 40,
+                used_blocks: 48,
+                busy_blocks: 2,
+            },
+            counters: Counters {
+                breaks: 1,
+                releases: 2,
+                timeouts: 3,
+                refusals: 4,
+                revocations: 5,
+                fences: 6,
+            },
+            policy: PolicyStatus {
+                break_policy: "wait".into(),
+                lease_break_time_ms: None,
+                busy_blocks: true,
+                guest_break_time_ms: 500,
+                allow_unbreakable: false,
+            },
+            waiting_breakers: 1,
+            mount: MountState::ShutDown,
+        };
+        let json = to_json(&s);
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"holders":[{"id":1,"pid":42,"comm":"nic \"x\"","fenced":false},{"id":2,"pid":null,"comm":null,"fenced":true}],"#,
+                r#""leases":[{"holder":2,"pin":7,"ino":9,"path":null,"offset":4096,"len":8192,"state":"breaking","deadline_ms":null,"unbreakable":false,"writable":true,"standing":"guest"}],"#,
+                r#""busy":{"blocks":2,"extents":[{"start":300,"len":2,"holder":null}]},"#,
+                r#""space":{"block_size":4096,"total_blocks":100,"free_blocks":50,"available_blocks":40,"used_blocks":48,"busy_blocks":2},"#,
+                r#""counters":{"breaks":1,"releases":2,"timeouts":3,"refusals":4,"revocations":5,"fences":6},"#,
+                r#""policy":{"break_policy":"wait","lease_break_time_ms":null,"busy_blocks":true,"guest_break_time_ms":500,"allow_unbreakable":false},"#,
+                r#""waiting_breakers":1,"mount":"shut_down"}"#
+            )
+        );
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+    }
 }

@@ -87,39 +87,50 @@ impl Report {
         }
     }
 
-    /// The report as one JSON object.
+    /// The report as one JSON object (`fsck --json`).
     pub fn to_json(&self, image: &Path) -> String {
-        let list = |v: &[String]| v.iter().map(|s| json_str(s)).collect::<Vec<_>>().join(",");
-        format!(
-            "{{\"image\":{},\"exit_code\":{},\"clean\":{},\"inodes\":{},\"file_blocks\":{},\"journal_replayed\":{},\"orphans\":{},\"errors\":[{}],\"repaired\":[{}]}}",
-            json_str(&image.display().to_string()),
-            self.exit_code(),
-            self.errors.is_empty(),
-            self.inodes,
-            self.file_blocks,
-            self.replayed,
-            self.orphans.len(),
-            list(&self.errors),
-            list(&self.repaired)
-        )
+        crate::fs::status::to_json(&ReportJson {
+            image: image.display().to_string(),
+            exit_code: self.exit_code(),
+            clean: self.errors.is_empty(),
+            inodes: self.inodes,
+            file_blocks: self.file_blocks,
+            journal_replayed: self.replayed,
+            orphans: self.orphans.len(),
+            errors: &self.errors,
+            repaired: &self.repaired,
+        })
     }
 }
 
-/// A JSON string literal.
-pub fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
+/// `fsck --json` of an image that could not be checked at all (exit code 8).
+pub fn failure_json(image: &Path, error: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct FailureJson<'a> {
+        image: String,
+        exit_code: i32,
+        error: &'a str,
     }
-    out.push('"');
-    out
+    crate::fs::status::to_json(&FailureJson {
+        image: image.display().to_string(),
+        exit_code: 8,
+        error,
+    })
+}
+
+/// `fsck --json`: the report in the form scripts read.
+#[derive(serde::Serialize)]
+struct ReportJson<'a> {
+    image: String,
+    exit_code: i32,
+    clean: bool,
+    inodes: usize,
+    file_blocks: u64,
+    journal_replayed: usize,
+    /// How many (the list is in the text output).
+    orphans: usize,
+    errors: &'a [String],
+    repaired: &'a [String],
 }
 
 struct Checker {

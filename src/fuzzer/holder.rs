@@ -28,7 +28,7 @@ use rustix::event::{PollFd, PollFlags};
 
 use crate::fuzzer::ledger::{now_ns, pin_number, Entry};
 use crate::fuzzer::{fill_tags, pin_range, Actor, Op, Program, Shape, MAX_TAG_PIN, MAX_TAG_STORE};
-use crate::holder::client::{Connection, PinOptions};
+use crate::holder::client::{Connection, EventKind, PinOptions};
 use crate::holder::protocol::poll_ms;
 use crate::store::image::BLOCK_SIZE;
 
@@ -192,11 +192,15 @@ impl Holder {
             };
             match c.next_event(Some(left)) {
                 Ok(Some(ev)) => {
+                    let broken = ev
+                        .lease()
+                        .filter(|l| matches!(l.kind, EventKind::Break { .. }))
+                        .and_then(|l| l.pin);
                     let answer = self
                         .held
                         .as_ref()
-                        .is_some_and(|h| Some(h.pin.id) == ev.pin && h.release_on_break);
-                    if ev.kind == "break" && answer {
+                        .is_some_and(|h| broken == Some(h.pin.id) && h.release_on_break);
+                    if answer {
                         self.unpin(false);
                     }
                 }

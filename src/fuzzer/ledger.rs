@@ -32,8 +32,10 @@ pub fn pin_number(holder: usize, local: u32) -> u32 {
     local * MAX_HOLDERS as u32 + holder as u32
 }
 
-/// One line of a holder's report.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One line of a holder's report (a JSON object: `{"step":{"index":1,"what":"..."}}`,
+/// `{"violation":"..."}`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Entry {
     /// Program step `index` began: `what` it is.
     Step { index: u64, what: String },
@@ -67,83 +69,14 @@ pub enum Entry {
 }
 
 impl Entry {
-    /// The entry as one line (no newline).
+    /// The entry as one line of JSON (no newline: serde_json escapes any in a text).
     pub fn line(&self) -> String {
-        match self {
-            Entry::Step { index, what } => format!("step {index} {what}"),
-            Entry::Pin {
-                pin,
-                session,
-                file,
-                first,
-                end,
-                granted,
-            } => format!("pin {pin} {session} {file} {first} {end} {granted}"),
-            Entry::Store {
-                pin,
-                store,
-                began,
-                ended,
-            } => format!("store {pin} {store} {began} {ended}"),
-            Entry::End { pin, at } => format!("end {pin} {at}"),
-            Entry::Gone { pin, at } => format!("gone {pin} {at}"),
-            Entry::Died { index } => format!("died {index}"),
-            Entry::Violation(v) => format!("violation {v}"),
-        }
+        crate::fs::status::to_json(self)
     }
 
     /// Parses a line made by [`Entry::line`].
     pub fn parse(line: &str) -> Option<Entry> {
-        let (kind, rest) = line.split_once(' ')?;
-        let nums = || -> Option<Vec<u64>> { rest.split(' ').map(|w| w.parse().ok()).collect() };
-        Some(match kind {
-            "step" => {
-                let (i, what) = rest.split_once(' ').unwrap_or((rest, ""));
-                Entry::Step {
-                    index: i.parse().ok()?,
-                    what: what.to_string(),
-                }
-            }
-            "pin" => match nums()?[..] {
-                [pin, session, file, first, end, granted] => Entry::Pin {
-                    pin: pin as u32,
-                    session,
-                    file: file as usize,
-                    first,
-                    end,
-                    granted,
-                },
-                _ => return None,
-            },
-            "store" => match nums()?[..] {
-                [pin, store, began, ended] => Entry::Store {
-                    pin: pin as u32,
-                    store: store as u32,
-                    began,
-                    ended,
-                },
-                _ => return None,
-            },
-            "end" => match nums()?[..] {
-                [pin, at] => Entry::End {
-                    pin: pin as u32,
-                    at,
-                },
-                _ => return None,
-            },
-            "gone" => match nums()?[..] {
-                [pin, at] => Entry::Gone {
-                    pin: pin as u32,
-                    at,
-                },
-                _ => return None,
-            },
-            "died" => Entry::Died {
-                index: rest.parse().ok()?,
-            },
-            "violation" => Entry::Violation(rest.to_string()),
-            _ => return None,
-        })
+        serde_json::from_str(line).ok()
     }
 }
 
@@ -551,6 +484,11 @@ mod tests {
             assert_eq!(Entry::parse(&e.line()), Some(e));
         }
         assert_eq!(Entry::parse("pin 1 2"), None);
+        assert_eq!(Entry::parse(r#"{"pin":{"pin":1}}"#), None);
+        // A text with a newline stays on one line.
+        let v = Entry::Violation("two\nlines".into());
+        assert!(!v.line().contains('\n'));
+        assert_eq!(Entry::parse(&v.line()), Some(v));
     }
 
     /// Records pin `g` of `holder`, granted at `granted`: blocks 2..6 of file 3.

@@ -39,6 +39,7 @@ use std::sync::Arc;
 use crate::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::fs::status::Status;
 use crate::fuzzer::holder::HolderRun;
 use crate::fuzzer::ledger::{now_ns, Entry, Ledger};
 use crate::fuzzer::{
@@ -470,28 +471,12 @@ fn check_space(sh: &Shared) {
     }
 }
 
-/// The mount's status (JSON), if its daemon answers.
-fn mount_status(dir: &Path) -> Option<String> {
-    Connection::for_path(dir)
+/// The mount's status, if its daemon answers.
+fn mount_status(dir: &Path) -> Option<Status> {
+    let json = Connection::for_path(dir)
         .and_then(|mut c| c.status(false))
-        .ok()
-}
-
-/// The busy extents of a status: (blocks, holder) each.
-fn busy_extents(status: &str) -> Vec<(u64, u64)> {
-    let Some(busy) = status.split("\"busy\":").nth(1) else {
-        return Vec::new();
-    };
-    let list = busy
-        .split_once("\"extents\":[")
-        .and_then(|(_, rest)| rest.split_once(']'))
-        .map_or("", |(list, _)| list);
-    list.split("},{")
-        .filter_map(|e| {
-            let n = |k| crate::fs::status::json_number(e, k);
-            Some((n("len")?, n("holder")?))
-        })
-        .collect()
+        .ok()?;
+    serde_json::from_str(&json).ok()
 }
 
 /// Runs the concurrent fuzzer on a fresh image (mounted with `cfg.options`), or in a
@@ -579,26 +564,31 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
     sh.check_pinned(true);
     check_space(&sh);
     let after = mount_status(&dir);
-    let counter = |j: &Option<String>, key: &str| {
-        j.as_deref()
-            .and_then(|j| crate::fs::status::json_number(j, key))
-            .unwrap_or(0)
+    let counters = |s: &Option<Status>| s.as_ref().map(|s| s.counters);
+    let (before_c, after_c) = (counters(&before), counters(&after));
+    let delta = |f: fn(&crate::fs::status::Counters) -> u64| {
+        after_c
+            .as_ref()
+            .map_or(0, f)
+            .saturating_sub(before_c.as_ref().map_or(0, f))
     };
-    let breaks = counter(&after, "breaks").saturating_sub(counter(&before, "breaks"));
-    let revocations =
-        counter(&after, "revocations").saturating_sub(counter(&before, "revocations"));
+    let breaks = delta(|c| c.breaks);
+    let revocations = delta(|c| c.revocations);
     // Every holder of the run has exited: no block may stay busy for one of them (on a
     // fresh mount: none at all).
     let busy_now = || -> u64 {
-        let j = mount_status(&dir).unwrap_or_default();
+        let Some(s) = mount_status(&dir) else {
+            return 0;
+        };
         if own {
-            counter(&Some(j), "busy_blocks")
+            s.space.busy_blocks
         } else {
             let ledger = lock(&sh.ledger);
-            busy_extents(&j)
-                .into_iter()
-                .filter(|&(_, holder)| ledger.is_ours(holder))
-                .map(|(len, _)| len)
+            s.busy
+                .extents
+                .iter()
+                .filter(|e| e.holder.is_some_and(|h| ledger.is_ours(h)))
+                .map(|e| e.len)
                 .sum()
         }
     };
@@ -647,15 +637,4 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
             sig => Some(sig),
         },
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn busy_extents_come_out_of_a_status() {
-        let j = r#"{"holders":[],"leases":[],"busy":{"blocks":12,"extents":[{"start":258,"len":10,"holder":2},{"start":300,"len":2,"holder":7}]},"space":{"busy_blocks":12}}"#;
-        assert_eq!(super::busy_extents(j), vec![(10, 2), (2, 7)]);
-        let none = r#"{"busy":{"blocks":0,"extents":[]},"space":{}}"#;
-        assert!(super::busy_extents(none).is_empty());
-    }
 }

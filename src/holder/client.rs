@@ -8,7 +8,7 @@
 //! let mut pin = conn.pin(&file, 0, 1 << 20, PinOptions::default())?;
 //! pin.as_mut_slice()[..5].copy_from_slice(b"hello"); // no FUSE round trip
 //! if let Some(ev) = conn.next_event(Some(std::time::Duration::from_secs(1)))? {
-//!     if ev.kind == "break" { conn.unpin(&pin)?; }
+//!     if ev.name() == "break" { conn.unpin(&pin)?; }
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -18,7 +18,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::holder::protocol::{socket_path, Message, Packet, Reassembly};
+use crate::holder::protocol::{socket_path, Incoming, Packet, Reassembly, Reply, Request};
+pub use crate::holder::protocol::{Event, EventKind, LeaseEvent, PinExtent};
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -57,40 +58,6 @@ pub struct PinOptions {
     pub read_only: bool,
     /// Breakers fail with `ETXTBSY` instead of breaking the lease.
     pub unbreakable: bool,
-}
-
-/// Where a piece of a pin lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PinExtent {
-    /// Byte offset in the file.
-    pub file_offset: u64,
-    /// Byte offset in the image.
-    pub image_offset: u64,
-    /// Bytes.
-    pub len: u64,
-}
-
-/// A lease notification.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HolderEvent {
-    /// `granted`, `break`, `released`, `revoked`, `refused`, `fenced`, `holder_gone`.
-    pub kind: String,
-    /// The pin concerned.
-    pub pin: Option<u64>,
-    /// The file's inode.
-    pub ino: u64,
-    /// Byte range start.
-    pub offset: u64,
-    /// Byte range length.
-    pub len: u64,
-    /// For `break`: milliseconds left before the deadline (`None`: none).
-    pub deadline_ms: Option<u64>,
-    /// The holder the event concerns.
-    pub holder: Option<u64>,
-    /// When it happened: seconds since the epoch, as the daemon wrote them (`S.NNNNNNNNN`).
-    pub time: Option<String>,
-    /// For `lost` (a watcher that fell behind): how many events it missed.
-    pub count: Option<u64>,
 }
 
 /// A granted pin with its blocks mapped into this process.
@@ -143,7 +110,7 @@ impl Drop for Pin {
 pub struct Connection {
     sock: Packet,
     next_id: u64,
-    events: VecDeque<HolderEvent>,
+    events: VecDeque<Event>,
     /// The pieces of a long reply received so far (events may come between them).
     pieces: Reassembly,
 }
@@ -176,15 +143,19 @@ impl Connection {
         })
     }
 
-    fn request(&mut self, text: &str, fds: &[i32]) -> Result<(Message, Vec<OwnedFd>), ClientError> {
+    fn request(
+        &mut self,
+        req: &Request,
+        fds: &[i32],
+    ) -> Result<(Reply, Vec<OwnedFd>), ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        if let Err(e) = self.sock.send(&format!("{id} {text}"), fds) {
+        if let Err(e) = self.sock.send(&req.encode(&id.to_string()), fds) {
             // A refused connection (not allowed, too many) is shut by the daemon at once:
             // the reason may be waiting to be read.
             if let Ok((b, _)) = self.sock.try_recv() {
-                if let Ok(m) = Message::parse(&b) {
-                    if let Some(refused) = refusal(&m).filter(|_| m.id == "?") {
+                if let Ok((refuser, r)) = Reply::parse(&b) {
+                    if let Some(refused) = refusal(&r).filter(|_| refuser == "?") {
                         return Err(refused);
                     }
                 }
@@ -193,24 +164,26 @@ impl Connection {
         }
         loop {
             let (bytes, fds) = self.next_message()?;
-            let m = Message::parse(&bytes).map_err(ClientError::Protocol)?;
-            if m.id == "event" {
-                self.events.push_back(parse_event(&m));
-                continue;
-            }
+            let (from, reply) = match Incoming::parse(&bytes).map_err(|e| protocol_error(&e))? {
+                Incoming::Event(e) => {
+                    self.events.push_back(e);
+                    continue;
+                }
+                Incoming::Reply(from, reply) => (from, reply),
+            };
             // `?` answers a request the daemon could not read, or refuses the connection
             // (too many of this user's, not allowed to use the mount): with one request in
             // flight, it is this one's answer.
-            if m.id != id.to_string() && !(m.id == "?" && m.verb == "err") {
+            let failed = matches!(reply, Reply::Failed { .. });
+            if from != id.to_string() && !(from == "?" && failed) {
                 return Err(ClientError::Protocol(format!(
-                    "reply to request {} while waiting for {id}",
-                    m.id
+                    "reply to request {from} while waiting for {id}"
                 )));
             }
-            if let Some(refused) = refusal(&m) {
+            if let Some(refused) = refusal(&reply) {
                 return Err(refused);
             }
-            return Ok((m, fds));
+            return Ok((reply, fds));
         }
     }
 
@@ -236,41 +209,25 @@ impl Connection {
         len: u64,
         opts: PinOptions,
     ) -> Result<Pin, ClientError> {
-        let mut req = format!("pin offset={offset} len={len}");
-        if opts.read_only {
-            req.push_str(" ro");
-        }
-        if opts.unbreakable {
-            req.push_str(" unbreakable");
-        }
-        let (m, fds) = self.request(&req, &[file.as_raw_fd()])?;
-        let bad = |what: &str| ClientError::Protocol(format!("bad pin reply: {what}"));
-        let id = m.num("pin").map_err(|e| bad(&e))?;
-        let holder = m.num("holder").map_err(|e| bad(&e))?;
-        let triples = |key: &str| -> Result<Vec<[u64; 3]>, ClientError> {
-            m.arg(key)
-                .unwrap_or("")
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(|t| {
-                    let v: Vec<u64> = t.split(':').filter_map(|x| x.parse().ok()).collect();
-                    <[u64; 3]>::try_from(v).map_err(|_| bad(key))
-                })
-                .collect()
+        let req = Request::Pin {
+            offset,
+            len,
+            read_only: opts.read_only,
+            unbreakable: opts.unbreakable,
         };
-        let extents: Vec<PinExtent> = triples("extents")?
-            .into_iter()
-            .map(|[f, i, l]| PinExtent {
-                file_offset: f,
-                image_offset: i,
-                len: l,
-            })
-            .collect();
-        let windows = triples("windows")?;
+        let (reply, fds) = self.request(&req, &[file.as_raw_fd()])?;
+        let Reply::Pinned(grant) = reply else {
+            return Err(unexpected("pin", &reply));
+        };
+        let windows = grant.windows;
         if windows.len() != fds.len() {
-            return Err(bad("window count differs from descriptors"));
+            return Err(ClientError::Protocol(format!(
+                "bad pin reply: {} windows but {} descriptors",
+                windows.len(),
+                fds.len()
+            )));
         }
-        let total: u64 = windows.iter().map(|w| w[1]).sum();
+        let total: u64 = windows.iter().map(|w| w.len).sum();
         // SAFETY: reserve address space for the whole pin, then map each window piece in
         // place with MAP_FIXED inside that reservation; every result is checked.
         let map = unsafe {
@@ -289,7 +246,7 @@ impl Connection {
             for (w, fd) in windows.iter().zip(&fds) {
                 let p = libc::mmap(
                     (base as *mut u8).add(at).cast(),
-                    w[1] as usize,
+                    w.len as usize,
                     if opts.read_only {
                         libc::PROT_READ
                     } else {
@@ -297,21 +254,21 @@ impl Connection {
                     },
                     libc::MAP_SHARED | libc::MAP_FIXED,
                     fd.as_raw_fd(),
-                    w[2] as libc::off_t,
+                    w.fd_offset as libc::off_t,
                 );
                 if p == libc::MAP_FAILED {
                     let e = std::io::Error::last_os_error();
                     libc::munmap(base, total as usize);
                     return Err(e.into());
                 }
-                at += w[1] as usize;
+                at += w.len as usize;
             }
             base as *mut u8
         };
         Ok(Pin {
-            id,
-            holder,
-            extents,
+            id: grant.pin,
+            holder: grant.holder,
+            extents: grant.extents,
             map,
             len: total as usize,
             windows: fds,
@@ -345,14 +302,27 @@ impl Connection {
 
     /// Gives a pin back by id.
     pub fn unpin_id(&mut self, id: u64) -> Result<(), ClientError> {
-        self.request(&format!("unpin pin={id}"), &[]).map(|_| ())
+        self.done(&Request::Unpin { pin: id })
+    }
+
+    /// Sends `req`, whose answer is a plain `ok`.
+    fn done(&mut self, req: &Request) -> Result<(), ClientError> {
+        match self.request(req, &[])? {
+            (Reply::Done, _) => Ok(()),
+            (other, _) => Err(unexpected(req.verb(), &other)),
+        }
+    }
+
+    /// Sends `req`, whose answer is a document.
+    fn document(&mut self, req: &Request) -> Result<String, ClientError> {
+        match self.request(req, &[])? {
+            (Reply::Document(text), _) => Ok(text),
+            (other, _) => Err(unexpected(req.verb(), &other)),
+        }
     }
 
     /// The next notification, waiting up to `timeout` (`None`: forever).
-    pub fn next_event(
-        &mut self,
-        timeout: Option<Duration>,
-    ) -> Result<Option<HolderEvent>, ClientError> {
+    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Option<Event>, ClientError> {
         if let Some(e) = self.events.pop_front() {
             return Ok(Some(e));
         }
@@ -366,62 +336,69 @@ impl Connection {
                 .sock
                 .recv()?
                 .ok_or_else(|| ClientError::Protocol("the daemon closed the connection".into()))?;
-            let m = Message::parse(&bytes).map_err(ClientError::Protocol)?;
-            if m.id == "event" {
-                return Ok(Some(parse_event(&m)));
+            if let Incoming::Event(e) = Incoming::parse(&bytes).map_err(|e| protocol_error(&e))? {
+                return Ok(Some(e));
             }
         }
     }
 
     /// The mount's status as JSON (or the readable table).
     pub fn status(&mut self, table: bool) -> Result<String, ClientError> {
-        let (m, _) = self.request(if table { "status table" } else { "status" }, &[])?;
-        Ok(m.body)
+        self.document(&Request::Status { table })
     }
 
     /// The recent lease events as a JSON array.
     pub fn events(&mut self) -> Result<String, ClientError> {
-        Ok(self.request("events", &[])?.0.body)
+        self.document(&Request::Events)
     }
 
     /// From now on, every lease event of the mount (not only this connection's) arrives
     /// through [`Connection::next_event`].
     pub fn watch(&mut self) -> Result<(), ClientError> {
-        self.request("watch", &[]).map(|_| ())
+        self.done(&Request::Watch)
     }
 
     /// Fences `holder` (root only); returns the number of leases revoked.
     pub fn fence(&mut self, holder: u64) -> Result<u64, ClientError> {
-        let (m, _) = self.request(&format!("fence holder={holder}"), &[])?;
-        m.num("revoked").map_err(ClientError::Protocol)
+        match self.request(&Request::Fence { holder }, &[])? {
+            (Reply::Revoked { count }, _) => Ok(count),
+            (other, _) => Err(unexpected("fence", &other)),
+        }
     }
 
     /// Checks the mount's block accounting now (root only): `Ok` with the blocks files map,
     /// or a refusal with `EUCLEAN` saying what is inconsistent.
     pub fn check(&mut self) -> Result<u64, ClientError> {
-        let (m, _) = self.request("check", &[])?;
-        m.num("mapped_blocks")
-            .map_err(|e| ClientError::Protocol(format!("bad check reply: {e}")))
+        match self.request(&Request::Check, &[])? {
+            (Reply::Checked { mapped_blocks }, _) => Ok(mapped_blocks),
+            (other, _) => Err(unexpected("check", &other)),
+        }
     }
 
     /// Remounts with a mount option list (root only; see [`crate::daemon::remount`]): the daemon's
     /// side only, the kernel's flags are the caller's.
     pub fn remount(&mut self, options: &str) -> Result<(), ClientError> {
-        self.request(&format!("remount\n{options}"), &[])
-            .map(|_| ())
+        self.done(&Request::Remount {
+            options: options.to_string(),
+        })
     }
 
     /// The raw image file (root only).
     pub fn raw_image(&mut self) -> Result<OwnedFd, ClientError> {
-        let (_, mut fds) = self.request("raw", &[])?;
-        fds.pop()
-            .ok_or_else(|| ClientError::Protocol("no descriptor with the raw image".into()))
+        match self.request(&Request::Raw, &[])? {
+            (Reply::Done, mut fds) => fds
+                .pop()
+                .ok_or_else(|| ClientError::Protocol("no descriptor with the raw image".into())),
+            (other, _) => Err(unexpected("raw", &other)),
+        }
     }
 
     /// This connection's holder id.
     pub fn holder_id(&mut self) -> Result<u64, ClientError> {
-        let (m, _) = self.request("hello", &[])?;
-        m.num("holder").map_err(ClientError::Protocol)
+        match self.request(&Request::Hello, &[])? {
+            (Reply::Holder { id }, _) => Ok(id),
+            (other, _) => Err(unexpected("hello", &other)),
+        }
     }
 
     /// Sends raw bytes as one message and returns the raw reply, reassembled if it came in
@@ -439,24 +416,21 @@ impl Connection {
     }
 }
 
-/// The daemon's refusal in `m` (`ID err errno=E message`), if it is one.
-fn refusal(m: &Message) -> Option<ClientError> {
-    (m.verb == "err").then(|| ClientError::Refused {
-        errno: m.num("errno").unwrap_or(libc::EIO as u64) as i32,
-        message: m.flags.join(" "),
-    })
+/// The daemon's refusal in `r` (`ID err errno=E message`), if it is one.
+fn refusal(r: &Reply) -> Option<ClientError> {
+    match r {
+        Reply::Failed { errno, message } => Some(ClientError::Refused {
+            errno: *errno,
+            message: message.clone(),
+        }),
+        _ => None,
+    }
 }
 
-fn parse_event(m: &Message) -> HolderEvent {
-    HolderEvent {
-        kind: m.verb.clone(),
-        pin: m.num("pin").ok(),
-        ino: m.num("ino").unwrap_or(0),
-        offset: m.num("offset").unwrap_or(0),
-        len: m.num("len").unwrap_or(0),
-        deadline_ms: m.num("deadline_ms").ok(),
-        holder: m.num("holder").ok(),
-        time: m.arg("time").map(str::to_string),
-        count: m.num("count").ok(),
-    }
+fn protocol_error(e: &crate::holder::protocol::ParseError) -> ClientError {
+    ClientError::Protocol(format!("unreadable message from the daemon: {e}"))
+}
+
+fn unexpected(verb: &str, r: &Reply) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply to {verb}: {r:?}"))
 }

@@ -18,6 +18,7 @@
 //! | `ID watch` | | `ID ok`; from then on every lease event of the mount, as notifications (and `event lost count=N` after a watcher fell behind) |
 //! | `ID remount`, a newline, then a mount option list (root only) | | `ID ok`, or an error with nothing changed (see [`crate::daemon::remount`]) |
 //! | `ID check` (root only) | | `ID ok mapped_blocks=N`, or `ID err errno=EUCLEAN <what is inconsistent>` |
+//! | `ID hello` | | `ID ok holder=H` (the connection becomes a holder, as with its first pin) |
 //! | (any reply over [`PACKET_PAYLOAD`] bytes) | | `ID more` packets, then `ID end` (see below) |
 //!
 //! **Long replies.** A packet carries at most [`MAX_MESSAGE`] bytes, but a reply (a `status`
@@ -50,8 +51,11 @@
 //! `granted`, `break`, `released`, `revoked`, `refused`, `fenced`, `holder_gone`
 //! (`deadline_ms=never` when a break has no deadline).
 //!
-//! Parsing is total: any byte string either parses or is an error; nothing in a message can
-//! make the daemon allocate more than the packet it came in.
+//! [`Request`], [`Reply`] and [`Event`] are these messages as types, each with `encode` (the
+//! text above) and `parse`, which the daemon and every client share. Parsing is total: any
+//! byte string either parses or is an error, never a panic; nothing in a message can make
+//! the daemon allocate more than the packet it came in. Arguments a message does not use
+//! are ignored.
 
 use std::ffi::CString;
 use std::io;
@@ -86,66 +90,689 @@ pub fn socket_path(dev: u64) -> PathBuf {
     run_dir().join(format!("{dev}.sock"))
 }
 
-/// A parsed message: id (or `event`), verb, arguments and flags.
+/// Longest request id (and verb), in bytes.
+pub const MAX_ID: usize = 32;
+
+/// A message that could not be read, and the id to answer it with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// Request id, or "event".
-    pub id: String,
-    /// Verb (`pin`, `ok`, `err`, ...).
-    pub verb: String,
-    /// `key=value` arguments, in order.
-    pub args: Vec<(String, String)>,
-    /// Bare words after the verb.
-    pub flags: Vec<String>,
-    /// Everything after the first line (replies that carry a document).
-    pub body: String,
+pub struct ParseError {
+    /// The request id, when the message got that far (`None`: answer `?`).
+    pub id: Option<String>,
+    /// What is wrong with it.
+    pub message: String,
 }
 
-impl Message {
-    /// Parses one message.
-    pub fn parse(bytes: &[u8]) -> Result<Message, String> {
-        let text = std::str::from_utf8(bytes).map_err(|_| "message is not UTF-8".to_string())?;
-        let (text, body) = text.split_once('\n').unwrap_or((text, ""));
-        let mut words = text.split(' ').filter(|w| !w.is_empty());
-        let id = words.next().ok_or("empty message")?.to_string();
-        let verb = words.next().ok_or("message without a verb")?.to_string();
-        if id.len() > 32 || verb.len() > 32 {
-            return Err("id or verb too long".into());
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+impl ParseError {
+    fn anonymous(message: impl Into<String>) -> ParseError {
+        ParseError {
+            id: None,
+            message: message.into(),
         }
+    }
+
+    fn of(id: &str, message: impl Into<String>) -> ParseError {
+        ParseError {
+            id: Some(id.to_string()),
+            message: message.into(),
+        }
+    }
+}
+
+/// The first two words of a message and everything after the second: `(id, verb, rest)`.
+/// Words are separated by runs of spaces and end at the first newline; an id or verb is
+/// at most [`MAX_ID`] bytes.
+fn head(bytes: &[u8]) -> Result<(&str, &str, &str), ParseError> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| ParseError::anonymous("message is not UTF-8"))?;
+    let word = |t: &str| -> (usize, usize) {
+        let start = t.len() - t.trim_start_matches(' ').len();
+        let end = t[start..].find([' ', '\n']).map_or(t.len(), |e| start + e);
+        (start, end)
+    };
+    let (s, e) = word(text);
+    let id = &text[s..e];
+    if id.is_empty() {
+        return Err(ParseError::anonymous("empty message"));
+    }
+    let after_id = &text[e..];
+    let (s, e) = word(after_id);
+    let verb = &after_id[s..e];
+    if verb.is_empty() {
+        return Err(ParseError::anonymous("message without a verb"));
+    }
+    if id.len() > MAX_ID || verb.len() > MAX_ID {
+        return Err(ParseError::anonymous("id or verb too long"));
+    }
+    Ok((id, verb, &after_id[e..]))
+}
+
+/// The `key=value` arguments and bare words of a message's first line (after the verb),
+/// and the text after that line.
+struct Words<'a> {
+    args: Vec<(&'a str, &'a str)>,
+    flags: Vec<&'a str>,
+    body: &'a str,
+}
+
+impl<'a> Words<'a> {
+    fn of(rest: &'a str) -> Words<'a> {
+        let (line, body) = rest.split_once('\n').unwrap_or((rest, ""));
         let mut args = Vec::new();
         let mut flags = Vec::new();
-        for w in words {
+        for w in line.split(' ').filter(|w| !w.is_empty()) {
             match w.split_once('=') {
-                Some((k, v)) => args.push((k.to_string(), v.to_string())),
-                None => flags.push(w.to_string()),
+                Some(kv) => args.push(kv),
+                None => flags.push(w),
             }
         }
-        Ok(Message {
-            id,
-            verb,
-            args,
-            flags,
-            body: body.to_string(),
-        })
+        Words { args, flags, body }
     }
 
-    /// The value of argument `key`.
-    pub fn arg(&self, key: &str) -> Option<&str> {
-        self.args
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+    /// The first value of `key`.
+    fn arg(&self, key: &str) -> Option<&'a str> {
+        self.args.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
     }
 
-    /// Argument `key` as a number.
-    pub fn num(&self, key: &str) -> Result<u64, String> {
+    fn num(&self, key: &str) -> Result<u64, String> {
         let v = self.arg(key).ok_or_else(|| format!("missing {key}="))?;
         v.parse().map_err(|_| format!("{key}={v} is not a number"))
     }
 
-    /// Does the message carry the bare word `flag`?
-    pub fn has(&self, flag: &str) -> bool {
-        self.flags.iter().any(|f| f == flag)
+    fn has(&self, flag: &str) -> bool {
+        self.flags.contains(&flag)
+    }
+}
+
+/// A request from a holder (see the module's table for each one's wire form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `pin offset=N len=N [ro] [unbreakable]`, with the file's descriptor.
+    Pin {
+        /// First byte of the range.
+        offset: u64,
+        /// Bytes.
+        len: u64,
+        /// A read-only pin (`ro`).
+        read_only: bool,
+        /// Breakers fail instead of breaking the lease (`unbreakable`).
+        unbreakable: bool,
+    },
+    /// `unpin pin=P`.
+    Unpin {
+        /// The pin to give back.
+        pin: u64,
+    },
+    /// `raw`: the image file (root only).
+    Raw,
+    /// `status [table]`.
+    Status {
+        /// The readable table instead of JSON.
+        table: bool,
+    },
+    /// `events`: the recent events as a JSON array.
+    Events,
+    /// `fence holder=H` (root only).
+    Fence {
+        /// The holder to fence.
+        holder: u64,
+    },
+    /// `watch`: every lease event of the mount from now on.
+    Watch,
+    /// `remount` and, after a newline, a mount option list (root only).
+    Remount {
+        /// The option list.
+        options: String,
+    },
+    /// `check`: the daemon's check of its block accounting (root only).
+    Check,
+    /// `hello`: makes the connection a holder and says its id.
+    Hello,
+}
+
+impl Request {
+    /// The verb of the request.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Pin { .. } => "pin",
+            Request::Unpin { .. } => "unpin",
+            Request::Raw => "raw",
+            Request::Status { .. } => "status",
+            Request::Events => "events",
+            Request::Fence { .. } => "fence",
+            Request::Watch => "watch",
+            Request::Remount { .. } => "remount",
+            Request::Check => "check",
+            Request::Hello => "hello",
+        }
+    }
+
+    /// The request as sent with id `id` (a word of at most [`MAX_ID`] bytes).
+    pub fn encode(&self, id: &str) -> String {
+        let verb = self.verb();
+        match self {
+            Request::Pin {
+                offset,
+                len,
+                read_only,
+                unbreakable,
+            } => format!(
+                "{id} {verb} offset={offset} len={len}{}{}",
+                if *read_only { " ro" } else { "" },
+                if *unbreakable { " unbreakable" } else { "" }
+            ),
+            Request::Unpin { pin } => format!("{id} {verb} pin={pin}"),
+            Request::Status { table: true } => format!("{id} {verb} table"),
+            Request::Fence { holder } => format!("{id} {verb} holder={holder}"),
+            Request::Remount { options } => format!("{id} {verb}\n{options}"),
+            Request::Raw
+            | Request::Status { table: false }
+            | Request::Events
+            | Request::Watch
+            | Request::Check
+            | Request::Hello => format!("{id} {verb}"),
+        }
+    }
+
+    /// Parses a request: its id and what it asks. Arguments and words a request does not
+    /// use are ignored, and so is text after the first line except for `remount`'s.
+    pub fn parse(bytes: &[u8]) -> Result<(String, Request), ParseError> {
+        let (id, verb, rest) = head(bytes)?;
+        let w = Words::of(rest);
+        let bad = |m: String| ParseError::of(id, m);
+        let req = match verb {
+            "pin" => Request::Pin {
+                offset: w.num("offset").map_err(bad)?,
+                len: w.num("len").map_err(bad)?,
+                read_only: w.has("ro"),
+                unbreakable: w.has("unbreakable"),
+            },
+            "unpin" => Request::Unpin {
+                pin: w.num("pin").map_err(bad)?,
+            },
+            "raw" => Request::Raw,
+            "status" => Request::Status {
+                table: w.has("table"),
+            },
+            "events" => Request::Events,
+            "fence" => Request::Fence {
+                holder: w.num("holder").map_err(bad)?,
+            },
+            "watch" => Request::Watch,
+            "remount" => Request::Remount {
+                options: w.body.to_string(),
+            },
+            "check" => Request::Check,
+            "hello" => Request::Hello,
+            other => return Err(bad(format!("unknown request '{other}'"))),
+        };
+        Ok((id.to_string(), req))
+    }
+}
+
+/// Where a piece of a pin lives (as JSON: `file_offset`, `image_offset`, `len`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PinExtent {
+    /// Byte offset in the file.
+    pub file_offset: u64,
+    /// Byte offset in the image.
+    pub image_offset: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// A window piece of a pin: `len` bytes of the image from `image_offset`, at `fd_offset` in
+/// the memfd descriptor that comes with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowExtent {
+    /// Byte offset in the image.
+    pub image_offset: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Byte offset in the window's descriptor.
+    pub fd_offset: u64,
+}
+
+/// What a granted pin's reply says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The pin's id.
+    pub pin: u64,
+    /// The holder the connection is.
+    pub holder: u64,
+    /// The pinned range piece by piece, in file order.
+    pub extents: Vec<PinExtent>,
+    /// The window pieces, in file order: one descriptor each comes with the reply.
+    pub windows: Vec<WindowExtent>,
+}
+
+/// A reply of the daemon (pieces of a long reply are put together first, see
+/// [`Reassembly`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `ID ok`: done (`unpin`, `raw` with its descriptor, `watch`, `remount`).
+    Done,
+    /// `ID ok pin=P holder=H extents=FO:IO:LEN,... windows=IO:LEN:FDOFF,...`.
+    Pinned(Grant),
+    /// `ID ok`, a newline, then a document (`status`, `events`).
+    Document(String),
+    /// `ID ok revoked=N` (`fence`).
+    Revoked {
+        /// Leases revoked.
+        count: u64,
+    },
+    /// `ID ok mapped_blocks=N` (`check`).
+    Checked {
+        /// Blocks that files map.
+        mapped_blocks: u64,
+    },
+    /// `ID ok holder=H` (`hello`).
+    Holder {
+        /// The connection's holder id.
+        id: u64,
+    },
+    /// `ID err errno=E message`: refused.
+    Failed {
+        /// The errno.
+        errno: i32,
+        /// Why, for people (the rest of the message, newlines and all).
+        message: String,
+    },
+}
+
+fn triples(list: &str, key: &str) -> Result<Vec<[u64; 3]>, String> {
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|t| {
+            let mut it = t.split(':').map(str::parse::<u64>);
+            match (it.next(), it.next(), it.next(), it.next()) {
+                (Some(Ok(a)), Some(Ok(b)), Some(Ok(c)), None) => Ok([a, b, c]),
+                _ => Err(format!("{key}: '{t}' is not three numbers")),
+            }
+        })
+        .collect()
+}
+
+impl Reply {
+    /// The reply as sent to request `id` (before any cutting into pieces, see [`frames`]).
+    pub fn encode(&self, id: &str) -> String {
+        match self {
+            Reply::Done => format!("{id} ok"),
+            Reply::Pinned(g) => {
+                let extents: Vec<String> = g
+                    .extents
+                    .iter()
+                    .map(|e| format!("{}:{}:{}", e.file_offset, e.image_offset, e.len))
+                    .collect();
+                let windows: Vec<String> = g
+                    .windows
+                    .iter()
+                    .map(|w| format!("{}:{}:{}", w.image_offset, w.len, w.fd_offset))
+                    .collect();
+                format!(
+                    "{id} ok pin={} holder={} extents={} windows={}",
+                    g.pin,
+                    g.holder,
+                    extents.join(","),
+                    windows.join(",")
+                )
+            }
+            Reply::Document(text) => format!("{id} ok\n{text}"),
+            Reply::Revoked { count } => format!("{id} ok revoked={count}"),
+            Reply::Checked { mapped_blocks } => format!("{id} ok mapped_blocks={mapped_blocks}"),
+            Reply::Holder { id: h } => format!("{id} ok holder={h}"),
+            Reply::Failed { errno, message } => format!("{id} err errno={errno} {message}"),
+        }
+    }
+
+    /// Parses a whole reply: the id it answers and what it says.
+    pub fn parse(bytes: &[u8]) -> Result<(String, Reply), ParseError> {
+        let (id, verb, rest) = head(bytes)?;
+        let bad = |m: String| ParseError::of(id, m);
+        let reply = match verb {
+            "err" => {
+                let e = rest
+                    .strip_prefix(" errno=")
+                    .ok_or_else(|| bad("an error without errno=".into()))?;
+                let (num, message) = e.split_once(' ').unwrap_or((e, ""));
+                Reply::Failed {
+                    errno: num
+                        .parse()
+                        .map_err(|_| bad(format!("errno={num} is not a number")))?,
+                    message: message.to_string(),
+                }
+            }
+            "ok" => {
+                if let Some((line, doc)) = rest.split_once('\n') {
+                    if !line.trim_start_matches(' ').is_empty() {
+                        return Err(bad("a document reply with arguments".into()));
+                    }
+                    return Ok((id.to_string(), Reply::Document(doc.to_string())));
+                }
+                let w = Words::of(rest);
+                if w.arg("pin").is_some() {
+                    let extents =
+                        triples(w.arg("extents").unwrap_or(""), "extents").map_err(bad)?;
+                    let windows =
+                        triples(w.arg("windows").unwrap_or(""), "windows").map_err(bad)?;
+                    Reply::Pinned(Grant {
+                        pin: w.num("pin").map_err(bad)?,
+                        holder: w.num("holder").map_err(bad)?,
+                        extents: extents
+                            .into_iter()
+                            .map(|[f, i, l]| PinExtent {
+                                file_offset: f,
+                                image_offset: i,
+                                len: l,
+                            })
+                            .collect(),
+                        windows: windows
+                            .into_iter()
+                            .map(|[i, l, o]| WindowExtent {
+                                image_offset: i,
+                                len: l,
+                                fd_offset: o,
+                            })
+                            .collect(),
+                    })
+                } else if w.arg("revoked").is_some() {
+                    Reply::Revoked {
+                        count: w.num("revoked").map_err(bad)?,
+                    }
+                } else if w.arg("mapped_blocks").is_some() {
+                    Reply::Checked {
+                        mapped_blocks: w.num("mapped_blocks").map_err(bad)?,
+                    }
+                } else if w.arg("holder").is_some() {
+                    Reply::Holder {
+                        id: w.num("holder").map_err(bad)?,
+                    }
+                } else {
+                    Reply::Done
+                }
+            }
+            other => return Err(bad(format!("unknown reply '{other}'"))),
+        };
+        Ok((id.to_string(), reply))
+    }
+}
+
+/// What happened to a lease, as events name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// `granted`: a pin was granted.
+    Granted,
+    /// `break`: a breaker wants the range back; the holder must release within
+    /// `deadline_ms` (`None`: no deadline, `deadline_ms=never`).
+    Break {
+        /// Milliseconds left when the event was made.
+        deadline_ms: Option<u64>,
+    },
+    /// `released`: the holder gave the pin back.
+    Released,
+    /// `revoked`: the lease was taken away.
+    Revoked,
+    /// `refused`: a breaker failed at the deadline; the lease stays.
+    Refused,
+    /// `fenced`: the holder was fenced.
+    Fenced,
+    /// `holder_gone`: the holder went away; its pins were released.
+    HolderGone,
+}
+
+impl EventKind {
+    /// The name events carry.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Granted => "granted",
+            EventKind::Break { .. } => "break",
+            EventKind::Released => "released",
+            EventKind::Revoked => "revoked",
+            EventKind::Refused => "refused",
+            EventKind::Fenced => "fenced",
+            EventKind::HolderGone => "holder_gone",
+        }
+    }
+}
+
+/// A time as events carry it: seconds and nanoseconds since the epoch (`S.NNNNNNNNN` on the
+/// wire, and as a JSON number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp {
+    /// Whole seconds.
+    pub secs: u64,
+    /// Nanoseconds, below 1,000,000,000.
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    /// The time `at` (the epoch for a time before it).
+    pub fn of(at: std::time::SystemTime) -> Timestamp {
+        let d = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Timestamp {
+            secs: d.as_secs(),
+            nanos: d.subsec_nanos(),
+        }
+    }
+
+    fn parse(s: &str) -> Option<Timestamp> {
+        let (secs, nanos) = s.split_once('.')?;
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        if !digits(secs) || nanos.len() != 9 || !digits(nanos) {
+            return None;
+        }
+        Some(Timestamp {
+            secs: secs.parse().ok()?,
+            nanos: nanos.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:09}", self.secs, self.nanos)
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    /// A JSON number with all nine decimals (a float would lose the last ones).
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::value::RawValue::from_string(self.to_string())
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
+}
+
+/// A lease event of the mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseEvent {
+    /// What happened.
+    pub kind: EventKind,
+    /// The holder concerned.
+    pub holder: u64,
+    /// The pin, if the event concerns one.
+    pub pin: Option<u64>,
+    /// The file's inode.
+    pub ino: u64,
+    /// Byte range start.
+    pub offset: u64,
+    /// Byte range length.
+    pub len: u64,
+    /// When it happened.
+    pub time: Timestamp,
+}
+
+/// A notification from the daemon (a message whose id is `event`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// `event K holder=H pin=P ino=I offset=O len=L time=S.N [deadline_ms=D]`.
+    Lease(LeaseEvent),
+    /// `event lost count=N`: a watcher fell behind and missed this many events.
+    Lost {
+        /// Events missed.
+        count: u64,
+    },
+}
+
+impl Event {
+    /// The event's name: its kind's, or `lost`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Lease(e) => e.kind.name(),
+            Event::Lost { .. } => "lost",
+        }
+    }
+
+    /// The lease event, unless this is a `lost`.
+    pub fn lease(&self) -> Option<&LeaseEvent> {
+        match self {
+            Event::Lease(e) => Some(e),
+            Event::Lost { .. } => None,
+        }
+    }
+
+    /// The event as sent.
+    pub fn encode(&self) -> String {
+        let e = match self {
+            Event::Lost { count } => return format!("event lost count={count}"),
+            Event::Lease(e) => e,
+        };
+        let mut t = format!(
+            "event {} holder={} pin={} ino={} offset={} len={} time={}",
+            e.kind.name(),
+            e.holder,
+            e.pin.map_or("-".into(), |p| p.to_string()),
+            e.ino,
+            e.offset,
+            e.len,
+            e.time
+        );
+        if let EventKind::Break { deadline_ms } = e.kind {
+            t.push_str(&format!(
+                " deadline_ms={}",
+                deadline_ms.map_or("never".into(), |d| d.to_string())
+            ));
+        }
+        t
+    }
+
+    /// Parses a notification.
+    pub fn parse(bytes: &[u8]) -> Result<Event, ParseError> {
+        let (id, verb, rest) = head(bytes)?;
+        let bad = |m: String| ParseError::of(id, m);
+        if id != "event" {
+            return Err(bad(format!("'{id}' is not an event")));
+        }
+        let w = Words::of(rest);
+        let kind = match verb {
+            "lost" => {
+                return Ok(Event::Lost {
+                    count: w.num("count").map_err(bad)?,
+                })
+            }
+            "granted" => EventKind::Granted,
+            "break" => EventKind::Break {
+                deadline_ms: match w.arg("deadline_ms") {
+                    Some("never") => None,
+                    _ => Some(w.num("deadline_ms").map_err(bad)?),
+                },
+            },
+            "released" => EventKind::Released,
+            "revoked" => EventKind::Revoked,
+            "refused" => EventKind::Refused,
+            "fenced" => EventKind::Fenced,
+            "holder_gone" => EventKind::HolderGone,
+            other => return Err(bad(format!("unknown event '{other}'"))),
+        };
+        let time = w.arg("time").ok_or_else(|| bad("missing time=".into()))?;
+        Ok(Event::Lease(LeaseEvent {
+            kind,
+            holder: w.num("holder").map_err(bad)?,
+            pin: match w.arg("pin") {
+                Some("-") => None,
+                _ => Some(w.num("pin").map_err(bad)?),
+            },
+            ino: w.num("ino").map_err(bad)?,
+            offset: w.num("offset").map_err(bad)?,
+            len: w.num("len").map_err(bad)?,
+            time: Timestamp::parse(time)
+                .ok_or_else(|| bad(format!("time={time} is not S.NNNNNNNNN")))?,
+        }))
+    }
+}
+
+/// An event as JSON (`status --events`, `status --follow`, `pinfs pin`): `time`, `event`,
+/// `holder`, `pin` (`null`: none), `ino`, `offset`, `len`, and for a break `deadline_ms`
+/// (`null`: no deadline); a `lost` is `{"event":"lost","count":N}`.
+#[derive(serde::Serialize)]
+struct EventJson {
+    time: Timestamp,
+    event: &'static str,
+    holder: u64,
+    pin: Option<u64>,
+    ino: u64,
+    offset: u64,
+    len: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deadline_ms: Option<Option<u64>>,
+}
+
+#[derive(serde::Serialize)]
+struct LostJson {
+    event: &'static str,
+    count: u64,
+}
+
+impl serde::Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Event::Lost { count } => LostJson {
+                event: "lost",
+                count: *count,
+            }
+            .serialize(s),
+            Event::Lease(e) => EventJson {
+                time: e.time,
+                event: e.kind.name(),
+                holder: e.holder,
+                pin: e.pin,
+                ino: e.ino,
+                offset: e.offset,
+                len: e.len,
+                deadline_ms: match e.kind {
+                    EventKind::Break { deadline_ms } => Some(deadline_ms),
+                    _ => None,
+                },
+            }
+            .serialize(s),
+        }
+    }
+}
+
+/// A whole message from the daemon: a reply or a notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// The reply to the request with this id.
+    Reply(String, Reply),
+    /// A notification.
+    Event(Event),
+}
+
+impl Incoming {
+    /// Parses a whole message from the daemon (a message whose first word is `event` is a
+    /// notification).
+    pub fn parse(bytes: &[u8]) -> Result<Incoming, ParseError> {
+        if bytes.starts_with(b"event ") {
+            return Event::parse(bytes).map(Incoming::Event);
+        }
+        Reply::parse(bytes).map(|(id, r)| Incoming::Reply(id, r))
     }
 }
 
@@ -514,19 +1141,268 @@ impl Reassembly {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
-    fn parse_is_total() {
-        let m = Message::parse(b"7 pin offset=4096 len=10 ro\n").unwrap();
-        assert_eq!((m.id.as_str(), m.verb.as_str()), ("7", "pin"));
-        assert_eq!(m.num("offset"), Ok(4096));
-        assert!(m.has("ro") && !m.has("unbreakable"));
-        assert!(m.num("nope").is_err());
-        for bad in [&b""[..], b"\xff\xfe", b"only", b"   ", &[b'x'; 100]] {
-            assert!(Message::parse(bad).is_err(), "{bad:?}");
+    fn requests_parse_as_before() {
+        let (id, r) = Request::parse(b"7 pin offset=4096 len=10 ro\n").unwrap();
+        assert_eq!(id, "7");
+        assert_eq!(
+            r,
+            Request::Pin {
+                offset: 4096,
+                len: 10,
+                read_only: true,
+                unbreakable: false
+            }
+        );
+        // Runs of spaces separate words; unknown arguments and words are ignored.
+        let (_, r) = Request::parse(b"  x   status  table extra=1").unwrap();
+        assert_eq!(r, Request::Status { table: true });
+        let (_, r) = Request::parse(b"1 remount\nlease_break_time=2").unwrap();
+        assert_eq!(
+            r,
+            Request::Remount {
+                options: "lease_break_time=2".into()
+            }
+        );
+        // What cannot be read as a message is answered `?`; a bad request by its id.
+        for (bad, id, why) in [
+            (&b""[..], None, "empty message"),
+            (b"\xff\xfe", None, "message is not UTF-8"),
+            (b"only", None, "message without a verb"),
+            (b"   ", None, "empty message"),
+            (b"1\npin offset=1 len=1", None, "message without a verb"),
+            (&[b'x'; 40][..], None, "message without a verb"),
+            (
+                b"1 pin offset=99999999999999999999999 len=1",
+                Some("1"),
+                "offset=99999999999999999999999 is not a number",
+            ),
+            (b"2 pin len=1", Some("2"), "missing offset="),
+            (b"3 frobnicate", Some("3"), "unknown request 'frobnicate'"),
+            (
+                b"4 fence holder=abc",
+                Some("4"),
+                "holder=abc is not a number",
+            ),
+        ] {
+            let e = Request::parse(bad).unwrap_err();
+            assert_eq!((e.id.as_deref(), e.message.as_str()), (id, why), "{bad:?}");
         }
-        let m = Message::parse(b"1 pin offset=99999999999999999999999").unwrap();
-        assert!(m.num("offset").is_err());
+        let long = format!("1 {}", "v".repeat(MAX_ID + 1));
+        assert_eq!(
+            Request::parse(long.as_bytes()).unwrap_err().message,
+            "id or verb too long"
+        );
+    }
+
+    #[test]
+    fn replies_and_events_read_as_the_daemon_writes_them() {
+        let (id, r) = Reply::parse(
+            b"3 ok pin=5 holder=2 extents=0:8192:4096,4096:16384:4096 windows=8192:8192:0",
+        )
+        .unwrap();
+        assert_eq!(id, "3");
+        let Reply::Pinned(g) = r else {
+            panic!("not a grant: {r:?}")
+        };
+        assert_eq!((g.pin, g.holder, g.extents.len()), (5, 2, 2));
+        assert_eq!(
+            g.windows,
+            [WindowExtent {
+                image_offset: 8192,
+                len: 8192,
+                fd_offset: 0
+            }]
+        );
+        assert_eq!(
+            Reply::parse(b"? err errno=11 too many connections for uid 7 (limit 64); close some")
+                .unwrap(),
+            (
+                "?".to_string(),
+                Reply::Failed {
+                    errno: 11,
+                    message: "too many connections for uid 7 (limit 64); close some".into()
+                }
+            )
+        );
+        assert!(Reply::parse(b"3 ok pin=5 holder=2 extents=1:2 windows=").is_err());
+        assert!(Reply::parse(b"3 more\nxx").is_err());
+        let e = Event::parse(
+            b"event break holder=1 pin=- ino=9 offset=0 len=4096 time=12.000000034 deadline_ms=never",
+        )
+        .unwrap();
+        let l = e.lease().unwrap();
+        assert_eq!(l.kind, EventKind::Break { deadline_ms: None });
+        assert_eq!((l.pin, l.time.secs, l.time.nanos), (None, 12, 34));
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"time":12.000000034,"event":"break","holder":1,"pin":null,"ino":9,"offset":0,"len":4096,"deadline_ms":null}"#
+        );
+        let granted = Event::Lease(LeaseEvent {
+            kind: EventKind::Granted,
+            ..l.clone()
+        });
+        let json: serde_json::Value = serde_json::to_value(&granted).unwrap();
+        assert!(json.get("deadline_ms").is_none(), "{json}");
+        assert_eq!(
+            serde_json::to_string(&Event::Lost { count: 3 }).unwrap(),
+            r#"{"event":"lost","count":3}"#
+        );
+        assert!(
+            Event::parse(b"event granted holder=1 pin=2 ino=3 offset=4 len=5 time=1.5").is_err()
+        );
+        assert!(Event::parse(b"7 granted").is_err());
+    }
+
+    fn id() -> impl Strategy<Value = String> {
+        "[0-9A-Za-z?_-]{1,32}".prop_filter("the id of notifications", |s| s != "event")
+    }
+
+    fn request() -> impl Strategy<Value = Request> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
+                |(offset, len, read_only, unbreakable)| Request::Pin {
+                    offset,
+                    len,
+                    read_only,
+                    unbreakable
+                }
+            ),
+            any::<u64>().prop_map(|pin| Request::Unpin { pin }),
+            Just(Request::Raw),
+            any::<bool>().prop_map(|table| Request::Status { table }),
+            Just(Request::Events),
+            any::<u64>().prop_map(|holder| Request::Fence { holder }),
+            Just(Request::Watch),
+            any::<String>().prop_map(|options| Request::Remount { options }),
+            Just(Request::Check),
+            Just(Request::Hello),
+        ]
+    }
+
+    fn reply() -> impl Strategy<Value = Reply> {
+        let extents = prop::collection::vec(any::<[u64; 3]>(), 0..5);
+        prop_oneof![
+            Just(Reply::Done),
+            (any::<u64>(), any::<u64>(), extents.clone(), extents).prop_map(
+                |(pin, holder, e, w)| Reply::Pinned(Grant {
+                    pin,
+                    holder,
+                    extents: e
+                        .into_iter()
+                        .map(|[a, b, c]| PinExtent {
+                            file_offset: a,
+                            image_offset: b,
+                            len: c
+                        })
+                        .collect(),
+                    windows: w
+                        .into_iter()
+                        .map(|[a, b, c]| WindowExtent {
+                            image_offset: a,
+                            len: b,
+                            fd_offset: c
+                        })
+                        .collect(),
+                })
+            ),
+            any::<String>().prop_map(Reply::Document),
+            any::<u64>().prop_map(|count| Reply::Revoked { count }),
+            any::<u64>().prop_map(|mapped_blocks| Reply::Checked { mapped_blocks }),
+            any::<u64>().prop_map(|id| Reply::Holder { id }),
+            (any::<i32>(), any::<String>())
+                .prop_map(|(errno, message)| Reply::Failed { errno, message }),
+        ]
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        let kind = prop_oneof![
+            Just(EventKind::Granted),
+            any::<Option<u64>>().prop_map(|deadline_ms| EventKind::Break { deadline_ms }),
+            Just(EventKind::Released),
+            Just(EventKind::Revoked),
+            Just(EventKind::Refused),
+            Just(EventKind::Fenced),
+            Just(EventKind::HolderGone),
+        ];
+        prop_oneof![
+            any::<u64>().prop_map(|count| Event::Lost { count }),
+            (
+                kind,
+                any::<[u64; 4]>(),
+                any::<Option<u64>>(),
+                any::<u64>(),
+                0..1_000_000_000u32
+            )
+                .prop_map(|(kind, [holder, ino, offset, len], pin, secs, nanos)| {
+                    Event::Lease(LeaseEvent {
+                        kind,
+                        holder,
+                        pin,
+                        ino,
+                        offset,
+                        len,
+                        time: Timestamp { secs, nanos },
+                    })
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn requests_round_trip(id in id(), r in request()) {
+            prop_assert_eq!(Request::parse(r.encode(&id).as_bytes()), Ok((id, r)));
+        }
+
+        #[test]
+        fn replies_round_trip(id in id(), r in reply()) {
+            let text = r.encode(&id);
+            prop_assert_eq!(Reply::parse(text.as_bytes()), Ok((id.clone(), r.clone())));
+            // A reply cut into pieces comes back whole, and then parses the same.
+            let mut whole = None;
+            let mut re = Reassembly::default();
+            for p in frames(&id, &text) {
+                whole = re.take(p.as_bytes()).unwrap();
+            }
+            prop_assert_eq!(Incoming::parse(&whole.unwrap()), Ok(Incoming::Reply(id, r)));
+        }
+
+        #[test]
+        fn events_round_trip(e in event()) {
+            prop_assert_eq!(Incoming::parse(e.encode().as_bytes()), Ok(Incoming::Event(e.clone())));
+            let json: serde_json::Value = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
+            prop_assert_eq!(json["event"].as_str(), Some(e.name()));
+        }
+
+        #[test]
+        fn any_bytes_parse_or_fail_without_panic(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = Request::parse(&bytes);
+            let _ = Reply::parse(&bytes);
+            let _ = Event::parse(&bytes);
+            let _ = Incoming::parse(&bytes);
+            let _ = Reassembly::default().take(&bytes);
+        }
+
+        #[test]
+        fn protocol_shaped_text_parses_or_fails_without_panic(
+            words in prop::collection::vec(
+                prop_oneof![
+                    Just("1".to_string()), Just("event".to_string()), Just("ok".to_string()),
+                    Just("err".to_string()), Just("pin".to_string()), Just("break".to_string()),
+                    Just("errno=".to_string()), Just("pin=-".to_string()), Just("\n".to_string()),
+                    Just("deadline_ms=never".to_string()), Just("time=1.000000001".to_string()),
+                    "[a-z_]{1,12}=[0-9:,.-]{0,24}",
+                    "\\PC{0,8}",
+                ],
+                0..12,
+            )
+        ) {
+            let text = words.join(" ");
+            let _ = Request::parse(text.as_bytes());
+            let _ = Incoming::parse(text.as_bytes());
+        }
     }
 
     /// The kernel sets `MSG_CTRUNC` (and the packet is refused) exactly when a packet has

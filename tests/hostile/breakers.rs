@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pinfs::fs::status::json_number;
+use pinfs::fs::status::Status;
 use pinfs::holder::client::{Connection, PinOptions};
 
 const NOBODY: u32 = 65534;
@@ -59,7 +59,7 @@ impl Holder {
         let mut h = Holder { child, lines };
         let first = h.line(Duration::from_secs(10));
         assert!(
-            first.as_deref().is_some_and(|l| l.contains("\"pin\":")),
+            first.as_deref().is_some_and(|l| json(l)["pin"].is_u64()),
             "holder of {} not granted: {first:?}, stderr: {}",
             file.display(),
             h.stderr()
@@ -75,7 +75,7 @@ impl Holder {
     fn event(&self, kind: &str, within: Duration) -> Option<String> {
         let end = Instant::now() + within;
         while let Some(l) = self.line(end.saturating_duration_since(Instant::now())) {
-            if l.contains(&format!("\"event\":\"{kind}\"")) {
+            if json(&l)["event"] == kind {
                 return Some(l);
             }
         }
@@ -182,25 +182,37 @@ impl Drop for Breaker {
     }
 }
 
-fn status(mnt: &Path) -> String {
-    Connection::for_path(mnt).unwrap().status(false).unwrap()
+fn status(mnt: &Path) -> Status {
+    let json = Connection::for_path(mnt).unwrap().status(false).unwrap();
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("status --json: {e}: {json}"))
 }
 
-/// Waits until `pred` holds for the mount's status JSON.
-fn wait_status(mnt: &Path, what: &str, pred: impl Fn(&str) -> bool) -> String {
+/// A JSON line of `pinfs pin`.
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+/// Waits until `pred` holds for the mount's status.
+fn wait_status(mnt: &Path, what: &str, pred: impl Fn(&Status) -> bool) -> Status {
     let end = Instant::now() + Duration::from_secs(15);
     loop {
         let s = status(mnt);
         if pred(&s) {
             return s;
         }
-        assert!(Instant::now() < end, "timed out waiting for {what}: {s}");
+        assert!(Instant::now() < end, "timed out waiting for {what}: {s:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn count(s: &str, needle: &str) -> usize {
-    s.matches(needle).count()
+/// Leases in `state`.
+fn in_state(s: &Status, state: &str) -> usize {
+    s.leases.iter().filter(|l| l.state == state).count()
+}
+
+/// Leases of `standing`.
+fn of_standing(s: &Status, standing: &str) -> usize {
+    s.leases.iter().filter(|l| l.standing == standing).count()
 }
 
 fn data_file(m: &Mount, name: &str, blocks: usize) -> PathBuf {
@@ -266,9 +278,9 @@ fn eight_waiting_breakers_leave_the_request_threads_free() {
     let mut holders: Vec<Holder> = files.iter().map(|f| Holder::spawn(f, 0, false)).collect();
     let mut breakers: Vec<Breaker> = files.iter().map(|f| Breaker::truncate(f)).collect();
     let s = wait_status(&m.mnt, "eight waiting breakers", |s| {
-        json_number(s, "waiting_breakers") == Some(8) && count(s, "\"state\":\"breaking\"") == 8
+        s.waiting_breakers == 8 && in_state(s, "breaking") == 8
     });
-    assert_eq!(count(&s, "\"standing\":\"root\""), 8, "{s}");
+    assert_eq!(of_standing(&s, "root"), 8, "{s:?}");
     let threads = daemon_threads(&m.image);
     // Meanwhile everything else on the mount goes at its normal pace, for every user: new
     // files (create, write), and other processes' stat and 4 KiB reads of them.
@@ -312,9 +324,7 @@ fn eight_waiting_breakers_leave_the_request_threads_free() {
         );
         assert_eq!(std::fs::metadata(f).unwrap().len(), 0);
     }
-    wait_status(&m.mnt, "no waiting breakers", |s| {
-        json_number(s, "waiting_breakers") == Some(0)
-    });
+    wait_status(&m.mnt, "no waiting breakers", |s| s.waiting_breakers == 0);
     m.umount();
     assert_eq!(m.fsck().status.code(), Some(0));
 }
@@ -334,10 +344,10 @@ fn unlinked_pinned_files_are_freed_each_on_its_own() {
     }
     // All three frees break their leases at once (none queues behind another).
     let s = wait_status(&m.mnt, "three breaking leases", |s| {
-        count(s, "\"state\":\"breaking\"") == 3
+        in_state(s, "breaking") == 3
     });
-    assert_eq!(json_number(&s, "waiting_breakers"), Some(3), "{s}");
-    let free0 = json_number(&s, "free_blocks").unwrap();
+    assert_eq!(s.waiting_breakers, 3, "{s:?}");
+    let free0 = s.space.free_blocks;
     // Each is freed as soon as its own holder lets go, in any order.
     for (n, i) in [2usize, 0, 1].into_iter().enumerate() {
         holders[i].kill();
@@ -345,11 +355,11 @@ fn unlinked_pinned_files_are_freed_each_on_its_own() {
         // The blocks become free once the file is freed and the holder's window let go of
         // them (in either order): until both, they are busy.
         let s = wait_status(&m.mnt, "one file freed", |s| {
-            count(s, "\"state\":\"breaking\"") == left
-                && json_number(s, "waiting_breakers") == Some(left as u64)
-                && json_number(s, "free_blocks").unwrap() >= free0 + 8 * (n as u64 + 1)
+            in_state(s, "breaking") == left
+                && s.waiting_breakers == left as u64
+                && s.space.free_blocks >= free0 + 8 * (n as u64 + 1)
         });
-        let free = json_number(&s, "free_blocks").unwrap();
+        let free = s.space.free_blocks;
         assert!(
             free >= free0 + 8 * (n as u64 + 1),
             "blocks of the freed files are free: {free} vs {free0}"
@@ -460,9 +470,7 @@ fn breakers_end_when_the_mount_ends(stop: impl FnOnce(&Daemon)) {
     }
     let mut holders = files.clone().map(|f| Holder::spawn(&f, 0, false));
     let mut breakers = files.clone().map(|f| Breaker::truncate(&f));
-    wait_status(&d.mnt, "two waiting breakers", |s| {
-        json_number(s, "waiting_breakers") == Some(2)
-    });
+    wait_status(&d.mnt, "two waiting breakers", |s| s.waiting_breakers == 2);
     stop(&d);
     for b in &mut breakers {
         assert_eq!(
@@ -530,9 +538,7 @@ fn sigterm_ends_the_mount_whatever_uses_it(stop: impl FnOnce(&Daemon)) {
     let kept = std::fs::File::open(d.mnt.join("open")).unwrap();
     let mut holder = Holder::spawn(&f, 0, false);
     let mut breaker = Breaker::truncate(&f);
-    wait_status(&d.mnt, "a waiting breaker", |s| {
-        json_number(s, "waiting_breakers") == Some(1)
-    });
+    wait_status(&d.mnt, "a waiting breaker", |s| s.waiting_breakers == 1);
     stop(&d);
     let t = Instant::now();
     // SAFETY: kill with a pid we spawned.
@@ -604,9 +610,7 @@ fn umount_with_a_waiting_free_of_an_unlinked_file_exits_promptly() {
     std::fs::write(&f, vec![1u8; 4 * 4096]).unwrap();
     let mut holder = Holder::spawn(&f, 0, false);
     std::fs::remove_file(&f).unwrap();
-    wait_status(&d.mnt, "a waiting free", |s| {
-        json_number(s, "waiting_breakers") == Some(1)
-    });
+    wait_status(&d.mnt, "a waiting free", |s| s.waiting_breakers == 1);
     let c = cstr(&d.mnt);
     // SAFETY: umount2 with a NUL-terminated path.
     assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0);
@@ -689,7 +693,7 @@ fn guest_lease_is_revoked(options: &str, expect_after: Duration) {
     let p = data_file(&m, "shared", 4);
     let mut guest = Holder::spawn(&p, NOBODY, true);
     let s = status(&m.mnt);
-    assert!(s.contains("\"standing\":\"guest\""), "{s}");
+    assert!(of_standing(&s, "guest") > 0, "{s:?}");
     let table = Connection::for_path(&m.mnt).unwrap().status(true).unwrap();
     assert!(table.contains(" guest "), "{table}");
     // Root's truncate, in a process of its own so that a wait past the bound fails the test
@@ -709,7 +713,8 @@ fn guest_lease_is_revoked(options: &str, expect_after: Duration) {
     assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
     let brk = guest.event("break", Duration::from_secs(5));
     assert!(
-        brk.as_deref().is_some_and(|l| !l.contains("null")),
+        brk.as_deref()
+            .is_some_and(|l| json(l)["deadline_ms"].is_u64()),
         "the guest's break has a deadline: {brk:?}"
     );
     assert!(
@@ -717,11 +722,11 @@ fn guest_lease_is_revoked(options: &str, expect_after: Duration) {
         "the guest holder is told it was revoked"
     );
     let s = status(&m.mnt);
-    assert_eq!(json_number(&s, "revocations"), Some(1), "{s}");
-    assert_eq!(json_number(&s, "refusals"), Some(0), "{s}");
+    assert_eq!(s.counters.revocations, 1, "{s:?}");
+    assert_eq!(s.counters.refusals, 0, "{s:?}");
     assert!(
-        s.contains("\"state\":\"revoked\"") && s.contains("\"standing\":\"guest\""),
-        "{s}"
+        in_state(&s, "revoked") > 0 && of_standing(&s, "guest") > 0,
+        "{s:?}"
     );
     guest.kill();
     m.umount();

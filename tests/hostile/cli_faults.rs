@@ -263,7 +263,11 @@ fn status_and_fence_end_quietly_when_the_reader_goes_and_pin_keeps_holding() {
     let end = Instant::now() + Duration::from_secs(15);
     let status_text =
         || String::from_utf8_lossy(&pinfs(&["status", mnt, "--json"]).stdout).into_owned();
-    while !status_text().contains("\"holder\":1") {
+    let pinned_by_1 = |json: &str| {
+        serde_json::from_str::<pinfs::fs::status::Status>(json)
+            .is_ok_and(|s| s.leases.iter().any(|l| l.holder == 1))
+    };
+    while !pinned_by_1(&status_text()) {
         assert!(
             quiet.try_wait().unwrap().is_none(),
             "the holder whose reader went away still runs"

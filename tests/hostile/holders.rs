@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use pinfs::holder::client::Connection;
-use pinfs::holder::protocol::{socket_path, Message, Packet};
+use pinfs::holder::protocol::{socket_path, Grant, Packet, Reply, Request};
 
 /// These tests fork children that inherit every descriptor of the test process, other
 /// tests' files on their mounts included (which would make those mounts busy at unmount):
@@ -48,17 +48,24 @@ impl Raw {
         }
     }
 
-    fn ask(&mut self, text: &str, fds: &[i32]) -> (Message, Vec<OwnedFd>) {
+    fn ask(&mut self, req: &Request, fds: &[i32]) -> (Reply, Vec<OwnedFd>) {
         self.n += 1;
         let id = self.n.to_string();
-        self.sock.send(&format!("{id} {text}"), fds).unwrap();
+        self.sock.send(&req.encode(&id), fds).unwrap();
         loop {
             let (b, fds) = self.sock.recv().unwrap().expect("a reply");
-            let m = Message::parse(&b).unwrap();
-            if m.id == id {
-                return (m, fds);
+            if b.starts_with(b"event ") {
+                continue;
+            }
+            let (to, reply) = Reply::parse(&b).unwrap();
+            if to == id {
+                return (reply, fds);
             }
         }
+    }
+
+    fn unpin(&mut self, pin: u64) -> Reply {
+        self.ask(&Request::Unpin { pin }, &[]).0
     }
 
     /// Pins and returns the reply and the window descriptors, or the errno.
@@ -68,15 +75,18 @@ impl Raw {
         off: u64,
         len: u64,
         ro: bool,
-    ) -> Result<(Message, Vec<OwnedFd>), i32> {
-        let (m, fds) = self.ask(
-            &format!("pin offset={off} len={len}{}", if ro { " ro" } else { "" }),
-            &[f.as_raw_fd()],
-        );
-        if m.verb == "err" {
-            return Err(m.num("errno").unwrap() as i32);
+    ) -> Result<(Grant, Vec<OwnedFd>), i32> {
+        let req = Request::Pin {
+            offset: off,
+            len,
+            read_only: ro,
+            unbreakable: false,
+        };
+        match self.ask(&req, &[f.as_raw_fd()]) {
+            (Reply::Pinned(g), fds) => Ok((g, fds)),
+            (Reply::Failed { errno, .. }, _) => Err(errno),
+            (other, _) => panic!("a pin answered {other:?}"),
         }
-        Ok((m, fds))
     }
 }
 
@@ -176,13 +186,8 @@ fn as_user(uid: u32, gid: u32, groups: &[u32], f: impl FnOnce() -> bool) -> bool
 
 fn busy_blocks(m: &Mount) -> u64 {
     let s = Connection::for_path(&m.mnt).unwrap().status(false).unwrap();
-    let at = s.find("\"busy_blocks\":").expect("busy_blocks in status") + 14;
-    s[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    let s: pinfs::fs::status::Status = serde_json::from_str(&s).unwrap();
+    s.space.busy_blocks
 }
 
 #[test]
@@ -359,12 +364,11 @@ fn a_reader_cannot_make_a_pin_allocate_and_memory_comes_back() {
     };
     let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
     let mut c = Raw::connect(&m.mnt);
-    c.ask("hello", &[]);
+    c.ask(&Request::Hello, &[]);
     let fds_before = fd_count(pid);
     let (reply, fds) = c.pin(&f, 0, 128 << 20, false).expect("the owner's pin");
     assert!(held(&fds) >= 128 << 20, "the window holds the pinned bytes");
-    let (u, _) = c.ask(&format!("unpin pin={}", reply.num("pin").unwrap()), &[]);
-    assert_eq!(u.verb, "ok");
+    assert_eq!(c.unpin(reply.pin), Reply::Done);
     assert_eq!(
         held(&fds),
         0,
@@ -404,10 +408,10 @@ fn keep_mapping_after_the_pin(how: &str, options: &str) -> (bool, bool) {
                 libc::_exit(4);
             };
             let w = map_all(&fds[0], rw()).unwrap();
-            let pin = reply.num("pin").unwrap();
+            let pin = reply.pin;
             match how.as_str() {
                 "unpin" => {
-                    c.ask(&format!("unpin pin={pin}"), &[]);
+                    c.unpin(pin);
                 }
                 "close" => drop(c),
                 _ => {
@@ -426,8 +430,15 @@ fn keep_mapping_after_the_pin(how: &str, options: &str) -> (bool, bool) {
             // Once the daemon has let go of the pin (a disconnect or a death is noticed a
             // moment later), the attacker truncates its file: its blocks are free for anyone.
             for _ in 0..100 {
-                let (st, _) = Raw::connect(&mnt).ask("status", &[]);
-                if st.body.contains("\"leases\":[]") {
+                let (st, _) = Raw::connect(&mnt).ask(&Request::Status { table: false }, &[]);
+                let gone = match st {
+                    Reply::Document(json) => {
+                        serde_json::from_str::<pinfs::fs::status::Status>(&json)
+                            .is_ok_and(|s| s.leases.is_empty())
+                    }
+                    _ => false,
+                };
+                if gone {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -543,7 +554,7 @@ fn a_small_pin_inside_an_old_large_window_gets_only_its_own_blocks() {
         .unwrap();
     let mut root = Raw::connect(&m.mnt);
     let (big, _) = root.pin(&rf, 0, 1 << 20, false).unwrap();
-    root.ask(&format!("unpin pin={}", big.num("pin").unwrap()), &[]);
+    root.unpin(big.pin);
     let p = m.path("shared");
     let mnt = m.mnt.clone();
     let (go, ready) = (pipe(), pipe());
@@ -679,10 +690,10 @@ fn descriptors_of_gone_pins_are_closed() {
         let mut pins = Vec::new();
         for k in 0..2000u64 {
             let (r, _) = c.pin(&f, k * 4096, 4096, false).expect("a small pin");
-            pins.push(r.num("pin").unwrap());
+            pins.push(r.pin);
         }
         for p in pins {
-            c.ask(&format!("unpin pin={p}"), &[]);
+            c.unpin(p);
         }
         assert!(
             fd_count(pid) <= base + 2,
@@ -722,14 +733,14 @@ fn descriptors_of_gone_pins_are_closed() {
     let mut pins = Vec::new();
     let errno = loop {
         match c.pin(&f, pins.len() as u64 * 4096, 4096, false) {
-            Ok((r, _)) => pins.push(r.num("pin").unwrap()),
+            Ok((r, _)) => pins.push(r.pin),
             Err(e) => break e,
         }
         assert!(pins.len() < 100, "the descriptor limit never bit");
     };
     assert_eq!(errno, libc::EMFILE, "what ran out is descriptors");
     for p in pins {
-        c.ask(&format!("unpin pin={p}"), &[]);
+        c.unpin(p);
     }
     // SAFETY: as above, putting the old limit back.
     assert_eq!(
@@ -779,7 +790,7 @@ fn a_shared_mapping_through_the_mount_does_not_write_back_over_a_holders_stores(
     let (reply, fds) = c.pin(&f, 0, 4096, false).unwrap();
     let w = map_all(&fds[0], rw()).unwrap();
     w[2048..].fill(b'H');
-    c.ask(&format!("unpin pin={}", reply.num("pin").unwrap()), &[]);
+    c.unpin(reply.pin);
     // The mapping stores into the first bytes and syncs: the kernel writes its page back.
     // SAFETY: storing into and syncing our live mapping, then unmapping it.
     unsafe {

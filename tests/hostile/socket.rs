@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
+use pinfs::fs::status::Status;
 use pinfs::holder::client::{Connection, PinOptions};
 use pinfs::holder::protocol::{socket_path, Packet};
 
@@ -83,8 +84,17 @@ fn raise_fd_limit() {
     }
 }
 
-fn status(m: &Mount) -> String {
-    Connection::for_path(&m.mnt).unwrap().status(false).unwrap()
+fn status(m: &Mount) -> Status {
+    parse_status(&Connection::for_path(&m.mnt).unwrap().status(false).unwrap())
+}
+
+/// Does a lease of `s` show `path` (`None`: a hidden path)?
+fn path_shown(s: &Status, path: Option<&str>) -> bool {
+    s.leases.iter().any(|l| l.path.as_deref() == path)
+}
+
+fn parse_status(json: &str) -> Status {
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("status --json: {e}: {json}"))
 }
 
 /// Receives one packet as text, waiting at most 10 s.
@@ -135,7 +145,7 @@ fn only_those_who_may_use_the_mount_connect() {
         "the daemon refuses uid 65534 at accept with EACCES"
     );
     // Root may always.
-    assert!(status(&m).contains("\"holders\""));
+    status(&m);
 
     m.remount("allow_other");
     let sock = sock_of(&m);
@@ -147,7 +157,7 @@ fn only_those_who_may_use_the_mount_connect() {
     assert!(
         nobody(move || Connection::for_path(&mnt)
             .and_then(|mut c| c.status(false))
-            .is_ok_and(|s| s.contains("\"holders\""))),
+            .is_ok_and(|s| serde_json::from_str::<Status>(&s).is_ok())),
         "with allow_other, uid 65534 is served"
     );
 }
@@ -180,32 +190,36 @@ fn an_unprivileged_caller_sees_only_its_own_holders_fully() {
         let _pin = c.pin(&f, 0, 4096, PinOptions::default()).unwrap();
         let me = c.holder_id().unwrap();
         let s = c.status(false).unwrap();
+        let doc = parse_status(&s);
         let t = c.status(true).unwrap();
         // SAFETY: getpid has no preconditions.
         let my_pid = unsafe { libc::getpid() };
         let checks = [
             (
-                s.contains(&format!("{{\"id\":{me},\"pid\":{my_pid},\"comm\":\"")),
+                doc.holders
+                    .iter()
+                    .any(|h| h.id == me && h.pid == Some(my_pid as u32) && h.comm.is_some()),
                 "own holder with pid and command",
             ),
             (
-                s.contains("\"path\":\"/nobody-file\""),
+                path_shown(&doc, Some("/nobody-file")),
                 "own lease with its path",
             ),
             (
-                s.contains(&format!(
-                    "{{\"id\":{root_holder},\"pid\":null,\"comm\":null,"
-                )),
+                doc.holders
+                    .iter()
+                    .any(|h| h.id == root_holder && h.pid.is_none() && h.comm.is_none()),
                 "root's holder without pid and command",
             ),
-            (!s.contains(&format!("\"pid\":{root_pid}")), "no root pid"),
-            (!s.contains("secret"), "no path in the 0700 directory"),
             (
-                s.contains("\"path\":null"),
-                "the hidden lease has a null path",
+                !doc.holders.iter().any(|h| h.pid == Some(root_pid)),
+                "no root pid",
             ),
+            // Not a word of it anywhere in the document.
+            (!s.contains("secret"), "no path in the 0700 directory"),
+            (path_shown(&doc, None), "the hidden lease has a null path"),
             (
-                s.contains("\"path\":\"/open-file\""),
+                path_shown(&doc, Some("/open-file")),
                 "root's lease on a reachable file keeps its path",
             ),
             (
@@ -229,7 +243,9 @@ fn an_unprivileged_caller_sees_only_its_own_holders_fully() {
     // Root sees everything.
     let s = status(&m);
     assert!(
-        s.contains("\"path\":\"/secret/root-file\"") && s.contains(&format!("\"pid\":{root_pid}"))
+        path_shown(&s, Some("/secret/root-file"))
+            && s.holders.iter().any(|h| h.pid == Some(root_pid)),
+        "{s:?}"
     );
 }
 
@@ -245,8 +261,7 @@ fn idle_connections_cost_no_thread() {
     let before = threads_of(pid);
     let conns: Vec<Packet> = (0..1000).map(|_| Packet::connect(&sock).unwrap()).collect();
     // A request on a later connection is answered once all the earlier ones were accepted.
-    let s = status(&m);
-    assert!(s.contains("\"holders\""));
+    status(&m);
     let after = threads_of(pid);
     eprintln!("daemon threads: {before} before, {after} with 1000 idle connections");
     assert!(
@@ -376,9 +391,11 @@ fn connections_per_user_are_bounded_root_is_not() {
             let held: Vec<Packet> = (0..pinfs::daemon::holders::MAX_CONNS_PER_UID)
                 .map(|_| Packet::connect(&s).unwrap())
                 .collect();
+            // A refused connection may be shut before the request goes out (EPIPE): not
+            // accepted either.
             let accepted = held.iter().enumerate().all(|(i, c)| {
-                c.send(&format!("{i} hello"), &[]).unwrap();
-                recv_text(c).starts_with(&format!("{i} ok"))
+                c.send(&format!("{i} hello"), &[]).is_ok()
+                    && recv_text(c).starts_with(&format!("{i} ok"))
             });
             if accepted {
                 break held;
@@ -449,7 +466,7 @@ fn a_holder_that_never_reads_is_dropped_and_its_pins_released() {
         }
         if sent.is_multiple_of(1000) {
             // Others are served meanwhile.
-            assert!(status(&m).contains("\"holders\""));
+            status(&m);
         }
         if sent > 200_000 || start.elapsed() > Duration::from_secs(60) {
             break None;
@@ -475,8 +492,8 @@ fn a_holder_that_never_reads_is_dropped_and_its_pins_released() {
     );
     // Its pin is gone (the other holder's 32 stay), and the daemon serves as before.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while status(&m).matches("\"pin\":").count() != 32 {
-        assert!(Instant::now() < deadline, "{}", status(&m));
+    while status(&m).leases.len() != 32 {
+        assert!(Instant::now() < deadline, "{:?}", status(&m));
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(other.holder_id().unwrap(), _pins[0].holder);
@@ -514,32 +531,32 @@ fn replies_of_any_size_arrive_whole() {
         events.len()
     );
     assert!(json.len() > 1 << 20, "{} bytes", json.len());
-    assert!(json.ends_with('}'));
-    assert_eq!(json.matches("\"pin\":").count() as u64, PINS);
+    assert_eq!(parse_status(&json).leases.len() as u64, PINS);
     assert_eq!(table.matches(" granted ").count() as u64, PINS);
-    assert!(events.len() > 64 * 1024 && events.ends_with(']'));
-    assert!(events.matches("\"event\":\"granted\"").count() >= 1000);
+    assert!(events.len() > 64 * 1024);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&events).unwrap();
+    assert!(list.iter().filter(|e| e["event"] == "granted").count() >= 1000);
     assert!(json_time < Duration::from_secs(2) && table_time < Duration::from_secs(2));
     // The command line gets them too.
     let mnt = m.mnt.to_str().unwrap();
     let out = pinfs(&["status", mnt, "--json"]);
     assert!(out.status.success());
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .matches("\"pin\":")
-            .count() as u64,
+        parse_status(&String::from_utf8_lossy(&out.stdout))
+            .leases
+            .len() as u64,
         PINS
     );
     let out = pinfs(&["status", mnt, "--events"]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout)
-        .trim_end()
-        .ends_with(']'));
+    assert!(
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).is_ok_and(|l| !l.is_empty())
+    );
     let out = pinfs(&["status", mnt]);
     assert!(out.status.success());
     // A holder's own big status does not cost it its pins.
     let own = c.status(false).unwrap();
-    assert_eq!(own.matches("\"pin\":").count() as u64, PINS);
+    assert_eq!(parse_status(&own).leases.len() as u64, PINS);
     c.unpin(&pins[0]).unwrap();
 }
 
@@ -556,7 +573,7 @@ fn an_empty_packet_is_an_error_and_the_session_goes_on() {
     assert!(reply.starts_with("? err errno=22 empty message"), "{reply}");
     // The session and its pin survive.
     std::thread::sleep(Duration::from_millis(100));
-    assert!(status(&m).contains("\"state\":\"granted\""));
+    assert!(status(&m).leases.iter().any(|l| l.state == "granted"));
     assert_eq!(c.holder_id().unwrap(), pin.holder);
     pin.as_mut_slice()[0] = b'!';
     c.unpin(&pin).unwrap();

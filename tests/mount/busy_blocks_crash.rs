@@ -14,19 +14,14 @@ use std::path::Path;
 
 use common::*;
 use pinfs::holder::client::Connection;
-use pinfs::holder::protocol::{socket_path, Message, Packet};
+use pinfs::holder::protocol::{socket_path, Packet, Reply, Request};
 
 const FILE_BLOCKS: u64 = 256;
 
 fn busy_blocks(mnt: &Path) -> u64 {
     let s = Connection::for_path(mnt).unwrap().status(false).unwrap();
-    let at = s.find("\"busy_blocks\":").expect("busy_blocks in status") + 14;
-    s[at..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    let s: pinfs::fs::status::Status = serde_json::from_str(&s).unwrap();
+    s.space.busy_blocks
 }
 
 fn free_blocks(mnt: &Path) -> u64 {
@@ -87,19 +82,27 @@ fn busy_blocks_at_a_checkpoint_are_free_after_kill_9() {
     // A holder that pins the whole file and never answers the break.
     let dev = fs::metadata(&m.mnt).unwrap().dev();
     let sock = Packet::connect(&socket_path(dev)).expect("connect to the holder socket");
-    sock.send(
-        &format!("1 pin offset=0 len={}", FILE_BLOCKS * 4096),
-        &[f.as_raw_fd()],
-    )
-    .unwrap();
+    let pin = Request::Pin {
+        offset: 0,
+        len: FILE_BLOCKS * 4096,
+        read_only: false,
+        unbreakable: false,
+    };
+    sock.send(&pin.encode("1"), &[f.as_raw_fd()]).unwrap();
     let (reply, _windows) = loop {
         let (b, fds) = sock.recv().unwrap().expect("a reply");
-        let m = Message::parse(&b).unwrap();
-        if m.id == "1" {
-            break (m, fds);
+        if b.starts_with(b"event ") {
+            continue;
+        }
+        let (id, reply) = Reply::parse(&b).unwrap();
+        if id == "1" {
+            break (reply, fds);
         }
     };
-    assert_eq!(reply.verb, "ok", "the pin is granted: {reply:?}");
+    assert!(
+        matches!(reply, Reply::Pinned(_)),
+        "the pin is granted: {reply:?}"
+    );
     // From another process (a holder breaking its own lease gets EDEADLK), blocking:
     // waits out the break time, then revokes the holder.
     let c = cstr(&path);
