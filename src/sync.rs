@@ -10,27 +10,30 @@
 //! A thread may take a lock only when every lock it already holds comes earlier in this
 //! list ([`Rank`]), outermost first:
 //!
-//! 1. [`Rank::Detaching`]: the filesystem's window-detaching drain (`Fs::finish_releases`),
+//! 1. [`Rank::Hub`]: the holder server's connections and their queues (a new watcher
+//!    reads the recent lease events under it, so that the notifier cannot pass between the
+//!    events it is sent and the ones it is notified of);
+//! 2. [`Rank::Detaching`]: the filesystem's window-detaching drain (`Fs::finish_releases`),
 //!    taken with no other lock held, one thread at a time;
-//! 2. [`Rank::Gate`]: shared by every operation that changes metadata, exclusive for a
+//! 3. [`Rank::Gate`]: shared by every operation that changes metadata, exclusive for a
 //!    checkpoint;
-//! 3. [`Rank::Namespace`]: operations that change directories, serialised;
-//! 4. [`Rank::Inode`]: an inode's lock. A thread holds several only under the namespace lock
+//! 4. [`Rank::Namespace`]: operations that change directories, serialised;
+//! 5. [`Rank::Inode`]: an inode's lock. A thread holds several only under the namespace lock
 //!    (the set one operation changes) or the gate held exclusively (a checkpoint reads them
 //!    all), else at most one;
-//! 5. [`Rank::Lease`]: the lease manager's state (a pin holds its inode's lock, then this; the
+//! 6. [`Rank::Lease`]: the lease manager's state (a pin holds its inode's lock, then this; the
 //!    lease manager calls back into the filesystem with it held, and that path takes only
 //!    the allocator);
-//! 6. [`Rank::Journal`]: the metadata journal (a transaction is applied and appended under it);
-//! 7. [`Rank::Alloc`]: the allocator;
-//! 8. [`Rank::Superblock`]: the superblock as in memory (a checkpoint holds the journal,
+//! 7. [`Rank::Journal`]: the metadata journal (a transaction is applied and appended under it);
+//! 8. [`Rank::Alloc`]: the allocator;
+//! 9. [`Rank::Superblock`]: the superblock as in memory (a checkpoint holds the journal,
 //!    the allocator and this while it writes the blob and switches the superblock);
-//! 9. [`Rank::Windows`]: the DAX windows' runs (taken under an inode lock, the allocator or
+//! 10. [`Rank::Windows`]: the DAX windows' runs (taken under an inode lock, the allocator or
 //!    the superblock, to write windowed blocks back or to detach them);
-//! 10. [`Rank::Leaf`]: everything else, held only to read or change one value, with
+//! 11. [`Rank::Leaf`]: everything else, held only to read or change one value, with
 //!     nothing taken inside: the inode table's shards, open handles, directory streams, the
-//!     release list, the waiter count, the reclaim set, lease configuration, the holder
-//!     server's hub, the daemon's phase, the fuzzer's bookkeeping.
+//!     release list, the waiter count, the reclaim set, lease configuration, the daemon's
+//!     phase, the fuzzer's bookkeeping.
 //!
 //! No lock is held across a FUSE notification, a wait on a holder or I/O to a client; a
 //! [`Condvar`] wait releases its own mutex and keeps the thread's place in the order.
@@ -46,6 +49,8 @@ pub use std::sync::{LockResult, PoisonError, WaitTimeoutResult};
 /// A lock's place in the order (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum Rank {
+    /// The holder server's hub (connections, queues, watchers).
+    Hub,
     /// The filesystem's drain of released windows.
     Detaching,
     /// The metadata gate.
@@ -106,17 +111,28 @@ mod order {
             if let Some(&(r, _, _, at)) = held.iter().max_by_key(|h| h.0) {
                 let nested_inodes = r == Rank::Inode && rank == Rank::Inode && serialised;
                 if r >= rank && !nested_inodes && !std::thread::panicking() {
-                    let r_at = at.to_string();
-                    drop(held);
-                    panic!(
+                    let msg = format!(
                         "lock order violated: {rank:?} lock taken at {here} while holding the \
-                         {r:?} lock taken at {r_at} (see crate::sync for the order)"
+                         {r:?} lock taken at {at} (see crate::sync for the order)"
                     );
+                    drop(held);
+                    violated(msg);
                 }
             }
             held.push((rank, lock, exclusive, here));
         });
         Token { rank, lock }
+    }
+
+    /// A violation ends the process: a panic would end only its thread (a request thread
+    /// whose reply is lost, a server worker whose client waits forever), and the bug would
+    /// surface as a hang somewhere else. The unit tests below see it as a panic.
+    fn violated(msg: String) -> ! {
+        if cfg!(test) {
+            panic!("{msg}");
+        }
+        eprintln!("pinfs: {msg}");
+        std::process::abort();
     }
 
     impl Drop for Token {

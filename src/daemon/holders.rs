@@ -222,6 +222,7 @@ struct Shared {
 }
 
 impl Shared {
+    #[track_caller]
     fn hub(&self) -> MutexGuard<'_, Hub> {
         self.hub.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -284,7 +285,7 @@ impl Server {
         raise_fd_limit();
         let listener = Packet::listen(&path, if allow_other { 0o666 } else { 0o600 })?;
         let shared = Arc::new(Shared {
-            hub: Mutex::new(Hub::default()),
+            hub: Mutex::ranked(crate::sync::Rank::Hub, Hub::default()),
             waker: Waker::new()?,
         });
         let (jobs, job_rx) = unbounded::<Job>();
