@@ -30,10 +30,12 @@
 //!    the allocator and this while it writes the blob and switches the superblock);
 //! 10. [`Rank::Windows`]: the DAX windows' runs (taken under an inode lock, the allocator or
 //!    the superblock, to write windowed blocks back or to detach them);
-//! 11. [`Rank::Leaf`]: everything else, held only to read or change one value, with
+//! 11. [`Rank::FuzzModel`], then [`Rank::FuzzLedger`]: the concurrent fuzzer's model of a
+//!     file (a worker's step on it is serialised under it) and its ledger;
+//! 12. [`Rank::Leaf`]: everything else, held only to read or change one value, with
 //!     nothing taken inside: the inode table's shards, open handles, directory streams, the
 //!     release list, the waiter count, the reclaim set, lease configuration, the daemon's
-//!     phase, the fuzzer's bookkeeping.
+//!     phase, the fuzzer's log and violations.
 //!
 //! No lock is held across a FUSE notification, a wait on a holder or I/O to a client; a
 //! [`Condvar`] wait releases its own mutex and keeps the thread's place in the order.
@@ -44,7 +46,8 @@ use std::sync as imp;
 #[cfg(shuttle)]
 use shuttle::sync as imp;
 
-pub use std::sync::{LockResult, PoisonError, WaitTimeoutResult};
+pub use imp::WaitTimeoutResult;
+pub use std::sync::{LockResult, PoisonError};
 
 /// A lock's place in the order (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -69,6 +72,10 @@ pub enum Rank {
     Superblock,
     /// The DAX windows.
     Windows,
+    /// The concurrent fuzzer's model of one file (its steps on the file are serialised).
+    FuzzModel,
+    /// The concurrent fuzzer's ledger of pins and breakers.
+    FuzzLedger,
     /// A lock with nothing taken inside it.
     #[default]
     Leaf,

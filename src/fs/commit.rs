@@ -7,7 +7,8 @@ impl Fs {
     /// Test hook: the next `n` transactions are refused as if the journal had no room for
     /// them (`ENOSPC`, nothing applied), the failure that operations must survive with
     /// nothing changed but that the metadata reserve and the journal's soft limit make hard
-    /// to reach on purpose.
+    /// to reach on purpose. (With the `testing` feature only.)
+    #[cfg(feature = "testing")]
     pub fn fail_next_commits(&self, n: u32) {
         self.failing_commits.store(n, Ordering::SeqCst);
     }

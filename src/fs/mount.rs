@@ -233,10 +233,12 @@ impl Fs {
             return Ok(());
         }
         let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
-        let mut sb = lock(&self.sb);
         if !self.opened_rw.load(Ordering::SeqCst) {
-            provision_in_use(&self.image, &sb, &lock(&self.alloc))?;
+            // The allocator before the superblock, as a checkpoint takes them.
+            let alloc = lock(&self.alloc);
+            provision_in_use(&self.image, &lock(&self.sb), &alloc)?;
         }
+        let mut sb = lock(&self.sb);
         let mut next = sb.clone();
         next.generation += 1;
         next.clean = false;

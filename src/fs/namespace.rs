@@ -412,15 +412,6 @@ impl Fs {
         Ok(())
     }
 
-    /// A path from the root (the first name found) for each of `inos` that has one, in one
-    /// walk of the namespace: for status displays, not for the data path.
-    pub fn paths_of(&self, inos: &[u64]) -> HashMap<u64, String> {
-        self.paths_seen(inos, &|_| true)
-            .into_iter()
-            .map(|(ino, (path, _))| (ino, path))
-            .collect()
-    }
-
     /// For each of `inos` that has a name: its first path found, and the first path through
     /// directories that all pass `may_search` (the root included), if any: what a given user
     /// could `stat`. One walk of the namespace, for status displays.

@@ -273,9 +273,16 @@ impl Fs {
         }
     }
 
-    /// Runs `f` with the allocator locked (for status and checks).
-    pub fn with_allocator<R>(&self, f: impl FnOnce(&mut Allocator) -> R) -> R {
+    /// Runs `f` with the allocator locked (for status).
+    pub(crate) fn allocator_locked<R>(&self, f: impl FnOnce(&mut Allocator) -> R) -> R {
         f(&mut lock(&self.alloc))
+    }
+
+    /// Runs `f` with the allocator locked: a test hook (the `testing` feature) for checking
+    /// the allocator against the files.
+    #[cfg(feature = "testing")]
+    pub fn with_allocator<R>(&self, f: impl FnOnce(&mut Allocator) -> R) -> R {
+        self.allocator_locked(f)
     }
 }
 

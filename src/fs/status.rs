@@ -263,7 +263,7 @@ pub fn status_for(fs: &Fs, viewer: Option<&Viewer>) -> Status {
         })
         .collect();
     let owners = fs.leases().extent_holders();
-    let (extents, busy_blocks) = fs.with_allocator(|a| {
+    let (extents, busy_blocks) = fs.allocator_locked(|a| {
         let busy = a
             .busy_extents()
             .into_iter()

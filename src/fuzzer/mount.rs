@@ -36,7 +36,7 @@ use std::process::{ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::sync::{Mutex, MutexGuard};
+use crate::sync::{Mutex, MutexGuard, Rank};
 use std::time::{Duration, Instant};
 
 use crate::fs::status::Status;
@@ -106,8 +106,8 @@ pub struct Report {
     pub interrupted: Option<i32>,
 }
 
-/// What the actors of a run share. Lock order: a file's model, then the ledger; the log,
-/// the violations and the holders' stdin are leaves (nothing is locked while one is held).
+/// What the actors of a run share. Lock order ([`crate::sync`]): a file's model, then the
+/// ledger; the log, the violations and the holders' stdin are leaves.
 struct Shared {
     dir: PathBuf,
     seed: u64,
@@ -523,8 +523,10 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         reached: AtomicU64::new(0),
         violations: Mutex::new(Vec::new()),
         log: Mutex::new(VecDeque::new()),
-        models: (0..FILES).map(|f| Mutex::new(initial_content(f))).collect(),
-        ledger: Mutex::new(Ledger::default()),
+        models: (0..FILES)
+            .map(|f| Mutex::ranked(Rank::FuzzModel, initial_content(f)))
+            .collect(),
+        ledger: Mutex::ranked(Rank::FuzzLedger, Ledger::default()),
         holder_stdin: Mutex::new(HashMap::new()),
         interrupted: AtomicI32::new(0),
     });

@@ -53,83 +53,11 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam::channel::Sender;
 use pinfs_allocator::Extent;
 
-/// What happens at a lease's break deadline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// No deadline: the breaker waits for the holder (option 1, "truncate waits").
-    Wait,
-    /// The breaker fails with `ETXTBSY` and the lease stays.
-    Refuse,
-    /// The lease is revoked and its blocks kept busy (options 3 and 4).
-    Revoke,
-}
+mod events;
+mod policy;
 
-impl Policy {
-    /// Parses `wait`, `refuse` or `revoke`.
-    pub fn parse(s: &str) -> Option<Policy> {
-        match s {
-            "wait" => Some(Policy::Wait),
-            "refuse" => Some(Policy::Refuse),
-            "revoke" => Some(Policy::Revoke),
-            _ => None,
-        }
-    }
-    /// The option value.
-    pub fn name(self) -> &'static str {
-        match self {
-            Policy::Wait => "wait",
-            Policy::Refuse => "refuse",
-            Policy::Revoke => "revoke",
-        }
-    }
-}
-
-/// The lease settings of a mount.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LeaseConfig {
-    /// Time a holder has to release a breaking lease; `None`: never expires.
-    pub break_time: Option<Duration>,
-    /// What happens at the deadline.
-    pub policy: Policy,
-    /// Keep revoked pinned blocks busy (true), or free them at once (false: only to show
-    /// the corruption that follows).
-    pub busy_blocks: bool,
-    /// Detach a DAX window's pages once no pin covers them (true), or keep them attached for
-    /// the life of the mount (false: only to show that a holder which keeps its mapping after
-    /// its pin is gone then reaches whatever file gets those blocks next).
-    pub detach_windows: bool,
-    /// Most bytes the holders of one user (root excepted) may have pinned at once; `None`:
-    /// each holder's own `RLIMIT_MEMLOCK`, as RDMA memory registration counts pinned pages.
-    pub max_pinned: Option<PinLimit>,
-    /// The deadline of a guest lease's break when the mount gives none (`wait`, or
-    /// `lease_break_time=0`): guests never hold a breaker forever.
-    pub guest_break_time: Duration,
-    /// Anyone may take unbreakable pins (`allow_unbreakable`); otherwise only root.
-    pub allow_unbreakable: bool,
-}
-
-/// A mount's limit of pinned bytes per user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PinLimit {
-    /// At most this many bytes.
-    Bytes(u64),
-    /// No limit.
-    Unlimited,
-}
-
-impl Default for LeaseConfig {
-    fn default() -> Self {
-        LeaseConfig {
-            break_time: Some(Duration::from_secs(45)),
-            policy: Policy::Revoke,
-            busy_blocks: true,
-            detach_windows: true,
-            max_pinned: None,
-            guest_break_time: Duration::from_secs(45),
-            allow_unbreakable: false,
-        }
-    }
-}
+pub use events::{Counters, Event, EventKind, Notice};
+pub use policy::{LeaseConfig, PinLimit, Policy};
 
 /// Who a holder is to the file it pins: what its lease may do to other users' breakers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -242,82 +170,6 @@ impl Pin {
     }
 }
 
-/// A lease transition, as users see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// Its place in the mount's sequence of events (1, 2, ...).
-    pub seq: u64,
-    /// When.
-    pub at: SystemTime,
-    /// The holder concerned.
-    pub holder: HolderId,
-    /// The pin, if the event concerns one.
-    pub pin: Option<PinId>,
-    /// The file.
-    pub ino: u64,
-    /// File byte range start.
-    pub offset: u64,
-    /// File byte range length.
-    pub len: u64,
-    /// What happened.
-    pub kind: EventKind,
-}
-
-/// Kinds of [`Event`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// A pin was granted.
-    Granted,
-    /// A breaker wants the range back; the holder must release before `deadline_ms` from now
-    /// (`None`: no deadline).
-    Break {
-        /// Milliseconds left.
-        deadline_ms: Option<u64>,
-    },
-    /// The holder released the pin.
-    Released,
-    /// The lease was taken away (deadline under `revoke`, or a fence).
-    Revoked,
-    /// At the deadline under `refuse`: the breaker failed, the lease stays.
-    Refused,
-    /// The holder was fenced.
-    Fenced,
-    /// The holder went away; its pins were released.
-    HolderGone,
-}
-
-impl EventKind {
-    /// The name events carry.
-    pub fn name(self) -> &'static str {
-        match self {
-            EventKind::Granted => "granted",
-            EventKind::Break { .. } => "break",
-            EventKind::Released => "released",
-            EventKind::Revoked => "revoked",
-            EventKind::Refused => "refused",
-            EventKind::Fenced => "fenced",
-            EventKind::HolderGone => "holder_gone",
-        }
-    }
-}
-
-/// Counters of lease transitions since mount.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Leases moved to breaking.
-    pub breaks: u64,
-    /// Leases released by their holders.
-    pub releases: u64,
-    /// Deadlines that passed.
-    pub timeouts: u64,
-    /// Breakers refused (`ETXTBSY`).
-    pub refusals: u64,
-    /// Leases revoked.
-    pub revocations: u64,
-    /// Holders fenced.
-    pub fences: u64,
-}
-
 /// Why a lease operation failed; each maps to the errno the semantics give.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseError {
@@ -374,15 +226,6 @@ impl LeaseError {
             LeaseError::OverLimit => libc::ENOMEM,
         }
     }
-}
-
-/// A notification for one holder.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    /// To whom.
-    pub holder: HolderId,
-    /// What.
-    pub event: Event,
 }
 
 /// A holder's request for a pin.
