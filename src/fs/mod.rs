@@ -11,26 +11,18 @@
 //!
 //! # Concurrency
 //!
-//! Inodes live in a sharded table, each behind its own `RwLock`. Lock order, outermost first:
-//!
-//! 1. `gate` (shared by every operation that changes metadata, exclusive for a checkpoint);
-//! 2. `namespace` (operations that change directories; serialises them, so that the several
-//!    inode locks they take can never deadlock against each other);
-//! 3. inode locks (at most one outside the namespace lock);
-//! 4. `journal`; 5. `alloc`; then the handle and table shard locks, which are leaves.
-//!
-//! The lease lock sits between the inode locks and `alloc` (a pin holds its inode's lock,
-//! then the lease lock, which takes `alloc` inside). The DAX windows' lock ([`crate::store::windows`])
-//! comes after all of these: it is taken under an inode lock (opening and detaching windows)
-//! or under `alloc` (punching freed blocks), and nothing is taken inside it. `released` (pins
-//! the lease manager removed whose windows and allocator references are still to go) is a
-//! leaf, pushed to under the lease lock and drained with no lock held (`Fs::finish_releases`),
-//! by one thread at a time: `detaching` is held across the drain, taken with no other lock
-//! held, and the inode, allocator and window locks are taken inside it.
-//!
-//! The waiter count and the set of inodes being reclaimed (`waiters`, `reclaiming`) are leaves
-//! too, held only to count or to insert and remove. The lease lock ([`crate::lease`]) is
-//! never held across a wait for a holder; breakers take it before any lock here.
+//! Inodes live in a sharded table, each behind its own lock. Every lock here (the gate, the
+//! namespace lock, inode locks, the journal, the allocator, the superblock, and the leaves)
+//! has its place in the one lock order of the daemon, documented and checked in
+//! [`crate::sync`]; the reasons, in the core's terms: the `gate` is shared by every
+//! operation that changes metadata and exclusive for a checkpoint; the `namespace` lock
+//! serialises directory changes, so that the several inode locks they take can never
+//! deadlock against each other; the lease lock comes after the inode locks (a pin holds its
+//! inode's lock, then the lease lock, which takes the allocator inside through
+//! [`Unpinner`]). `released` (pins the lease manager removed whose windows and allocator
+//! references are still to go) is pushed to under the lease lock and drained with no lock
+//! held (`Fs::finish_releases`), one thread at a time under `detaching`. The lease lock is
+//! never held across a wait for a holder; breakers break before they take any lock here.
 //!
 //! # Breakers never wait on request threads
 //!
