@@ -514,6 +514,10 @@ pub struct Fs {
     mounted_with: Mutex<Option<crate::options::MountOptions>>,
     /// Open directory streams: handle -> the end cookie of the listing (taken alone).
     dir_streams: Mutex<HashMap<u64, u64>>,
+    /// Inodes the kernel's page cache may hold pages of: it read some for a mapping (file
+    /// data is otherwise direct I/O), and has not forgotten the inode since. A direct write
+    /// to one is stored into those pages too ([`Fs::store_for_mappings`]). Taken alone.
+    page_cached: Mutex<HashSet<u64>>,
     /// Why the last unmount could not leave a clean image, for the daemon's exit status.
     unmount_error: Mutex<Option<String>>,
     /// Commits still to be refused as if the journal were full ([`Fs::fail_next_commits`]).
@@ -563,6 +567,20 @@ enum Work {
 pub enum Stale {
     /// An inode's attributes (set-id bits cleared by a write).
     Attributes(u64),
+    /// Bytes a direct write put at `offset` of an inode, to be copied into the pages of
+    /// them that the kernel's page cache holds for shared mappings (`FUSE_NOTIFY_STORE`):
+    /// a page a mapping faulted in while the write was on its way would otherwise keep
+    /// the old bytes, and its write-back would later put them over the written ones.
+    Store {
+        /// The inode.
+        ino: u64,
+        /// First byte.
+        offset: u64,
+        /// The bytes written.
+        data: Vec<u8>,
+        /// Told (or dropped) once the kernel has them.
+        done: Sender<()>,
+    },
     /// Bytes `offset..offset+len` of an inode's data: a pin's range when the pin is granted
     /// and when it goes, so that pages a shared mapping cached are read again and show what
     /// holders stored.
@@ -677,6 +695,7 @@ impl Fs {
             read_only: AtomicBool::new(read_only),
             opened_rw: AtomicBool::new(!read_only),
             dir_streams: Mutex::new(HashMap::new()),
+            page_cached: Mutex::new(HashSet::new()),
             mounted_with: Mutex::new(None),
             unmount_error: Mutex::new(None),
             failing_commits: AtomicU32::new(0),
@@ -1147,6 +1166,10 @@ impl Fs {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
                     Some(l.saturating_sub(n))
                 });
+            if left.is_ok_and(|l| l <= n) {
+                // The kernel evicted the inode, and its page cache with it.
+                lock(&self.page_cached).remove(&ino);
+            }
             if left.is_ok_and(|l| l <= n) && !self.ro() {
                 if let Err(e) = self.maybe_reclaim(ino) {
                     tracing::error!(ino, "freeing an orphan failed: {e}");
@@ -2564,6 +2587,35 @@ impl Fs {
     /// The mount's device number, once mounted.
     pub fn mount_dev(&self) -> Option<u64> {
         *lock(&self.mount_dev)
+    }
+
+    /// The kernel is reading `ino` into its page cache (for a mapping: a read that is not
+    /// direct I/O). Called before the bytes are read, so that a direct write that lands
+    /// after them sees the mark and stores its bytes into the cached pages.
+    pub fn note_page_cache_read(&self, ino: u64) {
+        lock(&self.page_cached).insert(ino);
+    }
+
+    /// After a direct write of `data` at `offset` of `ino` (the bytes it wrote): when the
+    /// kernel's page cache may hold pages of `ino`, queues their store into those pages
+    /// ([`Stale::Store`]) and returns what tells when the kernel has them; the caller waits
+    /// for it (bounded) before it answers the write, so that a store through a mapping made
+    /// after the write returns lands on a page that has the written bytes.
+    pub fn store_for_mappings(&self, ino: u64, offset: u64, data: &[u8]) -> Option<Receiver<()>> {
+        if data.is_empty()
+            || !self.kernel_listens.load(Ordering::SeqCst)
+            || !lock(&self.page_cached).contains(&ino)
+        {
+            return None;
+        }
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        self.tell_kernel(Stale::Store {
+            ino,
+            offset,
+            data: data.to_vec(),
+            done: tx,
+        });
+        Some(rx)
     }
 
     /// Queues a notice for the kernel, if a mount listens.

@@ -28,6 +28,11 @@ use crate::inode::{Kind, Time, NAME_MAX};
 /// through the kernel, which invalidates what it cached.
 const TTL: Duration = Duration::from_secs(1);
 
+/// How long a direct write waits for its bytes to reach the pages mappings cached before it
+/// answers anyway (the kernel stores them once no read of those pages is in flight; a wait
+/// without bound could hold every request thread while the reads queue behind them).
+const STORE_WAIT: Duration = Duration::from_secs(2);
+
 /// The adapter.
 #[derive(Debug)]
 pub struct FuseFs {
@@ -327,9 +332,14 @@ impl fuser::Filesystem for FuseFs {
         offset: u64,
         size: u32,
         _flags: OpenFlags,
-        _lock: Option<LockOwner>,
+        lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // Direct reads carry the reader's lock owner; the page cache's reads (faults of
+        // mappings, their readahead) carry none.
+        if lock.is_none() {
+            self.fs.note_page_cache_read(ino.0);
+        }
         match self.fs.read_handle(ino.0, fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(e)),
@@ -343,13 +353,30 @@ impl fuser::Filesystem for FuseFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _wf: WriteFlags,
+        wf: WriteFlags,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         match self.fs.write(ino.0, offset, data, caller(req)) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                // A direct write (not the page cache's write-back) also goes into the pages
+                // that mappings cached, before the writer learns it is done.
+                if !wf.contains(WriteFlags::FUSE_WRITE_CACHE) {
+                    let written = &data[..(n as usize).min(data.len())];
+                    if let Some(done) = self.fs.store_for_mappings(ino.0, offset, written) {
+                        if done.recv_timeout(STORE_WAIT).is_err() {
+                            tracing::warn!(
+                                ino = ino.0,
+                                offset,
+                                "the kernel took longer than {STORE_WAIT:?} to store a \
+                                 write into mapped pages; answering the write anyway"
+                            );
+                        }
+                    }
+                }
+                reply.written(n)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
