@@ -365,7 +365,9 @@ impl fuser::Filesystem for FuseFs {
                 if !wf.contains(WriteFlags::FUSE_WRITE_CACHE) {
                     let written = &data[..(n as usize).min(data.len())];
                     if let Some(done) = self.fs.store_for_mappings(ino.0, offset, written) {
-                        if done.recv_timeout(STORE_WAIT).is_err() {
+                        // Disconnected: the notice thread ended (unmount); nothing to wait for.
+                        let waited = done.recv_timeout(STORE_WAIT);
+                        if let Err(crossbeam::channel::RecvTimeoutError::Timeout) = waited {
                             tracing::warn!(
                                 ino = ino.0,
                                 offset,
