@@ -28,6 +28,18 @@ use crate::store::image::BLOCK_SIZE;
 /// through the kernel, which invalidates what it cached.
 const TTL: Duration = Duration::from_secs(1);
 
+/// A write's answer, given when dropped: after its bytes were stored into mapped pages, or
+/// when the notice thread ended first (unmount), where the write itself still happened.
+struct Written(Option<(ReplyWrite, u32)>);
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if let Some((reply, n)) = self.0.take() {
+            reply.written(n);
+        }
+    }
+}
+
 /// The adapter.
 #[derive(Debug)]
 pub struct FuseFs {
@@ -327,9 +339,14 @@ impl fuser::Filesystem for FuseFs {
         offset: u64,
         size: u32,
         _flags: OpenFlags,
-        _lock: Option<LockOwner>,
+        lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // Direct reads carry the reader's lock owner; the page cache's reads (faults of
+        // mappings, their readahead) carry none.
+        if lock.is_none() {
+            self.fs.note_page_cache_read(ino.0);
+        }
         match self.fs.read_handle(ino.0, fh.0, offset, size) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(e)),
@@ -343,13 +360,25 @@ impl fuser::Filesystem for FuseFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _wf: WriteFlags,
+        wf: WriteFlags,
         _flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         match self.fs.write(ino.0, offset, data, caller(req)) {
-            Ok(n) => reply.written(n),
+            Ok(n) => {
+                // A direct write (not the page cache's write-back) also goes into the pages
+                // that mappings cached, before the writer learns it is done: the notice
+                // thread answers it once the kernel has the bytes.
+                if !wf.contains(WriteFlags::FUSE_WRITE_CACHE) && self.fs.wants_store(ino.0) {
+                    let written = data[..(n as usize).min(data.len())].to_vec();
+                    let answer = Written(Some((reply, n)));
+                    self.fs
+                        .store_then(ino.0, offset, written, Box::new(move || drop(answer)));
+                    return;
+                }
+                reply.written(n)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -225,6 +225,18 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
             for what in stale {
                 let _ = match what {
                     Stale::Attributes(ino) => notifier.inval_inode(fuser::INodeNo(ino), -1, 0),
+                    Stale::Store {
+                        ino,
+                        offset,
+                        data,
+                        then,
+                    } => {
+                        // An inode the kernel evicted meanwhile has no pages left: not found
+                        // is then fine (the notifier ignores it).
+                        let r = notifier.store(fuser::INodeNo(ino), offset, &data);
+                        (then.0)();
+                        r
+                    }
                     Stale::Data {
                         ino,
                         offset,

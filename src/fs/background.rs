@@ -5,6 +5,33 @@
 use super::*;
 
 impl Fs {
+    /// The kernel is reading `ino` into its page cache (for a mapping: a read that is not
+    /// direct I/O). Called before the bytes are read, so that a direct write that lands
+    /// after them sees the mark and stores its bytes into the cached pages.
+    pub fn note_page_cache_read(&self, ino: u64) {
+        lock(&self.page_cached).insert(ino);
+    }
+
+    /// Whether a direct write to `ino` must also reach pages the kernel's page cache holds
+    /// for mappings ([`Fs::store_then`]).
+    pub fn wants_store(&self, ino: u64) -> bool {
+        self.kernel_listens.load(Ordering::SeqCst) && lock(&self.page_cached).contains(&ino)
+    }
+
+    /// After a direct write of `data` at `offset` of `ino`: queues the store of those bytes
+    /// into the pages the kernel cached ([`Stale::Store`]), and `then` to run once the kernel
+    /// has them. The adapter answers the write in `then`, so that a store through a mapping
+    /// made after the write returns lands on a page that has the written bytes, and no
+    /// request thread waits meanwhile.
+    pub fn store_then(&self, ino: u64, offset: u64, data: Vec<u8>, then: Box<dyn FnOnce() + Send>) {
+        self.tell_kernel(Stale::Store {
+            ino,
+            offset,
+            data,
+            then: Then(then),
+        });
+    }
+
     /// Queues a notice for the kernel, if a mount listens.
     pub(crate) fn tell_kernel(&self, what: Stale) {
         if self.kernel_listens.load(Ordering::SeqCst) {

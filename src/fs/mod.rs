@@ -341,6 +341,10 @@ pub struct Fs {
     mounted_with: Mutex<Option<crate::fs::options::MountOptions>>,
     /// Open directory streams: handle -> the end cookie of the listing (taken alone).
     dir_streams: Mutex<HashMap<u64, u64>>,
+    /// Inodes the kernel's page cache may hold pages of: it read some for a mapping (file
+    /// data is otherwise direct I/O), and has not forgotten the inode since. A direct write
+    /// to one is stored into those pages too ([`Fs::store_then`]). A leaf.
+    page_cached: Mutex<HashSet<u64>>,
     /// Why the last unmount could not leave a clean image, for the daemon's exit status.
     unmount_error: Mutex<Option<String>>,
     /// Commits still to be refused as if the journal were full ([`Fs::fail_next_commits`]).
@@ -384,12 +388,36 @@ enum Work {
     Stop,
 }
 
+/// What to do once the kernel has a [`Stale::Store`]'s bytes.
+pub struct Then(pub Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for Then {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Then")
+    }
+}
+
 /// What the kernel may hold cached that changed behind its back, for the daemon to tell it
 /// (from a thread of its own: kernel notifications block).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Stale {
     /// An inode's attributes (set-id bits cleared by a write).
     Attributes(u64),
+    /// Bytes a direct write put at `offset` of an inode, to be copied into the pages of
+    /// them that the kernel's page cache holds for shared mappings (`FUSE_NOTIFY_STORE`):
+    /// a page a mapping faulted in while the write was on its way would otherwise keep
+    /// the old bytes, and its write-back would later put them over the written ones.
+    Store {
+        /// The inode.
+        ino: u64,
+        /// First byte.
+        offset: u64,
+        /// The bytes written.
+        data: Vec<u8>,
+        /// Run once the kernel has them (the FUSE adapter answers the write there, so no
+        /// request thread waits); dropped unrun if the notices end first.
+        then: Then,
+    },
     /// Bytes `offset..offset+len` of an inode's data: a pin's range when the pin is granted
     /// and when it goes, so that pages a shared mapping cached are read again and show what
     /// holders stored.

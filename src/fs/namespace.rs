@@ -64,6 +64,10 @@ impl Fs {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| {
                     Some(l.saturating_sub(n))
                 });
+            if left.is_ok_and(|l| l <= n) {
+                // The kernel evicted the inode, and its page cache with it.
+                lock(&self.page_cached).remove(&ino);
+            }
             if left.is_ok_and(|l| l <= n) && !self.ro() {
                 if let Err(e) = self.maybe_reclaim(ino) {
                     tracing::error!(ino, "freeing an orphan failed: {e}");

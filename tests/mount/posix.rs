@@ -699,6 +699,82 @@ fn shared_writable_mmap() {
     unsafe { libc::munmap(p, 3 * 4096) };
 }
 
+/// A page that a shared mapping faults in while a direct write of it is on its way (the
+/// kernel dropped the mapping's pages of the range before sending the write) must show the
+/// written bytes once the write returns, and keep them (xfstests generic/346: a `pwrite`
+/// lost beside stores through a mapping). One large write is sent in chunks after one
+/// invalidation, so a thread storing into the range's end over and over meanwhile faults
+/// its pages in from the image before their chunk lands; the kernel's invalidation after
+/// the write then writes such a dirty page back, old bytes and all, over the written ones.
+#[test]
+fn a_write_reaches_pages_mapped_while_it_was_on_its_way() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let m = mount_or_skip!("256M", "");
+    const LEN: usize = 64 << 20;
+    const PAGE: usize = 4096;
+    let f = new_file(m.path("mapped"));
+    f.set_len(LEN as u64).unwrap();
+    // SAFETY: a shared read-write mapping of LEN bytes of an open file; unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    let base = p as usize;
+    // The last 8 MiB of the range: the chunks the write sends last.
+    let tail = (LEN - (8 << 20))..LEN;
+    let mut lost = 0;
+    for round in 0..3u8 {
+        let fill = 0xa0 + round;
+        let writing = AtomicBool::new(true);
+        std::thread::scope(|s| {
+            // Stores the byte the write puts there too, so that every byte of the file
+            // must end as `fill` whichever lands last.
+            let storer = s.spawn(|| {
+                while writing.load(Ordering::SeqCst) {
+                    for off in tail.clone().step_by(PAGE) {
+                        // SAFETY: off < LEN, inside the shared writable mapping.
+                        unsafe { std::ptr::write_volatile((base + off) as *mut u8, fill) };
+                    }
+                }
+            });
+            f.write_all_at(&vec![fill; LEN], 0).unwrap();
+            writing.store(false, Ordering::SeqCst);
+            storer.join().unwrap();
+        });
+        // SAFETY: the mapping is LEN bytes long and still mapped.
+        let seen = unsafe { std::slice::from_raw_parts(base as *const u8, LEN) };
+        lost += seen
+            .chunks(PAGE)
+            .filter(|pg| pg.iter().any(|&b| b != fill))
+            .count();
+        // What the image has (a direct read writes dirty pages back first).
+        let mut back = vec![0u8; LEN];
+        f.read_exact_at(&mut back, 0).unwrap();
+        lost += back
+            .chunks(PAGE)
+            .filter(|pg| pg.iter().any(|&b| b != fill))
+            .count();
+    }
+    // SAFETY: unmapping what we mapped.
+    unsafe { libc::munmap(p, LEN) };
+    assert_eq!(
+        lost, 0,
+        "pages of a shared mapping missed bytes of a write that had returned"
+    );
+}
+
 #[test]
 fn statfs_counts_are_real() {
     let m = mount_or_skip!("64M", "");
