@@ -20,7 +20,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::ffi::{c_char, c_int, CStr, CString};
 use std::os::fd::FromRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -30,98 +30,8 @@ use std::time::Duration;
 use crate::holder::client::{ClientError, Connection, Pin, PinOptions};
 use crate::holder::protocol::{Event, EventKind};
 
-/// `PINFS_PIN_RO`: a read-only pin (the file needs only be open for reading; the mapping is
-/// `PROT_READ`).
-pub const PINFS_PIN_RO: c_int = 1;
-/// `PINFS_PIN_UNBREAKABLE`: breakers fail with `ETXTBSY` instead of breaking the lease.
-pub const PINFS_PIN_UNBREAKABLE: c_int = 2;
-
-/// `PINFS_EVENT_GRANTED`: a pin was granted.
-pub const PINFS_EVENT_GRANTED: i32 = 1;
-/// `PINFS_EVENT_BREAK`: a breaker wants the range back; release it before the deadline.
-pub const PINFS_EVENT_BREAK: i32 = 2;
-/// `PINFS_EVENT_RELEASED`: the holder gave the pin back.
-pub const PINFS_EVENT_RELEASED: i32 = 3;
-/// `PINFS_EVENT_REVOKED`: the lease was taken away.
-pub const PINFS_EVENT_REVOKED: i32 = 4;
-/// `PINFS_EVENT_REFUSED`: a breaker failed at the deadline; the lease stays.
-pub const PINFS_EVENT_REFUSED: i32 = 5;
-/// `PINFS_EVENT_FENCED`: the holder was fenced (its session is over: reconnect).
-pub const PINFS_EVENT_FENCED: i32 = 6;
-/// `PINFS_EVENT_HOLDER_GONE`: the holder went away; its pins were released.
-pub const PINFS_EVENT_HOLDER_GONE: i32 = 7;
-/// `PINFS_EVENT_LOST`: a watcher fell behind; `lost` events were missed.
-pub const PINFS_EVENT_LOST: i32 = 8;
-
-/// `PINFS_EVENT_HAS_PIN`: the event's `pin` field is set.
-pub const PINFS_EVENT_HAS_PIN: u32 = 1;
-/// `PINFS_EVENT_HAS_DEADLINE`: a break with a deadline: `deadline_ms` is set (a break
-/// without this flag never expires).
-pub const PINFS_EVENT_HAS_DEADLINE: u32 = 2;
-
-/// `struct pinfs_pin`: a granted pin as the C caller sees it.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct PinfsPin {
-    /// The pin's id (for [`pinfs_unpin`] and to match events).
-    pub id: u64,
-    /// The holder id of the connection.
-    pub holder: u64,
-    /// File offset of `addr`: the start of the block holding the first requested byte.
-    pub file_offset: u64,
-    /// Bytes mapped at `addr` (whole blocks).
-    pub len: u64,
-    /// The pinned bytes, contiguous in this process whatever the image layout.
-    pub addr: *mut c_void,
-    /// Pieces of the pin in the image ([`pinfs_pin_piece`] indexes them).
-    pub pieces: u32,
-    /// The `PINFS_PIN_*` flags it was made with.
-    pub flags: u32,
-}
-
-/// `struct pinfs_piece`: one piece of a pin, contiguous in the image.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct PinfsPiece {
-    /// Byte offset in the file.
-    pub file_offset: u64,
-    /// Byte offset in the image.
-    pub image_offset: u64,
-    /// Bytes.
-    pub len: u64,
-    /// Where the piece starts in the pin's mapping.
-    pub addr: *mut c_void,
-}
-
-/// `struct pinfs_event`: a notification from the daemon.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PinfsEvent {
-    /// One of the `PINFS_EVENT_*` kinds.
-    pub kind: i32,
-    /// `PINFS_EVENT_HAS_PIN`, `PINFS_EVENT_HAS_DEADLINE`.
-    pub flags: u32,
-    /// The holder concerned.
-    pub holder: u64,
-    /// The pin (with `PINFS_EVENT_HAS_PIN`), else 0.
-    pub pin: u64,
-    /// The file's inode number.
-    pub ino: u64,
-    /// Byte range start.
-    pub offset: u64,
-    /// Byte range length.
-    pub len: u64,
-    /// A break's deadline: milliseconds left at `time` (with `PINFS_EVENT_HAS_DEADLINE`).
-    pub deadline_ms: u64,
-    /// When it happened: seconds since the epoch.
-    pub time_sec: u64,
-    /// Nanoseconds of `time_sec`.
-    pub time_nsec: u32,
-    /// Zero.
-    pub reserved: u32,
-    /// `PINFS_EVENT_LOST`: how many events were missed.
-    pub lost: u64,
-}
+mod abi;
+pub use abi::*;
 
 /// `struct pinfs_conn`: the opaque handle, a connection and the pins made through it.
 #[derive(Debug)]
@@ -612,132 +522,10 @@ pub unsafe extern "C" fn pinfs_close(conn: *mut PinfsConn, timeout_ms: c_int) ->
 
 #[cfg(test)]
 mod tests {
-    //! The header against this file: a C program compiled against `pinfs.h` prints the
-    //! sizes, field offsets and constants it sees, and they must be Rust's.
+    //! The entry points called from Rust (tests/mount/c_holder.rs calls them from C and
+    //! checks the header's layout against [`super::abi`]).
 
     use super::*;
-    use std::mem::{offset_of, size_of};
-
-    /// `(C expression, Rust value)` pairs the header must agree with.
-    fn layout() -> Vec<(String, u64)> {
-        let mut v: Vec<(String, u64)> = Vec::new();
-        let mut size = |s: &str, n: usize| v.push((format!("sizeof(struct {s})"), n as u64));
-        size("pinfs_pin", size_of::<PinfsPin>());
-        size("pinfs_piece", size_of::<PinfsPiece>());
-        size("pinfs_event", size_of::<PinfsEvent>());
-        macro_rules! fields {
-            ($c:literal, $t:ty, $($f:ident),*) => {
-                $(v.push((
-                    format!("offsetof(struct {}, {})", $c, stringify!($f)),
-                    offset_of!($t, $f) as u64,
-                ));)*
-            };
-        }
-        fields!(
-            "pinfs_pin",
-            PinfsPin,
-            id,
-            holder,
-            file_offset,
-            len,
-            addr,
-            pieces,
-            flags
-        );
-        fields!(
-            "pinfs_piece",
-            PinfsPiece,
-            file_offset,
-            image_offset,
-            len,
-            addr
-        );
-        fields!(
-            "pinfs_event",
-            PinfsEvent,
-            kind,
-            flags,
-            holder,
-            pin,
-            ino,
-            offset,
-            len,
-            deadline_ms,
-            time_sec,
-            time_nsec,
-            reserved,
-            lost
-        );
-        macro_rules! constants {
-            ($($c:ident),*) => { $(v.push((stringify!($c).to_string(), $c as u64));)* };
-        }
-        constants!(
-            PINFS_PIN_RO,
-            PINFS_PIN_UNBREAKABLE,
-            PINFS_EVENT_GRANTED,
-            PINFS_EVENT_BREAK,
-            PINFS_EVENT_RELEASED,
-            PINFS_EVENT_REVOKED,
-            PINFS_EVENT_REFUSED,
-            PINFS_EVENT_FENCED,
-            PINFS_EVENT_HOLDER_GONE,
-            PINFS_EVENT_LOST,
-            PINFS_EVENT_HAS_PIN,
-            PINFS_EVENT_HAS_DEADLINE
-        );
-        v
-    }
-
-    #[test]
-    fn the_header_has_the_rust_layout_and_constants() {
-        let layout = layout();
-        let dir = std::env::temp_dir().join(format!("pinfs-capi-layout-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut c = String::from(
-            "#include <stdio.h>\n#include <stddef.h>\n#include \"pinfs.h\"\nint main(void) {\n",
-        );
-        for (expr, _) in &layout {
-            c.push_str(&format!(
-                "    printf(\"%llu\\n\", (unsigned long long)({expr}));\n"
-            ));
-        }
-        c.push_str("    return 0;\n}\n");
-        let src = dir.join("layout.c");
-        let exe = dir.join("layout");
-        std::fs::write(&src, c).unwrap();
-        let header_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/holder");
-        let out = std::process::Command::new("cc")
-            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-I"])
-            .arg(&header_dir)
-            .arg(&src)
-            .arg("-o")
-            .arg(&exe)
-            .output()
-            .expect("run cc (a C compiler is needed for the C API's tests)");
-        assert!(
-            out.status.success(),
-            "pinfs.h does not compile with -Wall -Wextra -Werror: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let run = std::process::Command::new(&exe).output().unwrap();
-        assert!(run.status.success());
-        let printed: Vec<u64> = String::from_utf8_lossy(&run.stdout)
-            .lines()
-            .map(|l| l.parse().unwrap())
-            .collect();
-        std::fs::remove_dir_all(&dir).ok();
-        assert_eq!(printed.len(), layout.len());
-        let differ: Vec<String> = layout
-            .iter()
-            .zip(&printed)
-            .filter(|((_, rust), c)| rust != *c)
-            .map(|((expr, rust), c)| format!("{expr}: C says {c}, Rust {rust}"))
-            .collect();
-        assert!(
-            differ.is_empty(),
-            "pinfs.h disagrees with src/holder/capi.rs: {differ:#?}"
-        );
-    }
 
     #[test]
     fn null_pointers_and_bad_arguments_are_errors_not_crashes() {

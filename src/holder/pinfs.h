@@ -10,9 +10,10 @@
  *     cargo rustc --lib --no-default-features --features capi --crate-type staticlib \
  *         --target-dir target/capi
  *     cc -Wall -Werror -I src/holder holder.c target/capi/debug/libpinfs.a \
- *         -lpthread -ldl -lm -o holder
+ *         -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o holder
  *
- * (add --release for target/capi/release/libpinfs.a). examples/c/holder.c is a whole holder.
+ * (the -l list is what `rustc --print native-static-libs` names for a Rust static library;
+ * add --release for target/capi/release/libpinfs.a). examples/c/holder.c is a whole holder.
  *
  * Conventions:
  * - Functions that can fail return a negative errno (-ENOENT, -EAGAIN, ...), as the kernel
