@@ -118,7 +118,8 @@ thread_local! {
 }
 
 fn set_no_handle_error(message: &str) {
-    NO_HANDLE_ERROR.with(|e| *e.borrow_mut() = c_string(message));
+    // try_with: no panic even while the thread is being torn down (the message is lost).
+    let _ = NO_HANDLE_ERROR.try_with(|e| *e.borrow_mut() = c_string(message));
 }
 
 /// Runs `f` on the handle behind `conn`: the C return value is `f`'s (0 or more) or a
@@ -456,7 +457,9 @@ pub unsafe extern "C" fn pinfs_last_error(conn: *const PinfsConn) -> *const c_ch
         Some(c) => c.last_error.as_ptr(),
         // The thread-local lives as long as the thread; its buffer changes only on the next
         // failure without a handle on this thread, which the contract allows.
-        None => NO_HANDLE_ERROR.with(|e| e.borrow().as_ptr()),
+        None => NO_HANDLE_ERROR
+            .try_with(|e| e.borrow().as_ptr())
+            .unwrap_or(c"".as_ptr()),
     }
 }
 
