@@ -161,22 +161,8 @@ pub struct SpaceStatus {
     pub busy_blocks: u64,
 }
 
-/// Lease transitions since mount, in [`Status`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    /// Leases moved to breaking.
-    pub breaks: u64,
-    /// Leases released by their holders.
-    pub releases: u64,
-    /// Deadlines that passed.
-    pub timeouts: u64,
-    /// Breakers refused.
-    pub refusals: u64,
-    /// Leases revoked.
-    pub revocations: u64,
-    /// Holders fenced.
-    pub fences: u64,
-}
+/// Lease transitions since mount, in [`Status`]: the lease manager's own counters.
+pub use crate::lease::Counters;
 
 /// The lease settings in [`Status`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

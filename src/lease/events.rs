@@ -24,46 +24,12 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-/// Kinds of [`Event`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// A pin was granted.
-    Granted,
-    /// A breaker wants the range back; the holder must release before `deadline_ms` from now
-    /// (`None`: no deadline).
-    Break {
-        /// Milliseconds left.
-        deadline_ms: Option<u64>,
-    },
-    /// The holder released the pin.
-    Released,
-    /// The lease was taken away (deadline under `revoke`, or a fence).
-    Revoked,
-    /// At the deadline under `refuse`: the breaker failed, the lease stays.
-    Refused,
-    /// The holder was fenced.
-    Fenced,
-    /// The holder went away; its pins were released.
-    HolderGone,
-}
-
-impl EventKind {
-    /// The name events carry.
-    pub fn name(self) -> &'static str {
-        match self {
-            EventKind::Granted => "granted",
-            EventKind::Break { .. } => "break",
-            EventKind::Released => "released",
-            EventKind::Revoked => "revoked",
-            EventKind::Refused => "refused",
-            EventKind::Fenced => "fenced",
-            EventKind::HolderGone => "holder_gone",
-        }
-    }
-}
+/// Kinds of [`Event`]: the protocol's own, so that the daemon and its clients name them
+/// alike.
+pub use crate::holder::protocol::EventKind;
 
 /// Counters of lease transitions since mount.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     /// Leases moved to breaking.
     pub breaks: u64,
