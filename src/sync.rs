@@ -29,7 +29,7 @@
 //! 9. [`Rank::Superblock`]: the superblock as in memory (a checkpoint holds the journal,
 //!    the allocator and this while it writes the blob and switches the superblock);
 //! 10. [`Rank::Windows`]: the DAX windows' runs (taken under an inode lock, the allocator or
-//!    the superblock, to write windowed blocks back or to detach them);
+//!     the superblock, to write windowed blocks back or to detach them);
 //! 11. [`Rank::Leaf`]: everything else, held only to read or change one value, with
 //!     nothing taken inside: the inode table's shards, open handles, directory streams, the
 //!     release list, the waiter count, the reclaim set, lease configuration, the daemon's
