@@ -404,3 +404,107 @@ fn many_threads_at_once_stay_consistent() {
     );
     eprintln!("{ops} operations from 8 threads");
 }
+
+/// A failed request is counted by errno in `status` and logged once, at debug for the errors
+/// of normal operation, inside the request's span (operation, inode, process).
+#[test]
+fn failed_requests_are_counted_per_errno_and_logged_once_in_their_span() {
+    if skip_without_fuse("errors_per_errno") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("pinfs-trace")
+        .tempdir()
+        .unwrap();
+    let img = dir.path().join("img");
+    let mnt = dir.path().join("mnt");
+    let log_path = dir.path().join("daemon.log");
+    fs::create_dir(&mnt).unwrap();
+    mkfs(&img, "32M");
+    let mut d = Command::new(BIN)
+        .args([
+            "mount",
+            img.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            "--foreground",
+        ])
+        .env("PINFS_LOG", "debug")
+        .stdin(Stdio::null())
+        .stderr(File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_mounted(&mnt);
+
+    // EEXIST once: an exclusive create of an attribute the root already has (the kernel
+    // knows nothing of attributes, so the daemon answers; an existing name would be refused
+    // by the kernel's dentry cache without a request).
+    let root = cstr(&mnt);
+    let set = |flags| {
+        // SAFETY: setxattr with NUL-terminated path and name, and a value of the length given.
+        unsafe {
+            libc::setxattr(
+                root.as_ptr(),
+                c"user.trace".as_ptr(),
+                b"1".as_ptr().cast(),
+                1,
+                flags,
+            )
+        }
+    };
+    assert_eq!(
+        set(libc::XATTR_CREATE),
+        0,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    assert_eq!(set(libc::XATTR_CREATE), -1);
+    assert_eq!(errno(), libc::EEXIST);
+    // ENOENT twice: lookups of missing names (a failed lookup is not cached).
+    assert_eq!(err_of(fs::metadata(mnt.join("missing-1"))), libc::ENOENT);
+    assert_eq!(err_of(fs::metadata(mnt.join("missing-2"))), libc::ENOENT);
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+
+    let out = pinfs(&["status", mnt.to_str().unwrap(), "--json"]);
+    let json = String::from_utf8_lossy(&out.stdout);
+    let st: pinfs::fs::status::Status =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("status --json: {e}: {json}"));
+    let want: std::collections::BTreeMap<String, u64> =
+        [("EEXIST".to_string(), 1), ("ENOENT".to_string(), 2)].into();
+    assert_eq!(st.errors, want, "status: {json}");
+    let out = pinfs(&["status", mnt.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("failed requests: EEXIST 1, ENOENT 2\n"),
+        "status table: {table}"
+    );
+
+    let c = cstr(&mnt);
+    // SAFETY: umount2 with a NUL-terminated path.
+    assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0);
+    assert_eq!(d.wait().unwrap().code(), Some(0));
+    let log = fs::read_to_string(&log_path).unwrap();
+    // Each failing lookup: one line, in the request's span, with the errno.
+    let lookups: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("no such file or directory"))
+        .collect();
+    assert_eq!(lookups.len(), 2, "one line per failed lookup: {log}");
+    for l in &lookups {
+        assert!(
+            l.contains("DEBUG")
+                && l.contains(" op=\"lookup\" ino=1 ")
+                && l.contains(&format!(" pid={tid}}}"))
+                && l.contains("fuse{req=")
+                && l.contains("errno=ENOENT"),
+            "the lookup's line has its span and errno: {l}"
+        );
+    }
+    let exists: Vec<&str> = log.lines().filter(|l| l.contains("file exists")).collect();
+    assert_eq!(exists.len(), 1, "the EEXIST is logged once: {log}");
+    assert!(
+        exists[0].contains(" op=\"setxattr\" ino=1 ") && exists[0].contains("errno=EEXIST"),
+        "{}",
+        exists[0]
+    );
+}
