@@ -508,3 +508,91 @@ fn failed_requests_are_counted_per_errno_and_logged_once_in_their_span() {
         exists[0]
     );
 }
+
+/// A breaker that waits for a holder answers from another thread, in its request's span:
+/// the EIO it gets when SIGTERM ends the wait is logged with the truncate's op and process.
+#[test]
+fn a_waiting_breaker_logs_in_its_request_span() {
+    use std::io::BufRead;
+    if skip_without_fuse("breaker_span") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("pinfs-trace")
+        .tempdir()
+        .unwrap();
+    let img = dir.path().join("img");
+    let mnt = dir.path().join("mnt");
+    let log_path = dir.path().join("daemon.log");
+    fs::create_dir(&mnt).unwrap();
+    mkfs(&img, "32M");
+    let mut d = Command::new(BIN)
+        .args([
+            "mount",
+            img.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            "--foreground",
+            "-o",
+            "lease_break_time=30",
+        ])
+        .env("PINFS_LOG", "debug")
+        .stdin(Stdio::null())
+        .stderr(File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_mounted(&mnt);
+    let path = mnt.join("buf");
+    fs::write(&path, vec![b'.'; 4 * 4096]).unwrap();
+    // A holder in another process that ignores the break: the truncate waits.
+    let mut holder = Command::new(BIN)
+        .arg("pin")
+        .arg(&path)
+        .args(["--len", "4096", "--ignore-breaks"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("\"pin\""), "the holder's grant: {line}");
+    let breaker = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            // SAFETY: gettid has no arguments and cannot fail.
+            let tid = unsafe { libc::gettid() };
+            let f = OpenOptions::new().write(true).open(&path).unwrap();
+            (tid, f.set_len(0).map_err(|e| e.raw_os_error()))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = pinfs(&["status", mnt.to_str().unwrap(), "--json"]);
+        let st: pinfs::fs::status::Status =
+            serde_json::from_slice(&out.stdout).expect("status --json");
+        if st.waiting_breakers == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the truncate never waited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill with a pid we spawned.
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    let (tid, r) = breaker.join().unwrap();
+    assert_eq!(r, Err(Some(libc::EIO)), "the ended wait's errno");
+    assert_eq!(d.wait().unwrap().code(), Some(0));
+    holder.kill().ok();
+    holder.wait().ok();
+    let log = fs::read_to_string(&log_path).unwrap();
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("errno=EIO")).collect();
+    assert_eq!(failed.len(), 1, "the EIO is logged once: {log}");
+    assert!(
+        failed[0].contains(" op=\"setattr\" ") && failed[0].contains(&format!(" pid={tid}}}")),
+        "the EIO is logged in the truncate's span: {}",
+        failed[0]
+    );
+}
