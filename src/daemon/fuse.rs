@@ -1,6 +1,9 @@
 //! The fuser adapter: translates FUSE requests into calls on [`crate::fs::Fs`] and its errors
 //! into errnos. It holds no locks of its own and decides nothing about the filesystem.
 //!
+//! Each request is handled inside a `DEBUG` tracing span (request id, operation, inode,
+//! process), and a failed one is counted by errno and logged here, once (`fail`).
+//!
 //! Breakers (truncate, punch, zero range) call the core's `try_` variant on the request
 //! thread; when the core says the breaker would have to wait for a holder, the reply (fuser's
 //! replies are `Send`) moves to a thread of the core's ([`Fs::wait_elsewhere`]) that runs the
