@@ -1,4 +1,8 @@
-//! The filesystem's errors, each with the one errno a Linux local filesystem gives for it.
+//! The filesystem's errors, each with the one errno a Linux local filesystem gives for it,
+//! the level at which a failed request logs it, and the per-errno counts that `status` shows.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::format::codec::DecodeError;
 use crate::lease::LeaseError;
@@ -186,6 +190,156 @@ impl FsError {
     }
 }
 
+impl FsError {
+    /// The level at which a request that failed with this error logs it (once, where the
+    /// reply is sent). Errors of normal operation (a lookup of a missing name, an exclusive
+    /// create of an existing one, a permission check, a lease that stood in the way) are
+    /// `DEBUG`; a filesystem, host or pin limit running out (`ENOSPC`, `ENOMEM`, `EMFILE`)
+    /// is `INFO` or `WARN`; what should not happen (corrupt metadata, a host that failed, the
+    /// shut-down state) is `ERROR`.
+    pub fn log_level(&self) -> tracing::Level {
+        use tracing::Level;
+        match self {
+            // A holder's own limit of pinned memory (RLIMIT_MEMLOCK, as RDMA registration).
+            FsError::PinLimit(_) | FsError::Lease(LeaseError::OverLimit) => Level::INFO,
+            FsError::NotFound
+            | FsError::Exists
+            | FsError::NotDir
+            | FsError::IsDir
+            | FsError::NotEmpty
+            | FsError::NameTooLong
+            | FsError::Invalid(_)
+            | FsError::NotPermitted
+            | FsError::Access
+            | FsError::Denied(_)
+            | FsError::CrossDevice
+            | FsError::FileTooBig
+            | FsError::TooManyLinks
+            | FsError::NoData
+            | FsError::Range
+            | FsError::TooBig
+            | FsError::NotSupported
+            | FsError::Busy(_)
+            | FsError::ReadOnly
+            | FsError::NoSuchOffset
+            // The unmount in progress says so itself.
+            | FsError::Unmounting
+            // Busy, would block, again, deadlock, no such pin, fenced, closed on unmount: the
+            // lease rules at work.
+            | FsError::Lease(_) => Level::DEBUG,
+            FsError::NoSpace | FsError::Resources { .. } => Level::WARN,
+            FsError::Host { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                Level::WARN
+            }
+            FsError::Corrupt(_)
+            | FsError::Image(_)
+            | FsError::Refused(_)
+            | FsError::Host { .. }
+            | FsError::ShutDown => Level::ERROR,
+        }
+    }
+}
+
+/// The name of errno `n` (`"ENOENT"`), for logs and `status`; `"errno N"` for one that has
+/// no name here. `EWOULDBLOCK` is `EAGAIN`, `ENOTSUP` is `EOPNOTSUPP` and `EDEADLOCK` is
+/// `EDEADLK` on Linux.
+pub fn errno_name(n: i32) -> std::borrow::Cow<'static, str> {
+    let name = match n {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EINTR => "EINTR",
+        libc::EIO => "EIO",
+        libc::ENXIO => "ENXIO",
+        libc::E2BIG => "E2BIG",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EBUSY => "EBUSY",
+        libc::EEXIST => "EEXIST",
+        libc::EXDEV => "EXDEV",
+        libc::ENODEV => "ENODEV",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::ENFILE => "ENFILE",
+        libc::EMFILE => "EMFILE",
+        libc::ETXTBSY => "ETXTBSY",
+        libc::EFBIG => "EFBIG",
+        libc::ENOSPC => "ENOSPC",
+        libc::ESPIPE => "ESPIPE",
+        libc::EROFS => "EROFS",
+        libc::EMLINK => "EMLINK",
+        libc::ERANGE => "ERANGE",
+        libc::EDEADLK => "EDEADLK",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ELOOP => "ELOOP",
+        libc::ENODATA => "ENODATA",
+        libc::EOVERFLOW => "EOVERFLOW",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ESTALE => "ESTALE",
+        libc::EUCLEAN => "EUCLEAN",
+        libc::EDQUOT => "EDQUOT",
+        _ => return format!("errno {n}").into(),
+    };
+    name.into()
+}
+
+/// How many requests failed with each errno since mount. Counting is one relaxed atomic
+/// add; nothing is locked.
+#[derive(Debug)]
+pub struct ErrnoCounts {
+    /// Slot `n` counts errno `n` (Linux errnos run from 1 to 133); slot 0 counts any other.
+    slots: [AtomicU64; ERRNO_SLOTS],
+}
+
+/// One slot per Linux errno, and slot 0.
+const ERRNO_SLOTS: usize = 134;
+
+impl Default for ErrnoCounts {
+    fn default() -> Self {
+        ErrnoCounts {
+            slots: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl ErrnoCounts {
+    /// Counts one failure with `errno`; returns how many there have been with it, this one
+    /// included.
+    pub fn add(&self, errno: i32) -> u64 {
+        let slot = usize::try_from(errno)
+            .ok()
+            .filter(|&n| n < ERRNO_SLOTS)
+            .unwrap_or(0);
+        self.slots[slot].fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The errnos met so far, by name (`"ENOENT"`), with their counts; errnos never met are
+    /// left out. Out-of-range errnos are counted together under `"other"`.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(n, c)| {
+                let c = c.load(Ordering::Relaxed);
+                (c > 0).then(|| {
+                    let name = if n == 0 {
+                        "other".to_string()
+                    } else {
+                        errno_name(n as i32).into_owned()
+                    };
+                    (name, c)
+                })
+            })
+            .collect()
+    }
+}
+
 /// Shorthand for results of filesystem operations.
 pub type FsResult<T> = Result<T, FsError>;
 
@@ -200,5 +354,70 @@ pub(crate) fn lost_write_back(e: std::io::Error) -> std::io::Error {
         std::io::Error::other(format!("the host lost written data ({e})"))
     } else {
         e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    /// Normal-operation errnos are quiet, exhaustion is heard, failures are loud.
+    #[test]
+    fn each_kind_of_error_logs_at_its_level() {
+        let host = |errno| FsError::Host {
+            what: "syncing",
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        let cases = [
+            (FsError::NotFound, Level::DEBUG),
+            (FsError::Exists, Level::DEBUG),
+            (FsError::NotEmpty, Level::DEBUG),
+            (FsError::NoData, Level::DEBUG),
+            (FsError::Range, Level::DEBUG),
+            (FsError::Access, Level::DEBUG),
+            (FsError::NotPermitted, Level::DEBUG),
+            (FsError::Denied("not yours"), Level::DEBUG),
+            (FsError::Lease(LeaseError::Again), Level::DEBUG),
+            (FsError::Lease(LeaseError::WouldBlock), Level::DEBUG),
+            (FsError::Unmounting, Level::DEBUG),
+            (FsError::Lease(LeaseError::Busy), Level::DEBUG),
+            (FsError::PinLimit("over RLIMIT_MEMLOCK".into()), Level::INFO),
+            (FsError::Lease(LeaseError::OverLimit), Level::INFO),
+            (FsError::NoSpace, Level::WARN),
+            (host(libc::ENOSPC), Level::WARN),
+            (
+                FsError::Resources {
+                    errno: libc::EMFILE,
+                    message: "memfd".into(),
+                },
+                Level::WARN,
+            ),
+            (host(libc::EIO), Level::ERROR),
+            (FsError::ShutDown, Level::ERROR),
+            (FsError::Corrupt("bad extent".into()), Level::ERROR),
+        ];
+        for (e, level) in cases {
+            assert_eq!(e.log_level(), level, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn errnos_are_counted_by_name() {
+        let c = ErrnoCounts::default();
+        assert_eq!(c.add(libc::ENOENT), 1);
+        assert_eq!(c.add(libc::ENOENT), 2);
+        assert_eq!(c.add(libc::EEXIST), 1);
+        assert_eq!(c.add(-3), 1);
+        assert_eq!(c.add(9999), 2);
+        let snap = c.snapshot();
+        let want: BTreeMap<String, u64> = [("EEXIST", 1), ("ENOENT", 2), ("other", 2)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(snap, want);
+        assert_eq!(errno_name(libc::EUCLEAN), "EUCLEAN");
+        assert_eq!(errno_name(libc::EWOULDBLOCK), "EAGAIN");
+        assert_eq!(errno_name(200), "errno 200");
     }
 }

@@ -30,6 +30,8 @@ fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: a foreground daemon's stderr in a file stays text.
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 

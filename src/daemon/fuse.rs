@@ -1,6 +1,9 @@
 //! The fuser adapter: translates FUSE requests into calls on [`crate::fs::Fs`] and its errors
 //! into errnos. It holds no locks of its own and decides nothing about the filesystem.
 //!
+//! Each request is handled inside a `DEBUG` tracing span (request id, operation, inode,
+//! process), and a failed one is counted by errno and logged here, once (`fail`).
+//!
 //! Breakers (truncate, punch, zero range) call the core's `try_` variant on the request
 //! thread; when the core says the breaker would have to wait for a holder, the reply (fuser's
 //! replies are `Send`) moves to a thread of the core's ([`Fs::wait_elsewhere`]) that runs the
@@ -19,10 +22,11 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::error::FsError;
+use crate::error::{errno_name, FsError};
 use crate::fs::{Attr, Caller, Fs, SetAttr, SetTime};
 use crate::meta::inode::{Kind, Time, NAME_MAX};
 use crate::store::image::BLOCK_SIZE;
+use tracing::Level;
 
 /// How long the kernel may cache names and attributes. Everything that changes them passes
 /// through the kernel, which invalidates what it cached.
@@ -53,11 +57,41 @@ impl FuseFs {
     }
 }
 
-fn errno(e: FsError) -> Errno {
-    if let FsError::Corrupt(ref why) = e {
-        tracing::error!("{why}");
+/// The level of the `nth` failure of one errno, whose kind logs at `level`: the 1st, 2nd,
+/// 4th, 8th... at `level`, the others at `DEBUG` (see [`fail`]).
+fn storm_level(level: Level, nth: u64) -> Level {
+    if level == Level::TRACE || level == Level::DEBUG || nth.is_power_of_two() {
+        level
+    } else {
+        Level::DEBUG
     }
-    Errno::from_i32(e.errno())
+}
+
+/// The span of one request, entered for all of its handling, reply included (also on the
+/// thread a waiting breaker moves to): every event logged meanwhile carries the request's id,
+/// operation, inode and process. At `DEBUG`, so that a daemon logging less pays only the
+/// check of a cached level per request.
+fn request_span(req: &Request, op: &'static str, ino: u64) -> tracing::Span {
+    tracing::debug_span!("fuse", req = req.unique().0, op, ino, pid = req.pid())
+}
+
+/// A failed request's error: counted by errno for `status`, logged (here only: the core
+/// returns errors to its callers without logging them) at the level its kind calls for
+/// ([`FsError::log_level`]), and made the errno of the reply.
+///
+/// Running out and failing come in storms (every write to a full filesystem, every change to
+/// a shut-down one): of one errno, the 1st, 2nd, 4th, 8th... failure is logged at its level
+/// with its count since mount, the others at `DEBUG`; `status` has every count.
+fn fail(fs: &Fs, e: FsError) -> Errno {
+    let errno = e.errno();
+    let nth = fs.errors().add(errno);
+    match storm_level(e.log_level(), nth) {
+        Level::ERROR => tracing::error!(errno = %errno_name(errno), nth, "{e}"),
+        Level::WARN => tracing::warn!(errno = %errno_name(errno), nth, "{e}"),
+        Level::INFO => tracing::info!(errno = %errno_name(errno), nth, "{e}"),
+        _ => tracing::debug!(errno = %errno_name(errno), nth, "{e}"),
+    }
+    Errno::from_i32(errno)
 }
 
 fn caller(req: &Request) -> Caller {
@@ -121,19 +155,19 @@ impl FuseFs {
     fn entry(&self, reply: ReplyEntry, r: Result<Attr, FsError>) {
         match r {
             Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(a.generation())),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
-    fn empty(reply: ReplyEmpty, r: Result<(), FsError>) {
+    fn empty(fs: &Fs, reply: ReplyEmpty, r: Result<(), FsError>) {
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(fs, e)),
         }
     }
-    fn attr(reply: ReplyAttr, r: Result<Attr, FsError>) {
+    fn attr(fs: &Fs, reply: ReplyAttr, r: Result<Attr, FsError>) {
         match r {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(fs, e)),
         }
     }
 }
@@ -166,18 +200,21 @@ impl fuser::Filesystem for FuseFs {
         let _ = self.fs.unmount();
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _span = request_span(req, "lookup", parent.0).entered();
         self.entry(reply, self.fs.lookup(parent.0, name.as_bytes()))
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        let _span = request_span(req, "forget", ino.0).entered();
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _span = request_span(req, "getattr", ino.0).entered();
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 
@@ -199,6 +236,7 @@ impl fuser::Filesystem for FuseFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _span = request_span(req, "setattr", ino.0).entered();
         let req_attr = SetAttr {
             mode,
             uid,
@@ -211,19 +249,22 @@ impl fuser::Filesystem for FuseFs {
         };
         let (ino, who) = (ino.0, caller(req));
         match self.fs.try_setattr(ino, req_attr, who) {
-            Some(r) => Self::attr(reply, r),
+            Some(r) => Self::attr(&self.fs, reply, r),
             None => {
+                // The reply, and the request's span with it, go to the waiting thread.
+                let span = tracing::Span::current();
                 self.fs.wait_elsewhere("pinfs-breaker", move |fs| {
-                    Self::attr(reply, fs.setattr(ino, req_attr, who))
+                    span.in_scope(|| Self::attr(fs, reply, fs.setattr(ino, req_attr, who)))
                 });
             }
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _span = request_span(req, "readlink", ino.0).entered();
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 
@@ -237,6 +278,7 @@ impl fuser::Filesystem for FuseFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _span = request_span(req, "mknod", parent.0).entered();
         self.entry(
             reply,
             self.fs
@@ -253,6 +295,7 @@ impl fuser::Filesystem for FuseFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _span = request_span(req, "mkdir", parent.0).entered();
         let mode = (mode & 0o7777) | libc::S_IFDIR;
         self.entry(
             reply,
@@ -261,12 +304,22 @@ impl fuser::Filesystem for FuseFs {
         )
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(reply, self.fs.remove(parent.0, name.as_bytes(), false))
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = request_span(req, "unlink", parent.0).entered();
+        Self::empty(
+            &self.fs,
+            reply,
+            self.fs.remove(parent.0, name.as_bytes(), false),
+        )
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(reply, self.fs.remove(parent.0, name.as_bytes(), true))
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = request_span(req, "rmdir", parent.0).entered();
+        Self::empty(
+            &self.fs,
+            reply,
+            self.fs.remove(parent.0, name.as_bytes(), true),
+        )
     }
 
     fn symlink(
@@ -277,6 +330,7 @@ impl fuser::Filesystem for FuseFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _span = request_span(req, "symlink", parent.0).entered();
         let t = target.as_os_str().as_bytes();
         self.entry(
             reply,
@@ -293,7 +347,7 @@ impl fuser::Filesystem for FuseFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -301,7 +355,9 @@ impl fuser::Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "rename", parent.0).entered();
         Self::empty(
+            &self.fs,
             reply,
             self.fs.rename(
                 parent.0,
@@ -315,25 +371,27 @@ impl fuser::Filesystem for FuseFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _span = request_span(req, "link", ino.0).entered();
         self.entry(reply, self.fs.link(ino.0, newparent.0, newname.as_bytes()))
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _span = request_span(req, "open", ino.0).entered();
         match self.fs.open_file(ino.0, flags.0) {
             Ok(fh) => reply.opened(FileHandle(fh), open_flags()),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -342,6 +400,7 @@ impl fuser::Filesystem for FuseFs {
         lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _span = request_span(req, "read", ino.0).entered();
         // Direct reads carry the reader's lock owner; the page cache's reads (faults of
         // mappings, their readahead) carry none.
         if lock.is_none() {
@@ -349,7 +408,7 @@ impl fuser::Filesystem for FuseFs {
         }
         match self.fs.read_handle(ino.0, fh.0, offset, size) {
             Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 
@@ -365,6 +424,7 @@ impl fuser::Filesystem for FuseFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _span = request_span(req, "write", ino.0).entered();
         match self.fs.write(ino.0, offset, data, caller(req)) {
             Ok(n) => {
                 // A direct write (not the page cache's write-back) also goes into the pages
@@ -379,24 +439,25 @@ impl fuser::Filesystem for FuseFs {
                 }
                 reply.written(n)
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 
     fn flush(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _fh: FileHandle,
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "flush", ino.0).entered();
         reply.ok()
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -404,47 +465,52 @@ impl fuser::Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(reply, self.fs.release(ino.0, fh.0))
+        let _span = request_span(req, "release", ino.0).entered();
+        Self::empty(&self.fs, reply, self.fs.release(ino.0, fh.0))
     }
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(reply, self.fs.fsync(ino.0, datasync))
+        let _span = request_span(req, "fsync", ino.0).entered();
+        Self::empty(&self.fs, reply, self.fs.fsync(ino.0, datasync))
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _span = request_span(req, "opendir", ino.0).entered();
         match self.fs.open_dir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 
     fn releasedir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "releasedir", ino.0).entered();
         self.fs.release_dir(fh.0);
         reply.ok()
     }
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _span = request_span(req, "readdir", ino.0).entered();
         match self.fs.readdir_stream(ino.0, fh.0, offset, 512) {
             Ok(entries) => {
                 for e in entries {
@@ -459,22 +525,24 @@ impl fuser::Filesystem for FuseFs {
                 }
                 reply.ok()
             }
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        Self::empty(reply, self.fs.sync_metadata())
+        let _span = request_span(req, "fsyncdir", ino.0).entered();
+        Self::empty(&self.fs, reply, self.fs.sync_metadata())
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _span = request_span(req, "statfs", ino.0).entered();
         let s = self.fs.statfs();
         reply.statfs(
             s.blocks,
@@ -490,7 +558,7 @@ impl fuser::Filesystem for FuseFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -498,35 +566,41 @@ impl fuser::Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "setxattr", ino.0).entered();
         Self::empty(
+            &self.fs,
             reply,
             self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
         )
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _span = request_span(req, "getxattr", ino.0).entered();
         match self.fs.getxattr(ino.0, name.as_bytes()) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+            Ok(v) if v.len() > size as usize => reply.error(fail(&self.fs, FsError::Range)),
             Ok(v) => reply.data(&v),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _span = request_span(req, "listxattr", ino.0).entered();
         match self.fs.listxattr(ino.0) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+            Ok(v) if v.len() > size as usize => reply.error(fail(&self.fs, FsError::Range)),
             Ok(v) => reply.data(&v),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(reply, self.fs.removexattr(ino.0, name.as_bytes()))
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = request_span(req, "removexattr", ino.0).entered();
+        Self::empty(&self.fs, reply, self.fs.removexattr(ino.0, name.as_bytes()))
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        let _span = request_span(req, "access", ino.0).entered();
         // Mounted with default_permissions: the kernel checks access itself.
         reply.ok()
     }
@@ -541,6 +615,7 @@ impl fuser::Filesystem for FuseFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _span = request_span(req, "create", parent.0).entered();
         let r = self
             .fs
             .create(parent.0, name.as_bytes(), mode, 0, None, caller(req))
@@ -553,7 +628,7 @@ impl fuser::Filesystem for FuseFs {
                 FileHandle(fh),
                 open_flags(),
             ),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 
@@ -567,12 +642,16 @@ impl fuser::Filesystem for FuseFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "fallocate", ino.0).entered();
         let (ino, who, fh) = (ino.0, caller(req), Some(fh.0));
         match self.fs.try_fallocate(ino, offset, length, mode, who, fh) {
-            Some(r) => Self::empty(reply, r),
+            Some(r) => Self::empty(&self.fs, reply, r),
             None => {
+                let span = tracing::Span::current();
                 self.fs.wait_elsewhere("pinfs-breaker", move |fs| {
-                    Self::empty(reply, fs.fallocate(ino, offset, length, mode, who, fh))
+                    span.in_scope(|| {
+                        Self::empty(fs, reply, fs.fallocate(ino, offset, length, mode, who, fh))
+                    })
                 });
             }
         }
@@ -580,19 +659,20 @@ impl fuser::Filesystem for FuseFs {
 
     fn lseek(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _span = request_span(req, "lseek", ino.0).entered();
         if offset < 0 {
-            return reply.error(Errno::from_i32(libc::ENXIO));
+            return reply.error(fail(&self.fs, FsError::NoSuchOffset));
         }
         match self.fs.seek(ino.0, offset as u64, whence) {
             Ok(o) => reply.offset(o as i64),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 
@@ -609,13 +689,31 @@ impl fuser::Filesystem for FuseFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _span = request_span(req, "copy_file_range", ino_in.0).entered();
         let len = len.min(u32::MAX as u64 & !(BLOCK_SIZE - 1));
         match self
             .fs
             .copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len, caller(req))
         {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(e)),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storm_of_one_errno_is_heard_at_powers_of_two() {
+        let heard: Vec<u64> = (1..=40)
+            .filter(|&n| storm_level(Level::WARN, n) == Level::WARN)
+            .collect();
+        assert_eq!(heard, [1, 2, 4, 8, 16, 32]);
+        assert_eq!(storm_level(Level::ERROR, 3), Level::DEBUG);
+        assert_eq!(storm_level(Level::ERROR, 64), Level::ERROR);
+        assert_eq!(storm_level(Level::INFO, 1), Level::INFO);
+        assert!((1..100).all(|n| storm_level(Level::DEBUG, n) == Level::DEBUG));
     }
 }

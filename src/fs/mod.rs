@@ -349,6 +349,8 @@ pub struct Fs {
     unmount_error: Mutex<Option<String>>,
     /// Commits still to be refused as if the journal were full ([`Fs::fail_next_commits`]).
     failing_commits: AtomicU32,
+    /// Failed requests per errno since mount, for `status` ([`Fs::errors`]; atomics, no lock).
+    errors: crate::error::ErrnoCounts,
 }
 
 /// How long an unmount waits for the threads of breakers whose waits it ended.

@@ -1,4 +1,5 @@
-//! What `pinfs status` shows: holders, leases, busy blocks, space and counters, as one JSON
+//! What `pinfs status` shows: holders, leases, busy blocks, space, counters and failed requests
+//! per errno, as one JSON
 //! object or as a readable table, and the recent lease events. The JSON object is
 //! [`Status`] (serde), which a tool or test reads back with serde_json; events are
 //! [`crate::holder::protocol::Event`]s.
@@ -11,6 +12,7 @@
 //! its inode number tells which file it is. Everything else (ids, ranges, states, busy
 //! extents, counters) is the same for every caller. Events carry no pid, command or path.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -81,6 +83,10 @@ pub struct Status {
     pub waiting_breakers: u64,
     /// Whether the mount is up.
     pub mount: MountState,
+    /// Requests that failed since mount, per errno by name (`{"ENOENT": 3, "ENOSPC": 1}`);
+    /// errnos never met are left out. Absent from a daemon older than this field: empty.
+    #[serde(default)]
+    pub errors: BTreeMap<String, u64>,
 }
 
 /// A holder in [`Status`].
@@ -317,7 +323,28 @@ pub fn status_for(fs: &Fs, viewer: Option<&Viewer>) -> Status {
         } else {
             MountState::Up
         },
+        errors: fs.errors.snapshot(),
     }
+}
+
+impl Fs {
+    /// Failed requests per errno since mount: the FUSE adapter counts each error reply here,
+    /// and `status` shows them.
+    pub fn errors(&self) -> &crate::error::ErrnoCounts {
+        &self.errors
+    }
+}
+
+/// `ENOENT 3, ENOSPC 1`, or `none`.
+fn errors_line(errors: &BTreeMap<String, u64>) -> String {
+    if errors.is_empty() {
+        return "none".into();
+    }
+    errors
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
@@ -373,6 +400,7 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
         "counters: {} breaks, {} releases, {} timeouts, {} refusals, {} revocations, {} fences\n",
         c.breaks, c.releases, c.timeouts, c.refusals, c.revocations, c.fences
     ));
+    out.push_str(&format!("failed requests: {}\n", errors_line(&v.errors)));
     out.push_str("\nHOLDER  PID      COMM             FENCED\n");
     for h in &v.holders {
         let pid = h.pid.map_or("-".into(), |p| p.to_string());
@@ -509,6 +537,7 @@ mod tests {
             },
             waiting_breakers: 1,
             mount: MountState::ShutDown,
+            errors: [("EEXIST".to_string(), 1), ("ENOENT".to_string(), 2)].into(),
         };
         let json = to_json(&s);
         assert_eq!(
@@ -520,9 +549,15 @@ mod tests {
                 r#""space":{"block_size":4096,"total_blocks":100,"free_blocks":50,"available_blocks":40,"used_blocks":48,"busy_blocks":2},"#,
                 r#""counters":{"breaks":1,"releases":2,"timeouts":3,"refusals":4,"revocations":5,"fences":6},"#,
                 r#""policy":{"break_policy":"wait","lease_break_time_ms":null,"busy_blocks":true,"guest_break_time_ms":500,"allow_unbreakable":false},"#,
-                r#""waiting_breakers":1,"mount":"shut_down"}"#
+                r#""waiting_breakers":1,"mount":"shut_down","errors":{"EEXIST":1,"ENOENT":2}}"#
             )
         );
         assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
+        // A document without the newer field reads back with no errors.
+        let old = json.replace(r#","errors":{"EEXIST":1,"ENOENT":2}"#, "");
+        let read = serde_json::from_str::<Status>(&old).unwrap();
+        assert!(read.errors.is_empty());
+        assert_eq!(errors_line(&s.errors), "EEXIST 1, ENOENT 2");
+        assert_eq!(errors_line(&read.errors), "none");
     }
 }

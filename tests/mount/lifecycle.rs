@@ -404,3 +404,195 @@ fn many_threads_at_once_stay_consistent() {
     );
     eprintln!("{ops} operations from 8 threads");
 }
+
+/// A failed request is counted by errno in `status` and logged once, at debug for the errors
+/// of normal operation, inside the request's span (operation, inode, process).
+#[test]
+fn failed_requests_are_counted_per_errno_and_logged_once_in_their_span() {
+    if skip_without_fuse("errors_per_errno") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("pinfs-trace")
+        .tempdir()
+        .unwrap();
+    let img = dir.path().join("img");
+    let mnt = dir.path().join("mnt");
+    let log_path = dir.path().join("daemon.log");
+    fs::create_dir(&mnt).unwrap();
+    mkfs(&img, "32M");
+    let mut d = Command::new(BIN)
+        .args([
+            "mount",
+            img.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            "--foreground",
+        ])
+        .env("PINFS_LOG", "debug")
+        .stdin(Stdio::null())
+        .stderr(File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_mounted(&mnt);
+
+    // EEXIST once: an exclusive create of an attribute the root already has (the kernel
+    // knows nothing of attributes, so the daemon answers; an existing name would be refused
+    // by the kernel's dentry cache without a request).
+    let root = cstr(&mnt);
+    let set = |flags| {
+        // SAFETY: setxattr with NUL-terminated path and name, and a value of the length given.
+        unsafe {
+            libc::setxattr(
+                root.as_ptr(),
+                c"user.trace".as_ptr(),
+                b"1".as_ptr().cast(),
+                1,
+                flags,
+            )
+        }
+    };
+    assert_eq!(
+        set(libc::XATTR_CREATE),
+        0,
+        "{}",
+        std::io::Error::last_os_error()
+    );
+    assert_eq!(set(libc::XATTR_CREATE), -1);
+    assert_eq!(errno(), libc::EEXIST);
+    // ENOENT twice: lookups of missing names (a failed lookup is not cached).
+    assert_eq!(err_of(fs::metadata(mnt.join("missing-1"))), libc::ENOENT);
+    assert_eq!(err_of(fs::metadata(mnt.join("missing-2"))), libc::ENOENT);
+    // SAFETY: gettid has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+
+    let out = pinfs(&["status", mnt.to_str().unwrap(), "--json"]);
+    let json = String::from_utf8_lossy(&out.stdout);
+    let st: pinfs::fs::status::Status =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("status --json: {e}: {json}"));
+    let want: std::collections::BTreeMap<String, u64> =
+        [("EEXIST".to_string(), 1), ("ENOENT".to_string(), 2)].into();
+    assert_eq!(st.errors, want, "status: {json}");
+    let out = pinfs(&["status", mnt.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("failed requests: EEXIST 1, ENOENT 2\n"),
+        "status table: {table}"
+    );
+
+    let c = cstr(&mnt);
+    // SAFETY: umount2 with a NUL-terminated path.
+    assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0);
+    assert_eq!(d.wait().unwrap().code(), Some(0));
+    let log = fs::read_to_string(&log_path).unwrap();
+    // Each failing lookup: one line, in the request's span, with the errno.
+    let lookups: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("no such file or directory"))
+        .collect();
+    assert_eq!(lookups.len(), 2, "one line per failed lookup: {log}");
+    for l in &lookups {
+        assert!(
+            l.contains("DEBUG")
+                && l.contains(" op=\"lookup\" ino=1 ")
+                && l.contains(&format!(" pid={tid}}}"))
+                && l.contains("fuse{req=")
+                && l.contains("errno=ENOENT"),
+            "the lookup's line has its span and errno: {l}"
+        );
+    }
+    let exists: Vec<&str> = log.lines().filter(|l| l.contains("file exists")).collect();
+    assert_eq!(exists.len(), 1, "the EEXIST is logged once: {log}");
+    assert!(
+        exists[0].contains(" op=\"setxattr\" ino=1 ") && exists[0].contains("errno=EEXIST"),
+        "{}",
+        exists[0]
+    );
+}
+
+/// A breaker that waits for a holder answers from another thread, in its request's span:
+/// the EIO it gets when SIGTERM ends the wait is logged with the truncate's op and process.
+#[test]
+fn a_waiting_breaker_logs_in_its_request_span() {
+    use std::io::BufRead;
+    if skip_without_fuse("breaker_span") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("pinfs-trace")
+        .tempdir()
+        .unwrap();
+    let img = dir.path().join("img");
+    let mnt = dir.path().join("mnt");
+    let log_path = dir.path().join("daemon.log");
+    fs::create_dir(&mnt).unwrap();
+    mkfs(&img, "32M");
+    let mut d = Command::new(BIN)
+        .args([
+            "mount",
+            img.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            "--foreground",
+            "-o",
+            "lease_break_time=30",
+        ])
+        .env("PINFS_LOG", "debug")
+        .stdin(Stdio::null())
+        .stderr(File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_mounted(&mnt);
+    let path = mnt.join("buf");
+    fs::write(&path, vec![b'.'; 4 * 4096]).unwrap();
+    // A holder in another process that ignores the break: the truncate waits.
+    let mut holder = Command::new(BIN)
+        .arg("pin")
+        .arg(&path)
+        .args(["--len", "4096", "--ignore-breaks"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("\"pin\""), "the holder's grant: {line}");
+    let breaker = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            // SAFETY: gettid has no arguments and cannot fail.
+            let tid = unsafe { libc::gettid() };
+            let f = OpenOptions::new().write(true).open(&path).unwrap();
+            (tid, f.set_len(0).map_err(|e| e.raw_os_error()))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = pinfs(&["status", mnt.to_str().unwrap(), "--json"]);
+        let st: pinfs::fs::status::Status =
+            serde_json::from_slice(&out.stdout).expect("status --json");
+        if st.waiting_breakers == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the truncate never waited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill with a pid we spawned.
+    unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+    let (tid, r) = breaker.join().unwrap();
+    assert_eq!(r, Err(Some(libc::EIO)), "the ended wait's errno");
+    assert_eq!(d.wait().unwrap().code(), Some(0));
+    holder.kill().ok();
+    holder.wait().ok();
+    let log = fs::read_to_string(&log_path).unwrap();
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("errno=EIO")).collect();
+    assert_eq!(failed.len(), 1, "the EIO is logged once: {log}");
+    assert!(
+        failed[0].contains(" op=\"setattr\" ") && failed[0].contains(&format!(" pid={tid}}}")),
+        "the EIO is logged in the truncate's span: {}",
+        failed[0]
+    );
+}
