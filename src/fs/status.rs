@@ -8,7 +8,8 @@
 //! in JSON, `-` in the table), and so is the path of their leases' files unless the viewer
 //! could `stat` it (search permission on every directory above it, for its uid, gid and
 //! supplementary groups): then the lease's `path` is `null` (`ino:N` in the table) and only
-//! its inode number tells which file it is. Everything else (ids, ranges, states, busy
+//! its inode number tells which file it is. The table escapes control characters in paths
+//! and commands (see `printable`): any user names its files and its processes. Everything else (ids, ranges, states, busy
 //! extents, counters) is the same for every caller. Events carry no pid, command or path.
 
 use std::time::Instant;
@@ -334,6 +335,21 @@ pub fn status_for(fs: &Fs, viewer: Option<&Viewer>) -> Status {
     }
 }
 
+/// `s` as the table shows it: control characters (a newline that would start a forged line,
+/// terminal escapes) and backslashes escaped as Rust writes them (`\n`, `\u{1b}`, `\\`).
+/// File names and commands are chosen by any user, and the table goes to root's terminal.
+fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("null".into(), |v| v.to_string())
 }
@@ -390,7 +406,7 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
     out.push_str("\nHOLDER  PID      COMM             FENCED\n");
     for h in &v.holders {
         let pid = h.pid.map_or("-".into(), |p| p.to_string());
-        let comm = h.comm.as_deref().unwrap_or("-");
+        let comm = h.comm.as_deref().map_or("-".into(), printable);
         out.push_str(&format!(
             "{:<7} {pid:<8} {comm:<16} {}\n",
             h.id,
@@ -417,7 +433,9 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
             l.standing,
             l.offset,
             l.len,
-            l.path.clone().unwrap_or_else(|| format!("ino:{}", l.ino))
+            l.path
+                .as_deref()
+                .map_or_else(|| format!("ino:{}", l.ino), printable)
         ));
     }
     out.push_str("\nBUSY START   LEN      HOLDER\n");

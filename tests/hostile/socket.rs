@@ -595,3 +595,71 @@ fn an_empty_packet_is_an_error_and_the_session_goes_on() {
     p.send("2 hello", &[]).unwrap();
     assert!(recv_text(&p).starts_with("2 ok holder="));
 }
+
+/// A user names its file, and its holder process, with control characters: a newline that
+/// starts a forged line of the table, and terminal escapes. Root's `pinfs status` table must
+/// show them escaped, one line per lease, with no escape byte reaching root's terminal.
+#[test]
+fn names_and_commands_cannot_forge_lines_of_roots_table() {
+    if skip_without_fuse("hostile_table_injection") {
+        return;
+    }
+    let m = Mount::new("16M", "allow_other");
+    fs::create_dir(m.path("pub")).unwrap();
+    fs::set_permissions(m.path("pub"), fs::Permissions::from_mode(0o777)).unwrap();
+    let evil = "evil\n15099   1       granted   -          rw    root   0            4096         shadow\x1b[2J";
+    let path = m.path("pub").join(evil);
+    let (child, go, ready) = nobody_until_told(move |wait| {
+        let name = c"x\x1b]0;pwned\x07\ny";
+        // SAFETY: PR_SET_NAME with a NUL-terminated string (the kernel keeps 15 bytes).
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        let f = new_file(&path);
+        f.write_all_at(&[b'.'; 4096], 0).unwrap();
+        let mut c = Connection::for_file(&f).unwrap();
+        let Ok(_pin) = c.pin(&f, 0, 4096, PinOptions::default()) else {
+            return false;
+        };
+        wait();
+        true
+    });
+    let mut b = [0u8; 1];
+    // SAFETY: read of one byte from our pipe.
+    let held = unsafe { libc::read(ready.as_raw_fd(), b.as_mut_ptr().cast(), 1) } == 1;
+    let table = if held {
+        Connection::for_path(&m.mnt).unwrap().status(true).unwrap()
+    } else {
+        String::new()
+    };
+    let json = status(&m);
+    // SAFETY: write of one byte to our pipe; waitpid on our child.
+    let code = unsafe {
+        libc::write(go.as_raw_fd(), b"g".as_ptr().cast(), 1);
+        let mut st = 0;
+        libc::waitpid(child, &mut st, 0);
+        libc::WIFEXITED(st).then(|| libc::WEXITSTATUS(st))
+    };
+    assert!(held && code == Some(0), "the child's pin (see its stderr)");
+    eprintln!("{table}");
+    assert!(
+        !table.bytes().any(|b| b.is_ascii_control() && b != b'\n'),
+        "a control character reached the table"
+    );
+    let pins: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("PIN "))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(pins.len(), 1, "one lease, one line: {pins:?}");
+    assert!(pins[0].ends_with(r"/pub/evil\n15099   1       granted   -          rw    root   0            4096         shadow\u{1b}[2J"), "{}", pins[0]);
+    let holders: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("HOLDER "))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(holders.len(), 1, "one holder, one line: {holders:?}");
+    // JSON escapes them itself: the document keeps the names as they are.
+    assert_eq!(json.leases[0].path.as_deref(), Some(&*format!("/pub/{evil}")));
+    assert_eq!(json.holders[0].comm.as_deref(), Some("x\x1b]0;pwned\x07\ny"));
+}
