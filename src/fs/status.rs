@@ -6,11 +6,13 @@
 //! What a caller may see: root sees everything. Any other caller (a [`Viewer`]) sees its own
 //! holders (same uid) fully; of other users' holders, the pid and command are hidden (`null`
 //! in JSON, `-` in the table), and so is the path of their leases' files unless the viewer
-//! could `stat` it (search permission on every directory above it, for its uid, gid and
-//! supplementary groups): then the lease's `path` is `null` (`ino:N` in the table) and only
-//! its inode number tells which file it is. The table escapes control characters in paths
-//! and commands (see `printable`): any user names its files and its processes. Everything else (ids, ranges, states, busy
-//! extents, counters) is the same for every caller. Events carry no pid, command or path.
+//! could find it by listing directories from the root (read and search permission on every
+//! directory above it, for its uid, gid and supplementary groups; search alone, as in a 0711
+//! directory, reaches a file whose name one knows but tells no names): otherwise the lease's
+//! `path` is `null` (`ino:N` in the table) and only its inode number tells which file it is.
+//! Everything else (ids, ranges, states, busy extents, counters) is the same for every
+//! caller. Events carry no pid, command or path. The table escapes control characters in
+//! paths and commands (see `printable`): any user names its files and its processes.
 
 use std::time::Instant;
 
@@ -33,8 +35,9 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    /// Could this viewer search (pass through) directory `d`, by its mode bits?
-    fn may_search(&self, d: &crate::meta::inode::Inode) -> bool {
+    /// Could this viewer list and search (read the names of, and pass through) directory
+    /// `d`, by its mode bits?
+    fn may_list(&self, d: &crate::meta::inode::Inode) -> bool {
         let bits = if self.uid == d.uid {
             d.perm >> 6
         } else if self.gid == d.gid || self.groups.contains(&d.gid) {
@@ -42,7 +45,7 @@ impl Viewer {
         } else {
             d.perm
         };
-        bits & 1 != 0
+        bits & 0o5 == 0o5
     }
 }
 
@@ -228,7 +231,7 @@ pub fn status_for(fs: &Fs, viewer: Option<&Viewer>) -> Status {
     inos.dedup();
     let paths = match viewer {
         None => fs.paths_seen(&inos, &|_| true),
-        Some(v) => fs.paths_seen(&inos, &|d| v.may_search(d)),
+        Some(v) => fs.paths_seen(&inos, &|d| v.may_list(d)),
     };
     // Whose holder is each: the viewer's own holders are shown fully.
     let own: std::collections::HashSet<u64> = snap

@@ -32,9 +32,10 @@
 //!
 //! **What a caller sees.** Root sees everything. Another caller sees its own holders fully;
 //! of other users' holders, `status` hides the pid and command (`null` in JSON, `-` in the
-//! table), and the path of their leases' files unless the caller could reach the file itself
-//! (search permission on every directory above it, with its uid, gid and supplementary groups):
-//! then the path is `null` (the table says `ino:N`) and only the inode number is shown. Events
+//! table), and the path of their leases' files unless the caller could find the file itself
+//! (read and search permission on every directory above it, with its uid, gid and
+//! supplementary groups): otherwise the path is `null` (the table says `ino:N`) and only the
+//! inode number is shown. Events
 //! (`events`, `watch`, notifications) carry holder ids and inode numbers, never a pid, a
 //! command or a path, so they are the same for every caller.
 //!

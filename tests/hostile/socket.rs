@@ -660,6 +660,77 @@ fn names_and_commands_cannot_forge_lines_of_roots_table() {
         .collect();
     assert_eq!(holders.len(), 1, "one holder, one line: {holders:?}");
     // JSON escapes them itself: the document keeps the names as they are.
-    assert_eq!(json.leases[0].path.as_deref(), Some(&*format!("/pub/{evil}")));
-    assert_eq!(json.holders[0].comm.as_deref(), Some("x\x1b]0;pwned\x07\ny"));
+    assert_eq!(
+        json.leases[0].path.as_deref(),
+        Some(&*format!("/pub/{evil}"))
+    );
+    assert_eq!(
+        json.holders[0].comm.as_deref(),
+        Some("x\x1b]0;pwned\x07\ny")
+    );
+}
+
+/// A directory of mode 0711 lets others reach a file whose name they know, never learn the
+/// names (`ls` is refused): `status` must not teach them. Only a path the caller could find
+/// by listing (read and search permission on every directory above the file) is shown.
+#[test]
+fn status_does_not_tell_names_that_ls_would_not() {
+    if skip_without_fuse("hostile_unlisted_names") {
+        return;
+    }
+    let m = Mount::new("16M", "allow_other");
+    for (dir, mode) in [("drop", 0o711), ("listed", 0o755), ("no-search", 0o744)] {
+        fs::create_dir(m.path(dir)).unwrap();
+        fs::set_permissions(m.path(dir), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let hidden = file(&m, "drop/hidden-name-7f3a", 4096);
+    let shown = file(&m, "listed/shown-name", 4096);
+    let unreachable = file(&m, "no-search/listed-not-reachable", 4096);
+    let mut root = Connection::for_file(&hidden).unwrap();
+    let _pins: Vec<_> = [&hidden, &shown, &unreachable]
+        .into_iter()
+        .map(|f| root.pin(f, 0, 4096, PinOptions::default()).unwrap())
+        .collect();
+    let mnt = m.mnt.clone();
+    assert!(nobody(move || {
+        // What the caller itself may do with these directories.
+        let listable = fs::read_dir(mnt.join("drop")).is_ok();
+        let reachable = fs::metadata(mnt.join("drop/hidden-name-7f3a")).is_ok();
+        let mut c = Connection::for_path(&mnt).unwrap();
+        let (s, t) = (c.status(false).unwrap(), c.status(true).unwrap());
+        let doc = parse_status(&s);
+        let checks = [
+            (
+                !listable && reachable,
+                "0711: not listable, reachable by name",
+            ),
+            (
+                !s.contains("hidden-name") && !t.contains("hidden-name"),
+                "no unlisted name",
+            ),
+            (
+                path_shown(&doc, Some("/listed/shown-name")),
+                "a listable path is shown",
+            ),
+            (
+                !s.contains("listed-not-reachable"),
+                "no path below a 0744 directory",
+            ),
+            (
+                doc.leases.iter().filter(|l| l.path.is_none()).count() == 2,
+                "two nulls",
+            ),
+        ];
+        let mut ok = true;
+        for (good, what) in checks {
+            if !good {
+                eprintln!("{what}:\n{s}\n{t}");
+                ok = false;
+            }
+        }
+        ok
+    }));
+    // Root sees them all.
+    let s = status(&m);
+    assert!(path_shown(&s, Some("/drop/hidden-name-7f3a")), "{s:?}");
 }
