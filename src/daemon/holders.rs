@@ -676,6 +676,18 @@ fn flush(shared: &Shared, id: u64, c: &mut Conn) -> Flushed {
         let next = {
             let mut hub = shared.hub();
             hub.queues.get_mut(&id).and_then(|q| {
+                // A watcher that has read everything it was queued learns now what it
+                // lost, not only with the next event (which may never come).
+                if q.out.is_empty() {
+                    if let Some(w) = q.watch.as_mut().filter(|w| w.lost > 0) {
+                        let text = Event::Lost { count: w.lost }.encode();
+                        w.lost = 0;
+                        q.put(Outgoing {
+                            text,
+                            fds: Vec::new(),
+                        });
+                    }
+                }
                 let p = q.out.pop_front()?;
                 q.bytes -= p.text.len();
                 Some(p)

@@ -734,3 +734,46 @@ fn status_does_not_tell_names_that_ls_would_not() {
     let s = status(&m);
     assert!(path_shown(&s, Some("/drop/hidden-name-7f3a")), "{s:?}");
 }
+
+/// A watcher that stops reading loses events past its backlog, and must be told how many
+/// once it has read the rest, even if nothing happens after that: the events it got and the
+/// count of those it lost add up to every event since it watched.
+#[test]
+fn a_watcher_that_fell_behind_is_told_what_it_lost() {
+    if skip_without_fuse("hostile_watch_lost") {
+        return;
+    }
+    use pinfs::daemon::holders::WATCH_BACKLOG;
+    use pinfs::holder::protocol::{Event, Incoming};
+    let m = Mount::new("16M", "");
+    let f = file(&m, "buf", 4096);
+    let watcher = Packet::connect(&sock_of(&m)).unwrap();
+    watcher.send("w watch", &[]).unwrap();
+    // The reply comes after the recent events (none yet).
+    assert_eq!(recv_text(&watcher), "w ok");
+    // Enough events to overflow its backlog while it does not read.
+    let pairs = WATCH_BACKLOG / 2 + 500;
+    let mut c = Connection::for_file(&f).unwrap();
+    for _ in 0..pairs {
+        let pin = c.pin(&f, 0, 4096, PinOptions::default()).unwrap();
+        c.unpin(&pin).unwrap();
+    }
+    // Now it reads all there is; the holder stays, so no event comes after.
+    let (mut got, mut lost) = (0u64, 0u64);
+    while watcher.wait_readable(Some(Duration::from_secs(2))).unwrap() {
+        let (b, _) = watcher.recv().unwrap().expect("a packet");
+        match Incoming::parse(&b).unwrap() {
+            Incoming::Event(Event::Lost { count }) => lost += count,
+            Incoming::Event(_) => got += 1,
+            Incoming::Reply(id, r) => panic!("reply {id} {r:?} on a watch"),
+        }
+    }
+    eprintln!("{got} events received, {lost} lost");
+    assert!(lost > 0, "the watcher was never told it lost events");
+    assert_eq!(got + lost, 2 * pairs as u64, "events received and lost");
+    // And it still watches.
+    let pin = c.pin(&f, 0, 4096, PinOptions::default()).unwrap();
+    let e = Event::parse(recv_text(&watcher).as_bytes()).unwrap();
+    assert_eq!(e.name(), "granted");
+    c.unpin(&pin).unwrap();
+}
