@@ -919,6 +919,48 @@ impl Packet {
         }
     }
 
+    /// The connected peer's supplementary groups, as they were when it connected
+    /// (`SO_PEERGROUPS`, Linux 4.13): unlike `/proc/PID/status`, they cannot change with what
+    /// the process does later, or with another process taking its pid.
+    pub fn peer_groups(&self) -> io::Result<Vec<u32>> {
+        // The asm-generic value (not in the libc crate for Linux); mips, sparc, alpha and
+        // parisc number their socket options differently.
+        #[cfg(not(any(
+            target_arch = "mips",
+            target_arch = "mips64",
+            target_arch = "sparc",
+            target_arch = "sparc64"
+        )))]
+        const SO_PEERGROUPS: libc::c_int = 59;
+        let mut groups: Vec<libc::gid_t> = vec![0; 32];
+        loop {
+            let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+            // SAFETY: getsockopt(SO_PEERGROUPS) into a buffer of the length we pass; the
+            // kernel writes at most `len` bytes, and says how many.
+            let rc = unsafe {
+                libc::getsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    SO_PEERGROUPS,
+                    groups.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            let n = len as usize / std::mem::size_of::<libc::gid_t>();
+            if rc == 0 {
+                groups.truncate(n);
+                return Ok(groups);
+            }
+            let e = io::Error::last_os_error();
+            // ERANGE: the buffer was short, and `len` says what it takes (at most
+            // NGROUPS_MAX groups).
+            if e.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() || n > 65536 {
+                return Err(with_context(e, "SO_PEERGROUPS"));
+            }
+            groups.resize(n, 0);
+        }
+    }
+
     /// Sends one message with descriptors, waiting for room if need be.
     pub fn send(&self, text: &str, fds: &[RawFd]) -> io::Result<()> {
         self.send_flags(text, fds, SendFlags::empty())

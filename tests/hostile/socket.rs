@@ -777,3 +777,80 @@ fn a_watcher_that_fell_behind_is_told_what_it_lost() {
     assert_eq!(e.name(), "granted");
     c.unpin(&pin).unwrap();
 }
+
+/// What `status` shows a caller is decided by the credentials its connection was made with
+/// (the kernel's, at connect), never by what the process with that pid has later: a pid is
+/// reused, and a process may change its groups. Here the peer connects as uid 65534 with no
+/// supplementary group, then (with the saved uid 0 it kept) joins the group of a 0750
+/// directory before asking: the path below it stays hidden (and one that connected in the
+/// group sees it).
+#[test]
+fn status_counts_the_groups_of_the_connection_not_of_the_pid_now() {
+    if skip_without_fuse("hostile_groups_later") {
+        return;
+    }
+    const GROUP: libc::gid_t = 4242;
+    let m = Mount::new("16M", "allow_other");
+    fs::create_dir(m.path("grp")).unwrap();
+    fs::set_permissions(m.path("grp"), fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(m.path("grp"), Some(0), Some(GROUP)).unwrap();
+    let f = file(&m, "grp/group-only-name", 4096);
+    let mut root = Connection::for_file(&f).unwrap();
+    let _pin = root.pin(&f, 0, 4096, PinOptions::default()).unwrap();
+    let sock = sock_of(&m);
+    // The child's exit code: 0 if the path was hidden, 1 if shown.
+    let child = |group_at_connect: bool| {
+        // SAFETY: fork in a test process; the child changes its credentials, talks to the
+        // socket and leaves with _exit, never returning into the test harness.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                let none: [libc::gid_t; 0] = [];
+                let group = [GROUP];
+                let first: &[libc::gid_t] = if group_at_connect { &group } else { &none };
+                if libc::setgroups(first.len(), first.as_ptr()) != 0
+                    || libc::setresgid(65534, 65534, 65534) != 0
+                    || libc::setresuid(65534, 65534, 0) != 0
+                {
+                    libc::_exit(3);
+                }
+                let Ok(p) = Packet::connect(&sock) else {
+                    libc::_exit(4)
+                };
+                if libc::seteuid(0) != 0
+                    || libc::setgroups(1, group.as_ptr()) != 0
+                    || libc::seteuid(65534) != 0
+                {
+                    libc::_exit(5);
+                }
+                if p.send("1 status", &[]).is_err() {
+                    libc::_exit(6);
+                }
+                let reply = recv_text(&p);
+                if !reply.starts_with("1 ok\n") {
+                    libc::_exit(7);
+                }
+                libc::_exit(if reply.contains("group-only-name") {
+                    1
+                } else {
+                    0
+                });
+            }
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, 0);
+            libc::WIFEXITED(st).then(|| libc::WEXITSTATUS(st))
+        }
+    };
+    assert_eq!(
+        child(false),
+        Some(0),
+        "the path under the 0750 directory, for groups the connection did not have"
+    );
+    assert_eq!(
+        child(true),
+        Some(1),
+        "the path under the 0750 directory, for a connection made in its group"
+    );
+    assert!(path_shown(&status(&m), Some("/grp/group-only-name")));
+}
