@@ -923,15 +923,12 @@ impl Packet {
     /// (`SO_PEERGROUPS`, Linux 4.13): unlike `/proc/PID/status`, they cannot change with what
     /// the process does later, or with another process taking its pid.
     pub fn peer_groups(&self) -> io::Result<Vec<u32>> {
-        // The asm-generic value (not in the libc crate for Linux); mips, sparc, alpha and
-        // parisc number their socket options differently.
-        #[cfg(not(any(
-            target_arch = "mips",
-            target_arch = "mips64",
-            target_arch = "sparc",
-            target_arch = "sparc64"
-        )))]
+        // From the kernel's asm/socket.h (the libc crate does not export it for Linux):
+        // 59, but on sparc, which numbers its socket options its own way.
+        #[cfg(not(target_arch = "sparc64"))]
         const SO_PEERGROUPS: libc::c_int = 59;
+        #[cfg(target_arch = "sparc64")]
+        const SO_PEERGROUPS: libc::c_int = 0x3d;
         let mut groups: Vec<libc::gid_t> = vec![0; 32];
         loop {
             let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
