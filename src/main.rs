@@ -149,6 +149,10 @@ fn cmd_mkfs(a: MkfsArgs) -> CmdResult {
 fn cmd_mount(a: MountArgs, usage_of: Option<&str>) -> CmdResult {
     let options = a.option_list();
     if pinfs::daemon::remount::is_remount(&options) {
+        // An option list that does not parse is a usage error (exit 2), as for a new mount;
+        // what the live mount refuses (an option fixed for its life, a busy file) is not.
+        pinfs::daemon::remount::check_list(&options)
+            .map_err(|e| Failure::Usage(cli::usage_error(usage_of, e)))?;
         init_logging("warn");
         pinfs::daemon::remount::run(&a.mountpoint, &options).map_err(Failure::Error)?;
         return Ok(0);

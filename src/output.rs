@@ -36,3 +36,31 @@ pub fn write_or_exit(args: std::fmt::Arguments<'_>, newline: bool) {
         std::process::exit(1);
     }
 }
+
+/// `s` as a terminal may be shown it (the status table, fsck's messages): control characters (a newline that would start a forged line,
+/// terminal escapes) and backslashes escaped as Rust writes them (`\n`, `\u{1b}`, `\\`).
+/// File names and commands are chosen by any user (or by whoever crafted an image), and the
+/// output goes to root's terminal.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_and_backslashes_are_escaped() {
+        assert_eq!(
+            super::printable("a\nb\u{1b}[2J\\c d"),
+            "a\\nb\\u{1b}[2J\\\\c d"
+        );
+        assert_eq!(super::printable("caf\u{e9}"), "caf\u{e9}");
+    }
+}

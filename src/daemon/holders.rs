@@ -46,9 +46,10 @@
 //!   listening socket alone for [`ACCEPT_BACKOFF`] (instead of spinning on it) and goes on
 //!   serving the connections it has.
 //!
-//! Identity is the kernel's: pid, uid and gid from `SO_PEERCRED`, the command name from
-//! `/proc/PID/comm`, supplementary groups from `/proc/PID/status` (for what `status` may
-//! show a caller, see [`crate::fs::status`]). A file to pin is passed as a descriptor, so the
+//! Identity is the kernel's: pid, uid and gid from `SO_PEERCRED`, supplementary groups from
+//! `SO_PEERGROUPS`, both as they were at connect (a process may change its groups later, and
+//! its pid may go to another process; for what `status` may show a caller, see
+//! [`crate::fs::status`]), and the command name from `/proc/PID/comm`. A file to pin is passed as a descriptor, so the
 //! kernel has already checked that the holder may open it (for writing, for a writable pin).
 
 use std::collections::{HashMap, VecDeque};
@@ -234,6 +235,8 @@ enum Job {
     Request {
         conn: u64,
         peer: PeerCred,
+        /// The peer's supplementary groups when it connected.
+        groups: Arc<[u32]>,
         bytes: Vec<u8>,
         fds: Vec<OwnedFd>,
     },
@@ -362,6 +365,9 @@ impl Server {
 struct Conn {
     sock: Packet,
     peer: PeerCred,
+    /// Its supplementary groups when it connected (what `status` may show it depends on
+    /// them; none if the kernel does not say).
+    groups: Arc<[u32]>,
     /// A request of this connection is with a worker.
     busy: bool,
     /// To be dropped (the peer hung up, or its queue overflowed) once its request in flight
@@ -558,6 +564,7 @@ impl Poller {
             return;
         }
         *n += 1;
+        let groups = sock.peer_groups().unwrap_or_default().into();
         self.next_conn += 1;
         let id = self.next_conn;
         self.shared.hub().queues.insert(id, Queue::default());
@@ -566,6 +573,7 @@ impl Poller {
             Conn {
                 sock,
                 peer,
+                groups,
                 busy: false,
                 gone: false,
                 blocked: false,
@@ -603,6 +611,7 @@ impl Poller {
                 let job = Job::Request {
                     conn: id,
                     peer: c.peer,
+                    groups: c.groups.clone(),
                     bytes,
                     fds,
                 };
@@ -676,6 +685,18 @@ fn flush(shared: &Shared, id: u64, c: &mut Conn) -> Flushed {
         let next = {
             let mut hub = shared.hub();
             hub.queues.get_mut(&id).and_then(|q| {
+                // A watcher that has read everything it was queued learns now what it
+                // lost, not only with the next event (which may never come).
+                if q.out.is_empty() {
+                    if let Some(w) = q.watch.as_mut().filter(|w| w.lost > 0) {
+                        let text = Event::Lost { count: w.lost }.encode();
+                        w.lost = 0;
+                        q.put(Outgoing {
+                            text,
+                            fds: Vec::new(),
+                        });
+                    }
+                }
                 let p = q.out.pop_front()?;
                 q.bytes -= p.text.len();
                 Some(p)
@@ -726,10 +747,11 @@ fn work(fs: &Fs, shared: &Shared, jobs: Receiver<Job>) {
             Job::Request {
                 conn,
                 peer,
+                groups,
                 bytes,
                 fds,
             } => {
-                let reply = answer(fs, shared, conn, peer, &bytes, fds);
+                let reply = answer(fs, shared, conn, peer, &groups, &bytes, fds);
                 let packets = framed(reply);
                 let mut hub = shared.hub();
                 hub.push(conn, packets);
@@ -747,6 +769,7 @@ fn answer(
     shared: &Shared,
     conn: u64,
     peer: PeerCred,
+    groups: &[u32],
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Outgoing {
@@ -785,7 +808,7 @@ fn answer(
                 hub.holders.insert(h, conn);
                 holder = Some(h);
             }
-            reply(&id, respond(fs, holder, peer, &req, fds))
+            reply(&id, respond(fs, holder, peer, groups, &req, fds))
         }
     }
 }
@@ -820,7 +843,7 @@ fn comm_of(pid: u32) -> String {
 /// text: the daemon's request path, for the protocol fuzz target and its regression tests.
 pub fn reply_to(fs: &Fs, holder: Option<HolderId>, peer: PeerCred, bytes: &[u8]) -> String {
     match Request::parse(bytes) {
-        Ok((id, req)) => reply(&id, respond(fs, holder, peer, &req, Vec::new())).text,
+        Ok((id, req)) => reply(&id, respond(fs, holder, peer, &[], &req, Vec::new())).text,
         Err(e) => err(e.id.as_deref().unwrap_or("?"), libc::EINVAL, e.message).text,
     }
 }
@@ -865,6 +888,7 @@ fn respond(
     fs: &Fs,
     holder: Option<HolderId>,
     peer: PeerCred,
+    groups: &[u32],
     req: &Request,
     mut fds: Vec<OwnedFd>,
 ) -> Answer {
@@ -920,7 +944,7 @@ fn respond(
             let viewer = (!root).then(|| crate::fs::status::Viewer {
                 uid: peer.uid,
                 gid: peer.gid,
-                groups: crate::fs::status::groups_of(peer.pid),
+                groups: groups.to_vec(),
             });
             done(Reply::Document(if table {
                 crate::fs::status::table_for(fs, viewer.as_ref())

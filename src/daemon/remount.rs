@@ -49,6 +49,12 @@ fn keys(list: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Checks that a `remount,...` list parses (names and values), before anything is asked of
+/// the mount.
+pub fn check_list(list: &str) -> Result<(), String> {
+    MountOptions::parse(&without_remount(list)).map(|_| ())
+}
+
 /// The list without `remount` and without the FUSE connection's own options.
 fn without_remount(list: &str) -> String {
     list.split(',')

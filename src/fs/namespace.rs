@@ -417,8 +417,8 @@ impl Fs {
     }
 
     /// For each of `inos` that has a name: its first path found, and the first path through
-    /// directories that all pass `may_search` (the root included), if any: what a given user
-    /// could `stat`. One walk of the namespace, for status displays.
+    /// directories that all pass `may_search` (the root included), if any: for status
+    /// displays, what a given user could find. One walk of the namespace.
     pub fn paths_seen(
         &self,
         inos: &[u64],

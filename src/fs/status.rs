@@ -7,10 +7,13 @@
 //! What a caller may see: root sees everything. Any other caller (a [`Viewer`]) sees its own
 //! holders (same uid) fully; of other users' holders, the pid and command are hidden (`null`
 //! in JSON, `-` in the table), and so is the path of their leases' files unless the viewer
-//! could `stat` it (search permission on every directory above it, for its uid, gid and
-//! supplementary groups): then the lease's `path` is `null` (`ino:N` in the table) and only
-//! its inode number tells which file it is. Everything else (ids, ranges, states, busy
-//! extents, counters) is the same for every caller. Events carry no pid, command or path.
+//! could find it by listing directories from the root (read and search permission on every
+//! directory above it, for its uid, gid and supplementary groups; search alone, as in a 0711
+//! directory, reaches a file whose name one knows but tells no names): otherwise the lease's
+//! `path` is `null` (`ino:N` in the table) and only its inode number tells which file it is.
+//! Everything else (ids, ranges, states, busy extents, counters) is the same for every
+//! caller. Events carry no pid, command or path. The table escapes control characters in
+//! paths and commands (see `printable`): any user names its files and its processes.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -20,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::fs::Fs;
 use crate::holder::protocol;
 use crate::lease::{Event, EventKind, LeaseState};
+use crate::output::printable;
 use crate::store::image::BLOCK_SIZE;
 
 /// A caller who is not root, as far as visibility goes.
@@ -34,8 +38,9 @@ pub struct Viewer {
 }
 
 impl Viewer {
-    /// Could this viewer search (pass through) directory `d`, by its mode bits?
-    fn may_search(&self, d: &crate::meta::inode::Inode) -> bool {
+    /// Could this viewer list and search (read the names of, and pass through) directory
+    /// `d`, by its mode bits?
+    fn may_list(&self, d: &crate::meta::inode::Inode) -> bool {
         let bits = if self.uid == d.uid {
             d.perm >> 6
         } else if self.gid == d.gid || self.groups.contains(&d.gid) {
@@ -43,7 +48,7 @@ impl Viewer {
         } else {
             d.perm
         };
-        bits & 1 != 0
+        bits & 0o5 == 0o5
     }
 }
 
@@ -219,7 +224,7 @@ pub fn status_for(fs: &Fs, viewer: Option<&Viewer>) -> Status {
     inos.dedup();
     let paths = match viewer {
         None => fs.paths_seen(&inos, &|_| true),
-        Some(v) => fs.paths_seen(&inos, &|d| v.may_search(d)),
+        Some(v) => fs.paths_seen(&inos, &|d| v.may_list(d)),
     };
     // Whose holder is each: the viewer's own holders are shown fully.
     let own: std::collections::HashSet<u64> = snap
@@ -404,7 +409,7 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
     out.push_str("\nHOLDER  PID      COMM             FENCED\n");
     for h in &v.holders {
         let pid = h.pid.map_or("-".into(), |p| p.to_string());
-        let comm = h.comm.as_deref().unwrap_or("-");
+        let comm = h.comm.as_deref().map_or("-".into(), printable);
         out.push_str(&format!(
             "{:<7} {pid:<8} {comm:<16} {}\n",
             h.id,
@@ -431,7 +436,9 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
             l.standing,
             l.offset,
             l.len,
-            l.path.clone().unwrap_or_else(|| format!("ino:{}", l.ino))
+            l.path
+                .as_deref()
+                .map_or_else(|| format!("ino:{}", l.ino), printable)
         ));
     }
     out.push_str("\nBUSY START   LEN      HOLDER\n");

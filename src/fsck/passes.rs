@@ -94,7 +94,7 @@ pub fn examine(image: &Image, sb: &Superblock, loaded: &mut Loaded, repair: bool
             .map(|(n, e)| (n.to_vec(), e.ino, e.kind))
             .collect();
         for (name, ino, kind) in entries {
-            let shown = String::from_utf8_lossy(&name).into_owned();
+            let shown = crate::output::printable(&String::from_utf8_lossy(&name));
             let Some(tkind) = inodes.get(&ino).map(|t| t.kind) else {
                 c.problem(
                     format!("directory {d}: entry '{shown}' names missing inode {ino}"),

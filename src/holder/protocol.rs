@@ -32,9 +32,10 @@
 //!
 //! **What a caller sees.** Root sees everything. Another caller sees its own holders fully;
 //! of other users' holders, `status` hides the pid and command (`null` in JSON, `-` in the
-//! table), and the path of their leases' files unless the caller could reach the file itself
-//! (search permission on every directory above it, with its uid, gid and supplementary groups):
-//! then the path is `null` (the table says `ino:N`) and only the inode number is shown. Events
+//! table), and the path of their leases' files unless the caller could find the file itself
+//! (read and search permission on every directory above it, with its uid, gid and
+//! supplementary groups): otherwise the path is `null` (the table says `ino:N`) and only the
+//! inode number is shown. Events
 //! (`events`, `watch`, notifications) carry holder ids and inode numbers, never a pid, a
 //! command or a path, so they are the same for every caller.
 //!
@@ -55,7 +56,7 @@
 //! text above) and `parse`, which the daemon and every client share. Parsing is total: any
 //! byte string either parses or is an error, never a panic; nothing in a message can make
 //! the daemon allocate more than the packet it came in. Arguments a message does not use
-//! are ignored.
+//! are ignored; a key given twice (`offset=0 ... offset=99`) makes the message malformed.
 
 use std::ffi::CString;
 use std::io;
@@ -163,20 +164,25 @@ struct Words<'a> {
 }
 
 impl<'a> Words<'a> {
-    fn of(rest: &'a str) -> Words<'a> {
+    /// The words of `rest`; a key given twice is an error (which of its values counts would
+    /// be a guess, and two readers could guess differently).
+    fn of(rest: &'a str) -> Result<Words<'a>, String> {
         let (line, body) = rest.split_once('\n').unwrap_or((rest, ""));
-        let mut args = Vec::new();
+        let mut args: Vec<(&str, &str)> = Vec::new();
         let mut flags = Vec::new();
         for w in line.split(' ').filter(|w| !w.is_empty()) {
             match w.split_once('=') {
+                Some((k, _)) if args.iter().any(|(seen, _)| *seen == k) => {
+                    return Err(format!("{k}= given twice"));
+                }
                 Some(kv) => args.push(kv),
                 None => flags.push(w),
             }
         }
-        Words { args, flags, body }
+        Ok(Words { args, flags, body })
     }
 
-    /// The first value of `key`.
+    /// The value of `key`.
     fn arg(&self, key: &str) -> Option<&'a str> {
         self.args.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
     }
@@ -282,11 +288,12 @@ impl Request {
     }
 
     /// Parses a request: its id and what it asks. Arguments and words a request does not
-    /// use are ignored, and so is text after the first line except for `remount`'s.
+    /// use are ignored, and so is text after the first line except for `remount`'s; a key
+    /// given twice is an error.
     pub fn parse(bytes: &[u8]) -> Result<(String, Request), ParseError> {
         let (id, verb, rest) = head(bytes)?;
-        let w = Words::of(rest);
         let bad = |m: String| ParseError::of(id, m);
+        let w = Words::of(rest).map_err(bad)?;
         let req = match verb {
             "pin" => Request::Pin {
                 offset: w.num("offset").map_err(bad)?,
@@ -456,7 +463,7 @@ impl Reply {
                     }
                     return Ok((id.to_string(), Reply::Document(doc.to_string())));
                 }
-                let w = Words::of(rest);
+                let w = Words::of(rest).map_err(bad)?;
                 if w.arg("pin").is_some() {
                     let extents =
                         triples(w.arg("extents").unwrap_or(""), "extents").map_err(bad)?;
@@ -670,7 +677,7 @@ impl Event {
         if id != "event" {
             return Err(bad(format!("'{id}' is not an event")));
         }
-        let w = Words::of(rest);
+        let w = Words::of(rest).map_err(bad)?;
         let kind = match verb {
             "lost" => {
                 return Ok(Event::Lost {
@@ -909,6 +916,45 @@ impl Packet {
                 uid: cred.uid,
                 gid: cred.gid,
             })
+        }
+    }
+
+    /// The connected peer's supplementary groups, as they were when it connected
+    /// (`SO_PEERGROUPS`, Linux 4.13): unlike `/proc/PID/status`, they cannot change with what
+    /// the process does later, or with another process taking its pid.
+    pub fn peer_groups(&self) -> io::Result<Vec<u32>> {
+        // From the kernel's asm/socket.h (the libc crate does not export it for Linux):
+        // 59, but on sparc, which numbers its socket options its own way.
+        #[cfg(not(target_arch = "sparc64"))]
+        const SO_PEERGROUPS: libc::c_int = 59;
+        #[cfg(target_arch = "sparc64")]
+        const SO_PEERGROUPS: libc::c_int = 0x3d;
+        let mut groups: Vec<libc::gid_t> = vec![0; 32];
+        loop {
+            let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+            // SAFETY: getsockopt(SO_PEERGROUPS) into a buffer of the length we pass; the
+            // kernel writes at most `len` bytes, and says how many.
+            let rc = unsafe {
+                libc::getsockopt(
+                    self.fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    SO_PEERGROUPS,
+                    groups.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+            let n = len as usize / std::mem::size_of::<libc::gid_t>();
+            if rc == 0 {
+                groups.truncate(n);
+                return Ok(groups);
+            }
+            let e = io::Error::last_os_error();
+            // ERANGE: the buffer was short, and `len` says what it takes (at most
+            // NGROUPS_MAX groups).
+            if e.raw_os_error() != Some(libc::ERANGE) || n <= groups.len() || n > 65536 {
+                return Err(with_context(e, "SO_PEERGROUPS"));
+            }
+            groups.resize(n, 0);
         }
     }
 
@@ -1407,6 +1453,29 @@ mod tests {
 
     /// The kernel sets `MSG_CTRUNC` (and the packet is refused) exactly when a packet has
     /// more than [`MAX_FDS`] descriptors: the buffer must be `CMSG_SPACE` of that many.
+    /// `pin offset=0 len=4096 offset=99`: which offset? Neither: the request is refused,
+    /// with its id, and so is a reply or an event with a key twice.
+    #[test]
+    fn a_key_given_twice_is_malformed() {
+        for bytes in [
+            &b"7 pin offset=0 len=4096 offset=99"[..],
+            b"7 pin offset=0 len=4096 len=4096",
+            b"7 unpin pin=1 pin=2",
+            b"7 fence holder=1 holder=2",
+        ] {
+            let e = Request::parse(bytes).unwrap_err();
+            assert_eq!(e.id.as_deref(), Some("7"), "{e}");
+            assert!(e.message.contains("given twice"), "{e}");
+        }
+        assert!(Reply::parse(b"7 ok holder=1 holder=2").is_err());
+        assert!(Event::parse(
+            b"event granted holder=1 holder=2 pin=1 ino=2 offset=0 len=1 time=1.000000000"
+        )
+        .is_err());
+        // Flags twice, and keys a request does not use, are still fine.
+        assert!(Request::parse(b"7 pin offset=0 len=1 ro ro future=1").is_ok());
+    }
+
     #[test]
     fn receive_control_buffer_holds_exactly_max_fds() {
         let header = std::mem::size_of::<libc::cmsghdr>();

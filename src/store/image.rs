@@ -191,6 +191,15 @@ impl Image {
                 format!("size {size} is below the minimum of {MIN_IMAGE_BYTES} bytes (4M)"),
             ));
         }
+        if size > i64::MAX as u64 {
+            return Err(invalid(
+                path,
+                format!(
+                    "size {size} is above the largest file Linux can have ({} bytes, 8E)",
+                    i64::MAX
+                ),
+            ));
+        }
         if let Ok(meta) = std::fs::metadata(path) {
             if !meta.is_file() {
                 return Err(invalid(
@@ -220,6 +229,18 @@ impl Image {
         Self::try_lock(&file, path)?;
         // Shares the open file description, and so the lock, until the cleanup below is done.
         let locked = file.try_clone().map_err(io_err(path, "cannot create"))?;
+        // Whether the host filesystem takes a file of this size (EFBIG), found out before
+        // an old image is emptied: a refused re-format leaves it as it was.
+        let len = file.metadata().map_or(0, |m| m.len());
+        if total_blocks * BLOCK_SIZE > len {
+            if let Err(e) = file.set_len(total_blocks * BLOCK_SIZE) {
+                let _ = file.set_len(len);
+                if !existed {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(io_err(path, "cannot size")(e));
+            }
+        }
         Self::format(path, file, total_blocks).inspect_err(|_| {
             // A failed mkfs leaves no file that is not an image: the file it made goes, and
             // one it re-formatted (whose old contents are gone already) is left empty, so

@@ -2,7 +2,8 @@
 //! numeric mount option and flag refuses values out of its range (negative, NaN, infinite,
 //! huge, empty) as a usage error (exit 2) that names the option, the value and the accepted
 //! range, never a panic; and every command that prints ends quietly when its standard
-//! output is a pipe nobody reads (killed by SIGPIPE, as `cat` is), with nothing on stderr.
+//! output is a pipe nobody reads (killed by SIGPIPE, as `cat` is), with nothing on stderr;
+//! and a refused `mkfs --force` leaves the image it was to replace as it was.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -340,4 +341,40 @@ fn a_full_standard_output_is_an_error_not_a_panic() {
             "{args:?}: {err}"
         );
     }
+}
+
+/// `mkfs --force` with a size the host cannot give the file (beyond what a Linux file may
+/// be, or what the host filesystem takes) is refused with the old image as it was: a
+/// failed re-format must not be the one that destroys it.
+#[test]
+fn a_refused_mkfs_force_leaves_the_old_image_alone() {
+    let dir = tempfile::Builder::new()
+        .prefix("pinfs-attack-mkfs")
+        .tempdir()
+        .unwrap();
+    let img = dir.path().join("img");
+    mkfs(&img, "8M");
+    let before = std::fs::read(&img).unwrap();
+    let mut sizes = vec!["10000000T", "18446744073709551615"];
+    // A size Linux allows but the host filesystem refuses (ext4: EFBIG past 16T), where it
+    // does.
+    let probe = new_file(dir.path().join("probe"));
+    if probe.set_len(99 << 40).is_err() {
+        sizes.push("99T");
+    } else {
+        eprintln!("the host filesystem takes a 99T file: the EFBIG case is not tried");
+    }
+    drop(probe);
+    for size in sizes {
+        let out = pinfs(&["mkfs", img.to_str().unwrap(), "--size", size, "--force"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "--size {size}: {err}");
+        assert!(err.contains("size") && !err.contains("panicked"), "{err}");
+        assert!(
+            std::fs::read(&img).unwrap() == before,
+            "--size {size}: a refused mkfs --force changed the image ({err})"
+        );
+    }
+    let (code, report) = fsck_report(&img);
+    assert_eq!(code, 0, "{report}");
 }

@@ -595,3 +595,262 @@ fn an_empty_packet_is_an_error_and_the_session_goes_on() {
     p.send("2 hello", &[]).unwrap();
     assert!(recv_text(&p).starts_with("2 ok holder="));
 }
+
+/// A user names its file, and its holder process, with control characters: a newline that
+/// starts a forged line of the table, and terminal escapes. Root's `pinfs status` table must
+/// show them escaped, one line per lease, with no escape byte reaching root's terminal.
+#[test]
+fn names_and_commands_cannot_forge_lines_of_roots_table() {
+    if skip_without_fuse("hostile_table_injection") {
+        return;
+    }
+    let m = Mount::new("16M", "allow_other");
+    fs::create_dir(m.path("pub")).unwrap();
+    fs::set_permissions(m.path("pub"), fs::Permissions::from_mode(0o777)).unwrap();
+    let evil = "evil\n15099   1       granted   -          rw    root   0            4096         shadow\x1b[2J";
+    let path = m.path("pub").join(evil);
+    let (child, go, ready) = nobody_until_told(move |wait| {
+        let name = c"x\x1b]0;pwned\x07\ny";
+        // SAFETY: PR_SET_NAME with a NUL-terminated string (the kernel keeps 15 bytes).
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        let f = new_file(&path);
+        f.write_all_at(&[b'.'; 4096], 0).unwrap();
+        let mut c = Connection::for_file(&f).unwrap();
+        let Ok(_pin) = c.pin(&f, 0, 4096, PinOptions::default()) else {
+            return false;
+        };
+        wait();
+        true
+    });
+    let mut b = [0u8; 1];
+    // SAFETY: read of one byte from our pipe.
+    let held = unsafe { libc::read(ready.as_raw_fd(), b.as_mut_ptr().cast(), 1) } == 1;
+    let table = if held {
+        Connection::for_path(&m.mnt).unwrap().status(true).unwrap()
+    } else {
+        String::new()
+    };
+    let json = status(&m);
+    // SAFETY: write of one byte to our pipe; waitpid on our child.
+    let code = unsafe {
+        libc::write(go.as_raw_fd(), b"g".as_ptr().cast(), 1);
+        let mut st = 0;
+        libc::waitpid(child, &mut st, 0);
+        libc::WIFEXITED(st).then(|| libc::WEXITSTATUS(st))
+    };
+    assert!(held && code == Some(0), "the child's pin (see its stderr)");
+    eprintln!("{table}");
+    assert!(
+        !table.bytes().any(|b| b.is_ascii_control() && b != b'\n'),
+        "a control character reached the table"
+    );
+    let pins: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("PIN "))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(pins.len(), 1, "one lease, one line: {pins:?}");
+    assert!(pins[0].ends_with(r"/pub/evil\n15099   1       granted   -          rw    root   0            4096         shadow\u{1b}[2J"), "{}", pins[0]);
+    let holders: Vec<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with("HOLDER "))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(holders.len(), 1, "one holder, one line: {holders:?}");
+    // JSON escapes them itself: the document keeps the names as they are.
+    assert_eq!(
+        json.leases[0].path.as_deref(),
+        Some(&*format!("/pub/{evil}"))
+    );
+    assert_eq!(
+        json.holders[0].comm.as_deref(),
+        Some("x\x1b]0;pwned\x07\ny")
+    );
+}
+
+/// A directory of mode 0711 lets others reach a file whose name they know, never learn the
+/// names (`ls` is refused): `status` must not teach them. Only a path the caller could find
+/// by listing (read and search permission on every directory above the file) is shown.
+#[test]
+fn status_does_not_tell_names_that_ls_would_not() {
+    if skip_without_fuse("hostile_unlisted_names") {
+        return;
+    }
+    let m = Mount::new("16M", "allow_other");
+    for (dir, mode) in [("drop", 0o711), ("listed", 0o755), ("no-search", 0o744)] {
+        fs::create_dir(m.path(dir)).unwrap();
+        fs::set_permissions(m.path(dir), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let hidden = file(&m, "drop/hidden-name-7f3a", 4096);
+    let shown = file(&m, "listed/shown-name", 4096);
+    let unreachable = file(&m, "no-search/listed-not-reachable", 4096);
+    let mut root = Connection::for_file(&hidden).unwrap();
+    let _pins: Vec<_> = [&hidden, &shown, &unreachable]
+        .into_iter()
+        .map(|f| root.pin(f, 0, 4096, PinOptions::default()).unwrap())
+        .collect();
+    let mnt = m.mnt.clone();
+    assert!(nobody(move || {
+        // What the caller itself may do with these directories.
+        let listable = fs::read_dir(mnt.join("drop")).is_ok();
+        let reachable = fs::metadata(mnt.join("drop/hidden-name-7f3a")).is_ok();
+        let mut c = Connection::for_path(&mnt).unwrap();
+        let (s, t) = (c.status(false).unwrap(), c.status(true).unwrap());
+        let doc = parse_status(&s);
+        let checks = [
+            (
+                !listable && reachable,
+                "0711: not listable, reachable by name",
+            ),
+            (
+                !s.contains("hidden-name") && !t.contains("hidden-name"),
+                "no unlisted name",
+            ),
+            (
+                path_shown(&doc, Some("/listed/shown-name")),
+                "a listable path is shown",
+            ),
+            (
+                !s.contains("listed-not-reachable"),
+                "no path below a 0744 directory",
+            ),
+            (
+                doc.leases.iter().filter(|l| l.path.is_none()).count() == 2,
+                "two nulls",
+            ),
+        ];
+        let mut ok = true;
+        for (good, what) in checks {
+            if !good {
+                eprintln!("{what}:\n{s}\n{t}");
+                ok = false;
+            }
+        }
+        ok
+    }));
+    // Root sees them all.
+    let s = status(&m);
+    assert!(path_shown(&s, Some("/drop/hidden-name-7f3a")), "{s:?}");
+}
+
+/// A watcher that stops reading loses events past its backlog, and must be told how many
+/// once it has read the rest, even if nothing happens after that: the events it got and the
+/// count of those it lost add up to every event since it watched.
+#[test]
+fn a_watcher_that_fell_behind_is_told_what_it_lost() {
+    if skip_without_fuse("hostile_watch_lost") {
+        return;
+    }
+    use pinfs::daemon::holders::WATCH_BACKLOG;
+    use pinfs::holder::protocol::{Event, Incoming};
+    let m = Mount::new("16M", "");
+    let f = file(&m, "buf", 4096);
+    let watcher = Packet::connect(&sock_of(&m)).unwrap();
+    watcher.send("w watch", &[]).unwrap();
+    // The reply comes after the recent events (none yet).
+    assert_eq!(recv_text(&watcher), "w ok");
+    // Enough events to overflow its backlog while it does not read.
+    let pairs = WATCH_BACKLOG / 2 + 500;
+    let mut c = Connection::for_file(&f).unwrap();
+    for _ in 0..pairs {
+        let pin = c.pin(&f, 0, 4096, PinOptions::default()).unwrap();
+        c.unpin(&pin).unwrap();
+    }
+    // Now it reads all there is; the holder stays, so no event comes after.
+    let (mut got, mut lost) = (0u64, 0u64);
+    while watcher.wait_readable(Some(Duration::from_secs(2))).unwrap() {
+        let (b, _) = watcher.recv().unwrap().expect("a packet");
+        match Incoming::parse(&b).unwrap() {
+            Incoming::Event(Event::Lost { count }) => lost += count,
+            Incoming::Event(_) => got += 1,
+            Incoming::Reply(id, r) => panic!("reply {id} {r:?} on a watch"),
+        }
+    }
+    eprintln!("{got} events received, {lost} lost");
+    assert!(lost > 0, "the watcher was never told it lost events");
+    assert_eq!(got + lost, 2 * pairs as u64, "events received and lost");
+    // And it still watches.
+    let pin = c.pin(&f, 0, 4096, PinOptions::default()).unwrap();
+    let e = Event::parse(recv_text(&watcher).as_bytes()).unwrap();
+    assert_eq!(e.name(), "granted");
+    c.unpin(&pin).unwrap();
+}
+
+/// What `status` shows a caller is decided by the credentials its connection was made with
+/// (the kernel's, at connect), never by what the process with that pid has later: a pid is
+/// reused, and a process may change its groups. Here the peer connects as uid 65534 with no
+/// supplementary group, then (with the saved uid 0 it kept) joins the group of a 0750
+/// directory before asking: the path below it stays hidden (and one that connected in the
+/// group sees it).
+#[test]
+fn status_counts_the_groups_of_the_connection_not_of_the_pid_now() {
+    if skip_without_fuse("hostile_groups_later") {
+        return;
+    }
+    const GROUP: libc::gid_t = 4242;
+    let m = Mount::new("16M", "allow_other");
+    fs::create_dir(m.path("grp")).unwrap();
+    fs::set_permissions(m.path("grp"), fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::chown(m.path("grp"), Some(0), Some(GROUP)).unwrap();
+    let f = file(&m, "grp/group-only-name", 4096);
+    let mut root = Connection::for_file(&f).unwrap();
+    let _pin = root.pin(&f, 0, 4096, PinOptions::default()).unwrap();
+    let sock = sock_of(&m);
+    // The child's exit code: 0 if the path was hidden, 1 if shown.
+    let child = |group_at_connect: bool| {
+        // SAFETY: fork in a test process; the child changes its credentials, talks to the
+        // socket and leaves with _exit, never returning into the test harness.
+        unsafe {
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                let none: [libc::gid_t; 0] = [];
+                let group = [GROUP];
+                let first: &[libc::gid_t] = if group_at_connect { &group } else { &none };
+                if libc::setgroups(first.len(), first.as_ptr()) != 0
+                    || libc::setresgid(65534, 65534, 65534) != 0
+                    || libc::setresuid(65534, 65534, 0) != 0
+                {
+                    libc::_exit(3);
+                }
+                let Ok(p) = Packet::connect(&sock) else {
+                    libc::_exit(4)
+                };
+                if libc::seteuid(0) != 0
+                    || libc::setgroups(1, group.as_ptr()) != 0
+                    || libc::seteuid(65534) != 0
+                {
+                    libc::_exit(5);
+                }
+                if p.send("1 status", &[]).is_err() {
+                    libc::_exit(6);
+                }
+                let reply = recv_text(&p);
+                if !reply.starts_with("1 ok\n") {
+                    libc::_exit(7);
+                }
+                libc::_exit(if reply.contains("group-only-name") {
+                    1
+                } else {
+                    0
+                });
+            }
+            let mut st = 0;
+            libc::waitpid(pid, &mut st, 0);
+            libc::WIFEXITED(st).then(|| libc::WEXITSTATUS(st))
+        }
+    };
+    assert_eq!(
+        child(false),
+        Some(0),
+        "the path under the 0750 directory, for groups the connection did not have"
+    );
+    assert_eq!(
+        child(true),
+        Some(1),
+        "the path under the 0750 directory, for a connection made in its group"
+    );
+    assert!(path_shown(&status(&m), Some("/grp/group-only-name")));
+}
