@@ -535,8 +535,12 @@ fn the_fuzzer_catches_stores_after_the_pin_was_gone_only_without_detaching() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "detach_windows={detach}: {text}");
         if detach == "off" {
+            // Which store the oracle catches first depends on timing: one made after its
+            // pin was gone, or a revoked holder's after the breaker returned (the window is
+            // not detached at the revocation either). Either is what detaching prevents.
             assert!(
-                text.contains("a store made after its pin was gone reached a file"),
+                text.contains("a store made after its pin was gone reached a file")
+                    || text.contains("a revoked holder's store reached its file"),
                 "{text}"
             );
             assert!(
