@@ -9,13 +9,19 @@ impl Fs {
     /// direct I/O). Called before the bytes are read, so that a direct write that lands
     /// after them sees the mark and stores its bytes into the cached pages.
     pub fn note_page_cache_read(&self, ino: u64) {
-        lock(&self.page_cached).insert(ino);
+        if let Ok(cell) = self.table.get(ino) {
+            cell.page_cached.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Whether a direct write to `ino` must also reach pages the kernel's page cache holds
     /// for mappings ([`Fs::store_then`]).
     pub fn wants_store(&self, ino: u64) -> bool {
-        self.kernel_listens.load(Ordering::SeqCst) && lock(&self.page_cached).contains(&ino)
+        self.kernel_listens.load(Ordering::SeqCst)
+            && self
+                .table
+                .get(ino)
+                .is_ok_and(|c| c.page_cached.load(Ordering::SeqCst))
     }
 
     /// After a direct write of `data` at `offset` of `ino`: queues the store of those bytes

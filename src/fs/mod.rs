@@ -341,10 +341,6 @@ pub struct Fs {
     mounted_with: Mutex<Option<crate::fs::options::MountOptions>>,
     /// Open directory streams: handle -> the end cookie of the listing (taken alone).
     dir_streams: Mutex<HashMap<u64, u64>>,
-    /// Inodes the kernel's page cache may hold pages of: it read some for a mapping (file
-    /// data is otherwise direct I/O), and has not forgotten the inode since. A direct write
-    /// to one is stored into those pages too ([`Fs::store_then`]). A leaf.
-    page_cached: Mutex<HashSet<u64>>,
     /// Why the last unmount could not leave a clean image, for the daemon's exit status.
     unmount_error: Mutex<Option<String>>,
     /// Commits still to be refused as if the journal were full ([`Fs::fail_next_commits`]).

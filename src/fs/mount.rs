@@ -87,7 +87,6 @@ impl Fs {
             read_only: AtomicBool::new(read_only),
             opened_rw: AtomicBool::new(!read_only),
             dir_streams: Mutex::new(HashMap::new()),
-            page_cached: Mutex::new(HashSet::new()),
             mounted_with: Mutex::new(None),
             unmount_error: Mutex::new(None),
             failing_commits: AtomicU32::new(0),

@@ -66,7 +66,7 @@ impl Fs {
                 });
             if left.is_ok_and(|l| l <= n) {
                 // The kernel evicted the inode, and its page cache with it.
-                lock(&self.page_cached).remove(&ino);
+                cell.page_cached.store(false, Ordering::SeqCst);
             }
             if left.is_ok_and(|l| l <= n) && !self.ro() {
                 if let Err(e) = self.maybe_reclaim(ino) {

@@ -9,6 +9,11 @@ pub struct Cell {
     pub(super) inode: RwLock<Inode>,
     pub(super) lookups: AtomicU64,
     pub(super) opens: AtomicU32,
+    /// The kernel's page cache may hold pages of this inode: it read some for a mapping (file
+    /// data is otherwise direct I/O), and has not forgotten the inode since. A direct write
+    /// to it is stored into those pages too ([`Fs::store_then`]). Kept here, not in a set of
+    /// the filesystem's, so that the data path takes no global lock for it.
+    pub(super) page_cached: AtomicBool,
 }
 
 impl Cell {
@@ -55,6 +60,7 @@ impl Table {
             inode: RwLock::ranked(Rank::Inode, i),
             lookups: AtomicU64::new(0),
             opens: AtomicU32::new(0),
+            page_cached: AtomicBool::new(false),
         });
         let ino = cell.read().ino;
         self.shard(ino)
