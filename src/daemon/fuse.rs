@@ -17,9 +17,10 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::error::{errno_name, FsError};
@@ -654,6 +655,34 @@ impl fuser::Filesystem for FuseFs {
                     })
                 });
             }
+        }
+    }
+
+    /// The inode-flag ioctls the kernel sends for `chattr`/`lsattr` and `xfs_io chattr`
+    /// (`fuse_fileattr_get`/`_set`, after its own owner and `CAP_LINUX_IMMUTABLE` checks);
+    /// any other is `ENOTTY`.
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let _span = request_span(req, "ioctl", ino.0).entered();
+        match crate::daemon::ioctl::flag_ioctl(&self.fs, ino.0, cmd, in_data, out_size, caller(req))
+        {
+            // A change of flags moved the change time the kernel caches: it is answered once
+            // the kernel has dropped the attributes (from the notice thread, so that no
+            // request thread waits).
+            Ok(None) => self
+                .fs
+                .attributes_then(ino.0, Box::new(move || reply.ioctl(0, &[]))),
+            Ok(Some(out)) => reply.ioctl(0, &out),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 

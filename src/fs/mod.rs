@@ -255,6 +255,7 @@ mod background;
 mod commit;
 mod data;
 mod fallocate;
+pub(crate) mod flags;
 mod mount;
 mod namespace;
 pub mod options;
@@ -399,8 +400,10 @@ impl std::fmt::Debug for Then {
 /// (from a thread of its own: kernel notifications block).
 #[derive(Debug)]
 pub enum Stale {
-    /// An inode's attributes (set-id bits cleared by a write).
-    Attributes(u64),
+    /// An inode's attributes (set-id bits cleared by a write, flags set by an ioctl), and
+    /// what to run once the kernel has dropped them (the FUSE adapter answers a `chattr`
+    /// there, so that a `stat` after it sees the new change time).
+    Attributes(u64, Option<Then>),
     /// Bytes a direct write put at `offset` of an inode, to be copied into the pages of
     /// them that the kernel's page cache holds for shared mappings (`FUSE_NOTIFY_STORE`):
     /// a page a mapping faulted in while the write was on its way would otherwise keep

@@ -160,6 +160,7 @@ impl Fs {
         let mut held = Held::lock(&cells);
         let p = held.get(parent)?;
         check_new_name(p, name)?;
+        flags::check(p, flags::Change::AddEntry)?;
         let mut perm = if kind == Kind::Symlink {
             0o777
         } else {
@@ -220,7 +221,9 @@ impl Fs {
         let mut held = Held::lock(&cells);
         let p = held.get(parent)?;
         check_new_name(p, name)?;
+        flags::check(p, flags::Change::AddEntry)?;
         let child = held.get(ino)?;
+        flags::check(child, flags::Change::Name)?;
         if child.kind == Kind::Dir {
             return Err(FsError::NotPermitted);
         }
@@ -273,7 +276,9 @@ impl Fs {
             };
             let cells = [pc, self.table.get(entry.ino)?];
             let mut held = Held::lock(&cells);
+            flags::check(held.get(parent)?, flags::Change::RemoveEntry)?;
             let child = held.get(entry.ino)?;
+            flags::check(child, flags::Change::Name)?;
             match (dir, child.kind == Kind::Dir) {
                 (false, true) => return Err(FsError::IsDir),
                 (true, false) => return Err(FsError::NotDir),
@@ -394,6 +399,17 @@ impl Fs {
                 cells.push(self.table.get(d.ino)?);
             }
             let mut held = Held::lock(&cells);
+            // As the VFS's may_delete and may_create would: the source leaves its directory,
+            // a replaced or exchanged target leaves its own, or the name is added.
+            flags::check(held.get(from_parent)?, flags::Change::RemoveEntry)?;
+            flags::check(held.get(src.ino)?, flags::Change::Name)?;
+            match dst {
+                Some(d) => {
+                    flags::check(held.get(to_parent)?, flags::Change::RemoveEntry)?;
+                    flags::check(held.get(d.ino)?, flags::Change::Name)?;
+                }
+                None => flags::check(held.get(to_parent)?, flags::Change::AddEntry)?,
+            }
             if let Some(d) = dst {
                 if !exchange && d.kind == Kind::Dir && !held.get(d.ino)?.dir.is_empty() {
                     return Err(FsError::NotEmpty);

@@ -31,6 +31,7 @@ impl Fs {
         let _gate = self.gate();
         let cells = [self.table.get(ino)?];
         let mut held = Held::lock(&cells);
+        flags::check(held.get(ino)?, flags::Change::Xattr)?;
         let exists = held.get(ino)?.xattrs.contains_key(name);
         if flags & libc::XATTR_CREATE != 0 && exists {
             return Err(FsError::Exists);
@@ -82,6 +83,7 @@ impl Fs {
         let _gate = self.gate();
         let cells = [self.table.get(ino)?];
         let mut held = Held::lock(&cells);
+        flags::check(held.get(ino)?, flags::Change::Xattr)?;
         if !held.get(ino)?.xattrs.contains_key(name) {
             return Err(FsError::NoData);
         }
