@@ -190,6 +190,17 @@ impl fuser::Filesystem for FuseFs {
                 tracing::info!("kernel lacks {cap:?}");
             }
         }
+        // POSIX ACLs: the kernel checks access against them and hands the daemon the umask
+        // (FUSE_DONT_MASK), which applies only where no default ACL does.
+        if self.fs.acl() {
+            let both = config
+                .add_capabilities(InitFlags::FUSE_POSIX_ACL)
+                .and_then(|_| config.add_capabilities(InitFlags::FUSE_DONT_MASK));
+            if both.is_err() {
+                tracing::warn!("kernel lacks FUSE_POSIX_ACL or FUSE_DONT_MASK: no POSIX ACLs");
+                self.fs.without_acl();
+            }
+        }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_time_granularity(Duration::from_nanos(1));
@@ -275,15 +286,16 @@ impl fuser::Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let _span = request_span(req, "mknod", parent.0).entered();
+        let who = caller(req);
         self.entry(
             reply,
             self.fs
-                .create(parent.0, name.as_bytes(), mode, rdev, None, caller(req)),
+                .create_masked(parent.0, name.as_bytes(), mode, umask, rdev, None, who),
         )
     }
 
@@ -293,15 +305,16 @@ impl fuser::Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let _span = request_span(req, "mkdir", parent.0).entered();
         let mode = (mode & 0o7777) | libc::S_IFDIR;
+        let who = caller(req);
         self.entry(
             reply,
             self.fs
-                .create(parent.0, name.as_bytes(), mode, 0, None, caller(req)),
+                .create_masked(parent.0, name.as_bytes(), mode, umask, 0, None, who),
         )
     }
 
@@ -571,7 +584,8 @@ impl fuser::Filesystem for FuseFs {
         Self::empty(
             &self.fs,
             reply,
-            self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
+            self.fs
+                .setxattr_by(ino.0, name.as_bytes(), value, flags, caller(req)),
         )
     }
 
@@ -612,14 +626,14 @@ impl fuser::Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let _span = request_span(req, "create", parent.0).entered();
         let r = self
             .fs
-            .create(parent.0, name.as_bytes(), mode, 0, None, caller(req))
+            .create_masked(parent.0, name.as_bytes(), mode, umask, 0, None, caller(req))
             .and_then(|a| self.fs.open_file(a.ino, flags).map(|fh| (a, fh)));
         match r {
             Ok((a, fh)) => reply.created(

@@ -156,6 +156,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
         atime: opts.atime,
         lock_wait: Duration::from_secs_f64(opts.lock_wait),
         leases: opts.leases,
+        acl: opts.acl,
     };
     let fs = match Fs::open(&req.image, fs_opts) {
         Ok(fs) => {

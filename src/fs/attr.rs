@@ -158,6 +158,18 @@ impl Fs {
             None => {}
         }
         let ctime = req.ctime.unwrap_or(now);
+        // chmod rewrites the access ACL's owner, mask (or group) and other entries, as
+        // Linux's posix_acl_chmod (the kernel leaves it to a FUSE daemon).
+        if req.mode.is_some() {
+            if let Some(mut a) = i
+                .xattrs
+                .get(acl::ACCESS)
+                .and_then(|v| acl::Acl::parse(v).ok())
+            {
+                a.chmod(perm);
+                records.push(acl::record(ino, acl::ACCESS, Some(&a), ctime));
+            }
+        }
         records.push(Record::SetAttr {
             ino,
             perm,

@@ -97,6 +97,10 @@ pub struct FsOptions {
     pub lock_wait: Duration,
     /// Layout lease settings.
     pub leases: LeaseConfig,
+    /// POSIX ACLs (`system.posix_acl_access`/`_default`, see `acl.rs`): the kernel checks
+    /// access against them (`FUSE_POSIX_ACL`), the core keeps the mode in step and applies
+    /// default ACLs and the umask at create. Off (`noacl`): those names are `EOPNOTSUPP`.
+    pub acl: bool,
 }
 
 impl Default for FsOptions {
@@ -106,6 +110,7 @@ impl Default for FsOptions {
             atime: AtimeMode::Relative,
             lock_wait: Duration::from_secs(10),
             leases: LeaseConfig::default(),
+            acl: true,
         }
     }
 }
@@ -250,6 +255,7 @@ pub struct StatFs {
     pub files_free: u64,
 }
 
+pub(crate) mod acl;
 mod attr;
 mod background;
 mod commit;
@@ -335,6 +341,8 @@ pub struct Fs {
     shut_down: AtomicBool,
     /// Read-only now (`ro` at mount, or a remount since).
     read_only: AtomicBool,
+    /// POSIX ACLs served: the option, unless the kernel turned `FUSE_POSIX_ACL` down.
+    acl: AtomicBool,
     /// The mount-time writable set-up ran (provisioning, the superblock marked in use,
     /// orphans freed): a read-only mount does it at its first remount read-write.
     opened_rw: AtomicBool,

@@ -126,14 +126,32 @@ impl Fs {
         target: Option<&[u8]>,
         caller: Caller,
     ) -> FsResult<Attr> {
-        self.with_journal_room(|| self.create_once(parent, name, mode, rdev, target, caller))
+        self.create_masked(parent, name, mode, 0, rdev, target, caller)
     }
 
+    /// [`Fs::create`] with the creator's `umask`, which applies unless the directory has a
+    /// default ACL; with one, the new inode inherits it (see `acl.rs`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_masked(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        self.with_journal_room(|| self.create_once(parent, name, mode, umask, rdev, target, caller))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn create_once(
         &self,
         parent: u64,
         name: &[u8],
         mode: u32,
+        umask: u32,
         rdev: u32,
         target: Option<&[u8]>,
         caller: Caller,
@@ -165,6 +183,25 @@ impl Fs {
             0o777
         } else {
             mode & 0o7777
+        };
+        let default_acl = if self.acl() && kind != Kind::Symlink {
+            p.xattrs
+                .get(acl::DEFAULT)
+                .and_then(|v| acl::Acl::parse(v).ok())
+        } else {
+            None
+        };
+        let access_acl = match &default_acl {
+            Some(d) => {
+                let (bits, access) = d.inherit(perm);
+                perm = bits;
+                access
+            }
+            None if kind != Kind::Symlink => {
+                perm &= !(umask & 0o777);
+                None
+            }
+            None => None,
         };
         let gid = if p.perm & libc::S_ISGID != 0 {
             if kind == Kind::Dir {
@@ -198,7 +235,15 @@ impl Fs {
             target: target.unwrap_or_default().to_vec(),
             time: Time::now(),
         };
-        self.commit(&mut held, &[rec])?;
+        let time = Time::now();
+        let mut records = vec![rec];
+        if let Some(a) = &access_acl {
+            records.push(acl::record(ino, acl::ACCESS, Some(a), time));
+        }
+        if let (Some(d), Kind::Dir) = (&default_acl, kind) {
+            records.push(acl::record(ino, acl::DEFAULT, Some(d), time));
+        }
+        self.commit(&mut held, &records)?;
         let added = self.publish(&mut held);
         let cell = &added[0];
         cell.lookups.fetch_add(1, Ordering::SeqCst);

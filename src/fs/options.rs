@@ -25,6 +25,8 @@ pub struct MountOptions {
     /// kernel filesystem does (permissions still apply: `default_permissions` is always on);
     /// see [`MountOptions::others_allowed`].
     pub allow_other: Option<bool>,
+    /// `acl` (the default) or `noacl`: POSIX ACLs, enforced by the kernel.
+    pub acl: bool,
     /// Request-handling threads (`threads=N`); default: the number of CPUs.
     pub threads: Option<usize>,
     /// Seconds to wait for the image lock (`lock_wait=SECONDS`, default 10).
@@ -43,6 +45,7 @@ impl Default for MountOptions {
             exec: true,
             atime: AtimeMode::Relative,
             allow_other: None,
+            acl: true,
             threads: None,
             lock_wait: 10.0,
             leases: LeaseConfig::default(),
@@ -173,6 +176,8 @@ impl MountOptions {
                 ("noatime", None) => o.atime = AtimeMode::Never,
                 ("allow_other", None) => o.allow_other = Some(true),
                 ("noallow_other", None) => o.allow_other = Some(false),
+                ("acl", None) => o.acl = true,
+                ("noacl", None) => o.acl = false,
                 ("threads", v) => {
                     let n = v.and_then(|v| v.parse::<usize>().ok()).filter(|n| (1..=256).contains(n));
                     o.threads = Some(n.ok_or_else(|| {
@@ -206,7 +211,7 @@ impl MountOptions {
                 (k, None) if IGNORED.contains(&k) || k.starts_with("x-") => {}
                 _ => {
                     return Err(format!(
-                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, noallow_other, default_permissions, threads=N, lock_wait=SECONDS, lease_break_time=SECONDS, break_policy=wait|refuse|revoke, busy_blocks=on|off, detach_windows=on|off, max_pinned=SIZE|unlimited, guest_break_time=SECONDS, allow_unbreakable)"
+                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, noallow_other, acl, noacl, default_permissions, threads=N, lock_wait=SECONDS, lease_break_time=SECONDS, break_policy=wait|refuse|revoke, busy_blocks=on|off, detach_windows=on|off, max_pinned=SIZE|unlimited, guest_break_time=SECONDS, allow_unbreakable)"
                     ))
                 }
             }
