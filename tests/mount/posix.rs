@@ -1169,3 +1169,39 @@ fn o_noatime_reads_leave_atime_alone() {
             == Some(libc::EPERM)
     }));
 }
+
+/// A write or fallocate by another user clears set-id bits in the daemon, and the mode
+/// the kernel cached must say so by the time the call returns: a `stat` right after it sees
+/// the bits gone (the harness's generic/026 once saw 2767 under load).
+#[test]
+fn set_id_bits_a_write_clears_are_gone_in_the_next_stat() {
+    let m = mount_or_skip!("32M", "");
+    fs::create_dir(m.path("d")).unwrap();
+    fs::set_permissions(m.path("d"), fs::Permissions::from_mode(0o777)).unwrap();
+    let g = m.path("d/g");
+    fs::write(&g, b"x").unwrap();
+    for round in 0..100 {
+        fs::set_permissions(&g, fs::Permissions::from_mode(0o2767)).unwrap();
+        // The kernel caches the mode it was just told.
+        assert_eq!(fs::metadata(&g).unwrap().mode() & 0o7777, 0o2767);
+        let p = g.clone();
+        let how = round % 3;
+        assert!(
+            as_nobody(move || {
+                let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+                let done = match how {
+                    0 => f.write_at(b"y", 1).is_ok(),
+                    1 => {
+                        // SAFETY: fallocate on an open descriptor.
+                        let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 8192) };
+                        rc == 0
+                    }
+                    _ => f.write_at(b"zz", 4096).is_ok(),
+                };
+                let mode = f.metadata().unwrap().mode() & 0o7777;
+                done && mode == 0o767
+            }),
+            "round {round}: after a write by uid 65534 the next stat shows 0767"
+        );
+    }
+}
