@@ -159,6 +159,22 @@ impl FuseFs {
             Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
+    /// Whether `ino` has set-uid or set-gid, which a write or fallocate may clear.
+    fn setid(&self, ino: u64) -> bool {
+        self.fs
+            .getattr(ino)
+            .is_ok_and(|a| a.perm & (libc::S_ISUID | libc::S_ISGID) != 0)
+    }
+
+    /// [`FuseFs::empty`] for an operation that may have cleared set-id bits (`setid`): the
+    /// success is answered once the kernel has dropped the attributes it cached.
+    fn empty_told(fs: &Fs, ino: u64, setid: bool, reply: ReplyEmpty, r: Result<(), FsError>) {
+        match r {
+            Ok(()) if setid => fs.attributes_then(ino, Box::new(move || reply.ok())),
+            r => Self::empty(fs, reply, r),
+        }
+    }
+
     fn empty(fs: &Fs, reply: ReplyEmpty, r: Result<(), FsError>) {
         match r {
             Ok(()) => reply.ok(),
@@ -439,7 +455,21 @@ impl fuser::Filesystem for FuseFs {
         reply: ReplyWrite,
     ) {
         let _span = request_span(req, "write", ino.0).entered();
+        let setid = self.setid(ino.0);
         match self.fs.write(ino.0, offset, data, caller(req)) {
+            Ok(n) if setid => {
+                // The write may have cleared set-uid or set-gid. The kernel drops only the
+                // size and times it caches after a write, so a stat that asks for the mode
+                // alone (`stat -c %a`) would see the old bits: answered once the notice
+                // thread has told the kernel.
+                let answer = Written(Some((reply, n)));
+                if !wf.contains(WriteFlags::FUSE_WRITE_CACHE) && self.fs.wants_store(ino.0) {
+                    let written = data[..(n as usize).min(data.len())].to_vec();
+                    self.fs.store_then(ino.0, offset, written, Box::new(|| {}));
+                }
+                self.fs
+                    .attributes_then(ino.0, Box::new(move || drop(answer)));
+            }
             Ok(n) => {
                 // A direct write (not the page cache's write-back) also goes into the pages
                 // that mappings cached, before the writer learns it is done: the notice
@@ -659,13 +689,15 @@ impl fuser::Filesystem for FuseFs {
     ) {
         let _span = request_span(req, "fallocate", ino.0).entered();
         let (ino, who, fh) = (ino.0, caller(req), Some(fh.0));
+        let setid = self.setid(ino);
         match self.fs.try_fallocate(ino, offset, length, mode, who, fh) {
-            Some(r) => Self::empty(&self.fs, reply, r),
+            Some(r) => Self::empty_told(&self.fs, ino, setid, reply, r),
             None => {
                 let span = tracing::Span::current();
                 self.fs.wait_elsewhere("pinfs-breaker", move |fs| {
                     span.in_scope(|| {
-                        Self::empty(fs, reply, fs.fallocate(ino, offset, length, mode, who, fh))
+                        let r = fs.fallocate(ino, offset, length, mode, who, fh);
+                        Self::empty_told(fs, ino, setid, reply, r)
                     })
                 });
             }
@@ -734,10 +766,16 @@ impl fuser::Filesystem for FuseFs {
     ) {
         let _span = request_span(req, "copy_file_range", ino_in.0).entered();
         let len = len.min(u32::MAX as u64 & !(BLOCK_SIZE - 1));
+        let setid = self.setid(ino_out.0);
         match self
             .fs
             .copy_range(ino_in.0, offset_in, ino_out.0, offset_out, len, caller(req))
         {
+            Ok(n) if setid => {
+                let answer = Written(Some((reply, n as u32)));
+                self.fs
+                    .attributes_then(ino_out.0, Box::new(move || drop(answer)));
+            }
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(fail(&self.fs, e)),
         }
