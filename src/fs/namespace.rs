@@ -342,11 +342,58 @@ impl Fs {
             return Err(FsError::Invalid("unsupported rename flags"));
         }
         self.writable()?;
-        // A longer name grows the metadata as a create does, so it needs the same room
-        // (an exchange keeps both names where they are).
-        if !exchange && to_name.len() > from_name.len() {
-            self.room_to_grow()?;
+        // A longer new name grows the metadata as a create does, so it needs the same room;
+        // a rename over an existing name does not (that entry keeps its name, the source's
+        // goes), nor does an exchange (both names stay where they are). Whether the target
+        // exists is known for sure only under the namespace lock, where no checkpoint can be
+        // written: a target that went meanwhile sends the rename back here for the room.
+        let longer = !exchange && to_name.len() > from_name.len();
+        let mut room = false;
+        loop {
+            if longer && !room && !self.has_name(to_parent, to_name) {
+                self.room_to_grow()?;
+                room = true;
+            }
+            match self.rename_locked(
+                from_parent,
+                from_name,
+                to_parent,
+                to_name,
+                flags,
+                room || !longer,
+            )? {
+                Some(victim) => {
+                    if let Some(v) = victim {
+                        self.maybe_reclaim(v)?;
+                    }
+                    return Ok(());
+                }
+                // The target went meanwhile: this rename adds a name after all.
+                None => {}
+            }
         }
+    }
+
+    /// Does directory `parent` hold `name` now?
+    fn has_name(&self, parent: u64, name: &[u8]) -> bool {
+        self.table
+            .get(parent)
+            .is_ok_and(|p| p.read().dir.get(name).is_some())
+    }
+
+    /// The rename itself, under the gate and the namespace lock: `None` (nothing changed)
+    /// when it would add a longer name than it removes and `may_grow` is false, else the
+    /// inode a rename over an existing name unlinked, if any.
+    fn rename_locked(
+        &self,
+        from_parent: u64,
+        from_name: &[u8],
+        to_parent: u64,
+        to_name: &[u8],
+        flags: u32,
+        may_grow: bool,
+    ) -> FsResult<Option<Option<u64>>> {
+        let exchange = flags & rename_flags::EXCHANGE != 0;
         let victim;
         {
             let _gate = self.gate();
@@ -370,8 +417,9 @@ impl Fs {
             };
             match dst {
                 None if exchange => return Err(FsError::NotFound),
+                None if !may_grow && to_name.len() > from_name.len() => return Ok(None),
                 Some(_) if flags & rename_flags::NOREPLACE != 0 => return Err(FsError::Exists),
-                Some(d) if d.ino == src.ino => return Ok(()),
+                Some(d) if d.ino == src.ino => return Ok(Some(None)),
                 _ => {}
             }
             if src.kind == Kind::Dir && self.is_ancestor(src.ino, to_parent)? {
@@ -410,10 +458,7 @@ impl Fs {
             self.commit(&mut held, &[rec])?;
             victim = dst.filter(|_| !exchange).map(|d| d.ino);
         }
-        if let Some(v) = victim {
-            self.maybe_reclaim(v)?;
-        }
-        Ok(())
+        Ok(Some(victim))
     }
 
     /// For each of `inos` that has a name: its first path found, and the first path through
