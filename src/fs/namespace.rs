@@ -245,10 +245,28 @@ impl Fs {
 
     /// Removes a name: `unlink` (`dir` false) or `rmdir` (`dir` true).
     pub fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
-        self.with_journal_room(|| self.remove_once(parent, name, dir))
+        let child = self.with_journal_room(|| self.remove_once(parent, name, dir))?;
+        self.free_unlinked(child);
+        Ok(())
     }
 
-    fn remove_once(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+    /// Frees `ino` if the name an unlink or a rename just removed was its last (the second
+    /// transaction of the operation, retried after a checkpoint as the first was). The name
+    /// is gone already, so the operation has succeeded whatever happens here: a freeing
+    /// that still fails leaves an orphan, freed at the next unmount or mount, and is logged,
+    /// never reported as the operation's failure (running the operation again would answer
+    /// `ENOENT` for the name it removed).
+    fn free_unlinked(&self, ino: u64) {
+        if let Err(e) = self.with_journal_room(|| self.maybe_reclaim(ino)) {
+            tracing::error!(
+                ino,
+                "freeing an unlinked inode failed: {e}; it is freed at the next unmount or mount"
+            );
+        }
+    }
+
+    /// Removes the name; returns the inode it named.
+    fn remove_once(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<u64> {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -290,7 +308,7 @@ impl Fs {
             )?;
             child_ino = entry.ino;
         }
-        self.maybe_reclaim(child_ino)
+        Ok(child_ino)
     }
 
     /// Is `ancestor` on the path from `dir` up to the root?
@@ -318,9 +336,13 @@ impl Fs {
         to_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        self.with_journal_room(|| {
+        let victim = self.with_journal_room(|| {
             self.rename_once(from_parent, from_name, to_parent, to_name, flags)
-        })
+        })?;
+        if let Some(v) = victim {
+            self.free_unlinked(v);
+        }
+        Ok(())
     }
 
     fn rename_once(
@@ -330,7 +352,7 @@ impl Fs {
         to_parent: u64,
         to_name: &[u8],
         flags: u32,
-    ) -> FsResult<()> {
+    ) -> FsResult<Option<u64>> {
         check_name(to_name)?;
         if from_name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
@@ -362,12 +384,7 @@ impl Fs {
                 flags,
                 room || !longer,
             )? {
-                Some(victim) => {
-                    if let Some(v) = victim {
-                        self.maybe_reclaim(v)?;
-                    }
-                    return Ok(());
-                }
+                Some(victim) => return Ok(victim),
                 // The target went meanwhile: this rename adds a name after all.
                 None => {}
             }

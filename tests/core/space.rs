@@ -618,3 +618,52 @@ fn an_operation_that_finds_the_journal_full_goes_through_after_a_checkpoint() {
     assert_eq!(fs.read(ino, 0, 10).unwrap(), b"da");
     fs.check_space().unwrap();
 }
+
+/// An unlink (or a rename over a file) is two transactions: the name goes, then the inode
+/// it was the last name of is freed. When the journal fills between them, the name is gone
+/// already: the unlink must say so (success), not `ENOENT` from running it once more after
+/// the checkpoint, and the inode must still be freed (its blocks free again, nothing left to
+/// replay). It answered `ENOENT` (the rename too) with the name gone.
+#[test]
+fn an_unlink_whose_freeing_finds_the_journal_full_still_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(&dir, 64 << 20);
+    let fs = open(&path);
+    let block = vec![0x44u8; 16 * BLOCK_SIZE as usize];
+    let gone = create(&fs, "gone").unwrap();
+    fs.write(gone, 0, &block, Caller::ROOT).unwrap();
+    fs.forget(gone, 1);
+    let free_before = fs.statfs().free;
+    fs.fail_commits_after(1, 1); // the Unlink goes in, the Free is refused
+    assert_eq!(
+        fs.remove(ROOT_INO, b"gone", false).map_err(|e| e.errno()),
+        Ok(())
+    );
+    assert_eq!(errno(fs.lookup(ROOT_INO, b"gone")), libc::ENOENT);
+    assert_eq!(
+        fs.statfs().free,
+        free_before + 16,
+        "the unlinked file's blocks are free again"
+    );
+    assert_eq!(errno(fs.getattr(gone)), libc::ENOENT, "the inode is freed");
+
+    let src = create(&fs, "src").unwrap();
+    fs.write(src, 0, b"new", Caller::ROOT).unwrap();
+    let victim = create(&fs, "victim").unwrap();
+    fs.write(victim, 0, &block, Caller::ROOT).unwrap();
+    fs.forget(victim, 1);
+    let free_before = fs.statfs().free;
+    fs.fail_commits_after(1, 1); // the Rename goes in, the victim's Free is refused
+    assert_eq!(
+        fs.rename(ROOT_INO, b"src", ROOT_INO, b"victim", 0)
+            .map_err(|e| e.errno()),
+        Ok(())
+    );
+    assert_eq!(fs.lookup(ROOT_INO, b"victim").unwrap().ino, src);
+    assert_eq!(fs.read(src, 0, 10).unwrap(), b"new");
+    assert_eq!(fs.statfs().free, free_before + 16);
+    fs.check_space().unwrap();
+    fs.unmount().unwrap();
+    drop(fs);
+    assert_clean_image(&path);
+}
