@@ -667,3 +667,33 @@ fn an_unlink_whose_freeing_finds_the_journal_full_still_succeeds() {
     drop(fs);
     assert_clean_image(&path);
 }
+
+/// Overwrites of a file's blocks journal nothing; each `fsync` after one journals the new
+/// times. A program that only overwrites and fsyncs (a database's log) filled the journal
+/// past its soft limit with nothing asking for the checkpoint that empties it, and then
+/// every `fsync` failed with `ENOSPC` on an all but empty filesystem. Every fsync and
+/// fdatasync succeeds, and the image stays clean.
+#[test]
+fn overwrites_and_fsyncs_alone_never_fill_the_journal() {
+    // Memory-backed where the host has it: each fsync syncs the image file.
+    let dir = tempfile::Builder::new()
+        .prefix("pinfs-space")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let path = image(&dir, 4 << 20);
+    let fs = open(&path);
+    let ino = create(&fs, "log").unwrap();
+    fs.write(ino, 0, &[0u8; 4096], Caller::ROOT).unwrap();
+    // The journal is 1 MiB; each fsync's transaction about 90 bytes.
+    for n in 0..30_000u32 {
+        fs.write(ino, (n % 4096) as u64, &[n as u8], Caller::ROOT)
+            .unwrap_or_else(|e| panic!("overwrite {n}: {e}"));
+        fs.fsync(ino, n % 2 == 1)
+            .unwrap_or_else(|e| panic!("fsync {n} after an overwrite: {e}"));
+    }
+    fs.check_space().unwrap();
+    fs.unmount().unwrap();
+    drop(fs);
+    assert_clean_image(&path);
+}
