@@ -376,17 +376,17 @@ impl Fs {
                 self.room_to_grow()?;
                 room = true;
             }
-            match self.rename_locked(
+            let done = self.rename_locked(
                 from_parent,
                 from_name,
                 to_parent,
                 to_name,
                 flags,
                 room || !longer,
-            )? {
-                Some(victim) => return Ok(victim),
-                // The target went meanwhile: this rename adds a name after all.
-                None => {}
+            )?;
+            // None: the target went meanwhile, and this rename adds a name after all.
+            if let Some(victim) = done {
+                return Ok(victim);
             }
         }
     }
