@@ -7,10 +7,7 @@ impl Fs {
         if name.len() > XATTR_NAME_MAX || name.is_empty() {
             return Err(FsError::Range);
         }
-        let ok = [&b"user."[..], b"trusted.", b"security."]
-            .iter()
-            .any(|p| name.starts_with(p) && name.len() > p.len());
-        if !ok {
+        if !crate::meta::inode::xattr_name_ok(name) {
             return Err(FsError::NotSupported);
         }
         Ok(())

@@ -67,6 +67,24 @@ pub fn examine(image: &Image, sb: &Superblock, loaded: &mut Loaded, repair: bool
                 i.dir = Default::default();
             }
         }
+        let bad_names: Vec<Vec<u8>> = i
+            .xattrs
+            .keys()
+            .filter(|k| !crate::meta::inode::xattr_name_ok(k))
+            .cloned()
+            .collect();
+        for name in bad_names {
+            c.problem(
+                format!(
+                    "inode {ino}: extended attribute name '{}' is not one setxattr could make",
+                    crate::output::printable(&String::from_utf8_lossy(&name))
+                ),
+                true,
+            );
+            if repair {
+                i.xattrs.remove(&name);
+            }
+        }
         if i.kind != Kind::Symlink && !i.target.is_empty() {
             c.problem(
                 format!("inode {ino}: a {:?} has a symlink target", i.kind),

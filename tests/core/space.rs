@@ -697,3 +697,24 @@ fn overwrites_and_fsyncs_alone_never_fill_the_journal() {
     drop(fs);
     assert_clean_image(&path);
 }
+
+/// A revoking truncate whose own transaction is refused after the revocation moved the
+/// holder's blocks out: the truncate fails with `ENOSPC` and the file keeps its size and
+/// bytes; the revocation has completed (the lease says revoked) and the holder's later
+/// stores reach nothing.
+#[test]
+fn a_revoking_truncate_refused_after_the_move_fails_whole_and_the_holder_stays_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, ino) = pinned_setup(&dir, Policy::Revoke, 100);
+    let size = p.fs.getattr(ino).unwrap().size;
+    p.fs.fail_commits_after(1, 2); // the move goes in; the truncate and its retry do not
+    assert_eq!(
+        truncate(&p.fs, ino, BLOCK_SIZE, BREAKER).map_err(|e| e.errno()),
+        Err(libc::ENOSPC)
+    );
+    assert_eq!(p.fs.getattr(ino).unwrap().size, size);
+    assert_eq!(p.state(), Some(LeaseState::Revoked));
+    p.window[..5].copy_from_slice(b"after");
+    assert_eq!(p.fs.read(ino, 0, 5).unwrap(), b"under");
+    p.fs.check_space().unwrap();
+}
