@@ -24,10 +24,35 @@ impl Fs {
             return Err(FsError::TooBig);
         }
         self.writable()?;
-        self.room_to_grow()?;
-        let _gate = self.gate();
-        let cells = [self.table.get(ino)?];
-        let mut held = Held::lock(&cells);
+        // A new attribute or a longer value grows the metadata, and needs room as a create
+        // does; a value no longer than the one it replaces does not (so a full filesystem
+        // can still shrink one). The inode's lock decides: an attribute that went or grew
+        // meanwhile sends this back for the room.
+        let grows = |i: &Inode| i.xattrs.get(name).is_none_or(|v| value.len() > v.len());
+        let mut room = false;
+        loop {
+            if !room && grows(&self.table.get(ino)?.read()) {
+                self.room_to_grow()?;
+                room = true;
+            }
+            let _gate = self.gate();
+            let cells = [self.table.get(ino)?];
+            let mut held = Held::lock(&cells);
+            if !room && grows(held.get(ino)?) {
+                continue;
+            }
+            return self.set_xattr_locked(&mut held, ino, name, value, flags);
+        }
+    }
+
+    fn set_xattr_locked(
+        &self,
+        held: &mut Held<'_>,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> FsResult<()> {
         let exists = held.get(ino)?.xattrs.contains_key(name);
         if flags & libc::XATTR_CREATE != 0 && exists {
             return Err(FsError::Exists);
@@ -36,7 +61,7 @@ impl Fs {
             return Err(FsError::NoData);
         }
         self.commit(
-            &mut held,
+            held,
             &[Record::SetXattr {
                 ino,
                 name: name.to_vec(),

@@ -519,3 +519,36 @@ fn a_rename_over_a_longer_existing_name_works_on_a_full_filesystem() {
     drop(fs);
     assert_clean(&path);
 }
+
+/// Replacing an extended attribute's value with one no longer than it grows nothing: after
+/// nobody took every data block and all the metadata room it was allowed, root can still
+/// shrink or rewrite in place an attribute (it asked for room whatever the new value, and
+/// failed with `ENOSPC`); a longer value may still be refused, with nothing changed.
+#[test]
+fn replacing_an_xattr_with_a_shorter_value_works_on_a_full_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.img");
+    Fs::mkfs(&path, 4 << 20, true).unwrap();
+    let fs = open(&path);
+    let u = user_dir(&fs, b"u");
+    let r = Caller::ROOT;
+    let f = fs.create(ROOT_INO, b"f", REG, 0, None, r).unwrap().ino;
+    fs.setxattr(f, b"user.k", &[0x61; 1000], 0).unwrap();
+    let big = fs.create(u, b"big", REG, 0, None, NOBODY).unwrap();
+    fill_data(&fs, big.ino, NOBODY);
+    fill_metadata(&fs, u, NOBODY, 'a');
+    assert_eq!(
+        fs.setxattr(f, b"user.new", b"v", 0).map_err(|e| e.errno()),
+        Err(libc::ENOSPC),
+        "the metadata room is used up"
+    );
+    fs.setxattr(f, b"user.k", &[0x62; 1000], libc::XATTR_REPLACE)
+        .expect("rewriting a value of the same length");
+    fs.setxattr(f, b"user.k", b"short", 0)
+        .expect("replacing a value with a shorter one");
+    assert_eq!(fs.getxattr(f, b"user.k").unwrap(), b"short");
+    fs.check_space().unwrap();
+    fs.unmount().expect("unmount");
+    drop(fs);
+    assert_clean(&path);
+}
