@@ -18,9 +18,9 @@
 use super::*;
 
 /// The access ACL's xattr.
-pub const ACCESS: &[u8] = b"system.posix_acl_access";
+pub const ACCESS: &[u8] = crate::meta::inode::ACL_XATTRS[0];
 /// A directory's default ACL's xattr.
-pub const DEFAULT: &[u8] = b"system.posix_acl_default";
+pub const DEFAULT: &[u8] = crate::meta::inode::ACL_XATTRS[1];
 
 const VERSION: u32 = 2;
 const USER_OBJ: u16 = 0x01;

@@ -10,7 +10,18 @@ impl Fs {
     /// to reach on purpose. (With the `testing` feature only.)
     #[cfg(feature = "testing")]
     pub fn fail_next_commits(&self, n: u32) {
+        self.passing_commits.store(0, Ordering::SeqCst);
         self.failing_commits.store(n, Ordering::SeqCst);
+    }
+
+    /// Test hook: the next `pass` transactions go through, then the `n` after them are
+    /// refused as [`Fs::fail_next_commits`] refuses them: the journal filling between the
+    /// steps of one operation (an unlink's name, then the freeing of its inode). (With the
+    /// `testing` feature only.)
+    #[cfg(feature = "testing")]
+    pub fn fail_commits_after(&self, pass: u32, n: u32) {
+        self.failing_commits.store(n, Ordering::SeqCst);
+        self.passing_commits.store(pass, Ordering::SeqCst);
     }
 
     /// Runs an operation that changes metadata. When its transaction found the journal full
@@ -40,9 +51,13 @@ impl Fs {
         let payload = encode_transaction(records);
         let mut journal = lock(&self.journal);
         let injected = self
-            .failing_commits
+            .passing_commits
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok();
+            .is_err()
+            && self
+                .failing_commits
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
         if injected || !journal.has_room(payload.len()) {
             self.checkpoint_wanted.store(true, Ordering::SeqCst);
             return Err(FsError::NoSpace);

@@ -46,10 +46,19 @@ impl Fs {
         Ok(())
     }
 
+    /// Journals the times the data path changed only in memory. A metadata change like any
+    /// other: the checkpoint the journal wants comes first, and a transaction refused for a
+    /// full journal runs again after one (overwrites and fsyncs alone would otherwise fill
+    /// the journal, nothing else asking for its checkpoint, and fsync would fail `ENOSPC`).
     fn flush_times(&self, ino: u64) -> FsResult<()> {
         if !self.table.get(ino)?.read().rt.times_dirty {
             return Ok(());
         }
+        self.maybe_checkpoint()?;
+        self.with_journal_room(|| self.flush_times_once(ino))
+    }
+
+    fn flush_times_once(&self, ino: u64) -> FsResult<()> {
         let _gate = self.gate();
         let cells = [self.table.get(ino)?];
         let mut held = Held::lock(&cells);

@@ -354,6 +354,8 @@ pub struct Fs {
     unmount_error: Mutex<Option<String>>,
     /// Commits still to be refused as if the journal were full ([`Fs::fail_next_commits`]).
     failing_commits: AtomicU32,
+    /// Commits to let through before `failing_commits` applies ([`Fs::fail_commits_after`]).
+    passing_commits: AtomicU32,
     /// Failed requests per errno since mount, for `status` ([`Fs::errors`]; atomics, no lock).
     errors: crate::error::ErrnoCounts,
 }

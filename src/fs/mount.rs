@@ -91,6 +91,7 @@ impl Fs {
             mounted_with: Mutex::new(None),
             unmount_error: Mutex::new(None),
             failing_commits: AtomicU32::new(0),
+            passing_commits: AtomicU32::new(0),
             errors: Default::default(),
         };
         // Data allocations leave room for the next checkpoint from the start.

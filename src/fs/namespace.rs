@@ -293,10 +293,28 @@ impl Fs {
 
     /// Removes a name: `unlink` (`dir` false) or `rmdir` (`dir` true).
     pub fn remove(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
-        self.with_journal_room(|| self.remove_once(parent, name, dir))
+        let child = self.with_journal_room(|| self.remove_once(parent, name, dir))?;
+        self.free_unlinked(child);
+        Ok(())
     }
 
-    fn remove_once(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<()> {
+    /// Frees `ino` if the name an unlink or a rename just removed was its last (the second
+    /// transaction of the operation, retried after a checkpoint as the first was). The name
+    /// is gone already, so the operation has succeeded whatever happens here: a freeing
+    /// that still fails leaves an orphan, freed at the next unmount or mount, and is logged,
+    /// never reported as the operation's failure (running the operation again would answer
+    /// `ENOENT` for the name it removed).
+    fn free_unlinked(&self, ino: u64) {
+        if let Err(e) = self.with_journal_room(|| self.maybe_reclaim(ino)) {
+            tracing::error!(
+                ino,
+                "freeing an unlinked inode failed: {e}; it is freed at the next unmount or mount"
+            );
+        }
+    }
+
+    /// Removes the name; returns the inode it named.
+    fn remove_once(&self, parent: u64, name: &[u8], dir: bool) -> FsResult<u64> {
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -340,7 +358,7 @@ impl Fs {
             )?;
             child_ino = entry.ino;
         }
-        self.maybe_reclaim(child_ino)
+        Ok(child_ino)
     }
 
     /// Is `ancestor` on the path from `dir` up to the root?
@@ -368,9 +386,13 @@ impl Fs {
         to_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        self.with_journal_room(|| {
+        let victim = self.with_journal_room(|| {
             self.rename_once(from_parent, from_name, to_parent, to_name, flags)
-        })
+        })?;
+        if let Some(v) = victim {
+            self.free_unlinked(v);
+        }
+        Ok(())
     }
 
     fn rename_once(
@@ -380,7 +402,7 @@ impl Fs {
         to_parent: u64,
         to_name: &[u8],
         flags: u32,
-    ) -> FsResult<()> {
+    ) -> FsResult<Option<u64>> {
         check_name(to_name)?;
         if from_name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
@@ -392,11 +414,53 @@ impl Fs {
             return Err(FsError::Invalid("unsupported rename flags"));
         }
         self.writable()?;
-        // A longer name grows the metadata as a create does, so it needs the same room
-        // (an exchange keeps both names where they are).
-        if !exchange && to_name.len() > from_name.len() {
-            self.room_to_grow()?;
+        // A longer new name grows the metadata as a create does, so it needs the same room;
+        // a rename over an existing name does not (that entry keeps its name, the source's
+        // goes), nor does an exchange (both names stay where they are). Whether the target
+        // exists is known for sure only under the namespace lock, where no checkpoint can be
+        // written: a target that went meanwhile sends the rename back here for the room.
+        let longer = !exchange && to_name.len() > from_name.len();
+        let mut room = false;
+        loop {
+            if longer && !room && !self.has_name(to_parent, to_name) {
+                self.room_to_grow()?;
+                room = true;
+            }
+            let done = self.rename_locked(
+                from_parent,
+                from_name,
+                to_parent,
+                to_name,
+                flags,
+                room || !longer,
+            )?;
+            // None: the target went meanwhile, and this rename adds a name after all.
+            if let Some(victim) = done {
+                return Ok(victim);
+            }
         }
+    }
+
+    /// Does directory `parent` hold `name` now?
+    fn has_name(&self, parent: u64, name: &[u8]) -> bool {
+        self.table
+            .get(parent)
+            .is_ok_and(|p| p.read().dir.get(name).is_some())
+    }
+
+    /// The rename itself, under the gate and the namespace lock: `None` (nothing changed)
+    /// when it would add a longer name than it removes and `may_grow` is false, else the
+    /// inode a rename over an existing name unlinked, if any.
+    fn rename_locked(
+        &self,
+        from_parent: u64,
+        from_name: &[u8],
+        to_parent: u64,
+        to_name: &[u8],
+        flags: u32,
+        may_grow: bool,
+    ) -> FsResult<Option<Option<u64>>> {
+        let exchange = flags & rename_flags::EXCHANGE != 0;
         let victim;
         {
             let _gate = self.gate();
@@ -420,8 +484,9 @@ impl Fs {
             };
             match dst {
                 None if exchange => return Err(FsError::NotFound),
+                None if !may_grow && to_name.len() > from_name.len() => return Ok(None),
                 Some(_) if flags & rename_flags::NOREPLACE != 0 => return Err(FsError::Exists),
-                Some(d) if d.ino == src.ino => return Ok(()),
+                Some(d) if d.ino == src.ino => return Ok(Some(None)),
                 _ => {}
             }
             if src.kind == Kind::Dir && self.is_ancestor(src.ino, to_parent)? {
@@ -471,10 +536,7 @@ impl Fs {
             self.commit(&mut held, &[rec])?;
             victim = dst.filter(|_| !exchange).map(|d| d.ino);
         }
-        if let Some(v) = victim {
-            self.maybe_reclaim(v)?;
-        }
-        Ok(())
+        Ok(Some(victim))
     }
 
     /// For each of `inos` that has a name: its first path found, and the first path through

@@ -15,10 +15,7 @@ impl Fs {
                 Err(FsError::NotSupported)
             };
         }
-        let ok = [&b"user."[..], b"trusted.", b"security."]
-            .iter()
-            .any(|p| name.starts_with(p) && name.len() > p.len());
-        if !ok {
+        if !crate::meta::inode::xattr_name_ok(name) {
             return Err(FsError::NotSupported);
         }
         Ok(())
@@ -56,10 +53,36 @@ impl Fs {
             return Err(FsError::TooBig);
         }
         self.writable()?;
-        self.room_to_grow()?;
-        let _gate = self.gate();
-        let cells = [self.table.get(ino)?];
-        let mut held = Held::lock(&cells);
+        // A new attribute or a longer value grows the metadata, and needs room as a create
+        // does; a value no longer than the one it replaces does not (so a full filesystem
+        // can still shrink one). The inode's lock decides: an attribute that went or grew
+        // meanwhile sends this back for the room.
+        let grows = |i: &Inode| i.xattrs.get(name).is_none_or(|v| value.len() > v.len());
+        let mut room = false;
+        loop {
+            if !room && grows(&self.table.get(ino)?.read()) {
+                self.room_to_grow()?;
+                room = true;
+            }
+            let _gate = self.gate();
+            let cells = [self.table.get(ino)?];
+            let mut held = Held::lock(&cells);
+            if !room && grows(held.get(ino)?) {
+                continue;
+            }
+            return self.set_xattr_locked(&mut held, ino, name, value, flags, caller);
+        }
+    }
+
+    fn set_xattr_locked(
+        &self,
+        held: &mut Held<'_>,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<()> {
         flags::check(held.get(ino)?, flags::Change::Xattr)?;
         let exists = held.get(ino)?.xattrs.contains_key(name);
         if flags & libc::XATTR_CREATE != 0 && exists {
@@ -69,10 +92,10 @@ impl Fs {
             return Err(FsError::NoData);
         }
         if acl::is_acl(name) {
-            return self.set_acl(&mut held, ino, name, value, caller);
+            return self.set_acl(held, ino, name, value, caller);
         }
         self.commit(
-            &mut held,
+            held,
             &[Record::SetXattr {
                 ino,
                 name: name.to_vec(),

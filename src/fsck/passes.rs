@@ -67,6 +67,49 @@ pub fn examine(image: &Image, sb: &Superblock, loaded: &mut Loaded, repair: bool
                 i.dir = Default::default();
             }
         }
+        let bad_names: Vec<Vec<u8>> = i
+            .xattrs
+            .keys()
+            .filter(|k| !crate::meta::inode::xattr_name_ok(k))
+            .cloned()
+            .collect();
+        for name in bad_names {
+            c.problem(
+                format!(
+                    "inode {ino}: extended attribute name '{}' is not one setxattr could make",
+                    crate::output::printable(&String::from_utf8_lossy(&name))
+                ),
+                true,
+            );
+            if repair {
+                i.xattrs.remove(&name);
+            }
+        }
+        // An ACL the kernel could not parse would make the file unreachable (its access
+        // check fails); a default ACL is a directory's only.
+        let bad_acls: Vec<Vec<u8>> = i
+            .xattrs
+            .iter()
+            .filter(|(k, v)| {
+                crate::fs::acl::is_acl(k)
+                    && (crate::fs::acl::Acl::parse(v).is_err()
+                        || (k.as_slice() == crate::fs::acl::DEFAULT && i.kind != Kind::Dir))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in bad_acls {
+            c.problem(
+                format!(
+                    "inode {ino}: '{}' is not a POSIX ACL a {:?} can have",
+                    String::from_utf8_lossy(&name),
+                    i.kind
+                ),
+                true,
+            );
+            if repair {
+                i.xattrs.remove(&name);
+            }
+        }
         if i.kind != Kind::Symlink && !i.target.is_empty() {
             c.problem(
                 format!("inode {ino}: a {:?} has a symlink target", i.kind),

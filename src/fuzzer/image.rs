@@ -759,6 +759,28 @@ pub fn base_images() -> &'static [Vec<u8>; 2] {
             .expect("setxattr");
         fs.setxattr(d.ino, b"user.dir", &[7u8; 300], 0)
             .expect("setxattr");
+        // POSIX ACLs: an access ACL with a named user and a directory's default ACL.
+        let acl = |entries: &[(u16, u16, u32)]| {
+            let mut v = 2u32.to_le_bytes().to_vec();
+            for &(tag, perm, id) in entries {
+                v.extend_from_slice(&tag.to_le_bytes());
+                v.extend_from_slice(&perm.to_le_bytes());
+                v.extend_from_slice(&id.to_le_bytes());
+            }
+            v
+        };
+        let none = u32::MAX;
+        let named = acl(&[
+            (1, 6, none),
+            (2, 6, 1000),
+            (4, 4, none),
+            (0x10, 6, none),
+            (0x20, 4, none),
+        ]);
+        fs.setxattr(files[3], crate::fs::acl::ACCESS, &named, 0)
+            .expect("setfacl");
+        fs.setxattr(d.ino, crate::fs::acl::DEFAULT, &named, 0)
+            .expect("setfacl -d");
         use crate::meta::inode::flags;
         fs.set_flags(files[2], flags::NODUMP | flags::NOATIME, r)
             .expect("chattr");

@@ -181,8 +181,15 @@ pub fn load(image: &Image, sb: &Superblock) -> FsResult<Loaded> {
         for rec in &records {
             rec.check_geometry(sb)
                 .map_err(|e| FsError::Corrupt(format!("journal transaction {n}: {e}")))?;
-            apply(rec, &mut inodes, &mut space)
-                .map_err(|e| FsError::Corrupt(format!("journal transaction {n}: {e}")))?;
+            apply(rec, &mut inodes, &mut space).map_err(|e| {
+                // The record's own complaint, not its Display (which adds fsck's advice,
+                // and the error made here adds it once more).
+                let why = match e {
+                    FsError::Corrupt(why) => why,
+                    e => e.to_string(),
+                };
+                FsError::Corrupt(format!("journal transaction {n}: {why}"))
+            })?;
         }
     }
     if !inodes.get(&ROOT_INO).is_some_and(|r| r.kind == Kind::Dir) {

@@ -20,6 +20,23 @@ pub const SYMLINK_MAX: usize = 4095;
 pub const XATTR_NAME_MAX: usize = 255;
 /// Largest extended attribute value, in bytes.
 pub const XATTR_VALUE_MAX: usize = 65536;
+/// The namespaces of extended attribute names that users reach through the kernel.
+pub const XATTR_NAMESPACES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
+
+/// The POSIX ACLs' xattrs (see `fs/acl.rs`), the only `system.` names stored.
+pub const ACL_XATTRS: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_default"];
+
+/// Could `setxattr(2)` have made an extended attribute of this name: at most
+/// [`XATTR_NAME_MAX`] bytes, no NUL (listxattr separates names with it), in one of
+/// [`XATTR_NAMESPACES`] with something after the prefix, or one of [`ACL_XATTRS`].
+pub fn xattr_name_ok(name: &[u8]) -> bool {
+    ACL_XATTRS.contains(&name)
+        || (name.len() <= XATTR_NAME_MAX
+            && !name.contains(&0)
+            && XATTR_NAMESPACES
+                .iter()
+                .any(|p| name.starts_with(p) && name.len() > p.len()))
+}
 /// Largest file: 2^63 - 1 bytes, like other 64-bit Linux filesystems (offsets are signed).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 /// Inode numbers are below this: they are counted up while the filesystem runs, so an image

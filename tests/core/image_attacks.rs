@@ -505,3 +505,43 @@ fn repair_of_every_crafted_image_is_clean_or_changes_nothing() {
         failures[..failures.len().min(30)].join("\n")
     );
 }
+
+/// Extended attribute names no user could have set, behind valid checksums: one with a NUL
+/// in it (listxattr shows it as two names, neither of which getxattr finds), an empty one,
+/// one outside the user, trusted and security namespaces (neither readable nor removable
+/// through the kernel). fsck calls them errors, mount refuses the image with fsck's
+/// message, and `--repair` drops them and keeps the valid one. (fsck called the image
+/// clean, and mount served names that listxattr and getxattr disagree on.)
+#[test]
+fn xattr_names_no_user_could_set_are_reported_refused_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("img");
+    let inos = base(&path);
+    let f = inos["f"];
+    craft(&path, |m| {
+        let x = &mut m.get_mut(&f).unwrap().xattrs;
+        x.insert(b"user.kept".to_vec(), b"v".to_vec());
+        x.insert(b"user.a\0user.b".to_vec(), b"nul".to_vec());
+        x.insert(Vec::new(), b"empty".to_vec());
+        x.insert(b"bogus.name".to_vec(), b"ns".to_vec());
+        x.insert(b"user.".to_vec(), b"prefix only".to_vec());
+    });
+    let (code, errors) = fsck(&path, false);
+    assert_eq!(code, 4, "{errors:?}");
+    let bad: Vec<&String> = errors
+        .iter()
+        .filter(|e| e.contains("extended attribute"))
+        .collect();
+    assert_eq!(bad.len(), 4, "{errors:?}");
+    let refused = Fs::open(&path, opts())
+        .expect_err("mount refuses the image")
+        .to_string();
+    assert!(refused.contains(bad[0].as_str()), "{refused}");
+    let (code, _) = fsck(&path, true);
+    assert_eq!(code, 1);
+    assert_repaired_keeps_files(&path);
+    let fs = Fs::open(&path, opts()).unwrap();
+    assert_eq!(fs.listxattr(f).unwrap(), b"user.kept\0");
+    assert_eq!(fs.getxattr(f, b"user.kept").unwrap(), b"v");
+    fs.unmount().unwrap();
+}

@@ -618,3 +618,103 @@ fn an_operation_that_finds_the_journal_full_goes_through_after_a_checkpoint() {
     assert_eq!(fs.read(ino, 0, 10).unwrap(), b"da");
     fs.check_space().unwrap();
 }
+
+/// An unlink (or a rename over a file) is two transactions: the name goes, then the inode
+/// it was the last name of is freed. When the journal fills between them, the name is gone
+/// already: the unlink must say so (success), not `ENOENT` from running it once more after
+/// the checkpoint, and the inode must still be freed (its blocks free again, nothing left to
+/// replay). It answered `ENOENT` (the rename too) with the name gone.
+#[test]
+fn an_unlink_whose_freeing_finds_the_journal_full_still_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(&dir, 64 << 20);
+    let fs = open(&path);
+    let block = vec![0x44u8; 16 * BLOCK_SIZE as usize];
+    let gone = create(&fs, "gone").unwrap();
+    fs.write(gone, 0, &block, Caller::ROOT).unwrap();
+    fs.forget(gone, 1);
+    let free_before = fs.statfs().free;
+    fs.fail_commits_after(1, 1); // the Unlink goes in, the Free is refused
+    assert_eq!(
+        fs.remove(ROOT_INO, b"gone", false).map_err(|e| e.errno()),
+        Ok(())
+    );
+    assert_eq!(errno(fs.lookup(ROOT_INO, b"gone")), libc::ENOENT);
+    assert_eq!(
+        fs.statfs().free,
+        free_before + 16,
+        "the unlinked file's blocks are free again"
+    );
+    assert_eq!(errno(fs.getattr(gone)), libc::ENOENT, "the inode is freed");
+
+    let src = create(&fs, "src").unwrap();
+    fs.write(src, 0, b"new", Caller::ROOT).unwrap();
+    let victim = create(&fs, "victim").unwrap();
+    fs.write(victim, 0, &block, Caller::ROOT).unwrap();
+    fs.forget(victim, 1);
+    let free_before = fs.statfs().free;
+    fs.fail_commits_after(1, 1); // the Rename goes in, the victim's Free is refused
+    assert_eq!(
+        fs.rename(ROOT_INO, b"src", ROOT_INO, b"victim", 0)
+            .map_err(|e| e.errno()),
+        Ok(())
+    );
+    assert_eq!(fs.lookup(ROOT_INO, b"victim").unwrap().ino, src);
+    assert_eq!(fs.read(src, 0, 10).unwrap(), b"new");
+    assert_eq!(fs.statfs().free, free_before + 16);
+    fs.check_space().unwrap();
+    fs.unmount().unwrap();
+    drop(fs);
+    assert_clean_image(&path);
+}
+
+/// Overwrites of a file's blocks journal nothing; each `fsync` after one journals the new
+/// times. A program that only overwrites and fsyncs (a database's log) filled the journal
+/// past its soft limit with nothing asking for the checkpoint that empties it, and then
+/// every `fsync` failed with `ENOSPC` on an all but empty filesystem. Every fsync and
+/// fdatasync succeeds, and the image stays clean.
+#[test]
+fn overwrites_and_fsyncs_alone_never_fill_the_journal() {
+    // Memory-backed where the host has it: each fsync syncs the image file.
+    let dir = tempfile::Builder::new()
+        .prefix("pinfs-space")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let path = image(&dir, 4 << 20);
+    let fs = open(&path);
+    let ino = create(&fs, "log").unwrap();
+    fs.write(ino, 0, &[0u8; 4096], Caller::ROOT).unwrap();
+    // The journal is 1 MiB; each fsync's transaction about 90 bytes.
+    for n in 0..30_000u32 {
+        fs.write(ino, (n % 4096) as u64, &[n as u8], Caller::ROOT)
+            .unwrap_or_else(|e| panic!("overwrite {n}: {e}"));
+        fs.fsync(ino, n % 2 == 1)
+            .unwrap_or_else(|e| panic!("fsync {n} after an overwrite: {e}"));
+    }
+    fs.check_space().unwrap();
+    fs.unmount().unwrap();
+    drop(fs);
+    assert_clean_image(&path);
+}
+
+/// A revoking truncate whose own transaction is refused after the revocation moved the
+/// holder's blocks out: the truncate fails with `ENOSPC` and the file keeps its size and
+/// bytes; the revocation has completed (the lease says revoked) and the holder's later
+/// stores reach nothing.
+#[test]
+fn a_revoking_truncate_refused_after_the_move_fails_whole_and_the_holder_stays_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, ino) = pinned_setup(&dir, Policy::Revoke, 100);
+    let size = p.fs.getattr(ino).unwrap().size;
+    p.fs.fail_commits_after(1, 2); // the move goes in; the truncate and its retry do not
+    assert_eq!(
+        truncate(&p.fs, ino, BLOCK_SIZE, BREAKER).map_err(|e| e.errno()),
+        Err(libc::ENOSPC)
+    );
+    assert_eq!(p.fs.getattr(ino).unwrap().size, size);
+    assert_eq!(p.state(), Some(LeaseState::Revoked));
+    p.window[..5].copy_from_slice(b"after");
+    assert_eq!(p.fs.read(ino, 0, 5).unwrap(), b"under");
+    p.fs.check_space().unwrap();
+}

@@ -464,3 +464,91 @@ fn through_fuse_a_user_filling_the_smallest_image_cannot_stop_root() {
     let r = pinfs::fsck::check(&m.image, false).expect("fsck");
     assert_eq!((r.exit_code(), r.replayed), (0, 0), "{:?}", r.errors);
 }
+
+/// A rename over an existing name grows nothing (the target's entry keeps its name and the
+/// source's entry goes), however long the target name is: after nobody took every data
+/// block and all the metadata room it was allowed, root's `mv a LONG` over an existing
+/// file, within a directory and across directories, works and replaces the target. (It
+/// asked for room as a create does whenever the new name was longer, and so failed with
+/// `ENOSPC` on a full filesystem.)
+#[test]
+fn a_rename_over_a_longer_existing_name_works_on_a_full_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.img");
+    Fs::mkfs(&path, 4 << 20, true).unwrap();
+    let fs = open(&path);
+    let u = user_dir(&fs, b"u");
+    let r = Caller::ROOT;
+    let other = fs
+        .create(ROOT_INO, b"o", libc::S_IFDIR | 0o755, 0, None, r)
+        .unwrap()
+        .ino;
+    let short = fs.create(u, b"s", REG, 0, None, r).unwrap().ino;
+    let short2 = fs.create(other, b"t", REG, 0, None, r).unwrap().ino;
+    fs.write(short, 0, b"new contents", r).unwrap();
+    let big = fs.create(u, b"big", REG, 0, None, NOBODY).unwrap();
+    fill_data(&fs, big.ino, NOBODY);
+    let made = fill_metadata(&fs, u, NOBODY, 'a');
+    let long = made
+        .iter()
+        .find(|(n, _)| n.len() == 255)
+        .expect("a long name");
+    let long2 = made
+        .iter()
+        .rev()
+        .find(|(n, _)| n.len() == 255)
+        .expect("another long name");
+    assert_ne!(long.1, long2.1);
+    assert_eq!(
+        fs.create(u, b"x", REG, 0, None, r)
+            .map(drop)
+            .map_err(|e| e.errno()),
+        Err(libc::ENOSPC),
+        "the metadata room is used up"
+    );
+    fs.rename(u, b"s", u, &long.0, 0)
+        .expect("rename over a longer name in the same directory");
+    assert_eq!(fs.lookup(u, &long.0).unwrap().ino, short);
+    assert_eq!(fs.read(short, 0, 100).unwrap(), b"new contents");
+    assert!(fs.lookup(u, b"s").is_err());
+    fs.rename(other, b"t", u, &long2.0, 0)
+        .expect("rename over a longer name across directories");
+    assert_eq!(fs.lookup(u, &long2.0).unwrap().ino, short2);
+    fs.check_space().unwrap();
+    fs.unmount().expect("unmount");
+    drop(fs);
+    assert_clean(&path);
+}
+
+/// Replacing an extended attribute's value with one no longer than it grows nothing: after
+/// nobody took every data block and all the metadata room it was allowed, root can still
+/// shrink or rewrite in place an attribute (it asked for room whatever the new value, and
+/// failed with `ENOSPC`); a longer value may still be refused, with nothing changed.
+#[test]
+fn replacing_an_xattr_with_a_shorter_value_works_on_a_full_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.img");
+    Fs::mkfs(&path, 4 << 20, true).unwrap();
+    let fs = open(&path);
+    let u = user_dir(&fs, b"u");
+    let r = Caller::ROOT;
+    let f = fs.create(ROOT_INO, b"f", REG, 0, None, r).unwrap().ino;
+    fs.setxattr(f, b"user.k", &[0x61; 1000], 0).unwrap();
+    let big = fs.create(u, b"big", REG, 0, None, NOBODY).unwrap();
+    fill_data(&fs, big.ino, NOBODY);
+    fill_metadata(&fs, u, NOBODY, 'a');
+    assert_eq!(
+        fs.setxattr(f, b"user.new", b"v", 0).map_err(|e| e.errno()),
+        Err(libc::ENOSPC),
+        "the metadata room is used up"
+    );
+    fs.setxattr(f, b"user.k", &[0x62; 1000], libc::XATTR_REPLACE)
+        .expect("rewriting a value of the same length");
+    fs.setxattr(f, b"user.k", b"short", 0)
+        .expect("replacing a value with a shorter one");
+    assert_eq!(fs.getxattr(f, b"user.k").unwrap(), b"short");
+    fs.check_space().unwrap();
+    fs.unmount().expect("unmount");
+    drop(fs);
+    assert_clean(&path);
+}

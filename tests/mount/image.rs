@@ -390,3 +390,187 @@ fn orphans_are_recovery_not_errors() {
         "the orphan's blocks are free again"
     );
 }
+
+/// Reads everything under `dir` through the kernel as a user would: listings, stat, file
+/// contents, symlink targets, every extended attribute. Errors are fine (the image is
+/// crafted); a dead daemon is not: `ENOTCONN` (or `ECONNABORTED`) means a request thread
+/// took the mount down.
+fn read_everything(dir: &Path, out: &mut Vec<String>) {
+    let dead = |e: &std::io::Error| {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+        )
+    };
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            if dead(&e) {
+                out.push(format!("readdir {}: {e}", dir.display()));
+            }
+            return;
+        }
+    };
+    for entry in entries {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                if dead(&e) {
+                    out.push(format!("readdir {}: {e}", dir.display()));
+                }
+                return;
+            }
+        };
+        let p = entry.path();
+        let c = cstr(&p);
+        let mut names = vec![0u8; 1 << 16];
+        // SAFETY: llistxattr into a buffer we own, with its length.
+        let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if n < 0 && matches!(errno(), libc::ENOTCONN | libc::ECONNABORTED) {
+            out.push(format!("listxattr {}: errno {}", p.display(), errno()));
+        }
+        for name in names[..n.max(0) as usize]
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty())
+        {
+            let mut name = name.to_vec();
+            name.push(0);
+            let mut v = vec![0u8; 1 << 16];
+            // SAFETY: lgetxattr with NUL-terminated path and name, into a buffer we own.
+            let r = unsafe {
+                libc::lgetxattr(
+                    c.as_ptr(),
+                    name.as_ptr().cast(),
+                    v.as_mut_ptr().cast(),
+                    v.len(),
+                )
+            };
+            if r < 0 && matches!(errno(), libc::ENOTCONN | libc::ECONNABORTED) {
+                out.push(format!("getxattr {}: errno {}", p.display(), errno()));
+            }
+        }
+        match fs::symlink_metadata(&p) {
+            Err(e) if dead(&e) => out.push(format!("stat {}: {e}", p.display())),
+            Err(_) => {}
+            Ok(m) if m.is_dir() => read_everything(&p, out),
+            Ok(m) if m.file_type().is_symlink() => {
+                if let Err(e) = fs::read_link(&p) {
+                    if dead(&e) {
+                        out.push(format!("readlink {}: {e}", p.display()));
+                    }
+                }
+            }
+            Ok(m) if m.is_file() => {
+                if let Ok(f) = fs::File::open(&p) {
+                    let mut buf = vec![0u8; 1 << 20];
+                    // The first MiB and the last: crafted sizes may be huge and sparse.
+                    for at in [0, m.len().saturating_sub(1 << 20)] {
+                        if let Err(e) = f.read_at(&mut buf, at) {
+                            if dead(&e) {
+                                out.push(format!("read {}: {e}", p.display()));
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Crafted images (one field rewritten to a hostile value, every checksum recomputed)
+/// through a real mount: an image fsck rejects is refused by `pinfs mount` with fsck's first
+/// message; one it accepts mounts, and reading everything on it through the kernel (listings,
+/// stat, data, symlinks, xattrs) never takes the daemon down; the unmount leaves an image
+/// fsck calls clean.
+#[test]
+fn crafted_images_through_a_real_mount_are_refused_as_fsck_says_or_serve_every_read() {
+    if skip_without_fuse(module_path!()) {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("pinfs-crafted-mount")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let img = dir.path().join("img");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let (mut mounted, mut refused, mut failures) = (0, 0, Vec::new());
+    for seed in 0..160u64 {
+        let mut bytes = pinfs::fuzzer::image::base_images()[(seed % 2) as usize].clone();
+        let Some(what) = pinfs::fuzzer::image::mutate(&mut bytes, seed) else {
+            continue;
+        };
+        pinfs::fuzzer::image::write_image(&img, &bytes).unwrap();
+        let errors = match pinfs::fsck::check(&img, false) {
+            Ok(r) => r
+                .refused_by_mount()
+                .into_iter()
+                .cloned()
+                .collect::<Vec<String>>(),
+            // What could not be loaded, as mount says it too (after the image's path).
+            Err(pinfs::error::FsError::Corrupt(why)) => vec![why],
+            Err(e) => vec![e.to_string()],
+        };
+        pinfs::fuzzer::image::write_image(&img, &bytes).unwrap();
+        let out = try_mount(&img, &mnt);
+        if !errors.is_empty() {
+            refused += 1;
+            let e = stderr(&out);
+            if out.status.success() {
+                let c = cstr(&mnt);
+                // SAFETY: umount2 with a NUL-terminated path.
+                unsafe { libc::umount2(c.as_ptr(), 0) };
+                wait_unlocked(&img);
+                failures.push(format!(
+                    "seed {seed} ({what}): fsck says {errors:?}, yet it mounted"
+                ));
+            } else if e.contains("panicked")
+                || !errors.iter().any(|x| e.contains(x.as_str()))
+                || e.matches("run `pinfs fsck --repair").count() != 1
+            {
+                failures.push(format!(
+                    "seed {seed} ({what}): refused without fsck's message {errors:?}: {e}"
+                ));
+            }
+            continue;
+        }
+        if !out.status.success() {
+            failures.push(format!(
+                "seed {seed} ({what}): fsck finds it clean, mount fails: {}",
+                stderr(&out)
+            ));
+            continue;
+        }
+        mounted += 1;
+        let mut broke = Vec::new();
+        read_everything(&mnt, &mut broke);
+        let c = cstr(&mnt);
+        // SAFETY: umount2 with a NUL-terminated path.
+        let rc = unsafe { libc::umount2(c.as_ptr(), 0) };
+        if rc != 0 {
+            // SAFETY: as above, detaching.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        wait_unlocked(&img);
+        if !broke.is_empty() {
+            failures.push(format!("seed {seed} ({what}): the daemon died: {broke:?}"));
+            continue;
+        }
+        match pinfs::fsck::check(&img, false) {
+            Ok(r) if r.exit_code() == 0 => {}
+            Ok(r) => failures.push(format!(
+                "seed {seed} ({what}): after the mount, fsck: {:?}",
+                r.errors
+            )),
+            Err(e) => failures.push(format!("seed {seed} ({what}): after the mount, fsck: {e}")),
+        }
+    }
+    eprintln!("{mounted} crafted images mounted and read, {refused} refused");
+    assert!(
+        mounted > 10 && refused > 10,
+        "{mounted} mounted, {refused} refused"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
