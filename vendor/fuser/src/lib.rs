@@ -1005,6 +1005,27 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.error(Errno::ENOSYS);
     }
 
+    /// Create and open a file with no name in directory `parent` (`O_TMPFILE`; pinfs
+    /// patch). The new inode has no links (`nlink` 0 in the reply's attributes); the kernel
+    /// may later give it a name with [`Filesystem::link`] (`linkat` of the descriptor,
+    /// unless it was opened with `O_EXCL`). Reply as to [`Filesystem::create`]. If this
+    /// method is not implemented, `O_TMPFILE` fails with `EOPNOTSUPP`.
+    fn tmpfile(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        warn!(
+            "[Not Implemented] tmpfile(parent: {parent:#x?}, mode: {mode}, \
+            umask: {umask:#x?}, flags: {flags:#x?})"
+        );
+        reply.error(Errno::ENOSYS);
+    }
+
     /// macOS only: Rename the volume. Set `fuse_init_out.flags` during init to
     /// `FUSE_VOL_RENAME` to enable
     #[cfg(target_os = "macos")]
