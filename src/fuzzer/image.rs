@@ -368,6 +368,14 @@ impl Walk<'_> {
                 self.time("removexattr time")
             }
             11 => self.field(8, "free ino", Role::Ino).map(drop),
+            12 => {
+                self.field(8, "tmpfile parent", Role::Ino)?;
+                self.field(8, "tmpfile ino", Role::Ino)?;
+                for f in ["perm", "uid", "gid"] {
+                    self.field(4, &format!("tmpfile {f}"), Role::Plain)?;
+                }
+                self.time("tmpfile time")
+            }
             _ => None,
         }
     }
