@@ -128,14 +128,21 @@ fn o_tmpfile_is_an_open_file_with_no_name_that_linkat_names() {
     assert!(back == data, "a tmpfile reads back what was written");
     let md = f.metadata().unwrap();
     assert_eq!(md.nlink(), 0, "a tmpfile has no links");
-    assert_eq!(md.mode(), libc::S_IFREG | 0o640, "a regular file, with the mode asked for");
+    assert_eq!(
+        md.mode(),
+        libc::S_IFREG | 0o640,
+        "a regular file, with the mode asked for"
+    );
     assert_eq!((md.uid(), md.len()), (0, data.len() as u64));
     assert_eq!(names(&m.mnt), ["existing"], "a tmpfile is in no directory");
 
     assert_eq!(link_proc(&f, &m.path("named")), 0, "linkat names it");
     assert_eq!(names(&m.mnt), ["existing", "named"]);
     assert_eq!(f.metadata().unwrap().nlink(), 1);
-    assert!(fs::read(m.path("named")).unwrap() == data, "the name shows its data");
+    assert!(
+        fs::read(m.path("named")).unwrap() == data,
+        "the name shows its data"
+    );
     assert_eq!(
         fs::metadata(m.path("named")).unwrap().ino(),
         md.ino(),
@@ -147,7 +154,10 @@ fn o_tmpfile_is_an_open_file_with_no_name_that_linkat_names() {
     assert_eq!(f.metadata().unwrap().nlink(), 2);
     drop(f);
     m.remount("");
-    assert!(fs::read(m.path("named")).unwrap() == data, "it survives a remount");
+    assert!(
+        fs::read(m.path("named")).unwrap() == data,
+        "it survives a remount"
+    );
     assert_eq!(fs::metadata(m.path("second")).unwrap().nlink(), 2);
     m.umount();
     let json = fsck_ok(&m.image);
@@ -173,19 +183,32 @@ fn o_tmpfile_errnos() {
     drop(f);
     // What the kernel refuses: no write access asked for, a parent that is no directory, a
     // name that is taken.
-    assert_eq!(tmpfile(&m.mnt, libc::O_RDONLY, 0o600).unwrap_err(), libc::EINVAL);
+    assert_eq!(
+        tmpfile(&m.mnt, libc::O_RDONLY, 0o600).unwrap_err(),
+        libc::EINVAL
+    );
     fs::write(m.path("file"), b"").unwrap();
-    assert_eq!(tmpfile(&m.path("file"), libc::O_RDWR, 0o600).unwrap_err(), libc::ENOTDIR);
+    assert_eq!(
+        tmpfile(&m.path("file"), libc::O_RDWR, 0o600).unwrap_err(),
+        libc::ENOTDIR
+    );
     let f = tmpfile(&m.mnt, libc::O_RDWR, 0o600).unwrap();
     assert_eq!(link_proc(&f, &m.path("file")), libc::EEXIST);
-    assert_eq!(f.metadata().unwrap().nlink(), 0, "a failed link changes nothing");
+    assert_eq!(
+        f.metadata().unwrap().nlink(),
+        0,
+        "a failed link changes nothing"
+    );
     drop(f);
     // A removed directory takes no new file.
     fs::create_dir(m.path("gone")).unwrap();
     let dir = File::open(m.path("gone")).unwrap();
     fs::remove_dir(m.path("gone")).unwrap();
     let path = format!("/proc/self/fd/{}", dir.as_raw_fd());
-    assert_eq!(tmpfile(Path::new(&path), libc::O_RDWR, 0o600).unwrap_err(), libc::ENOENT);
+    assert_eq!(
+        tmpfile(Path::new(&path), libc::O_RDWR, 0o600).unwrap_err(),
+        libc::ENOENT
+    );
     // Permissions are a create's: write and search on the directory.
     fs::create_dir(m.path("ro")).unwrap();
     fs::set_permissions(m.path("ro"), fs::Permissions::from_mode(0o755)).unwrap();
@@ -208,7 +231,11 @@ fn o_tmpfile_is_owned_as_a_create_in_its_directory() {
     let f = tmpfile(&m.path("sgid"), libc::O_RDWR, 0o2755).unwrap();
     let md = f.metadata().unwrap();
     assert_eq!(md.gid(), 4321, "the group of a set-gid directory");
-    assert_eq!(md.mode() & 0o7777, 0o2755, "root keeps the set-gid bit it asked for");
+    assert_eq!(
+        md.mode() & 0o7777,
+        0o2755,
+        "root keeps the set-gid bit it asked for"
+    );
     let created = new_file(m.path("sgid/created"));
     assert_eq!(created.metadata().unwrap().gid(), md.gid(), "as a create");
     // Another user's file: its user, the directory's group, and no set-gid bit for a group
@@ -245,9 +272,15 @@ fn an_unnamed_tmpfile_gives_its_blocks_back_at_its_last_close() {
     let f = tmpfile(&m.mnt, libc::O_RDWR, 0o600).unwrap();
     f.write_all_at(&vec![0x5a; 8 << 20], 0).unwrap();
     f.sync_all().unwrap();
-    assert!(free_blocks(&m.mnt) <= free0 - 2048, "its blocks are taken while open");
+    assert!(
+        free_blocks(&m.mnt) <= free0 - 2048,
+        "its blocks are taken while open"
+    );
     drop(f);
-    assert!(await_free(&m.mnt, free0) >= free0, "and come back at its last close");
+    assert!(
+        await_free(&m.mnt, free0) >= free0,
+        "and come back at its last close"
+    );
 }
 
 #[test]
@@ -283,10 +316,16 @@ fn kill_9_frees_an_unnamed_tmpfile_and_keeps_a_named_one() {
     unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     wait_unlocked(&image);
     let json = fsck_ok(&image);
-    assert_eq!(json["orphans"], 1, "the unnamed tmpfile is a crash's orphan: {json}");
+    assert_eq!(
+        json["orphans"], 1,
+        "the unnamed tmpfile is a crash's orphan: {json}"
+    );
 
     let mut daemon = start_daemon(&image, &mnt, "");
-    assert!(fs::read(mnt.join("kept")).unwrap() == kept, "the named tmpfile survives");
+    assert!(
+        fs::read(mnt.join("kept")).unwrap() == kept,
+        "the named tmpfile survives"
+    );
     assert_eq!(names(&mnt), ["kept"]);
     assert_eq!(
         free0 - free_blocks(&mnt),
@@ -319,7 +358,11 @@ fn a_pin_on_a_tmpfile_works_as_on_any_open_file() {
     };
     assert_eq!(path(&m).as_deref(), Some("(unlinked)"));
     assert_eq!(link_proc(&f, &m.path("named")), 0);
-    assert_eq!(path(&m).as_deref(), Some("/named"), "the pin's file now has a name");
+    assert_eq!(
+        path(&m).as_deref(),
+        Some("/named"),
+        "the pin's file now has a name"
+    );
     assert_eq!(&fs::read(m.path("named")).unwrap()[4096..4104], b"from DMA");
     c.unpin(&pin).unwrap();
 }
