@@ -108,6 +108,39 @@ fn await_free(mnt: &Path, want: u64) -> u64 {
     free_blocks(mnt)
 }
 
+/// A daemon started by the test, killed (SIGKILL) and its mount detached if the test ends
+/// before it does, so that a failing test leaves no mount behind.
+struct Daemon(std::process::Child, std::path::PathBuf);
+
+impl Daemon {
+    fn start(image: &Path, mnt: &Path) -> Daemon {
+        Daemon(start_daemon(image, mnt, ""), mnt.to_path_buf())
+    }
+    /// kill -9, and the dead daemon's mount detached (it answers ENOTCONN).
+    fn kill_9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let c = cstr(&self.1);
+        // SAFETY: umount2 with a NUL-terminated path.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    /// A clean unmount, and the daemon's exit.
+    fn umount(mut self) {
+        let c = cstr(&self.1);
+        // SAFETY: umount2 with a NUL-terminated path.
+        assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0);
+        assert!(self.0.wait().unwrap().success(), "the daemon exits cleanly");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            self.kill_9();
+        }
+    }
+}
+
 fn fsck_ok(image: &Path) -> serde_json::Value {
     let out = pinfs(&["fsck", "--json", image.to_str().unwrap()]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -296,7 +329,7 @@ fn kill_9_frees_an_unnamed_tmpfile_and_keeps_a_named_one() {
     let mnt = dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
     mkfs(&image, "128M");
-    let mut daemon = start_daemon(&image, &mnt, "");
+    let mut daemon = Daemon::start(&image, &mnt);
     let free0 = free_blocks(&mnt);
     let kept: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 7 % 253) as u8).collect();
     let named = tmpfile(&mnt, libc::O_RDWR, 0o644).unwrap();
@@ -308,12 +341,8 @@ fn kill_9_frees_an_unnamed_tmpfile_and_keeps_a_named_one() {
     unnamed.sync_all().unwrap();
     let taken = free0 - free_blocks(&mnt);
     assert!(taken >= 256 + 4096, "both files hold their blocks: {taken}");
-    daemon.kill().unwrap(); // SIGKILL, both files still open
-    daemon.wait().unwrap();
+    daemon.kill_9(); // both files still open
     drop((named, unnamed));
-    let c = cstr(&mnt);
-    // SAFETY: umount2 with a NUL-terminated path (the dead daemon's mount answers ENOTCONN).
-    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     wait_unlocked(&image);
     let json = fsck_ok(&image);
     assert_eq!(
@@ -321,7 +350,7 @@ fn kill_9_frees_an_unnamed_tmpfile_and_keeps_a_named_one() {
         "the unnamed tmpfile is a crash's orphan: {json}"
     );
 
-    let mut daemon = start_daemon(&image, &mnt, "");
+    let daemon = Daemon::start(&image, &mnt);
     assert!(
         fs::read(mnt.join("kept")).unwrap() == kept,
         "the named tmpfile survives"
@@ -332,9 +361,7 @@ fn kill_9_frees_an_unnamed_tmpfile_and_keeps_a_named_one() {
         256,
         "the unnamed one's 4096 blocks are free again; the named one keeps its 256"
     );
-    // SAFETY: umount2 with a NUL-terminated path.
-    assert_eq!(unsafe { libc::umount2(c.as_ptr(), 0) }, 0);
-    daemon.wait().unwrap();
+    daemon.umount();
     let json = fsck_ok(&image);
     assert_eq!(json["orphans"], 0, "{json}");
 }
