@@ -162,3 +162,42 @@ fn after_a_crash_an_unnamed_tmpfile_is_freed_and_a_named_one_stays() {
     let report = pinfs::fsck::check(&path, false).unwrap();
     assert_eq!((report.errors.len(), report.orphans.len()), (0, 0));
 }
+
+#[test]
+fn a_tmpfile_outlives_its_directory_through_checkpoints_and_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(&dir);
+    let fs = open(&path);
+    let d = fs
+        .create(ROOT_INO, b"d", libc::S_IFDIR | 0o755, 0, None, Caller::ROOT)
+        .unwrap();
+    let (kept, _) = fs
+        .tmpfile(d.ino, REG | 0o644, libc::O_RDWR, Caller::ROOT)
+        .unwrap();
+    let (lost, _) = fs
+        .tmpfile(d.ino, REG | 0o644, libc::O_RDWR, Caller::ROOT)
+        .unwrap();
+    fs.write(kept.ino, 0, b"kept", Caller::ROOT).unwrap();
+    fs.write(lost.ino, 0, b"lost", Caller::ROOT).unwrap();
+    // The directory holds no name of theirs: it can go, and a checkpoint holds both files.
+    fs.remove(ROOT_INO, b"d", true).unwrap();
+    fs.forget(d.ino, 1);
+    assert_eq!(
+        errno(fs.tmpfile(d.ino, REG | 0o644, libc::O_RDWR, Caller::ROOT)),
+        libc::ENOENT,
+        "a removed directory takes no tmpfile"
+    );
+    fs.checkpoint(false).unwrap();
+    fs.link(kept.ino, ROOT_INO, b"kept").unwrap();
+    drop(fs); // a crash after the checkpoint
+    let report = pinfs::fsck::check(&path, false).unwrap();
+    assert_eq!(report.errors, Vec::<String>::new());
+    assert_eq!(report.orphans, vec![lost.ino]);
+    let fs = open(&path);
+    assert_eq!(fs.read(kept.ino, 0, 10).unwrap(), b"kept");
+    assert_eq!(errno(fs.getattr(lost.ino)), libc::ENOENT);
+    fs.unmount().unwrap();
+    drop(fs);
+    let report = pinfs::fsck::check(&path, false).unwrap();
+    assert_eq!((report.errors.len(), report.orphans.len()), (0, 0));
+}
