@@ -38,6 +38,9 @@ pub enum FsError {
     /// Not permitted.
     #[error("operation not permitted")]
     NotPermitted,
+    /// Not permitted by the inode's flags (`chattr +i`, `+a`): `EPERM`.
+    #[error("operation not permitted: {0}")]
+    Flagged(&'static str),
     /// Permission denied.
     #[error("permission denied")]
     Access,
@@ -62,6 +65,9 @@ pub enum FsError {
     /// Not supported here.
     #[error("operation not supported")]
     NotSupported,
+    /// An ioctl this filesystem does not know (`ENOTTY`).
+    #[error("inappropriate ioctl for this filesystem")]
+    NoTty,
     /// In use in a way that forbids the operation (`EBUSY`).
     #[error("device or resource busy: {0}")]
     Busy(&'static str),
@@ -164,7 +170,7 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::NoSpace => libc::ENOSPC,
             FsError::Invalid(_) => libc::EINVAL,
-            FsError::NotPermitted => libc::EPERM,
+            FsError::NotPermitted | FsError::Flagged(_) => libc::EPERM,
             FsError::Access => libc::EACCES,
             FsError::CrossDevice => libc::EXDEV,
             FsError::FileTooBig => libc::EFBIG,
@@ -173,6 +179,7 @@ impl FsError {
             FsError::Range => libc::ERANGE,
             FsError::TooBig => libc::E2BIG,
             FsError::NotSupported => libc::EOPNOTSUPP,
+            FsError::NoTty => libc::ENOTTY,
             FsError::ReadOnly => libc::EROFS,
             FsError::Busy(_) => libc::EBUSY,
             FsError::NoSuchOffset => libc::ENXIO,
@@ -210,6 +217,7 @@ impl FsError {
             | FsError::NameTooLong
             | FsError::Invalid(_)
             | FsError::NotPermitted
+            | FsError::Flagged(_)
             | FsError::Access
             | FsError::Denied(_)
             | FsError::CrossDevice
@@ -219,6 +227,7 @@ impl FsError {
             | FsError::Range
             | FsError::TooBig
             | FsError::NotSupported
+            | FsError::NoTty
             | FsError::Busy(_)
             | FsError::ReadOnly
             | FsError::NoSuchOffset
@@ -377,6 +386,7 @@ mod tests {
             (FsError::Range, Level::DEBUG),
             (FsError::Access, Level::DEBUG),
             (FsError::NotPermitted, Level::DEBUG),
+            (FsError::Flagged("immutable"), Level::DEBUG),
             (FsError::Denied("not yours"), Level::DEBUG),
             (FsError::Lease(LeaseError::Again), Level::DEBUG),
             (FsError::Lease(LeaseError::WouldBlock), Level::DEBUG),

@@ -17,9 +17,10 @@ use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::error::{errno_name, FsError};
@@ -189,6 +190,17 @@ impl fuser::Filesystem for FuseFs {
                 tracing::info!("kernel lacks {cap:?}");
             }
         }
+        // POSIX ACLs: the kernel checks access against them and hands the daemon the umask
+        // (FUSE_DONT_MASK), which applies only where no default ACL does.
+        if self.fs.acl() {
+            let both = config
+                .add_capabilities(InitFlags::FUSE_POSIX_ACL)
+                .and_then(|_| config.add_capabilities(InitFlags::FUSE_DONT_MASK));
+            if both.is_err() {
+                tracing::warn!("kernel lacks FUSE_POSIX_ACL or FUSE_DONT_MASK: no POSIX ACLs");
+                self.fs.without_acl();
+            }
+        }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_time_granularity(Duration::from_nanos(1));
@@ -274,15 +286,16 @@ impl fuser::Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
         let _span = request_span(req, "mknod", parent.0).entered();
+        let who = caller(req);
         self.entry(
             reply,
             self.fs
-                .create(parent.0, name.as_bytes(), mode, rdev, None, caller(req)),
+                .create_masked(parent.0, name.as_bytes(), mode, umask, rdev, None, who),
         )
     }
 
@@ -292,15 +305,16 @@ impl fuser::Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let _span = request_span(req, "mkdir", parent.0).entered();
         let mode = (mode & 0o7777) | libc::S_IFDIR;
+        let who = caller(req);
         self.entry(
             reply,
             self.fs
-                .create(parent.0, name.as_bytes(), mode, 0, None, caller(req)),
+                .create_masked(parent.0, name.as_bytes(), mode, umask, 0, None, who),
         )
     }
 
@@ -570,7 +584,8 @@ impl fuser::Filesystem for FuseFs {
         Self::empty(
             &self.fs,
             reply,
-            self.fs.setxattr(ino.0, name.as_bytes(), value, flags),
+            self.fs
+                .setxattr_by(ino.0, name.as_bytes(), value, flags, caller(req)),
         )
     }
 
@@ -611,14 +626,14 @@ impl fuser::Filesystem for FuseFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let _span = request_span(req, "create", parent.0).entered();
         let r = self
             .fs
-            .create(parent.0, name.as_bytes(), mode, 0, None, caller(req))
+            .create_masked(parent.0, name.as_bytes(), mode, umask, 0, None, caller(req))
             .and_then(|a| self.fs.open_file(a.ino, flags).map(|fh| (a, fh)));
         match r {
             Ok((a, fh)) => reply.created(
@@ -639,12 +654,13 @@ impl fuser::Filesystem for FuseFs {
         req: &Request,
         parent: INodeNo,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
         let _span = request_span(req, "tmpfile", parent.0).entered();
-        match self.fs.tmpfile(parent.0, mode, flags, caller(req)) {
+        // With FUSE_DONT_MASK the daemon applies the umask, as to a create.
+        match self.fs.tmpfile(parent.0, mode, umask, flags, caller(req)) {
             Ok((a, fh)) => reply.created(
                 &TTL,
                 &file_attr(&a),
@@ -678,6 +694,34 @@ impl fuser::Filesystem for FuseFs {
                     })
                 });
             }
+        }
+    }
+
+    /// The inode-flag ioctls the kernel sends for `chattr`/`lsattr` and `xfs_io chattr`
+    /// (`fuse_fileattr_get`/`_set`, after its own owner and `CAP_LINUX_IMMUTABLE` checks);
+    /// any other is `ENOTTY`.
+    fn ioctl(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let _span = request_span(req, "ioctl", ino.0).entered();
+        match crate::daemon::ioctl::flag_ioctl(&self.fs, ino.0, cmd, in_data, out_size, caller(req))
+        {
+            // A change of flags moved the change time the kernel caches: it is answered once
+            // the kernel has dropped the attributes (from the notice thread, so that no
+            // request thread waits).
+            Ok(None) => self
+                .fs
+                .attributes_then(ino.0, Box::new(move || reply.ioctl(0, &[]))),
+            Ok(Some(out)) => reply.ioctl(0, &out),
+            Err(e) => reply.error(fail(&self.fs, e)),
         }
     }
 

@@ -31,9 +31,10 @@
 //!
 //! # Bounds
 //!
-//! - Who connects: without `allow_other` the socket file is 0600 (the daemon's user, and
+//! - Who connects: on a mount that admits only its mounter (see
+//!   `MountOptions::others_allowed`) the socket file is 0600 (the daemon's user, and
 //!   root), and the poller checks `SO_PEERCRED` at accept: anyone else gets
-//!   `? err errno=13 ...` and is closed. With `allow_other` the socket is 0666.
+//!   `? err errno=13 ...` and is closed. Otherwise the socket is 0666.
 //! - At most [`MAX_CONNS_PER_UID`] connections per user (root exempt); the next one gets
 //!   `? err errno=11 too many connections for uid U (limit N)` and is closed.
 //! - A connection whose queue holds more than [`QUEUE_BYTES`] bytes or [`QUEUE_PACKETS`]
@@ -540,7 +541,7 @@ impl Poller {
                 &sock,
                 libc::EACCES,
                 &format!(
-                    "uid {} may not use this mount (mounted by uid {} without allow_other)",
+                    "uid {} may not use this mount (it admits only uid {} and root; mount it with allow_other to admit others)",
                     peer.uid, self.owner
                 ),
             );

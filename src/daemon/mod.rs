@@ -4,6 +4,7 @@
 
 pub mod fuse;
 pub mod holders;
+pub(crate) mod ioctl;
 pub mod kmsg;
 pub mod remount;
 pub mod signals;
@@ -155,6 +156,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
         atime: opts.atime,
         lock_wait: Duration::from_secs_f64(opts.lock_wait),
         leases: opts.leases,
+        acl: opts.acl,
     };
     let fs = match Fs::open(&req.image, fs_opts) {
         Ok(fs) => {
@@ -193,7 +195,8 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
     });
     let mut config = Config::default();
     config.mount_options = mount_options;
-    config.acl = if opts.allow_other {
+    let others = opts.others_allowed(rustix::process::geteuid().as_raw());
+    config.acl = if others {
         SessionACL::All
     } else {
         SessionACL::Owner
@@ -224,7 +227,13 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
         .spawn(move || {
             for what in stale {
                 let _ = match what {
-                    Stale::Attributes(ino) => notifier.inval_inode(fuser::INodeNo(ino), -1, 0),
+                    Stale::Attributes(ino, then) => {
+                        let r = notifier.inval_inode(fuser::INodeNo(ino), -1, 0);
+                        if let Some(then) = then {
+                            (then.0)();
+                        }
+                        r
+                    }
                     Stale::Store {
                         ino,
                         offset,
@@ -258,7 +267,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
             fs.set_mount_dev(dev);
             let note = (!opts.read_only).then(|| mnt.display().to_string());
             spawn_detach_watch(dev, fs.clone(), note);
-            match crate::daemon::holders::Server::start(fs.clone(), dev, opts.allow_other) {
+            match crate::daemon::holders::Server::start(fs.clone(), dev, others) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::error!("holder socket: {e}; pins are unavailable on this mount");

@@ -80,8 +80,12 @@ pub fn apply(fs: &Fs, mounted: &MountOptions, list: &str) -> Result<(), (i32, St
         let same = match k {
             "threads" => want.threads == mounted.threads,
             "lock_wait" => want.lock_wait == mounted.lock_wait,
-            "allow_other" => mounted.allow_other,
+            "allow_other" | "noallow_other" => {
+                let euid = rustix::process::geteuid().as_raw();
+                want.others_allowed(euid) == mounted.others_allowed(euid)
+            }
             "atime" | "strictatime" | "relatime" | "noatime" => want.atime == mounted.atime,
+            "acl" | "noacl" => want.acl == mounted.acl,
             "busy_blocks" => want.leases.busy_blocks == mounted.leases.busy_blocks,
             "detach_windows" => want.leases.detach_windows == mounted.leases.detach_windows,
             "max_pinned" => want.leases.max_pinned == mounted.leases.max_pinned,

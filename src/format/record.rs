@@ -156,6 +156,15 @@ pub enum Record {
         /// When.
         time: Time,
     },
+    /// New inode flags (`chattr`).
+    SetFlags {
+        /// Inode.
+        ino: u64,
+        /// The flags, a subset of [`crate::meta::inode::flags::SUPPORTED`].
+        flags: u32,
+        /// When (the inode's new change time).
+        time: Time,
+    },
     /// An unlinked, unreferenced inode and its blocks go away.
     Free {
         /// Inode.
@@ -277,6 +286,13 @@ impl Record {
             Record::SetAttr { ino, .. }
             | Record::SetXattr { ino, .. }
             | Record::RemoveXattr { ino, .. } => check_ino(*ino),
+            Record::SetFlags { ino, flags, .. } => {
+                check_ino(*ino)?;
+                if flags & !crate::meta::inode::flags::SUPPORTED != 0 {
+                    return Err(format!("inode {ino}: unknown inode flags {flags:#x}"));
+                }
+                Ok(())
+            }
             Record::Free { ino } => {
                 check_ino(*ino)?;
                 if *ino == ROOT_INO {
@@ -442,6 +458,10 @@ impl Record {
             Record::Free { ino } => {
                 w.u8(11).u64(*ino);
             }
+            Record::SetFlags { ino, flags, time } => {
+                w.u8(12).u64(*ino).u32(*flags);
+                put_time(w, *time);
+            }
             Record::Tmpfile {
                 parent,
                 ino,
@@ -450,7 +470,7 @@ impl Record {
                 gid,
                 time,
             } => {
-                w.u8(12).u64(*parent).u64(*ino);
+                w.u8(13).u64(*parent).u64(*ino);
                 w.u32(*perm).u32(*uid).u32(*gid);
                 put_time(w, *time);
             }
@@ -527,7 +547,12 @@ impl Record {
                 time: get_time(r)?,
             },
             11 => Record::Free { ino: r.u64()? },
-            12 => Record::Tmpfile {
+            12 => Record::SetFlags {
+                ino: r.u64()?,
+                flags: r.u32()?,
+                time: get_time(r)?,
+            },
+            13 => Record::Tmpfile {
                 parent: r.u64()?,
                 ino: r.u64()?,
                 perm: r.u32()?,
@@ -859,6 +884,13 @@ pub fn apply(rec: &Record, set: &mut impl InodeSet, space: &mut Space<'_>) -> Fs
             i.xattrs.remove(name);
             i.ctime = *time;
         }
+        Record::SetFlags { ino, flags, time } => {
+            let i = set.inode(*ino)?;
+            crate::meta::inode::flags::check(i.kind, *flags)
+                .map_err(|e| corrupt(format!("inode {ino}: {e}")))?;
+            i.flags = *flags;
+            i.ctime = *time;
+        }
         Record::Free { ino } => {
             let i = set.remove(*ino)?;
             if i.nlink != 0 {
@@ -944,6 +976,11 @@ mod tests {
             Record::RemoveXattr {
                 ino: 5,
                 name: b"user.x".to_vec(),
+                time: t,
+            },
+            Record::SetFlags {
+                ino: 5,
+                flags: 0x30,
                 time: t,
             },
             Record::Free { ino: 5 },

@@ -69,6 +69,10 @@ impl Fs {
         } else {
             self.writable()?;
         }
+        let change = req.flag_change();
+        // Refused by the inode's flags before any lease is broken for it; checked again
+        // under the inode's lock, where it counts.
+        flags::check(&self.table.get(ino)?.read(), change)?;
         // Truncating down changes the layout of the blocks past the new end: break the leases
         // on them first, before any lock is taken (the break may wait for holders).
         let _break = match req.size {
@@ -89,6 +93,7 @@ impl Fs {
         let cells = [self.table.get(ino)?];
         let mut held = Held::lock(&cells);
         let i = held.get(ino)?;
+        flags::check(i, change)?;
         let now = Time::now();
         let mut records = Vec::new();
         let (mut perm, mut uid, mut gid) = (i.perm, i.uid, i.gid);
@@ -153,6 +158,18 @@ impl Fs {
             None => {}
         }
         let ctime = req.ctime.unwrap_or(now);
+        // chmod rewrites the access ACL's owner, mask (or group) and other entries, as
+        // Linux's posix_acl_chmod (the kernel leaves it to a FUSE daemon).
+        if req.mode.is_some() {
+            if let Some(mut a) = i
+                .xattrs
+                .get(acl::ACCESS)
+                .and_then(|v| acl::Acl::parse(v).ok())
+            {
+                a.chmod(perm);
+                records.push(acl::record(ino, acl::ACCESS, Some(&a), ctime));
+            }
+        }
         records.push(Record::SetAttr {
             ino,
             perm,
@@ -169,7 +186,31 @@ impl Fs {
         if owner_change {
             self.leases.owner_changed(ino, uid);
         }
-        Ok(Attr::of(i))
+        let attr = Attr::of(i);
+        drop(held);
+        drop(_gate);
+        self.sync_if_flagged(ino)?;
+        Ok(attr)
+    }
+}
+
+impl SetAttr {
+    /// What this change does, for the inode flags' check: a size is data; a mode, an owner
+    /// or a given time is attributes; times set to now are a touch.
+    fn flag_change(&self) -> flags::Change {
+        let given = |t: &Option<SetTime>| matches!(t, Some(SetTime::At(_)));
+        if self.size.is_some() {
+            flags::Change::Data
+        } else if self.mode.is_some()
+            || self.uid.is_some()
+            || self.gid.is_some()
+            || given(&self.atime)
+            || given(&self.mtime)
+        {
+            flags::Change::Attributes
+        } else {
+            flags::Change::Touch
+        }
     }
 }
 

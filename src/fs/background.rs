@@ -38,6 +38,12 @@ impl Fs {
         });
     }
 
+    /// Tells the kernel that `ino`'s attributes changed, then runs `then` (dropped unrun when
+    /// no mount listens or the notices end first).
+    pub fn attributes_then(&self, ino: u64, then: Box<dyn FnOnce() + Send>) {
+        self.tell_kernel(Stale::Attributes(ino, Some(Then(then))));
+    }
+
     /// Queues a notice for the kernel, if a mount listens.
     pub(crate) fn tell_kernel(&self, what: Stale) {
         if self.kernel_listens.load(Ordering::SeqCst) {

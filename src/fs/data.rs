@@ -17,6 +17,10 @@ impl Fs {
     /// Opens `ino` with open(2) `flags`; returns the handle.
     pub fn open_file(&self, ino: u64, flags: i32) -> FsResult<u64> {
         let c = self.table.get(ino)?;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            let append = flags & libc::O_APPEND != 0 && flags & libc::O_TRUNC == 0;
+            flags::check(&c.read(), flags::Change::OpenWrite { append })?;
+        }
         c.opens.fetch_add(1, Ordering::SeqCst);
         let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
         lock(&self.handles).insert(fh, OpenHandle { ino, flags });
@@ -96,6 +100,7 @@ impl Fs {
                     i.atime <= i.mtime || i.atime <= i.ctime || i.atime.secs + 86400 <= now.secs
                 }
             } && !self.ro()
+                && i.flags & crate::meta::inode::flags::NOATIME == 0
                 && !fh.is_some_and(|fh| {
                     lock(&self.handles)
                         .get(&fh)
@@ -208,7 +213,10 @@ impl Fs {
                 return Err(FsError::ReadOnly);
             }
             self.is_up()?;
-            if end <= i.size
+            let at_end = offset >= i.size;
+            flags::check(&i, flags::Change::Write { at_end })?;
+            if i.flags & crate::meta::inode::flags::SYNC == 0
+                && end <= i.size
                 && Self::fully_mapped(&i, first, count)
                 && kill_privs(i.perm, i.gid, caller) == i.perm
             {
@@ -225,6 +233,8 @@ impl Fs {
         let cells = [c];
         let mut held = Held::lock(&cells);
         let i = held.get(ino)?;
+        let at_end = offset >= i.size;
+        flags::check(i, flags::Change::Write { at_end })?;
         let mut records = self.allocate_range(ino, &i.extents, first, count);
         // The blocks this write goes to: those the file has and those just allocated.
         let mut maps = i.extents.mappings_in(first, count);
@@ -277,8 +287,11 @@ impl Fs {
         self.store(&maps, offset, data, &mut i.rt.dirty);
         i.rt.times_dirty = false;
         if privs_killed {
-            self.tell_kernel(Stale::Attributes(ino));
+            self.tell_kernel(Stale::Attributes(ino, None));
         }
+        drop(held);
+        drop(_gate);
+        self.sync_if_flagged(ino)?;
         Ok(written as u32)
     }
 

@@ -75,6 +75,13 @@ impl Fs {
             .filter(|&e| e <= MAX_FILE_SIZE)
             .ok_or(FsError::FileTooBig)?;
         self.writable()?;
+        let change = if mode & (PUNCH_HOLE | ZERO_RANGE) != 0 {
+            flags::Change::Data
+        } else {
+            flags::Change::Allocate
+        };
+        // Refused by the inode's flags before any lease is broken for it.
+        flags::check(&self.table.get(ino)?.read(), change)?;
         // Punching and zeroing unmap the whole blocks inside the range: break leases first.
         let _break = if mode & (PUNCH_HOLE | ZERO_RANGE) != 0 {
             Some(self.break_layout(
@@ -100,6 +107,7 @@ impl Fs {
             Kind::Dir => return Err(FsError::IsDir),
             _ => return Err(FsError::NotSupported),
         }
+        flags::check(i, change)?;
         let now = Time::now();
         let mut records = Vec::new();
         // Byte ranges zeroed in place once the transaction is in (a fallocate that fails
@@ -183,11 +191,12 @@ impl Fs {
             self.zero_bytes(i, from, to);
         }
         drop(held);
+        drop(_gate);
         if privs_killed {
             // The kernel caches the mode: it must see the set-id bits go (xfstests 683-685).
-            self.tell_kernel(Stale::Attributes(ino));
+            self.tell_kernel(Stale::Attributes(ino, None));
         }
-        Ok(())
+        self.sync_if_flagged(ino)
     }
 
     /// `lseek` with `SEEK_DATA` (3) or `SEEK_HOLE` (4); other kinds are the kernel's.

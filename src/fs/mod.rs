@@ -97,6 +97,10 @@ pub struct FsOptions {
     pub lock_wait: Duration,
     /// Layout lease settings.
     pub leases: LeaseConfig,
+    /// POSIX ACLs (`system.posix_acl_access`/`_default`, see `acl.rs`): the kernel checks
+    /// access against them (`FUSE_POSIX_ACL`), the core keeps the mode in step and applies
+    /// default ACLs and the umask at create. Off (`noacl`): those names are `EOPNOTSUPP`.
+    pub acl: bool,
 }
 
 impl Default for FsOptions {
@@ -106,6 +110,7 @@ impl Default for FsOptions {
             atime: AtimeMode::Relative,
             lock_wait: Duration::from_secs(10),
             leases: LeaseConfig::default(),
+            acl: true,
         }
     }
 }
@@ -250,11 +255,13 @@ pub struct StatFs {
     pub files_free: u64,
 }
 
+pub(crate) mod acl;
 mod attr;
 mod background;
 mod commit;
 mod data;
 mod fallocate;
+pub(crate) mod flags;
 mod mount;
 mod namespace;
 pub mod options;
@@ -334,6 +341,8 @@ pub struct Fs {
     shut_down: AtomicBool,
     /// Read-only now (`ro` at mount, or a remount since).
     read_only: AtomicBool,
+    /// POSIX ACLs served: the option, unless the kernel turned `FUSE_POSIX_ACL` down.
+    acl: AtomicBool,
     /// The mount-time writable set-up ran (provisioning, the superblock marked in use,
     /// orphans freed): a read-only mount does it at its first remount read-write.
     opened_rw: AtomicBool,
@@ -399,8 +408,10 @@ impl std::fmt::Debug for Then {
 /// (from a thread of its own: kernel notifications block).
 #[derive(Debug)]
 pub enum Stale {
-    /// An inode's attributes (set-id bits cleared by a write).
-    Attributes(u64),
+    /// An inode's attributes (set-id bits cleared by a write, flags set by an ioctl), and
+    /// what to run once the kernel has dropped them (the FUSE adapter answers a `chattr`
+    /// there, so that a `stat` after it sees the new change time).
+    Attributes(u64, Option<Then>),
     /// Bytes a direct write put at `offset` of an inode, to be copied into the pages of
     /// them that the kernel's page cache holds for shared mappings (`FUSE_NOTIFY_STORE`):
     /// a page a mapping faulted in while the write was on its way would otherwise keep

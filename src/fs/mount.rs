@@ -70,6 +70,7 @@ impl Fs {
             next_ino: AtomicU64::new(loaded.next_ino),
             checkpoint_wanted: AtomicBool::new(false),
             leases: Leases::new(opts.leases, Some(notice_tx)),
+            acl: AtomicBool::new(opts.acl),
             opts,
             notices: Mutex::new(Some(notice_rx)),
             handles: Mutex::new(HashMap::new()),
@@ -197,6 +198,17 @@ impl Fs {
     }
 
     /// Read-only now?
+    /// Whether POSIX ACLs are served (see `acl.rs`).
+    pub fn acl(&self) -> bool {
+        self.acl.load(Ordering::SeqCst)
+    }
+
+    /// The kernel does not enforce POSIX ACLs: their xattrs are refused from now on, as on
+    /// a `noacl` mount (stored ones stay, unused).
+    pub fn without_acl(&self) {
+        self.acl.store(false, Ordering::SeqCst);
+    }
+
     pub(super) fn ro(&self) -> bool {
         self.read_only.load(Ordering::SeqCst)
     }

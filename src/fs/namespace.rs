@@ -17,23 +17,14 @@ fn check_new_name(p: &Inode, name: &[u8]) -> FsResult<()> {
     Ok(())
 }
 
-/// The permission bits and group of a new inode of `kind` made in directory `p` with `mode`:
-/// a set-gid directory gives its group (and, to a directory, its set-gid bit).
-fn new_owner(p: &Inode, kind: Kind, mode: u32, caller: Caller) -> (u32, u32) {
-    let mut perm = if kind == Kind::Symlink {
-        0o777
-    } else {
-        mode & 0o7777
-    };
-    let gid = if p.perm & libc::S_ISGID != 0 {
-        if kind == Kind::Dir {
-            perm |= libc::S_ISGID;
-        }
-        p.gid
-    } else {
-        caller.gid
-    };
-    (perm, gid)
+/// How a new inode is owned ([`Fs::new_owner`]).
+struct NewOwner {
+    perm: u32,
+    gid: u32,
+    /// The directory's default ACL, if it has one (and ACLs are on).
+    default_acl: Option<acl::Acl>,
+    /// The access ACL the new inode inherits from it, if any.
+    access_acl: Option<acl::Acl>,
 }
 
 fn check_name(name: &[u8]) -> FsResult<()> {
@@ -145,14 +136,32 @@ impl Fs {
         target: Option<&[u8]>,
         caller: Caller,
     ) -> FsResult<Attr> {
-        self.with_journal_room(|| self.create_once(parent, name, mode, rdev, target, caller))
+        self.create_masked(parent, name, mode, 0, rdev, target, caller)
     }
 
+    /// [`Fs::create`] with the creator's `umask`, which applies unless the directory has a
+    /// default ACL; with one, the new inode inherits it (see `acl.rs`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_masked(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        target: Option<&[u8]>,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        self.with_journal_room(|| self.create_once(parent, name, mode, umask, rdev, target, caller))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn create_once(
         &self,
         parent: u64,
         name: &[u8],
         mode: u32,
+        umask: u32,
         rdev: u32,
         target: Option<&[u8]>,
         caller: Caller,
@@ -179,7 +188,13 @@ impl Fs {
         let mut held = Held::lock(&cells);
         let p = held.get(parent)?;
         check_new_name(p, name)?;
-        let (perm, gid) = new_owner(p, kind, mode, caller);
+        flags::check(p, flags::Change::AddEntry)?;
+        let NewOwner {
+            perm,
+            gid,
+            default_acl,
+            access_acl,
+        } = self.new_owner(p, kind, mode, umask, caller);
         let ino = self.new_ino()?;
         let rec = Record::Create {
             parent,
@@ -197,12 +212,65 @@ impl Fs {
             target: target.unwrap_or_default().to_vec(),
             time: Time::now(),
         };
-        self.commit(&mut held, &[rec])?;
+        let time = Time::now();
+        let mut records = vec![rec];
+        if let Some(a) = &access_acl {
+            records.push(acl::record(ino, acl::ACCESS, Some(a), time));
+        }
+        if let (Some(d), Kind::Dir) = (&default_acl, kind) {
+            records.push(acl::record(ino, acl::DEFAULT, Some(d), time));
+        }
+        self.commit(&mut held, &records)?;
         let added = self.publish(&mut held);
         let cell = &added[0];
         cell.lookups.fetch_add(1, Ordering::SeqCst);
         let attr = Attr::of(&cell.read());
         Ok(attr)
+    }
+
+    /// The permission bits, group and ACLs of a new inode of `kind` made in directory `p` with
+    /// `mode` by `caller` whose umask is `umask`: a default ACL of the directory is inherited
+    /// (and the umask ignored), else the umask applies; a set-gid directory gives its group
+    /// (and, to a directory, its set-gid bit).
+    fn new_owner(&self, p: &Inode, kind: Kind, mode: u32, umask: u32, caller: Caller) -> NewOwner {
+        let mut perm = if kind == Kind::Symlink {
+            0o777
+        } else {
+            mode & 0o7777
+        };
+        let default_acl = if self.acl() && kind != Kind::Symlink {
+            p.xattrs
+                .get(acl::DEFAULT)
+                .and_then(|v| acl::Acl::parse(v).ok())
+        } else {
+            None
+        };
+        let access_acl = match &default_acl {
+            Some(d) => {
+                let (bits, access) = d.inherit(perm);
+                perm = bits;
+                access
+            }
+            None if kind != Kind::Symlink => {
+                perm &= !(umask & 0o777);
+                None
+            }
+            None => None,
+        };
+        let gid = if p.perm & libc::S_ISGID != 0 {
+            if kind == Kind::Dir {
+                perm |= libc::S_ISGID;
+            }
+            p.gid
+        } else {
+            caller.gid
+        };
+        NewOwner {
+            perm,
+            gid,
+            default_acl,
+            access_acl,
+        }
     }
 
     /// A new inode number. Inode numbers run out like inodes (ENOSPC): the next number stays
@@ -216,8 +284,9 @@ impl Fs {
     }
 
     /// `open(parent, O_TMPFILE | flags, mode)`: creates a regular file with no name and no
-    /// links in directory `parent`, owned as [`Fs::create`] would own it there (`mode`'s
-    /// permission bits, the caller's user, the group of a set-gid directory), and opens it
+    /// links in directory `parent`, owned as [`Fs::create_masked`] would own it there
+    /// (`mode`'s permission bits less the `umask` or after the directory's default ACL, which
+    /// it inherits; the caller's user; the group of a set-gid directory), and opens it
     /// with `flags`. Returns its attributes (a kernel reference, as a create's) and the
     /// handle. Until [`Fs::link`] names it (allowed unless `flags` has `O_EXCL`), it is an
     /// orphan: freed when its last handle and reference go, or at the next mount after a
@@ -226,16 +295,25 @@ impl Fs {
         &self,
         parent: u64,
         mode: u32,
+        umask: u32,
         flags: i32,
         caller: Caller,
     ) -> FsResult<(Attr, u64)> {
-        let attr = self.with_journal_room(|| self.tmpfile_once(parent, mode, flags, caller))?;
+        let attr =
+            self.with_journal_room(|| self.tmpfile_once(parent, mode, umask, flags, caller))?;
         // The kernel reference taken above keeps the inode until the handle holds it too.
         let fh = self.open_file(attr.ino, flags)?;
         Ok((attr, fh))
     }
 
-    fn tmpfile_once(&self, parent: u64, mode: u32, flags: i32, caller: Caller) -> FsResult<Attr> {
+    fn tmpfile_once(
+        &self,
+        parent: u64,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return Err(FsError::Invalid("O_TMPFILE makes regular files only"));
         }
@@ -252,17 +330,22 @@ impl Fs {
         if p.nlink == 0 {
             return Err(FsError::NotFound); // the directory was removed
         }
-        let (perm, gid) = new_owner(p, Kind::File, mode, caller);
+        flags::check(p, flags::Change::AddEntry)?;
+        let owner = self.new_owner(p, Kind::File, mode, umask, caller);
         let ino = self.new_ino()?;
-        let rec = Record::Tmpfile {
+        let time = Time::now();
+        let mut records = vec![Record::Tmpfile {
             parent,
             ino,
-            perm,
+            perm: owner.perm,
             uid: caller.uid,
-            gid,
-            time: Time::now(),
-        };
-        self.commit(&mut held, &[rec])?;
+            gid: owner.gid,
+            time,
+        }];
+        if let Some(a) = &owner.access_acl {
+            records.push(acl::record(ino, acl::ACCESS, Some(a), time));
+        }
+        self.commit(&mut held, &records)?;
         let added = self.publish(&mut held);
         let cell = &added[0];
         // Under the namespace lock, so that no reclaim sees it unreferenced.
@@ -291,7 +374,9 @@ impl Fs {
         let mut held = Held::lock(&cells);
         let p = held.get(parent)?;
         check_new_name(p, name)?;
+        flags::check(p, flags::Change::AddEntry)?;
         let child = held.get(ino)?;
+        flags::check(child, flags::Change::Name)?;
         if child.kind == Kind::Dir {
             return Err(FsError::NotPermitted);
         }
@@ -345,7 +430,9 @@ impl Fs {
             };
             let cells = [pc, self.table.get(entry.ino)?];
             let mut held = Held::lock(&cells);
+            flags::check(held.get(parent)?, flags::Change::RemoveEntry)?;
             let child = held.get(entry.ino)?;
+            flags::check(child, flags::Change::Name)?;
             match (dir, child.kind == Kind::Dir) {
                 (false, true) => return Err(FsError::IsDir),
                 (true, false) => return Err(FsError::NotDir),
@@ -466,6 +553,17 @@ impl Fs {
                 cells.push(self.table.get(d.ino)?);
             }
             let mut held = Held::lock(&cells);
+            // As the VFS's may_delete and may_create would: the source leaves its directory,
+            // a replaced or exchanged target leaves its own, or the name is added.
+            flags::check(held.get(from_parent)?, flags::Change::RemoveEntry)?;
+            flags::check(held.get(src.ino)?, flags::Change::Name)?;
+            match dst {
+                Some(d) => {
+                    flags::check(held.get(to_parent)?, flags::Change::RemoveEntry)?;
+                    flags::check(held.get(d.ino)?, flags::Change::Name)?;
+                }
+                None => flags::check(held.get(to_parent)?, flags::Change::AddEntry)?,
+            }
             if let Some(d) = dst {
                 if !exchange && d.kind == Kind::Dir && !held.get(d.ino)?.dir.is_empty() {
                     return Err(FsError::NotEmpty);

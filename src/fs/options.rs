@@ -20,8 +20,13 @@ pub struct MountOptions {
     pub exec: bool,
     /// Access-time policy: `strictatime`/`atime`, `relatime` (default), `noatime`.
     pub atime: AtimeMode,
-    /// `allow_other`: users other than the mounter may use the mount.
-    pub allow_other: bool,
+    /// `allow_other` (`Some(true)`) or pinfs's `noallow_other` (`Some(false)`): whether users
+    /// other than the mounter may use the mount. Unsaid, a mount by root allows them, as a
+    /// kernel filesystem does (permissions still apply: `default_permissions` is always on);
+    /// see [`MountOptions::others_allowed`].
+    pub allow_other: Option<bool>,
+    /// `acl` (the default) or `noacl`: POSIX ACLs, enforced by the kernel.
+    pub acl: bool,
     /// Request-handling threads (`threads=N`); default: the number of CPUs.
     pub threads: Option<usize>,
     /// Seconds to wait for the image lock (`lock_wait=SECONDS`, default 10).
@@ -39,7 +44,8 @@ impl Default for MountOptions {
             suid: false,
             exec: true,
             atime: AtimeMode::Relative,
-            allow_other: false,
+            allow_other: None,
+            acl: true,
             threads: None,
             lock_wait: 10.0,
             leases: LeaseConfig::default(),
@@ -140,6 +146,14 @@ fn seconds(opt: &str, key: &str, v: Option<&str>, range: SecondsRange) -> Result
 }
 
 impl MountOptions {
+    /// Whether users other than the mounter may use the mount, for a daemon running as
+    /// `euid`: what the options say, else yes for root (a filesystem root mounts stands in for
+    /// a kernel one, which every user reaches through its permissions) and no for anyone else
+    /// (FUSE's own default, and a user's mount needs `user_allow_other` to open it up).
+    pub fn others_allowed(&self, euid: u32) -> bool {
+        self.allow_other.unwrap_or(euid == 0)
+    }
+
     /// Parses a comma-separated option list (several `-o` lists may be joined with commas).
     pub fn parse(list: &str) -> Result<MountOptions, String> {
         let mut o = MountOptions::default();
@@ -160,7 +174,10 @@ impl MountOptions {
                 ("atime" | "strictatime", None) => o.atime = AtimeMode::Strict,
                 ("relatime", None) => o.atime = AtimeMode::Relative,
                 ("noatime", None) => o.atime = AtimeMode::Never,
-                ("allow_other", None) => o.allow_other = true,
+                ("allow_other", None) => o.allow_other = Some(true),
+                ("noallow_other", None) => o.allow_other = Some(false),
+                ("acl", None) => o.acl = true,
+                ("noacl", None) => o.acl = false,
                 ("threads", v) => {
                     let n = v.and_then(|v| v.parse::<usize>().ok()).filter(|n| (1..=256).contains(n));
                     o.threads = Some(n.ok_or_else(|| {
@@ -194,7 +211,7 @@ impl MountOptions {
                 (k, None) if IGNORED.contains(&k) || k.starts_with("x-") => {}
                 _ => {
                     return Err(format!(
-                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, default_permissions, threads=N, lock_wait=SECONDS, lease_break_time=SECONDS, break_policy=wait|refuse|revoke, busy_blocks=on|off, detach_windows=on|off, max_pinned=SIZE|unlimited, guest_break_time=SECONDS, allow_unbreakable)"
+                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, noallow_other, acl, noacl, default_permissions, threads=N, lock_wait=SECONDS, lease_break_time=SECONDS, break_policy=wait|refuse|revoke, busy_blocks=on|off, detach_windows=on|off, max_pinned=SIZE|unlimited, guest_break_time=SECONDS, allow_unbreakable)"
                     ))
                 }
             }
@@ -210,7 +227,7 @@ mod tests {
     #[test]
     fn xfstests_options_parse() {
         let o = MountOptions::parse("rw,dev,suid,noatime,allow_other,default_permissions").unwrap();
-        assert!(o.dev && o.suid && o.allow_other && !o.read_only);
+        assert!(o.dev && o.suid && o.allow_other == Some(true) && !o.read_only);
         assert_eq!(o.atime, AtimeMode::Never);
     }
 

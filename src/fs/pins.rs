@@ -417,6 +417,9 @@ impl Fs {
                     "a writable pin needs the file opened for reading and writing",
                 ));
             }
+            if writable {
+                flags::check(&i, flags::Change::WritablePin)?;
+            }
             if end_byte > i.size.next_multiple_of(BLOCK_SIZE) {
                 return Err(FsError::Invalid("pin past the end of the file"));
             }
@@ -427,8 +430,10 @@ impl Fs {
                 u if u == i.uid => crate::lease::Standing::Owner,
                 _ => crate::lease::Standing::Guest,
             };
-            // Root may fill holes through any descriptor, as it may write any file.
-            (may_write || caller.uid == 0, standing)
+            // Root may fill holes through any descriptor, as it may write any file; nobody
+            // may in an immutable file.
+            let flags_allow = flags::forbidden(i.flags, flags::Change::Allocate).is_none();
+            ((may_write || caller.uid == 0) && flags_allow, standing)
         };
         self.leases.may_pin(req, standing)?;
         if writable && self.ro() {

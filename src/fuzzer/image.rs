@@ -272,6 +272,7 @@ impl Walk<'_> {
             self.bytes(&format!("xattr {i} name"))?;
             self.bytes(&format!("xattr {i} value"))?;
         }
+        self.field(4, "flags", Role::Plain)?;
         Some(())
     }
     fn checkpoint(&mut self) -> Option<()> {
@@ -369,6 +370,11 @@ impl Walk<'_> {
             }
             11 => self.field(8, "free ino", Role::Ino).map(drop),
             12 => {
+                self.field(8, "setflags ino", Role::Ino)?;
+                self.field(4, "setflags flags", Role::Plain)?;
+                self.time("setflags time")
+            }
+            13 => {
                 self.field(8, "tmpfile parent", Role::Ino)?;
                 self.field(8, "tmpfile ino", Role::Ino)?;
                 for f in ["perm", "uid", "gid"] {
@@ -686,7 +692,8 @@ pub fn exercise(path: &Path) -> Result<Verdict, String> {
     }
     for &(ino, _) in &files {
         match fs.write(ino, 0, b"crafted", Caller::ROOT) {
-            Ok(_) | Err(crate::error::FsError::NoSpace) => {}
+            // ENOSPC for a full image, EPERM for a file flagged immutable or append-only.
+            Ok(_) | Err(crate::error::FsError::NoSpace | crate::error::FsError::Flagged(_)) => {}
             Err(e) => return fail(format!("write to {ino}: {e}")),
         }
     }
@@ -760,6 +767,10 @@ pub fn base_images() -> &'static [Vec<u8>; 2] {
             .expect("setxattr");
         fs.setxattr(d.ino, b"user.dir", &[7u8; 300], 0)
             .expect("setxattr");
+        use crate::meta::inode::flags;
+        fs.set_flags(files[2], flags::NODUMP | flags::NOATIME, r)
+            .expect("chattr");
+        fs.set_flags(d.ino, flags::NODUMP, r).expect("chattr dir");
         fs.unmount().expect("unmount");
         drop(fs);
         let clean = std::fs::read(&path).expect("read");
@@ -787,6 +798,8 @@ pub fn base_images() -> &'static [Vec<u8>; 2] {
         .expect("truncate");
         fs.setxattr(g.ino, b"user.new", b"value", 0)
             .expect("setxattr");
+        fs.set_flags(g.ino, flags::SYNC | flags::NODUMP, r)
+            .expect("chattr");
         fs.removexattr(files[1], b"user.colour")
             .expect("removexattr");
         fs.rename(e.ino, b"big", ROOT_INO, b"big2", 0)

@@ -232,6 +232,68 @@ pub struct Runtime {
     pub dirty: BTreeMap<u64, u64>,
 }
 
+/// Inode flags, as `chattr(1)` sets them through `FS_IOC_SETFLAGS` (values of Linux's
+/// `FS_*_FL`, which are also what is stored). The daemon enforces them: the kernel leaves a
+/// FUSE inode's `S_IMMUTABLE` and `S_APPEND` unset, so none of the VFS's own checks fire.
+pub mod flags {
+    use super::Kind;
+
+    /// `S`: writes and metadata changes are durable before they return.
+    pub const SYNC: u32 = 0x0000_0008;
+    /// `i`: nothing changes: data, attributes, names, xattrs; only the flag itself may be
+    /// cleared (with `CAP_LINUX_IMMUTABLE`, checked by the kernel).
+    pub const IMMUTABLE: u32 = 0x0000_0010;
+    /// `a`: data may only be appended; no truncate, rename, unlink, link, chmod, chown or
+    /// xattr change; a directory's entries may be added, never removed.
+    pub const APPEND: u32 = 0x0000_0020;
+    /// `d`: not for dump(8); stored and reported only.
+    pub const NODUMP: u32 = 0x0000_0040;
+    /// `A`: reads leave the access time alone.
+    pub const NOATIME: u32 = 0x0000_0080;
+    /// Every flag pinfs stores; `FS_IOC_SETFLAGS` with any other is `EOPNOTSUPP`.
+    pub const SUPPORTED: u32 = SYNC | IMMUTABLE | APPEND | NODUMP | NOATIME;
+
+    /// `Err` when `flags` cannot be on an inode of `kind`.
+    pub fn check(kind: Kind, flags: u32) -> Result<(), String> {
+        if flags & !SUPPORTED != 0 {
+            return Err(format!("unknown inode flags {:#x}", flags & !SUPPORTED));
+        }
+        if flags != 0 && !matches!(kind, Kind::File | Kind::Dir) {
+            return Err(format!("inode flags {flags:#x} on a {kind:?}"));
+        }
+        Ok(())
+    }
+
+    /// The `FS_IOC_FSGETXATTR` form (`FS_XFLAG_*`) of `flags`.
+    pub fn to_xflags(flags: u32) -> u32 {
+        XFLAGS
+            .iter()
+            .filter(|(f, _)| flags & f != 0)
+            .fold(0, |x, (_, xf)| x | xf)
+    }
+
+    /// The flags of an `FS_IOC_FSSETXATTR`'s `FS_XFLAG_*`; `None` when it names one pinfs
+    /// does not store.
+    pub fn from_xflags(xflags: u32) -> Option<u32> {
+        let known = XFLAGS.iter().fold(0, |x, (_, xf)| x | xf);
+        (xflags & !known == 0).then(|| {
+            XFLAGS
+                .iter()
+                .filter(|(_, xf)| xflags & xf != 0)
+                .fold(0, |f, (fl, _)| f | fl)
+        })
+    }
+
+    /// Each flag beside its `FS_XFLAG_*` twin.
+    const XFLAGS: [(u32, u32); 5] = [
+        (IMMUTABLE, 0x08),
+        (APPEND, 0x10),
+        (SYNC, 0x20),
+        (NOATIME, 0x40),
+        (NODUMP, 0x80),
+    ];
+}
+
 /// An inode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inode {
@@ -269,6 +331,8 @@ pub struct Inode {
     pub target: Vec<u8>,
     /// Extended attributes.
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Inode flags (`chattr`): a subset of [`flags::SUPPORTED`], on files and directories.
+    pub flags: u32,
     /// Not persisted.
     pub rt: Runtime,
 }
@@ -304,6 +368,7 @@ impl Inode {
             dir: Dir::default(),
             target: Vec::new(),
             xattrs: BTreeMap::new(),
+            flags: 0,
             rt: Runtime::default(),
         }
     }
@@ -347,6 +412,7 @@ impl Inode {
         for (k, v) in &self.xattrs {
             w.bytes(k).bytes(v);
         }
+        w.u32(self.flags);
     }
 
     /// Reads an inode written by [`Inode::encode`]; validates what a later use relies on.
@@ -405,6 +471,8 @@ impl Inode {
             let v = r.bytes(XATTR_VALUE_MAX)?;
             inode.xattrs.insert(k, v);
         }
+        inode.flags = r.u32()?;
+        flags::check(kind, inode.flags).map_err(|e| DecodeError(format!("inode {ino}: {e}")))?;
         Ok(inode)
     }
 }

@@ -51,7 +51,7 @@ use crate::store::windows::{WindowPiece, Windows};
 /// Bytes per block.
 pub const BLOCK_SIZE: u64 = 4096;
 /// On-image format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const OWNER_NOTE_OFFSET: u64 = 2048;
 /// The byte after the owner note's mount point when that mount was detached (0 otherwise).
 const DETACHED_MARK: u8 = 0xde;

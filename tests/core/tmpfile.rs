@@ -32,6 +32,7 @@ fn only_a_tmpfile_made_without_o_excl_takes_a_first_name() {
         .tmpfile(
             ROOT_INO,
             REG | 0o600,
+            0,
             libc::O_RDWR | libc::O_EXCL,
             Caller::ROOT,
         )
@@ -51,7 +52,7 @@ fn only_a_tmpfile_made_without_o_excl_takes_a_first_name() {
     );
 
     let (a, fh) = fs
-        .tmpfile(ROOT_INO, REG | 0o600, libc::O_RDWR, Caller::ROOT)
+        .tmpfile(ROOT_INO, REG | 0o600, 0, libc::O_RDWR, Caller::ROOT)
         .unwrap();
     assert_eq!(fs.link(a.ino, ROOT_INO, b"x").unwrap().nlink, 1);
     fs.remove(ROOT_INO, b"x", false).unwrap();
@@ -95,7 +96,7 @@ fn a_refused_tmpfile_changes_nothing() {
         (999_999, REG | 0o644, libc::ENOENT),
     ] {
         assert_eq!(
-            errno(fs.tmpfile(parent, mode, libc::O_RDWR, Caller::ROOT)),
+            errno(fs.tmpfile(parent, mode, 0, libc::O_RDWR, Caller::ROOT)),
             want,
             "parent {parent}, mode {mode:o}"
         );
@@ -103,7 +104,7 @@ fn a_refused_tmpfile_changes_nothing() {
     assert_eq!(fs.statfs().files, files);
     // Nor does a good one touch its directory.
     let (t, fh) = fs
-        .tmpfile(ROOT_INO, REG | 0o644, libc::O_RDWR, Caller::ROOT)
+        .tmpfile(ROOT_INO, REG | 0o644, 0, libc::O_RDWR, Caller::ROOT)
         .unwrap();
     assert_eq!(
         fs.getattr(ROOT_INO).unwrap(),
@@ -128,12 +129,12 @@ fn after_a_crash_an_unnamed_tmpfile_is_freed_and_a_named_one_stays() {
         pid: 1,
     };
     let (named, _) = fs
-        .tmpfile(ROOT_INO, REG | 0o640, libc::O_RDWR, caller)
+        .tmpfile(ROOT_INO, REG | 0o640, 0, libc::O_RDWR, caller)
         .unwrap();
     fs.write(named.ino, 0, &[0x11; 3 * 4096], caller).unwrap();
     fs.link(named.ino, ROOT_INO, b"named").unwrap();
     let (unnamed, _) = fs
-        .tmpfile(ROOT_INO, REG | 0o600, libc::O_RDWR, caller)
+        .tmpfile(ROOT_INO, REG | 0o600, 0, libc::O_RDWR, caller)
         .unwrap();
     fs.write(unnamed.ino, 0, &[0x22; 100 * 4096], caller)
         .unwrap();
@@ -172,10 +173,10 @@ fn a_tmpfile_outlives_its_directory_through_checkpoints_and_crashes() {
         .create(ROOT_INO, b"d", libc::S_IFDIR | 0o755, 0, None, Caller::ROOT)
         .unwrap();
     let (kept, _) = fs
-        .tmpfile(d.ino, REG | 0o644, libc::O_RDWR, Caller::ROOT)
+        .tmpfile(d.ino, REG | 0o644, 0, libc::O_RDWR, Caller::ROOT)
         .unwrap();
     let (lost, _) = fs
-        .tmpfile(d.ino, REG | 0o644, libc::O_RDWR, Caller::ROOT)
+        .tmpfile(d.ino, REG | 0o644, 0, libc::O_RDWR, Caller::ROOT)
         .unwrap();
     fs.write(kept.ino, 0, b"kept", Caller::ROOT).unwrap();
     fs.write(lost.ino, 0, b"lost", Caller::ROOT).unwrap();
@@ -183,7 +184,7 @@ fn a_tmpfile_outlives_its_directory_through_checkpoints_and_crashes() {
     fs.remove(ROOT_INO, b"d", true).unwrap();
     fs.forget(d.ino, 1);
     assert_eq!(
-        errno(fs.tmpfile(d.ino, REG | 0o644, libc::O_RDWR, Caller::ROOT)),
+        errno(fs.tmpfile(d.ino, REG | 0o644, 0, libc::O_RDWR, Caller::ROOT)),
         libc::ENOENT,
         "a removed directory takes no tmpfile"
     );

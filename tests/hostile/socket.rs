@@ -118,7 +118,7 @@ fn only_those_who_may_use_the_mount_connect() {
     if skip_without_fuse("hostile_connect") {
         return;
     }
-    let mut m = Mount::new("16M", "");
+    let mut m = Mount::new("16M", "noallow_other");
     let sock = sock_of(&m);
     let md = fs::metadata(&sock).unwrap();
     assert_eq!(md.permissions().mode() & 0o777, 0o600, "socket mode");
@@ -126,7 +126,7 @@ fn only_those_who_may_use_the_mount_connect() {
     let s = sock.clone();
     assert!(
         nobody(move || connect_errno(&s) == libc::EACCES),
-        "uid 65534 connects to the socket of a mount without allow_other"
+        "uid 65534 connects to the socket of a noallow_other mount"
     );
     // Defence in depth: even through a socket file opened up by mistake, the daemon checks
     // the peer's credentials and refuses with one packet.
@@ -853,4 +853,43 @@ fn status_counts_the_groups_of_the_connection_not_of_the_pid_now() {
         "the path under the 0750 directory, for a connection made in its group"
     );
     assert!(path_shown(&status(&m), Some("/grp/group-only-name")));
+}
+
+/// A mount by root admits every user as a kernel filesystem does (through its permissions,
+/// which the kernel checks): xfstests' `fsgqa` and any user reach it without `allow_other`.
+/// `noallow_other` closes both the mount and the holder socket to them.
+#[test]
+fn a_mount_by_root_admits_other_users_unless_told_noallow_other() {
+    if skip_without_fuse("hostile_socket") {
+        return;
+    }
+    let mut m = Mount::new("16M", "");
+    fs::write(m.path("open"), b"for everyone").unwrap();
+    fs::set_permissions(m.path("open"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(m.path("closed"), b"root's").unwrap();
+    fs::set_permissions(m.path("closed"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        fs::metadata(sock_of(&m)).unwrap().permissions().mode() & 0o777,
+        0o666
+    );
+    let (open, closed, mnt) = (m.path("open"), m.path("closed"), m.mnt.clone());
+    assert!(
+        nobody(move || fs::read(&open).is_ok_and(|b| b == b"for everyone")
+            && err_of(fs::read(&closed)) == libc::EACCES
+            && Connection::for_path(&mnt)
+                .and_then(|mut c| c.status(false))
+                .is_ok()),
+        "uid 65534 reads a 0644 file, gets EACCES on a 0600 one, and is served by the socket"
+    );
+    m.remount("noallow_other");
+    assert_eq!(
+        fs::metadata(sock_of(&m)).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let (open, mnt) = (m.path("open"), m.mnt.clone());
+    assert!(
+        nobody(move || err_of(fs::read(&open)) == libc::EACCES
+            && err_of(fs::metadata(&mnt)) == libc::EACCES),
+        "on a noallow_other mount the kernel refuses uid 65534 with EACCES"
+    );
 }

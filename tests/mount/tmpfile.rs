@@ -393,3 +393,108 @@ fn a_pin_on_a_tmpfile_works_as_on_any_open_file() {
     assert_eq!(&fs::read(m.path("named")).unwrap()[4096..4104], b"from DMA");
     c.unpin(&pin).unwrap();
 }
+
+/// The kernel's xattr form of an ACL: (tag, perm, id) entries.
+fn acl_xattr(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// An xattr of an open file, or the errno.
+fn fgetxattr(f: &File, name: &str) -> Result<Vec<u8>, i32> {
+    let n = CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: NUL-terminated name; the buffer's pointer and length come from one Vec.
+    let rc = unsafe {
+        libc::fgetxattr(
+            f.as_raw_fd(),
+            n.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if rc < 0 {
+        return Err(errno());
+    }
+    buf.truncate(rc as usize);
+    Ok(buf)
+}
+
+#[test]
+fn a_tmpfile_inherits_its_directorys_default_acl_as_a_create_does() {
+    let m = mount_or_skip!("64M", "");
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    let none = u32::MAX; // ACL_UNDEFINED_ID, for entries that name nobody
+    let default = acl_xattr(&[
+        (0x01, 7, none),
+        (0x02, 7, 65534),
+        (0x04, 5, none),
+        (0x10, 7, none),
+        (0x20, 0, none),
+    ]);
+    let (p, n) = (cstr(&d), CString::new("system.posix_acl_default").unwrap());
+    // SAFETY: NUL-terminated path and name; the value's pointer and length from one Vec.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            default.as_ptr().cast(),
+            default.len(),
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+    // 0666 under this process's umask (022) would be 0644; the default ACL gives 0660.
+    let f = tmpfile(&d, libc::O_RDWR, 0o666).unwrap();
+    assert_eq!(
+        f.metadata().unwrap().mode() & 0o7777,
+        0o660,
+        "the default ACL, not the umask"
+    );
+    let access = acl_xattr(&[
+        (0x01, 6, none),
+        (0x02, 7, 65534),
+        (0x04, 5, none),
+        (0x10, 6, none),
+        (0x20, 0, none),
+    ]);
+    assert_eq!(fgetxattr(&f, "system.posix_acl_access").unwrap(), access);
+    assert_eq!(link_proc(&f, &d.join("linked")), 0);
+    let created = new_file(d.join("created"));
+    assert_eq!(
+        fgetxattr(&created, "system.posix_acl_access").unwrap(),
+        fgetxattr(&f, "system.posix_acl_access").unwrap(),
+        "the same ACL as a file created there"
+    );
+    // Without a default ACL, the umask applies (the daemon applies it: FUSE_DONT_MASK).
+    let f = tmpfile(&m.mnt, libc::O_RDWR, 0o666).unwrap();
+    assert_eq!(f.metadata().unwrap().mode() & 0o7777, 0o644);
+    assert_eq!(fgetxattr(&f, "system.posix_acl_access"), Err(libc::ENODATA));
+}
+
+#[test]
+fn an_immutable_directory_takes_no_tmpfile() {
+    let m = mount_or_skip!("64M", "");
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    let set_flags = |flags: i32| {
+        let dir = File::open(&d).unwrap();
+        // SAFETY: FS_IOC_SETFLAGS reads one int through the pointer, which is valid.
+        let rc = unsafe { libc::ioctl(dir.as_raw_fd(), 0x4008_6602, &flags as *const i32) };
+        assert_eq!(rc, 0, "chattr: {}", std::io::Error::last_os_error());
+    };
+    set_flags(0x10); // FS_IMMUTABLE_FL
+    assert_eq!(tmpfile(&d, libc::O_RDWR, 0o600).unwrap_err(), libc::EPERM);
+    set_flags(0);
+    let f = tmpfile(&d, libc::O_RDWR, 0o600).unwrap();
+    set_flags(0x10);
+    assert_eq!(link_proc(&f, &d.join("x")), libc::EPERM, "nor a name in it");
+    set_flags(0);
+    assert_eq!(link_proc(&f, &d.join("x")), 0);
+}
