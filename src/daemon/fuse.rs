@@ -677,6 +677,31 @@ impl fuser::Filesystem for FuseFs {
         }
     }
 
+    /// `O_TMPFILE` (the vendored fuser's `FUSE_TMPFILE`): a file with no name, created and
+    /// opened at once; `linkat` of its descriptor comes as a `link` of it.
+    fn tmpfile(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _span = request_span(req, "tmpfile", parent.0).entered();
+        // With FUSE_DONT_MASK the daemon applies the umask, as to a create.
+        match self.fs.tmpfile(parent.0, mode, umask, flags, caller(req)) {
+            Ok((a, fh)) => reply.created(
+                &TTL,
+                &file_attr(&a),
+                Generation(a.generation()),
+                FileHandle(fh),
+                open_flags(),
+            ),
+            Err(e) => reply.error(fail(&self.fs, e)),
+        }
+    }
+
     fn fallocate(
         &self,
         req: &Request,

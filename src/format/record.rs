@@ -40,6 +40,23 @@ pub enum Record {
         /// When.
         time: Time,
     },
+    /// A new regular file with no name (`O_TMPFILE`): no links, owned as a create in
+    /// directory `parent` makes it, whose times it leaves alone. It is an orphan (freed at the
+    /// next mount after a crash) until a [`Record::Link`] names it.
+    Tmpfile {
+        /// The directory it was made in.
+        parent: u64,
+        /// New inode number.
+        ino: u64,
+        /// Permission bits.
+        perm: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+        /// When.
+        time: Time,
+    },
     /// A new name for an existing inode.
     Link {
         /// Directory.
@@ -234,6 +251,14 @@ impl Record {
                     return Err("a record creates the root directory".into());
                 }
                 check_name(name)
+            }
+            Record::Tmpfile { parent, ino, .. } => {
+                check_ino(*parent)?;
+                check_ino(*ino)?;
+                if *ino == ROOT_INO {
+                    return Err("a record creates the root directory".into());
+                }
+                Ok(())
             }
             Record::Link {
                 parent, name, ino, ..
@@ -437,6 +462,18 @@ impl Record {
                 w.u8(12).u64(*ino).u32(*flags);
                 put_time(w, *time);
             }
+            Record::Tmpfile {
+                parent,
+                ino,
+                perm,
+                uid,
+                gid,
+                time,
+            } => {
+                w.u8(13).u64(*parent).u64(*ino);
+                w.u32(*perm).u32(*uid).u32(*gid);
+                put_time(w, *time);
+            }
         }
     }
 
@@ -513,6 +550,14 @@ impl Record {
             12 => Record::SetFlags {
                 ino: r.u64()?,
                 flags: r.u32()?,
+                time: get_time(r)?,
+            },
+            13 => Record::Tmpfile {
+                parent: r.u64()?,
+                ino: r.u64()?,
+                perm: r.u32()?,
+                uid: r.u32()?,
+                gid: r.u32()?,
                 time: get_time(r)?,
             },
             t => return Err(DecodeError(format!("unknown journal record type {t}"))),
@@ -640,6 +685,24 @@ pub fn apply(rec: &Record, set: &mut impl InodeSet, space: &mut Space<'_>) -> Fs
                 inode.target = target.clone();
                 inode.size = target.len() as u64;
             }
+            set.add(inode);
+        }
+        Record::Tmpfile {
+            parent,
+            ino,
+            perm,
+            uid,
+            gid,
+            time,
+        } => {
+            if space.replay && set.inode(*ino).is_ok() {
+                return Err(corrupt(format!("tmpfile of inode {ino}, which exists")));
+            }
+            if set.inode(*parent)?.kind != Kind::Dir {
+                return Err(corrupt(format!("tmpfile in inode {parent}, no directory")));
+            }
+            let mut inode = Inode::new(*ino, Kind::File, *perm, *uid, *gid, 0, *parent, *time);
+            inode.nlink = 0;
             set.add(inode);
         }
         Record::Link {
@@ -921,6 +984,14 @@ mod tests {
                 time: t,
             },
             Record::Free { ino: 5 },
+            Record::Tmpfile {
+                parent: 1,
+                ino: 6,
+                perm: 0o2640,
+                uid: 7,
+                gid: 8,
+                time: t,
+            },
         ];
         assert_eq!(
             decode_transaction(&encode_transaction(&recs)).unwrap(),

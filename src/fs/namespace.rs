@@ -17,6 +17,16 @@ fn check_new_name(p: &Inode, name: &[u8]) -> FsResult<()> {
     Ok(())
 }
 
+/// How a new inode is owned ([`Fs::new_owner`]).
+struct NewOwner {
+    perm: u32,
+    gid: u32,
+    /// The directory's default ACL, if it has one (and ACLs are on).
+    default_acl: Option<acl::Acl>,
+    /// The access ACL the new inode inherits from it, if any.
+    access_acl: Option<acl::Acl>,
+}
+
 fn check_name(name: &[u8]) -> FsResult<()> {
     if name.len() > NAME_MAX {
         return Err(FsError::NameTooLong);
@@ -179,46 +189,13 @@ impl Fs {
         let p = held.get(parent)?;
         check_new_name(p, name)?;
         flags::check(p, flags::Change::AddEntry)?;
-        let mut perm = if kind == Kind::Symlink {
-            0o777
-        } else {
-            mode & 0o7777
-        };
-        let default_acl = if self.acl() && kind != Kind::Symlink {
-            p.xattrs
-                .get(acl::DEFAULT)
-                .and_then(|v| acl::Acl::parse(v).ok())
-        } else {
-            None
-        };
-        let access_acl = match &default_acl {
-            Some(d) => {
-                let (bits, access) = d.inherit(perm);
-                perm = bits;
-                access
-            }
-            None if kind != Kind::Symlink => {
-                perm &= !(umask & 0o777);
-                None
-            }
-            None => None,
-        };
-        let gid = if p.perm & libc::S_ISGID != 0 {
-            if kind == Kind::Dir {
-                perm |= libc::S_ISGID;
-            }
-            p.gid
-        } else {
-            caller.gid
-        };
-        // Inode numbers run out like inodes (ENOSPC): the next number stays below
-        // MAX_INO, or the checkpoint would hold one that load refuses.
-        let ino = self
-            .next_ino
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n + 1 < crate::meta::inode::MAX_INO).then_some(n + 1)
-            })
-            .map_err(|_| FsError::NoSpace)?;
+        let NewOwner {
+            perm,
+            gid,
+            default_acl,
+            access_acl,
+        } = self.new_owner(p, kind, mode, umask, caller);
+        let ino = self.new_ino()?;
         let rec = Record::Create {
             parent,
             name: name.to_vec(),
@@ -251,7 +228,138 @@ impl Fs {
         Ok(attr)
     }
 
-    /// Adds the name `name` in `parent` for `ino`.
+    /// The permission bits, group and ACLs of a new inode of `kind` made in directory `p` with
+    /// `mode` by `caller` whose umask is `umask`: a default ACL of the directory is inherited
+    /// (and the umask ignored), else the umask applies; a set-gid directory gives its group
+    /// (and, to a directory, its set-gid bit).
+    fn new_owner(&self, p: &Inode, kind: Kind, mode: u32, umask: u32, caller: Caller) -> NewOwner {
+        let mut perm = if kind == Kind::Symlink {
+            0o777
+        } else {
+            mode & 0o7777
+        };
+        let default_acl = if self.acl() && kind != Kind::Symlink {
+            p.xattrs
+                .get(acl::DEFAULT)
+                .and_then(|v| acl::Acl::parse(v).ok())
+        } else {
+            None
+        };
+        let access_acl = match &default_acl {
+            Some(d) => {
+                let (bits, access) = d.inherit(perm);
+                perm = bits;
+                access
+            }
+            None if kind != Kind::Symlink => {
+                perm &= !(umask & 0o777);
+                None
+            }
+            None => None,
+        };
+        let gid = if p.perm & libc::S_ISGID != 0 {
+            if kind == Kind::Dir {
+                perm |= libc::S_ISGID;
+            }
+            p.gid
+        } else {
+            caller.gid
+        };
+        NewOwner {
+            perm,
+            gid,
+            default_acl,
+            access_acl,
+        }
+    }
+
+    /// A new inode number. Inode numbers run out like inodes (ENOSPC): the next number stays
+    /// below MAX_INO, or the checkpoint would hold one that load refuses.
+    fn new_ino(&self) -> FsResult<u64> {
+        self.next_ino
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n + 1 < crate::meta::inode::MAX_INO).then_some(n + 1)
+            })
+            .map_err(|_| FsError::NoSpace)
+    }
+
+    /// `open(parent, O_TMPFILE | flags, mode)`: creates a regular file with no name and no
+    /// links in directory `parent`, owned as [`Fs::create_masked`] would own it there
+    /// (`mode`'s permission bits less the `umask` or after the directory's default ACL, which
+    /// it inherits; the caller's user; the group of a set-gid directory), and opens it
+    /// with `flags`. Returns its attributes (a kernel reference, as a create's) and the
+    /// handle. Until [`Fs::link`] names it (allowed unless `flags` has `O_EXCL`), it is an
+    /// orphan: freed when its last handle and reference go, or at the next mount after a
+    /// crash. The directory's times do not change.
+    pub fn tmpfile(
+        &self,
+        parent: u64,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Attr, u64)> {
+        let attr =
+            self.with_journal_room(|| self.tmpfile_once(parent, mode, umask, flags, caller))?;
+        // The kernel reference taken above keeps the inode until the handle holds it too.
+        let fh = self.open_file(attr.ino, flags)?;
+        Ok((attr, fh))
+    }
+
+    fn tmpfile_once(
+        &self,
+        parent: u64,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(FsError::Invalid("O_TMPFILE makes regular files only"));
+        }
+        self.writable()?;
+        self.room_to_grow()?;
+        let _gate = self.gate();
+        let _ns = lock(&self.namespace);
+        let cells = [self.table.get(parent)?];
+        let mut held = Held::lock(&cells);
+        let p = held.get(parent)?;
+        if p.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        if p.nlink == 0 {
+            return Err(FsError::NotFound); // the directory was removed
+        }
+        flags::check(p, flags::Change::AddEntry)?;
+        let owner = self.new_owner(p, Kind::File, mode, umask, caller);
+        let ino = self.new_ino()?;
+        let time = Time::now();
+        let mut records = vec![Record::Tmpfile {
+            parent,
+            ino,
+            perm: owner.perm,
+            uid: caller.uid,
+            gid: owner.gid,
+            time,
+        }];
+        if let Some(a) = &owner.access_acl {
+            records.push(acl::record(ino, acl::ACCESS, Some(a), time));
+        }
+        self.commit(&mut held, &records)?;
+        let added = self.publish(&mut held);
+        let cell = &added[0];
+        // Under the namespace lock, so that no reclaim sees it unreferenced.
+        cell.lookups.fetch_add(1, Ordering::SeqCst);
+        cell.linkable
+            .store(flags & libc::O_EXCL == 0, Ordering::SeqCst);
+        let attr = Attr::of(&cell.read());
+        Ok(attr)
+    }
+
+    /// Adds the name `name` in `parent` for `ino`. An inode with no links takes a name only
+    /// if it is a file made by [`Fs::tmpfile`] without `O_EXCL` that has had none yet
+    /// (`linkat` of an `O_TMPFILE` descriptor); any other gets `ENOENT`, as the kernel
+    /// answers for an unlinked file.
     pub fn link(&self, ino: u64, parent: u64, name: &[u8]) -> FsResult<Attr> {
         self.with_journal_room(|| self.link_once(ino, parent, name))
     }
@@ -272,7 +380,7 @@ impl Fs {
         if child.kind == Kind::Dir {
             return Err(FsError::NotPermitted);
         }
-        if child.nlink == 0 {
+        if child.nlink == 0 && !cells[1].linkable.load(Ordering::SeqCst) {
             return Err(FsError::NotFound);
         }
         if child.nlink >= u32::MAX - 1 {
@@ -287,6 +395,7 @@ impl Fs {
                 time: Time::now(),
             }],
         )?;
+        cells[1].linkable.store(false, Ordering::SeqCst);
         cells[1].lookups.fetch_add(1, Ordering::SeqCst);
         Ok(Attr::of(held.get(ino)?))
     }

@@ -14,6 +14,11 @@ pub struct Cell {
     /// to it is stored into those pages too ([`Fs::store_then`]). Kept here, not in a set of
     /// the filesystem's, so that the data path takes no global lock for it.
     pub(super) page_cached: AtomicBool,
+    /// A file made with no name ([`Fs::tmpfile`], `O_TMPFILE` without `O_EXCL`) that may
+    /// still get its first name: the one inode with no links that [`Fs::link`] takes (the
+    /// kernel's `I_LINKABLE`). Cleared by that link; never persisted (after a crash the file
+    /// is an orphan, freed at mount).
+    pub(super) linkable: AtomicBool,
 }
 
 impl Cell {
@@ -61,6 +66,7 @@ impl Table {
             lookups: AtomicU64::new(0),
             opens: AtomicU32::new(0),
             page_cached: AtomicBool::new(false),
+            linkable: AtomicBool::new(false),
         });
         let ino = cell.read().ino;
         self.shard(ino)

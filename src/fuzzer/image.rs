@@ -374,6 +374,14 @@ impl Walk<'_> {
                 self.field(4, "setflags flags", Role::Plain)?;
                 self.time("setflags time")
             }
+            13 => {
+                self.field(8, "tmpfile parent", Role::Ino)?;
+                self.field(8, "tmpfile ino", Role::Ino)?;
+                for f in ["perm", "uid", "gid"] {
+                    self.field(4, &format!("tmpfile {f}"), Role::Plain)?;
+                }
+                self.time("tmpfile time")
+            }
             _ => None,
         }
     }
