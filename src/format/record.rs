@@ -551,21 +551,42 @@ pub struct Space<'a> {
     /// allocated them already), and do not scrub freed blocks, whose later owners' data in
     /// the image is newer than this record.
     pub replay: bool,
+    /// Live: the blocks this transaction let go of, each held busy by one pin of the
+    /// transaction's own. They may be scrubbed and reused only once the record that frees
+    /// them is durable (a power failure before would bring the file back with its blocks
+    /// punched out or given to another file): the committer makes the journal durable,
+    /// then drops these pins ([`Space::settle`]).
+    pub held: Vec<Extent>,
 }
 
 impl Space<'_> {
-    /// Frees blocks a file let go of. Pinned blocks stay busy in the allocator; the rest
-    /// become free and are scrubbed, so that whoever gets them next reads zeros.
+    /// Frees blocks a file let go of. Pinned blocks stay busy in the allocator. Live, the
+    /// rest stay busy too until [`Space::settle`]; in replay they become free at once (and
+    /// are not scrubbed).
     pub fn release(&mut self, ext: Extent) -> FsResult<()> {
-        let freed = self.alloc.free(ext).map_err(|e| {
-            FsError::Corrupt(format!("freeing blocks {}+{}: {e}", ext.start, ext.len))
-        })?;
+        let corrupt =
+            |e| FsError::Corrupt(format!("freeing blocks {}+{}: {e}", ext.start, ext.len));
         if !self.replay {
-            for f in freed {
-                self.image.discard(f.start * BLOCK_SIZE, f.len * BLOCK_SIZE);
+            self.alloc.pin(ext).map_err(corrupt)?;
+            self.held.push(ext);
+        }
+        self.alloc.free(ext).map_err(corrupt)?;
+        Ok(())
+    }
+
+    /// The records that let go of the held blocks are durable: the blocks no pin of a holder
+    /// keeps become free, scrubbed so that whoever gets them next reads zeros.
+    pub fn settle(alloc: &mut Allocator, image: &Image, held: Vec<Extent>) {
+        for ext in held {
+            match alloc.unpin(ext) {
+                Ok(freed) => {
+                    for f in freed {
+                        image.discard(f.start * BLOCK_SIZE, f.len * BLOCK_SIZE);
+                    }
+                }
+                Err(e) => tracing::error!("releasing freed blocks {}+{}: {e}", ext.start, ext.len),
             }
         }
-        Ok(())
     }
 }
 

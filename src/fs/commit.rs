@@ -47,17 +47,24 @@ impl Fs {
             self.checkpoint_wanted.store(true, Ordering::SeqCst);
             return Err(FsError::NoSpace);
         }
-        {
+        let freed = {
             let mut alloc = lock(&self.alloc);
             let mut space = Space {
                 alloc: &mut alloc,
                 image: &self.image,
                 replay: false,
+                held: Vec::new(),
             };
-            for rec in records {
-                apply(rec, held, &mut space)?;
+            let applied = records
+                .iter()
+                .try_for_each(|rec| apply(rec, held, &mut space));
+            if let Err(e) = applied {
+                let freed = std::mem::take(&mut space.held);
+                Space::settle(&mut alloc, &self.image, freed);
+                return Err(e);
             }
-        }
+            space.held
+        };
         // Cannot fail: room was checked under the same lock. NoSpace from commit always
         // means nothing was applied.
         journal
@@ -65,6 +72,18 @@ impl Fs {
             .map_err(|_| FsError::Corrupt("journal filled under its lock".into()))?;
         if journal.wants_checkpoint() {
             self.checkpoint_wanted.store(true, Ordering::SeqCst);
+        }
+        if !freed.is_empty() {
+            // Blocks the file let go of are punched and reused only once the record that
+            // frees them is durable: the host makes a punched hole durable at its next
+            // commit, and a power failure before the record got there would bring the file
+            // back over holes (or over another file's data). If the journal cannot be made
+            // durable the filesystem shuts down, and the blocks stay busy until unmount.
+            if let Err(e) = journal.flush(&self.image) {
+                drop(journal);
+                return Err(self.host_failed("making the journal durable", e));
+            }
+            Space::settle(&mut lock(&self.alloc), &self.image, freed);
         }
         Ok(())
     }
