@@ -1097,3 +1097,49 @@ fn fsynced_data_moved_by_a_fence_survives_a_power_failure() {
     );
     m.umount();
 }
+
+/// The editor's save: write a new version, fsync it, rename it over the old one. A power
+/// failure before the rename is durable may bring back either version, whole. Before, the
+/// old version's blocks were punched as soon as the kernel forgot it, and it came back as
+/// zeros.
+#[test]
+fn a_rename_over_lost_in_a_power_failure_leaves_a_whole_version() {
+    if skip_without_fuse("a_rename_over_lost_in_a_power_failure_leaves_a_whole_version") {
+        return;
+    }
+    let mut host = Host::ext4(96 << 20);
+    let mut m = OnHost::new(&host, "32M");
+    let old = pattern(256 << 10, 21);
+    let new = pattern(128 << 10, 22);
+    for (name, data) in [("doc", &old), ("doc.tmp", &new)] {
+        let f = new_file(m.path(name));
+        f.write_all_at(data, 0).unwrap();
+        f.sync_all().unwrap();
+    }
+    let host_bytes = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&m.image).unwrap().blocks() * 512
+    };
+    let before = host_bytes();
+    std::fs::rename(m.path("doc.tmp"), m.path("doc")).unwrap();
+    // The replaced inode's blocks go (punched out of the image) when the kernel forgets it,
+    // a moment after the rename.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while host_bytes() + (256 << 10) > before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old version's blocks never went back to the host"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    commit_host_journal(&host);
+    power_loss(&mut host, &mut m);
+    let back = std::fs::read(m.path("doc")).unwrap();
+    assert!(
+        back == old || back == new,
+        "doc after the power loss: {} bytes, {} of them zeros",
+        back.len(),
+        back.iter().filter(|&&b| b == 0).count()
+    );
+    m.umount();
+}
