@@ -1143,3 +1143,64 @@ fn a_rename_over_lost_in_a_power_failure_leaves_a_whole_version() {
     );
     m.umount();
 }
+
+/// What a holder stored through its pin is the file's data: an fsync of the file after the
+/// stores (with the pin still held, or after it was let go) makes it durable, power failure
+/// or not.
+#[test]
+fn a_holders_stores_fsynced_survive_a_power_failure() {
+    if skip_without_fuse("a_holders_stores_fsynced_survive_a_power_failure") {
+        return;
+    }
+    let mut host = Host::ext4(96 << 20);
+    let mut m = OnHost::new(&host, "32M");
+    let mut want = Vec::new();
+    let mut c = None;
+    let mut kept = Vec::new();
+    for (name, seed, unpin_first) in [("held", 31u8, false), ("released", 32, true)] {
+        let f = new_file(m.path(name));
+        f.write_all_at(&pattern(512 << 10, seed), 0).unwrap();
+        f.sync_all().unwrap();
+        let conn =
+            c.get_or_insert_with(|| pinfs::holder::client::Connection::for_file(&f).unwrap());
+        let mut pin = conn
+            .pin(
+                &f,
+                0,
+                512 << 10,
+                pinfs::holder::client::PinOptions::default(),
+            )
+            .unwrap();
+        let stored = pattern(512 << 10, seed.wrapping_add(100));
+        pin.as_mut_slice().copy_from_slice(&stored);
+        if unpin_first {
+            conn.unpin(&pin).unwrap();
+        } else {
+            kept.push(pin);
+        }
+        f.sync_all().unwrap();
+        want.push((name, stored));
+    }
+    commit_host_journal(&host);
+    host.shut_down();
+    drop(kept);
+    drop(c);
+    m.detach();
+    host.umount();
+    host.mount_ext4();
+    let (code, out) = fsck_report(&m.image);
+    assert_eq!(code, 0, "fsck after the power loss: {out}");
+    let out = pinfs(&["mount", m.image.to_str().unwrap(), m.mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "mount after the power loss");
+    m.mounted = true;
+    for (name, stored) in want {
+        let back = std::fs::read(m.path(name)).unwrap();
+        assert!(
+            back == stored,
+            "{name}: the holder's fsync'd stores came back wrong ({} of {} bytes differ)",
+            back.iter().zip(&stored).filter(|(a, b)| a != b).count(),
+            stored.len()
+        );
+    }
+    m.umount();
+}
