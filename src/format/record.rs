@@ -551,42 +551,40 @@ pub struct Space<'a> {
     /// allocated them already), and do not scrub freed blocks, whose later owners' data in
     /// the image is newer than this record.
     pub replay: bool,
-    /// Live: the blocks this transaction let go of, each held busy by one pin of the
-    /// transaction's own. They may be scrubbed and reused only once the record that frees
-    /// them is durable (a power failure before would bring the file back with its blocks
-    /// punched out or given to another file): the committer makes the journal durable,
-    /// then drops these pins ([`Space::settle`]).
-    pub held: Vec<Extent>,
+    /// Live: the sequence number of the journal entry this transaction goes to. The blocks
+    /// it lets go of stay pending in the allocator ([`Allocator::free_pending`]) until that
+    /// entry is durable: a power failure before would bring the file back with its blocks
+    /// punched out or given to another file. Whoever makes the journal durable settles them
+    /// ([`Space::settle`]).
+    pub seq: u64,
 }
 
 impl Space<'_> {
     /// Frees blocks a file let go of. Pinned blocks stay busy in the allocator. Live, the
-    /// rest stay busy too until [`Space::settle`]; in replay they become free at once (and
-    /// are not scrubbed).
+    /// rest stay out of the free space too until [`Space::settle`]; in replay they become
+    /// free at once (and are not scrubbed).
     pub fn release(&mut self, ext: Extent) -> FsResult<()> {
         let corrupt =
             |e| FsError::Corrupt(format!("freeing blocks {}+{}: {e}", ext.start, ext.len));
-        if !self.replay {
-            self.alloc.pin(ext).map_err(corrupt)?;
-            self.held.push(ext);
+        if self.replay {
+            self.alloc.free(ext).map_err(corrupt)?;
+        } else {
+            self.alloc.free_pending(ext, self.seq).map_err(corrupt)?;
         }
-        self.alloc.free(ext).map_err(corrupt)?;
         Ok(())
     }
 
-    /// The records that let go of the held blocks are durable: the blocks no pin of a holder
-    /// keeps become free, scrubbed so that whoever gets them next reads zeros.
-    pub fn settle(alloc: &mut Allocator, image: &Image, held: Vec<Extent>) {
-        for ext in held {
-            match alloc.unpin(ext) {
-                Ok(freed) => {
-                    for f in freed {
-                        image.discard(f.start * BLOCK_SIZE, f.len * BLOCK_SIZE);
-                    }
-                }
-                Err(e) => tracing::error!("releasing freed blocks {}+{}: {e}", ext.start, ext.len),
-            }
+    /// The journal entries of sequence numbers below `durable` are durable: the blocks they
+    /// freed that no pin of a holder keeps become free, scrubbed so that whoever gets them
+    /// next reads zeros. Returns whether any pending free was settled.
+    pub fn settle(alloc: &mut Allocator, image: &Image, durable: u64) -> bool {
+        if !alloc.has_pending() {
+            return false;
         }
+        for f in alloc.settle(durable) {
+            image.discard(f.start * BLOCK_SIZE, f.len * BLOCK_SIZE);
+        }
+        true
     }
 }
 

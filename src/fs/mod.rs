@@ -311,6 +311,8 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, OpenHandle>>,
     next_fh: AtomicU64,
     work: (Sender<Work>, Receiver<Work>),
+    /// Stops the journal flusher ([`Fs::start_background`]).
+    flusher: (Sender<()>, Receiver<()>),
     stopping: AtomicBool,
     mount_dev: Mutex<Option<u64>>,
     stale: (Sender<Stale>, Receiver<Stale>),
