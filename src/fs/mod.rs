@@ -238,7 +238,7 @@ pub struct DirEntry {
 pub struct StatFs {
     /// Blocks in the data area.
     pub blocks: u64,
-    /// Free blocks.
+    /// Free blocks, pending frees included (see [`Fs::statfs`]).
     pub free: u64,
     /// Free blocks that data may have: those outside the metadata reserve (`f_bavail`).
     pub available: u64,
