@@ -151,7 +151,11 @@ fn scenario(exe: &Path, work: &Path, n: usize, s: &Scenario) -> Result<Outcome, 
     let t0 = Instant::now();
     let truncated = file.set_len(0);
     let took = t0.elapsed();
-    // The freed space goes to a new file of the same size.
+    // The truncate made durable (without this, the journal flusher does it within a second),
+    // the freed space goes to a new file of the same size.
+    if truncated.is_ok() {
+        file.sync_all().map_err(|e| e.to_string())?;
+    }
     let fresh = mnt.join("new-file");
     fs::write(&fresh, vec![b'B'; FILE_LEN]).map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(100)); // the holder writes on meanwhile

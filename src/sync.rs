@@ -24,7 +24,8 @@
 //! 6. [`Rank::Lease`]: the lease manager's state (a pin holds its inode's lock, then this; the
 //!    lease manager calls back into the filesystem with it held, and that path takes only
 //!    the allocator);
-//! 7. [`Rank::Journal`]: the metadata journal (a transaction is applied and appended under it);
+//! 7. [`Rank::Journal`]: the metadata journal (a transaction is applied and appended under it;
+//!    it is made durable under it, then the frees it recorded settled under the allocator);
 //! 8. [`Rank::Alloc`]: the allocator;
 //! 9. [`Rank::Superblock`]: the superblock as in memory (a checkpoint holds the journal,
 //!    the allocator and this while it writes the blob and switches the superblock);

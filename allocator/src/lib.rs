@@ -6,7 +6,11 @@
 //! - **used**: owned by something outside the allocator (a file, the image's metadata);
 //! - **busy**: owned by nobody any more, but still referenced by pins, so it must not be
 //!   reused (the "still pinned" busy reason; compare XFS's busy extents, which have only the
-//!   "freed but not yet committed" one).
+//!   "freed but not yet committed" one);
+//! - **pending**: owned by nobody any more, but the record that frees them is not durable yet
+//!   ([`Allocator::free_pending`]): XFS's busy reason. A crash would bring their owner back,
+//!   so they are not reused until the caller says the record is durable
+//!   ([`Allocator::settle`]). A pending block that a pin also keeps is busy.
 //!
 //! Pins are reference counts on block ranges. A used block can be pinned any number of times;
 //! [`Allocator::free`] of a pinned block *detaches* it (used -> busy) instead of freeing it, and
@@ -14,13 +18,15 @@
 //! blocks: the free-space index simply does not contain them, so candidates are trimmed around
 //! busy extents by construction and `NoSpace` means no non-busy free block is left.
 //!
-//! Accounting invariant: `free + used + busy == total`, checked by [`Allocator::check`]
+//! Accounting invariant: `free + used + busy + pending == total`, checked by [`Allocator::check`]
 //! (also run after every operation in debug builds while the allocator is small).
 //!
 //! The crate knows nothing of files; block numbers are plain `u64`s.
 
 mod free_space;
 mod pins;
+
+use std::collections::BTreeMap;
 
 use free_space::FreeSpace;
 use pins::PinMap;
@@ -105,6 +111,10 @@ pub struct Allocator {
     free: FreeSpace,
     pins: PinMap,
     reserve: Reserve,
+    /// Pending frees by first block: (extent, sequence number of the record that frees it).
+    /// Each holds one pin of its own on its blocks (so they are busy in `pins`); they never
+    /// overlap, since a pending block cannot be freed again before it is allocated again.
+    pending: BTreeMap<u64, (Extent, u64)>,
 }
 
 /// Free space kept back from data allocations ([`Allocator::allocate_data`]) for metadata:
@@ -138,6 +148,7 @@ impl Allocator {
             free,
             pins: PinMap::default(),
             reserve: Reserve::default(),
+            pending: BTreeMap::new(),
         }
     }
 
@@ -149,6 +160,7 @@ impl Allocator {
             free: FreeSpace::default(),
             pins: PinMap::default(),
             reserve: Reserve::default(),
+            pending: BTreeMap::new(),
         }
     }
 
@@ -189,13 +201,36 @@ impl Allocator {
     pub fn free_blocks(&self) -> u64 {
         self.free.blocks()
     }
-    /// Busy blocks: detached from their owner, still pinned.
+    /// Busy blocks: detached from their owner, still pinned (pending blocks that no other
+    /// pin keeps are not busy but [pending](Allocator::pending_blocks)).
     pub fn busy_blocks(&self) -> u64 {
-        self.pins.busy_blocks()
+        self.pins.busy_blocks() - self.pending_blocks()
     }
     /// Used blocks: owned by someone.
     pub fn used_blocks(&self) -> u64 {
         self.total - self.free.blocks() - self.pins.busy_blocks()
+    }
+    /// Pending blocks: freed, waiting for the record that frees them to be durable, and kept
+    /// by no other pin (they become free at [`Allocator::settle`]).
+    pub fn pending_blocks(&self) -> u64 {
+        self.pending
+            .values()
+            .map(|&(ext, _)| {
+                self.pins
+                    .overlapping(ext)
+                    .filter(|(_, seg)| seg.count == 1)
+                    .map(|(s, seg)| (s + seg.len).min(ext.end()) - s.max(ext.start))
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+    /// Are any frees pending?
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+    /// The pending extents (whether or not a pin also keeps them), in block order.
+    pub fn pending_extents(&self) -> impl Iterator<Item = Extent> + '_ {
+        self.pending.values().map(|&(ext, _)| ext)
     }
     /// Number of free extents (a fragmentation measure).
     pub fn free_extent_count(&self) -> usize {
@@ -343,6 +378,42 @@ impl Allocator {
         Ok(freed)
     }
 
+    /// Gives back used blocks whose freeing is recorded by the record of sequence number
+    /// `seq`, not yet durable: they stay out of the free space (pending, or busy where a pin
+    /// keeps them) until [`Allocator::settle`] is told that record is durable.
+    pub fn free_pending(&mut self, ext: Extent, seq: u64) -> Result<(), AllocError> {
+        self.ensure_used(ext)?;
+        self.pins.pin(ext);
+        let freed = self.pins.detach(ext);
+        debug_assert!(freed.is_empty(), "the pending pin covers the whole extent");
+        self.pending.insert(ext.start, (ext, seq));
+        self.debug_check();
+        Ok(())
+    }
+
+    /// The records of sequence numbers below `durable` are durable: their pending frees
+    /// drop their pin. Returns the blocks that became free (no other pin kept them), which
+    /// the caller may need to scrub.
+    pub fn settle(&mut self, durable: u64) -> Vec<Extent> {
+        let due: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, &(_, seq))| seq < durable)
+            .map(|(&start, _)| start)
+            .collect();
+        let mut freed = Vec::new();
+        for start in due {
+            let (ext, _) = self.pending.remove(&start).expect("listed above");
+            debug_assert!(self.pins.fully_pinned(ext));
+            for r in self.pins.unpin(ext) {
+                self.free.insert(r);
+                freed.push(r);
+            }
+        }
+        self.debug_check();
+        freed
+    }
+
     /// Adds a pin to every block of `ext`, which must be used.
     pub fn pin(&mut self, ext: Extent) -> Result<(), AllocError> {
         self.ensure_used(ext)?;
@@ -384,16 +455,36 @@ impl Allocator {
         self.free.overlaps(ext)
     }
 
-    /// The busy extents, in block order.
+    /// The busy extents, in block order, with the pins that keep them (a pending free's own
+    /// pin not counted; pending blocks no other pin keeps are not listed).
     pub fn busy_extents(&self) -> Vec<BusyExtent> {
-        self.pins
-            .iter()
-            .filter(|(_, seg)| seg.detached)
-            .map(|(extent, seg)| BusyExtent {
-                extent,
-                pins: seg.count,
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (extent, seg) in self.pins.iter().filter(|(_, seg)| seg.detached) {
+            let mut cursor = extent.start;
+            let piece = |out: &mut Vec<BusyExtent>, start: u64, end: u64, pins: u32| {
+                if end > start && pins > 0 {
+                    out.push(BusyExtent {
+                        extent: Extent {
+                            start,
+                            len: end - start,
+                        },
+                        pins,
+                    });
+                }
+            };
+            let first = match self.pending.range(..=extent.start).next_back() {
+                Some((&s, &(p, _))) if p.end() > extent.start => s,
+                _ => extent.start,
+            };
+            for (_, &(p, _)) in self.pending.range(first..extent.end()) {
+                let (ps, pe) = (p.start.max(extent.start), p.end().min(extent.end()));
+                piece(&mut out, cursor, ps, seg.count);
+                piece(&mut out, ps, pe, seg.count - 1);
+                cursor = pe;
+            }
+            piece(&mut out, cursor, extent.end(), seg.count);
+        }
+        out
     }
 
     /// The free extents, in block order.
@@ -416,11 +507,28 @@ impl Allocator {
         if self.free.blocks() + self.pins.busy_blocks() > self.total {
             return Err("free + busy exceeds the address space".into());
         }
+        let mut prev_end = 0;
+        for (&start, &(ext, _)) in &self.pending {
+            if start != ext.start || ext.start < prev_end {
+                return Err(format!(
+                    "pending extent {}+{} overlaps its predecessor",
+                    ext.start, ext.len
+                ));
+            }
+            if !self.pins.fully_pinned(ext) || self.pins.overlapping(ext).any(|(_, s)| !s.detached)
+            {
+                return Err(format!(
+                    "pending extent {}+{} is not wholly busy",
+                    ext.start, ext.len
+                ));
+            }
+            prev_end = ext.end();
+        }
         Ok(())
     }
 
-    /// Serialises the free list: `total` then (start, len) pairs, little-endian u64s. Pins and
-    /// busy extents are not persisted: they belong to live holders, which do not survive the
+    /// Serialises the free list: `total` then (start, len) pairs, little-endian u64s. Pins,
+    /// pending and busy extents are not persisted (pending ones come back as used): they belong to live holders, which do not survive the
     /// daemon, so on restart every busy block is free.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 + 16 * self.free.extent_count());

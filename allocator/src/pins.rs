@@ -113,7 +113,8 @@ impl PinMap {
         self.overlapping(ext).next().is_some()
     }
 
-    fn overlapping(&self, ext: Extent) -> impl Iterator<Item = (u64, PinSegment)> + '_ {
+    /// Segments (start, segment) that overlap `ext`, in block order.
+    pub(crate) fn overlapping(&self, ext: Extent) -> impl Iterator<Item = (u64, PinSegment)> + '_ {
         let first = match self.segs.range(..=ext.start).next_back() {
             Some((&s, seg)) if s + seg.len > ext.start => s,
             _ => ext.start,

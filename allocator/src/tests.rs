@@ -337,3 +337,73 @@ proptest! {
         prop_assert!(pieces <= extents, "{} pieces for a reserve of {} extents", pieces, extents);
     }
 }
+
+#[test]
+fn pending_frees_are_not_reused_until_settled() {
+    let mut a = Allocator::new(16);
+    let x = a.allocate(16, None).unwrap();
+    a.free_pending(ext(0, 8), 5).unwrap();
+    assert_eq!(a.free_blocks(), 0, "pending blocks are not allocatable");
+    assert_eq!(a.pending_blocks(), 8);
+    assert_eq!(
+        a.busy_blocks(),
+        0,
+        "a pending free is not a holder's busy block"
+    );
+    assert!(a.busy_extents().is_empty());
+    assert_eq!(a.used_blocks(), 8);
+    assert!(matches!(
+        a.allocate(1, None),
+        Err(AllocError::NoSpace { .. })
+    ));
+    assert!(
+        a.free(ext(0, 8)).is_err(),
+        "a pending block cannot be freed again"
+    );
+    assert!(a.settle(5).is_empty(), "record 5 is not durable below 5");
+    assert_eq!(a.settle(6), vec![ext(0, 8)]);
+    assert!(!a.has_pending());
+    assert_eq!(a.free_blocks(), 8);
+    a.free(ext(8, 8)).unwrap();
+    assert_eq!(a.free_blocks(), x.len);
+    a.check().unwrap();
+}
+
+#[test]
+fn a_pinned_pending_block_is_busy_and_stays_busy_after_settling() {
+    let mut a = Allocator::new(16);
+    a.allocate(16, None).unwrap();
+    a.pin(ext(2, 2)).unwrap();
+    a.free_pending(ext(0, 8), 1).unwrap();
+    a.free_pending(ext(8, 4), 2).unwrap();
+    assert_eq!(a.pending_blocks(), 10, "blocks 2 and 3 are the holder's");
+    assert_eq!(a.busy_blocks(), 2);
+    assert_eq!(
+        a.busy_extents(),
+        vec![BusyExtent {
+            extent: ext(2, 2),
+            pins: 1
+        }]
+    );
+    assert_eq!(a.settle(2), vec![ext(0, 2), ext(4, 4)]);
+    assert_eq!(a.busy_blocks(), 2);
+    assert_eq!(a.pending_blocks(), 4);
+    assert_eq!(a.unpin(ext(2, 2)).unwrap(), vec![ext(2, 2)]);
+    assert_eq!(a.settle(u64::MAX), vec![ext(8, 4)]);
+    assert_eq!(a.free_blocks(), 12);
+    a.check().unwrap();
+}
+
+#[test]
+fn a_holder_letting_go_of_a_pending_block_leaves_it_pending() {
+    let mut a = Allocator::new(8);
+    a.allocate(8, None).unwrap();
+    a.pin(ext(0, 8)).unwrap();
+    a.free_pending(ext(0, 8), 3).unwrap();
+    assert_eq!((a.busy_blocks(), a.pending_blocks()), (8, 0));
+    assert!(a.unpin(ext(0, 8)).unwrap().is_empty(), "still pending");
+    assert_eq!((a.busy_blocks(), a.pending_blocks()), (0, 8));
+    assert_eq!(a.free_blocks(), 0);
+    assert_eq!(a.settle(4), vec![ext(0, 8)]);
+    a.check().unwrap();
+}

@@ -621,21 +621,40 @@ pub struct Space<'a> {
     /// allocated them already), and do not scrub freed blocks, whose later owners' data in
     /// the image is newer than this record.
     pub replay: bool,
+    /// Live: the sequence number of the journal entry this transaction goes to. The blocks
+    /// it lets go of stay pending in the allocator ([`Allocator::free_pending`]) until that
+    /// entry is durable: a power failure before would bring the file back with its blocks
+    /// punched out or given to another file. Whoever makes the journal durable settles them
+    /// ([`Space::settle`]).
+    pub seq: u64,
 }
 
 impl Space<'_> {
-    /// Frees blocks a file let go of. Pinned blocks stay busy in the allocator; the rest
-    /// become free and are scrubbed, so that whoever gets them next reads zeros.
+    /// Frees blocks a file let go of. Pinned blocks stay busy in the allocator. Live, the
+    /// rest stay out of the free space too until [`Space::settle`]; in replay they become
+    /// free at once (and are not scrubbed).
     pub fn release(&mut self, ext: Extent) -> FsResult<()> {
-        let freed = self.alloc.free(ext).map_err(|e| {
-            FsError::Corrupt(format!("freeing blocks {}+{}: {e}", ext.start, ext.len))
-        })?;
-        if !self.replay {
-            for f in freed {
-                self.image.discard(f.start * BLOCK_SIZE, f.len * BLOCK_SIZE);
-            }
+        let corrupt =
+            |e| FsError::Corrupt(format!("freeing blocks {}+{}: {e}", ext.start, ext.len));
+        if self.replay {
+            self.alloc.free(ext).map_err(corrupt)?;
+        } else {
+            self.alloc.free_pending(ext, self.seq).map_err(corrupt)?;
         }
         Ok(())
+    }
+
+    /// The journal entries of sequence numbers below `durable` are durable: the blocks they
+    /// freed that no pin of a holder keeps become free, scrubbed so that whoever gets them
+    /// next reads zeros. Returns whether any pending free was settled.
+    pub fn settle(alloc: &mut Allocator, image: &Image, durable: u64) -> bool {
+        if !alloc.has_pending() {
+            return false;
+        }
+        for f in alloc.settle(durable) {
+            image.discard(f.start * BLOCK_SIZE, f.len * BLOCK_SIZE);
+        }
+        true
     }
 }
 

@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// How long a freed block waits at most (with the background running) for the journal to be
+/// made durable, after which it is free again: the flusher's period.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
 impl Fs {
     /// The kernel is reading `ino` into its page cache (for a mapping: a read that is not
     /// direct I/O). Called before the bytes are read, so that a direct write that lands
@@ -69,9 +73,23 @@ impl Fs {
     }
 
     /// Starts the mount's background work: lease deadlines (so leases expire on time with no
-    /// breaker waiting) and the reclaimer (frees pinned unlinked inodes after breaking their
-    /// leases). Both end at unmount.
+    /// breaker waiting), the reclaimer (frees pinned unlinked inodes after breaking their
+    /// leases) and the journal flusher (pending frees are settled within about
+    /// [`FLUSH_INTERVAL`] of their commit, when nothing else made the journal durable
+    /// sooner). All end at unmount.
     pub fn start_background(self: &Arc<Self>) {
+        let fs = self.clone();
+        let stop = self.flusher.1.clone();
+        std::thread::Builder::new()
+            .name("pinfs-flusher".into())
+            .spawn(move || {
+                while let Err(crossbeam::channel::RecvTimeoutError::Timeout) =
+                    stop.recv_timeout(FLUSH_INTERVAL)
+                {
+                    fs.settle_pending();
+                }
+            })
+            .expect("spawn the journal flusher");
         let fs = self.clone();
         std::thread::Builder::new()
             .name("pinfs-deadlines".into())
@@ -189,5 +207,6 @@ impl Fs {
     pub(super) fn stop_background(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.work.0.send(Work::Stop);
+        let _ = self.flusher.0.try_send(());
     }
 }

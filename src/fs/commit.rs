@@ -68,7 +68,15 @@ impl Fs {
                 alloc: &mut alloc,
                 image: &self.image,
                 replay: false,
+                seq: journal.next_seq(),
             };
+            // Blocks the transaction lets go of stay pending until its entry is durable (the
+            // host makes a punched hole durable at its next commit, and a power failure
+            // before the entry got there would bring the file back over holes, or over
+            // another file's data). The journal is not made durable here: whoever flushes it
+            // next settles them ([`Fs::flush_journal`]), as XFS keeps freed extents busy
+            // until its log commits. A transaction that fails half-applied leaves its frees
+            // pending too, settled once the entry that next takes its sequence number is.
             for rec in records {
                 apply(rec, held, &mut space)?;
             }
@@ -82,6 +90,37 @@ impl Fs {
             self.checkpoint_wanted.store(true, Ordering::SeqCst);
         }
         Ok(())
+    }
+
+    /// Makes the journal durable, then settles the frees its entries recorded (the blocks
+    /// become free, scrubbed, reusable): the one place the journal is flushed, so that
+    /// whatever made it durable (an fsync, a checkpoint, the flusher, an allocation that
+    /// came up short) lets the freed blocks go. The caller holds the journal lock, and no
+    /// allocator lock; the allocator is taken only after the host I/O. A failure shuts the
+    /// filesystem down: later entries would sit on top of ones the host lost.
+    pub(super) fn flush_journal(&self, journal: &mut Journal) -> FsResult<()> {
+        let durable = journal
+            .flush(&self.image)
+            .map_err(|e| self.host_failed("making the journal durable", e))?;
+        Space::settle(&mut lock(&self.alloc), &self.image, durable);
+        Ok(())
+    }
+
+    /// When frees are pending: makes the journal durable and settles them. Returns whether
+    /// any were (so an allocation that came up short may try once more). Called with
+    /// neither the journal nor the allocator locked.
+    pub(super) fn settle_pending(&self) -> bool {
+        if !lock(&self.alloc).has_pending() || self.is_up().is_err() {
+            return false;
+        }
+        let mut journal = lock(&self.journal);
+        match self.flush_journal(&mut journal) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("settling freed blocks: {e}");
+                false
+            }
+        }
     }
 
     pub(super) fn publish(&self, held: &mut Held<'_>) -> Vec<Arc<Cell>> {

@@ -364,8 +364,6 @@ impl Fs {
     /// filesystem down: later entries would sit on top of ones the host lost.
     pub fn sync_metadata(&self) -> FsResult<()> {
         self.is_up()?;
-        lock(&self.journal)
-            .flush(&self.image)
-            .map_err(|e| self.host_failed("making the journal durable", e))
+        self.flush_journal(&mut lock(&self.journal))
     }
 }

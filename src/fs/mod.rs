@@ -243,7 +243,7 @@ pub struct DirEntry {
 pub struct StatFs {
     /// Blocks in the data area.
     pub blocks: u64,
-    /// Free blocks.
+    /// Free blocks, pending frees included (see [`Fs::statfs`]).
     pub free: u64,
     /// Free blocks that data may have: those outside the metadata reserve (`f_bavail`).
     pub available: u64,
@@ -318,6 +318,8 @@ pub struct Fs {
     handles: Mutex<HashMap<u64, OpenHandle>>,
     next_fh: AtomicU64,
     work: (Sender<Work>, Receiver<Work>),
+    /// Stops the journal flusher ([`Fs::start_background`]).
+    flusher: (Sender<()>, Receiver<()>),
     stopping: AtomicBool,
     mount_dev: Mutex<Option<u64>>,
     stale: (Sender<Stale>, Receiver<Stale>),

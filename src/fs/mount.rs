@@ -76,6 +76,7 @@ impl Fs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             work: crossbeam::channel::unbounded(),
+            flusher: crossbeam::channel::bounded(1),
             stopping: AtomicBool::new(false),
             mount_dev: Mutex::new(None),
             stale: crossbeam::channel::unbounded(),

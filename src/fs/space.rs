@@ -29,6 +29,19 @@ impl Fs {
         let alloc = lock(&self.alloc);
         alloc.check().map_err(|e| format!("allocator: {e}"))?;
         let busy = alloc.busy_extents();
+        let pending: Vec<Extent> = alloc.pending_extents().collect();
+        for &(start, len, ino) in &mapped {
+            let e = Extent { start, len };
+            if let Some(p) = pending
+                .iter()
+                .find(|p| p.start < e.end() && e.start < p.end())
+            {
+                return Err(format!(
+                    "inode {ino} maps image blocks {start}+{len}, and blocks {}+{} of them are freed (pending)",
+                    p.start, p.len
+                ));
+            }
+        }
         for &(start, len, ino) in &mapped {
             let e = Extent { start, len };
             if alloc.is_any_free(e) {
@@ -58,6 +71,15 @@ impl Fs {
         let mut alloc = lock(&self.alloc);
         let mut sb = lock(&self.sb);
         self.is_up()?;
+        // The checkpoint records what is free: pending frees are settled first (the journal
+        // made durable), so that the blob's free list has them (a clean one is trusted at
+        // mount) and the blob's own allocation may use them.
+        if alloc.has_pending() {
+            let durable = journal
+                .flush(&self.image)
+                .map_err(|e| self.host_failed("making the journal durable", e))?;
+            Space::settle(&mut alloc, &self.image, durable);
+        }
         checkpoint::write(
             &self.image,
             &mut sb,
@@ -133,6 +155,11 @@ impl Fs {
             let needs = checkpoint::growth_needs(&lock(&self.sb), used);
             (used, lock(&self.alloc).holds(needs))
         };
+        // Pending frees are space once the journal is durable.
+        let fits = || match fits() {
+            (_, false) if self.settle_pending() => fits(),
+            r => r,
+        };
         match fits() {
             (_, true) => Ok(()),
             (0, false) => Err(FsError::NoSpace),
@@ -157,6 +184,11 @@ impl Fs {
     ) -> Vec<Record> {
         let mut records = Vec::new();
         let mut alloc = lock(&self.alloc);
+        // An allocation that comes up short while frees are pending makes the journal
+        // durable, which settles them, and tries once more (XFS forces its log for busy
+        // extents the same way). The host may be short too: settling punches the freed
+        // blocks out of the image, which gives the host room back.
+        let mut settled = false;
         let mut cur = first;
         let end = first + count;
         while cur < end {
@@ -191,7 +223,16 @@ impl Fs {
                             .provision_new(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE)
                         {
                             let _ = alloc.free(e);
-                            if err.raw_os_error() == Some(libc::ENOSPC) {
+                            let host_full = err.raw_os_error() == Some(libc::ENOSPC);
+                            if host_full && !settled && alloc.has_pending() {
+                                drop(alloc);
+                                settled = self.settle_pending();
+                                alloc = lock(&self.alloc);
+                                if settled {
+                                    continue;
+                                }
+                            }
+                            if host_full {
                                 tracing::warn!(
                                     blocks = e.len,
                                     "the image's host cannot back new blocks: {err}"
@@ -212,6 +253,14 @@ impl Fs {
                         });
                         cur += e.len;
                         goal = Some(e.end());
+                    }
+                    Err(_) if !settled && alloc.has_pending() => {
+                        drop(alloc);
+                        settled = self.settle_pending();
+                        alloc = lock(&self.alloc);
+                        if !settled {
+                            return records;
+                        }
                     }
                     Err(_) => return records,
                 }
@@ -261,12 +310,16 @@ impl Fs {
         let alloc = lock(&self.alloc);
         let files = self.table.len() as u64;
         let blocks = total - data_start;
+        // Pending frees count as free: they are, once the journal is next durable, and an
+        // allocation that needs them makes it so (`allocate_range`). XFS counts its busy
+        // extents as free the same way.
+        let pending = alloc.pending_blocks();
         // Inodes live in memory and in checkpoints, not in a fixed table: report one possible
         // inode per data block, so that `df -i` means something and data does not change it.
         StatFs {
             blocks,
-            free: alloc.free_blocks(),
-            available: alloc.available_blocks(),
+            free: alloc.free_blocks() + pending,
+            available: alloc.available_blocks() + pending,
             busy: alloc.busy_blocks(),
             files,
             files_free: blocks.saturating_sub(files),

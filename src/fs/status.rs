@@ -162,13 +162,14 @@ pub struct SpaceStatus {
     pub block_size: u64,
     /// All blocks.
     pub total_blocks: u64,
-    /// Free blocks.
+    /// Free blocks, freed blocks whose journal entry is not durable yet included (they are
+    /// free once it is, and an allocation that needs them makes it so).
     pub free_blocks: u64,
     /// Free blocks outside the metadata reserve.
     pub available_blocks: u64,
     /// Blocks in use (neither free nor busy).
     pub used_blocks: u64,
-    /// Busy blocks.
+    /// Busy blocks (kept by pins; pending frees are not busy but free).
     pub busy_blocks: u64,
 }
 

@@ -174,6 +174,7 @@ pub fn load(image: &Image, sb: &Superblock) -> FsResult<Loaded> {
         alloc: &mut alloc,
         image,
         replay: true,
+        seq: 0,
     };
     for (n, payload) in entries.iter().enumerate() {
         let records = decode_transaction(payload)

@@ -26,6 +26,8 @@ pub struct Journal {
     tail: u64,
     next_seq: u64,
     synced: u64,
+    /// Entries of sequence numbers below this are durable.
+    durable_seq: u64,
 }
 
 /// The journal has no room for an entry.
@@ -47,12 +49,14 @@ impl Journal {
             tail: 0,
             next_seq: sb.journal_seq,
             synced: 0,
+            durable_seq: sb.journal_seq,
         };
         let mut entries = Vec::new();
         while let Some(payload) = j.read_entry(image) {
             entries.push(payload);
         }
         j.synced = j.tail;
+        j.durable_seq = j.next_seq;
         (j, entries)
     }
 
@@ -134,15 +138,19 @@ impl Journal {
     pub fn reset(&mut self) {
         self.tail = 0;
         self.synced = 0;
+        self.durable_seq = self.next_seq;
     }
 
     /// Makes every appended entry durable (`msync` of what was appended since the last call).
-    /// On an error the entries stay unsynced, so the next call tries them again.
-    pub fn flush(&mut self, image: &Image) -> std::io::Result<()> {
+    /// Returns the sequence number below which every entry is durable now (blocks those
+    /// entries free may be reused: `Fs::flush_journal`). On an error the entries stay
+    /// unsynced, so the next call tries them again.
+    pub fn flush(&mut self, image: &Image) -> std::io::Result<u64> {
         if self.tail > self.synced {
             image.flush(self.base + self.synced, self.tail - self.synced)?;
             self.synced = self.tail;
         }
-        Ok(())
+        self.durable_seq = self.next_seq;
+        Ok(self.durable_seq)
     }
 }

@@ -300,6 +300,9 @@ fn without_busy_blocks_a_revoked_holder_corrupts_the_next_file() {
     let (_, ext) = s.pin(h, ino, 0, 4 * BLOCK_SIZE, false).unwrap();
     s.truncate(ino, 0).unwrap();
     assert_eq!(s.fs.statfs().busy, 0, "busy_blocks=off: freed at once");
+    // Reusable once the truncate's record is durable (the next fsync, or the journal
+    // flusher within a second).
+    s.fs.sync_metadata().unwrap();
     let victim = s.file("victim", 0);
     let mut off = 0;
     while let Ok(n) =

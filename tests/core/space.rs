@@ -698,6 +698,41 @@ fn overwrites_and_fsyncs_alone_never_fill_the_journal() {
     assert_clean_image(&path);
 }
 
+/// Blocks a change frees are reused only once its journal entry is durable; a write that
+/// finds no other room makes the journal durable itself and gets them, rather than failing
+/// with `ENOSPC` while `df` shows them free. (No background thread here: nothing else
+/// flushes the journal.)
+#[test]
+fn a_full_filesystem_writes_into_blocks_a_truncate_just_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(&dir, 64 << 20);
+    let fs = open(&path);
+    let victim = create(&fs, "victim").unwrap();
+    let end = fill(&fs, victim, 0);
+    truncate(&fs, victim, 0, Caller::ROOT).unwrap();
+    let st = fs.statfs();
+    assert!(
+        st.available * BLOCK_SIZE >= end,
+        "df counts the truncated blocks as available at once ({} blocks available, {end} bytes freed)",
+        st.available
+    );
+    assert_eq!(st.busy, 0, "freed blocks are not a holder's busy blocks");
+    let next = create(&fs, "next").unwrap();
+    let data = vec![0x77u8; end as usize];
+    let mut at = 0;
+    while at < end {
+        match fs.write(next, at, &data[at as usize..], Caller::ROOT) {
+            Ok(n) => at += n as u64,
+            Err(e) => panic!("write at {at} of {end} into the freed space: {e}"),
+        }
+    }
+    assert_eq!(fs.read(next, 0, 1 << 20).unwrap(), data[..1 << 20]);
+    fs.check_space().unwrap();
+    fs.unmount().unwrap();
+    drop(fs);
+    assert_clean_image(&path);
+}
+
 /// A revoking truncate whose own transaction is refused after the revocation moved the
 /// holder's blocks out: the truncate fails with `ENOSPC` and the file keeps its size and
 /// bytes; the revocation has completed (the lease says revoked) and the holder's later
@@ -717,4 +752,32 @@ fn a_revoking_truncate_refused_after_the_move_fails_whole_and_the_holder_stays_c
     p.window[..5].copy_from_slice(b"after");
     assert_eq!(p.fs.read(ino, 0, 5).unwrap(), b"under");
     p.fs.check_space().unwrap();
+}
+
+/// An unmount right after a delete, with the delete's entry not yet durable: the clean
+/// checkpoint records the freed blocks as free, so the next mount has all the space back.
+#[test]
+fn an_unmount_right_after_a_delete_gives_all_the_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = image(&dir, 64 << 20);
+    let fs = open(&path);
+    let empty = fs.statfs();
+    let ino = create(&fs, "f").unwrap();
+    fs.write(ino, 0, &vec![0x33u8; 8 << 20], Caller::ROOT)
+        .unwrap();
+    fs.remove(ROOT_INO, b"f", false).unwrap();
+    fs.forget(ino, 1);
+    assert_eq!(fs.statfs().free, empty.free, "df right after the delete");
+    fs.unmount().unwrap();
+    drop(fs);
+    assert_clean_image(&path);
+    let fs = open(&path);
+    let st = fs.statfs();
+    assert_eq!(
+        (st.free, st.available),
+        (empty.free, empty.available),
+        "space after the remount"
+    );
+    fs.check_space().unwrap();
+    fs.unmount().unwrap();
 }

@@ -428,7 +428,8 @@ fn keep_mapping_after_the_pin(how: &str, options: &str) -> (bool, bool) {
             }
             drop(fds);
             // Once the daemon has let go of the pin (a disconnect or a death is noticed a
-            // moment later), the attacker truncates its file: its blocks are free for anyone.
+            // moment later), the attacker truncates its file and makes that durable (else the
+            // journal flusher does a second later): its blocks are free for anyone.
             for _ in 0..100 {
                 let (st, _) = Raw::connect(&mnt).ask(&Request::Status { table: false }, &[]);
                 let gone = match st {
@@ -443,7 +444,7 @@ fn keep_mapping_after_the_pin(how: &str, options: &str) -> (bool, bool) {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            if f.set_len(0).is_err() {
+            if f.set_len(0).is_err() || f.sync_all().is_err() {
                 libc::_exit(5);
             }
             drop(f);

@@ -422,6 +422,9 @@ fn the_fuzzer_ledger_sees_a_revoked_store_in_its_own_file_only_without_busy_bloc
             .unwrap();
         let done = now_ns();
         assert!(dd.success());
+        // The truncate made durable (else the journal flusher does it within a second): the
+        // blocks it freed go to the next allocation, the write below.
+        f.sync_all().unwrap();
         ledger.breaker(file_no, 2, u64::MAX, started, done);
         f.write_all_at(&vec![0x22; 14 * 4096], 2 * 4096).unwrap();
         store(&mut pin, &mut ledger, 1);

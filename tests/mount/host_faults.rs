@@ -977,3 +977,230 @@ fn a_host_that_cannot_preallocate_still_answers_enospc() {
     let (code, out) = fsck_report(&m.image);
     assert_eq!(code, 0, "fsck: {out}");
 }
+
+/// Has the host commit its own journal (the metadata of every change made on it so far, such
+/// as holes punched in the image) and nothing of the image's dirty pages: an fsync of
+/// another, new file of the host. What a host does by itself every few seconds.
+fn commit_host_journal(host: &Host) {
+    let p = host.at.join("other");
+    let mut f = std::fs::File::create(&p).unwrap();
+    f.write_all(b"another file of the host").unwrap();
+    f.sync_all().unwrap();
+}
+
+/// The host loses power now: shut down without flushing anything more, `m` unmounted (its
+/// daemon cannot write its checkpoint and exits), the host mounted again. The image then
+/// holds what was durable on the host, as after a power failure; fsck must accept it.
+fn power_loss(host: &mut Host, m: &mut OnHost) {
+    host.shut_down();
+    m.detach();
+    host.umount();
+    host.mount_ext4();
+    let (code, out) = fsck_report(&m.image);
+    assert_eq!(code, 0, "fsck after the power loss: {out}");
+    let out = pinfs(&["mount", m.image.to_str().unwrap(), m.mnt.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "mount after the power loss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.mounted = true;
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
+}
+
+/// A truncate that was not made durable may be lost in a power failure, but the file then
+/// comes back as it was fsync'd, not with its blocks gone. Before, the truncate punched the
+/// freed blocks out of the image at once, the host made the punch durable with its next
+/// commit, and the record of the truncate never got there: the file came back at its full
+/// size, all zeros.
+#[test]
+fn a_truncate_lost_in_a_power_failure_leaves_the_fsynced_data() {
+    if skip_without_fuse("a_truncate_lost_in_a_power_failure_leaves_the_fsynced_data") {
+        return;
+    }
+    let mut host = Host::ext4(96 << 20);
+    let mut m = OnHost::new(&host, "32M");
+    let data = pattern(1 << 20, 9);
+    let f = new_file(m.path("A"));
+    f.write_all_at(&data, 0).unwrap();
+    f.sync_all().unwrap();
+    f.set_len(0).unwrap();
+    drop(f);
+    commit_host_journal(&host);
+    power_loss(&mut host, &mut m);
+    let back = std::fs::read(m.path("A")).unwrap();
+    assert!(
+        back.is_empty() || back == data,
+        "A after the power loss: {} bytes, {} of them zeros (fsync'd: {} bytes)",
+        back.len(),
+        back.iter().filter(|&&b| b == 0).count(),
+        data.len()
+    );
+    m.umount();
+}
+
+/// A fence moves a pinned file's blocks to new ones; the holder then lets go, and the old
+/// blocks are freed. The move's record must be durable before the old blocks are punched:
+/// before, a power failure left the file pointing at the punched blocks (all zeros).
+#[test]
+fn fsynced_data_moved_by_a_fence_survives_a_power_failure() {
+    if skip_without_fuse("fsynced_data_moved_by_a_fence_survives_a_power_failure") {
+        return;
+    }
+    let mut host = Host::ext4(96 << 20);
+    let mut m = OnHost::with_options(&host, "32M", &["-o", "break_policy=revoke"]);
+    let data = pattern(1 << 20, 11);
+    let f = new_file(m.path("F"));
+    f.write_all_at(&data, 0).unwrap();
+    f.sync_all().unwrap();
+    let mut c = pinfs::holder::client::Connection::for_file(&f).unwrap();
+    let pin = c
+        .pin(&f, 0, 1 << 20, pinfs::holder::client::PinOptions::default())
+        .unwrap();
+    let me = c.holder_id().unwrap();
+    let out = pinfs(&["fence", m.mnt.to_str().unwrap(), &me.to_string()]);
+    assert!(
+        out.status.success(),
+        "fence: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The fenced holder lets go: its blocks, busy since the move, are freed.
+    drop(pin);
+    drop(c);
+    drop(f);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let st = pinfs(&["status", m.mnt.to_str().unwrap(), "--json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap_or_default();
+        if doc["holders"].as_array().is_some_and(|h| h.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder never went"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    commit_host_journal(&host);
+    power_loss(&mut host, &mut m);
+    let back = std::fs::read(m.path("F")).unwrap();
+    assert!(
+        back == data,
+        "F after the power loss: {} bytes, {} of them zeros",
+        back.len(),
+        back.iter().filter(|&&b| b == 0).count()
+    );
+    m.umount();
+}
+
+/// The editor's save: write a new version, fsync it, rename it over the old one. A power
+/// failure before the rename is durable may bring back either version, whole. Before, the
+/// old version's blocks were punched as soon as the kernel forgot it, and it came back as
+/// zeros.
+#[test]
+fn a_rename_over_lost_in_a_power_failure_leaves_a_whole_version() {
+    if skip_without_fuse("a_rename_over_lost_in_a_power_failure_leaves_a_whole_version") {
+        return;
+    }
+    let mut host = Host::ext4(96 << 20);
+    let mut m = OnHost::new(&host, "32M");
+    let old = pattern(256 << 10, 21);
+    let new = pattern(128 << 10, 22);
+    for (name, data) in [("doc", &old), ("doc.tmp", &new)] {
+        let f = new_file(m.path(name));
+        f.write_all_at(data, 0).unwrap();
+        f.sync_all().unwrap();
+    }
+    let host_bytes = || {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&m.image).unwrap().blocks() * 512
+    };
+    let before = host_bytes();
+    std::fs::rename(m.path("doc.tmp"), m.path("doc")).unwrap();
+    // The replaced inode's blocks go (punched out of the image) when the kernel forgets it,
+    // a moment after the rename.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while host_bytes() + (256 << 10) > before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old version's blocks never went back to the host"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    commit_host_journal(&host);
+    power_loss(&mut host, &mut m);
+    let back = std::fs::read(m.path("doc")).unwrap();
+    assert!(
+        back == old || back == new,
+        "doc after the power loss: {} bytes, {} of them zeros",
+        back.len(),
+        back.iter().filter(|&&b| b == 0).count()
+    );
+    m.umount();
+}
+
+/// What a holder stored through its pin is the file's data: an fsync of the file after the
+/// stores (with the pin still held, or after it was let go) makes it durable, power failure
+/// or not.
+#[test]
+fn a_holders_stores_fsynced_survive_a_power_failure() {
+    if skip_without_fuse("a_holders_stores_fsynced_survive_a_power_failure") {
+        return;
+    }
+    let mut host = Host::ext4(96 << 20);
+    let mut m = OnHost::new(&host, "32M");
+    let mut want = Vec::new();
+    let mut c = None;
+    let mut kept = Vec::new();
+    for (name, seed, unpin_first) in [("held", 31u8, false), ("released", 32, true)] {
+        let f = new_file(m.path(name));
+        f.write_all_at(&pattern(512 << 10, seed), 0).unwrap();
+        f.sync_all().unwrap();
+        let conn =
+            c.get_or_insert_with(|| pinfs::holder::client::Connection::for_file(&f).unwrap());
+        let mut pin = conn
+            .pin(
+                &f,
+                0,
+                512 << 10,
+                pinfs::holder::client::PinOptions::default(),
+            )
+            .unwrap();
+        let stored = pattern(512 << 10, seed.wrapping_add(100));
+        pin.as_mut_slice().copy_from_slice(&stored);
+        if unpin_first {
+            conn.unpin(&pin).unwrap();
+        } else {
+            kept.push(pin);
+        }
+        f.sync_all().unwrap();
+        want.push((name, stored));
+    }
+    commit_host_journal(&host);
+    host.shut_down();
+    drop(kept);
+    drop(c);
+    m.detach();
+    host.umount();
+    host.mount_ext4();
+    let (code, out) = fsck_report(&m.image);
+    assert_eq!(code, 0, "fsck after the power loss: {out}");
+    let out = pinfs(&["mount", m.image.to_str().unwrap(), m.mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "mount after the power loss");
+    m.mounted = true;
+    for (name, stored) in want {
+        let back = std::fs::read(m.path(name)).unwrap();
+        assert!(
+            back == stored,
+            "{name}: the holder's fsync'd stores came back wrong ({} of {} bytes differ)",
+            back.iter().zip(&stored).filter(|(a, b)| a != b).count(),
+            stored.len()
+        );
+    }
+    m.umount();
+}
