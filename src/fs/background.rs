@@ -75,7 +75,7 @@ impl Fs {
     /// Starts the mount's background work: lease deadlines (so leases expire on time with no
     /// breaker waiting), the reclaimer (frees pinned unlinked inodes after breaking their
     /// leases) and the journal flusher (pending frees are settled within about
-    /// [`FLUSH_INTERVAL`] of their commit, when nothing else made the journal durable
+    /// `FLUSH_INTERVAL` (1 s) of their commit, when nothing else made the journal durable
     /// sooner). All end at unmount.
     pub fn start_background(self: &Arc<Self>) {
         let fs = self.clone();
