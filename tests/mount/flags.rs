@@ -481,3 +481,50 @@ fn a_noatime_file_keeps_its_access_time() {
         "without +A the read under strictatime updates it"
     );
 }
+
+#[test]
+fn the_32_bit_ioctl_numbers_do_not_bypass_the_kernels_capability_check() {
+    // A 64-bit process's ioctl with the 32-bit numbers (`FS_IOC32_SETFLAGS`,
+    // `_IOW('f', 2, int)`) is not the VFS's: FUSE forwards it to the daemon as it is, with
+    // none of the kernel's owner or `CAP_LINUX_IMMUTABLE` checks. An owner without the
+    // capability could clear root's `chattr +i` through it (and set `i` or `a` itself).
+    if skip_without_fuse("flags") {
+        return;
+    }
+    const SETFLAGS32: libc::c_ulong = 0x4004_6602;
+    const GETFLAGS32: libc::c_ulong = 0x8004_6601;
+    fn ioctl32(p: &Path, cmd: libc::c_ulong, flags: &mut i32) -> i32 {
+        let Ok(f) = fs::File::open(p) else {
+            return -1;
+        };
+        // SAFETY: the 32-bit flag ioctls read or write one int through the pointer, which
+        // is valid.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), cmd, flags as *mut i32) };
+        if rc < 0 {
+            errno()
+        } else {
+            0
+        }
+    }
+    let m = Mount::new("32M", "");
+    fs::create_dir(m.path("tmp")).unwrap();
+    fs::set_permissions(m.path("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let theirs = m.path("tmp/theirs");
+    fs::write(&theirs, b"kept").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    set_flags(&theirs, IMMUTABLE).unwrap();
+    let (t, tmp) = (theirs.clone(), m.path("tmp"));
+    assert!(as_nobody(move || {
+        let mine = tmp.join("mine");
+        fs::write(&mine, b"m").is_ok()
+            && ioctl32(&t, SETFLAGS32, &mut 0) == libc::ENOTTY
+            && ioctl32(&t, GETFLAGS32, &mut 0) == libc::ENOTTY
+            && ioctl32(&mine, SETFLAGS32, &mut IMMUTABLE.clone()) == libc::ENOTTY
+            && ioctl32(&mine, SETFLAGS32, &mut APPEND.clone()) == libc::ENOTTY
+            && get_flags(&mine) == Ok(0)
+            && err_of(OpenOptions::new().write(true).open(&t)) == libc::EPERM
+    }));
+    assert_eq!(get_flags(&theirs), Ok(IMMUTABLE));
+    assert_eq!(fs::read(&theirs).unwrap(), b"kept");
+    set_flags(&theirs, 0).unwrap();
+}
