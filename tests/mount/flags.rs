@@ -528,3 +528,57 @@ fn the_32_bit_ioctl_numbers_do_not_bypass_the_kernels_capability_check() {
     assert_eq!(fs::read(&theirs).unwrap(), b"kept");
     set_flags(&theirs, 0).unwrap();
 }
+
+#[test]
+fn chattr_i_or_a_waits_for_the_writable_pins_to_go() {
+    // A writable pin's holder stores into the file's blocks with no request the daemon sees:
+    // `chattr +i` while one is live left an "immutable" file its holder kept changing (on
+    // ext4 the next store through a shared mapping of it faults). It is EBUSY until the
+    // writable pins are gone, and a read-only pin does not stand in the way.
+    if skip_without_fuse("flags") {
+        return;
+    }
+    use std::io::BufRead;
+    let m = Mount::new("32M", "");
+    let path = m.path("dev");
+    fs::write(&path, vec![0u8; 8192]).unwrap();
+    let pin = |extra: &[&str]| {
+        let mut holder = std::process::Command::new(BIN)
+            .args(["pin", path.to_str().unwrap(), "--len", "4096"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("\"extents\""), "pin prints its grant: {line}");
+        holder
+    };
+    let mut writer = pin(&["--write-byte", "0x58", "--every", "10"]);
+    assert_eq!(set_flags(&path, IMMUTABLE), Err(libc::EBUSY));
+    assert_eq!(set_flags(&path, APPEND), Err(libc::EBUSY));
+    assert_eq!(get_flags(&path), Ok(0), "a refused chattr changes nothing");
+    assert_eq!(
+        set_flags(&path, NODUMP),
+        Ok(()),
+        "other flags are not in its way"
+    );
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    // The daemon hears of the holder's end when its connection closes: wait for that.
+    let mut tries = 0;
+    while set_flags(&path, NODUMP | IMMUTABLE) == Err(libc::EBUSY) && tries < 500 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        tries += 1;
+    }
+    assert_eq!(get_flags(&path), Ok(NODUMP | IMMUTABLE));
+    set_flags(&path, 0).unwrap();
+    let mut reader = pin(&["--read-only"]);
+    assert_eq!(set_flags(&path, IMMUTABLE), Ok(()));
+    set_flags(&path, 0).unwrap();
+    reader.kill().unwrap();
+    reader.wait().unwrap();
+}
