@@ -83,7 +83,8 @@ impl Fs {
 
     /// Sets the inode's flags (`FS_IOC_SETFLAGS`): `EOPNOTSUPP` for a flag pinfs does not
     /// store or an inode that is not a file or directory, `EPERM` for a caller who is not
-    /// the owner or root (the kernel checks this first, with capabilities), `EBUSY` for
+    /// the owner or root (the kernel checks this first, with capabilities), or for a change of
+    /// other flags of a file that stays immutable, `EBUSY` for
     /// adding `i` or `a` to a file with live writable pins. The change
     /// time moves, as on ext4.
     pub fn set_flags(&self, ino: u64, flags: u32, caller: Caller) -> FsResult<()> {
@@ -101,6 +102,12 @@ impl Fs {
         }
         if caller.uid != 0 && caller.uid != i.uid {
             return Err(FsError::NotPermitted);
+        }
+        // As ext4 (`ext4_ioctl_check_immutable`): while `i` stays, no other flag changes.
+        if i.flags & flags & fl::IMMUTABLE != 0 && i.flags != flags {
+            return Err(FsError::Flagged(
+                "the file is immutable (chattr +i): clear it to change other flags",
+            ));
         }
         // A writable pin's holder stores straight into the blocks, which no flag stops (on
         // ext4 the next store through a shared mapping of an immutable file faults): `i` or

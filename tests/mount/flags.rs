@@ -582,3 +582,34 @@ fn chattr_i_or_a_waits_for_the_writable_pins_to_go() {
     reader.kill().unwrap();
     reader.wait().unwrap();
 }
+
+#[test]
+fn an_immutable_files_other_flags_stay_until_immutable_goes() {
+    // As ext4 (`ext4_ioctl_check_immutable`): while `i` stays set, no other flag changes,
+    // for root too, and the change time stays; clearing `i` may change others with it.
+    if skip_without_fuse("flags") {
+        return;
+    }
+    let m = Mount::new("32M", "");
+    let f = m.path("f");
+    fs::write(&f, b"x").unwrap();
+    set_flags(&f, IMMUTABLE).unwrap();
+    let before = fs::metadata(&f).unwrap();
+    for other in [NODUMP, SYNC, NOATIME] {
+        assert_eq!(
+            set_flags(&f, IMMUTABLE | other),
+            Err(libc::EPERM),
+            "{other:#x}"
+        );
+    }
+    assert_eq!(get_flags(&f), Ok(IMMUTABLE));
+    let after = fs::metadata(&f).unwrap();
+    assert_eq!(
+        (after.ctime(), after.ctime_nsec()),
+        (before.ctime(), before.ctime_nsec())
+    );
+    assert_eq!(set_flags(&f, NODUMP), Ok(()));
+    assert_eq!(get_flags(&f), Ok(NODUMP));
+    assert_eq!(set_flags(&f, NODUMP | IMMUTABLE), Ok(()));
+    assert_eq!(set_flags(&f, 0), Ok(()));
+}
