@@ -7,9 +7,14 @@ use crate::error::FsError;
 use crate::fs::{Caller, Fs};
 
 /// `FS_IOC_GETFLAGS` and `FS_IOC_SETFLAGS` (`_IOR`/`_IOW('f', 1|2, long)`; the kernel passes
-/// an `unsigned int`), and their 32-bit forms.
-const FS_IOC_GETFLAGS: [u32; 2] = [0x8008_6601, 0x8004_6601];
-const FS_IOC_SETFLAGS: [u32; 2] = [0x4008_6602, 0x4004_6602];
+/// an `unsigned int`), with the size of the kernel's `long`: the numbers `fuse_fileattr_get`
+/// and `_set` send. Not their 32-bit forms (`FS_IOC32_*`): the kernel turns a 32-bit
+/// process's into these before the VFS checks, so one that reaches the daemon is a raw
+/// ioctl FUSE forwarded unchecked, and answering it would let an owner without
+/// `CAP_LINUX_IMMUTABLE` clear or set `i` and `a`.
+const LONG: u32 = std::mem::size_of::<libc::c_long>() as u32;
+const FS_IOC_GETFLAGS: u32 = 0x8000_6601 | (LONG << 16);
+const FS_IOC_SETFLAGS: u32 = 0x4000_6602 | (LONG << 16);
 /// `FS_IOC_FSGETXATTR` and `FS_IOC_FSSETXATTR` (`_IOR`/`_IOW('X', 31|32, struct fsxattr)`).
 const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
 const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
@@ -32,11 +37,11 @@ pub(crate) fn flag_ioctl(
     use crate::meta::inode::flags;
     let short = FsError::Invalid("ioctl argument shorter than its type");
     match cmd {
-        c if FS_IOC_GETFLAGS.contains(&c) => {
+        FS_IOC_GETFLAGS => {
             let f = fs.flags(ino)?.to_ne_bytes();
             Ok(Some(f[..(out_size as usize).min(4)].to_vec()))
         }
-        c if FS_IOC_SETFLAGS.contains(&c) => {
+        FS_IOC_SETFLAGS => {
             let f = u32_at(input, 0).ok_or(short)?;
             fs.set_flags(ino, f, who)?;
             Ok(None)

@@ -100,6 +100,48 @@ impl Acl {
             .map_or(0, |e| e.perm as u32)
     }
 
+    /// Does this access ACL give a process with `uid` (in the groups `in_group` says) the
+    /// `want` bits (`rwx` as 4, 2, 1) of a file owned by `owner`:`group`? Linux's
+    /// `posix_acl_permission`: the owner's entry; else a named user's, under the mask; else
+    /// any group entry of the caller's that grants all of `want`, under the mask (one that
+    /// matches but grants less denies); else other.
+    pub(crate) fn permits(
+        &self,
+        owner: u32,
+        group: u32,
+        uid: u32,
+        in_group: impl Fn(u32) -> bool,
+        want: u32,
+    ) -> bool {
+        let ok = |p: u32| p & want == want;
+        let mask = self
+            .entries
+            .iter()
+            .find(|e| e.tag == MASK)
+            .map_or(7, |e| e.perm as u32);
+        if uid == owner {
+            return ok(self.perm_of(USER_OBJ));
+        }
+        if let Some(e) = self.entries.iter().find(|e| e.tag == USER && e.id == uid) {
+            return ok(e.perm as u32 & mask);
+        }
+        let mut matched = false;
+        for e in &self.entries {
+            let member = match e.tag {
+                GROUP_OBJ => in_group(group),
+                GROUP => in_group(e.id),
+                _ => false,
+            };
+            if member {
+                matched = true;
+                if ok(e.perm as u32) {
+                    return ok(mask);
+                }
+            }
+        }
+        !matched && ok(self.perm_of(OTHER))
+    }
+
     fn has_mask(&self) -> bool {
         self.entries.iter().any(|e| e.tag == MASK)
     }
@@ -217,6 +259,43 @@ mod tests {
         assert!(Acl::parse(&two_owners.encode()).is_err());
         let bad_perm = acl(&[(USER_OBJ, 8, 0), (GROUP_OBJ, 5, 0), (OTHER, 0, 0)]);
         assert!(Acl::parse(&bad_perm.encode()).is_err());
+    }
+
+    #[test]
+    fn permission_follows_the_entries_as_the_kernel_checks_them() {
+        let e = |tag, perm, id| Entry { tag, perm, id };
+        let acl = Acl {
+            entries: vec![
+                e(USER_OBJ, 7, 0),
+                e(USER, 0, 65534),
+                e(USER, 7, 1000),
+                e(GROUP_OBJ, 5, 0),
+                e(GROUP, 1, 50),
+                e(MASK, 5, 0),
+                e(OTHER, 5, 0),
+            ],
+        };
+        let none = |_| false;
+        assert!(acl.permits(7, 8, 7, none, 7), "the owner");
+        assert!(
+            !acl.permits(7, 8, 65534, none, 4),
+            "a named user with nothing"
+        );
+        assert!(
+            acl.permits(7, 8, 1000, none, 5),
+            "a named user, under the mask"
+        );
+        assert!(!acl.permits(7, 8, 1000, none, 2), "the mask takes write");
+        assert!(acl.permits(7, 8, 2, |g| g == 8, 5), "the owning group");
+        assert!(
+            !acl.permits(7, 8, 2, |g| g == 50, 4),
+            "a matched group denies"
+        );
+        assert!(
+            acl.permits(7, 8, 2, |g| g == 50 || g == 8, 4),
+            "any group that grants"
+        );
+        assert!(acl.permits(7, 8, 2, none, 5), "other");
     }
 
     #[test]

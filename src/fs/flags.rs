@@ -83,7 +83,9 @@ impl Fs {
 
     /// Sets the inode's flags (`FS_IOC_SETFLAGS`): `EOPNOTSUPP` for a flag pinfs does not
     /// store or an inode that is not a file or directory, `EPERM` for a caller who is not
-    /// the owner or root (the kernel checks this first, with capabilities). The change
+    /// the owner or root (the kernel checks this first, with capabilities), or for a change of
+    /// other flags of a file that stays immutable, `EBUSY` for
+    /// adding `i` or `a` to a file with live writable pins. The change
     /// time moves, as on ext4.
     pub fn set_flags(&self, ino: u64, flags: u32, caller: Caller) -> FsResult<()> {
         self.with_journal_room(|| self.set_flags_once(ino, flags, caller))
@@ -100,6 +102,22 @@ impl Fs {
         }
         if caller.uid != 0 && caller.uid != i.uid {
             return Err(FsError::NotPermitted);
+        }
+        // As ext4 (`ext4_ioctl_check_immutable`): while `i` stays, no other flag changes.
+        if i.flags & flags & fl::IMMUTABLE != 0 && i.flags != flags {
+            return Err(FsError::Flagged(
+                "the file is immutable (chattr +i): clear it to change other flags",
+            ));
+        }
+        // A writable pin's holder stores straight into the blocks, which no flag stops (on
+        // ext4 the next store through a shared mapping of an immutable file faults): `i` or
+        // `a` waits until the writable pins are gone (unpinned or fenced). Checked under the
+        // inode's lock, which a pin's grant takes to check the flags again.
+        let locking = fl::IMMUTABLE | fl::APPEND;
+        if flags & locking & !i.flags != 0 && self.leases.has_writable_pins(ino) {
+            return Err(FsError::Busy(
+                "the file has writable pins: unpin or fence them before chattr +i or +a",
+            ));
         }
         let sync = (i.flags | flags) & fl::SYNC != 0;
         self.commit(

@@ -498,6 +498,11 @@ impl Fs {
                 self.commit_allocation(&mut held, &records)?;
             }
             let i = c.read();
+            if writable {
+                // Again under the lock set_flags takes: a `chattr +i` or `+a` since the first
+                // check refuses the pin here, as it refuses itself while a writable pin is live.
+                flags::check(&i, flags::Change::WritablePin)?;
+            }
             let maps = i.extents.mappings_in(first, end - first);
             if maps.iter().map(|m| m.len).sum::<u64>() < end - first {
                 continue; // a punch got in between: allocate again

@@ -8,7 +8,8 @@
 //! holders (same uid) fully; of other users' holders, the pid and command are hidden (`null`
 //! in JSON, `-` in the table), and so is the path of their leases' files unless the viewer
 //! could find it by listing directories from the root (read and search permission on every
-//! directory above it, for its uid, gid and supplementary groups; search alone, as in a 0711
+//! directory above it, for its uid, gid and supplementary groups, by the directory's access
+//! ACL where the mount has ACLs; search alone, as in a 0711
 //! directory, reaches a file whose name one knows but tells no names): otherwise the lease's
 //! `path` is `null` (`ino:N` in the table) and only its inode number tells which file it is.
 //! Everything else (ids, ranges, states, busy extents, counters) is the same for every
@@ -39,8 +40,19 @@ pub struct Viewer {
 
 impl Viewer {
     /// Could this viewer list and search (read the names of, and pass through) directory
-    /// `d`, by its mode bits?
-    fn may_list(&self, d: &crate::meta::inode::Inode) -> bool {
+    /// `d`: by its access ACL where the mount has ACLs (`acl`) and `d` one, as the kernel
+    /// checks (a named user's entry denies what the mode's other bits allow), else by its
+    /// mode bits.
+    fn may_list(&self, d: &crate::meta::inode::Inode, acl: bool) -> bool {
+        use crate::fs::acl::{Acl, ACCESS};
+        if let Some(a) = acl
+            .then(|| d.xattrs.get(ACCESS))
+            .flatten()
+            .and_then(|v| Acl::parse(v).ok())
+        {
+            let in_group = |g: u32| g == self.gid || self.groups.contains(&g);
+            return a.permits(d.uid, d.gid, self.uid, in_group, 0o5);
+        }
         let bits = if self.uid == d.uid {
             d.perm >> 6
         } else if self.gid == d.gid || self.groups.contains(&d.gid) {
@@ -225,7 +237,7 @@ pub fn status_for(fs: &Fs, viewer: Option<&Viewer>) -> Status {
     inos.dedup();
     let paths = match viewer {
         None => fs.paths_seen(&inos, &|_| true),
-        Some(v) => fs.paths_seen(&inos, &|d| v.may_list(d)),
+        Some(v) => fs.paths_seen(&inos, &|d| v.may_list(d, fs.acl())),
     };
     // Whose holder is each: the viewer's own holders are shown fully.
     let own: std::collections::HashSet<u64> = snap

@@ -118,12 +118,15 @@ impl Fs {
         i.xattrs.get(name).cloned().ok_or(FsError::NoData)
     }
 
-    /// All extended attribute names, each followed by a NUL.
+    /// All extended attribute names, each followed by a NUL; on a `noacl` mount not the
+    /// stored ACLs', whose getxattr is `EOPNOTSUPP` there (as ext4 mounted `noacl` lists
+    /// them not).
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
         let c = self.table.get(ino)?;
         let i = c.read();
         let mut out = Vec::new();
-        for k in i.xattrs.keys() {
+        let acl = self.acl();
+        for k in i.xattrs.keys().filter(|k| acl || !acl::is_acl(k)) {
             out.extend_from_slice(k);
             out.push(0);
         }

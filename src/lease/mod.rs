@@ -987,6 +987,15 @@ impl Leases {
         self.lock().pins.values().any(|p| p.ino == ino && p.live())
     }
 
+    /// Does a live writable lease cover blocks of `ino`? (Its holder stores into them with no
+    /// request the filesystem sees, so the file may not become immutable or append-only.)
+    pub fn has_writable_pins(&self, ino: u64) -> bool {
+        self.lock()
+            .pins
+            .values()
+            .any(|p| p.ino == ino && p.writable && p.live())
+    }
+
     /// The state, for `status`.
     pub fn snapshot(&self) -> Snapshot {
         let st = self.lock();

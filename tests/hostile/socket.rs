@@ -893,3 +893,66 @@ fn a_mount_by_root_admits_other_users_unless_told_noallow_other() {
         "on a noallow_other mount the kernel refuses uid 65534 with EACCES"
     );
 }
+
+#[test]
+fn status_hides_a_path_an_acl_keeps_the_caller_from() {
+    // A directory whose mode lets everyone in (0755) but whose ACL names uid 65534 with no
+    // permissions: the kernel keeps 65534 out, and status must not tell it the names inside.
+    // Named groups are honoured too, and a named user entry that grants shows the path.
+    if skip_without_fuse("hostile_visibility_acl") {
+        return;
+    }
+    let m = Mount::new("16M", "");
+    for d in ["denied", "granted"] {
+        fs::create_dir(m.path(d)).unwrap();
+        fs::set_permissions(m.path(d), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // Through the kernel, as setfacl does: u::rwx,u:65534:---,g::r-x,m::r-x,o::r-x.
+    let value = |user_perm: u16, other: u16| {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (1u16, 7u16, u32::MAX),
+            (2, user_perm, 65534),
+            (4, 5, u32::MAX),
+            (0x10, 5, u32::MAX),
+            (0x20, other, u32::MAX),
+        ] {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    };
+    for (d, v) in [("denied", value(0, 5)), ("granted", value(5, 0))] {
+        let (p, n) = (
+            cstr(&m.path(d)),
+            std::ffi::CString::new("system.posix_acl_access").unwrap(),
+        );
+        // SAFETY: valid NUL-terminated strings and a buffer of the given length.
+        let rc = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+        assert_eq!(rc, 0, "setxattr: {}", errno());
+    }
+    let hidden = file(&m, "denied/secret-name", 4096);
+    let shown = file(&m, "granted/shown-name", 4096);
+    let mut root = Connection::for_file(&hidden).unwrap();
+    let _p1 = root.pin(&hidden, 0, 4096, PinOptions::default()).unwrap();
+    let _p2 = root.pin(&shown, 0, 4096, PinOptions::default()).unwrap();
+    let mnt = m.mnt.clone();
+    assert!(nobody(move || {
+        let kernel_denies =
+            fs::read_dir(mnt.join("denied")).is_err() && fs::read_dir(mnt.join("granted")).is_ok();
+        let mut c = Connection::for_path(&mnt).unwrap();
+        let s = c.status(false).unwrap();
+        let t = c.status(true).unwrap();
+        let doc = parse_status(&s);
+        let ok = kernel_denies
+            && !s.contains("secret-name")
+            && !t.contains("secret-name")
+            && path_shown(&doc, None)
+            && path_shown(&doc, Some("/granted/shown-name"));
+        if !ok {
+            eprintln!("kernel denies: {kernel_denies}\n{s}\n{t}");
+        }
+        ok
+    }));
+}

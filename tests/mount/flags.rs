@@ -481,3 +481,135 @@ fn a_noatime_file_keeps_its_access_time() {
         "without +A the read under strictatime updates it"
     );
 }
+
+#[test]
+fn the_32_bit_ioctl_numbers_do_not_bypass_the_kernels_capability_check() {
+    // A 64-bit process's ioctl with the 32-bit numbers (`FS_IOC32_SETFLAGS`,
+    // `_IOW('f', 2, int)`) is not the VFS's: FUSE forwards it to the daemon as it is, with
+    // none of the kernel's owner or `CAP_LINUX_IMMUTABLE` checks. An owner without the
+    // capability could clear root's `chattr +i` through it (and set `i` or `a` itself).
+    if skip_without_fuse("flags") {
+        return;
+    }
+    const SETFLAGS32: libc::c_ulong = 0x4004_6602;
+    const GETFLAGS32: libc::c_ulong = 0x8004_6601;
+    fn ioctl32(p: &Path, cmd: libc::c_ulong, flags: &mut i32) -> i32 {
+        let Ok(f) = fs::File::open(p) else {
+            return -1;
+        };
+        // SAFETY: the 32-bit flag ioctls read or write one int through the pointer, which
+        // is valid.
+        let rc = unsafe { libc::ioctl(f.as_raw_fd(), cmd, flags as *mut i32) };
+        if rc < 0 {
+            errno()
+        } else {
+            0
+        }
+    }
+    let m = Mount::new("32M", "");
+    fs::create_dir(m.path("tmp")).unwrap();
+    fs::set_permissions(m.path("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let theirs = m.path("tmp/theirs");
+    fs::write(&theirs, b"kept").unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    set_flags(&theirs, IMMUTABLE).unwrap();
+    let (t, tmp) = (theirs.clone(), m.path("tmp"));
+    assert!(as_nobody(move || {
+        let mine = tmp.join("mine");
+        fs::write(&mine, b"m").is_ok()
+            && ioctl32(&t, SETFLAGS32, &mut 0) == libc::ENOTTY
+            && ioctl32(&t, GETFLAGS32, &mut 0) == libc::ENOTTY
+            && ioctl32(&mine, SETFLAGS32, &mut IMMUTABLE.clone()) == libc::ENOTTY
+            && ioctl32(&mine, SETFLAGS32, &mut APPEND.clone()) == libc::ENOTTY
+            && get_flags(&mine) == Ok(0)
+            && err_of(OpenOptions::new().write(true).open(&t)) == libc::EPERM
+    }));
+    assert_eq!(get_flags(&theirs), Ok(IMMUTABLE));
+    assert_eq!(fs::read(&theirs).unwrap(), b"kept");
+    set_flags(&theirs, 0).unwrap();
+}
+
+#[test]
+fn chattr_i_or_a_waits_for_the_writable_pins_to_go() {
+    // A writable pin's holder stores into the file's blocks with no request the daemon sees:
+    // `chattr +i` while one is live left an "immutable" file its holder kept changing (on
+    // ext4 the next store through a shared mapping of it faults). It is EBUSY until the
+    // writable pins are gone, and a read-only pin does not stand in the way.
+    if skip_without_fuse("flags") {
+        return;
+    }
+    use std::io::BufRead;
+    let m = Mount::new("32M", "");
+    let path = m.path("dev");
+    fs::write(&path, vec![0u8; 8192]).unwrap();
+    let pin = |extra: &[&str]| {
+        let mut holder = std::process::Command::new(BIN)
+            .args(["pin", path.to_str().unwrap(), "--len", "4096"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("\"extents\""), "pin prints its grant: {line}");
+        holder
+    };
+    let mut writer = pin(&["--write-byte", "0x58", "--every", "10"]);
+    assert_eq!(set_flags(&path, IMMUTABLE), Err(libc::EBUSY));
+    assert_eq!(set_flags(&path, APPEND), Err(libc::EBUSY));
+    assert_eq!(get_flags(&path), Ok(0), "a refused chattr changes nothing");
+    assert_eq!(
+        set_flags(&path, NODUMP),
+        Ok(()),
+        "other flags are not in its way"
+    );
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    // The daemon hears of the holder's end when its connection closes: wait for that.
+    let mut tries = 0;
+    while set_flags(&path, NODUMP | IMMUTABLE) == Err(libc::EBUSY) && tries < 500 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        tries += 1;
+    }
+    assert_eq!(get_flags(&path), Ok(NODUMP | IMMUTABLE));
+    set_flags(&path, 0).unwrap();
+    let mut reader = pin(&["--read-only"]);
+    assert_eq!(set_flags(&path, IMMUTABLE), Ok(()));
+    set_flags(&path, 0).unwrap();
+    reader.kill().unwrap();
+    reader.wait().unwrap();
+}
+
+#[test]
+fn an_immutable_files_other_flags_stay_until_immutable_goes() {
+    // As ext4 (`ext4_ioctl_check_immutable`): while `i` stays set, no other flag changes,
+    // for root too, and the change time stays; clearing `i` may change others with it.
+    if skip_without_fuse("flags") {
+        return;
+    }
+    let m = Mount::new("32M", "");
+    let f = m.path("f");
+    fs::write(&f, b"x").unwrap();
+    set_flags(&f, IMMUTABLE).unwrap();
+    let before = fs::metadata(&f).unwrap();
+    for other in [NODUMP, SYNC, NOATIME] {
+        assert_eq!(
+            set_flags(&f, IMMUTABLE | other),
+            Err(libc::EPERM),
+            "{other:#x}"
+        );
+    }
+    assert_eq!(get_flags(&f), Ok(IMMUTABLE));
+    let after = fs::metadata(&f).unwrap();
+    assert_eq!(
+        (after.ctime(), after.ctime_nsec()),
+        (before.ctime(), before.ctime_nsec())
+    );
+    assert_eq!(set_flags(&f, NODUMP), Ok(()));
+    assert_eq!(get_flags(&f), Ok(NODUMP));
+    assert_eq!(set_flags(&f, NODUMP | IMMUTABLE), Ok(()));
+    assert_eq!(set_flags(&f, 0), Ok(()));
+}
