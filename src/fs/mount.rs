@@ -7,10 +7,13 @@ impl Fs {
     /// Formats `path` as an empty filesystem of `size` bytes.
     pub fn mkfs(path: &Path, size: u64, force: bool) -> FsResult<()> {
         Image::create(path, size, force)?;
+        // The image was just made, under its lock: a lock seen now is a copy of that
+        // descriptor in a child another thread forked meanwhile (it goes at the child's exec
+        // or exit), not a daemon. Wait for it as a mount would, briefly.
         let fs = Fs::open(
             path,
             FsOptions {
-                lock_wait: Duration::ZERO,
+                lock_wait: Duration::from_secs(5),
                 ..Default::default()
             },
         )?;
