@@ -193,6 +193,26 @@ pub fn err_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
         .expect("an OS error")
 }
 
+/// setxattr(2) of `name` on `p` with `flags`: 0, or the errno.
+pub fn setxattr(p: &Path, name: &str, value: &[u8], flags: i32) -> i32 {
+    let (c, n) = (cstr(p), CString::new(name).unwrap());
+    // SAFETY: setxattr with NUL-terminated strings and a valid buffer.
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if rc == 0 {
+        0
+    } else {
+        errno()
+    }
+}
+
 /// Runs `f` in a child process that has switched to uid/gid 65534 (nobody); returns its exit
 /// status (0: f returned true).
 pub fn as_nobody(f: impl FnOnce() -> bool) -> bool {

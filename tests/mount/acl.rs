@@ -36,25 +36,6 @@ fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
     v
 }
 
-fn set(p: &Path, name: &str, value: &[u8]) -> i32 {
-    let (p, n) = (cstr(p), std::ffi::CString::new(name).unwrap());
-    // SAFETY: NUL-terminated path and name; value pointer and length from one slice.
-    let rc = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc < 0 {
-        errno()
-    } else {
-        0
-    }
-}
-
 /// The xattr's value, or the errno.
 fn get(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
     let (p, n) = (cstr(p), std::ffi::CString::new(name).unwrap());
@@ -111,7 +92,7 @@ fn a_named_user_entry_grants_access_and_the_mask_limits_it() {
         (MASK, 6, 0),
         (OTHER, 0, 0),
     ]);
-    assert_eq!(set(&f, "system.posix_acl_access", &a), 0);
+    assert_eq!(setxattr(&f, "system.posix_acl_access", &a, 0), 0);
     assert_eq!(mode(&f), 0o660, "the mask is the group class of the mode");
     assert_eq!(get(&f, "system.posix_acl_access").unwrap(), a);
     assert!(
@@ -147,7 +128,7 @@ fn a_named_user_entry_grants_access_and_the_mask_limits_it() {
     ));
     // An ACL the mode says all of is not stored: only the mode changes.
     let minimal = acl(&[(USER_OBJ, 7, 0), (GROUP_OBJ, 5, 0), (OTHER, 1, 0)]);
-    assert_eq!(set(&f, "system.posix_acl_access", &minimal), 0);
+    assert_eq!(setxattr(&f, "system.posix_acl_access", &minimal, 0), 0);
     assert_eq!(mode(&f), 0o751);
     assert_eq!(get(&f, "system.posix_acl_access"), Err(libc::ENODATA));
     m.umount();
@@ -174,7 +155,7 @@ fn new_files_inherit_the_default_acl_and_the_umask_applies_only_without_one() {
         (MASK, 7, 0),
         (OTHER, 0, 0),
     ]);
-    assert_eq!(set(&d, "system.posix_acl_default", &default), 0);
+    assert_eq!(setxattr(&d, "system.posix_acl_default", &default, 0), 0);
     // Under umask 077 a file asked for 0666 still gets its group class from the ACL.
     create_with_umask(&d.join("f"), 0o666, 0o077);
     assert_eq!(mode(&d.join("f")), 0o660, "the default ACL, not the umask");
@@ -208,7 +189,7 @@ fn new_files_inherit_the_default_acl_and_the_umask_applies_only_without_one() {
     );
     // A default ACL belongs to directories only (the kernel's EACCES).
     assert_eq!(
-        set(&m.path("plain"), "system.posix_acl_default", &default),
+        setxattr(&m.path("plain"), "system.posix_acl_default", &default, 0),
         libc::EACCES
     );
     let f = d.join("f");
@@ -233,7 +214,10 @@ fn noacl_refuses_acl_xattrs_and_masks_with_the_umask() {
         (MASK, 6, 0),
         (OTHER, 0, 0),
     ]);
-    assert_eq!(set(&f, "system.posix_acl_access", &a), libc::EOPNOTSUPP);
+    assert_eq!(
+        setxattr(&f, "system.posix_acl_access", &a, 0),
+        libc::EOPNOTSUPP
+    );
     assert_eq!(get(&f, "system.posix_acl_access"), Err(libc::EOPNOTSUPP));
 }
 
@@ -270,8 +254,8 @@ fn a_noacl_mount_of_an_image_with_acls_neither_lists_nor_applies_them() {
         (MASK, 6, 0),
         (OTHER, 0, 0),
     ]);
-    assert_eq!(set(&f, "system.posix_acl_access", &a), 0);
-    assert_eq!(set(&f, "user.kept", b"1"), 0);
+    assert_eq!(setxattr(&f, "system.posix_acl_access", &a, 0), 0);
+    assert_eq!(setxattr(&f, "user.kept", b"1", 0), 0);
     let g = f.clone();
     assert!(as_nobody(move || fs::read(&g).is_ok()), "the ACL grants");
     m.remount("noacl");

@@ -77,25 +77,6 @@ fn set_xflags(p: &Path, xflags: u32) -> Result<(), i32> {
     Ok(())
 }
 
-fn setxattr(p: &Path, name: &str, value: &[u8]) -> i32 {
-    let (p, n) = (cstr(p), std::ffi::CString::new(name).unwrap());
-    // SAFETY: NUL-terminated path and name, value pointer and length from one slice.
-    let rc = unsafe {
-        libc::setxattr(
-            p.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc < 0 {
-        errno()
-    } else {
-        0
-    }
-}
-
 fn removexattr(p: &Path, name: &str) -> i32 {
     let (p, n) = (cstr(p), std::ffi::CString::new(name).unwrap());
     // SAFETY: NUL-terminated path and name.
@@ -184,7 +165,7 @@ fn assert_immutable(m: &Mount, before: &fs::File) {
     );
     assert_eq!(touch(&f), perm, "touch");
     assert_eq!(set_times(&f), perm, "utimes");
-    assert_eq!(setxattr(&f, "user.b", b"2"), perm, "setxattr");
+    assert_eq!(setxattr(&f, "user.b", b"2", 0), perm, "setxattr");
     assert_eq!(removexattr(&f, "user.a"), perm, "removexattr");
     assert_eq!(err_of(fs::remove_file(&f)), perm, "unlink");
     assert_eq!(err_of(fs::rename(&f, m.path("g"))), perm, "rename");
@@ -238,7 +219,7 @@ fn nix_truncate(p: &Path, len: i64) -> std::io::Result<()> {
 fn immutable_setup(m: &Mount) -> fs::File {
     fs::write(m.path("f"), b"abc").unwrap();
     fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o644)).unwrap();
-    assert_eq!(setxattr(&m.path("f"), "user.a", b"1"), 0);
+    assert_eq!(setxattr(&m.path("f"), "user.a", b"1", 0), 0);
     fs::create_dir(m.path("d")).unwrap();
     fs::write(m.path("d/x"), b"x").unwrap();
     let before = OpenOptions::new()
@@ -355,7 +336,7 @@ fn an_append_only_file_takes_appends_and_nothing_else() {
     );
     assert_eq!(set_times(&f), perm, "utimes to a given time");
     assert_eq!(touch(&f), 0, "a touch is allowed");
-    assert_eq!(setxattr(&f, "user.x", b"1"), perm);
+    assert_eq!(setxattr(&f, "user.x", b"1", 0), perm);
     assert_eq!(err_of(fs::remove_file(&f)), perm, "unlink");
     assert_eq!(err_of(fs::rename(&f, m.path("moved"))), perm, "rename");
     assert_eq!(err_of(fs::hard_link(&f, m.path("l"))), perm, "link");

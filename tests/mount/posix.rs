@@ -362,25 +362,6 @@ fn permissions_for_other_users() {
     );
 }
 
-fn setxattr(p: &std::path::Path, name: &str, value: &[u8], flags: i32) -> i32 {
-    let (c, n) = (cstr(p), CString::new(name).unwrap());
-    // SAFETY: setxattr with NUL-terminated strings and a valid buffer.
-    let rc = unsafe {
-        libc::setxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    };
-    if rc == 0 {
-        0
-    } else {
-        errno()
-    }
-}
-
 fn getxattr(p: &std::path::Path, name: &str, size: usize) -> Result<Vec<u8>, i32> {
     let (c, n) = (cstr(p), CString::new(name).unwrap());
     let mut buf = vec![0u8; size];
