@@ -82,6 +82,17 @@ impl Acl {
         Ok(Acl { entries })
     }
 
+    /// An ACL of `(tag, permissions, id)` entries, unchecked (for building images and
+    /// tests; [`Acl::parse`] is what checks).
+    pub(crate) fn from_entries(entries: &[(u16, u16, u32)]) -> Acl {
+        Acl {
+            entries: entries
+                .iter()
+                .map(|&(tag, perm, id)| Entry { tag, perm, id })
+                .collect(),
+        }
+    }
+
     /// The xattr form.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = VERSION.to_le_bytes().to_vec();
@@ -218,12 +229,7 @@ mod tests {
     use super::*;
 
     fn acl(entries: &[(u16, u16, u32)]) -> Acl {
-        Acl {
-            entries: entries
-                .iter()
-                .map(|&(tag, perm, id)| Entry { tag, perm, id })
-                .collect(),
-        }
+        Acl::from_entries(entries)
     }
 
     #[test]

@@ -768,15 +768,7 @@ pub fn base_images() -> &'static [Vec<u8>; 2] {
         fs.setxattr(d.ino, b"user.dir", &[7u8; 300], 0)
             .expect("setxattr");
         // POSIX ACLs: an access ACL with a named user and a directory's default ACL.
-        let acl = |entries: &[(u16, u16, u32)]| {
-            let mut v = 2u32.to_le_bytes().to_vec();
-            for &(tag, perm, id) in entries {
-                v.extend_from_slice(&tag.to_le_bytes());
-                v.extend_from_slice(&perm.to_le_bytes());
-                v.extend_from_slice(&id.to_le_bytes());
-            }
-            v
-        };
+        let acl = |entries: &[(u16, u16, u32)]| crate::fs::acl::Acl::from_entries(entries).encode();
         let none = u32::MAX;
         let named = acl(&[
             (1, 6, none),
