@@ -967,6 +967,11 @@ fn respond(
             crate::daemon::remount::apply(fs, &fs.mount_options(), options)?;
             done(Reply::Done)
         }
+        Request::Share { .. } if !root => only_root("share the mount"),
+        Request::Share { options } => {
+            crate::daemon::remount::check_share(fs, &fs.mount_options(), options)?;
+            done(Reply::Done)
+        }
         Request::Check if !root => only_root("check the mount"),
         Request::Check => match fs.check_space() {
             Ok(mapped_blocks) => done(Reply::Checked { mapped_blocks }),

@@ -7,6 +7,7 @@ pub mod holders;
 pub(crate) mod ioctl;
 pub mod kmsg;
 pub mod remount;
+pub mod share;
 pub mod signals;
 
 use std::fs::File;
@@ -61,7 +62,13 @@ pub fn mount(req: &MountRequest) -> Result<(), String> {
             req.image.display()
         ));
     }
-    if req.foreground || std::env::var_os(READY_FD_ENV).is_some() {
+    if std::env::var_os(READY_FD_ENV).is_some() {
+        return serve(req, &opts);
+    }
+    if let Some(serving) = share::serving_mount(&req.image) {
+        return share::share(serving, &req.image, &req.mountpoint, &req.options);
+    }
+    if req.foreground {
         return serve(req, &opts);
     }
     spawn_background(req)
@@ -376,16 +383,14 @@ fn spawn_signal_thread(life: Arc<Life>) {
 /// answering, their processes leaving it) before its connection is aborted.
 const END_GRACE: Duration = Duration::from_millis(200);
 
-/// Ends the mount of `fs` at `mnt` whatever uses it, the way `umount -f` does: files
-/// still open on it fail with `ENOTCONN` from then on, as on a FUSE mount whose daemon died,
-/// and the kernel ends the session, so the daemon finishes. Data the kernel holds for open
-/// files is written back first (`syncfs`), while the daemon still serves it. A mount nobody
-/// uses is unmounted normally. A mount detached earlier (`umount -l`) that open files keep
-/// alive is reached through its connection in fusectl.
+/// Ends the mounts of `fs` whatever uses them, the way `umount -f` does: files still open on
+/// them fail with `ENOTCONN` from then on, as on a FUSE mount whose daemon died, and the
+/// kernel ends the session, so the daemon finishes. Every mount of the connection goes: the
+/// one at `mnt` and any second mount of the image ([`share`]), wherever they are now. Data the
+/// kernel holds for open files is written back first (`syncfs`), while the daemon still
+/// serves it. Mounts nobody uses are unmounted normally. A mount detached earlier (`umount
+/// -l`) that open files keep alive is reached through its connection in fusectl.
 fn end_mount(mnt: &Path, fs: &Fs) {
-    let Ok(c) = std::ffi::CString::new(mnt.as_os_str().as_encoded_bytes()) else {
-        return;
-    };
     let until = std::time::Instant::now() + END_GRACE;
     // The breakers whose waits just ended answer `EIO` first: an aborted connection would
     // fail their requests with `ECONNABORTED` instead.
@@ -394,46 +399,50 @@ fn end_mount(mnt: &Path, fs: &Fs) {
     }
     let Some(dev) = fs.mount_dev() else {
         // No device number: nothing can tell which mount is ours but the path.
-        let _ = unmount(c.as_c_str(), UnmountFlags::DETACH);
+        let _ = unmount(mnt, UnmountFlags::DETACH);
         return;
     };
-    if mount_dev(mnt) != Some(dev) {
-        // Not at `mnt` any more (whatever is there now is someone else's).
-        if !mounted(dev) {
-            if let Err(e) = abort_connection(dev) {
-                tracing::error!(
-                    "cannot end the detached mount: {e}; the daemon ends when its last open file closes"
-                );
-            }
-        } else {
+    let points = mount_points(dev).unwrap_or_default();
+    if points.is_empty() {
+        if let Err(e) = abort_connection(dev) {
             tracing::error!(
-                "the mount was moved away from {}; unmount it where it is now",
-                mnt.display()
+                "cannot end the detached mount: {e}; the daemon ends when its last open file closes"
             );
         }
         return;
     }
     let root = rustix::fs::open(
-        c.as_c_str(),
+        &points[0],
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     );
     if let Ok(root) = root {
         let _ = rustix::fs::syncfs(&root);
     }
-    loop {
-        match unmount(c.as_c_str(), UnmountFlags::empty()) {
-            Ok(()) => return,
-            Err(e) if e == Errno::BUSY && std::time::Instant::now() < until => {}
-            Err(_) => break,
+    let mut busy = Vec::new();
+    for p in points {
+        loop {
+            match unmount(&p, UnmountFlags::empty()) {
+                Ok(()) => break,
+                Err(e) if e == Errno::BUSY && std::time::Instant::now() < until => {}
+                Err(_) => {
+                    busy.push(p);
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
+    }
+    if busy.is_empty() {
+        return;
     }
     tracing::info!("the mount is in use: aborting its connection");
     // MNT_FORCE aborts the FUSE connection (and fails with EBUSY while files stay open); the
     // detach takes the mount out of the table.
-    let _ = unmount(c.as_c_str(), UnmountFlags::FORCE);
-    let _ = unmount(c.as_c_str(), UnmountFlags::DETACH);
+    for p in &busy {
+        let _ = unmount(p, UnmountFlags::FORCE);
+        let _ = unmount(p, UnmountFlags::DETACH);
+    }
 }
 
 /// Aborts the FUSE connection of the detached mount with device number `dev`, through
@@ -513,32 +522,32 @@ fn spawn_detach_watch(dev: u64, fs: Arc<Fs>, note: Option<String>) {
         });
 }
 
-/// Is a mount with device number `dev` in this namespace's mount table?
-fn mounted(dev: u64) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return true;
-    };
-    info.lines()
-        .any(|l| l.split(' ').nth(2).and_then(parse_dev) == Some(dev))
+/// The mount points of the mounts with device number `dev` in this namespace's mount table,
+/// oldest first (a second mount of the image is a bind of the first: same device number).
+fn mount_points(dev: u64) -> Option<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    Some(
+        info.lines()
+            .filter_map(share::MountEntry::parse)
+            .filter(|e| e.dev == dev)
+            .map(|e| e.mountpoint)
+            .collect(),
+    )
 }
 
-/// A mountinfo device field, `MAJOR:MINOR`, as a device number.
-fn parse_dev(mm: &str) -> Option<u64> {
-    let (ma, mi) = mm.split_once(':')?;
-    Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?))
+/// Is a mount with device number `dev` in this namespace's mount table? (Yes when the table
+/// cannot be read: nothing is ended on a guess.)
+fn mounted(dev: u64) -> bool {
+    mount_points(dev).is_none_or(|p| !p.is_empty())
 }
 
 /// The device number of the mount at `mnt`, from /proc/self/mountinfo (a `stat` of the mount
 /// point would ask this very daemon, which does not serve requests yet).
 fn mount_dev(mnt: &Path) -> Option<u64> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mnt.to_str()?;
     info.lines()
         .rev()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let point = f.get(4)?.replace("\\040", " ");
-            (point == want).then_some(*f.get(2)?)
-        })
-        .and_then(parse_dev)
+        .filter_map(share::MountEntry::parse)
+        .find(|e| e.mountpoint == mnt)
+        .map(|e| e.dev)
 }

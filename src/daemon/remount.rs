@@ -77,23 +77,7 @@ pub fn apply(fs: &Fs, mounted: &MountOptions, list: &str) -> Result<(), (i32, St
         if LIVE.contains(&k) || KERNEL.contains(&k) {
             continue;
         }
-        let same = match k {
-            "threads" => want.threads == mounted.threads,
-            "lock_wait" => want.lock_wait == mounted.lock_wait,
-            "allow_other" | "noallow_other" => {
-                let euid = rustix::process::geteuid().as_raw();
-                want.others_allowed(euid) == mounted.others_allowed(euid)
-            }
-            "atime" | "strictatime" | "relatime" | "noatime" => want.atime == mounted.atime,
-            "acl" | "noacl" => want.acl == mounted.acl,
-            "busy_blocks" => want.leases.busy_blocks == mounted.leases.busy_blocks,
-            "detach_windows" => want.leases.detach_windows == mounted.leases.detach_windows,
-            "max_pinned" => want.leases.max_pinned == mounted.leases.max_pinned,
-            "allow_unbreakable" => mounted.leases.allow_unbreakable,
-            // What MountOptions::parse accepted and names nothing (defaults, x-*, ...).
-            _ => true,
-        };
-        if !same {
+        if !same_fixed(k, &want, mounted) {
             return Err((
                 libc::EINVAL,
                 format!("mount option '{k}' cannot change on a remount; unmount and mount again"),
@@ -127,6 +111,65 @@ pub fn apply(fs: &Fs, mounted: &MountOptions, list: &str) -> Result<(), (i32, St
             now.guest_break_time
         },
     );
+    Ok(())
+}
+
+/// Whether option `k` (one fixed for the mount's life) has the same value in `want` as in
+/// `mounted`. Keys that name no setting (defaults, `x-*`, ...) are the same by definition.
+fn same_fixed(k: &str, want: &MountOptions, mounted: &MountOptions) -> bool {
+    match k {
+        "threads" => want.threads == mounted.threads,
+        "lock_wait" => want.lock_wait == mounted.lock_wait,
+        "allow_other" | "noallow_other" => {
+            let euid = rustix::process::geteuid().as_raw();
+            want.others_allowed(euid) == mounted.others_allowed(euid)
+        }
+        "atime" | "strictatime" | "relatime" | "noatime" => want.atime == mounted.atime,
+        "acl" | "noacl" => want.acl == mounted.acl,
+        "busy_blocks" => want.leases.busy_blocks == mounted.leases.busy_blocks,
+        "detach_windows" => want.leases.detach_windows == mounted.leases.detach_windows,
+        "max_pinned" => want.leases.max_pinned == mounted.leases.max_pinned,
+        "allow_unbreakable" => mounted.leases.allow_unbreakable,
+        _ => true,
+    }
+}
+
+/// The daemon's side of a second mount of its image ([`crate::daemon::share`]): the new
+/// mount shares this filesystem, so every pinfs option its list names must equal the
+/// filesystem's current setting, the live ones included, and `ro`/`rw` must match its
+/// state (a kernel filesystem refuses a second mount that would change it, with `EBUSY`).
+/// The kernel's per-mount flags (`nosuid`, `nodev`, `noexec`) may differ: they belong to
+/// the new mount alone. Changes nothing.
+pub fn check_share(fs: &Fs, mounted: &MountOptions, list: &str) -> Result<(), (i32, String)> {
+    let list = without_remount(list);
+    let want = MountOptions::parse(&list).map_err(|e| (libc::EINVAL, e))?;
+    if want.read_only != fs.ro() {
+        let (is, asked) = if fs.ro() {
+            ("read-only", "read-write")
+        } else {
+            ("read-write", "read-only")
+        };
+        return Err((
+            libc::EBUSY,
+            format!("the filesystem is {is}, so a second mount of it cannot be {asked}: ask for the same, or remount the first mount"),
+        ));
+    }
+    let now = fs.leases().config();
+    for k in keys(&list) {
+        let same = match k {
+            "lease_break_time" => want.leases.break_time == now.break_time,
+            "break_policy" => want.leases.policy == now.policy,
+            "guest_break_time" => want.leases.guest_break_time == now.guest_break_time,
+            k if KERNEL.contains(&k) => true,
+            k => same_fixed(k, &want, mounted),
+        };
+        if !same {
+            return Err((
+                libc::EINVAL,
+                format!("mount option '{k}' differs from the filesystem's current setting: ask for the same value, or remount the first mount to change it"),
+            ));
+        }
+    }
     Ok(())
 }
 

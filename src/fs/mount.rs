@@ -202,7 +202,6 @@ impl Fs {
         lock(&self.mounted_with).clone().unwrap_or_default()
     }
 
-    /// Read-only now?
     /// Whether POSIX ACLs are served (see `acl.rs`).
     pub fn acl(&self) -> bool {
         self.acl.load(Ordering::SeqCst)
@@ -214,7 +213,8 @@ impl Fs {
         self.acl.store(false, Ordering::SeqCst);
     }
 
-    pub(super) fn ro(&self) -> bool {
+    /// Read-only now (a remount may have changed what the mount was made with)?
+    pub fn ro(&self) -> bool {
         self.read_only.load(Ordering::SeqCst)
     }
 

@@ -133,7 +133,8 @@ impl Connection {
         Self::for_dev(dev_of(&file.metadata()?))
     }
 
-    fn for_dev(dev: u64) -> Result<Connection, ClientError> {
+    /// Connects to the daemon of the mount whose device number is `dev`.
+    pub(crate) fn for_dev(dev: u64) -> Result<Connection, ClientError> {
         let sock = Packet::connect(&socket_path(dev))?;
         Ok(Connection {
             sock,
@@ -379,6 +380,14 @@ impl Connection {
     /// side only, the kernel's flags are the caller's.
     pub fn remount(&mut self, options: &str) -> Result<(), ClientError> {
         self.done(&Request::Remount {
+            options: options.to_string(),
+        })
+    }
+
+    /// Asks whether a second mount of the image with this option list may share the
+    /// mounted filesystem (root only; see [`crate::daemon::share`]). Changes nothing.
+    pub fn share(&mut self, options: &str) -> Result<(), ClientError> {
+        self.done(&Request::Share {
             options: options.to_string(),
         })
     }

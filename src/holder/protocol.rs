@@ -17,6 +17,7 @@
 //! | `ID fence holder=H` (root only) | | `ID ok revoked=N` |
 //! | `ID watch` | | `ID ok`; from then on every lease event of the mount, as notifications (and `event lost count=N` after a watcher fell behind) |
 //! | `ID remount`, a newline, then a mount option list (root only) | | `ID ok`, or an error with nothing changed (see [`crate::daemon::remount`]) |
+//! | `ID share`, a newline, then a mount option list (root only) | | `ID ok` when a second mount of the image with these options may share this filesystem, or an error saying which option differs (see [`crate::daemon::share`]); changes nothing |
 //! | `ID check` (root only) | | `ID ok mapped_blocks=N`, or `ID err errno=EUCLEAN <what is inconsistent>` |
 //! | `ID hello` | | `ID ok holder=H` (the connection becomes a holder, as with its first pin) |
 //! | (any reply over [`PACKET_PAYLOAD`] bytes) | | `ID more` packets, then `ID end` (see below) |
@@ -237,6 +238,12 @@ pub enum Request {
         /// The option list.
         options: String,
     },
+    /// `share` and, after a newline, the option list of a second mount of the image
+    /// (root only): may that mount share this filesystem?
+    Share {
+        /// The option list.
+        options: String,
+    },
     /// `check`: the daemon's check of its block accounting (root only).
     Check,
     /// `hello`: makes the connection a holder and says its id.
@@ -255,6 +262,7 @@ impl Request {
             Request::Fence { .. } => "fence",
             Request::Watch => "watch",
             Request::Remount { .. } => "remount",
+            Request::Share { .. } => "share",
             Request::Check => "check",
             Request::Hello => "hello",
         }
@@ -277,7 +285,9 @@ impl Request {
             Request::Unpin { pin } => format!("{id} {verb} pin={pin}"),
             Request::Status { table: true } => format!("{id} {verb} table"),
             Request::Fence { holder } => format!("{id} {verb} holder={holder}"),
-            Request::Remount { options } => format!("{id} {verb}\n{options}"),
+            Request::Remount { options } | Request::Share { options } => {
+                format!("{id} {verb}\n{options}")
+            }
             Request::Raw
             | Request::Status { table: false }
             | Request::Events
@@ -288,7 +298,8 @@ impl Request {
     }
 
     /// Parses a request: its id and what it asks. Arguments and words a request does not
-    /// use are ignored, and so is text after the first line except for `remount`'s; a key
+    /// use are ignored, and so is text after the first line except for `remount`'s and
+    /// `share`'s; a key
     /// given twice is an error.
     pub fn parse(bytes: &[u8]) -> Result<(String, Request), ParseError> {
         let (id, verb, rest) = head(bytes)?;
@@ -314,6 +325,9 @@ impl Request {
             },
             "watch" => Request::Watch,
             "remount" => Request::Remount {
+                options: w.body.to_string(),
+            },
+            "share" => Request::Share {
                 options: w.body.to_string(),
             },
             "check" => Request::Check,
@@ -364,7 +378,7 @@ pub struct Grant {
 /// [`Reassembly`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// `ID ok`: done (`unpin`, `raw` with its descriptor, `watch`, `remount`).
+    /// `ID ok`: done (`unpin`, `raw` with its descriptor, `watch`, `remount`, `share`).
     Done,
     /// `ID ok pin=P holder=H extents=FO:IO:LEN,... windows=IO:LEN:FDOFF,...`.
     Pinned(Grant),
@@ -1323,6 +1337,7 @@ mod tests {
             any::<u64>().prop_map(|holder| Request::Fence { holder }),
             Just(Request::Watch),
             any::<String>().prop_map(|options| Request::Remount { options }),
+            any::<String>().prop_map(|options| Request::Share { options }),
             Just(Request::Check),
             Just(Request::Hello),
         ]

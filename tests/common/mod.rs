@@ -132,6 +132,26 @@ impl Mount {
         }
     }
 
+    /// Unmounts this mount point only: a second mount of the image keeps the daemon.
+    pub fn umount_keeping_daemon(&mut self) {
+        let c = CString::new(self.mnt.as_os_str().as_bytes()).unwrap();
+        // SAFETY: umount2 with a NUL-terminated path.
+        let rc = unsafe { libc::umount2(c.as_ptr(), 0) };
+        assert_eq!(
+            rc,
+            0,
+            "umount {}: {}",
+            self.mnt.display(),
+            std::io::Error::last_os_error()
+        );
+        self.mounted = false;
+    }
+
+    /// Forgets that this mount point is mounted (something else ended it).
+    pub fn forget_mount(&mut self) {
+        self.mounted = false;
+    }
+
     pub fn remount(&mut self, options: &str) {
         self.umount();
         self.mount(options);
@@ -144,6 +164,23 @@ impl Mount {
     pub fn fsck(&self) -> Output {
         pinfs(&["fsck", self.image.to_str().unwrap()])
     }
+
+    /// The pid of the daemon serving this mount.
+    pub fn daemon_pid(&self) -> u32 {
+        daemon_pid(&self.mnt)
+    }
+}
+
+/// The pid of the daemon serving the mount at `mnt`: the credentials of its holder socket's
+/// listening side.
+pub fn daemon_pid(mnt: &Path) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(mnt).expect("stat the mount point").dev();
+    let sock = pinfs::holder::protocol::socket_path(dev);
+    pinfs::holder::protocol::Packet::connect(&sock)
+        .and_then(|p| p.peer())
+        .unwrap_or_else(|e| panic!("{}: the daemon's socket: {e}", mnt.display()))
+        .pid
 }
 
 impl Drop for Mount {

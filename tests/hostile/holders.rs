@@ -125,22 +125,6 @@ fn write_file(p: &Path, byte: u8, len: usize, mode: u32) -> File {
     f
 }
 
-/// The pid of the daemon serving `image` (from /proc).
-fn daemon_pid(image: &Path) -> u32 {
-    let needle = image.to_str().unwrap();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(needle) && cmd.contains("pinfs") && !cmd.contains("fsck") {
-            return pid;
-        }
-    }
-    panic!("no daemon for {needle}");
-}
-
 fn fd_count(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
 }
@@ -348,7 +332,7 @@ fn a_reader_cannot_make_a_pin_allocate_and_memory_comes_back() {
     );
     // The owner may: its pin fills the holes. Once unpinned, the daemon keeps no window
     // memory and no window descriptor.
-    let pid = daemon_pid(&m.image);
+    let pid = m.daemon_pid();
     // The memory a window holds: the bytes its memfd has allocated (the holder's descriptor
     // says so, whatever else the machine does meanwhile).
     let held = |fds: &[OwnedFd]| -> u64 {
@@ -679,7 +663,7 @@ fn descriptors_of_gone_pins_are_closed() {
     let _serial = one_at_a_time();
     let m = Mount::new("64M", "");
     drop(write_file(&m.path("many"), b'd', 8 << 20, 0o644));
-    let pid = daemon_pid(&m.image);
+    let pid = m.daemon_pid();
     let f = OpenOptions::new()
         .read(true)
         .write(true)

@@ -21,11 +21,6 @@ fn sock_of(m: &Mount) -> PathBuf {
     socket_path(fs::metadata(&m.mnt).unwrap().dev())
 }
 
-/// The daemon's pid: the credentials of the socket's listening side.
-fn daemon_pid(m: &Mount) -> u32 {
-    Packet::connect(&sock_of(m)).unwrap().peer().unwrap().pid
-}
-
 fn threads_of(pid: u32) -> usize {
     fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
 }
@@ -256,7 +251,7 @@ fn idle_connections_cost_no_thread() {
     }
     raise_fd_limit();
     let m = Mount::new("16M", "");
-    let pid = daemon_pid(&m);
+    let pid = m.daemon_pid();
     let sock = sock_of(&m);
     let before = threads_of(pid);
     let conns: Vec<Packet> = (0..1000).map(|_| Packet::connect(&sock).unwrap()).collect();
@@ -434,7 +429,7 @@ fn a_holder_that_never_reads_is_dropped_and_its_pins_released() {
         return;
     }
     let m = Mount::new("64M", "");
-    let pid = daemon_pid(&m);
+    let pid = m.daemon_pid();
     let f = file(&m, "buf", 64 * 4096);
     // A few dozen pins make each status reply a few kilobytes.
     let mut other = Connection::for_file(&f).unwrap();

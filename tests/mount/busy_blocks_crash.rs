@@ -50,22 +50,6 @@ fn generation(image: &Path) -> u64 {
         .unwrap()
 }
 
-/// The pid of the daemon serving `image` (from /proc).
-fn daemon_pid(image: &Path) -> i32 {
-    let needle = image.to_str().unwrap();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(needle) && cmd.contains("pinfs") && !cmd.contains("fsck") {
-            return pid;
-        }
-    }
-    panic!("no daemon for {needle}");
-}
-
 #[test]
 fn busy_blocks_at_a_checkpoint_are_free_after_kill_9() {
     if skip_without_fuse("busy_blocks_at_a_checkpoint_are_free_after_kill_9") {
@@ -150,7 +134,7 @@ fn busy_blocks_at_a_checkpoint_are_free_after_kill_9() {
 
     // SAFETY: kill(2) of the daemon this test mounted.
     assert_eq!(
-        unsafe { libc::kill(daemon_pid(&m.image), libc::SIGKILL) },
+        unsafe { libc::kill(m.daemon_pid() as i32, libc::SIGKILL) },
         0
     );
     drop(sock);

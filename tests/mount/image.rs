@@ -199,20 +199,29 @@ fn one_superblock_copy_torn_still_mounts() {
 }
 
 #[test]
-fn second_mount_is_refused_naming_the_holder() {
-    if skip_without_fuse("second_mount_is_refused_naming_the_holder") {
+fn a_mount_of_an_image_served_in_another_mount_namespace_is_refused_naming_the_holder() {
+    if skip_without_fuse(
+        "a_mount_of_an_image_served_in_another_mount_namespace_is_refused_naming_the_holder",
+    ) {
         return;
     }
+    // Where its daemon's mount is in sight, a second mount shares it (tests/mount/share.rs).
+    // In a mount namespace where it is not, nothing can be shared: the image's lock refuses
+    // the mount and says who holds it.
     let m = Mount::new("32M", "");
     let other = m.dir.path().join("other");
     fs::create_dir(&other).unwrap();
-    let out = pinfs(&[
-        "mount",
-        m.image.to_str().unwrap(),
-        other.to_str().unwrap(),
-        "-o",
-        "lock_wait=0.5",
-    ]);
+    let script = format!(
+        "umount -l '{}' && exec '{}' mount '{}' '{}' -o lock_wait=0.5",
+        m.mnt.display(),
+        BIN,
+        m.image.display(),
+        other.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("run unshare");
     let e = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{e}");
     assert!(e.contains("in use by process"), "{e}");
@@ -220,6 +229,8 @@ fn second_mount_is_refused_naming_the_holder() {
         e.contains(m.mnt.to_str().unwrap()),
         "names the mount point: {e}"
     );
+    // The first mount, in this namespace, is untouched.
+    fs::write(m.path("f"), b"still mounted").unwrap();
     let fsck = m.fsck();
     assert_eq!(fsck.status.code(), Some(8), "fsck refuses a mounted image");
 }

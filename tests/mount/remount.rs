@@ -30,26 +30,6 @@ fn erofs(m: &Mount, name: &str) -> i32 {
     err_of(fs::write(m.path(name), b"x"))
 }
 
-/// The pid of the daemon serving `m`, from the refusal of a second mount.
-fn daemon_pid(m: &Mount) -> u32 {
-    let other = m.dir.path().join("other");
-    let _ = fs::create_dir(&other);
-    let out = pinfs(&[
-        "mount",
-        m.image.to_str().unwrap(),
-        other.to_str().unwrap(),
-        "-o",
-        "lock_wait=0",
-    ]);
-    let err = stderr(&out);
-    let pid = err
-        .split("process ")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok());
-    pid.unwrap_or_else(|| panic!("no daemon pid in: {err}"))
-}
-
 #[test]
 fn remount_read_only_leaves_a_clean_image_and_refuses_writes() {
     if skip_without_fuse("remount_read_only_leaves_a_clean_image_and_refuses_writes") {
@@ -70,7 +50,7 @@ fn remount_read_only_leaves_a_clean_image_and_refuses_writes() {
         b"kept across the remount"
     );
     // The image is what an unmount would leave: kill the daemon and nothing is replayed.
-    let pid = daemon_pid(&m);
+    let pid = m.daemon_pid();
     // SAFETY: kill(2) of the daemon this test started.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
     let c = cstr(&m.mnt);

@@ -1,0 +1,208 @@
+//! A second mount of an image that a daemon already serves: the new mount point shows the
+//! same filesystem, as a kernel filesystem gives a second mount of its block device the same
+//! superblock (xfstests generic/732).
+//!
+//! A daemon holds its image's lock for its life, so a second daemon could never open the
+//! image; and two daemons would be two filesystems with two caches. Instead, the mount
+//! command finds the daemon that serves the image and binds that mount's root at the new
+//! mount point: one FUSE connection, one superblock, one dentry and page cache, seen at two
+//! places, which is exactly what the kernel makes of a second mount of a device. A change
+//! through either mount point is seen at once through the other; the filesystem lives until
+//! its last mount goes (the FUSE connection ends when the superblock does).
+//!
+//! What a second mount may ask for, as for a kernel filesystem: the kernel's per-mount flags
+//! (`nosuid`, `nodev`, `noexec`) are its own; `ro`/`rw` must match the filesystem's state
+//! (the kernel refuses a second mount that would change it, with `EBUSY`); every pinfs option
+//! named must equal the filesystem's current setting. The daemon checks the list
+//! ([`crate::daemon::remount::check_share`]) before anything is mounted, and a refused
+//! second mount leaves nothing behind.
+//!
+//! Who may: root only. A bind mount needs `CAP_SYS_ADMIN`, and asking the daemon which image
+//! it serves needs its raw image (root only). Anyone else gets the image's lock error, which
+//! names the mount that holds it.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use rustix::mount::{MountFlags, UnmountFlags};
+
+use crate::fs::options::MountOptions;
+use crate::holder::client::Connection;
+
+/// The mount serving an image, found by [`serving_mount`].
+pub struct Serving {
+    /// A mount point of it in this mount namespace.
+    pub mountpoint: PathBuf,
+    conn: Connection,
+}
+
+/// When the image at `image` is locked by a live daemon that serves it at a mount point in
+/// this mount namespace, and the caller is root: that mount. `None` otherwise (the mount
+/// then goes on as a first mount, and a held lock is reported as it always is).
+pub fn serving_mount(image: &Path) -> Option<Serving> {
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let file = std::fs::File::open(image).ok()?;
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+        // Nobody holds it: a first mount (the lock goes with `file`).
+        return None;
+    }
+    let md = file.metadata().ok()?;
+    let want = (md.dev(), md.ino());
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mut seen = Vec::new();
+    for entry in table.lines().filter_map(MountEntry::parse) {
+        if !entry.fstype.starts_with("fuse") || seen.contains(&entry.dev) {
+            continue;
+        }
+        seen.push(entry.dev);
+        // By device number, not by path: a `stat` of the mount point would ask that mount's
+        // daemon, which may be anyone's and may not answer.
+        let Ok(mut conn) = Connection::for_dev(entry.dev) else {
+            continue;
+        };
+        let Ok(raw) = conn.raw_image() else {
+            continue;
+        };
+        let Ok(st) = rustix::fs::fstat(&raw) else {
+            continue;
+        };
+        if (st.st_dev, st.st_ino) == want {
+            return Some(Serving {
+                mountpoint: entry.mountpoint,
+                conn,
+            });
+        }
+    }
+    None
+}
+
+/// Mounts the filesystem that `serving` shows at `mountpoint` too, with the per-mount flags
+/// of the option list `list`. On an error nothing is mounted.
+pub fn share(
+    mut serving: Serving,
+    image: &Path,
+    mountpoint: &Path,
+    list: &str,
+) -> Result<(), String> {
+    let opts = MountOptions::parse(list)?;
+    let first = serving.mountpoint.display().to_string();
+    serving.conn.share(list).map_err(|e| {
+        format!(
+            "{}: already mounted at {first}, and a second mount shares that filesystem: {e}",
+            image.display()
+        )
+    })?;
+    rustix::mount::mount_bind(&serving.mountpoint, mountpoint).map_err(|e| {
+        format!(
+            "{}: cannot mount the filesystem mounted at {first} on {} too: {}",
+            image.display(),
+            mountpoint.display(),
+            std::io::Error::from(e)
+        )
+    })?;
+    let mut flags = MountFlags::BIND;
+    for (on, flag) in [
+        (opts.read_only, MountFlags::RDONLY),
+        (!opts.suid, MountFlags::NOSUID),
+        (!opts.dev, MountFlags::NODEV),
+        (!opts.exec, MountFlags::NOEXEC),
+        (
+            opts.atime == crate::fs::AtimeMode::Never,
+            MountFlags::NOATIME,
+        ),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    if let Err(e) = rustix::mount::mount_remount(mountpoint, flags, c"") {
+        // Nothing stays mounted when the flags cannot be had.
+        let _ = rustix::mount::unmount(mountpoint, UnmountFlags::DETACH);
+        return Err(format!(
+            "{}: cannot set the flags of the second mount: {}",
+            mountpoint.display(),
+            std::io::Error::from(e)
+        ));
+    }
+    Ok(())
+}
+
+/// One line of `/proc/self/mountinfo`: what this module and the daemon read of it.
+pub(crate) struct MountEntry {
+    /// The mount's device number (`st_dev` of every file on it).
+    pub dev: u64,
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// Its filesystem type (`fuse` for pinfs: the kernel shows no subtype).
+    pub fstype: String,
+}
+
+impl MountEntry {
+    /// Parses a line: `ID PARENT MAJOR:MINOR ROOT MOUNTPOINT OPTIONS [TAGS...] - TYPE SOURCE
+    /// SUPER-OPTIONS`, with spaces, tabs, newlines and backslashes in paths as octal escapes.
+    pub(crate) fn parse(line: &str) -> Option<MountEntry> {
+        let f: Vec<&str> = line.split(' ').collect();
+        let (ma, mi) = f.get(2)?.split_once(':')?;
+        let dev = libc::makedev(ma.parse().ok()?, mi.parse().ok()?);
+        let mountpoint = PathBuf::from(unescape(f.get(4)?));
+        let dash = f.iter().position(|w| *w == "-")?;
+        let fstype = f.get(dash + 1)?.to_string();
+        Some(MountEntry {
+            dev,
+            mountpoint,
+            fstype,
+        })
+    }
+}
+
+/// A mountinfo path with its `\NNN` octal escapes undone.
+fn unescape(s: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let code = (b[i] == b'\\')
+            .then(|| b.get(i + 1..i + 4))
+            .flatten()
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(c);
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_lines_give_device_mount_point_and_type() {
+        let e = MountEntry::parse(
+            "36 35 0:52 / /tmp/a\\040b\\134c rw,nosuid shared:1 - fuse /img rw,user_id=0",
+        )
+        .unwrap();
+        assert_eq!(e.dev, libc::makedev(0, 52));
+        assert_eq!(e.mountpoint, Path::new("/tmp/a b\\c"));
+        assert_eq!(e.fstype, "fuse");
+        // No optional tags.
+        let e = MountEntry::parse("1 0 8:1 / / rw - ext4 /dev/sda1 rw").unwrap();
+        assert_eq!(
+            (e.mountpoint.as_path(), e.fstype.as_str()),
+            (Path::new("/"), "ext4")
+        );
+        assert!(MountEntry::parse("garbage").is_none());
+        assert!(MountEntry::parse("1 0 x:1 / / rw - ext4 a b").is_none());
+    }
+}
