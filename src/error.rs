@@ -38,6 +38,9 @@ pub enum FsError {
     /// Not permitted.
     #[error("operation not permitted")]
     NotPermitted,
+    /// An ioctl's argument is not readable in the caller's memory: `EFAULT`.
+    #[error("bad address: the ioctl's argument cannot be read")]
+    Fault,
     /// Not permitted by the inode's flags (`chattr +i`, `+a`): `EPERM`.
     #[error("operation not permitted: {0}")]
     Flagged(&'static str),
@@ -117,10 +120,11 @@ pub enum FsError {
         /// The host's error.
         source: std::io::Error,
     },
-    /// An earlier host failure left metadata that may not be durable: the filesystem takes
-    /// no more changes (`EIO`, as XFS and ext4 after a forced shutdown). Unmount it; the image
+    /// The filesystem is shut down: an earlier host failure left metadata that may not be
+    /// durable, or a shutdown was asked for (`FS_IOC_SHUTDOWN`, `pinfs shutdown`). It takes
+    /// nothing more (`EIO`, as XFS and ext4 after a forced shutdown). Unmount it; the image
     /// keeps its last durable state, which the next mount replays.
-    #[error("the filesystem was shut down after its host failed; unmount it and run `pinfs fsck`")]
+    #[error("the filesystem is shut down (its host failed, or a shutdown was asked for); unmount it, and the next mount replays its journal")]
     ShutDown,
 }
 
@@ -170,6 +174,7 @@ impl FsError {
             FsError::NameTooLong => libc::ENAMETOOLONG,
             FsError::NoSpace => libc::ENOSPC,
             FsError::Invalid(_) => libc::EINVAL,
+            FsError::Fault => libc::EFAULT,
             FsError::NotPermitted | FsError::Flagged(_) => libc::EPERM,
             FsError::Access => libc::EACCES,
             FsError::CrossDevice => libc::EXDEV,
@@ -217,6 +222,7 @@ impl FsError {
             | FsError::NameTooLong
             | FsError::Invalid(_)
             | FsError::NotPermitted
+            | FsError::Fault
             | FsError::Flagged(_)
             | FsError::Access
             | FsError::Denied(_)

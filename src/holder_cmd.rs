@@ -175,6 +175,39 @@ pub fn follow(mount: &Path) -> Result<(), String> {
 }
 
 /// Runs `pinfs fence`.
+/// `pinfs shutdown`: the shutdown ioctl (`FS_IOC_SHUTDOWN`) on the mount's root, once the
+/// daemon's socket says it is a pinfs mount (XFS and ext4 take the same ioctl: a mistyped
+/// path must not shut down the host's own filesystem).
+pub fn shutdown(mount: &Path, flag: u32) -> Result<(), String> {
+    Connection::for_path(mount)
+        .map_err(|e| refused(&format!("{}: not a pinfs mount?", mount.display()), e))?;
+    let dir =
+        std::fs::File::open(mount).map_err(|e| format!("{}: cannot open: {e}", mount.display()))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: ioctl on a descriptor we own, with a pointer to a u32 that outlives the call
+    // (the daemon reads it from our memory).
+    let rc = unsafe {
+        libc::ioctl(
+            dir.as_raw_fd(),
+            crate::daemon::ioctl::FS_IOC_SHUTDOWN as _,
+            &flag as *const u32,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        let hint = match e.raw_os_error() {
+            Some(libc::EPERM) => " (only root can shut a mount down)",
+            _ => "",
+        };
+        return Err(format!("{}: shutdown: {e}{hint}", mount.display()));
+    }
+    crate::outln!(
+        "{}: shut down; every operation on it fails with EIO until it is unmounted",
+        mount.display()
+    );
+    Ok(())
+}
+
 pub fn fence(mount: &Path, holder: u64) -> Result<(), String> {
     let mut conn = Connection::for_path(mount)
         .map_err(|e| refused(&format!("{}: not a pinfs mount?", mount.display()), e))?;

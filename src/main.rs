@@ -110,6 +110,10 @@ fn run(cli: Cli) -> CmdResult {
             pinfs::holder_cmd::fence(&a.mountpoint, a.holder).map_err(Failure::Error)?;
             Ok(0)
         }
+        Command::Shutdown(a) => {
+            pinfs::holder_cmd::shutdown(&a.mountpoint, a.flush.flag()).map_err(Failure::Error)?;
+            Ok(0)
+        }
         Command::Fuzz(a) => cmd_fuzz(a),
         Command::Demo => {
             init_logging("warn");

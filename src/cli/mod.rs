@@ -88,6 +88,13 @@ pub enum Command {
     /// Revoke every lease of a holder now (root).
     #[command(args_override_self = true)]
     Fence(FenceArgs),
+    /// Shut a mount down, as XFS's and ext4's shutdown ioctl does (root).
+    ///
+    /// Makes durable what --flush says, then every operation on the mount fails with EIO
+    /// until it is unmounted; holders are fenced. The next mount replays the journal from
+    /// what was durable. With the mount option volatile_cache, `--flush none` is a power cut.
+    #[command(args_override_self = true)]
+    Shutdown(ShutdownArgs),
     /// Run random programs of holders, breakers and writers against oracles.
     ///
     /// Concurrent on a fresh mount (root, /dev/fuse), each actor in its own thread or
@@ -227,6 +234,39 @@ pub struct FenceArgs {
     /// The holder's number, as `pinfs status` shows it.
     #[arg(value_parser = values::holder)]
     pub holder: u64,
+}
+
+/// `pinfs shutdown`.
+#[derive(Debug, Args)]
+pub struct ShutdownArgs {
+    /// A pinfs mount point (or any path on the mount).
+    pub mountpoint: PathBuf,
+    /// What to make durable first: data (data and metadata, as syncfs), log (the journal
+    /// only), none (nothing: a power cut).
+    #[arg(long, value_enum, default_value = "data")]
+    pub flush: ShutdownFlushArg,
+}
+
+/// `--flush` of `pinfs shutdown`: the flags of FS_IOC_SHUTDOWN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShutdownFlushArg {
+    /// FS_SHUTDOWN_FLAGS_DEFAULT: data and metadata.
+    Data,
+    /// FS_SHUTDOWN_FLAGS_LOGFLUSH: the journal only.
+    Log,
+    /// FS_SHUTDOWN_FLAGS_NOLOGFLUSH: nothing.
+    None,
+}
+
+impl ShutdownFlushArg {
+    /// The ioctl's flag.
+    pub fn flag(self) -> u32 {
+        match self {
+            ShutdownFlushArg::Data => 0,
+            ShutdownFlushArg::Log => 1,
+            ShutdownFlushArg::None => 2,
+        }
+    }
 }
 
 /// `pinfs fuzz`.

@@ -732,18 +732,26 @@ impl fuser::Filesystem for FuseFs {
     /// The inode-flag ioctls the kernel sends for `chattr`/`lsattr` and `xfs_io chattr`
     /// (`fuse_fileattr_get`/`_set`, after its own owner and `CAP_LINUX_IMMUTABLE` checks);
     /// any other is `ENOTTY`.
-    fn ioctl(
+    fn ioctl_with_arg(
         &self,
         req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
         cmd: u32,
+        arg: u64,
         in_data: &[u8],
         out_size: u32,
         reply: ReplyIoctl,
     ) {
         let _span = request_span(req, "ioctl", ino.0).entered();
+        if cmd == crate::daemon::ioctl::FS_IOC_SHUTDOWN {
+            match crate::daemon::ioctl::shutdown_ioctl(&self.fs, arg, caller(req)) {
+                Ok(()) => reply.ioctl(0, &[]),
+                Err(e) => reply.error(fail(&self.fs, e)),
+            }
+            return;
+        }
         match crate::daemon::ioctl::flag_ioctl(&self.fs, ino.0, cmd, in_data, out_size, caller(req))
         {
             // A change of flags moved the change time the kernel caches: it is answered once

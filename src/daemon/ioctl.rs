@@ -1,7 +1,9 @@
 //! The ioctls the kernel forwards to the daemon, decoded from their Linux ABI: the inode
 //! flags (`FS_IOC_GETFLAGS`/`SETFLAGS` for `chattr` and `lsattr`, `FS_IOC_FSGETXATTR`/
 //! `FSSETXATTR` for `xfs_io chattr`), which the kernel sends from `fuse_fileattr_get`/`_set`
-//! after its own owner and `CAP_LINUX_IMMUTABLE` checks. Anything else is `ENOTTY`.
+//! after its own owner and `CAP_LINUX_IMMUTABLE` checks; and the shutdown ioctl
+//! (`FS_IOC_SHUTDOWN`, which is XFS's `XFS_IOC_GOINGDOWN` and ext4's `EXT4_IOC_SHUTDOWN`).
+//! Anything else is `ENOTTY`.
 
 use crate::error::FsError;
 use crate::fs::{Caller, Fs};
@@ -20,6 +22,54 @@ const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
 const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
 /// `struct fsxattr`: xflags, extsize, nextents, projid, cowextsize, 8 bytes of padding.
 const FSXATTR_SIZE: usize = 28;
+
+/// `FS_IOC_SHUTDOWN`: `_IOR('X', 125, __u32)`. Its direction says "read", but the caller
+/// passes the flag *in*, so the kernel, which copies only what the direction says, gives a
+/// FUSE daemon no data: the request carries the address of the flag in the caller's memory.
+pub const FS_IOC_SHUTDOWN: u32 = 0x8004_587d;
+
+/// The shutdown ioctl: root only (XFS and ext4 ask for `CAP_SYS_ADMIN`; the daemon knows the
+/// caller's uid), the flag read from the caller's memory at `arg` with `process_vm_readv`
+/// (the daemon runs as root), then [`Fs::shutdown`].
+pub(crate) fn shutdown_ioctl(fs: &Fs, arg: u64, who: Caller) -> Result<(), FsError> {
+    if who.uid != 0 {
+        return Err(FsError::NotPermitted);
+    }
+    let flag = read_caller_u32(who.pid, arg).map_err(|e| {
+        tracing::warn!(
+            pid = who.pid,
+            "the shutdown ioctl's flag could not be read: {e}"
+        );
+        FsError::Fault
+    })?;
+    let flush = crate::fs::ShutdownFlush::from_ioctl(flag)
+        .ok_or(FsError::Invalid("unknown shutdown flag"))?;
+    fs.shutdown(flush)
+}
+
+/// Four bytes at address `addr` of process `pid`'s memory.
+fn read_caller_u32(pid: u32, addr: u64) -> std::io::Result<u32> {
+    let mut buf = [0u8; 4];
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as usize as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: process_vm_readv writes at most `local.iov_len` bytes into `buf`, which lives
+    // across the call; the remote address is only read by the kernel, in the other process,
+    // which fails with EFAULT where it is not mapped.
+    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if n as usize != buf.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::EFAULT));
+    }
+    Ok(u32::from_ne_bytes(buf))
+}
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))

@@ -4,7 +4,7 @@
 
 pub mod fuse;
 pub mod holders;
-pub(crate) mod ioctl;
+pub mod ioctl;
 pub mod kmsg;
 pub mod remount;
 pub mod share;
@@ -164,6 +164,7 @@ fn serve(req: &MountRequest, opts: &MountOptions) -> Result<(), String> {
         lock_wait: Duration::from_secs_f64(opts.lock_wait),
         leases: opts.leases,
         acl: opts.acl,
+        volatile_cache: opts.volatile_cache,
     };
     let fs = match Fs::open(&req.image, fs_opts) {
         Ok(fs) => {

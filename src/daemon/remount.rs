@@ -126,6 +126,7 @@ fn same_fixed(k: &str, want: &MountOptions, mounted: &MountOptions) -> bool {
         }
         "atime" | "strictatime" | "relatime" | "noatime" => want.atime == mounted.atime,
         "acl" | "noacl" => want.acl == mounted.acl,
+        "volatile_cache" => mounted.volatile_cache,
         "busy_blocks" => want.leases.busy_blocks == mounted.leases.busy_blocks,
         "detach_windows" => want.leases.detach_windows == mounted.leases.detach_windows,
         "max_pinned" => want.leases.max_pinned == mounted.leases.max_pinned,

@@ -37,6 +37,7 @@ pub(super) fn set_attr_record(i: &Inode) -> Record {
 impl Fs {
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        self.is_up()?;
         Ok(Attr::of(&self.table.get(ino)?.read()))
     }
 

@@ -16,6 +16,7 @@ impl Fs {
 
     /// Opens `ino` with open(2) `flags`; returns the handle.
     pub fn open_file(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        self.is_up()?;
         let c = self.table.get(ino)?;
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             let append = flags & libc::O_APPEND != 0 && flags & libc::O_TRUNC == 0;
@@ -80,6 +81,7 @@ impl Fs {
     /// `O_NOATIME` leaves the access time alone (the kernel let only the owner or root open
     /// it so).
     pub fn read_handle(&self, ino: u64, fh: u64, offset: u64, len: u32) -> FsResult<Vec<u8>> {
+        self.is_up()?;
         self.read_as(ino, Some(fh), offset, len)
     }
 

@@ -201,6 +201,7 @@ impl Fs {
 
     /// `lseek` with `SEEK_DATA` (3) or `SEEK_HOLE` (4); other kinds are the kernel's.
     pub fn seek(&self, ino: u64, offset: u64, whence: i32) -> FsResult<u64> {
+        self.is_up()?;
         let c = self.table.get(ino)?;
         let i = c.read();
         if offset >= i.size {

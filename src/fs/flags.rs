@@ -78,6 +78,7 @@ pub(crate) fn check(i: &Inode, change: Change) -> FsResult<()> {
 impl Fs {
     /// The inode's flags (`FS_IOC_GETFLAGS`).
     pub fn flags(&self, ino: u64) -> FsResult<u32> {
+        self.is_up()?;
         Ok(self.table.get(ino)?.read().flags)
     }
 

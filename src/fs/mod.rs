@@ -101,6 +101,9 @@ pub struct FsOptions {
     /// access against them (`FUSE_POSIX_ACL`), the core keeps the mode in step and applies
     /// default ACLs and the umask at create. Off (`noacl`): those names are `EOPNOTSUPP`.
     pub acl: bool,
+    /// The image's mapping is a volatile cache (see `Image::make_volatile`): the image file
+    /// holds only what was made durable, so that a shutdown without flush is a real power cut.
+    pub volatile_cache: bool,
 }
 
 impl Default for FsOptions {
@@ -111,6 +114,7 @@ impl Default for FsOptions {
             lock_wait: Duration::from_secs(10),
             leases: LeaseConfig::default(),
             acl: true,
+            volatile_cache: false,
         }
     }
 }
@@ -266,6 +270,7 @@ mod mount;
 mod namespace;
 pub mod options;
 mod pins;
+mod shutdown;
 mod space;
 pub mod status;
 mod table;
@@ -273,6 +278,7 @@ mod xattr;
 
 use attr::{kill_privs, may_access, set_attr_record};
 pub use pins::{PinAccess, PinGrant, PinnedExtent};
+pub use shutdown::ShutdownFlush;
 use space::{owned_ranges, used_extents};
 use table::{Cell, Held, Table};
 
@@ -341,6 +347,8 @@ pub struct Fs {
     /// from then on no change is taken ([`FsError::ShutDown`]) and unmount writes no
     /// checkpoint, so the image keeps its last durable state.
     shut_down: AtomicBool,
+    /// How a requested shutdown ([`Fs::shutdown`]) flushed (taken alone).
+    shutdown_by: Mutex<Option<ShutdownFlush>>,
     /// Read-only now (`ro` at mount, or a remount since).
     read_only: AtomicBool,
     /// POSIX ACLs served: the option, unless the kernel turned `FUSE_POSIX_ACL` down.

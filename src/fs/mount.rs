@@ -25,7 +25,10 @@ impl Fs {
     /// reports (but a stale free list), then frees orphans. The allocator comes from what
     /// owns blocks, not from the stored free list.
     pub fn open(path: &Path, opts: FsOptions) -> FsResult<Fs> {
-        let (image, mut sb) = Image::open(path, opts.lock_wait)?;
+        let (mut image, mut sb) = Image::open(path, opts.lock_wait)?;
+        if opts.volatile_cache && !opts.read_only {
+            image.make_volatile()?;
+        }
         let mut loaded =
             checkpoint::load(&image, &sb).map_err(|e| {
                 match crate::fsck::with_damage(&image, e) {
@@ -89,6 +92,7 @@ impl Fs {
             waiters: (Mutex::new(0), Condvar::new()),
             reclaiming: Mutex::new(HashSet::new()),
             shut_down: AtomicBool::new(false),
+            shutdown_by: Mutex::new(None),
             read_only: AtomicBool::new(read_only),
             opened_rw: AtomicBool::new(!read_only),
             dir_streams: Mutex::new(HashMap::new()),
@@ -154,6 +158,11 @@ impl Fs {
             return Ok(());
         }
         self.stop_background();
+        if self.shutdown_by().is_some() {
+            // Shut down on request: the image keeps what the shutdown left (not even freed
+            // blocks are returned to the host), and the next mount replays its journal.
+            return Ok(());
+        }
         for (holder, _, _) in self.leases.snapshot().holders {
             self.leases.holder_gone(holder, self);
         }
@@ -282,13 +291,13 @@ impl Fs {
             let free: Vec<Extent> = alloc.free_extents().collect();
             self.image
                 .write_back_windows(|off, len| owned_ranges(&free, off, len))
-                .and_then(|()| self.image.sync_host())
+                .and_then(|()| self.image.persist_all())
                 .map_err(|e| self.host_failed("making the image durable", e))?;
         }
         self.checkpoint(true)
     }
 
-    /// `Err(ShutDown)` once a host failure shut the filesystem down.
+    /// `Err(ShutDown)` once the filesystem was shut down (a host failure, or on request).
     pub(crate) fn is_up(&self) -> FsResult<()> {
         if self.shut_down.load(Ordering::SeqCst) {
             return Err(FsError::ShutDown);

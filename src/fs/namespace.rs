@@ -40,6 +40,7 @@ fn check_name(name: &[u8]) -> FsResult<()> {
 impl Fs {
     /// Looks `name` up in `parent` and takes a kernel reference on the result.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        self.is_up()?;
         if name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
@@ -693,6 +694,7 @@ impl Fs {
 
     /// The target of a symlink.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        self.is_up()?;
         let c = self.table.get(ino)?;
         let i = c.read();
         if i.kind != Kind::Symlink {
@@ -708,6 +710,7 @@ impl Fs {
 
     /// Opens a directory stream (opendir(3)); returns its handle for [`Fs::readdir_stream`].
     pub fn open_dir(&self, ino: u64) -> FsResult<u64> {
+        self.is_up()?;
         let end = {
             let c = self.table.get(ino)?;
             let d = c.read();
@@ -738,6 +741,7 @@ impl Fs {
         offset: u64,
         max: usize,
     ) -> FsResult<Vec<DirEntry>> {
+        self.is_up()?;
         let end = if offset == 0 {
             let end = {
                 let c = self.table.get(ino)?;

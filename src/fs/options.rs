@@ -27,6 +27,9 @@ pub struct MountOptions {
     pub allow_other: Option<bool>,
     /// `acl` (the default) or `noacl`: POSIX ACLs, enforced by the kernel.
     pub acl: bool,
+    /// `volatile_cache`: the image file holds only what was made durable; a shutdown with
+    /// `--flush none` is then a power cut (see the README's "What is durable").
+    pub volatile_cache: bool,
     /// Request-handling threads (`threads=N`); default: the number of CPUs.
     pub threads: Option<usize>,
     /// Seconds to wait for the image lock (`lock_wait=SECONDS`, default 10).
@@ -46,6 +49,7 @@ impl Default for MountOptions {
             atime: AtimeMode::Relative,
             allow_other: None,
             acl: true,
+            volatile_cache: false,
             threads: None,
             lock_wait: 10.0,
             leases: LeaseConfig::default(),
@@ -178,6 +182,7 @@ impl MountOptions {
                 ("noallow_other", None) => o.allow_other = Some(false),
                 ("acl", None) => o.acl = true,
                 ("noacl", None) => o.acl = false,
+                ("volatile_cache", None) => o.volatile_cache = true,
                 ("threads", v) => {
                     let n = v.and_then(|v| v.parse::<usize>().ok()).filter(|n| (1..=256).contains(n));
                     o.threads = Some(n.ok_or_else(|| {
@@ -211,7 +216,7 @@ impl MountOptions {
                 (k, None) if IGNORED.contains(&k) || k.starts_with("x-") => {}
                 _ => {
                     return Err(format!(
-                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, noallow_other, acl, noacl, default_permissions, threads=N, lock_wait=SECONDS, lease_break_time=SECONDS, break_policy=wait|refuse|revoke, busy_blocks=on|off, detach_windows=on|off, max_pinned=SIZE|unlimited, guest_break_time=SECONDS, allow_unbreakable)"
+                        "unknown mount option '{opt}' (pinfs takes rw, ro, dev, nodev, suid, nosuid, exec, noexec, atime, relatime, noatime, allow_other, noallow_other, acl, noacl, volatile_cache, default_permissions, threads=N, lock_wait=SECONDS, lease_break_time=SECONDS, break_policy=wait|refuse|revoke, busy_blocks=on|off, detach_windows=on|off, max_pinned=SIZE|unlimited, guest_break_time=SECONDS, allow_unbreakable)"
                     ))
                 }
             }

@@ -209,7 +209,7 @@ pub struct PolicyStatus {
 pub enum MountState {
     /// Serving.
     Up,
-    /// A host failure shut it down: every change fails with EIO.
+    /// Shut down (a host failure, or on request): every operation fails with EIO.
     ShutDown,
 }
 
@@ -390,7 +390,11 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
     let mut out = String::new();
     let (c, p, sp) = (&v.counters, &v.policy, &v.space);
     if v.mount == MountState::ShutDown {
-        out.push_str("state: SHUT DOWN after a host failure: every change fails with EIO; unmount it (the image keeps its last durable state)\n");
+        let why = match fs.shutdown_by() {
+            Some(flush) => format!("on request (flush {})", flush.name()),
+            None => "after a host failure".into(),
+        };
+        out.push_str(&format!("state: SHUT DOWN {why}: every operation fails with EIO; unmount it (the image keeps its last durable state)\n"));
     }
     out.push_str(&format!(
         "policy {} (lease_break_time {}, busy_blocks {}, guest_break_time {:.3}s, unbreakable pins: {})\n",

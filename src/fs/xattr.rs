@@ -107,6 +107,7 @@ impl Fs {
 
     /// An extended attribute's value.
     pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        self.is_up()?;
         if name.len() > XATTR_NAME_MAX {
             return Err(FsError::Range);
         }
@@ -122,6 +123,7 @@ impl Fs {
     /// stored ACLs', whose getxattr is `EOPNOTSUPP` there (as ext4 mounted `noacl` lists
     /// them not).
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        self.is_up()?;
         let c = self.table.get(ino)?;
         let i = c.read();
         let mut out = Vec::new();

@@ -28,6 +28,16 @@
 //! reference it, and a checkpoint before the superblock that points at it. Every flush
 //! reports its error: the caller answers `EIO` and does not go on as if it were durable.
 //!
+//! **Volatile cache** ([`Image::make_volatile`], mount option `volatile_cache`): the mapping
+//! stands for the CPU cache of real persistent memory, where a store is durable only once
+//! flushed. The daemon maps a copy of the image (a memfd, "the cache") instead of the image
+//! file, and the image file receives exactly the ranges made durable: [`Image::flush`],
+//! [`Image::write_file`], window write-backs, and at a clean unmount everything
+//! ([`Image::persist_all`]). [`Image::cut_power`] drops every later write to the image file,
+//! so that the file holds what a power cut would leave: the last durable state, and nothing
+//! stored after it. The cost: the image's data in memory once more (the cache), and each
+//! persistence point's bytes copied once more.
+//!
 //! Host space: the image is sparse. A store through a shared mapping into a page the host has
 //! no room for kills the process with `SIGBUS`, so blocks are [`Image::provision`]ed (host
 //! `fallocate`) before they are handed out, and the metadata area at mkfs and mount; a full
@@ -35,7 +45,9 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -105,7 +117,10 @@ pub enum ImageError {
 /// An open, mapped, locked image.
 pub struct Image {
     path: PathBuf,
+    /// The file the mapping maps: the image file, or with a volatile cache the cache.
     file: File,
+    /// With a volatile cache: the image file (locked), which holds only what was made durable.
+    durable: Option<Durable>,
     map: MmapRaw,
     len: u64,
     windows: Windows,
@@ -115,6 +130,25 @@ pub struct Image {
     repairable: bool,
     /// The copy that checked out, when a newer damaged copy was chosen over it.
     fallback: Option<Superblock>,
+}
+
+/// The image file behind a volatile cache.
+struct Durable {
+    /// The image file, open for reading and writing, holding the image's lock.
+    file: File,
+    /// The power was cut ([`Image::cut_power`]): nothing more reaches the file.
+    cut: AtomicBool,
+}
+
+impl Durable {
+    fn check(&self) -> io::Result<&File> {
+        if self.cut.load(Ordering::SeqCst) {
+            return Err(io::Error::other(
+                "the power was cut: nothing more reaches the image file",
+            ));
+        }
+        Ok(&self.file)
+    }
 }
 
 impl std::fmt::Debug for Image {
@@ -302,6 +336,7 @@ impl Image {
         Ok(Image {
             path: path.to_path_buf(),
             file,
+            durable: None,
             map,
             len,
             windows: Windows::default(),
@@ -563,6 +598,11 @@ impl Image {
             .bytes(&mountpoint.as_bytes()[..mountpoint.len().min(1000)])
             .u8(mark);
         self.write(OWNER_NOTE_OFFSET, &w.buf);
+        // The note is for other processes, which read the image file: past a volatile cache
+        // it goes there at once (it is not filesystem state, and a power cut does not stop it).
+        if let Some(d) = &self.durable {
+            let _ = d.file.write_all_at(&w.buf, OWNER_NOTE_OFFSET);
+        }
     }
 
     /// Writes `sb` into the copy its generation selects (odd: A, even: B), so the other copy
@@ -631,6 +671,28 @@ impl Image {
             off,
             len,
         );
+        if let Some(f) = self.durable.as_ref().and_then(|d| d.check().ok()) {
+            // Freed blocks are free in the durable state too (a free waits for the journal
+            // entry that makes it to be durable): they must not keep an old file's bytes
+            // there, where a crash could show them to the block's next owner.
+            let r = rustix::fs::fallocate(
+                f,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                off,
+                len,
+            );
+            if r.is_err() {
+                let zeros = vec![0u8; len.min(1 << 20) as usize];
+                let mut at = off;
+                while at < off + len {
+                    let n = (off + len - at).min(zeros.len() as u64) as usize;
+                    if f.write_all_at(&zeros[..n], at).is_err() {
+                        break;
+                    }
+                    at += n as u64;
+                }
+            }
+        }
         if punched.is_err() {
             // A host that cannot punch (ext2, ...): zeros through the file, not the mapping,
             // so that a hole met on a full host is an error here (it reads as zeros anyway,
@@ -679,10 +741,22 @@ impl Image {
                 Vec::new()
             }
         };
-        for (s, l) in rest {
-            if let Err(e) = self.map.flush_range(s as usize, l as usize) {
-                tracing::error!(image = %self.path.display(), offset = s, len = l, "msync failed: {e}");
-                failed.get_or_insert(e);
+        if self.durable.is_some() {
+            // The cache is memory: the range is durable once it is in the image file.
+            if failed.is_none() {
+                if let Err(e) = self
+                    .persist(start, end - start)
+                    .and_then(|()| self.sync_host())
+                {
+                    failed.get_or_insert(e);
+                }
+            }
+        } else {
+            for (s, l) in rest {
+                if let Err(e) = self.map.flush_range(s as usize, l as usize) {
+                    tracing::error!(image = %self.path.display(), offset = s, len = l, "msync failed: {e}");
+                    failed.get_or_insert(e);
+                }
             }
         }
         match failed {
@@ -691,10 +765,146 @@ impl Image {
         }
     }
 
+    /// With a volatile cache: copies `off..off+len` as the mapping shows it (DAX windows
+    /// included) into the image file (not durable until [`Image::sync_host`]). Nothing
+    /// without one.
+    fn persist(&self, off: u64, len: u64) -> io::Result<()> {
+        let Some(d) = &self.durable else {
+            return Ok(());
+        };
+        let f = d.check()?;
+        let end = off.saturating_add(len).min(self.len);
+        let mut buf = vec![0u8; (end.saturating_sub(off)).min(1 << 20) as usize];
+        let mut at = off;
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            self.read(at, &mut buf[..n]);
+            f.write_all_at(&buf[..n], at).map_err(full_host)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes everything the mapping holds durable: with a volatile cache, every byte of the
+    /// cache that holds data, and what DAX windows show, is copied into the image file, which
+    /// is then synced (the state a clean unmount leaves); without one, the image file is
+    /// synced (every store through the shared mapping is in it already).
+    pub fn persist_all(&self) -> io::Result<()> {
+        if self.durable.is_some() {
+            let mut ranges = Vec::new();
+            let mut at = 0u64;
+            while at < self.len {
+                let data = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(at)) {
+                    Ok(d) => d,
+                    Err(rustix::io::Errno::NXIO) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                let hole = rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(data))
+                    .map_err(io::Error::from)?
+                    .min(self.len);
+                ranges.push((data, hole - data));
+                at = hole;
+            }
+            ranges.extend(self.windows.list());
+            for (s, l) in ranges {
+                self.persist(s, l)?;
+            }
+        }
+        self.sync_host()
+    }
+
+    /// Switches to a volatile cache (see the module docs): the image's contents are copied
+    /// into a memfd, which is mapped in place of the image file. Called on a freshly opened
+    /// image (no DAX window yet). The image file stays open, with its lock.
+    pub fn make_volatile(&mut self) -> Result<(), ImageError> {
+        assert!(
+            self.windows.list().is_empty(),
+            "a volatile cache is made before any window"
+        );
+        let fail = |what: &'static str| io_err(&self.path, what);
+        let cache: File =
+            rustix::fs::memfd_create("pinfs-volatile-cache", rustix::fs::MemfdFlags::CLOEXEC)
+                .map_err(io::Error::from)
+                .map_err(fail("cannot make the volatile cache"))?
+                .into();
+        cache
+            .set_len(self.len)
+            .map_err(fail("cannot size the volatile cache"))?;
+        // Only the image's data: its holes stay holes (zeros) in the cache.
+        let mut at = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        while at < self.len {
+            let data = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(at)) {
+                Ok(d) => d,
+                Err(_) => break,
+            };
+            let hole = rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(data))
+                .map(|h| h.min(self.len))
+                .unwrap_or(self.len);
+            let mut p = data;
+            while p < hole {
+                let n = (hole - p).min(buf.len() as u64) as usize;
+                self.file
+                    .read_exact_at(&mut buf[..n], p)
+                    .map_err(fail("cannot read the image into the volatile cache"))?;
+                cache
+                    .write_all_at(&buf[..n], p)
+                    .map_err(fail("cannot fill the volatile cache"))?;
+                p += n as u64;
+            }
+            at = hole;
+        }
+        let map = MmapOptions::new()
+            .len(self.len as usize)
+            .map_raw(&cache)
+            .map_err(fail("cannot map the volatile cache"))?;
+        let image = std::mem::replace(&mut self.file, cache);
+        self.map = map;
+        self.durable = Some(Durable {
+            file: image,
+            cut: AtomicBool::new(false),
+        });
+        Ok(())
+    }
+
+    /// Whether a volatile cache stands between the mapping and the image file.
+    pub fn is_volatile(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    /// A power cut: from now on nothing reaches the image file, which keeps the last durable
+    /// state. Only with a volatile cache (false without one: every store is in the image
+    /// file already, as the host's page cache holds it).
+    pub fn cut_power(&self) -> bool {
+        match &self.durable {
+            Some(d) => {
+                d.cut.store(true, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The image file's identity (device and inode numbers), whatever the mapping maps.
+    pub fn identity(&self) -> io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let md = self.host_file().metadata()?;
+        Ok((md.dev(), md.ino()))
+    }
+
+    /// The file that holds the image on the host: the image file (behind the cache, if any).
+    fn host_file(&self) -> &File {
+        self.durable.as_ref().map_or(&self.file, |d| &d.file)
+    }
+
     /// `fdatasync` of the image file: whatever was written into it (by `pwrite` or through
     /// the mapping) is on the device, with the host metadata needed to read it back.
     pub fn sync_host(&self) -> io::Result<()> {
-        self.file.sync_data().inspect_err(
+        let file = match &self.durable {
+            Some(d) => d.check()?,
+            None => &self.file,
+        };
+        file.sync_data().inspect_err(
             |e| tracing::error!(image = %self.path.display(), "fdatasync of the image failed: {e}"),
         )
     }
@@ -725,13 +935,14 @@ impl Image {
 
     /// Stores zeros into `off..off+len` of the image file with `pwrite` (not durable).
     fn zero_file(&self, off: u64, len: u64) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
         self.check_range(off, len as usize);
+        // Host space is the image file's; a volatile cache is memory.
+        let file = self.host_file();
         let zeros = vec![0u8; len.min(1 << 20) as usize];
         let mut at = off;
         while at < off + len {
             let n = (off + len - at).min(zeros.len() as u64) as usize;
-            self.file.write_all_at(&zeros[..n], at).map_err(full_host)?;
+            file.write_all_at(&zeros[..n], at).map_err(full_host)?;
             at += n as u64;
         }
         Ok(())
@@ -744,7 +955,7 @@ impl Image {
             return Ok(());
         }
         loop {
-            match rustix::fs::fallocate(&self.file, FallocateFlags::empty(), off, len) {
+            match rustix::fs::fallocate(self.host_file(), FallocateFlags::empty(), off, len) {
                 Ok(()) => return Ok(()),
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(full_host(e.into())),
@@ -759,11 +970,22 @@ impl Image {
     pub fn write_back_windowed(&self, off: u64, len: u64) -> io::Result<u64> {
         self.check_range(off, len as usize);
         // SAFETY: the range is inside our live mapping (checked above).
-        unsafe {
+        let done = unsafe {
             self.windows
                 .write_back(self.map.as_ptr(), &self.file, off, len)
+        }?;
+        if self.durable.is_some() && done.windowed > 0 {
+            // Past a volatile cache, the windowed pieces (the range but its `rest`) go on
+            // into the image file.
+            let mut cursor = off;
+            for &(s, l) in done.rest.iter().chain(std::iter::once(&(off + len, 0))) {
+                if s > cursor {
+                    self.persist(cursor, s - cursor)?;
+                }
+                cursor = s + l;
+            }
         }
-        .map(|d| d.windowed)
+        Ok(done.windowed)
     }
 
     /// Writes bytes into the image *file* and makes them durable (`pwrite`, `fdatasync`),
@@ -771,9 +993,11 @@ impl Image {
     /// which must reach the file even where a window still covers blocks that were pinned
     /// once. A full host answers `ENOSPC` here, never `SIGBUS`.
     pub fn write_file(&self, off: u64, data: &[u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
         self.check_range(off, data.len());
         self.file.write_all_at(data, off)?;
+        if let Some(d) = &self.durable {
+            d.check()?.write_all_at(data, off).map_err(full_host)?;
+        }
         self.sync_host()
     }
 
@@ -812,6 +1036,19 @@ impl Image {
         // SAFETY: the range is inside our live mapping (checked above); the caller excludes
         // concurrent writes to it.
         unsafe { self.windows.rekey(self.map.as_mut_ptr(), off, len) }
+    }
+
+    /// Cuts every holder off from every DAX window (see [`Image::rekey_windows`]), at a
+    /// shutdown: nothing a holder stores from then on reaches the image. False if some page
+    /// could not be.
+    pub fn cut_off_windows(&self) -> bool {
+        let mut all = true;
+        for (s, l) in self.windows.list() {
+            // SAFETY: an attached run lies inside our live mapping; the filesystem is shut
+            // down, so the daemon stores into none of it any more.
+            all &= unsafe { self.windows.rekey(self.map.as_mut_ptr(), s, l) };
+        }
+        all
     }
 
     /// How many memfds the daemon keeps open for DAX windows (for status and tests).

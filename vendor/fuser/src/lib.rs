@@ -910,6 +910,27 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.error(Errno::ENOSYS);
     }
 
+    /// Like [`Filesystem::ioctl`], with the ioctl's argument as the caller passed it
+    /// (`arg`: for a restricted ioctl whose data the kernel does not copy, such as one
+    /// defined with the wrong direction, the address of that data in the caller's memory).
+    /// The default calls [`Filesystem::ioctl`].
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl_with_arg(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        flags: IoctlFlags,
+        cmd: u32,
+        arg: u64,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let _ = arg;
+        self.ioctl(req, ino, fh, flags, cmd, in_data, out_size, reply);
+    }
+
     /// control device
     fn ioctl(
         &self,

@@ -1359,6 +1359,11 @@ mod op {
         pub(crate) fn out_size(&self) -> u32 {
             self.arg.out_size
         }
+        /// The ioctl's argument as the caller passed it: for a restricted ioctl whose data
+        /// the kernel does not copy, the address of that data in the caller's memory.
+        pub(crate) fn argument(&self) -> u64 {
+            self.arg.arg
+        }
     }
 
     /// Poll.
