@@ -19,12 +19,12 @@ use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
     FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyStatx, ReplyWrite, ReplyXattr, Request,
+    StatxAttr, TimeOrNow, WriteFlags,
 };
 
 use crate::error::{errno_name, FsError};
-use crate::fs::{Attr, Caller, Fs, SetAttr, SetTime};
+use crate::fs::{Attr, Caller, Fs, SetAttr, SetTime, Statx};
 use crate::meta::inode::{Kind, Time, NAME_MAX};
 use crate::store::image::BLOCK_SIZE;
 use tracing::Level;
@@ -135,6 +135,15 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+fn statx_attr(s: &Statx) -> StatxAttr {
+    StatxAttr {
+        attr: file_attr(&s.attr),
+        btime: Some(s.attr.crtime.to_system()),
+        attributes: s.attributes,
+        attributes_mask: s.attributes_mask,
+    }
+}
+
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
         TimeOrNow::SpecificTime(t) => SetTime::At(Time::from_system(t)),
@@ -242,6 +251,24 @@ impl fuser::Filesystem for FuseFs {
         let _span = request_span(req, "getattr", ino.0).entered();
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
+            Err(e) => reply.error(fail(&self.fs, e)),
+        }
+    }
+
+    // Sent by the kernel for a statx(2) that wants more than `stat` gives (the birth time),
+    // when its cached attributes will not do.
+    fn statx(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: Option<FileHandle>,
+        _flags: u32,
+        _mask: u32,
+        reply: ReplyStatx,
+    ) {
+        let _span = request_span(req, "statx", ino.0).entered();
+        match self.fs.statx(ino.0) {
+            Ok(s) => reply.statx(&TTL, &statx_attr(&s)),
             Err(e) => reply.error(fail(&self.fs, e)),
         }
     }

@@ -41,6 +41,19 @@ impl Fs {
         Ok(Attr::of(&self.table.get(ino)?.read()))
     }
 
+    /// Attributes of `ino` for `statx(2)`: [`Fs::getattr`]'s, and the `STATX_ATTR_*` bits of
+    /// its flags with their mask ([`flags::statx_attributes`]), read together.
+    pub fn statx(&self, ino: u64) -> FsResult<Statx> {
+        let cell = self.table.get(ino)?;
+        let i = cell.read();
+        let (attributes, attributes_mask) = flags::statx_attributes(i.flags);
+        Ok(Statx {
+            attr: Attr::of(&i),
+            attributes,
+            attributes_mask,
+        })
+    }
+
     /// Changes attributes (chmod, chown, truncate, utimensat). A truncate down may wait for
     /// holders: not on a request thread (see [`Fs::try_setattr`]).
     pub fn setattr(&self, ino: u64, req: SetAttr, caller: Caller) -> FsResult<Attr> {

@@ -67,6 +67,32 @@ pub(crate) fn forbidden(flags: u32, change: Change) -> Option<&'static str> {
     (!allowed).then_some("the file is append-only (chattr +a)")
 }
 
+/// `STATX_ATTR_IMMUTABLE` (`stx_attributes`): the file is `chattr +i`.
+pub const STATX_ATTR_IMMUTABLE: u64 = 0x0000_0010;
+/// `STATX_ATTR_APPEND`: the file is `chattr +a`.
+pub const STATX_ATTR_APPEND: u64 = 0x0000_0020;
+/// `STATX_ATTR_NODUMP`: the file is `chattr +d`.
+pub const STATX_ATTR_NODUMP: u64 = 0x0000_0040;
+
+/// The `STATX_ATTR_*` bits of an inode with `flags`, and the mask of those pinfs reports at
+/// all (`stx_attributes_mask`: set or not, they are true), as ext4 reports them.
+pub fn statx_attributes(flags: u32) -> (u64, u64) {
+    let mut attributes = 0;
+    for (flag, attr) in [
+        (fl::IMMUTABLE, STATX_ATTR_IMMUTABLE),
+        (fl::APPEND, STATX_ATTR_APPEND),
+        (fl::NODUMP, STATX_ATTR_NODUMP),
+    ] {
+        if flags & flag != 0 {
+            attributes |= attr;
+        }
+    }
+    (
+        attributes,
+        STATX_ATTR_IMMUTABLE | STATX_ATTR_APPEND | STATX_ATTR_NODUMP,
+    )
+}
+
 /// [`forbidden`] as a result.
 pub(crate) fn check(i: &Inode, change: Change) -> FsResult<()> {
     match forbidden(i.flags, change) {
@@ -193,5 +219,20 @@ mod tests {
                 "{c:?}"
             );
         }
+    }
+
+    #[test]
+    fn statx_attributes_are_the_flags_statx_has_bits_for() {
+        let mask = STATX_ATTR_IMMUTABLE | STATX_ATTR_APPEND | STATX_ATTR_NODUMP;
+        assert_eq!(statx_attributes(0), (0, mask));
+        assert_eq!(
+            statx_attributes(fl::IMMUTABLE),
+            (STATX_ATTR_IMMUTABLE, mask)
+        );
+        assert_eq!(statx_attributes(fl::APPEND), (STATX_ATTR_APPEND, mask));
+        assert_eq!(statx_attributes(fl::NODUMP), (STATX_ATTR_NODUMP, mask));
+        // `S` and `A` have no STATX_ATTR_* bit; compression is not claimed (pinfs has none).
+        assert_eq!(statx_attributes(fl::SYNC | fl::NOATIME), (0, mask));
+        assert_eq!(statx_attributes(fl::SUPPORTED), (mask, mask));
     }
 }

@@ -199,6 +199,18 @@ impl Attr {
     }
 }
 
+/// Attributes as `statx(2)` reports them: [`Attr`] (whose `crtime` is the birth time) and
+/// the `STATX_ATTR_*` bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statx {
+    /// What `stat` reports.
+    pub attr: Attr,
+    /// `stx_attributes`: the `STATX_ATTR_*` bits set on the inode.
+    pub attributes: u64,
+    /// `stx_attributes_mask`: the `STATX_ATTR_*` bits pinfs reports, set or not.
+    pub attributes_mask: u64,
+}
+
 /// A time to set: a given one or the current time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetTime {

@@ -71,6 +71,7 @@ pub use crate::reply::ReplyLseek;
 pub use crate::reply::ReplyOpen;
 pub use crate::reply::ReplyPoll;
 pub use crate::reply::ReplyStatfs;
+pub use crate::reply::ReplyStatx;
 pub use crate::reply::ReplyWrite;
 pub use crate::reply::ReplyXattr;
 pub use crate::request_param::Request;
@@ -202,6 +203,22 @@ pub struct FileAttr {
     pub blksize: u32,
     /// Flags (macOS only, see chflags(2))
     pub flags: u32,
+}
+
+/// Attributes for a reply to `FUSE_STATX` (pinfs patch): a [`FileAttr`] and what only
+/// `statx(2)` carries.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct StatxAttr {
+    /// The attributes a `getattr` reply would carry (`crtime` and `flags` are not used).
+    pub attr: FileAttr,
+    /// Creation time, reported as `stx_btime` with `STATX_BTIME`; `None` if the
+    /// filesystem has none.
+    pub btime: Option<SystemTime>,
+    /// The `STATX_ATTR_*` bits set on the file (only those also in `attributes_mask` are
+    /// sent).
+    pub attributes: u64,
+    /// The `STATX_ATTR_*` bits this filesystem supports, set or not.
+    pub attributes_mask: u64,
 }
 
 /// Configuration of the fuse kernel module connection
@@ -1022,6 +1039,28 @@ pub trait Filesystem: Send + Sync + 'static {
             "[Not Implemented] copy_file_range(ino_in: {ino_in:#x?}, fh_in: {fh_in}, \
             offset_in: {offset_in}, ino_out: {ino_out:#x?}, fh_out: {fh_out}, \
             offset_out: {offset_out}, len: {len}, flags: {flags:?})"
+        );
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// Get file attributes for `statx(2)` (pinfs patch). `flags` are the caller's
+    /// `AT_STATX_*` synchronisation flags and `mask` the `STATX_*` fields the kernel asks
+    /// for; `fh` is as for [`Filesystem::getattr`]. The kernel (Linux 6.6+) sends this only
+    /// when its cached attributes will not do and the caller asked for a field beyond
+    /// `STATX_BASIC_STATS`. If this method is not implemented, the kernel stops asking
+    /// and uses [`Filesystem::getattr`].
+    fn statx(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: Option<FileHandle>,
+        flags: u32,
+        mask: u32,
+        reply: ReplyStatx,
+    ) {
+        warn!(
+            "[Not Implemented] statx(ino: {ino:#x?}, fh: {fh:#x?}, flags: {flags:#x?}, \
+            mask: {mask:#x?})"
         );
         reply.error(Errno::ENOSYS);
     }

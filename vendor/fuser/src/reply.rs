@@ -306,6 +306,36 @@ impl ReplyAttr {
 }
 
 ///
+/// Statx Reply (pinfs patch)
+///
+#[derive(Debug)]
+pub struct ReplyStatx {
+    reply: ReplyRaw,
+}
+
+impl Reply for ReplyStatx {
+    fn new(unique: ll::RequestId, sender: ReplySender) -> ReplyStatx {
+        ReplyStatx {
+            reply: Reply::new(unique, sender),
+        }
+    }
+}
+
+impl ReplyStatx {
+    /// Reply with the given attributes; the kernel caches them for `ttl`, as a
+    /// [`ReplyAttr`]'s.
+    pub fn statx(self, ttl: &Duration, attr: &crate::StatxAttr) {
+        self.reply
+            .send_ll(&ll::ResponseStruct::new_statx(ttl, attr));
+    }
+
+    /// Reply to a request with the given error code
+    pub fn error(self, err: Errno) {
+        self.reply.error(err);
+    }
+}
+
+///
 /// XTimes Reply
 ///
 #[cfg(target_os = "macos")]
@@ -1007,6 +1037,93 @@ mod test {
             blksize: 0xbb,
         };
         reply.entry(&ttl, &attr, ll::Generation(0xaa));
+    }
+
+    /// pinfs patch: a statx reply, laid out field by field as the kernel's
+    /// `struct fuse_statx_out` (`include/uapi/linux/fuse.h`).
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn reply_statx() {
+        let mut expected: Vec<u8> = vec![];
+        let (u16_, u32_, u64_) = (
+            |v: &mut Vec<u8>, x: u16| v.extend_from_slice(&x.to_le_bytes()),
+            |v: &mut Vec<u8>, x: u32| v.extend_from_slice(&x.to_le_bytes()),
+            |v: &mut Vec<u8>, x: u64| v.extend_from_slice(&x.to_le_bytes()),
+        );
+        // fuse_out_header: len, error, unique.
+        u32_(&mut expected, 16 + 288);
+        u32_(&mut expected, 0);
+        u64_(&mut expected, 0xdeadbeef);
+        // attr_valid, attr_valid_nsec, flags, spare[2].
+        u64_(&mut expected, 0x8765);
+        u32_(&mut expected, 0x4321);
+        u32_(&mut expected, 0);
+        u64_(&mut expected, 0);
+        u64_(&mut expected, 0);
+        // fuse_statx: mask (basic stats and btime), blksize, attributes (only those in the
+        // mask), nlink, uid, gid, mode, spare.
+        u32_(&mut expected, 0x7ff | 0x800);
+        u32_(&mut expected, 0xbb);
+        u64_(&mut expected, 0x10);
+        u32_(&mut expected, 0x55);
+        u32_(&mut expected, 0x66);
+        u32_(&mut expected, 0x77);
+        u16_(&mut expected, 0o100644);
+        u16_(&mut expected, 0);
+        // ino, size, blocks, attributes_mask.
+        u64_(&mut expected, 0x11);
+        u64_(&mut expected, 0x22);
+        u64_(&mut expected, 0x33);
+        u64_(&mut expected, 0x70);
+        // atime, btime, ctime, mtime: tv_sec, tv_nsec, reserved.
+        for (sec, nsec) in [
+            (0x1234, 0x5678),
+            (0x99, 0x7),
+            (0x1234, 0x5678),
+            (0x1234, 0x5678),
+        ] {
+            u64_(&mut expected, sec);
+            u32_(&mut expected, nsec);
+            u32_(&mut expected, 0);
+        }
+        // rdev 8:17 (new_encode_dev 0x811) as major, minor; dev major, minor; spare2.
+        u32_(&mut expected, 8);
+        u32_(&mut expected, 17);
+        u32_(&mut expected, 0);
+        u32_(&mut expected, 0);
+        expected.extend_from_slice(&[0; 14 * 8]);
+        assert_eq!(expected.len(), 16 + 288);
+
+        let sender = ReplySender::Assert(AssertSender { expected });
+        let reply: ReplyStatx = Reply::new(ll::RequestId(0xdeadbeef), sender);
+        let time = UNIX_EPOCH + Duration::new(0x1234, 0x5678);
+        let attr = FileAttr {
+            ino: INodeNo(0x11),
+            size: 0x22,
+            blocks: 0x33,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind: FileType::RegularFile,
+            perm: 0o644,
+            nlink: 0x55,
+            uid: 0x66,
+            gid: 0x77,
+            rdev: 0x811,
+            blksize: 0xbb,
+            flags: 0x99,
+        };
+        reply.statx(
+            &Duration::new(0x8765, 0x4321),
+            &crate::StatxAttr {
+                attr,
+                btime: Some(UNIX_EPOCH + Duration::new(0x99, 0x7)),
+                // 0x100 is not in the mask, so it is not sent.
+                attributes: 0x10 | 0x100,
+                attributes_mask: 0x70,
+            },
+        );
     }
 
     #[test]

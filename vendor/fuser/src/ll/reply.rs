@@ -120,6 +120,65 @@ impl ResponseStruct<abi::fuse_attr_out> {
     }
 }
 
+/// `STATX_BASIC_STATS`: the fields of `struct stat`, all of which a statx reply carries.
+const STATX_BASIC_STATS: u32 = 0x7ff;
+/// `STATX_BTIME`: the creation time.
+const STATX_BTIME: u32 = 0x800;
+
+fn sx_time(t: &std::time::SystemTime) -> abi::fuse_sx_time {
+    let (tv_sec, tv_nsec) = time_from_system_time(t);
+    abi::fuse_sx_time {
+        tv_sec,
+        tv_nsec,
+        reserved: 0,
+    }
+}
+
+// pinfs patch: the reply to FUSE_STATX.
+impl ResponseStruct<abi::fuse_statx_out> {
+    pub(crate) fn new_statx(ttl: &Duration, sx: &crate::StatxAttr) -> Self {
+        let attr = &sx.attr;
+        // `fuse_attr.rdev` is the kernel's `new_encode_dev`; statx carries major and minor.
+        let rdev = attr.rdev;
+        let rdev_major = (rdev & 0xfff00) >> 8;
+        let rdev_minor = (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+        let (mask, btime) = match &sx.btime {
+            Some(t) => (STATX_BASIC_STATS | STATX_BTIME, sx_time(t)),
+            None => (STATX_BASIC_STATS, abi::fuse_sx_time::default()),
+        };
+        ResponseStruct(abi::fuse_statx_out {
+            attr_valid: ttl.as_secs(),
+            attr_valid_nsec: ttl.subsec_nanos(),
+            flags: 0,
+            spare: [0; 2],
+            stat: abi::fuse_statx {
+                mask,
+                blksize: attr.blksize,
+                attributes: sx.attributes & sx.attributes_mask,
+                nlink: attr.nlink,
+                uid: attr.uid,
+                gid: attr.gid,
+                // The file type and permission bits fit in 16 bits (`S_IFMT` is 0o170000).
+                mode: mode_from_kind_and_perm(attr.kind, attr.perm) as u16,
+                spare0: [0; 1],
+                ino: attr.ino.0,
+                size: attr.size,
+                blocks: attr.blocks,
+                attributes_mask: sx.attributes_mask,
+                atime: sx_time(&attr.atime),
+                btime,
+                ctime: sx_time(&attr.ctime),
+                mtime: sx_time(&attr.mtime),
+                rdev_major,
+                rdev_minor,
+                dev_major: 0,
+                dev_minor: 0,
+                spare2: [0; 14],
+            },
+        })
+    }
+}
+
 #[cfg(target_os = "macos")]
 impl ResponseStruct<abi::fuse_getxtimes_out> {
     pub(crate) fn new_xtimes(bkuptime: SystemTime, crtime: SystemTime) -> Self {
