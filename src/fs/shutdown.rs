@@ -67,11 +67,17 @@ impl Fs {
             let flushed = match flush {
                 ShutdownFlush::Nothing => Ok(()),
                 ShutdownFlush::Log => self.flush_journal(&mut lock(&self.journal)),
-                ShutdownFlush::All => self.flush_journal(&mut lock(&self.journal)).and_then(|()| {
-                    self.image
-                        .persist_all()
-                        .map_err(|e| self.host_failed("making the image durable", e))
-                }),
+                ShutdownFlush::All => {
+                    self.flush_journal(&mut lock(&self.journal)).and_then(|()| {
+                        // Holders' stores are data too: the windowed blocks that files own
+                        // go back into the image (free ones stay zero), as at unmount.
+                        let free: Vec<Extent> = lock(&self.alloc).free_extents().collect();
+                        self.image
+                            .write_back_windows(|off, len| owned_ranges(&free, off, len))
+                            .and_then(|()| self.image.persist_all())
+                            .map_err(|e| self.host_failed("making the image durable", e))
+                    })
+                }
             };
             *lock(&self.shutdown_by) = Some(flush);
             self.shut_down.store(true, Ordering::SeqCst);

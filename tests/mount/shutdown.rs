@@ -1,0 +1,247 @@
+//! Shutting a mount down (`FS_IOC_SHUTDOWN`, as xfstests' godown and `xfs_io -c shutdown`
+//! send it, and `pinfs shutdown`): what each flag makes durable, what a volatile cache loses
+//! (a power cut), `EIO` for every operation afterwards, holders fenced and cut off, and who
+//! may ask.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use common::*;
+use pinfs::daemon::ioctl::FS_IOC_SHUTDOWN;
+use pinfs::holder::client::{Connection, PinOptions};
+
+/// The shutdown ioctl on the mount's root with `flag`: 0 or the errno.
+fn shutdown_ioctl(m: &Mount, flag: u32) -> i32 {
+    let dir = fs::File::open(&m.mnt).unwrap();
+    // SAFETY: ioctl on a descriptor we own, with a pointer to a u32 that outlives the call.
+    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), FS_IOC_SHUTDOWN as _, &flag as *const u32) };
+    if rc == 0 {
+        0
+    } else {
+        errno()
+    }
+}
+
+/// Files `synced` (written and fsync'd), `unsynced` (written after, never synced) and a
+/// directory `dir` made after the last fsync.
+fn write_files(m: &Mount) {
+    let mut f = new_file(m.path("synced"));
+    f.write_all(b"made durable by fsync").unwrap();
+    f.sync_all().unwrap();
+    let mut g = new_file(m.path("unsynced"));
+    g.write_all(b"never synced").unwrap();
+    fs::create_dir(m.path("dir")).unwrap();
+}
+
+/// After the shutdown: unmount, fsck clean, mount again.
+fn cycle(m: &mut Mount) {
+    m.umount();
+    let out = m.fsck();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "fsck after the shutdown: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    m.mount("volatile_cache");
+}
+
+#[test]
+fn with_a_volatile_cache_each_flag_keeps_exactly_what_it_makes_durable() {
+    if skip_without_fuse("with_a_volatile_cache_each_flag_keeps_exactly_what_it_makes_durable") {
+        return;
+    }
+    let mut m = Mount::new("64M", "volatile_cache");
+    // NOLOGFLUSH: a power cut. Only what fsync made durable is there.
+    write_files(&m);
+    assert_eq!(shutdown_ioctl(&m, 2), 0);
+    cycle(&mut m);
+    assert_eq!(
+        fs::read(m.path("synced")).unwrap(),
+        b"made durable by fsync"
+    );
+    assert_eq!(err_of(fs::metadata(m.path("unsynced"))), libc::ENOENT);
+    assert_eq!(err_of(fs::metadata(m.path("dir"))), libc::ENOENT);
+    // LOGFLUSH: the journal is made durable, not the data: the names and sizes are there,
+    // the unsynced bytes are not (they read as zeros, never as another file's old bytes).
+    write_files(&m);
+    assert_eq!(shutdown_ioctl(&m, 1), 0);
+    cycle(&mut m);
+    assert_eq!(
+        fs::read(m.path("synced")).unwrap(),
+        b"made durable by fsync"
+    );
+    assert!(fs::metadata(m.path("dir")).unwrap().is_dir());
+    let left = fs::read(m.path("unsynced")).unwrap();
+    assert_eq!(left.len(), b"never synced".len());
+    assert!(
+        left == b"never synced" || left.iter().all(|&b| b == 0),
+        "the unsynced file holds its bytes or zeros: {left:?}"
+    );
+    // DEFAULT: data and metadata, as syncfs would.
+    fs::remove_file(m.path("unsynced")).unwrap();
+    fs::remove_dir(m.path("dir")).unwrap();
+    write_files(&m);
+    assert_eq!(shutdown_ioctl(&m, 0), 0);
+    cycle(&mut m);
+    assert_eq!(fs::read(m.path("unsynced")).unwrap(), b"never synced");
+    assert!(fs::metadata(m.path("dir")).unwrap().is_dir());
+}
+
+#[test]
+fn after_a_shutdown_every_operation_fails_with_eio_and_umount_works() {
+    if skip_without_fuse("after_a_shutdown_every_operation_fails_with_eio_and_umount_works") {
+        return;
+    }
+    let mut m = Mount::new("64M", "");
+    fs::write(m.path("f"), b"before").unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    let open = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
+    let root = fs::File::open(&m.mnt).unwrap();
+    let out = pinfs(&["shutdown", m.mnt.to_str().unwrap(), "--flush", "log"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The attributes the kernel cached before may answer for their second of validity.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut buf = [0u8; 4];
+    assert_eq!(err_of(open.read_at(&mut buf, 0)), libc::EIO, "read");
+    assert_eq!(err_of(open.write_at(b"x", 0)), libc::EIO, "write");
+    assert_eq!(err_of(open.sync_all()), libc::EIO, "fsync");
+    assert_eq!(err_of(fs::metadata(m.path("f"))), libc::EIO, "stat");
+    assert_eq!(err_of(fs::metadata(m.path("new"))), libc::EIO, "lookup");
+    assert_eq!(err_of(fs::File::open(m.path("f"))), libc::EIO, "open");
+    assert_eq!(err_of(fs::read_dir(m.path("d"))), libc::EIO, "opendir");
+    assert_eq!(err_of(fs::create_dir(m.path("e"))), libc::EIO, "mkdir");
+    assert_eq!(err_of(fs::write(m.path("g"), b"x")), libc::EIO, "create");
+    // A second shutdown (through a descriptor opened before: opening the mount point is EIO
+    // now, as on XFS) changes nothing and succeeds.
+    let flag = 2u32;
+    // SAFETY: as in shutdown_ioctl.
+    let rc = unsafe { libc::ioctl(root.as_raw_fd(), FS_IOC_SHUTDOWN as _, &flag as *const u32) };
+    assert_eq!(rc, 0);
+    drop(root);
+    let table = pinfs(&["status", m.mnt.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains("SHUT DOWN on request (flush log)"),
+        "{table}"
+    );
+    drop(open);
+    m.umount();
+    let out = m.fsck();
+    assert_eq!(out.status.code(), Some(0));
+    m.mount("");
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"before");
+}
+
+#[test]
+fn only_root_shuts_a_mount_down_and_bad_flags_change_nothing() {
+    if skip_without_fuse("only_root_shuts_a_mount_down_and_bad_flags_change_nothing") {
+        return;
+    }
+    let m = Mount::new("64M", "");
+    let mnt = m.mnt.clone();
+    let refused = as_nobody(move || {
+        let dir = fs::File::open(&mnt).unwrap();
+        let flag = 2u32;
+        // SAFETY: as in shutdown_ioctl.
+        let rc = unsafe { libc::ioctl(dir.as_raw_fd(), FS_IOC_SHUTDOWN as _, &flag as *const u32) };
+        rc == -1 && errno() == libc::EPERM
+    });
+    assert!(refused, "an unprivileged shutdown is EPERM");
+    assert_eq!(shutdown_ioctl(&m, 3), libc::EINVAL, "an unknown flag");
+    // An address that is not the caller's memory: EFAULT.
+    let dir = fs::File::open(&m.mnt).unwrap();
+    // SAFETY: the kernel passes the address on without touching it; the daemon's read of
+    // it fails.
+    let rc = unsafe { libc::ioctl(dir.as_raw_fd(), FS_IOC_SHUTDOWN as _, 8usize) };
+    assert_eq!((rc, errno()), (-1, libc::EFAULT));
+    // The filesystem is up.
+    fs::write(m.path("still"), b"up").unwrap();
+    assert_eq!(fs::read(m.path("still")).unwrap(), b"up");
+    // `pinfs shutdown` of a path that is no pinfs mount shuts nothing down (XFS and ext4
+    // take the same ioctl).
+    let out = pinfs(&["shutdown", m.dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a pinfs mount"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_shutdown_fences_holders_and_their_later_stores_reach_nothing() {
+    if skip_without_fuse("a_shutdown_fences_holders_and_their_later_stores_reach_nothing") {
+        return;
+    }
+    for options in ["volatile_cache", ""] {
+        let mut m = Mount::new("64M", options);
+        let f = new_file(m.path("pinned"));
+        f.write_all_at(&[b'a'; 8192], 0).unwrap();
+        f.sync_all().unwrap();
+        let mut c = Connection::for_file(&f).unwrap();
+        let mut pin = c.pin(&f, 0, 8192, PinOptions::default()).unwrap();
+        pin.as_mut_slice()[..4].copy_from_slice(b"pre!");
+        // The holder's stores before the shutdown are data: DEFAULT makes them durable.
+        assert_eq!(shutdown_ioctl(&m, 0), 0);
+        loop {
+            let e = c
+                .next_event(Some(Duration::from_secs(10)))
+                .unwrap()
+                .expect("an event within 10 s");
+            if e.name() == "fenced" {
+                break;
+            }
+        }
+        // Stores after the shutdown go to memory no block shares any more.
+        pin.as_mut_slice()[4096..4100].copy_from_slice(b"late");
+        drop(pin);
+        drop(c);
+        drop(f);
+        m.umount();
+        assert_eq!(m.fsck().status.code(), Some(0));
+        m.mount("");
+        let data = fs::read(m.path("pinned")).unwrap();
+        assert_eq!(
+            &data[..4],
+            b"pre!",
+            "-o {options}: stored before the shutdown"
+        );
+        assert_eq!(
+            &data[4096..4100],
+            b"aaaa",
+            "-o {options}: a store after the shutdown reached the file"
+        );
+    }
+}
+
+#[test]
+fn without_a_volatile_cache_a_shutdown_keeps_at_least_what_was_durable() {
+    if skip_without_fuse("without_a_volatile_cache_a_shutdown_keeps_at_least_what_was_durable") {
+        return;
+    }
+    let mut m = Mount::new("64M", "");
+    write_files(&m);
+    assert_eq!(shutdown_ioctl(&m, 2), 0);
+    m.umount();
+    assert_eq!(m.fsck().status.code(), Some(0));
+    m.mount("");
+    assert_eq!(
+        fs::read(m.path("synced")).unwrap(),
+        b"made durable by fsync"
+    );
+}
