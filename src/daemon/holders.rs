@@ -968,7 +968,14 @@ fn respond(
             done(Reply::Done)
         }
         Request::Share { .. } if !root => only_root("share the mount"),
-        Request::Share { options } => {
+        &Request::Share {
+            dev,
+            ino,
+            ref options,
+        } => {
+            if fs.image().identity().ok() != Some((dev, ino)) {
+                return Err((libc::EXDEV, "this daemon serves another image".into()));
+            }
             crate::daemon::remount::check_share(fs, &fs.mount_options(), options)?;
             done(Reply::Done)
         }

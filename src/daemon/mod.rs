@@ -65,8 +65,8 @@ pub fn mount(req: &MountRequest) -> Result<(), String> {
     if std::env::var_os(READY_FD_ENV).is_some() {
         return serve(req, &opts);
     }
-    if let Some(serving) = share::serving_mount(&req.image) {
-        return share::share(serving, &req.image, &req.mountpoint, &req.options);
+    if let Some(shared) = share::share_if_served(&req.image, &req.mountpoint, &req.options) {
+        return shared;
     }
     if req.foreground {
         return serve(req, &opts);

@@ -29,17 +29,12 @@ use rustix::mount::{MountFlags, UnmountFlags};
 use crate::fs::options::MountOptions;
 use crate::holder::client::Connection;
 
-/// The mount serving an image, found by [`serving_mount`].
-pub struct Serving {
-    /// A mount point of it in this mount namespace.
-    pub mountpoint: PathBuf,
-    conn: Connection,
-}
-
 /// When the image at `image` is locked by a live daemon that serves it at a mount point in
-/// this mount namespace, and the caller is root: that mount. `None` otherwise (the mount
-/// then goes on as a first mount, and a held lock is reported as it always is).
-pub fn serving_mount(image: &Path) -> Option<Serving> {
+/// this mount namespace, and the caller is root, mounts that filesystem at `mountpoint`
+/// too, with the per-mount flags of the option list `list`: `Some` with the outcome (on an
+/// error nothing is mounted). `None` when there is no such mount: the mount then goes on as
+/// a first mount, and a held lock is reported as it always is.
+pub fn share_if_served(image: &Path, mountpoint: &Path, list: &str) -> Option<Result<(), String>> {
     if !rustix::process::geteuid().is_root() {
         return None;
     }
@@ -49,7 +44,7 @@ pub fn serving_mount(image: &Path) -> Option<Serving> {
         return None;
     }
     let md = file.metadata().ok()?;
-    let want = (md.dev(), md.ino());
+    let identity = (md.dev(), md.ino());
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mut seen = Vec::new();
     for entry in table.lines().filter_map(MountEntry::parse) {
@@ -58,46 +53,33 @@ pub fn serving_mount(image: &Path) -> Option<Serving> {
         }
         seen.push(entry.dev);
         // By device number, not by path: a `stat` of the mount point would ask that mount's
-        // daemon, which may be anyone's and may not answer.
+        // daemon, which may be anyone's and may not answer. The daemon compares the image
+        // file's numbers with its own (a volatile cache maps a copy: only it knows).
         let Ok(mut conn) = Connection::for_dev(entry.dev) else {
             continue;
         };
-        let Ok(raw) = conn.raw_image() else {
-            continue;
-        };
-        let Ok(st) = rustix::fs::fstat(&raw) else {
-            continue;
-        };
-        if (st.st_dev, st.st_ino) == want {
-            return Some(Serving {
-                mountpoint: entry.mountpoint,
-                conn,
-            });
-        }
+        let first = entry.mountpoint.display().to_string();
+        return Some(match conn.share(identity, list) {
+            Err(e) if e.errno() == Some(libc::EXDEV) => continue,
+            Err(e) => Err(format!(
+                "{}: already mounted at {first}, and a second mount shares that filesystem: {e}",
+                image.display()
+            )),
+            Ok(()) => bind(&entry.mountpoint, image, mountpoint, list),
+        });
     }
     None
 }
 
-/// Mounts the filesystem that `serving` shows at `mountpoint` too, with the per-mount flags
-/// of the option list `list`. On an error nothing is mounted.
-pub fn share(
-    mut serving: Serving,
-    image: &Path,
-    mountpoint: &Path,
-    list: &str,
-) -> Result<(), String> {
+/// Binds the root of the mount at `first` at `mountpoint`, with the per-mount flags of the
+/// option list `list`. On an error nothing is mounted.
+fn bind(first: &Path, image: &Path, mountpoint: &Path, list: &str) -> Result<(), String> {
     let opts = MountOptions::parse(list)?;
-    let first = serving.mountpoint.display().to_string();
-    serving.conn.share(list).map_err(|e| {
+    rustix::mount::mount_bind(first, mountpoint).map_err(|e| {
         format!(
-            "{}: already mounted at {first}, and a second mount shares that filesystem: {e}",
-            image.display()
-        )
-    })?;
-    rustix::mount::mount_bind(&serving.mountpoint, mountpoint).map_err(|e| {
-        format!(
-            "{}: cannot mount the filesystem mounted at {first} on {} too: {}",
+            "{}: cannot mount the filesystem mounted at {} on {} too: {}",
             image.display(),
+            first.display(),
             mountpoint.display(),
             std::io::Error::from(e)
         )

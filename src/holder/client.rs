@@ -384,10 +384,13 @@ impl Connection {
         })
     }
 
-    /// Asks whether a second mount of the image with this option list may share the
+    /// Asks whether the daemon serves the image file with device and inode numbers
+    /// `(dev, ino)`, and whether a second mount of it with this option list may share the
     /// mounted filesystem (root only; see [`crate::daemon::share`]). Changes nothing.
-    pub fn share(&mut self, options: &str) -> Result<(), ClientError> {
+    pub fn share(&mut self, (dev, ino): (u64, u64), options: &str) -> Result<(), ClientError> {
         self.done(&Request::Share {
+            dev,
+            ino,
             options: options.to_string(),
         })
     }

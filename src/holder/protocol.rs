@@ -17,7 +17,7 @@
 //! | `ID fence holder=H` (root only) | | `ID ok revoked=N` |
 //! | `ID watch` | | `ID ok`; from then on every lease event of the mount, as notifications (and `event lost count=N` after a watcher fell behind) |
 //! | `ID remount`, a newline, then a mount option list (root only) | | `ID ok`, or an error with nothing changed (see [`crate::daemon::remount`]) |
-//! | `ID share`, a newline, then a mount option list (root only) | | `ID ok` when a second mount of the image with these options may share this filesystem, or an error saying which option differs (see [`crate::daemon::share`]); changes nothing |
+//! | `ID share dev=D ino=I`, a newline, then a mount option list (root only) | | `ID ok` when the daemon serves the image file with these device and inode numbers and a second mount of it with these options may share its filesystem; `errno=EXDEV` when it serves another image; otherwise an error saying which option differs (see [`crate::daemon::share`]). Changes nothing |
 //! | `ID check` (root only) | | `ID ok mapped_blocks=N`, or `ID err errno=EUCLEAN <what is inconsistent>` |
 //! | `ID hello` | | `ID ok holder=H` (the connection becomes a holder, as with its first pin) |
 //! | (any reply over [`PACKET_PAYLOAD`] bytes) | | `ID more` packets, then `ID end` (see below) |
@@ -238,9 +238,13 @@ pub enum Request {
         /// The option list.
         options: String,
     },
-    /// `share` and, after a newline, the option list of a second mount of the image
-    /// (root only): may that mount share this filesystem?
+    /// `share dev=D ino=I` and, after a newline, the option list of a second mount of the
+    /// image file with those numbers (root only): may that mount share this filesystem?
     Share {
+        /// The image file's device number.
+        dev: u64,
+        /// The image file's inode number.
+        ino: u64,
         /// The option list.
         options: String,
     },
@@ -285,8 +289,9 @@ impl Request {
             Request::Unpin { pin } => format!("{id} {verb} pin={pin}"),
             Request::Status { table: true } => format!("{id} {verb} table"),
             Request::Fence { holder } => format!("{id} {verb} holder={holder}"),
-            Request::Remount { options } | Request::Share { options } => {
-                format!("{id} {verb}\n{options}")
+            Request::Remount { options } => format!("{id} {verb}\n{options}"),
+            Request::Share { dev, ino, options } => {
+                format!("{id} {verb} dev={dev} ino={ino}\n{options}")
             }
             Request::Raw
             | Request::Status { table: false }
@@ -328,6 +333,8 @@ impl Request {
                 options: w.body.to_string(),
             },
             "share" => Request::Share {
+                dev: w.num("dev").map_err(bad)?,
+                ino: w.num("ino").map_err(bad)?,
                 options: w.body.to_string(),
             },
             "check" => Request::Check,
@@ -1337,7 +1344,8 @@ mod tests {
             any::<u64>().prop_map(|holder| Request::Fence { holder }),
             Just(Request::Watch),
             any::<String>().prop_map(|options| Request::Remount { options }),
-            any::<String>().prop_map(|options| Request::Share { options }),
+            (any::<u64>(), any::<u64>(), any::<String>())
+                .prop_map(|(dev, ino, options)| Request::Share { dev, ino, options }),
             Just(Request::Check),
             Just(Request::Hello),
         ]

@@ -17,8 +17,35 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// A second mount point: lazily unmounted when dropped, whatever the test did (a second
+/// mount left behind would keep the daemon, and so the first mount's image, alive).
+struct Second(PathBuf);
+
+impl std::ops::Deref for Second {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Second {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Second {
+    fn drop(&mut self) {
+        if is_mount_point(&self.0) {
+            let c = cstr(&self.0);
+            // SAFETY: umount2 with a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
 /// `pinfs mount IMAGE DIR -o OPTIONS` for a new directory `name` beside the first mount.
-fn mount_again(m: &Mount, name: &str, options: &str) -> (PathBuf, std::process::Output) {
+fn mount_again(m: &Mount, name: &str, options: &str) -> (Second, std::process::Output) {
     let dir = m.dir.path().join(name);
     fs::create_dir_all(&dir).unwrap();
     let mut args = vec!["mount", m.image.to_str().unwrap(), dir.to_str().unwrap()];
@@ -26,7 +53,7 @@ fn mount_again(m: &Mount, name: &str, options: &str) -> (PathBuf, std::process::
         args.extend(["-o", options]);
     }
     let out = pinfs(&args);
-    (dir, out)
+    (Second(dir), out)
 }
 
 fn umount(p: &Path) -> i32 {
@@ -212,4 +239,18 @@ fn sigterm_ends_every_mount_of_the_image() {
         fs::read(m.path("kept")).unwrap(),
         b"written before the signal"
     );
+}
+
+#[test]
+fn a_mount_with_a_volatile_cache_is_shared_too() {
+    if skip_without_fuse("a_mount_with_a_volatile_cache_is_shared_too") {
+        return;
+    }
+    // The daemon maps a copy of the image: the image file is recognised all the same.
+    let m = Mount::new("32M", "volatile_cache");
+    let (two, out) = mount_again(&m, "two", "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    fs::write(two.join("f"), b"through the second").unwrap();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"through the second");
+    assert_eq!(umount(&two), 0);
 }
