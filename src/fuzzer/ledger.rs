@@ -113,13 +113,21 @@ struct BreakRecord {
     done: u64,
 }
 
-/// A tag seen before its store was reported.
+/// A tag seen before its store was reported, or a holder byte in a pinned file's block no
+/// pin was reported to cover yet.
 struct Pending {
     pinned: Option<usize>,
     name: String,
     at: usize,
-    pin: u32,
-    store: u32,
+    what: Waiting,
+}
+
+/// What a [`Pending`] waits for.
+enum Waiting {
+    /// The report of store `store` of pin `pin`.
+    Tag { pin: u32, store: u32 },
+    /// The report of a pin of the block (this byte was in it).
+    Byte(u8),
 }
 
 /// Everything the oracles judge by.
@@ -435,6 +443,8 @@ impl Ledger {
         let mut at = 0;
         // A store fills whole blocks with one tag: judge it once per block.
         let mut judged: Option<(u32, u32, usize)> = None;
+        // The last block whose stray holder byte waits for a pin's report.
+        let mut waited: Option<usize> = None;
         while at < data.len() {
             // Stores fill whole blocks: tags sit at multiples of 8 (read anywhere else, the
             // end of one tag and the start of the next can look like a third).
@@ -453,18 +463,29 @@ impl Ledger {
                         pinned,
                         name: name.to_string(),
                         at,
-                        pin: g,
-                        store: s,
+                        what: Waiting::Tag { pin: g, store: s },
                     }),
                 }
                 at += 8;
                 continue;
             }
             if data[at] >= HOLDER_BYTES && !self.covered(pinned, data.len(), &mut covered, at) {
-                return Err(format!(
-                    "{name}: holder byte {:#x} at byte {at}, in a block no pin of this file ever covered",
-                    data[at]
-                ));
+                if pinned.is_none() {
+                    return Err(stray_byte(name, data[at], at));
+                }
+                // A holder reports its pin before it stores, but the report may not have been
+                // read yet: the byte waits for it (once per block), as a tag waits for its
+                // store's report.
+                let block = at / BLOCK_SIZE as usize;
+                if waited != Some(block) {
+                    waited = Some(block);
+                    self.pending.push(Pending {
+                        pinned,
+                        name: name.to_string(),
+                        at,
+                        what: Waiting::Byte(data[at]),
+                    });
+                }
             }
             at += 1;
         }
@@ -492,29 +513,53 @@ impl Ledger {
         blocks[at / BLOCK_SIZE as usize]
     }
 
-    /// Judges the tags that waited for their stores' reports; with `last` (every holder has
-    /// exited), a report still missing is a violation.
+    /// Judges the tags that waited for their stores' reports, and the holder bytes that
+    /// waited for a pin of their block; with `last` (every holder has exited), a report still
+    /// missing is a violation.
     pub fn check_pending(&mut self, last: bool) -> Result<(), String> {
         let mut keep = Vec::new();
         for t in std::mem::take(&mut self.pending) {
-            match self.judge(t.pinned, &t.name, t.at, (t.pin, t.store), last) {
+            let (pin, store) = match t.what {
+                Waiting::Tag { pin, store } => (pin, store),
+                Waiting::Byte(byte) => {
+                    let b = (t.at as u64) / BLOCK_SIZE;
+                    let covered = self
+                        .pins
+                        .values()
+                        .any(|p| Some(p.file) == t.pinned && p.first <= b && b < p.end);
+                    if !covered {
+                        if last {
+                            return Err(stray_byte(&t.name, byte, t.at));
+                        }
+                        keep.push(t);
+                    }
+                    continue;
+                }
+            };
+            match self.judge(t.pinned, &t.name, t.at, (pin, store), last) {
                 Verdict::Fine => {}
                 Verdict::Wrong(v) => return Err(v),
                 // Every report is in at the end: a store still unexplained is wrong then.
                 Verdict::Later(v) if last => return Err(v),
                 Verdict::Later(_) => keep.push(t),
-                Verdict::Unknown if last => {
-                    return Err(format!(
-                        "{}: a tag of store {} of pin {} at byte {}, a store no holder made",
-                        t.name, t.store, t.pin, t.at
-                    ))
-                }
+                Verdict::Unknown if last => return Err(format!(
+                    "{}: a tag of store {store} of pin {pin} at byte {}, a store no holder made",
+                    t.name, t.at
+                )),
                 Verdict::Unknown => keep.push(t),
             }
         }
         self.pending = keep;
         Ok(())
     }
+}
+
+/// The verdict on holder byte `byte` at byte `at` of file `name`, in a block no pin of that
+/// file ever covered.
+fn stray_byte(name: &str, byte: u8, at: usize) -> String {
+    format!(
+        "{name}: holder byte {byte:#x} at byte {at}, in a block no pin of this file ever covered"
+    )
 }
 
 #[cfg(test)]
@@ -835,6 +880,37 @@ mod tests {
         assert!(read_tag(&data[1..9]).is_some());
         assert!(l.check(Some(3), "pinned0", &data).is_ok());
         assert!(l.check_pending(true).is_ok(), "no made-up tag waits");
+    }
+
+    #[test]
+    fn a_holder_byte_waits_for_the_report_of_a_pin_of_its_block() {
+        // A tag cut by a writer's write: its first byte is a holder's, the word is no tag.
+        let mut data = vec![0x11u8; 16 * BLOCK_SIZE as usize];
+        let at = 5 * BLOCK_SIZE as usize + 64;
+        data[at] = 0xff;
+        let mut l = Ledger::default();
+        assert!(l.check(Some(3), "pinned0", &data).is_ok());
+        assert!(l.check_pending(false).is_ok());
+        // The holder's pin report comes: the byte is explained.
+        pin(&mut l, 1, 1, 100);
+        assert!(l.check_pending(true).is_ok());
+        // No pin of the block ever reported: wrong once every report is in.
+        let mut l = Ledger::default();
+        assert!(l.check(Some(3), "pinned0", &data).is_ok());
+        let v = l.check_pending(true).unwrap_err();
+        assert!(
+            v.contains("in a block no pin of this file ever covered"),
+            "{v}"
+        );
+        // A pin of another block explains nothing.
+        let mut l = Ledger::default();
+        pin(&mut l, 1, 1, 100);
+        let mut far = vec![0x11u8; 16 * BLOCK_SIZE as usize];
+        far[9 * BLOCK_SIZE as usize] = 0xff;
+        assert!(l.check(Some(3), "pinned0", &far).is_ok());
+        assert!(l.check_pending(true).is_err());
+        // In a file no holder pins, at once.
+        assert!(l.check(None, "plain0", &far).is_err());
     }
 
     #[test]
