@@ -235,8 +235,8 @@ impl Holder {
         self.conn.as_mut()
     }
 
-    /// Counts pin `number` of `file` as granted now, and reports it.
-    fn granted(&mut self, pin: &crate::holder::client::Pin, number: u32, file: usize) {
+    /// Counts pin `number` of `file`, asked for at `asked`, as granted now, and reports it.
+    fn granted(&mut self, pin: &crate::holder::client::Pin, number: u32, file: usize, asked: u64) {
         let granted = now_ns();
         let first = pin.file_offset() / BLOCK_SIZE;
         let blocks: u64 = pin.extents.iter().map(|e| e.len).sum::<u64>() / BLOCK_SIZE;
@@ -247,6 +247,7 @@ impl Holder {
             file,
             first,
             end: first + blocks,
+            asked,
             granted,
         });
     }
@@ -274,6 +275,7 @@ impl Holder {
             ..PinOptions::default()
         };
         // A fenced connection (EPERM) or what racing breakers explain: nothing to try.
+        let asked = now_ns();
         let pin = match c.pin(&f, off, len, opts) {
             Ok(pin) => pin,
             Err(e)
@@ -291,7 +293,7 @@ impl Holder {
         };
         // Reported like any pin: its window pages are attached while it lives, so the
         // ledger must know it may keep a block's page attached for another pin's mapping.
-        self.granted(&pin, number, file);
+        self.granted(&pin, number, file, asked);
         let mut wrong = Vec::new();
         for fd in pin.window_descriptors() {
             // SAFETY: a new mapping chosen by the kernel (no MAP_FIXED), of one page of a
@@ -359,9 +361,10 @@ impl Holder {
                 }
             }
             let Some(c) = self.conn.as_mut() else { return };
+            let asked = now_ns();
             match c.pin(&f, off, len, PinOptions::default()) {
                 Ok(pin) => {
-                    self.granted(&pin, number, file);
+                    self.granted(&pin, number, file, asked);
                     self.held = Some(HeldPin {
                         pin,
                         number,

@@ -39,14 +39,15 @@ pub fn pin_number(holder: usize, local: u32) -> u32 {
 pub enum Entry {
     /// Program step `index` began: `what` it is.
     Step { index: u64, what: String },
-    /// Pin `pin` (a tag number) of file blocks `first..end` was granted (time after) to the
-    /// holder the daemon calls `session`.
+    /// Pin `pin` (a tag number) of file blocks `first..end` was asked for (time before the
+    /// request) and granted (time after) to the holder the daemon calls `session`.
     Pin {
         pin: u32,
         session: u64,
         file: usize,
         first: u64,
         end: u64,
+        asked: u64,
         granted: u64,
     },
     /// Store `store` of pin `pin` began and ended at these times (before and after).
@@ -89,6 +90,9 @@ struct PinRecord {
     /// File blocks `first..end`.
     first: u64,
     end: u64,
+    /// Before the pin request was sent (the grant came later).
+    asked: u64,
+    /// After the grant's reply came (the grant came earlier).
     granted: u64,
     ended: Option<u64>,
     /// When the pin was certainly gone (after the unpin returned, or the daemon closed the
@@ -109,13 +113,21 @@ struct BreakRecord {
     done: u64,
 }
 
-/// A tag seen before its store was reported.
+/// A tag seen before its store was reported, or a holder byte in a pinned file's block no
+/// pin was reported to cover yet.
 struct Pending {
     pinned: Option<usize>,
     name: String,
     at: usize,
-    pin: u32,
-    store: u32,
+    what: Waiting,
+}
+
+/// What a [`Pending`] waits for.
+enum Waiting {
+    /// The report of store `store` of pin `pin`.
+    Tag { pin: u32, store: u32 },
+    /// The report of a pin of the block (this byte was in it).
+    Byte(u8),
 }
 
 /// Everything the oracles judge by.
@@ -157,6 +169,7 @@ impl Ledger {
                 file,
                 first,
                 end,
+                asked,
                 granted,
             } => {
                 self.sessions.insert(session);
@@ -169,6 +182,7 @@ impl Ledger {
                         file,
                         first,
                         end,
+                        asked,
                         granted,
                         ended: None,
                         gone: None,
@@ -265,15 +279,31 @@ impl Ledger {
         broken.into_iter().chain(fenced).min()
     }
 
-    /// Was pin `p` live (granted, not ended, not broken) at some time in `from..to`?
-    fn live_during(&self, p: &PinRecord, from: u64, to: u64) -> bool {
-        p.granted < to
-            && p.ended.is_none_or(|e| e > from)
-            && self.broken_at(p).is_none_or(|b| b > from)
+    /// Could a pin other than `g` have kept file block `b` of `file` in the file for a
+    /// revoked pin's store during `from..to`? A revocation moves the revoked pin's blocks
+    /// out of the file, except those a live lease also pins; those move when that lease
+    /// goes, in the same call that ends it: before its unpin returns or the daemon closes its
+    /// connection ([`Entry::Gone`]), and before a breaker of its range or a fence of its
+    /// holder returns (each moves the revoked blocks no live lease pins any more). Until
+    /// then the revoked holder's stores reach the block through the page the pins share. So
+    /// any pin of the block asked for before `to` counts, unless it was certainly gone or
+    /// broken before `from`: its [`Entry::End`] is taken before the unpin (or the death), a
+    /// time by which the block may still be in the file, and a killed holder's pin, whose
+    /// release nobody sees, counts until a breaker of its range returns.
+    fn kept_by_another(&self, g: u32, file: usize, b: u64, from: u64, to: u64) -> bool {
+        self.pins.iter().any(|(&n, q)| {
+            n != g
+                && q.file == file
+                && q.first <= b
+                && b < q.end
+                && q.asked < to
+                && q.gone.is_none_or(|t| t > from)
+                && self.broken_at(q).is_none_or(|t| t > from)
+        })
     }
 
     /// Could a pin other than `g` have kept file block `b` of `file` in a window during
-    /// `from..to`? Any pin of that block granted before `to` and not certainly gone before
+    /// `from..to`? Any pin of that block asked for before `to` and not certainly gone before
     /// `from` counts (a pin whose end the ledger does not know, a killed holder's, counts as
     /// long as the run): pages shared by pins stay attached while one of them lives, and a
     /// store through any mapping of such a page reaches the block.
@@ -283,9 +313,60 @@ impl Ledger {
                 && q.file == file
                 && q.first <= b
                 && b < q.end
-                && q.granted < to
+                && q.asked < to
                 && q.gone.is_none_or(|t| t > from)
         })
+    }
+
+    /// Every pin of block `b` of `file`, with its times in ms relative to `t` (what a
+    /// violation's reader needs to see which pin could have kept the block in the file).
+    fn pins_of_block(&self, file: usize, b: u64, t: u64) -> String {
+        let rel = |x: u64| format!("{:+.1}", (x as f64 - t as f64) / 1e6);
+        let opt = |x: Option<u64>| x.map_or("-".to_string(), rel);
+        let mut v: Vec<(&u32, &PinRecord)> = self
+            .pins
+            .iter()
+            .filter(|(_, q)| q.file == file && q.first <= b && b < q.end)
+            .collect();
+        v.sort_by_key(|(_, q)| q.granted);
+        let list: Vec<String> = v
+            .iter()
+            .map(|(n, q)| {
+                format!(
+                    "pin {n} holder {} session {} blocks {}..{}: asked {} granted {} ended {} gone {} broken {}",
+                    q.holder,
+                    q.session,
+                    q.first,
+                    q.end,
+                    rel(q.asked),
+                    rel(q.granted),
+                    opt(q.ended),
+                    opt(q.gone),
+                    opt(self.broken_at(q))
+                )
+            })
+            .collect();
+        let breaks: Vec<String> = self
+            .breaks
+            .iter()
+            .filter(|k| {
+                k.file == file && k.done + 1_000_000_000 > t && k.started < t + 1_000_000_000
+            })
+            .map(|k| {
+                format!(
+                    "blocks {}..{} from {} to {}",
+                    k.first,
+                    k.end,
+                    rel(k.started),
+                    rel(k.done)
+                )
+            })
+            .collect();
+        format!(
+            "pins of block {b}, ms from the store's start: {}; breakers of the file within 1 s: {}",
+            list.join("; "),
+            breaks.join("; ")
+        )
     }
 
     /// The tag of store `s` of pin `g` at byte `at` of pinned file `pinned` (`None`: a file
@@ -342,18 +423,12 @@ impl Ledger {
         }
         if let Some(t) = self.broken_at(p).filter(|&t| began > t) {
             // The filesystem moves a revoked pin's blocks out of the file when the breaker
-            // runs, except those another holder's live lease keeps there.
-            let kept = self.pins.values().any(|q| {
-                q.holder != p.holder
-                    && q.file == p.file
-                    && q.first <= b
-                    && b < q.end
-                    && self.live_during(q, began, ended)
-            });
-            if !kept {
+            // (or fence) runs, except those a live lease of another pin keeps there.
+            if !self.kept_by_another(g, p.file, b, began, ended) {
                 return Verdict::Wrong(format!(
-                    "{name}: {who} at byte {at} began {:.1} ms after a breaker of the pin's range (or a fence of its holder) returned: a revoked holder's store reached its file",
-                    (began - t) as f64 / 1e6
+                    "{name}: {who} at byte {at} began {:.1} ms after a breaker of the pin's range (or a fence of its holder) returned: a revoked holder's store reached its file ({})",
+                    (began - t) as f64 / 1e6,
+                    self.pins_of_block(p.file, b, began)
                 ));
             }
         }
@@ -368,6 +443,8 @@ impl Ledger {
         let mut at = 0;
         // A store fills whole blocks with one tag: judge it once per block.
         let mut judged: Option<(u32, u32, usize)> = None;
+        // The last block whose stray holder byte waits for a pin's report.
+        let mut waited: Option<usize> = None;
         while at < data.len() {
             // Stores fill whole blocks: tags sit at multiples of 8 (read anywhere else, the
             // end of one tag and the start of the next can look like a third).
@@ -386,18 +463,29 @@ impl Ledger {
                         pinned,
                         name: name.to_string(),
                         at,
-                        pin: g,
-                        store: s,
+                        what: Waiting::Tag { pin: g, store: s },
                     }),
                 }
                 at += 8;
                 continue;
             }
             if data[at] >= HOLDER_BYTES && !self.covered(pinned, data.len(), &mut covered, at) {
-                return Err(format!(
-                    "{name}: holder byte {:#x} at byte {at}, in a block no pin of this file ever covered",
-                    data[at]
-                ));
+                if pinned.is_none() {
+                    return Err(stray_byte(name, data[at], at));
+                }
+                // A holder reports its pin before it stores, but the report may not have been
+                // read yet: the byte waits for it (once per block), as a tag waits for its
+                // store's report.
+                let block = at / BLOCK_SIZE as usize;
+                if waited != Some(block) {
+                    waited = Some(block);
+                    self.pending.push(Pending {
+                        pinned,
+                        name: name.to_string(),
+                        at,
+                        what: Waiting::Byte(data[at]),
+                    });
+                }
             }
             at += 1;
         }
@@ -425,29 +513,53 @@ impl Ledger {
         blocks[at / BLOCK_SIZE as usize]
     }
 
-    /// Judges the tags that waited for their stores' reports; with `last` (every holder has
-    /// exited), a report still missing is a violation.
+    /// Judges the tags that waited for their stores' reports, and the holder bytes that
+    /// waited for a pin of their block; with `last` (every holder has exited), a report still
+    /// missing is a violation.
     pub fn check_pending(&mut self, last: bool) -> Result<(), String> {
         let mut keep = Vec::new();
         for t in std::mem::take(&mut self.pending) {
-            match self.judge(t.pinned, &t.name, t.at, (t.pin, t.store), last) {
+            let (pin, store) = match t.what {
+                Waiting::Tag { pin, store } => (pin, store),
+                Waiting::Byte(byte) => {
+                    let b = (t.at as u64) / BLOCK_SIZE;
+                    let covered = self
+                        .pins
+                        .values()
+                        .any(|p| Some(p.file) == t.pinned && p.first <= b && b < p.end);
+                    if !covered {
+                        if last {
+                            return Err(stray_byte(&t.name, byte, t.at));
+                        }
+                        keep.push(t);
+                    }
+                    continue;
+                }
+            };
+            match self.judge(t.pinned, &t.name, t.at, (pin, store), last) {
                 Verdict::Fine => {}
                 Verdict::Wrong(v) => return Err(v),
                 // Every report is in at the end: a store still unexplained is wrong then.
                 Verdict::Later(v) if last => return Err(v),
                 Verdict::Later(_) => keep.push(t),
-                Verdict::Unknown if last => {
-                    return Err(format!(
-                        "{}: a tag of store {} of pin {} at byte {}, a store no holder made",
-                        t.name, t.store, t.pin, t.at
-                    ))
-                }
+                Verdict::Unknown if last => return Err(format!(
+                    "{}: a tag of store {store} of pin {pin} at byte {}, a store no holder made",
+                    t.name, t.at
+                )),
                 Verdict::Unknown => keep.push(t),
             }
         }
         self.pending = keep;
         Ok(())
     }
+}
+
+/// The verdict on holder byte `byte` at byte `at` of file `name`, in a block no pin of that
+/// file ever covered.
+fn stray_byte(name: &str, byte: u8, at: usize) -> String {
+    format!(
+        "{name}: holder byte {byte:#x} at byte {at}, in a block no pin of this file ever covered"
+    )
 }
 
 #[cfg(test)]
@@ -468,6 +580,7 @@ mod tests {
                 file: 4,
                 first: 2,
                 end: 9,
+                asked: 123,
                 granted: 123,
             },
             Entry::Store {
@@ -491,7 +604,8 @@ mod tests {
         assert_eq!(Entry::parse(&v.line()), Some(v));
     }
 
-    /// Records pin `g` of `holder`, granted at `granted`: blocks 2..6 of file 3.
+    /// Records pin `g` of `holder`, asked for just before `granted` and granted then: blocks
+    /// 2..6 of file 3.
     fn pin(l: &mut Ledger, g: u32, holder: usize, granted: u64) {
         l.record(
             holder,
@@ -501,6 +615,7 @@ mod tests {
                 file: 3,
                 first: 2,
                 end: 6,
+                asked: granted - 1,
                 granted,
             },
         )
@@ -552,6 +667,115 @@ mod tests {
             .is_err());
     }
 
+    /// Pin 1 (holder 1, session 1) is fenced; pin 2 (holder 2, or another session of holder
+    /// 1) pins the same blocks and keeps them in the file until it is gone.
+    fn fenced_beside(l: &mut Ledger, keeper_holder: usize, keeper_session: u64) {
+        pin(l, 1, 1, 100);
+        l.record(
+            keeper_holder,
+            &Entry::Pin {
+                pin: 2,
+                session: keeper_session,
+                file: 3,
+                first: 2,
+                end: 6,
+                asked: 110,
+                granted: 120,
+            },
+        );
+        l.fenced(1, 200, 300);
+    }
+
+    fn store_at(l: &mut Ledger, s: u32, began: u64) {
+        l.record(
+            1,
+            &Entry::Store {
+                pin: 1,
+                store: s,
+                began,
+                ended: began + 5,
+            },
+        );
+    }
+
+    #[test]
+    fn a_live_pin_keeps_a_revoked_pins_block_until_it_is_certainly_gone() {
+        // The keeper reports its end, then unpins; the filesystem moves the block out in the
+        // unpin, before it returns (gone). A store between the two reaches the file.
+        let mut l = Ledger::default();
+        fenced_beside(&mut l, 2, 2);
+        l.record(2, &Entry::End { pin: 2, at: 400 });
+        store_at(&mut l, 0, 410);
+        l.record(2, &Entry::Gone { pin: 2, at: 430 });
+        store_at(&mut l, 1, 440);
+        assert!(l.check(Some(3), "pinned0", &file_with_tag(3, 1, 0)).is_ok());
+        let v = l
+            .check(Some(3), "pinned0", &file_with_tag(3, 1, 1))
+            .unwrap_err();
+        assert!(v.contains("revoked holder"), "{v}");
+        // Only in the blocks both pins cover.
+        let mut l = Ledger::default();
+        fenced_beside(&mut l, 2, 2);
+        l.pins.get_mut(&2).unwrap().end = 3;
+        store_at(&mut l, 0, 410);
+        assert!(l.check(Some(3), "pinned0", &file_with_tag(2, 1, 0)).is_ok());
+        assert!(l
+            .check(Some(3), "pinned0", &file_with_tag(3, 1, 0))
+            .is_err());
+    }
+
+    #[test]
+    fn a_killed_keepers_pin_counts_until_a_breaker_of_its_range_returned() {
+        // Nobody sees the daemon release a killed holder's pin: its End is a time before.
+        let mut l = Ledger::default();
+        fenced_beside(&mut l, 2, 2);
+        l.record(2, &Entry::End { pin: 2, at: 400 });
+        store_at(&mut l, 0, 410);
+        assert!(l.check(Some(3), "pinned0", &file_with_tag(3, 1, 0)).is_ok());
+        // A breaker of its range returned: it released or revoked the pin, and moved the
+        // revoked blocks no live lease pins any more.
+        l.breaker(3, 5, u64::MAX, 500, 600);
+        store_at(&mut l, 1, 610);
+        let v = l
+            .check(Some(3), "pinned0", &file_with_tag(3, 1, 1))
+            .unwrap_err();
+        assert!(v.contains("revoked holder"), "{v}");
+    }
+
+    #[test]
+    fn a_keeper_may_be_another_session_of_the_same_holder_or_one_granted_during_the_store() {
+        // A holder killed and started again: the daemon's live lease of its old session
+        // keeps the block as any other would.
+        let mut l = Ledger::default();
+        fenced_beside(&mut l, 1, 7);
+        store_at(&mut l, 0, 410);
+        assert!(l.check(Some(3), "pinned0", &file_with_tag(3, 1, 0)).is_ok());
+        // A pin asked for before the store ended may have been granted before it, even when
+        // its holder saw the grant later.
+        let mut l = Ledger::default();
+        pin(&mut l, 1, 1, 100);
+        l.fenced(1, 200, 300);
+        store_at(&mut l, 0, 410);
+        l.record(
+            2,
+            &Entry::Pin {
+                pin: 2,
+                session: 2,
+                file: 3,
+                first: 2,
+                end: 6,
+                asked: 412,
+                granted: 450,
+            },
+        );
+        assert!(l.check(Some(3), "pinned0", &file_with_tag(3, 1, 0)).is_ok());
+        // One asked for after the store ended could not.
+        l.pins.get_mut(&2).unwrap().asked = 416;
+        assert!(l
+            .check(Some(3), "pinned0", &file_with_tag(3, 1, 0))
+            .is_err());
+    }
+
     #[test]
     fn a_store_after_a_fence_returned_is_caught() {
         let mut l = Ledger::default();
@@ -563,6 +787,7 @@ mod tests {
                 file: 3,
                 first: 0,
                 end: 4,
+                asked: 10,
                 granted: 10,
             },
         );
@@ -633,6 +858,7 @@ mod tests {
                 file: 3,
                 first: 0,
                 end: 1,
+                asked: 1,
                 granted: 1,
             },
         );
@@ -654,6 +880,37 @@ mod tests {
         assert!(read_tag(&data[1..9]).is_some());
         assert!(l.check(Some(3), "pinned0", &data).is_ok());
         assert!(l.check_pending(true).is_ok(), "no made-up tag waits");
+    }
+
+    #[test]
+    fn a_holder_byte_waits_for_the_report_of_a_pin_of_its_block() {
+        // A tag cut by a writer's write: its first byte is a holder's, the word is no tag.
+        let mut data = vec![0x11u8; 16 * BLOCK_SIZE as usize];
+        let at = 5 * BLOCK_SIZE as usize + 64;
+        data[at] = 0xff;
+        let mut l = Ledger::default();
+        assert!(l.check(Some(3), "pinned0", &data).is_ok());
+        assert!(l.check_pending(false).is_ok());
+        // The holder's pin report comes: the byte is explained.
+        pin(&mut l, 1, 1, 100);
+        assert!(l.check_pending(true).is_ok());
+        // No pin of the block ever reported: wrong once every report is in.
+        let mut l = Ledger::default();
+        assert!(l.check(Some(3), "pinned0", &data).is_ok());
+        let v = l.check_pending(true).unwrap_err();
+        assert!(
+            v.contains("in a block no pin of this file ever covered"),
+            "{v}"
+        );
+        // A pin of another block explains nothing.
+        let mut l = Ledger::default();
+        pin(&mut l, 1, 1, 100);
+        let mut far = vec![0x11u8; 16 * BLOCK_SIZE as usize];
+        far[9 * BLOCK_SIZE as usize] = 0xff;
+        assert!(l.check(Some(3), "pinned0", &far).is_ok());
+        assert!(l.check_pending(true).is_err());
+        // In a file no holder pins, at once.
+        assert!(l.check(None, "plain0", &far).is_err());
     }
 
     #[test]
@@ -679,6 +936,7 @@ mod tests {
                 file: 4,
                 first: 2,
                 end: 3,
+                asked: 1,
                 granted: 1,
             },
         );

@@ -17,8 +17,8 @@
 //!   reaches a file no holder pinned, and the filesystem did what the operations said;
 //! - in a pinned file every whole tag belongs to a pin of that file, lies in that pin's range,
 //!   and comes from a store that began before any breaker of the pin's range returned, unless
-//!   another holder's live lease still kept that block in the file; every other holder byte
-//!   lies in a block some pin of that file covered;
+//!   another lease of that block, not yet certainly gone, still kept it in the file (see
+//!   [`Ledger`]); every other holder byte lies in a block some pin of that file covered;
 //! - the daemon's block accounting holds (checked live every half second: free + used +
 //!   busy = total, no block mapped twice, none mapped and free or busy);
 //! - after all holders are gone no block is busy (on a mount of the user's, none for a
