@@ -477,13 +477,16 @@ impl fuser::Filesystem for FuseFs {
         offset: u64,
         data: &[u8],
         wf: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _span = request_span(req, "write", ino.0).entered();
         let setid = self.setid(ino.0);
-        match self.fs.write(ino.0, offset, data, caller(req)) {
+        match self
+            .fs
+            .write_flagged(ino.0, offset, data, caller(req), flags.0)
+        {
             Ok(n) if setid => {
                 // The write may have cleared set-uid or set-gid. The kernel drops only the
                 // size and times it caches after a write, so a stat that asks for the mode

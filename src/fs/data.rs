@@ -196,6 +196,25 @@ impl Fs {
             == count
     }
 
+    /// A write through a descriptor with `open_flags`, as the kernel passes them with each
+    /// write (the descriptor's `O_SYNC`/`O_DSYNC`, and `RWF_SYNC`/`RWF_DSYNC` of the call):
+    /// with either, the written data (and with `O_SYNC` the metadata too) is durable when it
+    /// returns, as an `fsync` (`fdatasync`) right after it would make it.
+    pub fn write_flagged(
+        &self,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+        caller: Caller,
+        open_flags: i32,
+    ) -> FsResult<u32> {
+        let n = self.write(ino, offset, data, caller)?;
+        if open_flags & libc::O_DSYNC != 0 {
+            self.fsync(ino, open_flags & libc::O_SYNC != libc::O_SYNC)?;
+        }
+        Ok(n)
+    }
+
     /// Writes `data` at `offset`; returns the bytes written (short only when space ran out).
     pub fn write(&self, ino: u64, offset: u64, data: &[u8], caller: Caller) -> FsResult<u32> {
         self.with_journal_room(|| self.write_once(ino, offset, data, caller))
