@@ -416,12 +416,13 @@ impl fuser::Filesystem for FuseFs {
         Self::empty(
             &self.fs,
             reply,
-            self.fs.rename(
+            self.fs.rename_by(
                 parent.0,
                 name.as_bytes(),
                 newparent.0,
                 newname.as_bytes(),
                 flags.bits(),
+                caller(req),
             ),
         )
     }

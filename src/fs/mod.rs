@@ -310,7 +310,8 @@ pub mod rename_flags {
     pub const NOREPLACE: u32 = 1;
     /// Swap source and target.
     pub const EXCHANGE: u32 = 2;
-    /// Leave a whiteout (not supported).
+    /// Leave a whiteout at the source: a character device 0:0 with mode 0, as overlayfs
+    /// reads it, owned by the caller (since Linux 5.8 anyone may ask).
     pub const WHITEOUT: u32 = 4;
 }
 

@@ -496,8 +496,27 @@ impl Fs {
         to_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        let root = Caller {
+            uid: 0,
+            gid: 0,
+            pid: 0,
+        };
+        self.rename_by(from_parent, from_name, to_parent, to_name, flags, root)
+    }
+
+    /// [`Fs::rename`] by `caller`, who owns the whiteout that [`rename_flags::WHITEOUT`]
+    /// leaves at the source.
+    pub fn rename_by(
+        &self,
+        from_parent: u64,
+        from_name: &[u8],
+        to_parent: u64,
+        to_name: &[u8],
+        flags: u32,
+        caller: Caller,
+    ) -> FsResult<()> {
         let victim = self.with_journal_room(|| {
-            self.rename_once(from_parent, from_name, to_parent, to_name, flags)
+            self.rename_once(from_parent, from_name, to_parent, to_name, flags, caller)
         })?;
         if let Some(v) = victim {
             self.free_unlinked(v);
@@ -512,25 +531,31 @@ impl Fs {
         to_parent: u64,
         to_name: &[u8],
         flags: u32,
+        caller: Caller,
     ) -> FsResult<Option<u64>> {
         check_name(to_name)?;
         if from_name.len() > NAME_MAX {
             return Err(FsError::NameTooLong);
         }
         let exchange = flags & rename_flags::EXCHANGE != 0;
-        if flags & !(rename_flags::NOREPLACE | rename_flags::EXCHANGE) != 0
-            || (exchange && flags & rename_flags::NOREPLACE != 0)
+        let whiteout = flags & rename_flags::WHITEOUT != 0;
+        if flags & !(rename_flags::NOREPLACE | rename_flags::EXCHANGE | rename_flags::WHITEOUT) != 0
+            || (exchange && flags & (rename_flags::NOREPLACE | rename_flags::WHITEOUT) != 0)
         {
             return Err(FsError::Invalid("unsupported rename flags"));
         }
         self.writable()?;
+        if whiteout {
+            // The whiteout is one more inode and keeps the source's name: room as a create.
+            self.room_to_grow()?;
+        }
         // A longer new name grows the metadata as a create does, so it needs the same room;
         // a rename over an existing name does not (that entry keeps its name, the source's
         // goes), nor does an exchange (both names stay where they are). Whether the target
         // exists is known for sure only under the namespace lock, where no checkpoint can be
         // written: a target that went meanwhile sends the rename back here for the room.
         let longer = !exchange && to_name.len() > from_name.len();
-        let mut room = false;
+        let mut room = whiteout;
         loop {
             if longer && !room && !self.has_name(to_parent, to_name) {
                 self.room_to_grow()?;
@@ -543,6 +568,7 @@ impl Fs {
                 to_name,
                 flags,
                 room || !longer,
+                caller,
             )?;
             // None: the target went meanwhile, and this rename adds a name after all.
             if let Some(victim) = done {
@@ -569,8 +595,10 @@ impl Fs {
         to_name: &[u8],
         flags: u32,
         may_grow: bool,
+        caller: Caller,
     ) -> FsResult<Option<Option<u64>>> {
         let exchange = flags & rename_flags::EXCHANGE != 0;
+        let whiteout = flags & rename_flags::WHITEOUT != 0;
         let victim;
         {
             let _gate = self.gate();
@@ -635,15 +663,32 @@ impl Fs {
                     return Err(FsError::NotEmpty);
                 }
             }
-            let rec = Record::Rename {
+            let time = Time::now();
+            let mut records = vec![Record::Rename {
                 from_parent,
                 from_name: from_name.to_vec(),
                 to_parent,
                 to_name: to_name.to_vec(),
                 exchange,
-                time: Time::now(),
-            };
-            self.commit(&mut held, &[rec])?;
+                time,
+            }];
+            if whiteout {
+                // In the same transaction: the source's name never goes missing.
+                records.push(Record::Create {
+                    parent: from_parent,
+                    name: from_name.to_vec(),
+                    ino: self.new_ino()?,
+                    kind: Kind::CharDev,
+                    perm: 0,
+                    uid: caller.uid,
+                    gid: caller.gid,
+                    rdev: 0,
+                    target: Vec::new(),
+                    time,
+                });
+            }
+            self.commit(&mut held, &records)?;
+            self.publish(&mut held);
             victim = dst.filter(|_| !exchange).map(|d| d.ino);
         }
         Ok(Some(victim))

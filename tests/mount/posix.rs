@@ -146,6 +146,58 @@ fn rename_variants() {
 }
 
 #[test]
+fn rename_whiteout_leaves_a_whiteout_at_the_source_in_the_same_step() {
+    let mut m = mount_or_skip!("32M", "");
+    fs::write(m.path("a"), b"A").unwrap();
+    fs::write(m.path("over"), b"old").unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::create_dir(m.path("sub")).unwrap();
+    fs::set_permissions(m.path("sub"), fs::Permissions::from_mode(0o777)).unwrap();
+    for (from, to) in [("a", "b"), ("b", "over"), ("d", "d2")] {
+        assert_eq!(
+            renameat2(&m.path(from), &m.path(to), libc::RENAME_WHITEOUT),
+            0,
+            "{from} -> {to}"
+        );
+        // overlayfs's whiteout: a character device 0:0 with mode 0, owned by the caller.
+        let w = fs::symlink_metadata(m.path(from)).unwrap();
+        assert_eq!(w.mode(), libc::S_IFCHR, "{from}: mode {:o}", w.mode());
+        assert_eq!((w.rdev(), w.uid(), w.nlink()), (0, 0, 1), "{from}");
+    }
+    assert_eq!(fs::read(m.path("over")).unwrap(), b"A");
+    assert!(m.path("d2").is_dir());
+    // With a flag it cannot be combined with, it is refused and nothing changes.
+    fs::write(m.path("sub/x"), b"x").unwrap();
+    assert_eq!(
+        renameat2(
+            &m.path("over"),
+            &m.path("b"),
+            libc::RENAME_WHITEOUT | libc::RENAME_EXCHANGE
+        ),
+        libc::EINVAL
+    );
+    assert_eq!(fs::read(m.path("over")).unwrap(), b"A");
+    // Since Linux 5.8 anyone may leave a whiteout (it needs no CAP_MKNOD): the caller owns it.
+    fs::set_permissions(m.path("sub/x"), fs::Permissions::from_mode(0o666)).unwrap();
+    let (x, y) = (m.path("sub/x"), m.path("sub/y"));
+    assert!(as_nobody(
+        move || renameat2(&x, &y, libc::RENAME_WHITEOUT) == 0
+    ));
+    assert_eq!(fs::read(m.path("sub/y")).unwrap(), b"x");
+    let w = fs::symlink_metadata(m.path("sub/x")).unwrap();
+    assert_eq!((w.mode(), w.uid()), (libc::S_IFCHR, 65534));
+    // Whiteouts are inodes like others: they survive a remount, and fsck is clean.
+    m.remount("");
+    assert_eq!(
+        fs::symlink_metadata(m.path("a")).unwrap().mode(),
+        libc::S_IFCHR
+    );
+    assert_eq!(fs::read(m.path("over")).unwrap(), b"A");
+    m.umount();
+    assert_eq!(m.fsck().status.code(), Some(0));
+}
+
+#[test]
 fn hard_links_and_unlinked_open_files() {
     let m = mount_or_skip!("32M", "");
     fs::write(m.path("f"), b"data").unwrap();
