@@ -587,6 +587,7 @@ impl Fs {
     /// The rename itself, under the gate and the namespace lock: `None` (nothing changed)
     /// when it would add a longer name than it removes and `may_grow` is false, else the
     /// inode a rename over an existing name unlinked, if any.
+    #[allow(clippy::too_many_arguments)]
     fn rename_locked(
         &self,
         from_parent: u64,
