@@ -241,7 +241,10 @@ impl Explorer<'_> {
             subsets.push((0..n).collect());
         }
         let mut tries = 0;
-        while subsets.len() < self.cfg.states_per_point && n > 1 && tries < 4 * self.cfg.states_per_point {
+        while subsets.len() < self.cfg.states_per_point
+            && n > 1
+            && tries < 4 * self.cfg.states_per_point
+        {
             tries += 1;
             let s: Vec<usize> = if tries % 2 == 1 {
                 vec![rng.below(n as u64) as usize]
@@ -313,7 +316,8 @@ impl Explorer<'_> {
                 .map_err(|e| format!("read: {e}"))
         };
         for (name, ino) in &names {
-            let tracked = (0..FILES).any(|f| *name == name_of(f, false) || *name == name_of(f, true));
+            let tracked =
+                (0..FILES).any(|f| *name == name_of(f, false) || *name == name_of(f, true));
             if tracked {
                 continue;
             }
@@ -340,15 +344,17 @@ impl Explorer<'_> {
                 .into_iter()
                 .filter_map(|m| {
                     let n = name_of(f, m);
-                    names.iter().find(|(x, _)| *x == n).map(|(_, ino)| (m, *ino))
+                    names
+                        .iter()
+                        .find(|(x, _)| *x == n)
+                        .map(|(_, ino)| (m, *ino))
                 })
                 .collect();
             let (moved, ino) = match here[..] {
                 [one] => one,
                 [] => {
                     return Err(format!(
-                        "(c) rename half-done: file {} is under neither {} nor {}",
-                        f,
+                        "(c) file {f} is under neither {} nor {} (its entry was durable from the baseline fsync on, and a rename is atomic)",
                         name_of(f, false),
                         name_of(f, true)
                     ))
@@ -381,7 +387,8 @@ impl Explorer<'_> {
                 }
                 continue;
             }
-            let sizes: BTreeSet<usize> = h.versions[h.meta_start..].iter().map(|v| v.len()).collect();
+            let sizes: BTreeSet<usize> =
+                h.versions[h.meta_start..].iter().map(|v| v.len()).collect();
             if !sizes.contains(&got.len()) {
                 return Err(format!(
                     "(c) {name} has size {}, never its size since the last journal flush ({sizes:?})",
@@ -395,8 +402,7 @@ impl Explorer<'_> {
                     .rev()
                     .any(|v| v.get(i).map_or(b == 0, |&x| x == b));
                 if !held {
-                    let was: BTreeSet<String> =
-                        window.iter().map(|v| show(v.get(i))).collect();
+                    let was: BTreeSet<String> = window.iter().map(|v| show(v.get(i))).collect();
                     return Err(format!(
                         "(c) {name} byte {i} is {:#x} (size {}), a value it never held there since its last fsync (it held {was:?})",
                         b,
@@ -648,10 +654,18 @@ pub fn replay_command(seed: u64, ops: usize, cfg: CrashConfig) -> String {
 /// Explores `programs` programs from seeds `seed`, `seed + 1`, ...; prints a report. Returns
 /// whether every crash state kept every rule.
 pub fn crashes_command(what: CrashRuns) -> Result<bool, String> {
-    let dir = tempfile::Builder::new()
-        .prefix("pinfs-crashes")
-        .tempdir()
-        .map_err(|e| e.to_string())?;
+    // The images live in memory where the host has a memory filesystem: a persistence
+    // point's fdatasync is then free (what is durable is the image file's bytes, not where
+    // the host keeps them). TMPDIR, when set, wins.
+    let mut b = tempfile::Builder::new();
+    b.prefix("pinfs-crashes");
+    let shm = Path::new("/dev/shm");
+    let dir = if std::env::var_os("TMPDIR").is_none() && shm.is_dir() {
+        b.tempdir_in(shm)
+    } else {
+        b.tempdir()
+    }
+    .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
     let mut total = Explored::default();
     for k in 0..what.programs {

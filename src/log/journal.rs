@@ -166,7 +166,5 @@ fn debug_drop_journal_flush() -> bool {
         return false;
     }
     static DROP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DROP.get_or_init(|| {
-        std::env::var_os("PINFS_DEBUG_DROP_FLUSH").is_some_and(|v| v == "journal")
-    })
+    *DROP.get_or_init(|| std::env::var_os("PINFS_DEBUG_DROP_FLUSH").is_some_and(|v| v == "journal"))
 }
