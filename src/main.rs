@@ -115,6 +115,7 @@ fn run(cli: Cli) -> CmdResult {
             Ok(0)
         }
         Command::Fuzz(a) => cmd_fuzz(a),
+        Command::Crashes(a) => cmd_crashes(a),
         Command::Demo => {
             init_logging("warn");
             match pinfs::demo::run_demo() {
@@ -288,6 +289,41 @@ fn cmd_fuzz(a: FuzzArgs) -> CmdResult {
         Ok(true) => Ok(0),
         Ok(false) => Ok(1),
         Err(e) => Err(Failure::Error(format!("fuzz: {e}"))),
+    }
+}
+
+fn cmd_crashes(a: cli::CrashesArgs) -> CmdResult {
+    use pinfs::fuzzer::crashes::{crashes_command, CrashConfig, CrashRuns};
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    if a.image_size < pinfs::store::image::MIN_IMAGE_BYTES {
+        return Err(Failure::Usage(cli::usage_error(
+            Some("crashes"),
+            format!(
+                "--image-size {} is below the smallest image, {} bytes",
+                a.image_size,
+                pinfs::store::image::MIN_IMAGE_BYTES
+            ),
+        )));
+    }
+    init_logging("error");
+    let what = CrashRuns {
+        seed,
+        ops: a.ops as usize,
+        programs: a.programs,
+        cfg: CrashConfig {
+            states_per_point: a.states_per_point as usize,
+            image_bytes: a.image_size,
+        },
+    };
+    match crashes_command(what) {
+        Ok(true) => Ok(0),
+        Ok(false) => Ok(1),
+        Err(e) => Err(Failure::Error(format!("crashes: {e}"))),
     }
 }
 

@@ -102,6 +102,15 @@ pub enum Command {
     /// a model. Either prints a replay command.
     #[command(args_override_self = true)]
     Fuzz(FuzzArgs),
+    /// Explore power cuts against the filesystem core (a crash-state explorer).
+    ///
+    /// Runs serial fuzzer programs (with fsyncs, renames and journal ticks) on a small
+    /// image with a volatile cache; at every persistence point builds crash states (the
+    /// durable state plus subsets of the unflushed 64-byte lines), mounts each and checks
+    /// it: fsck clean, fsync'd files intact, no state that never existed. A failure is
+    /// shrunk and printed with a replay command; exit status 1.
+    #[command(args_override_self = true)]
+    Crashes(CrashesArgs),
     /// Show every break policy at work, with and without busy blocks.
     ///
     /// Mounts fresh images (root, /dev/fuse); exit status 1 if any outcome is not the
@@ -301,6 +310,27 @@ pub struct FuzzArgs {
     /// Run on this existing pinfs mount (in a directory of its own) instead of a fresh one.
     #[arg(long, value_name = "MOUNTPOINT")]
     pub mount: Option<PathBuf>,
+}
+
+/// `pinfs crashes`.
+#[derive(Debug, Args)]
+pub struct CrashesArgs {
+    /// The first program's seed (default: from the clock; the report says it).
+    #[arg(long, value_parser = values::whole, allow_hyphen_values = true)]
+    pub seed: Option<u64>,
+    /// Steps per program.
+    #[arg(long, value_name = "N", default_value = "40", value_parser = values::more_than_zero, allow_hyphen_values = true)]
+    pub ops: u64,
+    /// Programs to explore, from seeds SEED, SEED + 1, ...
+    #[arg(long, value_name = "N", default_value = "20", value_parser = values::more_than_zero, allow_hyphen_values = true)]
+    pub programs: u64,
+    /// Crash states built at each persistence point (the durable state, all of the
+    /// unflushed lines, then single lines and random subsets).
+    #[arg(long, value_name = "N", default_value = "8", value_parser = values::more_than_zero, allow_hyphen_values = true)]
+    pub states_per_point: u64,
+    /// The image's size (at least 4M; a small one keeps each point's diff cheap).
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = values::size)]
+    pub image_size: u64,
 }
 
 /// `pinfs completions`.

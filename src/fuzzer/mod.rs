@@ -17,6 +17,7 @@
 //! there: enough to check, even with threads racing, that no store made after a pin's lease
 //! was revoked reaches any file.
 
+pub mod crashes;
 pub mod holder;
 pub mod image;
 pub mod ledger;

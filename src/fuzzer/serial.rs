@@ -97,12 +97,14 @@ struct Holder {
     pin: Option<HeldPin>,
 }
 
-/// The state of one serial run.
-struct Run {
+/// The state of one serial run (also the crash-state explorer's, [`crate::fuzzer::crashes`]).
+pub(crate) struct Run {
     fs: Arc<Fs>,
     cfg: SerialConfig,
-    inos: Vec<u64>,
-    model: Vec<Vec<u8>>,
+    /// The files' inode numbers.
+    pub(crate) inos: Vec<u64>,
+    /// What each file must contain.
+    pub(crate) model: Vec<Vec<u8>>,
     holders: HashMap<usize, Holder>,
     /// Breakers set aside under `wait`, in program order.
     waiting: Vec<Op>,
@@ -120,7 +122,7 @@ fn root() -> Caller {
 }
 
 impl Run {
-    fn new(fs: Arc<Fs>, cfg: SerialConfig) -> Result<Run, String> {
+    pub(crate) fn new(fs: Arc<Fs>, cfg: SerialConfig) -> Result<Run, String> {
         let mut run = Run {
             fs,
             cfg,
@@ -145,7 +147,7 @@ impl Run {
         Ok(run)
     }
 
-    fn step(&mut self, step: &Step) -> Check {
+    pub(crate) fn step(&mut self, step: &Step) -> Check {
         match (step.actor, step.op) {
             (
                 _,
@@ -535,7 +537,7 @@ impl Run {
     }
 
     /// Every file against the model, and the block accounting against the files.
-    fn check(&self) -> Check {
+    pub(crate) fn check(&self) -> Check {
         for f in 0..FILES {
             let m = &self.model[f];
             let got = self

@@ -147,10 +147,24 @@ impl Journal {
     /// unsynced, so the next call tries them again.
     pub fn flush(&mut self, image: &Image) -> std::io::Result<u64> {
         if self.tail > self.synced {
-            image.flush(self.base + self.synced, self.tail - self.synced)?;
+            if !debug_drop_journal_flush() {
+                image.flush(self.base + self.synced, self.tail - self.synced)?;
+            }
             self.synced = self.tail;
         }
         self.durable_seq = self.next_seq;
         Ok(self.durable_seq)
     }
+}
+
+/// A fault for the crash-state explorer's own test ([`crate::fuzzer::crashes`]): with
+/// `PINFS_DEBUG_DROP_FLUSH=journal` in the environment, a debug build skips the flush that
+/// makes the journal's new entries durable, and goes on as if it had made them so. Release
+/// builds ignore the variable (always false).
+fn debug_drop_journal_flush() -> bool {
+    if !cfg!(debug_assertions) {
+        return false;
+    }
+    static DROP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DROP.get_or_init(|| std::env::var_os("PINFS_DEBUG_DROP_FLUSH").is_some_and(|v| v == "journal"))
 }

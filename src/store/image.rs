@@ -48,6 +48,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -130,7 +131,13 @@ pub struct Image {
     repairable: bool,
     /// The copy that checked out, when a newer damaged copy was chosen over it.
     fallback: Option<Superblock>,
+    /// Called at the start of every persistence point (see [`Image::set_persist_hook`]).
+    persist_hook: OnceLock<PersistHook>,
 }
+
+/// What [`Image::set_persist_hook`] installs: called with the image at the start of every
+/// persistence point, before any byte of it reaches the image file.
+pub type PersistHook = Box<dyn Fn(&Image) + Send + Sync>;
 
 /// The image file behind a volatile cache.
 struct Durable {
@@ -343,6 +350,7 @@ impl Image {
             damaged_copies: Vec::new(),
             repairable: true,
             fallback: None,
+            persist_hook: OnceLock::new(),
         })
     }
 
@@ -672,6 +680,7 @@ impl Image {
             len,
         );
         if let Some(f) = self.durable.as_ref().and_then(|d| d.check().ok()) {
+            self.persistence_point();
             // Freed blocks are free in the durable state too (a free waits for the journal
             // entry that makes it to be durable): they must not keep an old file's bytes
             // there, where a crash could show them to the block's next owner.
@@ -721,6 +730,7 @@ impl Image {
         if end <= start {
             return Ok(());
         }
+        self.persistence_point();
         // SAFETY: the range is inside our live mapping (clamped to its length above).
         let done = unsafe {
             self.windows
@@ -791,6 +801,7 @@ impl Image {
     /// synced (every store through the shared mapping is in it already).
     pub fn persist_all(&self) -> io::Result<()> {
         if self.durable.is_some() {
+            self.persistence_point();
             let mut ranges = Vec::new();
             let mut at = 0u64;
             while at < self.len {
@@ -865,6 +876,40 @@ impl Image {
             cut: AtomicBool::new(false),
         });
         Ok(())
+    }
+
+    /// Installs `hook`, called with the image at the start of every persistence point past
+    /// a volatile cache ([`Image::flush`], [`Image::write_file`], window write-backs,
+    /// [`Image::persist_all`], and the punch of freed blocks in the image file), before any
+    /// byte of it reaches the image file, and never after [`Image::cut_power`]: what
+    /// [`Image::read_durable`] shows then is the durable state, and where the mapping
+    /// differs from it, the stores not yet durable. For the crash-state explorer
+    /// ([`crate::fuzzer::crashes`]); one hook per image (false if one is installed). With
+    /// none, a persistence point pays one atomic load.
+    pub fn set_persist_hook(&self, hook: PersistHook) -> bool {
+        self.persist_hook.set(hook).is_ok()
+    }
+
+    fn persistence_point(&self) {
+        if let Some(hook) = self.persist_hook.get() {
+            if self
+                .durable
+                .as_ref()
+                .is_some_and(|d| !d.cut.load(Ordering::SeqCst))
+            {
+                hook(self);
+            }
+        }
+    }
+
+    /// With a volatile cache: copies bytes out of the image file (the durable state), not
+    /// the mapping. `Ok(false)` without one.
+    pub fn read_durable(&self, off: u64, buf: &mut [u8]) -> io::Result<bool> {
+        self.check_range(off, buf.len());
+        match &self.durable {
+            Some(d) => d.file.read_exact_at(buf, off).map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Whether a volatile cache stands between the mapping and the image file.
@@ -977,6 +1022,7 @@ impl Image {
         if self.durable.is_some() && done.windowed > 0 {
             // Past a volatile cache, the windowed pieces (the range but its `rest`) go on
             // into the image file.
+            self.persistence_point();
             let mut cursor = off;
             for &(s, l) in done.rest.iter().chain(std::iter::once(&(off + len, 0))) {
                 if s > cursor {
@@ -994,6 +1040,7 @@ impl Image {
     /// once. A full host answers `ENOSPC` here, never `SIGBUS`.
     pub fn write_file(&self, off: u64, data: &[u8]) -> std::io::Result<()> {
         self.check_range(off, data.len());
+        self.persistence_point();
         self.file.write_all_at(data, off)?;
         if let Some(d) = &self.durable {
             d.check()?.write_all_at(data, off).map_err(full_host)?;
