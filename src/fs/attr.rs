@@ -44,6 +44,7 @@ impl Fs {
     /// Attributes of `ino` for `statx(2)`: [`Fs::getattr`]'s, and the `STATX_ATTR_*` bits of
     /// its flags with their mask (`flags::statx_attributes`), read together.
     pub fn statx(&self, ino: u64) -> FsResult<Statx> {
+        self.is_up()?;
         let cell = self.table.get(ino)?;
         let i = cell.read();
         let (attributes, attributes_mask) = flags::statx_attributes(i.flags);
