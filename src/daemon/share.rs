@@ -48,7 +48,13 @@ pub fn share_if_served(image: &Path, mountpoint: &Path, list: &str) -> Option<Re
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mut seen = Vec::new();
     for entry in table.lines().filter_map(MountEntry::parse) {
-        if !entry.fstype.starts_with("fuse") || seen.contains(&entry.dev) {
+        // Only a mount of the filesystem's root can give the root: a bind mount of one of
+        // its directories (the first mount may be gone while it lives on) would show that
+        // directory as the second mount's root.
+        if !entry.fstype.starts_with("fuse") || entry.root != Path::new("/") {
+            continue;
+        }
+        if seen.contains(&entry.dev) {
             continue;
         }
         seen.push(entry.dev);
@@ -61,6 +67,10 @@ pub fn share_if_served(image: &Path, mountpoint: &Path, list: &str) -> Option<Re
         let first = entry.mountpoint.display().to_string();
         return Some(match conn.share(identity, list) {
             Err(e) if e.errno() == Some(libc::EXDEV) => continue,
+            // A daemon of an older pinfs, which does not check the image's identity (the
+            // request's name is new so that such a daemon refuses it rather than answer `ok`
+            // for any image): it may serve another image, so it is never shared.
+            Err(e) if is_unknown_request(&e) => continue,
             Err(e) => Err(format!(
                 "{}: already mounted at {first}, and a second mount shares that filesystem: {e}",
                 image.display()
@@ -69,6 +79,15 @@ pub fn share_if_served(image: &Path, mountpoint: &Path, list: &str) -> Option<Re
         });
     }
     None
+}
+
+/// Is `e` a daemon's refusal of a request it does not know?
+fn is_unknown_request(e: &crate::holder::client::ClientError) -> bool {
+    matches!(
+        e,
+        crate::holder::client::ClientError::Refused { errno, message }
+            if *errno == libc::EINVAL && message.starts_with("unknown request")
+    )
 }
 
 /// Binds the root of the mount at `first` at `mountpoint`, with the per-mount flags of the
@@ -115,6 +134,9 @@ fn bind(first: &Path, image: &Path, mountpoint: &Path, list: &str) -> Result<(),
 pub(crate) struct MountEntry {
     /// The mount's device number (`st_dev` of every file on it).
     pub dev: u64,
+    /// The directory of the filesystem that is the mount's root (`/` but for a bind mount
+    /// of a directory).
+    pub root: PathBuf,
     /// Where it is mounted.
     pub mountpoint: PathBuf,
     /// Its filesystem type (`fuse` for pinfs: the kernel shows no subtype).
@@ -128,11 +150,13 @@ impl MountEntry {
         let f: Vec<&str> = line.split(' ').collect();
         let (ma, mi) = f.get(2)?.split_once(':')?;
         let dev = libc::makedev(ma.parse().ok()?, mi.parse().ok()?);
+        let root = PathBuf::from(unescape(f.get(3)?));
         let mountpoint = PathBuf::from(unescape(f.get(4)?));
         let dash = f.iter().position(|w| *w == "-")?;
         let fstype = f.get(dash + 1)?.to_string();
         Some(MountEntry {
             dev,
+            root,
             mountpoint,
             fstype,
         })
@@ -177,6 +201,9 @@ mod tests {
         .unwrap();
         assert_eq!(e.dev, libc::makedev(0, 52));
         assert_eq!(e.mountpoint, Path::new("/tmp/a b\\c"));
+        assert_eq!(e.root, Path::new("/"));
+        let e = MountEntry::parse("37 35 0:52 /sub\\040dir /tmp/b rw - fuse /img rw").unwrap();
+        assert_eq!(e.root, Path::new("/sub dir"));
         assert_eq!(e.fstype, "fuse");
         // No optional tags.
         let e = MountEntry::parse("1 0 8:1 / / rw - ext4 /dev/sda1 rw").unwrap();
