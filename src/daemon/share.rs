@@ -75,7 +75,7 @@ pub fn share_if_served(image: &Path, mountpoint: &Path, list: &str) -> Option<Re
                 "{}: already mounted at {first}, and a second mount shares that filesystem: {e}",
                 image.display()
             )),
-            Ok(()) => bind(&entry.mountpoint, image, mountpoint, list),
+            Ok(()) => bind(&entry, image, mountpoint, list),
         });
     }
     None
@@ -92,9 +92,47 @@ fn is_unknown_request(e: &crate::holder::client::ClientError) -> bool {
 
 /// Binds the root of the mount at `first` at `mountpoint`, with the per-mount flags of the
 /// option list `list`. On an error nothing is mounted.
-fn bind(first: &Path, image: &Path, mountpoint: &Path, list: &str) -> Result<(), String> {
+///
+/// The mount is bound through a descriptor of its root, checked to be that very mount (its
+/// mount id, or its device number where the kernel gives no mount id): the first mount may be
+/// unmounted meanwhile, and a bind by path would then mount the directory under it.
+fn bind(entry: &MountEntry, image: &Path, mountpoint: &Path, list: &str) -> Result<(), String> {
+    use rustix::fs::{AtFlags, OFlags, StatxFlags};
+    let first = &entry.mountpoint;
     let opts = MountOptions::parse(list)?;
-    rustix::mount::mount_bind(first, mountpoint).map_err(|e| {
+    let gone = || {
+        format!(
+            "{}: the mount at {} went away while this mount was made; mount again",
+            image.display(),
+            first.display()
+        )
+    };
+    let root = rustix::fs::open(
+        first,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|_| gone())?;
+    // Without a sync: the attributes the kernel has (a mount id and a device number need no
+    // daemon).
+    let st = rustix::fs::statx(
+        &root,
+        "",
+        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::MNT_ID,
+    )
+    .map_err(|_| gone())?;
+    let same = if st.stx_mask & StatxFlags::MNT_ID.bits() != 0 {
+        st.stx_mnt_id == entry.id
+    } else {
+        libc::makedev(st.stx_dev_major, st.stx_dev_minor) == entry.dev
+    };
+    if !same {
+        return Err(gone());
+    }
+    use std::os::fd::AsRawFd;
+    let source = PathBuf::from(format!("/proc/self/fd/{}", root.as_raw_fd()));
+    rustix::mount::mount_bind(&source, mountpoint).map_err(|e| {
         format!(
             "{}: cannot mount the filesystem mounted at {} on {} too: {}",
             image.display(),
@@ -132,6 +170,8 @@ fn bind(first: &Path, image: &Path, mountpoint: &Path, list: &str) -> Result<(),
 
 /// One line of `/proc/self/mountinfo`: what this module and the daemon read of it.
 pub(crate) struct MountEntry {
+    /// The mount's id (`statx`'s `stx_mnt_id`).
+    pub id: u64,
     /// The mount's device number (`st_dev` of every file on it).
     pub dev: u64,
     /// The directory of the filesystem that is the mount's root (`/` but for a bind mount
@@ -148,6 +188,7 @@ impl MountEntry {
     /// SUPER-OPTIONS`, with spaces, tabs, newlines and backslashes in paths as octal escapes.
     pub(crate) fn parse(line: &str) -> Option<MountEntry> {
         let f: Vec<&str> = line.split(' ').collect();
+        let id = f.first()?.parse().ok()?;
         let (ma, mi) = f.get(2)?.split_once(':')?;
         let dev = libc::makedev(ma.parse().ok()?, mi.parse().ok()?);
         let root = PathBuf::from(unescape(f.get(3)?));
@@ -155,6 +196,7 @@ impl MountEntry {
         let dash = f.iter().position(|w| *w == "-")?;
         let fstype = f.get(dash + 1)?.to_string();
         Some(MountEntry {
+            id,
             dev,
             root,
             mountpoint,
@@ -202,6 +244,7 @@ mod tests {
         assert_eq!(e.dev, libc::makedev(0, 52));
         assert_eq!(e.mountpoint, Path::new("/tmp/a b\\c"));
         assert_eq!(e.root, Path::new("/"));
+        assert_eq!(e.id, 36);
         let e = MountEntry::parse("37 35 0:52 /sub\\040dir /tmp/b rw - fuse /img rw").unwrap();
         assert_eq!(e.root, Path::new("/sub dir"));
         assert_eq!(e.fstype, "fuse");
