@@ -542,12 +542,10 @@ impl Ledger {
                 // Every report is in at the end: a store still unexplained is wrong then.
                 Verdict::Later(v) if last => return Err(v),
                 Verdict::Later(_) => keep.push(t),
-                Verdict::Unknown if last => {
-                    return Err(format!(
+                Verdict::Unknown if last => return Err(format!(
                     "{}: a tag of store {store} of pin {pin} at byte {}, a store no holder made",
                     t.name, t.at
-                ))
-                }
+                )),
                 Verdict::Unknown => keep.push(t),
             }
         }
