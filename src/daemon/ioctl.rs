@@ -28,11 +28,14 @@ const FSXATTR_SIZE: usize = 28;
 /// FUSE daemon no data: the request carries the address of the flag in the caller's memory.
 pub const FS_IOC_SHUTDOWN: u32 = 0x8004_587d;
 
-/// The shutdown ioctl: root only (XFS and ext4 ask for `CAP_SYS_ADMIN`; the daemon knows the
-/// caller's uid), the flag read from the caller's memory at `arg` with `process_vm_readv`
-/// (the daemon runs as root), then [`Fs::shutdown`].
+/// The shutdown ioctl: for a caller with `CAP_SYS_ADMIN` in the daemon's user namespace, as
+/// XFS and ext4 ask (`capable(CAP_SYS_ADMIN)`; uid 0 alone is not enough: a container's root
+/// without the capability must not shut a shared mount down), the flag read from the
+/// caller's memory at `arg` with `process_vm_readv` (the daemon runs as root), then
+/// [`Fs::shutdown`]. The pid is FUSE's, in the daemon's pid namespace (0 for a caller outside
+/// it, which is refused); the caller waits in the ioctl meanwhile, so the pid stays its own.
 pub(crate) fn shutdown_ioctl(fs: &Fs, arg: u64, who: Caller) -> Result<(), FsError> {
-    if who.uid != 0 {
+    if who.uid != 0 || !may_sys_admin(who.pid) {
         return Err(FsError::NotPermitted);
     }
     let flag = read_caller_u32(who.pid, arg).map_err(|e| {
@@ -45,6 +48,35 @@ pub(crate) fn shutdown_ioctl(fs: &Fs, arg: u64, who: Caller) -> Result<(), FsErr
     let flush = crate::fs::ShutdownFlush::from_ioctl(flag)
         .ok_or(FsError::Invalid("unknown shutdown flag"))?;
     fs.shutdown(flush)
+}
+
+/// `CAP_SYS_ADMIN`'s bit in `/proc/PID/status`'s `CapEff`.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Does process `pid` have `CAP_SYS_ADMIN` in the daemon's user namespace (its effective
+/// set has it, and it lives in the daemon's user namespace, not a child one, where the
+/// capability would be over that namespace only)? No when either cannot be read.
+fn may_sys_admin(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if pid == 0 {
+        return false;
+    }
+    let ns = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let same_ns = match (
+        ns(&format!("/proc/{pid}/ns/user")),
+        ns("/proc/self/ns/user"),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    };
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    same_ns && eff.is_some_and(|e| e & (1 << CAP_SYS_ADMIN) != 0)
 }
 
 /// Four bytes at address `addr` of process `pid`'s memory.

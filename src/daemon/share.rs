@@ -48,7 +48,13 @@ pub fn share_if_served(image: &Path, mountpoint: &Path, list: &str) -> Option<Re
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mut seen = Vec::new();
     for entry in table.lines().filter_map(MountEntry::parse) {
-        if !entry.fstype.starts_with("fuse") || seen.contains(&entry.dev) {
+        // Only a mount of the filesystem's root can give the root: a bind mount of one of
+        // its directories (the first mount may be gone while it lives on) would show that
+        // directory as the second mount's root.
+        if !entry.fstype.starts_with("fuse") || entry.root != Path::new("/") {
+            continue;
+        }
+        if seen.contains(&entry.dev) {
             continue;
         }
         seen.push(entry.dev);
@@ -61,21 +67,72 @@ pub fn share_if_served(image: &Path, mountpoint: &Path, list: &str) -> Option<Re
         let first = entry.mountpoint.display().to_string();
         return Some(match conn.share(identity, list) {
             Err(e) if e.errno() == Some(libc::EXDEV) => continue,
+            // A daemon of an older pinfs, which does not check the image's identity (the
+            // request's name is new so that such a daemon refuses it rather than answer `ok`
+            // for any image): it may serve another image, so it is never shared.
+            Err(e) if is_unknown_request(&e) => continue,
             Err(e) => Err(format!(
                 "{}: already mounted at {first}, and a second mount shares that filesystem: {e}",
                 image.display()
             )),
-            Ok(()) => bind(&entry.mountpoint, image, mountpoint, list),
+            Ok(()) => bind(&entry, image, mountpoint, list),
         });
     }
     None
 }
 
+/// Is `e` a daemon's refusal of a request it does not know?
+fn is_unknown_request(e: &crate::holder::client::ClientError) -> bool {
+    matches!(
+        e,
+        crate::holder::client::ClientError::Refused { errno, message }
+            if *errno == libc::EINVAL && message.starts_with("unknown request")
+    )
+}
+
 /// Binds the root of the mount at `first` at `mountpoint`, with the per-mount flags of the
 /// option list `list`. On an error nothing is mounted.
-fn bind(first: &Path, image: &Path, mountpoint: &Path, list: &str) -> Result<(), String> {
+///
+/// The mount is bound through a descriptor of its root, checked to be that very mount (its
+/// mount id, or its device number where the kernel gives no mount id): the first mount may be
+/// unmounted meanwhile, and a bind by path would then mount the directory under it.
+fn bind(entry: &MountEntry, image: &Path, mountpoint: &Path, list: &str) -> Result<(), String> {
+    use rustix::fs::{AtFlags, OFlags, StatxFlags};
+    let first = &entry.mountpoint;
     let opts = MountOptions::parse(list)?;
-    rustix::mount::mount_bind(first, mountpoint).map_err(|e| {
+    let gone = || {
+        format!(
+            "{}: the mount at {} went away while this mount was made; mount again",
+            image.display(),
+            first.display()
+        )
+    };
+    let root = rustix::fs::open(
+        first,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|_| gone())?;
+    // Without a sync: the attributes the kernel has (a mount id and a device number need no
+    // daemon).
+    let st = rustix::fs::statx(
+        &root,
+        "",
+        AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
+        StatxFlags::MNT_ID,
+    )
+    .map_err(|_| gone())?;
+    let same = if st.stx_mask & StatxFlags::MNT_ID.bits() != 0 {
+        st.stx_mnt_id == entry.id
+    } else {
+        libc::makedev(st.stx_dev_major, st.stx_dev_minor) == entry.dev
+    };
+    if !same {
+        return Err(gone());
+    }
+    use std::os::fd::AsRawFd;
+    let source = PathBuf::from(format!("/proc/self/fd/{}", root.as_raw_fd()));
+    rustix::mount::mount_bind(&source, mountpoint).map_err(|e| {
         format!(
             "{}: cannot mount the filesystem mounted at {} on {} too: {}",
             image.display(),
@@ -113,8 +170,13 @@ fn bind(first: &Path, image: &Path, mountpoint: &Path, list: &str) -> Result<(),
 
 /// One line of `/proc/self/mountinfo`: what this module and the daemon read of it.
 pub(crate) struct MountEntry {
+    /// The mount's id (`statx`'s `stx_mnt_id`).
+    pub id: u64,
     /// The mount's device number (`st_dev` of every file on it).
     pub dev: u64,
+    /// The directory of the filesystem that is the mount's root (`/` but for a bind mount
+    /// of a directory).
+    pub root: PathBuf,
     /// Where it is mounted.
     pub mountpoint: PathBuf,
     /// Its filesystem type (`fuse` for pinfs: the kernel shows no subtype).
@@ -126,13 +188,17 @@ impl MountEntry {
     /// SUPER-OPTIONS`, with spaces, tabs, newlines and backslashes in paths as octal escapes.
     pub(crate) fn parse(line: &str) -> Option<MountEntry> {
         let f: Vec<&str> = line.split(' ').collect();
+        let id = f.first()?.parse().ok()?;
         let (ma, mi) = f.get(2)?.split_once(':')?;
         let dev = libc::makedev(ma.parse().ok()?, mi.parse().ok()?);
+        let root = PathBuf::from(unescape(f.get(3)?));
         let mountpoint = PathBuf::from(unescape(f.get(4)?));
         let dash = f.iter().position(|w| *w == "-")?;
         let fstype = f.get(dash + 1)?.to_string();
         Some(MountEntry {
+            id,
             dev,
+            root,
             mountpoint,
             fstype,
         })
@@ -177,6 +243,10 @@ mod tests {
         .unwrap();
         assert_eq!(e.dev, libc::makedev(0, 52));
         assert_eq!(e.mountpoint, Path::new("/tmp/a b\\c"));
+        assert_eq!(e.root, Path::new("/"));
+        assert_eq!(e.id, 36);
+        let e = MountEntry::parse("37 35 0:52 /sub\\040dir /tmp/b rw - fuse /img rw").unwrap();
+        assert_eq!(e.root, Path::new("/sub dir"));
         assert_eq!(e.fstype, "fuse");
         // No optional tags.
         let e = MountEntry::parse("1 0 8:1 / / rw - ext4 /dev/sda1 rw").unwrap();

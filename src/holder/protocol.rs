@@ -17,7 +17,7 @@
 //! | `ID fence holder=H` (root only) | | `ID ok revoked=N` |
 //! | `ID watch` | | `ID ok`; from then on every lease event of the mount, as notifications (and `event lost count=N` after a watcher fell behind) |
 //! | `ID remount`, a newline, then a mount option list (root only) | | `ID ok`, or an error with nothing changed (see [`crate::daemon::remount`]) |
-//! | `ID share dev=D ino=I`, a newline, then a mount option list (root only) | | `ID ok` when the daemon serves the image file with these device and inode numbers and a second mount of it with these options may share its filesystem; `errno=EXDEV` when it serves another image; otherwise an error saying which option differs (see [`crate::daemon::share`]). Changes nothing |
+//! | `ID share-image dev=D ino=I`, a newline, then a mount option list (root only) | | `ID ok` when the daemon serves the image file with these device and inode numbers and a second mount of it with these options may share its filesystem; `errno=EXDEV` when it serves another image; otherwise an error saying which option differs (see [`crate::daemon::share`]). Changes nothing |
 //! | `ID check` (root only) | | `ID ok mapped_blocks=N`, or `ID err errno=EUCLEAN <what is inconsistent>` |
 //! | `ID hello` | | `ID ok holder=H` (the connection becomes a holder, as with its first pin) |
 //! | (any reply over [`PACKET_PAYLOAD`] bytes) | | `ID more` packets, then `ID end` (see below) |
@@ -238,7 +238,7 @@ pub enum Request {
         /// The option list.
         options: String,
     },
-    /// `share dev=D ino=I` and, after a newline, the option list of a second mount of the
+    /// `share-image dev=D ino=I` and, after a newline, the option list of a second mount of the
     /// image file with those numbers (root only): may that mount share this filesystem?
     Share {
         /// The image file's device number.
@@ -266,7 +266,7 @@ impl Request {
             Request::Fence { .. } => "fence",
             Request::Watch => "watch",
             Request::Remount { .. } => "remount",
-            Request::Share { .. } => "share",
+            Request::Share { .. } => "share-image",
             Request::Check => "check",
             Request::Hello => "hello",
         }
@@ -332,7 +332,7 @@ impl Request {
             "remount" => Request::Remount {
                 options: w.body.to_string(),
             },
-            "share" => Request::Share {
+            "share-image" => Request::Share {
                 dev: w.num("dev").map_err(bad)?,
                 ino: w.num("ino").map_err(bad)?,
                 options: w.body.to_string(),
@@ -385,7 +385,7 @@ pub struct Grant {
 /// [`Reassembly`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// `ID ok`: done (`unpin`, `raw` with its descriptor, `watch`, `remount`, `share`).
+    /// `ID ok`: done (`unpin`, `raw` with its descriptor, `watch`, `remount`, `share-image`).
     Done,
     /// `ID ok pin=P holder=H extents=FO:IO:LEN,... windows=IO:LEN:FDOFF,...`.
     Pinned(Grant),

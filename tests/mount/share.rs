@@ -254,3 +254,46 @@ fn a_mount_with_a_volatile_cache_is_shared_too() {
     assert_eq!(fs::read(m.path("f")).unwrap(), b"through the second");
     assert_eq!(umount(&two), 0);
 }
+
+#[test]
+fn a_bind_of_a_subdirectory_is_never_shared_as_the_filesystem_root() {
+    if skip_without_fuse("a_bind_of_a_subdirectory_is_never_shared_as_the_filesystem_root") {
+        return;
+    }
+    let mut m = Mount::new("64M", "");
+    fs::create_dir(m.path("sub")).unwrap();
+    fs::write(m.path("sub/inner"), b"in sub").unwrap();
+    fs::write(m.path("top"), b"at the root").unwrap();
+    // `mount --bind MNT/sub B`, then the first mount goes: the filesystem lives on at B, whose
+    // root is the directory `sub`.
+    let b = Second(m.dir.path().join("b"));
+    fs::create_dir_all(&*b).unwrap();
+    let (src, dst) = (cstr(&m.path("sub")), cstr(&b));
+    // SAFETY: mount(2) with NUL-terminated paths, no type or data: a bind mount.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    m.umount_keeping_daemon();
+    // A mount of the image must show its root or nothing: not `sub` as if it were the root.
+    let (c, out) = mount_again(&m, "c", "");
+    assert!(
+        !c.join("inner").exists(),
+        "the second mount shows the subdirectory as its root"
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(!is_mount_point(&c), "a refused mount mounts nothing");
+    assert!(stderr(&out).contains("in use"), "{}", stderr(&out));
+    // With the bind gone the daemon ends, and the image mounts again with both files.
+    assert_eq!(umount(&b), 0);
+    wait_unlocked(&m.image);
+    m.mount("");
+    assert_eq!(fs::read(m.path("top")).unwrap(), b"at the root");
+    assert_eq!(fs::read(m.path("sub/inner")).unwrap(), b"in sub");
+}
