@@ -545,10 +545,5 @@ fn mounted(dev: u64) -> bool {
 /// The device number of the mount at `mnt`, from /proc/self/mountinfo (a `stat` of the mount
 /// point would ask this very daemon, which does not serve requests yet).
 fn mount_dev(mnt: &Path) -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines()
-        .rev()
-        .filter_map(share::MountEntry::parse)
-        .find(|e| e.mountpoint == mnt)
-        .map(|e| e.dev)
+    share::mount_dev_at(mnt)
 }

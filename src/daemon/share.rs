@@ -168,6 +168,20 @@ fn bind(entry: &MountEntry, image: &Path, mountpoint: &Path, list: &str) -> Resu
     Ok(())
 }
 
+/// The device number of the mount whose mount point is `path` exactly (the topmost, if
+/// several), from this namespace's mount table: no request reaches any mount's daemon (a
+/// `stat` of the mount point would ask it, and a daemon that does not serve yet, or was
+/// shut down, cannot answer).
+pub(crate) fn mount_dev_at(path: &Path) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    table
+        .lines()
+        .rev()
+        .filter_map(MountEntry::parse)
+        .find(|e| e.mountpoint == path)
+        .map(|e| e.dev)
+}
+
 /// One line of `/proc/self/mountinfo`: what this module and the daemon read of it.
 pub(crate) struct MountEntry {
     /// The mount's id (`statx`'s `stx_mnt_id`).

@@ -123,9 +123,17 @@ fn dev_of(st: &std::fs::Metadata) -> u64 {
 impl Connection {
     /// Connects to the daemon of the mount that holds `path`.
     pub fn for_path(path: &Path) -> Result<Connection, ClientError> {
-        let md = std::fs::metadata(path)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        Self::for_dev(dev_of(&md))
+        match std::fs::metadata(path) {
+            Ok(md) => Self::for_dev(dev_of(&md)),
+            // A mount that was shut down answers every stat with EIO: its mount point is
+            // still in the mount table, with the device number.
+            Err(e) => match crate::daemon::share::mount_dev_at(
+                &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+            ) {
+                Some(dev) if e.raw_os_error() == Some(libc::EIO) => Self::for_dev(dev),
+                _ => Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into()),
+            },
+        }
     }
 
     /// Connects to the daemon of the mount that holds `file`.
