@@ -529,7 +529,7 @@ fn mount_points(dev: u64) -> Option<Vec<PathBuf>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     Some(
         info.lines()
-            .filter_map(share::MountEntry::parse)
+            .filter_map(crate::holder::mounts::MountEntry::parse)
             .filter(|e| e.dev == dev)
             .map(|e| e.mountpoint)
             .collect(),
@@ -545,5 +545,5 @@ fn mounted(dev: u64) -> bool {
 /// The device number of the mount at `mnt`, from /proc/self/mountinfo (a `stat` of the mount
 /// point would ask this very daemon, which does not serve requests yet).
 fn mount_dev(mnt: &Path) -> Option<u64> {
-    share::mount_dev_at(mnt)
+    crate::holder::mounts::mount_dev_at(mnt)
 }

@@ -127,7 +127,7 @@ impl Connection {
             Ok(md) => Self::for_dev(dev_of(&md)),
             // A mount that was shut down answers every stat with EIO: its mount point is
             // still in the mount table, with the device number.
-            Err(e) => match crate::daemon::share::mount_dev_at(
+            Err(e) => match crate::holder::mounts::mount_dev_at(
                 &std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             ) {
                 Some(dev) if e.raw_os_error() == Some(libc::EIO) => Self::for_dev(dev),

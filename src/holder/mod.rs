@@ -3,4 +3,5 @@
 #[cfg(feature = "capi")]
 pub mod capi;
 pub mod client;
+pub mod mounts;
 pub mod protocol;
