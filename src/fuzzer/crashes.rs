@@ -601,7 +601,7 @@ pub fn shrink(
     cfg: CrashConfig,
     mut budget: u32,
 ) -> Vec<CrashStep> {
-    let mut fails = |p: &[CrashStep]| {
+    let fails = |p: &[CrashStep]| {
         if budget == 0 {
             return false;
         }
@@ -612,21 +612,7 @@ pub fn shrink(
     if let Ok((_, Some(b))) = explore(dir, seed, &cur, cfg) {
         cur.truncate(b.step + 1);
     }
-    let mut chunk = cur.len() / 2;
-    while chunk >= 1 {
-        let mut i = 0;
-        while i < cur.len() {
-            let mut cand = cur.clone();
-            cand.drain(i..(i + chunk).min(cand.len()));
-            if !cand.is_empty() && fails(&cand) {
-                cur = cand;
-            } else {
-                i += chunk;
-            }
-        }
-        chunk /= 2;
-    }
-    cur
+    crate::fuzzer::serial::drop_chunks(cur, fails)
 }
 
 /// What `pinfs crashes` runs.

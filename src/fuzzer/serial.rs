@@ -657,6 +657,16 @@ pub fn shrink(dir: &Path, prog: &[Step], cfg: SerialConfig) -> Vec<Step> {
     if let Ok(Outcome::Failed { step, .. }) = run_serial(dir, &cur, cfg) {
         cur.truncate(step + 1);
     }
+    drop_chunks(cur, fails)
+}
+
+/// Removes chunks of `prog` (halves, quarters, ... single steps) while `fails` still says
+/// the shorter program fails: the shrinking loop of the serial fuzzer and the crash
+/// explorer.
+pub(crate) fn drop_chunks<T: Clone>(
+    mut cur: Vec<T>,
+    mut fails: impl FnMut(&[T]) -> bool,
+) -> Vec<T> {
     let mut chunk = cur.len() / 2;
     while chunk >= 1 {
         let mut i = 0;

@@ -110,33 +110,24 @@ impl Mount {
     /// process has open, including other tests' files on their mounts.
     pub fn umount(&mut self) {
         if self.mounted {
-            let c = CString::new(self.mnt.as_os_str().as_bytes()).unwrap();
-            let mut rc = -1;
-            for _ in 0..100 {
-                // SAFETY: umount2 with a NUL-terminated path.
-                rc = unsafe { libc::umount2(c.as_ptr(), 0) };
-                if rc == 0 || errno() != libc::EBUSY {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            assert_eq!(
-                rc,
-                0,
-                "umount {}: {}",
-                self.mnt.display(),
-                std::io::Error::last_os_error()
-            );
-            self.mounted = false;
+            self.umount_keeping_daemon();
             wait_unlocked(&self.image);
         }
     }
 
-    /// Unmounts this mount point only: a second mount of the image keeps the daemon.
+    /// Unmounts this mount point only (EBUSY retried as in [`Mount::umount`]), without
+    /// waiting for the daemon: a second mount of the image keeps it.
     pub fn umount_keeping_daemon(&mut self) {
         let c = CString::new(self.mnt.as_os_str().as_bytes()).unwrap();
-        // SAFETY: umount2 with a NUL-terminated path.
-        let rc = unsafe { libc::umount2(c.as_ptr(), 0) };
+        let mut rc = -1;
+        for _ in 0..100 {
+            // SAFETY: umount2 with a NUL-terminated path.
+            rc = unsafe { libc::umount2(c.as_ptr(), 0) };
+            if rc == 0 || errno() != libc::EBUSY {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         assert_eq!(
             rc,
             0,
