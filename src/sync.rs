@@ -36,7 +36,9 @@
 //! 12. [`Rank::Leaf`]: everything else, held only to read or change one value, with
 //!     nothing taken inside: the inode table's shards, open handles, directory streams, the
 //!     release list, the waiter count, the reclaim set, lease configuration, the daemon's
-//!     phase, the fuzzer's log and violations.
+//!     phase, the fuzzer's log and violations, the filesystem's ordered data ranges and
+//!     its sizes not yet journaled (both also taken inside the journal lock, by the flush
+//!     that writes them).
 //!
 //! No lock is held across a FUSE notification, a wait on a holder or I/O to a client; a
 //! [`Condvar`] wait releases its own mutex and keeps the thread's place in the order.

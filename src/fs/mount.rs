@@ -72,6 +72,11 @@ impl Fs {
             gate: RwLock::ranked(Rank::Gate, ()),
             namespace: Mutex::ranked(Rank::Namespace, ()),
             journal: Mutex::ranked(Rank::Journal, loaded.journal),
+            ordered: Mutex::new(BTreeMap::new()),
+            sizes: Mutex::new(BTreeMap::new()),
+            growth_unjournaled: AtomicBool::new(false),
+            checkpoints: AtomicU64::new(0),
+            journal_flushes: AtomicU64::new(0),
             alloc: Mutex::ranked(Rank::Alloc, loaded.alloc),
             next_ino: AtomicU64::new(loaded.next_ino),
             checkpoint_wanted: AtomicBool::new(false),
@@ -110,11 +115,42 @@ impl Fs {
                 for e in alloc.free_extents() {
                     fs.image.discard(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE);
                 }
+                drop(alloc);
+                fs.zero_past_ends()?;
             }
             fs.reclaim_all_orphans()?;
         }
         tracing::info!(image = %path.display(), replayed = loaded.replayed, clean = was_clean, "mounted");
         Ok(fs)
+    }
+
+    /// After an unclean shutdown: zeros every file's bytes past its end, in its partial last
+    /// block and in blocks allocated past it, and makes them durable. A crash can keep the
+    /// mappings of an extending write and lose its size (with a volatile cache the size goes
+    /// to the journal only after the data: [`Fs::defers_growth`]); the data left past the
+    /// end must not reappear when the file grows over it again, as blocks allocated past
+    /// the end read as zeros.
+    fn zero_past_ends(&self) -> FsResult<()> {
+        let mut ranges = Vec::new();
+        for c in self.table.all() {
+            let i = c.read();
+            if i.kind != Kind::File {
+                continue;
+            }
+            let from = i.size / BLOCK_SIZE;
+            for m in i.extents.mappings_in(from, u64::MAX - from) {
+                let start = (m.file_block * BLOCK_SIZE).max(i.size);
+                let end = (m.file_block + m.len) * BLOCK_SIZE;
+                let img = m.image_block * BLOCK_SIZE + (start - m.file_block * BLOCK_SIZE);
+                ranges.push((img, end - start));
+            }
+        }
+        for &(off, len) in &ranges {
+            self.image.zero(off, len);
+        }
+        self.image
+            .flush_ranges(&ranges)
+            .map_err(FsError::host("zeroing bytes past the ends of files"))
     }
 
     /// The image.
