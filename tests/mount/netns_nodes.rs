@@ -331,7 +331,18 @@ fn a_test_leaves_no_namespace_or_process_even_when_it_panics() {
     assert!(r.is_err());
     assert_eq!(namespaces(&name), Vec::<String>::new());
     assert_eq!(namespaces(&sw), Vec::<String>::new());
-    let status = forgotten.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(st) = forgotten.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            forgotten.kill().unwrap();
+            forgotten.wait().unwrap();
+            panic!("a process left in a node outlived its teardown");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
 }
 
@@ -353,7 +364,25 @@ fn leftovers_of_a_killed_run_are_removed() {
         .unwrap();
     assert!(st.success());
     std::fs::create_dir_all(dir.join("mnt")).unwrap();
-    // And what a live process owns stays (this one's: the test's own net).
+    // A process still running in the dead run's namespace.
+    let mut orphan = Command::new(netns::tool("ip"))
+        .args(["netns", "exec", &ns, "sleep", "600"])
+        .spawn()
+        .unwrap();
+    // And a pinfs still mounted in its directory, when FUSE is here.
+    let mnt = dir.join("mnt");
+    let daemon = (common::fuse_unavailable().is_none()).then(|| {
+        let image = dir.join("test.img");
+        common::mkfs(&image, "16M");
+        let out = common::pinfs(&["mount", image.to_str().unwrap(), mnt.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        common::daemon_pid(&mnt)
+    });
+    // What a live process owns stays (this one's: the test's own net).
     let net = Net::new("leftovers_of_a_killed_run_are_removed");
     let live = net.node("live");
     netns::remove_stale();
@@ -363,6 +392,21 @@ fn leftovers_of_a_killed_run_are_removed() {
         "a dead run's namespace stayed"
     );
     assert!(!dir.exists(), "a dead run's directory stayed");
+    let status = orphan.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(
+        !mounts.contains(mnt.to_str().unwrap()),
+        "a dead run's mount stayed"
+    );
+    if let Some(pid) = daemon {
+        // The daemon ends with its mount.
+        let gone = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+        assert!(gone, "the daemon of a dead run's mount still runs");
+    }
     let name = live.netns_name().unwrap();
     assert_eq!(namespaces(name), vec![name.to_string()]);
 }
