@@ -11,6 +11,28 @@
 //! root one), so device names and the 10.208.0.0/24 addresses repeat from one net to the
 //! next without meeting. Leftovers of a killed run (a PID that is gone) are removed the first
 //! time a test of a process asks for a net.
+//!
+//! A scenario, in short (a holder exporting a pin, a peer on another node, a partition):
+//!
+//! ```text
+//! let net = Net::new("a_partitioned_peer_under_revoke");
+//! let (h, p) = (net.node("holder"), net.node("peer"));
+//! let export = h.endpoint(0);                      // 10.208.0.1:7000, or 127.0.0.1:PORT
+//! let mut holder = h.start(move |n| {              // kill -9 and restart: holder.crash(), .restart()
+//!     let mut c = n.command(common::BIN);
+//!     c.args(["pin", FILE, "--len", "4096", "--export", &export.to_string()]);
+//!     c
+//! });
+//! assert!(p.wait_tcp(export, Duration::from_secs(10)));
+//! let peer = p.thread(move || /* the peer API, connecting to `export` */);
+//! if !p.link_down() { return; }                    // skipped (said loudly) on loopback
+//! // ... break the lease from the root namespace (truncate on the mount), check the policy ...
+//! assert!(p.link_up());
+//! ```
+//!
+//! Every party that talks over the net runs in a node (`command`, `start`, `thread`, `run`):
+//! the root namespace has no route to 10.208.0.0/24, and where its default route leads a
+//! connect there may even succeed against something else entirely.
 #![allow(dead_code)]
 
 use std::fs::File;
