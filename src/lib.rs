@@ -51,3 +51,5 @@ pub mod output;
 pub mod store;
 #[cfg(feature = "daemon")]
 pub mod sync;
+#[cfg(feature = "daemon")]
+pub mod trace;
