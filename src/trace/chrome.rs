@@ -234,7 +234,7 @@ impl<W: Write + Seek> ChromeWriter<W> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Recorder, Track};
+    use super::super::Recorder;
     use crate::holder::protocol::{EventKind, LeaseEvent, Timestamp};
     use serde_json::Value;
     use std::io::Cursor;

@@ -332,7 +332,7 @@ fn draw(t: &Timeline, svg: &mut String) -> Result<(), Failure> {
         .draw()?;
     // Each row's name left of it, and a line between rows.
     let (base_x, base_y) = top.get_base_pixel();
-    let right = TextStyle::from(axis_font()).pos(plotters::style::text_anchor::Pos::new(
+    let right = axis_font().pos(plotters::style::text_anchor::Pos::new(
         plotters::style::text_anchor::HPos::Right,
         plotters::style::text_anchor::VPos::Center,
     ));

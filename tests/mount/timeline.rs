@@ -55,7 +55,10 @@ fn wait_for(path: &Path, what: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Va
         if ready(&evs) {
             return evs;
         }
-        assert!(Instant::now() < deadline, "the trace never showed {what}: {evs:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the trace never showed {what}: {evs:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -83,7 +86,9 @@ fn status_follow_trace_records_the_holders_spans_and_instants() {
         .unwrap();
     let mut lines = std::io::BufReader::new(follower.stdout.take().unwrap()).lines();
     // The follower is watching once its first busy-block count is in the trace.
-    wait_for(&trace, "the first busy-block count", |e| !busy_values(e).is_empty());
+    wait_for(&trace, "the first busy-block count", |e| {
+        !busy_values(e).is_empty()
+    });
     let mut holder = Command::new(BIN)
         .arg("pin")
         .arg(m.path("buf"))
@@ -108,11 +113,19 @@ fn status_follow_trace_records_the_holders_spans_and_instants() {
             break;
         }
     }
-    wait_for(&trace, "the busy block freed", |e| busy_values(e).last() == Some(&0));
+    wait_for(&trace, "the busy block freed", |e| {
+        busy_values(e).last() == Some(&0)
+    });
     // SAFETY: kill(2) of our own child, still running (not reaped).
-    assert_eq!(unsafe { libc::kill(follower.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(
+        unsafe { libc::kill(follower.id() as i32, libc::SIGTERM) },
+        0
+    );
     let status = follower.wait().unwrap();
-    assert!(status.success(), "the follower ends cleanly on SIGTERM: {status:?}");
+    assert!(
+        status.success(),
+        "the follower ends cleanly on SIGTERM: {status:?}"
+    );
 
     let evs = events(&trace);
     let tid = tid_named(&evs, &format!("holder {h}"))
@@ -121,7 +134,11 @@ fn status_follow_trace_records_the_holders_spans_and_instants() {
         assert_eq!(count(&evs, "X", span, Some(tid)), 1, "{span} span: {evs:?}");
     }
     for instant in ["break", "deadline", "revoked", "holder_gone"] {
-        assert_eq!(count(&evs, "i", instant, Some(tid)), 1, "{instant}: {evs:?}");
+        assert_eq!(
+            count(&evs, "i", instant, Some(tid)),
+            1,
+            "{instant}: {evs:?}"
+        );
     }
     // The spans follow each other: each starts where the one before ended.
     let span = |name: &str| {
@@ -135,12 +152,25 @@ fn status_follow_trace_records_the_holders_spans_and_instants() {
     assert_eq!(span("granted").1, span("breaking").0);
     assert_eq!(span("breaking").1, span("revoked").0);
     let busy = busy_values(&evs);
-    assert_eq!((busy.first(), busy.last()), (Some(&0), Some(&0)), "{busy:?}");
+    assert_eq!(
+        (busy.first(), busy.last()),
+        (Some(&0), Some(&0)),
+        "{busy:?}"
+    );
     assert!(busy.contains(&1), "{busy:?}");
 
     let svg = m.dir.path().join("timeline.svg");
-    let out = pinfs(&["timeline", trace.to_str().unwrap(), "-o", svg.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pinfs(&[
+        "timeline",
+        trace.to_str().unwrap(),
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&svg).unwrap();
     let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("not XML: {e}"));
     assert_eq!(doc.root_element().tag_name().name(), "svg");
@@ -208,8 +238,15 @@ fn the_timeline_renders_in_headless_chromium() {
     r.busy_blocks(1_700_000_000_000_000, 0).unwrap();
     r.lease(&ev(EventKind::Granted, 1, Some(1), 0)).unwrap();
     r.lease(&ev(EventKind::Granted, 2, Some(2), 50)).unwrap();
-    r.lease(&ev(EventKind::Break { deadline_ms: Some(100) }, 1, Some(1), 200))
-        .unwrap();
+    r.lease(&ev(
+        EventKind::Break {
+            deadline_ms: Some(100),
+        },
+        1,
+        Some(1),
+        200,
+    ))
+    .unwrap();
     r.lease(&ev(EventKind::Released, 2, Some(2), 250)).unwrap();
     r.lease(&ev(EventKind::Revoked, 1, Some(1), 300)).unwrap();
     r.busy_blocks(1_700_000_000_310_000, 1).unwrap();
@@ -217,8 +254,17 @@ fn the_timeline_renders_in_headless_chromium() {
     r.busy_blocks(1_700_000_000_610_000, 0).unwrap();
     r.finish(1_700_000_000_700_000).unwrap();
     let svg = dir.path().join("t.svg");
-    let out = pinfs(&["timeline", trace.to_str().unwrap(), "-o", svg.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pinfs(&[
+        "timeline",
+        trace.to_str().unwrap(),
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&svg).unwrap();
     let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("not XML: {e}"));
     let root = doc.root_element();
@@ -228,10 +274,12 @@ fn the_timeline_renders_in_headless_chromium() {
         root.attribute("height").unwrap().to_string(),
     );
 
-    let Some(chromium) = ["chromium", "chromium-browser"]
-        .into_iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
-    else {
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
         let line = "\n*** SKIPPED timeline_in_chromium: chromium is not installed (apt-get install chromium; .ci/setup does) ***\n";
         // SAFETY: write(2) of a buffer we own to file descriptor 2 (past the harness's capture).
         unsafe { libc::write(2, line.as_ptr().cast(), line.len()) };
@@ -279,7 +327,10 @@ fn the_timeline_renders_in_headless_chromium() {
     let near = |p: &[u8], c: [i32; 3]| (0..3).all(|i| (i32::from(p[i]) - c[i]).abs() <= 24);
     let green = pixels.iter().filter(|p| near(p, [77, 174, 95])).count();
     let red = pixels.iter().filter(|p| near(p, [208, 72, 72])).count();
-    assert!(green > 500 && red > 500, "bars: {green} green, {red} red pixels");
+    assert!(
+        green > 500 && red > 500,
+        "bars: {green} green, {red} red pixels"
+    );
 }
 
 /// `pinfs timeline` on a missing file, a file that is not JSON (a trace cut in the middle of
@@ -291,27 +342,43 @@ fn bad_trace_files_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("out.svg");
     let run = |trace: &Path| {
-        let out = pinfs(&["timeline", trace.to_str().unwrap(), "-o", svg.to_str().unwrap()]);
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+        let out = pinfs(&[
+            "timeline",
+            trace.to_str().unwrap(),
+            "-o",
+            svg.to_str().unwrap(),
+        ]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let missing = dir.path().join("missing.json");
     let (code, err) = run(&missing);
     assert_eq!(code, Some(1), "{err}");
     assert!(
-        err.contains(&format!("{}: cannot read the trace: No such file", missing.display()))
-            && err.contains("status --follow --trace"),
+        err.contains(&format!(
+            "{}: cannot read the trace: No such file",
+            missing.display()
+        )) && err.contains("status --follow --trace"),
         "{err}"
     );
     let cut = dir.path().join("cut.json");
     std::fs::write(&cut, "{\"traceEvents\":[{\"ph\":\"X\",\"na").unwrap();
     let (code, err) = run(&cut);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains(&format!("{}: not JSON (", cut.display())), "{err}");
+    assert!(
+        err.contains(&format!("{}: not JSON (", cut.display())),
+        "{err}"
+    );
     let other = dir.path().join("other.json");
     std::fs::write(&other, "{\"holders\": []}").unwrap();
     let (code, err) = run(&other);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("not a trace: it has no \"traceEvents\" array"), "{err}");
+    assert!(
+        err.contains("not a trace: it has no \"traceEvents\" array"),
+        "{err}"
+    );
     assert!(!svg.exists());
     assert!(!err.contains("panicked"), "{err}");
     let out = pinfs(&["status", "/", "--trace", "x.json"]);
