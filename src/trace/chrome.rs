@@ -6,7 +6,10 @@
 //! The file is valid JSON after every [`ChromeWriter::flush`], not only at the end: each
 //! batch of events is written over the closing `]}` of the last one, and a new closing is
 //! written after it. A follower killed at any moment (but in the middle of a write) leaves a
-//! trace that parses; [`ChromeWriter::finish`] closes what is still open.
+//! trace that parses; [`ChromeWriter::finish`] closes what is still open. (The format lets
+//! only its *array* form lack the closing `]`; the object form, which carries
+//! `displayTimeUnit` and track names' metadata beside the events, must be whole JSON, and a
+//! plain JSON parser, such as `pinfs timeline`'s, accepts nothing less.)
 //!
 //! Spans are written when they end (an `X` event needs its duration), so the events are not
 //! in time order; the format does not ask them to be. Spans of one track must nest, so a
