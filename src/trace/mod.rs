@@ -68,7 +68,9 @@ pub enum SpanState {
     Granted,
     /// Breaking: a breaker waits for the holder's release.
     Breaking,
-    /// Revoked: the lease is gone, the blocks stay busy until the holder unpins or dies.
+    /// Revoked: the lease is gone, the blocks stay busy until the holder unpins or dies (no
+    /// event tells of an unpin after a revocation: the span lasts until `holder_gone` or the
+    /// trace's end).
     Revoked,
 }
 
