@@ -15,6 +15,7 @@
 //! | [`holder`] | the holder protocol and client (no fuser, no image mapping) |
 //! | [`daemon`] | mounting, the fuser adapter, the holder server, remount, signals |
 //! | [`fuzzer`] | the truncate-vs-pin fuzzer: serial core runs and live mounts |
+//! | [`trace`] | the lease timeline: Chrome trace-event JSON and its SVG drawing |
 //!
 //! [`sync`] is the one place locks come from; [`error`] maps failures to errnos.
 //!
@@ -51,3 +52,5 @@ pub mod output;
 pub mod store;
 #[cfg(feature = "daemon")]
 pub mod sync;
+#[cfg(feature = "daemon")]
+pub mod trace;
