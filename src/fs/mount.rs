@@ -131,26 +131,43 @@ impl Fs {
     /// end must not reappear when the file grows over it again, as blocks allocated past
     /// the end read as zeros.
     fn zero_past_ends(&self) -> FsResult<()> {
-        let mut ranges = Vec::new();
+        // Partial last blocks (stored as zeros, then flushed), and whole blocks past the end
+        // (preallocations can be large: zeroed by the host, see `zero_blocks_durably`).
+        let (mut tails, mut blocks) = (Vec::new(), Vec::new());
         for c in self.table.all() {
             let i = c.read();
             if i.kind != Kind::File {
                 continue;
             }
             let from = i.size / BLOCK_SIZE;
-            for m in i.extents.mappings_in(from, u64::MAX - from) {
-                let start = (m.file_block * BLOCK_SIZE).max(i.size);
-                let end = (m.file_block + m.len) * BLOCK_SIZE;
-                let img = m.image_block * BLOCK_SIZE + (start - m.file_block * BLOCK_SIZE);
-                ranges.push((img, end - start));
+            for m in i
+                .extents
+                .mappings_in(from, MAX_FILE_SIZE / BLOCK_SIZE + 1 - from)
+            {
+                let mut first = m.file_block;
+                if first * BLOCK_SIZE < i.size {
+                    let img = m.image_block * BLOCK_SIZE;
+                    let at = i.size % BLOCK_SIZE;
+                    tails.push((img + at, BLOCK_SIZE - at));
+                    first += 1;
+                }
+                let end = m.file_block + m.len;
+                if first < end {
+                    let img = m.image_block + (first - m.file_block);
+                    blocks.push((img * BLOCK_SIZE, (end - first) * BLOCK_SIZE));
+                }
             }
         }
-        for &(off, len) in &ranges {
+        for &(off, len) in &tails {
             self.image.zero(off, len);
         }
+        let what = "zeroing bytes past the ends of files";
         self.image
-            .flush_ranges(&ranges)
-            .map_err(FsError::host("zeroing bytes past the ends of files"))
+            .flush_ranges(&tails)
+            .map_err(FsError::host(what))?;
+        self.image
+            .zero_blocks_durably(&blocks)
+            .map_err(FsError::host(what))
     }
 
     /// The image.
