@@ -355,6 +355,18 @@ impl Nic {
         }
     }
 
+    /// Waits up to `timeout` for every peer recalled from `rkey` to ack or go; whether they
+    /// all did.
+    pub fn wait_acked(&self, rkey: u64, timeout: Duration) -> bool {
+        let st = self.shared.state();
+        let (st, timed_out) = self
+            .shared
+            .changed
+            .wait_timeout_while(st, timeout, |st| !unacked_of(st, rkey).is_empty());
+        drop(st);
+        !timed_out
+    }
+
     /// The references on region `rkey`, sorted by address.
     pub fn peers(&self, rkey: u64) -> Vec<PeerRef> {
         let st = self.shared.state();
@@ -589,6 +601,7 @@ fn serve(shared: &Shared, id: u64, mut stream: TcpStream, outbox: &Outbox) {
         if !w.hello && Instant::now() >= hello_by {
             w.error(0, ErrorCode::NotHello, "no HELLO in time");
             let _ = flush(&mut stream, &mut w);
+            close_gently(stream);
             return;
         }
         let mut flags = PollFlags::IN;
@@ -657,8 +670,30 @@ fn serve(shared: &Shared, id: u64, mut stream: TcpStream, outbox: &Outbox) {
             return;
         }
         if w.closing && w.output.is_empty() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            close_gently(stream);
             return;
+        }
+    }
+}
+
+/// Ends a connection whose answers are all sent: a FIN, then what the peer still sends is
+/// read and dropped for a moment, so that the close does not reset the connection (a reset
+/// can make the peer's kernel drop the last error frame before it reads it).
+fn close_gently(stream: TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let until = Instant::now() + Duration::from_millis(500);
+    let mut sink = [0u8; 16 * 1024];
+    let mut dropped = 0usize;
+    while Instant::now() < until && dropped < MAX_FRAME {
+        let mut p = [PollFd::new(&stream, PollFlags::IN)];
+        if poll_ms(&mut p, 50).unwrap_or(0) == 0 {
+            continue;
+        }
+        match (&stream).read(&mut sink) {
+            Ok(0) => return,
+            Ok(n) => dropped += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
     }
 }
