@@ -255,9 +255,9 @@ fn exported(
                 say(&to_json(&ev));
                 match kind {
                     Some(EventKind::Break { .. }) if !cmd.ignore_breaks && served => {
-                        nic.start_recall(rkey).map_err(|e| e.to_string())?;
+                        let peers = nic.start_recall(rkey).map_err(|e| e.to_string())?;
                         recalling = true;
-                        let peers = nic.unacked(rkey).iter().map(|a| a.to_string()).collect();
+                        let peers = peers.iter().map(|a| a.to_string()).collect();
                         line("recall", Some(peers), None);
                     }
                     Some(EventKind::Refused) if recalling => {

@@ -298,8 +298,8 @@ impl Nic {
     }
 
     /// Sends `RECALL` for `rkey` to every peer holding a reference (new references are
-    /// refused from now on); the number of peers recalled.
-    pub fn start_recall(&self, rkey: u64) -> Result<usize, NicError> {
+    /// refused from now on); the peers recalled, by address.
+    pub fn start_recall(&self, rkey: u64) -> Result<Vec<SocketAddr>, NicError> {
         let (frame, boxes) = {
             let mut st = self.shared.state();
             let entry = st.regions.get_mut(&rkey).ok_or(NicError::NoSuchKey(rkey))?;
@@ -312,16 +312,18 @@ impl Nic {
                 }
             }
             st.generation += 1;
-            let boxes: Vec<Arc<Outbox>> = conns
+            let boxes: Vec<(SocketAddr, Arc<Outbox>)> = conns
                 .iter()
-                .filter_map(|c| st.conns.get(c).map(|c| c.outbox.clone()))
+                .filter_map(|c| st.conns.get(c).map(|c| (c.addr, c.outbox.clone())))
                 .collect();
             (Frame::Recall { rkey }.encode(), boxes)
         };
-        for b in &boxes {
+        for (_, b) in &boxes {
             b.push(frame.clone());
         }
-        Ok(boxes.len())
+        let mut peers: Vec<SocketAddr> = boxes.into_iter().map(|(a, _)| a).collect();
+        peers.sort();
+        Ok(peers)
     }
 
     /// The peers that were recalled from `rkey` and have not acked.
@@ -333,7 +335,7 @@ impl Nic {
     /// Recalls `rkey` and waits up to `timeout` (`None`: until they all answer) for every
     /// peer to ack or disconnect.
     pub fn recall(&self, rkey: u64, timeout: Option<Duration>) -> Result<RecallOutcome, NicError> {
-        let recalled = self.start_recall(rkey)?;
+        let recalled = self.start_recall(rkey)?.len();
         let until = timeout.map(|t| Instant::now() + t);
         let mut st = self.shared.state();
         loop {

@@ -243,25 +243,14 @@ impl Peer {
         if let Some(k) = self.recalls.pop_front() {
             return Ok(Some(k));
         }
-        let until = timeout.map(|t| Instant::now() + t);
-        loop {
-            let left = until.map(|u| u.saturating_duration_since(Instant::now()));
-            if left.is_some_and(|l| l.is_zero()) {
-                return Ok(None);
-            }
-            match self.recv(left)? {
-                Some(Frame::Recall { rkey }) => return Ok(Some(rkey)),
-                Some(Frame::Error { code, message, .. }) => {
-                    return Err(RemoteError::Refused { code, message })
-                }
-                Some(other) => {
-                    return Err(RemoteError::Protocol(format!(
-                        "{} while waiting for a recall",
-                        other.name()
-                    )))
-                }
-                None => return Ok(None),
-            }
+        match self.recv(timeout)? {
+            Some(Frame::Recall { rkey }) => Ok(Some(rkey)),
+            Some(Frame::Error { code, message, .. }) => Err(RemoteError::Refused { code, message }),
+            Some(other) => Err(RemoteError::Protocol(format!(
+                "{} while waiting for a recall",
+                other.name()
+            ))),
+            None => Ok(None),
         }
     }
 

@@ -503,3 +503,81 @@ fn without_busy_blocks_a_revoked_peer_corrupts_another_file() {
         "with busy_blocks=off the revoked blocks were reused and the peer reached them"
     );
 }
+
+#[test]
+fn bad_remote_command_lines_are_clear_errors() {
+    let usage = |args: &[&str], words: &str| {
+        let out = pinfs(args);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {e}");
+        assert!(
+            e.contains(words) && !e.contains("panicked"),
+            "{args:?}: {e}"
+        );
+    };
+    usage(
+        &["remote", "localhost", "--rkey", "1", "read", "0", "1"],
+        "is not ADDRESS:PORT",
+    );
+    usage(
+        &["remote", "127.0.0.1:1", "--rkey", "xyz", "read", "0", "1"],
+        "is not a remote key",
+    );
+    usage(
+        &[
+            "remote",
+            "127.0.0.1:1",
+            "--rkey",
+            "1",
+            "write",
+            "0",
+            "256",
+            "1",
+        ],
+        "256",
+    );
+    usage(
+        &["pin", "/nonexistent", "--export", "127.0.0.1"],
+        "is not ADDRESS:PORT",
+    );
+    usage(
+        &[
+            "pin",
+            "/x",
+            "--export",
+            "127.0.0.1:0",
+            "--write-byte",
+            "1",
+            "--every",
+            "5",
+        ],
+        "cannot be used with",
+    );
+    // Runtime failures: a clear message and exit status 1.
+    let failed = |args: &[&str], words: &str| {
+        let out = pinfs(args);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {e}");
+        assert!(
+            e.contains(words) && !e.contains("panicked"),
+            "{args:?}: {e}"
+        );
+    };
+    failed(
+        &[
+            "remote",
+            "127.0.0.1:47099",
+            "--rkey",
+            "1",
+            "read",
+            "0",
+            "2M",
+        ],
+        "at most 1048576",
+    );
+    // Nothing listens on this port of ours.
+    failed(
+        &["remote", "127.0.0.1:47099", "--rkey", "1", "read", "0", "1"],
+        "127.0.0.1:47099",
+    );
+}
