@@ -595,7 +595,7 @@ fn serve(shared: &Shared, id: u64, mut stream: TcpStream, outbox: &Outbox) {
         closing: false,
     };
     let hello_by = Instant::now() + shared.opts.hello_timeout;
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut chunk = vec![0u8; 256 * 1024];
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return;
@@ -736,10 +736,10 @@ fn handle_input(shared: &Shared, id: u64, w: &mut Wire) {
             }
             Split::Frame { len } => {
                 let body_at = w.start + 4;
-                let body = w.input[body_at..body_at + len].to_vec();
+                let decoded = Frame::decode(&w.input[body_at..body_at + len]);
                 w.start = body_at + len;
                 shared.served.fetch_add(1, Ordering::Relaxed);
-                match Frame::decode(&body) {
+                match decoded {
                     Ok(f) => handle(shared, id, w, f),
                     Err(e) => w.error(0, e.code, e.message),
                 }
