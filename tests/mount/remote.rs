@@ -209,8 +209,21 @@ fn a_read_only_export_refuses_writes_and_status_bounds_what_a_holder_reports() {
         ["78", "err", "errno=22"],
         "a peer that is not an address is refused"
     );
-    // Another user sees the export and its peers, not the key.
-    // (root sees all: the key is shown to the holder's user and root only.)
+    // Another user sees the export and its peers, not the key (what grants access): the
+    // key is shown to root and the holder's own user only.
+    let mnt = m.mnt.clone();
+    assert!(as_nobody(move || {
+        let Ok(json) = Connection::for_path(&mnt).and_then(|mut c| c.status(false)) else {
+            return false;
+        };
+        let Ok(s) = serde_json::from_str::<Status>(&json) else {
+            return false;
+        };
+        s.leases[0]
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.rkey.is_none() && r.peers.len() == 64)
+    }));
     let pin = nic.withdraw(rkey).unwrap();
     conn.unpin(&pin).unwrap();
 }
