@@ -556,6 +556,9 @@ fn drop_conn(shared: &Shared, id: u64) {
     shared.changed.notify_all();
 }
 
+/// How long a connection that is being closed has to read its last answers.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// One connection's buffers.
 struct Wire {
     input: Vec<u8>,
@@ -595,6 +598,7 @@ fn serve(shared: &Shared, id: u64, mut stream: TcpStream, outbox: &Outbox) {
         closing: false,
     };
     let hello_by = Instant::now() + shared.opts.hello_timeout;
+    let mut close_by: Option<Instant> = None;
     let mut chunk = vec![0u8; 256 * 1024];
     loop {
         if shared.stop.load(Ordering::SeqCst) {
@@ -606,7 +610,19 @@ fn serve(shared: &Shared, id: u64, mut stream: TcpStream, outbox: &Outbox) {
             close_gently(stream);
             return;
         }
-        let mut flags = PollFlags::IN;
+        // A closing connection reads no more (polling for input it will not read would
+        // spin) and gets a moment to take its last answers.
+        if w.closing {
+            let by = *close_by.get_or_insert_with(|| Instant::now() + CLOSE_GRACE);
+            if Instant::now() >= by {
+                return;
+            }
+        }
+        let mut flags = if w.closing {
+            PollFlags::empty()
+        } else {
+            PollFlags::IN
+        };
         if !w.output.is_empty() {
             flags |= PollFlags::OUT;
         }

@@ -273,6 +273,15 @@ fn floods_peers_that_never_read_and_crowds_are_cut_off() {
     eventually_fewer(&e.nic, 2);
     assert!(closed(&mut hog), "the hog was disconnected");
 
+    // A peer that asks for answers it never reads, then breaks the framing: closed after a
+    // grace, not served forever.
+    let mut rude = Peer::connect(addr).unwrap();
+    let reads: Vec<u8> = read.iter().copied().cycle().take(read.len() * 60).collect();
+    rude.send_raw(&reads).unwrap();
+    rude.send_raw(&u32::MAX.to_le_bytes()).unwrap();
+    eventually_fewer(&e.nic, 1);
+    drop(rude);
+
     // A flood of small writes from a peer that does read: served, and others too.
     let mut busy = Peer::connect(addr).unwrap();
     for i in 0..2000u64 {
