@@ -145,14 +145,22 @@ fn main() {
     drop(nic);
 
     println!("break latency (truncate of a pinned 64 KiB range; the holder is `pinfs pin`):");
-    for peers in [None, Some(1usize), Some(4), Some(16)] {
+    let runs = [
+        (None, false),
+        (Some(1usize), false),
+        (Some(4), false),
+        (Some(16), false),
+        (Some(16), true),
+    ];
+    for (peers, odp) in runs {
         let mut times = Vec::new();
         for _ in 0..5 {
-            times.push(one_break(&path, peers));
+            times.push(one_break(&path, peers, odp));
         }
-        let label = match peers {
-            None => "no export (plain release)".to_string(),
-            Some(n) => format!("{n} acking peer(s)"),
+        let label = match (peers, odp) {
+            (None, _) => "no export (plain release)".to_string(),
+            (Some(n), false) => format!("{n} acking peer(s)"),
+            (Some(n), true) => format!("--odp, {n} peers, no acks"),
         };
         println!(
             "  {label:<26} {:>8.2} ms",
@@ -163,8 +171,9 @@ fn main() {
 }
 
 /// One truncate of a file pinned by a `pinfs pin` holder (exporting to `peers` peers that
-/// ack, or not exporting): how long the truncate took.
-fn one_break(path: &Path, peers: Option<usize>) -> Duration {
+/// ack, or on demand to peers that never ack, or not exporting): how long the truncate
+/// took.
+fn one_break(path: &Path, peers: Option<usize>, odp: bool) -> Duration {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -176,6 +185,9 @@ fn one_break(path: &Path, peers: Option<usize>) -> Duration {
     cmd.arg("pin").arg(path).args(["--len", "65536"]);
     if peers.is_some() {
         cmd.args(["--export", "127.0.0.1:0"]);
+    }
+    if odp {
+        cmd.arg("--odp");
     }
     let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
@@ -195,7 +207,8 @@ fn one_break(path: &Path, peers: Option<usize>) -> Duration {
                 let mut p = Peer::connect(addr).unwrap();
                 p.write(rkey, 0, b"peer").unwrap();
                 ready.send(()).unwrap();
-                if let Ok(Some(k)) = p.next_recall(Some(Duration::from_secs(30))) {
+                let wait = Duration::from_secs(if odp { 1 } else { 30 });
+                if let Ok(Some(k)) = p.next_recall(Some(wait)) {
                     let _ = p.ack(k);
                 }
             }));

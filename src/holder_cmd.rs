@@ -34,6 +34,9 @@ pub struct PinCommand {
     pub hold: Option<Duration>,
     /// Export the pin through a soft NIC on this address.
     pub export: Option<std::net::SocketAddr>,
+    /// On-demand export: a break invalidates the region at once (no recall, no wait) and
+    /// the holder pins the range again; peers' next accesses reach its current blocks.
+    pub odp: bool,
 }
 
 fn say(line: &str) {
@@ -88,15 +91,16 @@ pub fn pin(cmd: &PinCommand) -> Result<(), String> {
         .pin(&file, cmd.offset, len, opts)
         .map_err(|e| refused(&format!("pin {}", cmd.file.display()), e))?;
     // The pin holds the blocks, not the file: like a memory registration, it outlives the
-    // descriptor (so an unlinked pinned file can be freed, which breaks the lease).
-    drop(file);
+    // descriptor (so an unlinked pinned file can be freed, which breaks the lease). An
+    // on-demand export keeps it, to pin the range again after each break.
+    let file = cmd.odp.then_some(file);
     say(&to_json(&GrantJson {
         holder: pin.holder,
         pin: pin.id,
         extents: pin.extents.clone(),
     }));
     if let Some(addr) = cmd.export {
-        return exported(cmd, conn, pin, addr);
+        return exported(cmd, conn, pin, addr, file, len, opts);
     }
     let end = cmd.hold.map(|h| Instant::now() + h);
     let writing = cmd.write_byte.zip(cmd.every).filter(|_| !cmd.read_only);
@@ -183,9 +187,12 @@ fn exported(
     mut conn: Connection,
     pin: crate::holder::client::Pin,
     addr: std::net::SocketAddr,
+    file: Option<std::fs::File>,
+    pin_len: u64,
+    opts: PinOptions,
 ) -> Result<(), String> {
     use crate::remote::protocol::rkey_text;
-    let (pin_id, len) = (pin.id, pin.len());
+    let (mut pin_id, len) = (pin.id, pin.len());
     let nic = crate::remote::Nic::bind(addr, crate::remote::NicOptions::default())
         .map_err(|e| format!("--export {addr}: {e}"))?;
     let rkey = nic
@@ -254,6 +261,41 @@ fn exported(
                 }
                 say(&to_json(&ev));
                 match kind {
+                    Some(EventKind::Break { .. }) if served && file.is_some() => {
+                        // On demand: invalidate now, give the blocks back, find the range's
+                        // current blocks once the break is over.
+                        if let Ok(old) = nic.fault(rkey) {
+                            let _ = conn.unpin(&old);
+                        }
+                        line("invalidated", None, None);
+                        match repin(&mut conn, file.as_ref(), cmd.offset, pin_len, opts) {
+                            Ok(new) => {
+                                pin_id = new.id;
+                                match nic.remap(rkey, new) {
+                                    Ok(()) => {
+                                        let _ = conn.report_export(pin_id, rkey, nic.addr());
+                                        reported = 0;
+                                        line("remapped", None, None);
+                                    }
+                                    Err((e, new)) => {
+                                        let _ = conn.unpin(&new);
+                                        let _ = nic.withdraw(rkey);
+                                        served = false;
+                                        pinned = false;
+                                        eprintln!("pinfs: {e}");
+                                        line("gone", None, None);
+                                    }
+                                }
+                            }
+                            Err(why) => {
+                                let _ = nic.withdraw(rkey);
+                                served = false;
+                                pinned = false;
+                                eprintln!("pinfs: the range is gone: {why}");
+                                line("gone", None, None);
+                            }
+                        }
+                    }
                     Some(EventKind::Break { .. }) if !cmd.ignore_breaks && served => {
                         let peers = nic.start_recall(rkey).map_err(|e| e.to_string())?;
                         recalling = true;
@@ -291,6 +333,28 @@ fn exported(
         let _ = conn.unpin_id(pin_id);
     }
     Ok(())
+}
+
+/// Pins `len` bytes of `file` from `offset` again after a break (on-demand export):
+/// retried while the range is still being broken (`EAGAIN`), for up to 10 s.
+fn repin(
+    conn: &mut Connection,
+    file: Option<&std::fs::File>,
+    offset: u64,
+    len: u64,
+    opts: PinOptions,
+) -> Result<crate::holder::client::Pin, String> {
+    let file = file.ok_or("no file to pin again")?;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match conn.pin(file, offset, len, opts) {
+            Ok(p) => return Ok(p),
+            Err(e) if e.errno() == Some(libc::EAGAIN) && Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(refused("pin again", e)),
+        }
+    }
 }
 
 /// What `pinfs remote` was asked to do.

@@ -250,6 +250,7 @@ fn cmd_pin(a: PinArgs) -> CmdResult {
         every: a.every,
         hold: a.hold,
         export: a.export,
+        odp: a.odp,
     };
     init_logging("warn");
     pinfs::holder_cmd::pin(&cmd).map_err(Failure::Error)?;

@@ -226,6 +226,11 @@ pub struct PinArgs {
     /// (port 0: any); on a break, recall it from every peer and release after their acks.
     #[arg(long, value_name = "ADDR:PORT", value_parser = values::socket_addr, conflicts_with = "write_byte")]
     pub export: Option<std::net::SocketAddr>,
+    /// With --export: on-demand mode (as ODP NICs): a break invalidates the region at once,
+    /// with no recall and no wait, and the range is pinned again; peers' next accesses wait
+    /// for it and reach its current blocks, or get BAD_KEY if the range is gone.
+    #[arg(long, requires = "export")]
+    pub odp: bool,
 }
 
 /// `pinfs remote`.

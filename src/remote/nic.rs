@@ -129,7 +129,13 @@ struct Region {
     writable: bool,
     /// `None` once invalidated: nothing reaches the memory any more.
     mem: RwLock<Option<Mapping>>,
+    /// Faulted (on-demand mode): the mapping is out while the holder finds the range's
+    /// current blocks; accesses wait for it (a bounded time) instead of failing.
+    faulted: AtomicBool,
 }
+
+/// How long an access to a faulted region waits for the holder to map the range again.
+const FAULT_WAIT: Duration = Duration::from_secs(2);
 
 struct Entry {
     region: Arc<Region>,
@@ -258,6 +264,7 @@ impl Nic {
             len: pin.len() as u64,
             writable: !pin.is_read_only(),
             mem: RwLock::ranked(Rank::RemoteRegion, Some(Mapping(pin))),
+            faulted: AtomicBool::new(false),
         });
         let mut st = self.shared.state();
         let rkey = loop {
@@ -288,6 +295,7 @@ impl Nic {
             entry
         };
         self.shared.changed.notify_all();
+        entry.region.faulted.store(false, Ordering::SeqCst);
         let mapping = entry
             .region
             .mem
@@ -295,6 +303,47 @@ impl Nic {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         mapping.map(|m| m.0).ok_or(NicError::NoSuchKey(rkey))
+    }
+
+    /// On-demand mode: invalidates region `rkey`'s mapping at once (after the accesses in
+    /// flight) without recalling anything, and gives its pin back. The key and the peers'
+    /// references stay: an access from now on waits (up to 2 s) for [`Nic::remap`], then
+    /// reaches the new mapping, or gets `BAD_KEY` if none came (or [`Nic::withdraw`] ended
+    /// the region meanwhile).
+    pub fn fault(&self, rkey: u64) -> Result<Pin, NicError> {
+        let region = self.region(rkey)?;
+        region.faulted.store(true, Ordering::SeqCst);
+        let mapping = region.mem.write().unwrap_or_else(|e| e.into_inner()).take();
+        mapping.map(|m| m.0).ok_or(NicError::NoSuchKey(rkey))
+    }
+
+    /// On-demand mode: maps faulted region `rkey` onto `pin` (the same range pinned again,
+    /// its current blocks); waiting accesses go on into it. A pin of another length or
+    /// access mode is refused and handed back.
+    pub fn remap(&self, rkey: u64, pin: Pin) -> Result<(), (NicError, Pin)> {
+        let region = match self.region(rkey) {
+            Ok(r) => r,
+            Err(e) => return Err((e, pin)),
+        };
+        if pin.len() as u64 != region.len || pin.is_read_only() == region.writable {
+            let e = std::io::Error::other(format!(
+                "remap of {rkey:016x}: a pin of {} bytes for a region of {}",
+                pin.len(),
+                region.len
+            ));
+            return Err((NicError::Io(e), pin));
+        }
+        *region.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(Mapping(pin));
+        region.faulted.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn region(&self, rkey: u64) -> Result<Arc<Region>, NicError> {
+        let st = self.shared.state();
+        st.regions
+            .get(&rkey)
+            .map(|e| e.region.clone())
+            .ok_or(NicError::NoSuchKey(rkey))
     }
 
     /// Sends `RECALL` for `rkey` to every peer holding a reference (new references are
@@ -807,12 +856,30 @@ fn inside(offset: u64, len: u64, size: u64) -> Result<usize, (ErrorCode, String)
     }
 }
 
-/// Runs `f` on the region's memory, unless it was invalidated.
+/// Runs `f` on the region's memory, unless it was invalidated. An access to a faulted
+/// region waits for the remap (no lock held while it waits).
 fn with_memory<T>(region: &Region, f: impl FnOnce(*mut u8) -> T) -> Result<T, (ErrorCode, String)> {
-    let mem = region.mem.read().unwrap_or_else(|e| e.into_inner());
-    match mem.as_ref() {
-        Some(m) => Ok(f(m.0.base())),
-        None => Err((ErrorCode::BadKey, "the region was invalidated".to_string())),
+    let until = Instant::now() + FAULT_WAIT;
+    let mut f = Some(f);
+    loop {
+        {
+            let mem = region.mem.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = mem.as_ref() {
+                if let Some(f) = f.take() {
+                    return Ok(f(m.0.base()));
+                }
+            }
+        }
+        if !region.faulted.load(Ordering::SeqCst) {
+            return Err((ErrorCode::BadKey, "the region was invalidated".to_string()));
+        }
+        if Instant::now() >= until {
+            return Err((
+                ErrorCode::BadKey,
+                "the region faulted and its range did not come back".to_string(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

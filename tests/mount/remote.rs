@@ -594,3 +594,90 @@ fn bad_remote_command_lines_are_clear_errors() {
         "127.0.0.1:47099",
     );
 }
+
+#[test]
+fn an_on_demand_export_never_makes_a_breaker_wait_and_follows_the_layout() {
+    if skip_without_fuse("remote_odp") {
+        return;
+    }
+    // Under wait, a holder that did not let go would keep the breakers waiting forever.
+    let m = Mount::new("64M", "break_policy=wait");
+    let f = file(&m, "buf", LEN);
+    let mut child = Command::new(BIN)
+        .arg("pin")
+        .arg(m.path("buf"))
+        .args([
+            "--len",
+            &LEN.to_string(),
+            "--export",
+            "127.0.0.1:0",
+            "--odp",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, lines) = channel();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            if tx
+                .send(serde_json::from_str::<serde_json::Value>(&l).unwrap())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let pin = lines.recv_timeout(Duration::from_secs(10)).unwrap()["pin"].as_u64();
+    let export = lines.recv_timeout(Duration::from_secs(10)).unwrap();
+    let h = Holder {
+        child,
+        lines,
+        rkey: parse_rkey(export["export"]["rkey"].as_str().unwrap()).unwrap(),
+        nic: export["export"]["nic"].as_str().unwrap().parse().unwrap(),
+        pin: pin.unwrap(),
+    };
+    // A peer that would never ack: there is nothing to ack.
+    let mut peer = Peer::connect(h.nic).unwrap();
+    peer.write(h.rkey, 0, &[b'P'; LEN]).unwrap();
+    // A hole punched over the first block: the breaker goes on, the holder pins the range
+    // again (a new block there), and the peer's next store lands in the file's new block.
+    // SAFETY: fallocate on a descriptor we own.
+    let rc = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            4096,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    h.wait_for("remote", "invalidated");
+    peer.write(h.rkey, 0, b"after the punch").unwrap();
+    h.wait_for("remote", "remapped");
+    let mut b = [0u8; 15];
+    f.read_exact_at(&mut b, 0).unwrap();
+    assert_eq!(
+        &b, b"after the punch",
+        "the store reached the range's new block"
+    );
+    let mut rest = vec![0u8; LEN - 4096];
+    f.read_exact_at(&mut rest, 4096).unwrap();
+    assert!(
+        rest.iter().all(|&c| c == b'P'),
+        "the blocks not punched kept the peer's data"
+    );
+    assert_eq!(
+        peer.next_recall(Some(Duration::ZERO)).unwrap(),
+        None,
+        "no recall"
+    );
+    // Truncated away: the breaker goes on, the range is gone, the key with it.
+    assert_eq!(truncate_later(&m, "buf").join().unwrap(), Ok(()));
+    h.wait_for("remote", "gone");
+    assert_eq!(
+        peer.write(h.rkey, 0, b"late").unwrap_err().code(),
+        Some(ErrorCode::BadKey)
+    );
+    assert_eq!(status(&m).counters.timeouts, 0);
+}
