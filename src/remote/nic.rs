@@ -20,6 +20,10 @@
 //! either, which is what the mount's break policy is for (under `revoke`, the blocks the
 //! peer still reaches are busy, in no file).
 //!
+//! **On demand** (as ODP NICs): [`Nic::fault`] takes the mapping out at once, recalling
+//! nothing, and keeps the key; accesses then wait (up to 2 s, no lock held) until
+//! [`Nic::remap`] maps the region onto the range pinned again, or fail with `BAD_KEY`.
+//!
 //! **Limits against hostile peers.** At most [`NicOptions::max_peers`] connections (the next
 //! gets `BUSY` and is closed); a peer must say `HELLO` within [`NicOptions::hello_timeout`];
 //! a frame over the protocol's maximum is `TOO_LARGE` and the connection closed; a peer whose
