@@ -1,4 +1,5 @@
-//! The holder commands of the CLI: `pin` (a holder you can watch and script), `status` and
+//! The holder commands of the CLI: `pin` (a holder you can watch and script, and with
+//! `--export` a soft NIC serving remote peers), `remote` (such a peer), `status` and
 //! `fence`.
 
 use std::io::Write;
@@ -31,6 +32,11 @@ pub struct PinCommand {
     pub every: Option<Duration>,
     /// Give up the pin and exit after this long.
     pub hold: Option<Duration>,
+    /// Export the pin through a soft NIC on this address.
+    pub export: Option<std::net::SocketAddr>,
+    /// On-demand export: a break invalidates the region at once (no recall, no wait) and
+    /// the holder pins the range again; peers' next accesses reach its current blocks.
+    pub odp: bool,
 }
 
 fn say(line: &str) {
@@ -85,13 +91,17 @@ pub fn pin(cmd: &PinCommand) -> Result<(), String> {
         .pin(&file, cmd.offset, len, opts)
         .map_err(|e| refused(&format!("pin {}", cmd.file.display()), e))?;
     // The pin holds the blocks, not the file: like a memory registration, it outlives the
-    // descriptor (so an unlinked pinned file can be freed, which breaks the lease).
-    drop(file);
+    // descriptor (so an unlinked pinned file can be freed, which breaks the lease). An
+    // on-demand export keeps it, to pin the range again after each break.
+    let file = cmd.odp.then_some(file);
     say(&to_json(&GrantJson {
         holder: pin.holder,
         pin: pin.id,
         extents: pin.extents.clone(),
     }));
+    if let Some(addr) = cmd.export {
+        return exported(cmd, conn, pin, addr, file, len, opts);
+    }
     let end = cmd.hold.map(|h| Instant::now() + h);
     let writing = cmd.write_byte.zip(cmd.every).filter(|_| !cmd.read_only);
     let mut next_write = Instant::now();
@@ -139,6 +149,322 @@ pub fn pin(cmd: &PinCommand) -> Result<(), String> {
         let _ = conn.unpin(&pin);
     }
     Ok(())
+}
+
+/// The line `pinfs pin --export` prints once the NIC serves the pin.
+#[derive(Serialize)]
+struct ExportJson {
+    export: ExportedJson,
+}
+
+#[derive(Serialize)]
+struct ExportedJson {
+    pin: u64,
+    rkey: String,
+    nic: String,
+    len: usize,
+}
+
+/// A line about the export: `{"remote":"recall","rkey":K,"peers":N}` and the like.
+#[derive(Serialize)]
+struct RemoteJson {
+    remote: &'static str,
+    rkey: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unacked: Option<Vec<String>>,
+}
+
+/// How often an exporting holder looks at its NIC (acks, peers to report).
+const NIC_TICK: Duration = Duration::from_millis(20);
+
+/// `pinfs pin --export`: serves the pin to remote peers; on a break recalls the key from
+/// every peer and unpins once they all acked (or went). A peer that never acks keeps the
+/// region: the mount's policy then decides (under `revoke` the blocks it reaches are busy).
+fn exported(
+    cmd: &PinCommand,
+    mut conn: Connection,
+    pin: crate::holder::client::Pin,
+    addr: std::net::SocketAddr,
+    file: Option<std::fs::File>,
+    pin_len: u64,
+    opts: PinOptions,
+) -> Result<(), String> {
+    use crate::remote::protocol::rkey_text;
+    let (mut pin_id, len) = (pin.id, pin.len());
+    let nic = crate::remote::Nic::bind(addr, crate::remote::NicOptions::default())
+        .map_err(|e| format!("--export {addr}: {e}"))?;
+    let rkey = nic
+        .export(pin)
+        .map_err(|e| format!("--export {addr}: {e}"))?;
+    conn.report_export(pin_id, rkey, nic.addr())
+        .map_err(|e| refused("export", e))?;
+    say(&to_json(&ExportJson {
+        export: ExportedJson {
+            pin: pin_id,
+            rkey: rkey_text(rkey),
+            nic: nic.addr().to_string(),
+            len,
+        },
+    }));
+    let line = |what: &'static str, peers: Option<Vec<String>>, unacked: Option<Vec<String>>| {
+        say(&to_json(&RemoteJson {
+            remote: what,
+            rkey: rkey_text(rkey),
+            peers,
+            unacked,
+        }))
+    };
+    let end = cmd.hold.map(|h| Instant::now() + h);
+    let mut reported = 0;
+    let mut recalling = false;
+    // The lease is still ours to give back (not released, not revoked).
+    let mut pinned = true;
+    let mut served = true;
+    loop {
+        if end.is_some_and(|e| Instant::now() >= e) {
+            break;
+        }
+        let generation = nic.generation();
+        if served && generation != reported {
+            reported = generation;
+            // Status only: a refusal (the pin went meanwhile) changes nothing here.
+            if let Err(e) = conn.report_peers(pin_id, &nic.peers(rkey)) {
+                eprintln!("pinfs: {}", refused("report peers", e));
+            }
+        }
+        if served && recalling && nic.unacked(rkey).is_empty() {
+            // Every peer acked or went: nothing reaches the region from outside now.
+            let _ = nic.withdraw(rkey);
+            served = false;
+            line("recalled", None, None);
+            if conn.unpin_id(pin_id).is_ok() {
+                pinned = false;
+            }
+            let _ = conn.report_peers(pin_id, &[]);
+        }
+        let wait = if served && recalling {
+            // Acks wake this at once; events are looked at between.
+            if nic.wait_acked(rkey, NIC_TICK) {
+                continue;
+            }
+            Duration::from_millis(1)
+        } else {
+            NIC_TICK
+        };
+        match conn.next_event(Some(wait)) {
+            Ok(Some(ev)) => {
+                let kind = ev.lease().map(|l| l.kind);
+                if kind == Some(EventKind::Granted) {
+                    continue;
+                }
+                say(&to_json(&ev));
+                match kind {
+                    Some(EventKind::Break { .. }) if served && file.is_some() => {
+                        // On demand: invalidate now, give the blocks back, find the range's
+                        // current blocks once the break is over.
+                        if let Ok(old) = nic.fault(rkey) {
+                            let _ = conn.unpin(&old);
+                        }
+                        line("invalidated", None, None);
+                        match repin(&mut conn, file.as_ref(), cmd.offset, pin_len, opts) {
+                            Ok(new) => {
+                                pin_id = new.id;
+                                match nic.remap(rkey, new) {
+                                    Ok(()) => {
+                                        let _ = conn.report_export(pin_id, rkey, nic.addr());
+                                        reported = 0;
+                                        line("remapped", None, None);
+                                    }
+                                    Err((e, new)) => {
+                                        let _ = conn.unpin(&new);
+                                        let _ = nic.withdraw(rkey);
+                                        served = false;
+                                        pinned = false;
+                                        eprintln!("pinfs: {e}");
+                                        line("gone", None, None);
+                                    }
+                                }
+                            }
+                            Err(why) => {
+                                let _ = nic.withdraw(rkey);
+                                served = false;
+                                pinned = false;
+                                eprintln!("pinfs: the range is gone: {why}");
+                                line("gone", None, None);
+                            }
+                        }
+                    }
+                    Some(EventKind::Break { .. }) if !cmd.ignore_breaks && served => {
+                        let peers = nic.start_recall(rkey).map_err(|e| e.to_string())?;
+                        recalling = true;
+                        let peers = peers.iter().map(|a| a.to_string()).collect();
+                        line("recall", Some(peers), None);
+                    }
+                    Some(EventKind::Refused) if recalling => {
+                        line(
+                            "refused",
+                            None,
+                            Some(nic.unacked(rkey).iter().map(|a| a.to_string()).collect()),
+                        );
+                    }
+                    Some(EventKind::Revoked) => {
+                        pinned = false;
+                        // The peers that did not ack still reach the region: its blocks are
+                        // busy now, in no file.
+                        line(
+                            "revoked",
+                            None,
+                            Some(nic.unacked(rkey).iter().map(|a| a.to_string()).collect()),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return Err(refused("the daemon went away", e)),
+        }
+    }
+    if served {
+        let _ = nic.withdraw(rkey);
+    }
+    if pinned {
+        let _ = conn.unpin_id(pin_id);
+    }
+    Ok(())
+}
+
+/// Pins `len` bytes of `file` from `offset` again after a break (on-demand export):
+/// retried while the range is still being broken (`EAGAIN`), for up to 10 s.
+fn repin(
+    conn: &mut Connection,
+    file: Option<&std::fs::File>,
+    offset: u64,
+    len: u64,
+    opts: PinOptions,
+) -> Result<crate::holder::client::Pin, String> {
+    let file = file.ok_or("no file to pin again")?;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match conn.pin(file, offset, len, opts) {
+            Ok(p) => return Ok(p),
+            Err(e) if e.errno() == Some(libc::EAGAIN) && Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(refused("pin again", e)),
+        }
+    }
+}
+
+/// What `pinfs remote` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RemoteCommand {
+    /// The holder's soft NIC.
+    pub nic: std::net::SocketAddr,
+    /// The region's key.
+    pub rkey: u64,
+    /// Write this byte (`None`: read).
+    pub write: Option<u8>,
+    /// From the region's first byte.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Repeat this often until recalled.
+    pub every: Option<Duration>,
+    /// Never ack a recall.
+    pub ignore_recalls: bool,
+}
+
+/// One access's result, as `pinfs remote` prints it.
+#[derive(Serialize)]
+struct AccessJson<'a> {
+    op: &'static str,
+    offset: u64,
+    len: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+}
+
+/// Runs `pinfs remote`: its exit status (0: done or recalled and acked; 1: the access was
+/// refused).
+pub fn remote(cmd: &RemoteCommand) -> Result<i32, String> {
+    use crate::remote::protocol::{rkey_text, MAX_DATA};
+    use crate::remote::{Peer, RemoteError};
+    if cmd.len > MAX_DATA as u64 {
+        return Err(format!(
+            "{} bytes: one access moves at most {MAX_DATA} (1M); split it",
+            cmd.len
+        ));
+    }
+    let mut peer = Peer::connect(cmd.nic).map_err(|e| format!("{}: {e}", cmd.nic))?;
+    let payload = cmd.write.map(|b| vec![b; cmd.len as usize]);
+    let mut status = 0;
+    loop {
+        let r = match &payload {
+            Some(data) => peer.write(cmd.rkey, cmd.offset, data).map(|()| None),
+            None => peer
+                .read(cmd.rkey, cmd.offset, cmd.len as u32)
+                .map(|d| Some(d.iter().map(|b| format!("{b:02x}")).collect::<String>())),
+        };
+        let op = if payload.is_some() { "write" } else { "read" };
+        match r {
+            Ok(data) => say(&to_json(&AccessJson {
+                op,
+                offset: cmd.offset,
+                len: cmd.len,
+                data,
+                error: None,
+                message: None,
+            })),
+            Err(RemoteError::Refused { code, message }) => {
+                status = 1;
+                say(&to_json(&AccessJson {
+                    op,
+                    offset: cmd.offset,
+                    len: cmd.len,
+                    data: None,
+                    error: Some(code.name()),
+                    message: Some(message),
+                }))
+            }
+            Err(e) => return Err(format!("{}: {e}", cmd.nic)),
+        }
+        let Some(every) = cmd.every else {
+            return Ok(status);
+        };
+        let until = Instant::now() + every;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match peer.next_recall(Some(left)) {
+                Ok(Some(k)) => {
+                    say(&format!(
+                        "{{\"remote\":\"recall\",\"rkey\":\"{}\"}}",
+                        rkey_text(k)
+                    ));
+                    if !cmd.ignore_recalls {
+                        peer.ack(k).map_err(|e| format!("ack: {e}"))?;
+                        say(&format!(
+                            "{{\"remote\":\"acked\",\"rkey\":\"{}\"}}",
+                            rkey_text(k)
+                        ));
+                        if k == cmd.rkey {
+                            return Ok(0);
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("{}: {e}", cmd.nic)),
+            }
+        }
+    }
 }
 
 /// Runs `pinfs status`.

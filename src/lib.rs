@@ -13,13 +13,14 @@
 //! | [`lease`] | the layout-lease state machine and its events |
 //! | [`fsck`] | checking and repair of an image |
 //! | [`holder`] | the holder protocol and client (no fuser, no image mapping) |
+//! | [`remote`] | exported pins: the soft NIC in a holder, its wire protocol, remote peers |
 //! | [`daemon`] | mounting, the fuser adapter, the holder server, remount, signals |
 //! | [`fuzzer`] | the truncate-vs-pin fuzzer: serial core runs and live mounts |
 //! | [`trace`] | the lease timeline: Chrome trace-event JSON and its SVG drawing |
 //!
 //! [`sync`] is the one place locks come from; [`error`] maps failures to errnos.
 //!
-//! Only [`holder`] is built without the default feature `daemon`: a program that is just a pin
+//! Only [`holder`], [`remote`] and [`sync`] are built without the default feature `daemon`: a program that is just a pin
 //! holder depends on `pinfs` with `default-features = false` and gets no fuser, no memmap2
 //! and no filesystem in its dependency tree.
 
@@ -48,9 +49,9 @@ pub mod log;
 pub mod meta;
 #[cfg(feature = "daemon")]
 pub mod output;
+pub mod remote;
 #[cfg(feature = "daemon")]
 pub mod store;
-#[cfg(feature = "daemon")]
 pub mod sync;
 #[cfg(feature = "daemon")]
 pub mod trace;

@@ -106,6 +106,22 @@ fn run(cli: Cli) -> CmdResult {
         Command::Fsck(a) => Ok(cmd_fsck(a)),
         Command::Pin(a) => cmd_pin(a),
         Command::Status(a) => cmd_status(a),
+        Command::Remote(a) => {
+            let (write, offset, len) = match a.op {
+                cli::RemoteOp::Read { offset, len } => (None, offset, len),
+                cli::RemoteOp::Write { offset, byte, len } => (Some(byte), offset, len),
+            };
+            let cmd = pinfs::holder_cmd::RemoteCommand {
+                nic: a.nic,
+                rkey: a.rkey,
+                write,
+                offset,
+                len,
+                every: a.every,
+                ignore_recalls: a.ignore_recalls,
+            };
+            Ok(pinfs::holder_cmd::remote(&cmd).map_err(Failure::Error)?)
+        }
         Command::Fence(a) => {
             pinfs::holder_cmd::fence(&a.mountpoint, a.holder).map_err(Failure::Error)?;
             Ok(0)
@@ -237,6 +253,8 @@ fn cmd_pin(a: PinArgs) -> CmdResult {
         write_byte: a.write_byte,
         every: a.every,
         hold: a.hold,
+        export: a.export,
+        odp: a.odp,
     };
     init_logging("warn");
     pinfs::holder_cmd::pin(&cmd).map_err(Failure::Error)?;

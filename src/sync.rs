@@ -33,14 +33,22 @@
 //!     the superblock, to write windowed blocks back or to detach them);
 //! 11. [`Rank::FuzzModel`], then [`Rank::FuzzLedger`]: the concurrent fuzzer's model of a
 //!     file (a worker's step on it is serialised under it) and its ledger;
-//! 12. [`Rank::Leaf`]: everything else, held only to read or change one value, with
+//! 12. [`Rank::RemoteRegion`]: a soft NIC's memory region (`crate::remote::nic`), held
+//!     shared for one remote access to the pin's memory and exclusive to invalidate it (an
+//!     invalidation waits for the accesses in flight); nothing is taken inside it;
+//! 13. [`Rank::Leaf`]: everything else, held only to read or change one value, with
 //!     nothing taken inside: the inode table's shards, open handles, directory streams, the
 //!     release list, the waiter count, the reclaim set, lease configuration, the daemon's
-//!     phase, the fuzzer's log and violations, the filesystem's ordered data ranges and
-//!     its sizes not yet journaled (both also taken inside the journal lock, by the flush
-//!     that writes them).
+//!     phase, the fuzzer's log and violations, a soft NIC's table of regions and peers and
+//!     each peer's outgoing queue, the filesystem's ordered data ranges and its sizes not
+//!     yet journaled (both also taken inside the journal lock, by the flush that writes
+//!     them).
 //!
-//! No lock is held across a FUSE notification, a wait on a holder or I/O to a client; a
+//! This module builds without the `daemon` feature: the holder side (`crate::remote`) takes
+//! its locks here too.
+//!
+//! No lock is held across a FUSE notification, a wait on a holder or I/O to a client or a
+//! remote peer; a
 //! [`Condvar`] wait releases its own mutex and keeps the thread's place in the order.
 
 #[cfg(not(shuttle))]
@@ -79,6 +87,8 @@ pub enum Rank {
     FuzzModel,
     /// The concurrent fuzzer's ledger of pins and breakers.
     FuzzLedger,
+    /// A soft NIC's memory region (one remote access, or its invalidation).
+    RemoteRegion,
     /// A lock with nothing taken inside it.
     #[default]
     Leaf,

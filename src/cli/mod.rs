@@ -82,6 +82,12 @@ pub enum Command {
     /// unless --ignore-breaks.
     #[command(args_override_self = true)]
     Pin(PinArgs),
+    /// Reach a pin exported with `pinfs pin --export`, as a remote peer would.
+    ///
+    /// Prints JSON lines: each access's result, each recall. Acks a recall (and exits)
+    /// unless --ignore-recalls.
+    #[command(args_override_self = true)]
+    Remote(RemoteArgs),
     /// Show a mount's holders, leases, busy blocks and counters, or its lease events.
     #[command(args_override_self = true)]
     Status(StatusArgs),
@@ -220,6 +226,61 @@ pub struct PinArgs {
     /// Give up the pin and exit after this many seconds (default: hold until killed).
     #[arg(long, value_name = "SECONDS", value_parser = values::seconds, allow_hyphen_values = true)]
     pub hold: Option<Duration>,
+    /// Export the pinned range to remote peers through a soft NIC listening on ADDR:PORT
+    /// (port 0: any); on a break, recall it from every peer and release after their acks.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = values::socket_addr, conflicts_with = "write_byte")]
+    pub export: Option<std::net::SocketAddr>,
+    /// With --export: on-demand mode (as ODP NICs): a break invalidates the region at once,
+    /// with no recall and no wait, and the range is pinned again; peers' next accesses wait
+    /// for it and reach its current blocks, or get BAD_KEY if the range is gone.
+    #[arg(long, requires = "export")]
+    pub odp: bool,
+}
+
+/// `pinfs remote`.
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// The holder's soft NIC, as `pinfs pin --export` printed it.
+    #[arg(value_parser = values::socket_addr)]
+    pub nic: std::net::SocketAddr,
+    /// The region's key (16 hex digits, as `pinfs pin --export` printed it).
+    #[arg(long, value_name = "KEY", value_parser = values::rkey)]
+    pub rkey: u64,
+    /// What to do.
+    #[command(subcommand)]
+    pub op: RemoteOp,
+    /// Repeat the access every this many milliseconds, until recalled (or killed).
+    #[arg(long, global = true, value_name = "MS", value_parser = values::millis, allow_hyphen_values = true)]
+    pub every: Option<Duration>,
+    /// Never ack a recall: keep accessing (a remote node nobody can reach).
+    #[arg(long, global = true)]
+    pub ignore_recalls: bool,
+}
+
+/// A remote access.
+#[derive(Debug, Subcommand)]
+pub enum RemoteOp {
+    /// Read LEN bytes at OFFSET of the region (printed as hex).
+    Read {
+        /// From the region's first byte (a size).
+        #[arg(value_parser = values::size)]
+        offset: u64,
+        /// Bytes (a size, at most 1M).
+        #[arg(value_parser = values::size)]
+        len: u64,
+    },
+    /// Write LEN copies of BYTE at OFFSET of the region.
+    Write {
+        /// From the region's first byte (a size).
+        #[arg(value_parser = values::size)]
+        offset: u64,
+        /// The byte (0-255 or 0x00-0xff).
+        #[arg(value_parser = values::byte)]
+        byte: u8,
+        /// Bytes (a size, at most 1M).
+        #[arg(value_parser = values::size)]
+        len: u64,
+    },
 }
 
 /// `pinfs status`.

@@ -115,6 +115,17 @@ pub fn max_ops(s: &str) -> Result<MaxOps, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MaxOps(pub Option<u64>);
 
+/// `ADDRESS:PORT` (`127.0.0.1:47000`, `[::1]:0`).
+pub fn socket_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("'{s}' is not ADDRESS:PORT (for example 127.0.0.1:47000)"))
+}
+
+/// A remote key as `pinfs pin --export` prints it.
+pub fn rkey(s: &str) -> Result<u64, String> {
+    pinfs::remote::protocol::parse_rkey(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -984,6 +984,31 @@ fn respond(
             Ok(mapped_blocks) => done(Reply::Checked { mapped_blocks }),
             Err(e) => Err((libc::EUCLEAN, e)),
         },
+        &Request::Export { pin, rkey, addr } => {
+            let Some(holder) = holder else {
+                return Err((libc::ENOENT, "export: this connection holds no pins".into()));
+            };
+            match fs.export_pin(holder, pin, rkey, addr) {
+                Ok(()) => done(Reply::Done),
+                Err(e) => Err((e.errno(), format!("export pin {pin}: {e}"))),
+            }
+        }
+        Request::Peers {
+            pin,
+            total,
+            ref peers,
+        } => {
+            let Some(holder) = holder else {
+                return Err((libc::ENOENT, "peers: this connection holds no pins".into()));
+            };
+            match fs.report_peers(holder, *pin, *total, peers) {
+                Ok(()) => done(Reply::Done),
+                Err(e) => Err((
+                    e.errno(),
+                    format!("peers of pin {pin}: {e} (export it first)"),
+                )),
+            }
+        }
         Request::Watch => Err((
             libc::EOPNOTSUPP,
             "watch needs a connection to the daemon's socket".into(),

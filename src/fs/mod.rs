@@ -276,6 +276,7 @@ mod attr;
 mod background;
 mod commit;
 mod data;
+pub mod exports;
 mod fallocate;
 pub(crate) mod flags;
 mod mount;
@@ -400,6 +401,8 @@ pub struct Fs {
     passing_commits: AtomicU32,
     /// Failed requests per errno since mount, for `status` ([`Fs::errors`]; atomics, no lock).
     errors: crate::error::ErrnoCounts,
+    /// What holders exported to remote peers, as they report it (taken alone).
+    exports: Mutex<exports::Exports>,
 }
 
 /// How long an unmount waits for the threads of breakers whose waits it ended.

@@ -106,6 +106,7 @@ impl Fs {
             failing_commits: AtomicU32::new(0),
             passing_commits: AtomicU32::new(0),
             errors: Default::default(),
+            exports: Mutex::new(Default::default()),
         };
         // Data allocations leave room for the next checkpoint from the start.
         lock(&fs.alloc).set_reserve(checkpoint::reserve_for(&lock(&fs.sb)));

@@ -166,6 +166,33 @@ pub struct LeaseStatus {
     /// `root`, `owner` or `guest` (a guest's lease is revoked at its deadline whatever the
     /// policy).
     pub standing: String,
+    /// The pin's export to remote peers, as its holder reports it (absent: not exported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteStatus>,
+}
+
+/// An exported pin in [`LeaseStatus`]: who reaches it from other nodes, on whose behalf.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteStatus {
+    /// The holder's soft NIC (`ADDRESS:PORT`).
+    pub nic: String,
+    /// The region's key, 16 hex digits (`null`: hidden, the caller is not the holder's user
+    /// nor root: the key is what grants access).
+    pub rkey: Option<String>,
+    /// The remote peers holding references (at most
+    /// [`crate::holder::protocol::MAX_REMOTE_PEERS`]).
+    pub peers: Vec<RemotePeerStatus>,
+    /// How many peers the holder reported (more than `peers` lists when over the bound).
+    pub peers_total: u64,
+}
+
+/// A remote peer in [`RemoteStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemotePeerStatus {
+    /// The peer's address (`ADDRESS:PORT`).
+    pub addr: String,
+    /// `connected`, `recalling` (recalled, no ack yet) or `acked`.
+    pub state: String,
 }
 
 /// The busy blocks in [`Status`].
@@ -267,10 +294,27 @@ pub fn status_for(fs: &Fs, viewer: Option<&Viewer>) -> Status {
         .filter(|(_, info, _)| viewer.is_none_or(|v| v.uid == info.uid))
         .map(|(id, _, _)| *id)
         .collect();
+    let live: std::collections::HashSet<u64> = snap.pins.iter().map(|p| p.id).collect();
+    let exports = fs.exports_of(&live);
     let leases = snap
         .pins
         .iter()
         .map(|p| LeaseStatus {
+            remote: exports.get(&p.id).map(|e| RemoteStatus {
+                nic: e.addr.to_string(),
+                rkey: own
+                    .contains(&p.holder)
+                    .then(|| crate::remote::protocol::rkey_text(e.rkey)),
+                peers: e
+                    .peers
+                    .iter()
+                    .map(|r| RemotePeerStatus {
+                        addr: r.addr.to_string(),
+                        state: r.state.name().into(),
+                    })
+                    .collect(),
+                peers_total: e.total,
+            }),
             holder: p.holder,
             pin: p.id,
             ino: p.ino,
@@ -485,6 +529,29 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
                 .map_or_else(|| format!("ino:{}", l.ino), printable)
         ));
     }
+    if v.leases.iter().any(|l| l.remote.is_some()) {
+        out.push_str("\nEXPORTED PIN  NIC                     PEER                    STATE\n");
+        for l in &v.leases {
+            let Some(r) = &l.remote else { continue };
+            if r.peers.is_empty() {
+                out.push_str(&format!("{:<13} {:<23} -\n", l.pin, r.nic));
+            }
+            for p in &r.peers {
+                out.push_str(&format!(
+                    "{:<13} {:<23} {:<23} {}\n",
+                    l.pin, r.nic, p.addr, p.state
+                ));
+            }
+            if r.peers_total > r.peers.len() as u64 {
+                out.push_str(&format!(
+                    "{:<13} {:<23} (and {} more peers, not kept)\n",
+                    l.pin,
+                    r.nic,
+                    r.peers_total - r.peers.len() as u64
+                ));
+            }
+        }
+    }
     out.push_str("\nBUSY START   LEN      HOLDER\n");
     for b in &v.busy.extents {
         out.push_str(&format!("{:<12} {:<8} {}\n", b.start, b.len, opt(b.holder)));
@@ -554,6 +621,7 @@ mod tests {
                 unbreakable: false,
                 writable: true,
                 standing: "guest".into(),
+                remote: None,
             }],
             busy: BusyStatus {
                 blocks: 2,

@@ -71,6 +71,7 @@ pub struct Pin {
     pub extents: Vec<PinExtent>,
     map: *mut u8,
     len: usize,
+    read_only: bool,
     windows: Vec<OwnedFd>,
 }
 
@@ -90,6 +91,27 @@ impl Pin {
     pub fn window_descriptors(&self) -> impl Iterator<Item = std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
         self.windows.iter().map(|f| f.as_fd())
+    }
+
+    /// Bytes mapped (whole blocks, from [`Pin::file_offset`]).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Nothing mapped (never so for a granted pin).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A read-only pin (its mapping refuses stores).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The first mapped byte, for a soft NIC that reaches the memory while this value lives
+    /// (see [`crate::remote::nic`]): the mapping is `len()` bytes, writable unless read-only.
+    pub(crate) fn base(&self) -> *mut u8 {
+        self.map
     }
 
     /// File offset of the first pinned byte (block-aligned).
@@ -280,6 +302,7 @@ impl Connection {
             extents: grant.extents,
             map,
             len: total as usize,
+            read_only: opts.read_only,
             windows: fds,
         })
     }
@@ -411,6 +434,38 @@ impl Connection {
                 .ok_or_else(|| ClientError::Protocol("no descriptor with the raw image".into())),
             (other, _) => Err(unexpected("raw", &other)),
         }
+    }
+
+    /// Tells the daemon that pin `pin` is exported as region `rkey` through a soft NIC on
+    /// `addr` (see [`crate::remote`]), so that `status` shows it.
+    pub fn report_export(
+        &mut self,
+        pin: u64,
+        rkey: u64,
+        addr: std::net::SocketAddr,
+    ) -> Result<(), ClientError> {
+        self.done(&Request::Export { pin, rkey, addr })
+    }
+
+    /// Tells the daemon which remote peers hold references on pin `pin`'s export now (it
+    /// keeps the first [`crate::holder::protocol::MAX_REMOTE_PEERS`] and the count).
+    pub fn report_peers(
+        &mut self,
+        pin: u64,
+        peers: &[crate::remote::PeerRef],
+    ) -> Result<(), ClientError> {
+        let shown = &peers[..peers.len().min(crate::holder::protocol::MAX_REMOTE_PEERS)];
+        self.done(&Request::Peers {
+            pin,
+            total: peers.len() as u64,
+            peers: shown
+                .iter()
+                .map(|p| crate::holder::protocol::RemotePeer {
+                    addr: p.addr,
+                    state: p.state,
+                })
+                .collect(),
+        })
     }
 
     /// This connection's holder id.

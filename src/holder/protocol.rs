@@ -20,6 +20,8 @@
 //! | `ID share-image dev=D ino=I`, a newline, then a mount option list (root only) | | `ID ok` when the daemon serves the image file with these device and inode numbers and a second mount of it with these options may share its filesystem; `errno=EXDEV` when it serves another image; otherwise an error saying which option differs (see [`crate::daemon::share`]). Changes nothing |
 //! | `ID check` (root only) | | `ID ok mapped_blocks=N`, or `ID err errno=EUCLEAN <what is inconsistent>` |
 //! | `ID hello` | | `ID ok holder=H` (the connection becomes a holder, as with its first pin) |
+//! | `ID export pin=P rkey=K addr=A:PORT` | | `ID ok`: the holder says it exported its pin `P` as a remote memory region with key `K` (16 hex digits) through a soft NIC on `A:PORT` (see [`crate::remote`]); `ENOENT` for a pin that is not this holder's |
+//! | `ID peers pin=P total=N peers=A:PORT/STATE,...` | | `ID ok`: the remote peers that hold references on pin `P`'s export now (`STATE`: `connected`, `recalling`, `acked`), replacing the last list; the daemon keeps the first [`MAX_REMOTE_PEERS`] and `total` |
 //! | (any reply over [`PACKET_PAYLOAD`] bytes) | | `ID more` packets, then `ID end` (see below) |
 //!
 //! **Long replies.** A packet carries at most [`MAX_MESSAGE`] bytes, but a reply (a `status`
@@ -90,6 +92,19 @@ pub fn run_dir() -> PathBuf {
 /// The socket of the mount whose device number is `dev`.
 pub fn socket_path(dev: u64) -> PathBuf {
     run_dir().join(format!("{dev}.sock"))
+}
+
+/// Most remote peers per exported pin the daemon keeps (a holder may report more: `status`
+/// then shows this many and the holder's total).
+pub const MAX_REMOTE_PEERS: usize = 64;
+
+/// A remote peer's reference on an exported pin, as a holder reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemotePeer {
+    /// The peer's address.
+    pub addr: std::net::SocketAddr,
+    /// Where its reference stands.
+    pub state: crate::remote::PeerState,
 }
 
 /// Longest request id (and verb), in bytes.
@@ -252,6 +267,24 @@ pub enum Request {
     Check,
     /// `hello`: makes the connection a holder and says its id.
     Hello,
+    /// `export pin=P rkey=K addr=A:PORT`: the holder exported pin `P`.
+    Export {
+        /// The pin.
+        pin: u64,
+        /// The region's key.
+        rkey: u64,
+        /// The soft NIC's address.
+        addr: std::net::SocketAddr,
+    },
+    /// `peers pin=P total=N peers=A:PORT/STATE,...`: the remote peers of pin `P`'s export.
+    Peers {
+        /// The pin.
+        pin: u64,
+        /// How many peers the holder has (the list may be shorter).
+        total: u64,
+        /// The peers.
+        peers: Vec<RemotePeer>,
+    },
 }
 
 impl Request {
@@ -269,6 +302,8 @@ impl Request {
             Request::Share { .. } => "share-image",
             Request::Check => "check",
             Request::Hello => "hello",
+            Request::Export { .. } => "export",
+            Request::Peers { .. } => "peers",
         }
     }
 
@@ -289,6 +324,20 @@ impl Request {
             Request::Unpin { pin } => format!("{id} {verb} pin={pin}"),
             Request::Status { table: true } => format!("{id} {verb} table"),
             Request::Fence { holder } => format!("{id} {verb} holder={holder}"),
+            Request::Export { pin, rkey, addr } => format!(
+                "{id} {verb} pin={pin} rkey={} addr={addr}",
+                crate::remote::protocol::rkey_text(*rkey)
+            ),
+            Request::Peers { pin, total, peers } => {
+                let list: Vec<String> = peers
+                    .iter()
+                    .map(|p| format!("{}/{}", p.addr, p.state.name()))
+                    .collect();
+                format!(
+                    "{id} {verb} pin={pin} total={total} peers={}",
+                    list.join(",")
+                )
+            }
             Request::Remount { options } => format!("{id} {verb}\n{options}"),
             Request::Share { dev, ino, options } => {
                 format!("{id} {verb} dev={dev} ino={ino}\n{options}")
@@ -339,6 +388,23 @@ impl Request {
             },
             "check" => Request::Check,
             "hello" => Request::Hello,
+            "export" => Request::Export {
+                pin: w.num("pin").map_err(bad)?,
+                rkey: crate::remote::protocol::parse_rkey(
+                    w.arg("rkey").ok_or_else(|| bad("missing rkey=".into()))?,
+                )
+                .map_err(bad)?,
+                addr: {
+                    let a = w.arg("addr").ok_or_else(|| bad("missing addr=".into()))?;
+                    a.parse()
+                        .map_err(|_| bad(format!("addr={a} is not an address and port")))?
+                },
+            },
+            "peers" => Request::Peers {
+                pin: w.num("pin").map_err(bad)?,
+                total: w.num("total").map_err(bad)?,
+                peers: remote_peers(w.arg("peers").unwrap_or("")).map_err(bad)?,
+            },
             other => return Err(bad(format!("unknown request '{other}'"))),
         };
         Ok((id.to_string(), req))
@@ -413,6 +479,29 @@ pub enum Reply {
         /// Why, for people (the rest of the message, newlines and all).
         message: String,
     },
+}
+
+/// `A:PORT/STATE,...` as remote peers.
+fn remote_peers(list: &str) -> Result<Vec<RemotePeer>, String> {
+    use crate::remote::PeerState;
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|p| {
+            let (addr, state) = p
+                .rsplit_once('/')
+                .ok_or_else(|| format!("peers: '{p}' is not ADDRESS:PORT/STATE"))?;
+            let addr = addr
+                .parse()
+                .map_err(|_| format!("peers: '{addr}' is not an address and port"))?;
+            let state = match state {
+                "connected" => PeerState::Connected,
+                "recalling" => PeerState::Recalling,
+                "acked" => PeerState::Acked,
+                other => return Err(format!("peers: unknown state '{other}'")),
+            };
+            Ok(RemotePeer { addr, state })
+        })
+        .collect()
 }
 
 fn triples(list: &str, key: &str) -> Result<Vec<[u64; 3]>, String> {
@@ -1327,6 +1416,11 @@ mod tests {
         "[0-9A-Za-z?_-]{1,32}".prop_filter("the id of notifications", |s| s != "event")
     }
 
+    /// Addresses as a holder reports them (no IPv6 flow label, which they do not print).
+    fn sock_addr() -> impl Strategy<Value = std::net::SocketAddr> {
+        (any::<std::net::IpAddr>(), any::<u16>()).prop_map(|(i, p)| std::net::SocketAddr::new(i, p))
+    }
+
     fn request() -> impl Strategy<Value = Request> {
         prop_oneof![
             (any::<u64>(), any::<u64>(), any::<bool>(), any::<bool>()).prop_map(
@@ -1348,6 +1442,28 @@ mod tests {
                 .prop_map(|(dev, ino, options)| Request::Share { dev, ino, options }),
             Just(Request::Check),
             Just(Request::Hello),
+            (any::<u64>(), any::<u64>(), sock_addr())
+                .prop_map(|(pin, rkey, addr)| Request::Export { pin, rkey, addr }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                prop::collection::vec((sock_addr(), 0..3u8), 0..5)
+            )
+                .prop_map(|(pin, total, peers)| Request::Peers {
+                    pin,
+                    total,
+                    peers: peers
+                        .into_iter()
+                        .map(|(addr, s)| RemotePeer {
+                            addr,
+                            state: match s {
+                                0 => crate::remote::PeerState::Connected,
+                                1 => crate::remote::PeerState::Recalling,
+                                _ => crate::remote::PeerState::Acked,
+                            },
+                        })
+                        .collect(),
+                }),
         ]
     }
 

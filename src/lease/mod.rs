@@ -996,6 +996,16 @@ impl Leases {
             .any(|p| p.ino == ino && p.writable && p.live())
     }
 
+    /// The holder of pin `pin`, while the lease manager has it (in any state).
+    pub fn pin_holder(&self, pin: PinId) -> Option<HolderId> {
+        self.lock().pins.get(&pin).map(|p| p.holder)
+    }
+
+    /// The ids of every pin the lease manager has.
+    pub fn pin_ids(&self) -> std::collections::BTreeSet<PinId> {
+        self.lock().pins.keys().copied().collect()
+    }
+
     /// The state, for `status`.
     pub fn snapshot(&self) -> Snapshot {
         let st = self.lock();
