@@ -73,6 +73,7 @@ impl Fs {
             namespace: Mutex::ranked(Rank::Namespace, ()),
             journal: Mutex::ranked(Rank::Journal, loaded.journal),
             ordered: Mutex::new(BTreeMap::new()),
+            ordered_flush: Mutex::ranked(Rank::OrderedFlush, ()),
             sizes: Mutex::new(BTreeMap::new()),
             growth_unjournaled: AtomicBool::new(false),
             checkpoints: AtomicU64::new(0),
