@@ -132,20 +132,12 @@ impl Fs {
     /// end must not reappear when the file grows over it again, as blocks allocated past
     /// the end read as zeros.
     fn zero_past_ends(&self) -> FsResult<()> {
-        let mut ranges = Vec::new();
-        for c in self.table.all() {
-            let i = c.read();
-            if i.kind != Kind::File {
-                continue;
-            }
-            let from = i.size / BLOCK_SIZE;
-            for m in i.extents.mappings_in(from, u64::MAX - from) {
-                let start = (m.file_block * BLOCK_SIZE).max(i.size);
-                let end = (m.file_block + m.len) * BLOCK_SIZE;
-                let img = m.image_block * BLOCK_SIZE + (start - m.file_block * BLOCK_SIZE);
-                ranges.push((img, end - start));
-            }
-        }
+        let ranges: Vec<(u64, u64)> = self
+            .table
+            .all()
+            .iter()
+            .flat_map(|c| c.read().past_end())
+            .collect();
         for &(off, len) in &ranges {
             self.image.zero(off, len);
         }
