@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,8 +62,7 @@ fn a_size_is_not_durable_while_another_flush_still_writes_its_data() {
     // none of it written yet) until the other flush is done or had time to be.
     let (entered_tx, entered_rx) = channel::<()>();
     let (go_tx, go_rx) = channel::<()>();
-    let first: Arc<Mutex<Option<(Sender<()>, std::sync::mpsc::Receiver<()>)>>> =
-        Arc::new(Mutex::new(Some((entered_tx, go_rx))));
+    let first = Arc::new(Mutex::new(Some((entered_tx, go_rx))));
     let armed = Arc::new(AtomicBool::new(false));
     {
         let (first, armed) = (first.clone(), armed.clone());
