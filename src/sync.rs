@@ -29,14 +29,18 @@
 //! 8. [`Rank::Alloc`]: the allocator;
 //! 9. [`Rank::Superblock`]: the superblock as in memory (a checkpoint holds the journal,
 //!    the allocator and this while it writes the blob and switches the superblock);
-//! 10. [`Rank::Windows`]: the DAX windows' runs (taken under an inode lock, the allocator or
+//! 10. [`Rank::OrderedFlush`]: the flush of the ordered data (`Fs::flush_ordered`), held
+//!     across its I/O so that a flush that finds nothing left to write waits for the one
+//!     still writing it (taken alone, or under the journal lock, or by a checkpoint under
+//!     the superblock);
+//! 11. [`Rank::Windows`]: the DAX windows' runs (taken under an inode lock, the allocator or
 //!     the superblock, to write windowed blocks back or to detach them);
-//! 11. [`Rank::FuzzModel`], then [`Rank::FuzzLedger`]: the concurrent fuzzer's model of a
+//! 12. [`Rank::FuzzModel`], then [`Rank::FuzzLedger`]: the concurrent fuzzer's model of a
 //!     file (a worker's step on it is serialised under it) and its ledger;
-//! 12. [`Rank::RemoteRegion`]: a soft NIC's memory region (`crate::remote::nic`), held
+//! 13. [`Rank::RemoteRegion`]: a soft NIC's memory region (`crate::remote::nic`), held
 //!     shared for one remote access to the pin's memory and exclusive to invalidate it (an
 //!     invalidation waits for the accesses in flight); nothing is taken inside it;
-//! 13. [`Rank::Leaf`]: everything else, held only to read or change one value, with
+//! 14. [`Rank::Leaf`]: everything else, held only to read or change one value, with
 //!     nothing taken inside: the inode table's shards, open handles, directory streams, the
 //!     release list, the waiter count, the reclaim set, lease configuration, the daemon's
 //!     phase, the fuzzer's log and violations, a soft NIC's table of regions and peers and
@@ -81,6 +85,8 @@ pub enum Rank {
     Alloc,
     /// The superblock as in memory (a checkpoint switches it, writing windows back).
     Superblock,
+    /// The flush of the ordered data, across its I/O.
+    OrderedFlush,
     /// The DAX windows.
     Windows,
     /// The concurrent fuzzer's model of one file (its steps on the file are serialised).

@@ -132,9 +132,14 @@ impl Fs {
     /// Makes the ordered data durable: called before the journal or a checkpoint is (with
     /// the journal lock held, so that every transaction the flush will make durable noted
     /// its data before). One persistence point, before the journal's own: a crash between
-    /// them shows the data without the metadata, never the reverse. A failure shuts the
-    /// filesystem down, as the journal's does.
+    /// them shows the data without the metadata, never the reverse. It returns only once
+    /// every range taken before it is durable, also one that a concurrent flush took (the
+    /// one outside the journal lock, [`Fs::sync_metadata`]'s): it waits for that flush's
+    /// I/O. A failure shuts the filesystem down, as the journal's does.
     pub(super) fn flush_ordered(&self) -> FsResult<()> {
+        // Ranges taken are durable only once their I/O is done: the next flush (which may go
+        // on to make the journal or a checkpoint durable) waits for it.
+        let _flushing = lock(&self.ordered_flush);
         let ranges: Vec<(u64, u64)> = std::mem::take(&mut *lock(&self.ordered))
             .into_iter()
             .map(|(s, e)| (s, e - s))

@@ -335,6 +335,10 @@ pub struct Fs {
     /// data, as ext4's `data=ordered`). Start -> end, merged (taken alone, or inside the
     /// journal lock; nothing is taken inside it).
     ordered: Mutex<BTreeMap<u64, u64>>,
+    /// Held by [`Fs::flush_ordered`] from taking the ordered ranges to their being durable:
+    /// a flush that finds `ordered` empty because another one took it waits for that one's
+    /// I/O, instead of making a size durable before the data it exposes.
+    ordered_flush: Mutex<()>,
     /// With a volatile cache: sizes that operations grew and the journal does not have yet,
     /// inode -> size. The flush that makes the journal durable appends them as `Grow`
     /// records after the ordered data is durable ([`Fs::flush_journal`]), so no crash state

@@ -73,6 +73,7 @@ impl Fs {
             namespace: Mutex::ranked(Rank::Namespace, ()),
             journal: Mutex::ranked(Rank::Journal, loaded.journal),
             ordered: Mutex::new(BTreeMap::new()),
+            ordered_flush: Mutex::ranked(Rank::OrderedFlush, ()),
             sizes: Mutex::new(BTreeMap::new()),
             growth_unjournaled: AtomicBool::new(false),
             checkpoints: AtomicU64::new(0),
@@ -132,43 +133,15 @@ impl Fs {
     /// end must not reappear when the file grows over it again, as blocks allocated past
     /// the end read as zeros.
     fn zero_past_ends(&self) -> FsResult<()> {
-        // Partial last blocks (stored as zeros, then flushed), and whole blocks past the end
-        // (preallocations can be large: zeroed by the host, see `zero_blocks_durably`).
-        let (mut tails, mut blocks) = (Vec::new(), Vec::new());
-        for c in self.table.all() {
-            let i = c.read();
-            if i.kind != Kind::File {
-                continue;
-            }
-            let from = i.size / BLOCK_SIZE;
-            for m in i
-                .extents
-                .mappings_in(from, MAX_FILE_SIZE / BLOCK_SIZE + 1 - from)
-            {
-                let mut first = m.file_block;
-                if first * BLOCK_SIZE < i.size {
-                    let img = m.image_block * BLOCK_SIZE;
-                    let at = i.size % BLOCK_SIZE;
-                    tails.push((img + at, BLOCK_SIZE - at));
-                    first += 1;
-                }
-                let end = m.file_block + m.len;
-                if first < end {
-                    let img = m.image_block + (first - m.file_block);
-                    blocks.push((img * BLOCK_SIZE, (end - first) * BLOCK_SIZE));
-                }
-            }
-        }
-        for &(off, len) in &tails {
-            self.image.zero(off, len);
-        }
-        let what = "zeroing bytes past the ends of files";
+        let ranges: Vec<(u64, u64)> = self
+            .table
+            .all()
+            .iter()
+            .flat_map(|c| c.read().past_end())
+            .collect();
         self.image
-            .flush_ranges(&tails)
-            .map_err(FsError::host(what))?;
-        self.image
-            .zero_blocks_durably(&blocks)
-            .map_err(FsError::host(what))
+            .zero_durably(&ranges)
+            .map_err(FsError::host("zeroing bytes past the ends of files"))
     }
 
     /// The image.

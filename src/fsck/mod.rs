@@ -25,8 +25,10 @@
 //! What `--repair` does: frees orphans, moves lost inodes to `/lost+found`, fixes link
 //! counts, sizes and `..`, drops entries that name missing inodes, drops the later owner's
 //! mapping of a block owned twice or outside the data area, rebuilds the allocator from the
-//! extent maps, writes the result as a new clean checkpoint, and rewrites a damaged
-//! superblock copy from the one that checks out. It never makes an image worse: when it
+//! extent maps, after an unclean shutdown zeros the bytes past each file's end (as mount
+//! would: the checkpoint being clean, the next mount does not), writes the result as a new
+//! clean checkpoint, and rewrites a damaged superblock copy from the one that checks out.
+//! It never makes an image worse: when it
 //! cannot tell which superblock is right, or the checkpoint does not load, it changes nothing
 //! and fails. Exit codes follow e2fsck: 0 clean, 1 repaired, 4 errors left (8 from the CLI
 //! when the image cannot be checked at all).
@@ -87,6 +89,15 @@ pub fn check(path: &Path, repair: bool) -> Result<Report, FsError> {
         let mut alloc = checkpoint::allocator_from_owners(&sb, loaded.inodes.values());
         let mut list: Vec<&Inode> = loaded.inodes.values().collect();
         list.sort_by_key(|i| i.ino);
+        if !sb.clean {
+            // The checkpoint below is clean, so the next mount will not zero what an unclean
+            // shutdown may have left past the ends of files (a write whose size was lost):
+            // zeroed here, and durable before the checkpoint is.
+            let ranges: Vec<(u64, u64)> = list.iter().flat_map(|i| i.past_end()).collect();
+            image
+                .zero_durably(&ranges)
+                .map_err(FsError::host("zeroing bytes past the ends of files"))?;
+        }
         checkpoint::write(
             &image,
             &mut sb,

@@ -390,6 +390,30 @@ impl Inode {
         }
     }
 
+    /// The image byte ranges (offset, length) of a regular file's mapped bytes past its end:
+    /// the rest of its last block and the blocks allocated past it. After an unclean
+    /// shutdown they may hold a write whose size was lost, and are zeroed before the image
+    /// is used (or called clean) again.
+    pub fn past_end(&self) -> Vec<(u64, u64)> {
+        const BLOCK: u64 = crate::store::image::BLOCK_SIZE;
+        if self.kind != Kind::File {
+            return Vec::new();
+        }
+        let from = self.size / BLOCK;
+        self.extents
+            .mappings_in(from, u64::MAX - from)
+            .into_iter()
+            .map(|m| {
+                let start = (m.file_block * BLOCK).max(self.size);
+                let end = (m.file_block + m.len) * BLOCK;
+                (
+                    m.image_block * BLOCK + (start - m.file_block * BLOCK),
+                    end - start,
+                )
+            })
+            .collect()
+    }
+
     /// Mode bits as `stat` reports them (type and permissions).
     pub fn mode(&self) -> u32 {
         let t = match self.kind {

@@ -722,6 +722,31 @@ impl Image {
         };
     }
 
+    /// Makes byte ranges that stay in use read as zeros, durably: the partial blocks at
+    /// their edges are stored as zeros and flushed, the whole blocks between zeroed by the
+    /// host ([`Image::zero_blocks_durably`]), so a large range costs little.
+    pub fn zero_durably(&self, ranges: &[(u64, u64)]) -> io::Result<()> {
+        let (mut edges, mut blocks) = (Vec::new(), Vec::new());
+        for &(off, len) in ranges {
+            let end = off + len;
+            let first = off.next_multiple_of(BLOCK_SIZE).min(end);
+            let last = (end / BLOCK_SIZE * BLOCK_SIZE).max(first);
+            for (s, e) in [(off, first), (last, end)] {
+                if s < e {
+                    edges.push((s, e - s));
+                }
+            }
+            if first < last {
+                blocks.push((first, last - first));
+            }
+        }
+        for &(off, len) in &edges {
+            self.zero(off, len);
+        }
+        self.flush_ranges(&edges)?;
+        self.zero_blocks_durably(&blocks)
+    }
+
     /// Makes whole blocks that stay in use read as zeros, durably, cheaply however many
     /// they are: the image file's range is zeroed by the host (`FALLOC_FL_ZERO_RANGE`, which
     /// keeps its space; zeros written where the host cannot), a volatile cache's range is
