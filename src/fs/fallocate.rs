@@ -114,6 +114,10 @@ impl Fs {
         // changes nothing), and the new times.
         let mut zero: Vec<(u64, u64)> = Vec::new();
         let mut grow_zero = (0, 0);
+        // Edges are zeroed only inside the old end of file: bytes past it are not the file's
+        // (whatever grows it over them zeros them first), and zeros stored there would show in
+        // a crash that kept the size an earlier truncate took back.
+        let size_before = i.size;
         let mut grown = None;
         let (mut mtime, mut ctime) = (i.mtime, i.ctime);
         if mode & (PUNCH_HOLE | ZERO_RANGE) != 0 {
@@ -201,7 +205,7 @@ impl Fs {
             self.note_growth(ino, size);
         }
         for (from, to) in zero {
-            self.zero_bytes(i, from, to);
+            self.zero_bytes(i, from, to.min(size_before));
         }
         drop(held);
         drop(_gate);

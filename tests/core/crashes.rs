@@ -140,3 +140,38 @@ fn an_extending_write_never_leaves_its_size_without_its_data() {
     assert!(broken.is_none(), "{broken:?}");
     assert_eq!(done.steps, prog.len() as u64);
 }
+
+/// Found by the explorer (seed 11011, shrunk): a punch reaching past the end of a file that a
+/// truncate had just shortened stored zeros past the new end; a crash that kept the old size
+/// (the truncate not durable yet) and those zeros showed the old size over zeros. A punch's
+/// or zero range's edges are zeroed only inside the old end of file now.
+#[test]
+fn a_punch_past_a_new_end_does_not_zero_what_an_old_size_shows() {
+    use pinfs::fuzzer::crashes::CrashStep;
+    use pinfs::fuzzer::{Actor, Op, Step};
+    let w = |op| {
+        CrashStep::Fuzz(Step {
+            actor: Actor::Worker(0),
+            op,
+        })
+    };
+    let prog = [
+        w(Op::Truncate {
+            file: 3,
+            size: 259449,
+        }),
+        w(Op::Punch {
+            file: 3,
+            off: 207309,
+            len: 53185,
+        }),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CrashConfig {
+        states_per_point: 8,
+        image_bytes: 8 << 20,
+    };
+    let (done, broken) = explore(dir.path(), 11011, &prog, cfg).unwrap();
+    assert!(broken.is_none(), "{broken:?}");
+    assert_eq!(done.steps, prog.len() as u64);
+}
