@@ -109,6 +109,10 @@ impl Holder {
                 .args(["--export", &export.to_string()])
                 .args(&extra)
                 .stdout(Stdio::piped());
+            if extra.iter().any(|a| a == "--odp") {
+                // A truncate to 0 makes an on-demand holder say the range is gone.
+                c.stderr(Stdio::null());
+            }
             c
         });
         let lines = lines_of(proc.child().stdout.take().unwrap());
@@ -200,10 +204,7 @@ fn late_stores_reach_no_file(m: &Mount, peer: &mut Peer, rkey: u64) -> Vec<Resul
     let mut results = Vec::new();
     reuse_blocks(m);
     for _ in 0..3 {
-        results.push(
-            peer.write(rkey, 0, &[LATE; LEN])
-                .map_err(|e| e.to_string()),
-        );
+        results.push(peer.write(rkey, 0, &[LATE; LEN]).map_err(|e| e.to_string()));
         no_file_has(m, LATE);
     }
     results
@@ -224,7 +225,11 @@ fn never_acks(policy: &str) {
     });
     let breaker = truncate_later(&m, "buf");
     let recall = h.wait_for("remote", "recall");
-    assert_eq!(recall["peers"].as_array().map(Vec::len), Some(1), "{recall}");
+    assert_eq!(
+        recall["peers"].as_array().map(Vec::len),
+        Some(1),
+        "{recall}"
+    );
     // The recall reaches the peer, which does not ack.
     assert_eq!(
         peer.next_recall(Some(Duration::from_secs(10))).unwrap(),
@@ -277,6 +282,11 @@ fn never_acks(policy: &str) {
             h.wait_for("event", "revoked");
             let s = status(&m);
             assert_eq!(s.leases[0].state, "revoked", "{s:?}");
+            let holder = s.leases[0].holder;
+            assert!(
+                s.holders.iter().any(|x| x.id == holder && x.fenced),
+                "a revocation fences the holder: {s:?}"
+            );
             assert!(s.busy.blocks >= (LEN / 4096) as u64, "{s:?}");
             assert_eq!(std::fs::metadata(m.path("buf")).unwrap().len(), 0);
             let r = late_stores_reach_no_file(&m, &mut peer, h.rkey);
@@ -354,7 +364,9 @@ fn partitioned(policy: &str) {
             let breaker = breaker.take().unwrap();
             assert_eq!(breaker.join().unwrap(), Ok(()));
             h.wait_for("event", "revoked");
-            assert_eq!(status(&m).leases[0].state, "revoked");
+            let s = status(&m);
+            assert_eq!(s.leases[0].state, "revoked");
+            assert!(s.holders.iter().any(|x| x.fenced), "{s:?}");
         }
         "wait" => {
             std::thread::sleep(Duration::from_millis(1500));
@@ -616,13 +628,19 @@ fn status_and_events_show_remote_references_per_node_and_their_recall() {
     eventually("both peers recalling", || {
         shows(&[(&a_addr, "recalling"), (&b_addr, "recalling")])
     });
-    assert_eq!(a.next_recall(Some(Duration::from_secs(10))).unwrap(), Some(h.rkey));
+    assert_eq!(
+        a.next_recall(Some(Duration::from_secs(10))).unwrap(),
+        Some(h.rkey)
+    );
     a.ack(h.rkey).unwrap();
     eventually("one peer acked, the other still recalling", || {
         shows(&[(&a_addr, "acked"), (&b_addr, "recalling")])
     });
     assert!(!breaker.is_finished(), "one peer has not acked");
-    assert_eq!(b.next_recall(Some(Duration::from_secs(10))).unwrap(), Some(h.rkey));
+    assert_eq!(
+        b.next_recall(Some(Duration::from_secs(10))).unwrap(),
+        Some(h.rkey)
+    );
     b.ack(h.rkey).unwrap();
     h.wait_for("remote", "recalled");
     assert_eq!(breaker.join().unwrap(), Ok(()));
@@ -631,4 +649,153 @@ fn status_and_events_show_remote_references_per_node_and_their_recall() {
     assert!(status(&m).leases.is_empty(), "no export outlives its pin");
     let _ = follow.kill();
     let _ = follow.wait();
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// `rounds` recalls of a freshly exported region from one peer that has accessed it: the
+/// time from `Nic::recall`'s start to the last ack, the NIC in `holder`, the peer in
+/// `peer` (`None`: both in the root namespace, on 127.0.0.1).
+fn recall_round_trips(m: &Mount, nodes: Option<(&Node, &Node)>, rounds: usize) -> Vec<Duration> {
+    use pinfs::remote::{Nic, NicOptions};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("buf"))
+        .unwrap();
+    let mut conn = Connection::for_file(&f).unwrap();
+    let pin = conn
+        .pin(
+            &f,
+            0,
+            LEN as u64,
+            pinfs::holder::client::PinOptions::default(),
+        )
+        .unwrap();
+    let nic = match nodes {
+        Some((h, _)) => {
+            let at = h.endpoint(1);
+            h.run(move || Nic::bind(at, NicOptions::default()).unwrap())
+        }
+        None => Nic::bind("127.0.0.1:0".parse().unwrap(), NicOptions::default()).unwrap(),
+    };
+    let addr = nic.addr();
+    let (keys, keys_rx) = channel::<u64>();
+    let (ready_tx, ready) = channel::<()>();
+    let acker = move || {
+        let mut p = Peer::connect(addr).unwrap();
+        for k in keys_rx {
+            p.write(k, 0, b"x").unwrap();
+            ready_tx.send(()).unwrap();
+            let got = p.next_recall(None).unwrap().unwrap();
+            p.ack(got).unwrap();
+        }
+    };
+    let acker = match nodes {
+        Some((_, p)) => p.thread(acker),
+        None => std::thread::spawn(acker),
+    };
+    let mut key = nic.export(pin).unwrap();
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        keys.send(key).unwrap();
+        ready.recv().unwrap();
+        let t = Instant::now();
+        let out = nic.recall(key, Some(Duration::from_secs(5))).unwrap();
+        times.push(t.elapsed());
+        assert!(out.unacked.is_empty());
+        key = nic.export(nic.withdraw(key).unwrap()).unwrap();
+    }
+    drop(keys);
+    acker.join().unwrap();
+    let pin = nic.withdraw(key).unwrap();
+    conn.unpin(&pin).unwrap();
+    times
+}
+
+/// One truncate of `buf` pinned by a `pinfs pin --export` holder in `hn` with `n` peers
+/// spread over `peers` (acking, or with `--odp` never asked): how long the truncate took.
+fn one_break(m: &Mount, hn: &Node, peers: &[Node], n: usize, odp: bool) -> Duration {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("buf"))
+        .unwrap();
+    f.set_len(0).unwrap();
+    f.write_all_at(&[1u8; LEN], 0).unwrap();
+    let h = Holder::start(hn, &m.path("buf"), if odp { &["--odp"] } else { &[] });
+    let (rkey, nic) = (h.rkey, h.nic);
+    let (ready_tx, ready) = channel();
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let ready = ready_tx.clone();
+            peers[i % peers.len()].thread(move || {
+                let mut p = Peer::connect(nic).unwrap();
+                p.write(rkey, 0, b"peer").unwrap();
+                ready.send(()).unwrap();
+                let wait = Duration::from_secs(if odp { 1 } else { 30 });
+                if let Ok(Some(k)) = p.next_recall(Some(wait)) {
+                    let _ = p.ack(k);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..n {
+        ready.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+    let t = Instant::now();
+    f.set_len(0).unwrap();
+    let took = t.elapsed();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(h);
+    took
+}
+
+/// The figures of exported pins across nodes (medians; timing is printed, never asserted).
+#[test]
+#[ignore = "figures: cargo test --release --test remote_nodes -- --ignored figures --nocapture"]
+fn figures() {
+    if skip_without_fuse("remote_nodes_figures") {
+        return;
+    }
+    let m = Mount::new("64M", "lease_break_time=30,break_policy=revoke");
+    file(&m, "buf", LEN);
+    let net = Net::new("remote_figures");
+    let link = if net.is_netns() {
+        "veth"
+    } else {
+        "loopback (no netns)"
+    };
+    let hn = net.node("holder");
+    let peers: Vec<Node> = (0..4).map(|i| net.node(&format!("peer{i}"))).collect();
+    // Loopback and veth in turns, so that neither gets the warm or the quiet part of the run.
+    let (mut lo, mut veth) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        lo.extend(recall_round_trips(&m, None, 200));
+        veth.extend(recall_round_trips(&m, Some((&hn, &peers[0])), 200));
+    }
+    println!(
+        "recall round trip (start of Nic::recall to the ack, 1 peer, median of {}): \
+         loopback {:.1} us, {link} {:.1} us",
+        lo.len(),
+        median(lo).as_secs_f64() * 1e6,
+        median(veth).as_secs_f64() * 1e6
+    );
+    let reps = 15;
+    for (n, odp) in [(1, false), (4, false), (16, false), (16, true)] {
+        let times: Vec<Duration> = (0..reps)
+            .map(|_| one_break(&m, &hn, &peers, n, odp))
+            .collect();
+        let what = if odp { "--odp, never asked" } else { "acking" };
+        println!(
+            "break latency (truncate of an exported 16 KiB pin, holder and {n} {what} peer(s) \
+             on 4 nodes, {link}, median of {reps}): {:.2} ms",
+            median(times).as_secs_f64() * 1e3
+        );
+    }
 }
