@@ -799,3 +799,46 @@ fn figures() {
         );
     }
 }
+
+#[test]
+fn a_recall_over_a_lossy_link_gets_through_and_ends_the_wait() {
+    if skip_without_fuse("remote_nodes_lossy_recall") {
+        return;
+    }
+    let m = Mount::new("64M", "lease_break_time=1,break_policy=wait");
+    file(&m, "buf", LEN);
+    let net = Net::new("remote_lossy_recall");
+    let (hn, pn) = (net.node("holder"), net.node("peer"));
+    let h = Holder::start(&hn, &m.path("buf"), &[]);
+    let mut peer = peer_on(&pn, h.nic);
+    peer.write(h.rkey, 0, &[b'Z'; LEN]).unwrap();
+    eventually("status shows the peer", || {
+        one_peer_from(&m, h.pin, &pn, "connected")
+    });
+    // Half of what is sent to the peer is lost (skipped, said loudly, on loopback; this
+    // kernel has no netem, so the loss is an nftables rule and no delay is added).
+    let lossy = pn.netem(50.0, 0);
+    assert_eq!(lossy, net.is_netns());
+    let breaker = truncate_later(&m, "buf");
+    h.wait_for("remote", "recall");
+    // TCP retransmits what was lost: the recall arrives, the ack goes back.
+    assert_eq!(
+        peer.next_recall(Some(Duration::from_secs(15))).unwrap(),
+        Some(h.rkey)
+    );
+    peer.ack(h.rkey).unwrap();
+    h.wait_for("remote", "recalled");
+    assert_eq!(breaker.join().unwrap(), Ok(()), "the ack ends the wait");
+    assert_eq!(
+        peer.write(h.rkey, 0, &[LATE; LEN]).unwrap_err().code(),
+        Some(ErrorCode::BadKey)
+    );
+    if lossy {
+        pn.clear_netem();
+    }
+    reuse_blocks(&m);
+    no_file_has(&m, LATE);
+    let s = status(&m);
+    assert!(s.leases.is_empty(), "{s:?}");
+    assert_eq!((s.counters.releases, s.counters.revocations), (1, 0));
+}
