@@ -371,6 +371,14 @@ pub struct FuzzArgs {
     /// Run on this existing pinfs mount (in a directory of its own) instead of a fresh one.
     #[arg(long, value_name = "MOUNTPOINT")]
     pub mount: Option<PathBuf>,
+    /// Remote peers (0 to 16, threads of the fuzzer on loopback) that store tags through
+    /// the pins exporting holders export (concurrent mode).
+    #[arg(long, value_name = "N", default_value = "0", value_parser = values::remote_peers, allow_hyphen_values = true)]
+    pub remote_peers: usize,
+    /// Holders that export their pins to the remote peers (default: half of them, rounded
+    /// up, when there are remote peers).
+    #[arg(long, value_name = "N", value_parser = values::whole, allow_hyphen_values = true)]
+    pub remote_holders: Option<u64>,
 }
 
 /// `pinfs crashes`.
@@ -430,6 +438,9 @@ pub struct FuzzHolderArgs {
     /// The number of this holder's first pin.
     #[arg(value_parser = values::whole)]
     pub first_pin: u64,
+    /// 1: export its pins through a soft NIC for remote peers; 0: store into them itself.
+    #[arg(value_parser = values::whole)]
+    pub export: u64,
 }
 
 impl FuzzHolderArgs {
@@ -443,6 +454,9 @@ impl FuzzHolderArgs {
         }
         let first_pin = u32::try_from(self.first_pin)
             .map_err(|_| format!("first pin {}: at most {}", self.first_pin, u32::MAX))?;
+        if self.export > 1 {
+            return Err(format!("export {}: 0 or 1", self.export));
+        }
         Ok(pinfs::fuzzer::holder::HolderRun {
             dir: self.dir.clone(),
             seed: self.seed,
@@ -455,6 +469,7 @@ impl FuzzHolderArgs {
             max_ops: self.max_ops.0,
             until_ns: self.until_ns,
             first_pin,
+            export: self.export == 1,
         })
     }
 }

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::fuzzer::file_name;
-use crate::fuzzer::{read_tag, HOLDER_BYTES};
+use crate::fuzzer::{read_tag, remote_of, HOLDER_BYTES};
 use crate::store::image::BLOCK_SIZE;
 
 /// Nanoseconds of `CLOCK_MONOTONIC`: the same clock in every process.
@@ -50,7 +50,9 @@ pub enum Entry {
         asked: u64,
         granted: u64,
     },
-    /// Store `store` of pin `pin` began and ended at these times (before and after).
+    /// Store `store` of pin `pin` began and ended at these times (before and after). A
+    /// remote peer's store through an exported pin has a store number of
+    /// [`crate::fuzzer::remote_store`] and times taken by the peer around its `WRITE`.
     Store {
         pin: u32,
         store: u32,
@@ -63,6 +65,9 @@ pub enum Entry {
     /// the pin's connection, which it does only once every pin of it is released. From then
     /// on no store through the pin's mapping may reach any file.
     Gone { pin: u32, at: u64 },
+    /// Pin `pin` is exported through the holder's soft NIC at `addr` with key `rkey`: remote
+    /// peers may store into it from now on.
+    Export { pin: u32, addr: String, rkey: u64 },
     /// The holder kills itself at program step `index`.
     Died { index: u64 },
     /// Something the holder saw that must not happen.
@@ -100,6 +105,8 @@ struct PinRecord {
     gone: Option<u64>,
     /// Each store's (began, ended), by store number.
     stores: Vec<(u64, u64)>,
+    /// Each remote peer's store through the pin (exported), by store number.
+    remote: HashMap<u32, (u64, u64)>,
 }
 
 /// A breaker that returned success: blocks `first..end` of `file` left it.
@@ -137,6 +144,9 @@ pub struct Ledger {
     breaks: Vec<BreakRecord>,
     pending: Vec<Pending>,
     stores: u64,
+    /// Remote peers' stores reported, and tags of them judged in files.
+    remote_stores: u64,
+    remote_judged: u64,
     sessions: HashSet<u64>,
     /// Each holder's newest session (the one a fence aims at).
     latest_session: HashMap<usize, u64>,
@@ -187,6 +197,7 @@ impl Ledger {
                         ended: None,
                         gone: None,
                         stores: Vec::new(),
+                        remote: HashMap::new(),
                     },
                 );
             }
@@ -197,7 +208,11 @@ impl Ledger {
                 ended,
             } => {
                 if let Some(p) = self.pins.get_mut(&pin) {
-                    if p.stores.len() == store as usize {
+                    if remote_of(store).is_some() {
+                        if p.remote.insert(store, (began, ended)).is_none() {
+                            self.remote_stores += 1;
+                        }
+                    } else if p.stores.len() == store as usize {
                         p.stores.push((began, ended));
                         self.stores += 1;
                     }
@@ -252,6 +267,17 @@ impl Ledger {
             self.stores,
             self.breaks.len() as u64,
         )
+    }
+
+    /// The blocks pin `pin` covers, if it was reported.
+    pub fn blocks_of(&self, pin: u32) -> Option<u64> {
+        self.pins.get(&pin).map(|p| p.end - p.first)
+    }
+
+    /// Remote peers' stores reported, and how many times a tag of one was judged in a file
+    /// (once per block and check).
+    pub fn remote_counts(&self) -> (u64, u64) {
+        (self.remote_stores, self.remote_judged)
     }
 
     /// Was `holder` (the daemon's number) one of the fuzzer's holders?
@@ -382,14 +408,25 @@ impl Ledger {
         let Some(p) = self.pins.get(&g) else {
             return Verdict::Unknown;
         };
-        let Some(&(began, ended)) = p.stores.get(s as usize) else {
+        let found = match remote_of(s) {
+            Some(_) => p.remote.get(&s),
+            None => p.stores.get(s as usize),
+        };
+        let Some(&(began, ended)) = found else {
             return Verdict::Unknown;
         };
-        let who = format!(
-            "store {s} of pin {g} (holder {}, {})",
-            p.holder,
-            file_name(p.file)
-        );
+        let who = match remote_of(s) {
+            Some((peer, n)) => format!(
+                "remote store {n} of peer {peer} through pin {g} (exported by holder {}, {})",
+                p.holder,
+                file_name(p.file)
+            ),
+            None => format!(
+                "store {s} of pin {g} (holder {}, {})",
+                p.holder,
+                file_name(p.file)
+            ),
+        };
         let b = at as u64 / BLOCK_SIZE;
         // A mapping kept past its pin (after the unpin, the connection's end, or the holder's
         // death, by a forked child) reaches orphaned memory: its stores reach no file, unless
@@ -456,7 +493,11 @@ impl Ledger {
                     continue;
                 }
                 judged = Some((g, s, block));
-                match self.judge(pinned, name, at, (g, s), false) {
+                let verdict = self.judge(pinned, name, at, (g, s), false);
+                if remote_of(s).is_some() && matches!(verdict, Verdict::Fine | Verdict::Wrong(_)) {
+                    self.remote_judged += 1;
+                }
+                match verdict {
                     Verdict::Fine => {}
                     Verdict::Wrong(v) => return Err(v),
                     Verdict::Unknown | Verdict::Later(_) => self.pending.push(Pending {
@@ -536,7 +577,12 @@ impl Ledger {
                     continue;
                 }
             };
-            match self.judge(t.pinned, &t.name, t.at, (pin, store), last) {
+            let verdict = self.judge(t.pinned, &t.name, t.at, (pin, store), last);
+            if remote_of(store).is_some() && matches!(verdict, Verdict::Fine | Verdict::Wrong(_))
+            {
+                self.remote_judged += 1;
+            }
+            match verdict {
                 Verdict::Fine => {}
                 Verdict::Wrong(v) => return Err(v),
                 // Every report is in at the end: a store still unexplained is wrong then.
@@ -544,7 +590,7 @@ impl Ledger {
                 Verdict::Later(_) => keep.push(t),
                 Verdict::Unknown if last => {
                     return Err(format!(
-                    "{}: a tag of store {store} of pin {pin} at byte {}, a store no holder made",
+                    "{}: a tag of store {store} of pin {pin} at byte {}, a store no holder or remote peer made",
                     t.name, t.at
                 ))
                 }
@@ -925,7 +971,7 @@ mod tests {
         assert!(l
             .check_pending(true)
             .unwrap_err()
-            .contains("no holder made"));
+            .contains("no holder or remote peer made"));
         let mut l = Ledger::default();
         assert!(l
             .check(Some(3), "pinned0", &file_with_tag(2, 17, 0))
