@@ -655,10 +655,12 @@ mod tests {
             max_ops: None,
             until_ns: 123_456_789,
             first_pin: 5,
+            export: false,
         };
-        for max_ops in [None, Some(90)] {
+        for (max_ops, export) in [(None, false), (Some(90), true)] {
             let run = pinfs::fuzzer::holder::HolderRun {
                 max_ops,
+                export,
                 ..run.clone()
             };
             let args = run.args();
@@ -672,7 +674,19 @@ mod tests {
             };
             assert_eq!(format!("{:?}", h.run().unwrap()), format!("{run:?}"));
         }
-        let bad = ["fuzz-holder", "d", "1", "1", "2", "2", "0", "-", "9", "0"];
+        let bad = [
+            "fuzz-holder",
+            "d",
+            "1",
+            "1",
+            "2",
+            "2",
+            "0",
+            "-",
+            "9",
+            "0",
+            "0",
+        ];
         let Ok(Cli {
             command: Some(Command::FuzzHolder(h)),
             ..
@@ -681,5 +695,26 @@ mod tests {
             panic!("parses");
         };
         assert!(h.run().unwrap_err().contains("holder 2 of 2"));
+        let bad = [
+            "fuzz-holder",
+            "d",
+            "1",
+            "1",
+            "2",
+            "1",
+            "0",
+            "-",
+            "9",
+            "0",
+            "2",
+        ];
+        let Ok(Cli {
+            command: Some(Command::FuzzHolder(h)),
+            ..
+        }) = parse(&bad)
+        else {
+            panic!("parses");
+        };
+        assert!(h.run().unwrap_err().contains("export 2: 0 or 1"));
     }
 }

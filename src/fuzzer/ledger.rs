@@ -512,7 +512,10 @@ impl Ledger {
             }
             if data[at] >= HOLDER_BYTES && !self.covered(pinned, data.len(), &mut covered, at) {
                 if pinned.is_none() {
-                    return Err(stray_byte(name, data[at], at));
+                    // A store fills a whole block: a tag left whole in the same block names
+                    // whose it was (a writer may have cut the one this byte belongs to).
+                    let whose = self.tag_in_block(name, data, at);
+                    return Err(whose.unwrap_or_else(|| stray_byte(name, data[at], at)));
                 }
                 // A holder reports its pin before it stores, but the report may not have been
                 // read yet: the byte waits for it (once per block), as a tag waits for its
@@ -531,6 +534,20 @@ impl Ledger {
             at += 1;
         }
         Ok(())
+    }
+
+    /// The verdict on a whole tag, of a store that was reported, in the block of byte `at`
+    /// of a file no holder pins, if there is one.
+    fn tag_in_block(&self, name: &str, data: &[u8], at: usize) -> Option<String> {
+        let start = at / BLOCK_SIZE as usize * BLOCK_SIZE as usize;
+        let end = (start + BLOCK_SIZE as usize).min(data.len());
+        (start..end).step_by(8).find_map(|w| {
+            let tag = data.get(w..w + 8).and_then(read_tag)?;
+            match self.judge(None, name, w, tag, false) {
+                Verdict::Wrong(v) | Verdict::Later(v) => Some(v),
+                Verdict::Fine | Verdict::Unknown => None,
+            }
+        })
     }
 
     /// Did a pin of file `pinned` ever cover byte `at`? (`covered` caches the answer for a
@@ -578,8 +595,7 @@ impl Ledger {
                 }
             };
             let verdict = self.judge(t.pinned, &t.name, t.at, (pin, store), last);
-            if remote_of(store).is_some() && matches!(verdict, Verdict::Fine | Verdict::Wrong(_))
-            {
+            if remote_of(store).is_some() && matches!(verdict, Verdict::Fine | Verdict::Wrong(_)) {
                 self.remote_judged += 1;
             }
             match verdict {
@@ -891,6 +907,56 @@ mod tests {
         assert!(l
             .check(Some(3), "pinned0", &file_with_tag(2, 1, 2))
             .is_err());
+    }
+
+    #[test]
+    fn a_remote_peers_store_is_judged_by_its_own_report_and_named() {
+        use crate::fuzzer::{remote_of, remote_store};
+        assert_eq!(remote_of(remote_store(5, 7)), Some((5, 7)));
+        assert_eq!(remote_of(3), None);
+        let mut l = Ledger::default();
+        pin(&mut l, 1, 1, 100);
+        let r = remote_store(2, 0);
+        let tagged = file_with_tag(2, 1, r);
+        // Not reported yet: it waits; a local store of the same pin explains nothing.
+        store_at(&mut l, 0, 150);
+        assert!(l.check(Some(3), "pinned0", &tagged).is_ok());
+        assert!(l.check_pending(false).is_ok());
+        l.record(
+            usize::MAX,
+            &Entry::Store {
+                pin: 1,
+                store: r,
+                began: 160,
+                ended: 170,
+            },
+        );
+        assert!(l.check_pending(true).is_ok());
+        assert_eq!(l.remote_counts(), (1, 1));
+        // A peer's store after a breaker of the pin's range returned, in another file.
+        l.breaker(3, 0, u64::MAX, 200, 300);
+        let late = remote_store(2, 1);
+        l.record(
+            usize::MAX,
+            &Entry::Store {
+                pin: 1,
+                store: late,
+                began: 310,
+                ended: 320,
+            },
+        );
+        let v = l
+            .check(None, "new9", &file_with_tag(0, 1, late))
+            .unwrap_err();
+        assert!(v.contains("remote store 1 of peer 2 through pin 1"), "{v}");
+        assert!(v.contains("in a file it did not pin"), "{v}");
+        let v = l
+            .check(Some(3), "pinned0", &file_with_tag(2, 1, late))
+            .unwrap_err();
+        assert!(
+            v.contains("a revoked holder's store reached its file"),
+            "{v}"
+        );
     }
 
     #[test]

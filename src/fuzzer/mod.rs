@@ -388,12 +388,8 @@ pub fn remote_store(peer: usize, n: u32) -> u32 {
 
 /// The remote peer and its store number, if store number `store` is a remote peer's.
 pub fn remote_of(store: u32) -> Option<(usize, u32)> {
-    (store & REMOTE_STORE != 0).then(|| {
-        (
-            ((store >> 10) as usize) % MAX_REMOTE_PEERS,
-            store % MAX_REMOTE_STORES,
-        )
-    })
+    let peer = ((store >> 10) as usize) % MAX_REMOTE_PEERS;
+    (store & REMOTE_STORE != 0).then_some((peer, store % MAX_REMOTE_STORES))
 }
 
 /// The tag of store `store` of pin `pin` (below [`MAX_TAG_PIN`] and [`MAX_TAG_STORE`]): a
