@@ -282,6 +282,19 @@ fn cmd_fuzz(a: FuzzArgs) -> CmdResult {
     });
     let opts = a.options.unwrap_or_default();
     if !a.serial {
+        let remote_holders = match a.remote_holders {
+            Some(n) if n > a.holders as u64 => {
+                return Err(Failure::Usage(cli::usage_error(
+                    Some("fuzz"),
+                    format!(
+                        "--remote-holders {n}: more than the {} holders (--holders)",
+                        a.holders
+                    ),
+                )))
+            }
+            Some(n) => n as usize,
+            None => a.holders.div_ceil(2),
+        };
         let run = pinfs::fuzzer::mount::MountFuzz {
             seed,
             duration: a.duration,
@@ -291,6 +304,8 @@ fn cmd_fuzz(a: FuzzArgs) -> CmdResult {
             max_ops: a.ops,
             mount: a.mount,
             trace: a.trace,
+            remote_peers: a.remote_peers,
+            remote_holders,
         };
         return fuzz_mount(run);
     }
@@ -384,6 +399,17 @@ fn fuzz_mount(mut cfg: pinfs::fuzzer::mount::MountFuzz) -> CmdResult {
         report.ops as f64 / secs,
         report.breaks as f64 / secs
     );
+    if cfg.remote_peers > 0 {
+        pinfs::outln!(
+            "remote: {} peers through the pins of {} exporting holders (loopback): {} remote stores ({:.0}/s), {} of their tags judged in files ({:.0}/s)",
+            cfg.remote_peers,
+            cfg.remote_holders,
+            report.remote_stores,
+            report.remote_stores as f64 / secs,
+            report.remote_judged,
+            report.remote_judged as f64 / secs
+        );
+    }
     // The debug switches that let holders' stores loose: a run with one must see an oracle
     // fire.
     let expected_failure = !parsed.leases.busy_blocks || !parsed.leases.detach_windows;
@@ -409,8 +435,16 @@ fn fuzz_mount(mut cfg: pinfs::fuzzer::mount::MountFuzz) -> CmdResult {
         .max_ops
         .map(|n| format!(" --ops {n}"))
         .unwrap_or_default();
+    let remote = if cfg.remote_peers > 0 {
+        format!(
+            " --remote-peers {} --remote-holders {}",
+            cfg.remote_peers, cfg.remote_holders
+        )
+    } else {
+        String::new()
+    };
     pinfs::outln!(
-        "replay (thread timing varies): pinfs fuzz --seed {seed} --duration {}{ops} --holders {holders} --threads {threads} {target}",
+        "replay (thread timing varies): pinfs fuzz --seed {seed} --duration {}{ops} --holders {holders} --threads {threads}{remote} {target}",
         duration.as_secs_f64()
     );
     if cfg.mount.is_none() {

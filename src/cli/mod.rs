@@ -379,6 +379,14 @@ pub struct FuzzArgs {
     /// Run on this existing pinfs mount (in a directory of its own) instead of a fresh one.
     #[arg(long, value_name = "MOUNTPOINT")]
     pub mount: Option<PathBuf>,
+    /// Remote peers (0 to 16, threads of the fuzzer on loopback) that store tags through
+    /// the pins exporting holders export (concurrent mode).
+    #[arg(long, value_name = "N", default_value = "0", value_parser = values::remote_peers, allow_hyphen_values = true)]
+    pub remote_peers: usize,
+    /// Holders that export their pins to the remote peers (default: half of them, rounded
+    /// up, when there are remote peers).
+    #[arg(long, value_name = "N", value_parser = values::whole, allow_hyphen_values = true)]
+    pub remote_holders: Option<u64>,
     /// Concurrent mode: write the mount's lease events, busy blocks and the breakers' steps
     /// to FILE as a trace (Chrome trace-event JSON; see `pinfs timeline`).
     #[arg(long, value_name = "FILE", conflicts_with = "serial")]
@@ -452,6 +460,9 @@ pub struct FuzzHolderArgs {
     /// The number of this holder's first pin.
     #[arg(value_parser = values::whole)]
     pub first_pin: u64,
+    /// 1: export its pins through a soft NIC for remote peers; 0: store into them itself.
+    #[arg(value_parser = values::whole)]
+    pub export: u64,
 }
 
 impl FuzzHolderArgs {
@@ -465,6 +476,9 @@ impl FuzzHolderArgs {
         }
         let first_pin = u32::try_from(self.first_pin)
             .map_err(|_| format!("first pin {}: at most {}", self.first_pin, u32::MAX))?;
+        if self.export > 1 {
+            return Err(format!("export {}: 0 or 1", self.export));
+        }
         Ok(pinfs::fuzzer::holder::HolderRun {
             dir: self.dir.clone(),
             seed: self.seed,
@@ -477,6 +491,7 @@ impl FuzzHolderArgs {
             max_ops: self.max_ops.0,
             until_ns: self.until_ns,
             first_pin,
+            export: self.export == 1,
         })
     }
 }
@@ -662,10 +677,12 @@ mod tests {
             max_ops: None,
             until_ns: 123_456_789,
             first_pin: 5,
+            export: false,
         };
-        for max_ops in [None, Some(90)] {
+        for (max_ops, export) in [(None, false), (Some(90), true)] {
             let run = pinfs::fuzzer::holder::HolderRun {
                 max_ops,
+                export,
                 ..run.clone()
             };
             let args = run.args();
@@ -679,7 +696,19 @@ mod tests {
             };
             assert_eq!(format!("{:?}", h.run().unwrap()), format!("{run:?}"));
         }
-        let bad = ["fuzz-holder", "d", "1", "1", "2", "2", "0", "-", "9", "0"];
+        let bad = [
+            "fuzz-holder",
+            "d",
+            "1",
+            "1",
+            "2",
+            "2",
+            "0",
+            "-",
+            "9",
+            "0",
+            "0",
+        ];
         let Ok(Cli {
             command: Some(Command::FuzzHolder(h)),
             ..
@@ -688,5 +717,26 @@ mod tests {
             panic!("parses");
         };
         assert!(h.run().unwrap_err().contains("holder 2 of 2"));
+        let bad = [
+            "fuzz-holder",
+            "d",
+            "1",
+            "1",
+            "2",
+            "1",
+            "0",
+            "-",
+            "9",
+            "0",
+            "2",
+        ];
+        let Ok(Cli {
+            command: Some(Command::FuzzHolder(h)),
+            ..
+        }) = parse(&bad)
+        else {
+            panic!("parses");
+        };
+        assert!(h.run().unwrap_err().contains("export 2: 0 or 1"));
     }
 }

@@ -51,6 +51,16 @@ pub fn holders(s: &str) -> Result<usize, String> {
     count_to(s, pinfs::fuzzer::ledger::MAX_HOLDERS as u64)
 }
 
+/// The fuzzer's remote peers: 0 to 16 (tags number the peers of a pin up to 16).
+pub fn remote_peers(s: &str) -> Result<usize, String> {
+    let max = pinfs::fuzzer::MAX_REMOTE_PEERS;
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n <= max)
+        .ok_or_else(|| format!("{s:?} is not a number of remote peers from 0 to {max}"))
+}
+
 /// The fuzzer's worker threads: 1 to 64.
 pub fn threads(s: &str) -> Result<usize, String> {
     count_to(s, 64)

@@ -17,6 +17,17 @@
 //! tries to map the window writable. Every store through a kept mapping is reported like any
 //! other, and the pin's end with a time taken once it is certainly gone ([`Entry::Gone`]),
 //! so that the fuzzer's ledger can check that none of those stores reaches a file.
+//!
+//! An *exporting* holder (with remote peers, [`HolderRun::export`]) hands each writable pin
+//! to a soft NIC of its own ([`Nic`], on 127.0.0.1, a port the kernel picks) instead of
+//! storing into it, and reports the key ([`Entry::Export`]); the fuzzer's remote peers store
+//! through it. A break of a pin that answers breaks sends `RECALL` and releases (withdraws
+//! the region, then unpins) once every peer acked, however late; a peer that never acks
+//! leaves the pin to the mount's policy. Its own unpin recalls, waits a little and
+//! withdraws whatever the peers said (the NIC then refuses them); an unpin that keeps the
+//! mapping, and a closed connection, leave the region exported past the pin's end, so the
+//! peers' stores go on into memory that must reach no file. It runs the NIC's threads, so a
+//! `ForkDie` is a plain death (a forked child would have no NIC).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -27,9 +38,10 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 
 use crate::fuzzer::ledger::{now_ns, pin_number, Entry};
-use crate::fuzzer::{fill_tags, pin_range, Actor, Op, Program, Shape, MAX_TAG_PIN, MAX_TAG_STORE};
+use crate::fuzzer::{fill_tags, pin_range, Actor, Op, Program, Shape, MAX_TAG_PIN, REMOTE_STORE};
 use crate::holder::client::{Connection, EventKind, PinOptions};
 use crate::holder::protocol::poll_ms;
+use crate::remote::{Nic, NicOptions};
 use crate::store::image::BLOCK_SIZE;
 
 /// Time between two steps of a holder.
@@ -42,6 +54,8 @@ const MAX_KEPT: usize = 4;
 const ORPHAN_LIFE: Duration = Duration::from_millis(300);
 /// How long a holder waits for the daemon to close its end of a connection it closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long an exporting holder's own unpin waits for its peers' acks before it withdraws.
+const RECALL_WAIT: Duration = Duration::from_millis(20);
 
 /// What a holder process runs.
 #[derive(Debug, Clone)]
@@ -62,6 +76,8 @@ pub struct HolderRun {
     pub until_ns: u64,
     /// The number of this holder's first pin (its pins so far).
     pub first_pin: u32,
+    /// Export every writable pin through a soft NIC for the fuzzer's remote peers.
+    pub export: bool,
 }
 
 impl HolderRun {
@@ -79,6 +95,7 @@ impl HolderRun {
             self.max_ops.map_or("-".into(), |n| n.to_string()),
             self.until_ns.to_string(),
             self.first_pin.to_string(),
+            u8::from(self.export).to_string(),
         ]
     }
 }
@@ -98,6 +115,17 @@ struct Kept {
     left: u32,
 }
 
+/// A pin handed to the NIC: the NIC owns its mapping until [`Nic::withdraw`].
+struct Exported {
+    rkey: u64,
+    /// The daemon's pin id.
+    id: u64,
+    number: u32,
+    release_on_break: bool,
+    /// A break came and `RECALL` went out: release once every peer acked.
+    recalling: bool,
+}
+
 struct Holder {
     run: HolderRun,
     out: std::io::Stdout,
@@ -105,6 +133,12 @@ struct Holder {
     held: Option<HeldPin>,
     kept: Vec<Kept>,
     next_pin: u32,
+    /// The soft NIC of an exporting holder.
+    nic: Option<Nic>,
+    /// The pin exported now (an exporting holder holds it instead of `held`).
+    exported: Option<Exported>,
+    /// Regions left exported past their pins: (key, `Store` steps until withdrawn).
+    kept_exports: Vec<(u64, u32)>,
 }
 
 impl Holder {
@@ -113,8 +147,31 @@ impl Holder {
         let _ = writeln!(self.out, "{}", e.line()).and_then(|()| self.out.flush());
     }
 
-    /// Gives the pin back; with `keep`, keeps its mapping and stores on through it.
+    /// Gives the pin back; with `keep`, keeps its mapping and stores on through it (an
+    /// exported pin: leaves the region exported, so the peers store on).
     fn unpin(&mut self, keep: bool) {
+        if let Some(x) = self.exported.take() {
+            if keep {
+                self.report(Entry::End {
+                    pin: x.number,
+                    at: now_ns(),
+                });
+                if self.conn.as_mut().is_some_and(|c| c.unpin_id(x.id).is_ok()) {
+                    self.report(Entry::Gone {
+                        pin: x.number,
+                        at: now_ns(),
+                    });
+                }
+                self.keep_export(x.rkey);
+            } else {
+                if let Some(nic) = &self.nic {
+                    // Acked or not, the holder gives the pin back: the withdrawal ends every
+                    // peer's access first.
+                    let _ = nic.recall(x.rkey, Some(RECALL_WAIT));
+                }
+                self.release_export(x);
+            }
+        }
         if let Some(h) = self.held.take() {
             self.report(Entry::End {
                 pin: h.number,
@@ -134,6 +191,68 @@ impl Holder {
         }
     }
 
+    /// Withdraws exported pin `x`'s region (after the accesses in flight) and unpins it.
+    fn release_export(&mut self, x: Exported) {
+        self.report(Entry::End {
+            pin: x.number,
+            at: now_ns(),
+        });
+        let Some(pin) = self.nic.as_ref().and_then(|n| n.withdraw(x.rkey).ok()) else {
+            return;
+        };
+        if self.conn.as_mut().is_some_and(|c| c.unpin(&pin).is_ok()) {
+            self.report(Entry::Gone {
+                pin: x.number,
+                at: now_ns(),
+            });
+        }
+    }
+
+    /// Leaves region `rkey` exported past its pin for [`KEPT_STORES`] steps.
+    fn keep_export(&mut self, rkey: u64) {
+        if self.kept_exports.len() == MAX_KEPT {
+            let (old, _) = self.kept_exports.remove(0);
+            self.withdraw_kept(old);
+        }
+        self.kept_exports.push((rkey, KEPT_STORES));
+    }
+
+    fn withdraw_kept(&mut self, rkey: u64) {
+        // The pin is gone already; dropping it unmaps.
+        if let Some(nic) = &self.nic {
+            drop(nic.withdraw(rkey));
+        }
+    }
+
+    /// A `Store` step of the regions kept exported: the oldest go once their time is up.
+    fn tick_kept_exports(&mut self) {
+        let mut done = Vec::new();
+        for (rkey, left) in &mut self.kept_exports {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                done.push(*rkey);
+            }
+        }
+        self.kept_exports.retain(|&(_, left)| left > 0);
+        for rkey in done {
+            self.withdraw_kept(rkey);
+        }
+    }
+
+    /// A break of the exported pin was answered with `RECALL`: once every peer acked (or
+    /// went), the holder releases it.
+    fn release_if_acked(&mut self) {
+        let acked = match (&self.exported, &self.nic) {
+            (Some(x), Some(nic)) => x.recalling && nic.unacked(x.rkey).is_empty(),
+            _ => false,
+        };
+        if acked {
+            if let Some(x) = self.exported.take() {
+                self.release_export(x);
+            }
+        }
+    }
+
     fn keep(&mut self, pin: HeldPin) {
         if self.kept.len() == MAX_KEPT {
             self.kept.remove(0);
@@ -148,6 +267,20 @@ impl Holder {
     fn disconnect(&mut self) {
         let Some(c) = self.conn.take() else { return };
         let held = self.held.take();
+        if let Some(x) = self.exported.take() {
+            self.report(Entry::End {
+                pin: x.number,
+                at: now_ns(),
+            });
+            if c.close_and_wait(CLOSE_WAIT).unwrap_or(false) {
+                self.report(Entry::Gone {
+                    pin: x.number,
+                    at: now_ns(),
+                });
+            }
+            self.keep_export(x.rkey);
+            return;
+        }
         if let Some(h) = &held {
             self.report(Entry::End {
                 pin: h.number,
@@ -181,11 +314,16 @@ impl Holder {
     /// is answered by unpinning.
     fn wait(&mut self, until_ns: u64) {
         loop {
+            self.release_if_acked();
             let now = now_ns();
             if now >= until_ns {
                 return;
             }
-            let left = Duration::from_nanos(until_ns - now);
+            let mut left = Duration::from_nanos(until_ns - now);
+            if self.exported.as_ref().is_some_and(|x| x.recalling) {
+                // Acks come to the NIC, not here: look again soon.
+                left = left.min(Duration::from_millis(2));
+            }
             let Some(c) = self.conn.as_mut() else {
                 std::thread::sleep(left);
                 return;
@@ -196,6 +334,12 @@ impl Holder {
                         .lease()
                         .filter(|l| matches!(l.kind, EventKind::Break { .. }))
                         .and_then(|l| l.pin);
+                    if let (Some(x), Some(nic)) = (self.exported.as_mut(), &self.nic) {
+                        if broken == Some(x.id) && x.release_on_break && !x.recalling {
+                            x.recalling = nic.start_recall(x.rkey).is_ok();
+                        }
+                        continue;
+                    }
                     let answer = self
                         .held
                         .as_ref()
@@ -204,6 +348,7 @@ impl Holder {
                         self.unpin(false);
                     }
                 }
+                Ok(None) if self.exported.as_ref().is_some_and(|x| x.recalling) => {}
                 Ok(None) => return,
                 Err(e) => {
                     if now_ns() < self.run.until_ns {
@@ -213,6 +358,7 @@ impl Holder {
                         )));
                     }
                     self.held = None;
+                    self.exported = None;
                     self.conn = None;
                     return;
                 }
@@ -365,6 +511,31 @@ impl Holder {
             match c.pin(&f, off, len, PinOptions::default()) {
                 Ok(pin) => {
                     self.granted(&pin, number, file, asked);
+                    if let Some(nic) = &self.nic {
+                        let id = pin.id;
+                        match nic.export(pin) {
+                            Ok(rkey) => {
+                                let addr = nic.addr().to_string();
+                                self.report(Entry::Export {
+                                    pin: number,
+                                    addr,
+                                    rkey,
+                                });
+                                self.exported = Some(Exported {
+                                    rkey,
+                                    id,
+                                    number,
+                                    release_on_break,
+                                    recalling: false,
+                                });
+                            }
+                            Err(e) => {
+                                let v = format!("holder {}: export: {e}", self.run.holder);
+                                self.report(Entry::Violation(v));
+                            }
+                        }
+                        return;
+                    }
                     self.held = Some(HeldPin {
                         pin,
                         number,
@@ -397,6 +568,7 @@ impl Holder {
             self.report(e);
         }
         self.store_kept();
+        self.tick_kept_exports();
     }
 
     /// Stores a fresh tag through every kept mapping that has stores left.
@@ -417,12 +589,17 @@ impl Holder {
     /// pins alive: a connection ends with its last copy), waits for the daemon to close its
     /// end (the pins are gone then), and stores on through its mappings for a while.
     fn fork_die(&mut self, index: u64) -> ! {
+        if self.nic.is_some() {
+            // The NIC runs threads: a forked child would have none of them.
+            self.die(index)
+        }
         let Ok((read_end, write_end)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         else {
             self.die(index)
         };
         // Every report is flushed when made: the child inherits no buffered line.
-        // SAFETY: this process is single-threaded (a holder runs no threads), so the child
+        // SAFETY: this process is single-threaded (a holder without a NIC runs no threads,
+        // and one with a NIC does not fork: see above), so the child
         // may go on running ordinary code.
         match unsafe { libc::fork() } {
             0 => {
@@ -491,7 +668,8 @@ impl Holder {
     }
 
     fn die(&mut self, index: u64) -> ! {
-        if let Some(pin) = self.held.as_ref().map(|h| h.number) {
+        let exported = self.exported.as_ref().map(|x| x.number);
+        if let Some(pin) = self.held.as_ref().map(|h| h.number).or(exported) {
             self.report(Entry::End { pin, at: now_ns() });
         }
         self.report(Entry::Died { index });
@@ -503,7 +681,7 @@ impl Holder {
 
 /// Stores a fresh tag into every block a (live or kept) pin's mapping reaches, and says so.
 fn store_through(h: &mut HeldPin) -> Option<Entry> {
-    if h.stores >= MAX_TAG_STORE {
+    if h.stores >= REMOTE_STORE {
         return None;
     }
     let (pin, store) = (h.number, h.stores);
@@ -527,8 +705,22 @@ pub fn run_holder(run: HolderRun) {
         held: None,
         kept: Vec::new(),
         next_pin: run.first_pin,
+        nic: None,
+        exported: None,
+        kept_exports: Vec::new(),
         run,
     };
+    if h.run.export {
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        match Nic::bind(local, NicOptions::default()) {
+            Ok(nic) => h.nic = Some(nic),
+            Err(e) => {
+                let v = format!("holder {}: cannot start its NIC: {e}", h.run.holder);
+                h.report(Entry::Violation(v));
+                return;
+            }
+        }
+    }
     let (me, max_ops) = (Actor::Holder(h.run.holder), h.run.max_ops);
     let steps = Program::new(h.run.seed, h.run.shape)
         .enumerate()

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::fuzzer::file_name;
-use crate::fuzzer::{read_tag, HOLDER_BYTES};
+use crate::fuzzer::{read_tag, remote_of, HOLDER_BYTES};
 use crate::store::image::BLOCK_SIZE;
 
 /// Nanoseconds of `CLOCK_MONOTONIC`: the same clock in every process.
@@ -50,7 +50,9 @@ pub enum Entry {
         asked: u64,
         granted: u64,
     },
-    /// Store `store` of pin `pin` began and ended at these times (before and after).
+    /// Store `store` of pin `pin` began and ended at these times (before and after). A
+    /// remote peer's store through an exported pin has a store number of
+    /// [`crate::fuzzer::remote_store`] and times taken by the peer around its `WRITE`.
     Store {
         pin: u32,
         store: u32,
@@ -63,6 +65,9 @@ pub enum Entry {
     /// the pin's connection, which it does only once every pin of it is released. From then
     /// on no store through the pin's mapping may reach any file.
     Gone { pin: u32, at: u64 },
+    /// Pin `pin` is exported through the holder's soft NIC at `addr` with key `rkey`: remote
+    /// peers may store into it from now on.
+    Export { pin: u32, addr: String, rkey: u64 },
     /// The holder kills itself at program step `index`.
     Died { index: u64 },
     /// Something the holder saw that must not happen.
@@ -100,6 +105,8 @@ struct PinRecord {
     gone: Option<u64>,
     /// Each store's (began, ended), by store number.
     stores: Vec<(u64, u64)>,
+    /// Each remote peer's store through the pin (exported), by store number.
+    remote: HashMap<u32, (u64, u64)>,
 }
 
 /// A breaker that returned success: blocks `first..end` of `file` left it.
@@ -137,6 +144,9 @@ pub struct Ledger {
     breaks: Vec<BreakRecord>,
     pending: Vec<Pending>,
     stores: u64,
+    /// Remote peers' stores reported, and tags of them judged in files.
+    remote_stores: u64,
+    remote_judged: u64,
     sessions: HashSet<u64>,
     /// Each holder's newest session (the one a fence aims at).
     latest_session: HashMap<usize, u64>,
@@ -187,6 +197,7 @@ impl Ledger {
                         ended: None,
                         gone: None,
                         stores: Vec::new(),
+                        remote: HashMap::new(),
                     },
                 );
             }
@@ -197,7 +208,11 @@ impl Ledger {
                 ended,
             } => {
                 if let Some(p) = self.pins.get_mut(&pin) {
-                    if p.stores.len() == store as usize {
+                    if remote_of(store).is_some() {
+                        if p.remote.insert(store, (began, ended)).is_none() {
+                            self.remote_stores += 1;
+                        }
+                    } else if p.stores.len() == store as usize {
                         p.stores.push((began, ended));
                         self.stores += 1;
                     }
@@ -252,6 +267,17 @@ impl Ledger {
             self.stores,
             self.breaks.len() as u64,
         )
+    }
+
+    /// The blocks pin `pin` covers, if it was reported.
+    pub fn blocks_of(&self, pin: u32) -> Option<u64> {
+        self.pins.get(&pin).map(|p| p.end - p.first)
+    }
+
+    /// Remote peers' stores reported, and how many times a tag of one was judged in a file
+    /// (once per block and check).
+    pub fn remote_counts(&self) -> (u64, u64) {
+        (self.remote_stores, self.remote_judged)
     }
 
     /// Was `holder` (the daemon's number) one of the fuzzer's holders?
@@ -382,14 +408,25 @@ impl Ledger {
         let Some(p) = self.pins.get(&g) else {
             return Verdict::Unknown;
         };
-        let Some(&(began, ended)) = p.stores.get(s as usize) else {
+        let found = match remote_of(s) {
+            Some(_) => p.remote.get(&s),
+            None => p.stores.get(s as usize),
+        };
+        let Some(&(began, ended)) = found else {
             return Verdict::Unknown;
         };
-        let who = format!(
-            "store {s} of pin {g} (holder {}, {})",
-            p.holder,
-            file_name(p.file)
-        );
+        let who = match remote_of(s) {
+            Some((peer, n)) => format!(
+                "remote store {n} of peer {peer} through pin {g} (exported by holder {}, {})",
+                p.holder,
+                file_name(p.file)
+            ),
+            None => format!(
+                "store {s} of pin {g} (holder {}, {})",
+                p.holder,
+                file_name(p.file)
+            ),
+        };
         let b = at as u64 / BLOCK_SIZE;
         // A mapping kept past its pin (after the unpin, the connection's end, or the holder's
         // death, by a forked child) reaches orphaned memory: its stores reach no file, unless
@@ -456,7 +493,11 @@ impl Ledger {
                     continue;
                 }
                 judged = Some((g, s, block));
-                match self.judge(pinned, name, at, (g, s), false) {
+                let verdict = self.judge(pinned, name, at, (g, s), false);
+                if remote_of(s).is_some() && matches!(verdict, Verdict::Fine | Verdict::Wrong(_)) {
+                    self.remote_judged += 1;
+                }
+                match verdict {
                     Verdict::Fine => {}
                     Verdict::Wrong(v) => return Err(v),
                     Verdict::Unknown | Verdict::Later(_) => self.pending.push(Pending {
@@ -471,7 +512,10 @@ impl Ledger {
             }
             if data[at] >= HOLDER_BYTES && !self.covered(pinned, data.len(), &mut covered, at) {
                 if pinned.is_none() {
-                    return Err(stray_byte(name, data[at], at));
+                    // A store fills a whole block: a tag left whole in the same block names
+                    // whose it was (a writer may have cut the one this byte belongs to).
+                    let whose = self.tag_in_block(name, data, at);
+                    return Err(whose.unwrap_or_else(|| stray_byte(name, data[at], at)));
                 }
                 // A holder reports its pin before it stores, but the report may not have been
                 // read yet: the byte waits for it (once per block), as a tag waits for its
@@ -490,6 +534,20 @@ impl Ledger {
             at += 1;
         }
         Ok(())
+    }
+
+    /// The verdict on a whole tag, of a store that was reported, in the block of byte `at`
+    /// of a file no holder pins, if there is one.
+    fn tag_in_block(&self, name: &str, data: &[u8], at: usize) -> Option<String> {
+        let start = at / BLOCK_SIZE as usize * BLOCK_SIZE as usize;
+        let end = (start + BLOCK_SIZE as usize).min(data.len());
+        (start..end).step_by(8).find_map(|w| {
+            let tag = data.get(w..w + 8).and_then(read_tag)?;
+            match self.judge(None, name, w, tag, false) {
+                Verdict::Wrong(v) | Verdict::Later(v) => Some(v),
+                Verdict::Fine | Verdict::Unknown => None,
+            }
+        })
     }
 
     /// Did a pin of file `pinned` ever cover byte `at`? (`covered` caches the answer for a
@@ -536,7 +594,11 @@ impl Ledger {
                     continue;
                 }
             };
-            match self.judge(t.pinned, &t.name, t.at, (pin, store), last) {
+            let verdict = self.judge(t.pinned, &t.name, t.at, (pin, store), last);
+            if remote_of(store).is_some() && matches!(verdict, Verdict::Fine | Verdict::Wrong(_)) {
+                self.remote_judged += 1;
+            }
+            match verdict {
                 Verdict::Fine => {}
                 Verdict::Wrong(v) => return Err(v),
                 // Every report is in at the end: a store still unexplained is wrong then.
@@ -544,7 +606,7 @@ impl Ledger {
                 Verdict::Later(_) => keep.push(t),
                 Verdict::Unknown if last => {
                     return Err(format!(
-                    "{}: a tag of store {store} of pin {pin} at byte {}, a store no holder made",
+                    "{}: a tag of store {store} of pin {pin} at byte {}, a store no holder or remote peer made",
                     t.name, t.at
                 ))
                 }
@@ -848,6 +910,56 @@ mod tests {
     }
 
     #[test]
+    fn a_remote_peers_store_is_judged_by_its_own_report_and_named() {
+        use crate::fuzzer::{remote_of, remote_store};
+        assert_eq!(remote_of(remote_store(5, 7)), Some((5, 7)));
+        assert_eq!(remote_of(3), None);
+        let mut l = Ledger::default();
+        pin(&mut l, 1, 1, 100);
+        let r = remote_store(2, 0);
+        let tagged = file_with_tag(2, 1, r);
+        // Not reported yet: it waits; a local store of the same pin explains nothing.
+        store_at(&mut l, 0, 150);
+        assert!(l.check(Some(3), "pinned0", &tagged).is_ok());
+        assert!(l.check_pending(false).is_ok());
+        l.record(
+            usize::MAX,
+            &Entry::Store {
+                pin: 1,
+                store: r,
+                began: 160,
+                ended: 170,
+            },
+        );
+        assert!(l.check_pending(true).is_ok());
+        assert_eq!(l.remote_counts(), (1, 1));
+        // A peer's store after a breaker of the pin's range returned, in another file.
+        l.breaker(3, 0, u64::MAX, 200, 300);
+        let late = remote_store(2, 1);
+        l.record(
+            usize::MAX,
+            &Entry::Store {
+                pin: 1,
+                store: late,
+                began: 310,
+                ended: 320,
+            },
+        );
+        let v = l
+            .check(None, "new9", &file_with_tag(0, 1, late))
+            .unwrap_err();
+        assert!(v.contains("remote store 1 of peer 2 through pin 1"), "{v}");
+        assert!(v.contains("in a file it did not pin"), "{v}");
+        let v = l
+            .check(Some(3), "pinned0", &file_with_tag(2, 1, late))
+            .unwrap_err();
+        assert!(
+            v.contains("a revoked holder's store reached its file"),
+            "{v}"
+        );
+    }
+
+    #[test]
     fn only_aligned_words_are_tags() {
         let mut data = vec![0u8; 16];
         fill_tags(&mut data, 3, 31);
@@ -925,7 +1037,7 @@ mod tests {
         assert!(l
             .check_pending(true)
             .unwrap_err()
-            .contains("no holder made"));
+            .contains("no holder or remote peer made"));
         let mut l = Ledger::default();
         assert!(l
             .check(Some(3), "pinned0", &file_with_tag(2, 17, 0))

@@ -372,6 +372,25 @@ pub const MAX_TAG_PIN: u32 = 1 << 20;
 /// Stores of one pin a run can tell apart in tags (a holder stops storing after that many).
 pub const MAX_TAG_STORE: u32 = 1 << 15;
 const TAG_MARK: u8 = 0xff;
+/// Store numbers with this bit are remote peers' stores through an exported pin
+/// ([`remote_store`]); a holder's own stores stay below it.
+pub const REMOTE_STORE: u32 = 1 << 14;
+/// Remote peers a run can tell apart in tags.
+pub const MAX_REMOTE_PEERS: usize = 16;
+/// Stores one remote peer can make through one exported pin (it stops after that many).
+pub const MAX_REMOTE_STORES: u32 = 1 << 10;
+
+/// The store number of store `n` (below [`MAX_REMOTE_STORES`]) of remote peer `peer` (below
+/// [`MAX_REMOTE_PEERS`]) through an exported pin: the tag says which peer made which store.
+pub fn remote_store(peer: usize, n: u32) -> u32 {
+    REMOTE_STORE | ((peer as u32 % MAX_REMOTE_PEERS as u32) << 10) | (n % MAX_REMOTE_STORES)
+}
+
+/// The remote peer and its store number, if store number `store` is a remote peer's.
+pub fn remote_of(store: u32) -> Option<(usize, u32)> {
+    let peer = ((store >> 10) as usize) % MAX_REMOTE_PEERS;
+    (store & REMOTE_STORE != 0).then_some((peer, store % MAX_REMOTE_STORES))
+}
 
 /// The tag of store `store` of pin `pin` (below [`MAX_TAG_PIN`] and [`MAX_TAG_STORE`]): a
 /// marker byte, then 35 bits five at a time, each byte `>= 0xe0`.

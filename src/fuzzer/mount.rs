@@ -9,6 +9,14 @@
 //!   so that a model of every file says what each of its bytes must be.
 //! - Holders pin, store tags into their blocks, answer or ignore breaks, unpin and die
 //!   (really: `SIGKILL`; a new process takes over the holder's remaining steps).
+//! - With remote peers ([`MountFuzz::remote_peers`]), the first
+//!   [`MountFuzz::remote_holders`] holders export their pins through soft NICs of their own
+//!   ([`crate::remote::Nic`]) and the peers, threads of this process on loopback (no network
+//!   namespace), store tags through them with [`Peer::write`]: a block at a time, each tag
+//!   naming the pin, the peer and its store ([`crate::fuzzer::remote_store`]), its times
+//!   taken around the `WRITE`. A peer acks most recalls and ignores one in three, and now
+//!   and then is *partitioned*: it stops reading its sockets (so it neither sees recalls
+//!   nor acks) for 50 to 500 ms. The ledger judges their tags like the holders' own.
 //!
 //! Every pin, store and release the holders report, and every breaker that returned, goes
 //! into the [`Ledger`], whose oracles are checked continuously and at the end:
@@ -46,7 +54,10 @@ use crate::fuzzer::{
     apply, broken_blocks, file_name, first_difference, initial_content, is_pinned, mmap_range,
     Actor, Op, Program, Shape, FILES, HOLDER_BYTES,
 };
+use crate::fuzzer::{fill_tags, remote_store, Rng, MAX_REMOTE_STORES};
 use crate::holder::client::Connection;
+use crate::remote::protocol::ErrorCode;
+use crate::remote::Peer;
 use crate::store::image::BLOCK_SIZE;
 use crate::trace::watch::Mark;
 
@@ -72,6 +83,10 @@ pub struct MountFuzz {
     /// Write the mount's lease events, its busy blocks and the breakers' steps to this file
     /// as a trace ([`crate::trace`]).
     pub trace: Option<PathBuf>,
+    /// Remote peers storing through exported pins (0: none, and no holder exports).
+    pub remote_peers: usize,
+    /// Holders (the first this many) that export their pins when there are remote peers.
+    pub remote_holders: usize,
 }
 
 impl MountFuzz {
@@ -102,6 +117,10 @@ pub struct Report {
     pub breakers: u64,
     /// Holder stores.
     pub stores: u64,
+    /// Remote peers' stores through exported pins.
+    pub remote_stores: u64,
+    /// Tags of remote stores the oracles judged in files (once per block and check).
+    pub remote_judged: u64,
     /// Oracle violations.
     pub violations: Vec<String>,
     /// The last steps before the end (or the first violation), oldest first.
@@ -135,7 +154,26 @@ struct Shared {
     /// With `--trace`: where breakers and fences report to the trace's thread (a send is
     /// all a step pays).
     marks: Option<std::sync::mpsc::Sender<Mark>>,
+    /// Holders that export their pins.
+    remote_holders: usize,
+    /// Pins exported so far, newest last (the most recent [`MAX_EXPORTS`]).
+    exports: Mutex<VecDeque<Export>>,
 }
+
+/// A pin a holder exported.
+#[derive(Debug, Clone)]
+struct Export {
+    pin: u32,
+    addr: String,
+    rkey: u64,
+    /// Its blocks (the region's length over the block size).
+    blocks: u64,
+}
+
+/// Exports the remote peers choose from.
+const MAX_EXPORTS: usize = 16;
+/// Time between two of a remote peer's stores.
+const PEER_PACE: Duration = Duration::from_millis(2);
 
 #[track_caller]
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -437,6 +475,7 @@ fn supervise_holder(sh: &Shared, exe: &Path, n: usize) {
             max_ops: sh.max_ops,
             until_ns: sh.until_ns,
             first_pin: pins,
+            export: n < sh.remote_holders,
         };
         // In a process group of its own: a Ctrl-C at the terminal reaches the fuzzer, which
         // stops its holders by closing their standard input.
@@ -467,6 +506,19 @@ fn supervise_holder(sh: &Shared, exe: &Path, n: usize) {
                     Some(Entry::Step { index, what }) => sh.step(index, what),
                     Some(Entry::Died { index }) => died = Some(index),
                     Some(Entry::Violation(v)) => sh.violation(v),
+                    Some(Entry::Export { pin, addr, rkey }) => {
+                        let blocks = lock(&sh.ledger).blocks_of(pin).unwrap_or(0);
+                        let mut ex = lock(&sh.exports);
+                        if ex.len() == MAX_EXPORTS {
+                            ex.pop_front();
+                        }
+                        ex.push_back(Export {
+                            pin,
+                            addr,
+                            rkey,
+                            blocks,
+                        });
+                    }
                     Some(e) => {
                         pins += matches!(e, Entry::Pin { .. }) as u32;
                         lock(&sh.ledger).record(n, &e);
@@ -491,6 +543,137 @@ fn supervise_holder(sh: &Shared, exe: &Path, n: usize) {
                 return;
             }
         }
+    }
+}
+
+/// A remote peer's connection to one holder's NIC, and what it knows of the keys there.
+struct PeerConn {
+    peer: Peer,
+    /// Keys this peer acked or was refused: it uses them no more.
+    done: std::collections::HashSet<u64>,
+}
+
+/// Remote peer `k`: stores tags through exported pins until the run ends (see the module's
+/// documentation). Every store that the NIC acknowledged goes into the ledger.
+fn remote_peer(sh: &Shared, k: usize) {
+    let mut rng = Rng::new(sh.seed ^ 0x7e3e_0000 ^ k as u64);
+    let mut conns: HashMap<String, PeerConn> = HashMap::new();
+    let mut counts: HashMap<u32, u32> = HashMap::new();
+    let mut block = vec![0u8; BLOCK_SIZE as usize];
+    let mut round = 0u64;
+    while sh.running() {
+        round += 1;
+        // Partitioned: reads nothing, answers nothing, stores nothing for a while.
+        if rng.below(200) == 0 {
+            let ms = 50 + rng.below(451);
+            let until = Instant::now() + Duration::from_millis(ms);
+            while sh.running() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            continue;
+        }
+        // Recalls: acked, or one in three ignored (the key stays in use). Looked for every
+        // fourth round (a wait of 1 ms per connection); those that came during a `WRITE`
+        // are queued in the peer already.
+        let mut broken = Vec::new();
+        for (addr, c) in conns.iter_mut().filter(|_| round.is_multiple_of(4)) {
+            loop {
+                match c.peer.next_recall(Some(Duration::from_millis(1))) {
+                    Ok(Some(_)) if rng.below(3) == 0 => {}
+                    Ok(Some(rkey)) => {
+                        c.done.insert(rkey);
+                        if c.peer.ack(rkey).is_err() {
+                            broken.push(addr.clone());
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        broken.push(addr.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        for a in broken {
+            conns.remove(&a);
+        }
+        // One of the newest exports this peer may still use.
+        let choice: Vec<Export> = lock(&sh.exports)
+            .iter()
+            .rev()
+            .filter(|e| e.blocks > 0)
+            .filter(|e| conns.get(&e.addr).is_none_or(|c| !c.done.contains(&e.rkey)))
+            .take(4)
+            .cloned()
+            .collect();
+        if choice.is_empty() {
+            std::thread::sleep(PEER_PACE);
+            continue;
+        }
+        let e = &choice[rng.below(choice.len() as u64) as usize];
+        let n = counts.entry(e.pin).or_insert(0);
+        if *n >= MAX_REMOTE_STORES {
+            std::thread::sleep(PEER_PACE);
+            continue;
+        }
+        if !conns.contains_key(&e.addr) {
+            match Peer::connect(e.addr.as_str()) {
+                Ok(peer) => {
+                    conns.insert(
+                        e.addr.clone(),
+                        PeerConn {
+                            peer,
+                            done: Default::default(),
+                        },
+                    );
+                }
+                // The holder died (its NIC with it), or its NIC is full: another time.
+                Err(_) => {
+                    lock(&sh.exports).retain(|x| x.addr != e.addr || x.rkey != e.rkey);
+                    std::thread::sleep(PEER_PACE);
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conns.get_mut(&e.addr) else {
+            continue;
+        };
+        let store = remote_store(k, *n);
+        let b = rng.below(e.blocks);
+        fill_tags(&mut block, e.pin, store);
+        let began = now_ns();
+        let r = c.peer.write(e.rkey, b * BLOCK_SIZE, &block);
+        let ended = now_ns();
+        match r {
+            Ok(()) => {
+                *n += 1;
+                lock(&sh.ledger).record(
+                    usize::MAX,
+                    &Entry::Store {
+                        pin: e.pin,
+                        store,
+                        began,
+                        ended,
+                    },
+                );
+            }
+            // Withdrawn, being recalled, or recalled and acked: this key is over for us.
+            Err(err) if err.code() == Some(ErrorCode::BadKey) => {
+                c.done.insert(e.rkey);
+            }
+            Err(err) if err.code().is_some() => {
+                sh.violation(format!(
+                    "remote peer {k}: a write of block {b} of pin {}'s region ({} blocks) was refused: {err}",
+                    e.pin, e.blocks
+                ));
+            }
+            // The holder died, its NIC with it.
+            Err(_) => {
+                conns.remove(&e.addr);
+            }
+        }
+        std::thread::sleep(PEER_PACE);
     }
 }
 
@@ -633,6 +816,12 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         holder_stdin: Mutex::new(HashMap::new()),
         interrupted: AtomicI32::new(0),
         marks,
+        remote_holders: if cfg.remote_peers > 0 {
+            cfg.remote_holders
+        } else {
+            0
+        },
+        exports: Mutex::new(VecDeque::new()),
     });
     {
         let sh = sh.clone();
@@ -651,6 +840,10 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         for n in 0..sh.shape.holders {
             let (sh, exe) = (sh.clone(), exe.clone());
             threads.push(std::thread::spawn(move || supervise_holder(&sh, &exe, n)));
+        }
+        for k in 0..cfg.remote_peers {
+            let sh = sh.clone();
+            threads.push(std::thread::spawn(move || remote_peer(&sh, k)));
         }
     }
     let mut checked = Instant::now();
@@ -736,12 +929,15 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
     let violations = lock(&sh.violations).clone();
     let recent = lock(&sh.log).iter().cloned().collect();
     let (pins, stores, breakers) = lock(&sh.ledger).counts();
+    let (remote_stores, remote_judged) = lock(&sh.ledger).remote_counts();
     Ok(Report {
         ops: sh.ops.load(Ordering::SeqCst),
         reached: sh.reached.load(Ordering::SeqCst),
         breaks,
         revocations,
         stores,
+        remote_stores,
+        remote_judged,
         pins,
         breakers,
         violations,

@@ -673,6 +673,61 @@ fn the_fuzzer_catches_stores_after_the_pin_was_gone_only_without_detaching() {
     }
 }
 
+/// Remote peers as the concurrent fuzzer's actors: every holder exports its pins through a
+/// soft NIC and three peers store tags through them, ignoring one recall in three and being
+/// partitioned now and then. Under `revoke` the peers that store on after the revocation
+/// reach busy blocks only; with `busy_blocks=off` those blocks are handed out again and a
+/// remote peer's tag shows where its pin never was, which the oracle names (the fuzzer,
+/// told to expect it, exits 0); with busy blocks the same run is clean. Loopback, no
+/// network namespace.
+#[test]
+fn the_fuzzer_catches_a_remote_peers_store_elsewhere_only_without_busy_blocks() {
+    if skip_without_fuse("holders_fuzz_remote") {
+        return;
+    }
+    for busy in ["off", "on"] {
+        let out = std::process::Command::new(BIN)
+            .args(["fuzz", "--seed", "2", "--duration", "8"])
+            .args(["--remote-peers", "3", "--remote-holders", "4", "-o"])
+            .arg(format!(
+                "break_policy=revoke,lease_break_time=0.1,busy_blocks={busy}"
+            ))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "busy_blocks={busy}: {text}");
+        let remote = text
+            .lines()
+            .find(|l| l.starts_with("remote: 3 peers through the pins of 4 exporting holders"));
+        assert!(remote.is_some(), "{text}");
+        if busy == "off" {
+            // Every holder exports and stores nothing itself: a tag is a remote peer's.
+            // Where the freed block went (another file, or elsewhere in the same one) is
+            // timing; either is what busy blocks prevent.
+            let oracle = text
+                .lines()
+                .find(|l| l.trim_start().starts_with("oracle:"))
+                .unwrap_or_else(|| panic!("no oracle fired: {text}"));
+            assert!(text.contains(" 0 holder stores"), "{text}");
+            // A holder byte cut off from its tag (by a writer's write, or a truncate) names
+            // no store, but with no holder store in the run it is a remote peer's too.
+            let named = oracle.contains("remote store")
+                && (oracle.contains("a holder's bytes in a file it did not pin")
+                    || oracle.contains("outside its pinned blocks")
+                    || oracle.contains("a revoked holder's store reached its file"));
+            let stray = oracle.contains("in a block no pin of this file ever covered");
+            assert!(named || stray, "{text}");
+            assert!(text.contains("as expected with busy_blocks=off"), "{text}");
+        } else {
+            assert!(text.contains("all checks held"), "{text}");
+            assert!(
+                !text.contains("0 remote stores"),
+                "the peers stored: {text}"
+            );
+        }
+    }
+}
+
 #[test]
 fn status_into_a_closed_pipe_ends_quietly() {
     if skip_without_fuse("holders_status_pipe") {
