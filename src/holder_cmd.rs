@@ -543,3 +543,46 @@ pub fn fence(mount: &Path, holder: u64) -> Result<(), String> {
     crate::outln!("holder {holder} fenced: {n} lease(s) revoked");
     Ok(())
 }
+
+/// Runs `pinfs status MOUNT --follow --trace FILE`: as [`follow`], and every event also goes
+/// into FILE as a trace ([`crate::trace`]). The file is a whole trace after each event; on
+/// SIGINT, SIGTERM or SIGHUP (handled by a thread of their own, so that no write is cut in
+/// two) or when the mount goes, the spans still open are closed at that moment.
+pub fn follow_trace(mount: &Path, trace: &Path) -> Result<(), String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    crate::daemon::signals::block_termination();
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        crate::daemon::signals::on_termination("pinfs-follow-signals", move |_| {
+            stop.store(true, Ordering::SeqCst)
+        });
+    }
+    // The mount first: a wrong path leaves no empty trace behind.
+    Connection::for_path(mount)
+        .map_err(|e| refused(&format!("{}: not a pinfs mount?", mount.display()), e))?;
+    let file = std::fs::File::create(trace).map_err(|e| {
+        format!(
+            "{}: cannot write the trace: {e}; give --trace a path in a writable directory",
+            trace.display()
+        )
+    })?;
+    let io = |e: std::io::Error| format!("{}: writing the trace: {e}", trace.display());
+    let mut rec = crate::trace::Recorder::new(
+        std::io::BufWriter::new(file),
+        &format!("pinfs {}", mount.display()),
+    )
+    .map_err(io)?;
+    let how = crate::trace::watch::Follow {
+        echo: true,
+        stop: &|| stop.load(Ordering::SeqCst),
+        marks: None,
+    };
+    let end = crate::trace::watch::follow(mount, &mut rec, &how);
+    rec.finish(crate::trace::now_micros()).map_err(io)?;
+    if end? == crate::trace::watch::End::MountGone {
+        eprintln!("pinfs: {}: the mount went away", mount.display());
+    }
+    Ok(())
+}

@@ -16,6 +16,7 @@
 //! | [`remote`] | exported pins: the soft NIC in a holder, its wire protocol, remote peers |
 //! | [`daemon`] | mounting, the fuser adapter, the holder server, remount, signals |
 //! | [`fuzzer`] | the truncate-vs-pin fuzzer: serial core runs and live mounts |
+//! | [`trace`] | the lease timeline: Chrome trace-event JSON and its SVG drawing |
 //!
 //! [`sync`] is the one place locks come from; [`error`] maps failures to errnos.
 //!
@@ -52,3 +53,5 @@ pub mod remote;
 #[cfg(feature = "daemon")]
 pub mod store;
 pub mod sync;
+#[cfg(feature = "daemon")]
+pub mod trace;

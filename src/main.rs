@@ -132,6 +132,10 @@ fn run(cli: Cli) -> CmdResult {
         }
         Command::Fuzz(a) => cmd_fuzz(a),
         Command::Crashes(a) => cmd_crashes(a),
+        Command::Timeline(a) => {
+            pinfs::trace::svg::timeline_command(&a.trace, &a.output).map_err(Failure::Error)?;
+            Ok(0)
+        }
         Command::Demo => {
             init_logging("warn");
             match pinfs::demo::run_demo() {
@@ -258,7 +262,9 @@ fn cmd_pin(a: PinArgs) -> CmdResult {
 }
 
 fn cmd_status(a: StatusArgs) -> CmdResult {
-    if a.follow {
+    if let Some(trace) = &a.trace {
+        pinfs::holder_cmd::follow_trace(&a.mountpoint, trace).map_err(Failure::Error)?;
+    } else if a.follow {
         pinfs::holder_cmd::follow(&a.mountpoint).map_err(Failure::Error)?;
     } else {
         pinfs::holder_cmd::status(&a.mountpoint, a.json, a.events).map_err(Failure::Error)?;
@@ -284,6 +290,7 @@ fn cmd_fuzz(a: FuzzArgs) -> CmdResult {
             options: opts,
             max_ops: a.ops,
             mount: a.mount,
+            trace: a.trace,
         };
         return fuzz_mount(run);
     }

@@ -40,7 +40,9 @@
 //!     nothing taken inside: the inode table's shards, open handles, directory streams, the
 //!     release list, the waiter count, the reclaim set, lease configuration, the daemon's
 //!     phase, the fuzzer's log and violations, a soft NIC's table of regions and peers and
-//!     each peer's outgoing queue.
+//!     each peer's outgoing queue, the filesystem's ordered data ranges and its sizes not
+//!     yet journaled (both also taken inside the journal lock, by the flush that writes
+//!     them).
 //!
 //! This module builds without the `daemon` feature: the holder side (`crate::remote`) takes
 //! its locks here too.

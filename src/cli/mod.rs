@@ -117,6 +117,10 @@ pub enum Command {
     /// shrunk and printed with a replay command; exit status 1.
     #[command(args_override_self = true)]
     Crashes(CrashesArgs),
+    /// Draw a trace as an SVG timeline: a row per holder, lease states as bars, breaks,
+    /// deadlines, revocations and fences as markers, busy blocks as a line.
+    #[command(args_override_self = true)]
+    Timeline(TimelineArgs),
     /// Show every break policy at work, with and without busy blocks.
     ///
     /// Mounts fresh images (root, /dev/fuse); exit status 1 if any outcome is not the
@@ -294,6 +298,10 @@ pub struct StatusArgs {
     /// unmount.
     #[arg(short, long)]
     pub follow: bool,
+    /// With --follow: also write the events to FILE as a trace (Chrome trace-event JSON, for
+    /// Perfetto, chrome://tracing or `pinfs timeline`), a whole trace even if interrupted.
+    #[arg(long, value_name = "FILE", requires = "follow")]
+    pub trace: Option<PathBuf>,
 }
 
 /// `pinfs fence`.
@@ -371,6 +379,20 @@ pub struct FuzzArgs {
     /// Run on this existing pinfs mount (in a directory of its own) instead of a fresh one.
     #[arg(long, value_name = "MOUNTPOINT")]
     pub mount: Option<PathBuf>,
+    /// Concurrent mode: write the mount's lease events, busy blocks and the breakers' steps
+    /// to FILE as a trace (Chrome trace-event JSON; see `pinfs timeline`).
+    #[arg(long, value_name = "FILE", conflicts_with = "serial")]
+    pub trace: Option<PathBuf>,
+}
+
+/// `pinfs timeline`.
+#[derive(Debug, Args)]
+pub struct TimelineArgs {
+    /// A trace file (from `pinfs status --follow --trace` or `pinfs fuzz --trace`).
+    pub trace: PathBuf,
+    /// The SVG to write.
+    #[arg(short, long, value_name = "SVG")]
+    pub output: PathBuf,
 }
 
 /// `pinfs crashes`.

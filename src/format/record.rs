@@ -116,6 +116,15 @@ pub enum Record {
         /// Bytes.
         size: u64,
     },
+    /// The size grows to `size` (a write, a truncate or a `fallocate` past the end); one
+    /// already larger stays. Frees nothing: blocks allocated past the end stay. (Format
+    /// version 3.)
+    Grow {
+        /// Inode.
+        ino: u64,
+        /// Bytes.
+        size: u64,
+    },
     /// File blocks get image blocks.
     Map {
         /// Inode.
@@ -300,7 +309,7 @@ impl Record {
                 }
                 Ok(())
             }
-            Record::SetSize { ino, size } => {
+            Record::SetSize { ino, size } | Record::Grow { ino, size } => {
                 check_ino(*ino)?;
                 if *size > MAX_FILE_SIZE {
                     return Err(format!("inode {ino}: size {size} past the largest file"));
@@ -422,6 +431,9 @@ impl Record {
             }
             Record::SetSize { ino, size } => {
                 w.u8(6).u64(*ino).u64(*size);
+            }
+            Record::Grow { ino, size } => {
+                w.u8(14).u64(*ino).u64(*size);
             }
             Record::Map {
                 ino,
@@ -547,6 +559,10 @@ impl Record {
                 time: get_time(r)?,
             },
             11 => Record::Free { ino: r.u64()? },
+            14 => Record::Grow {
+                ino: r.u64()?,
+                size: r.u64()?,
+            },
             12 => Record::SetFlags {
                 ino: r.u64()?,
                 flags: r.u32()?,
@@ -855,6 +871,10 @@ pub fn apply(rec: &Record, set: &mut impl InodeSet, space: &mut Space<'_>) -> Fs
                 space.release(ext)?;
             }
         }
+        Record::Grow { ino, size } => {
+            let i = set.inode(*ino)?;
+            i.size = i.size.max(*size);
+        }
         Record::Map {
             ino,
             file_block,
@@ -975,6 +995,7 @@ mod tests {
                 ctime: t,
             },
             Record::SetSize { ino: 5, size: 99 },
+            Record::Grow { ino: 5, size: 7 },
             Record::Map {
                 ino: 5,
                 file_block: 1,

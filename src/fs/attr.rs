@@ -136,6 +136,7 @@ impl Fs {
         }
         let (mut mtime, mut atime) = (i.mtime, i.atime);
         let mut zero = (0, 0);
+        let (mut grown, mut shrinks) = (None, false);
         if let Some(size) = req.size {
             match i.kind {
                 Kind::File => {}
@@ -146,16 +147,22 @@ impl Fs {
                 return Err(FsError::FileTooBig);
             }
             // Bytes past the end of file in its last block must read as zeros once the file
-            // reaches them: when shrinking, past the new end; when growing, past the old one
-            // (a holder or a mapping may have stored there). Zeroed once the transaction is
-            // in: a truncate that fails changes no byte.
-            zero = if size < i.size {
-                (size, i.size.min(size.next_multiple_of(BLOCK_SIZE)))
-            } else {
-                (i.size, size.min(i.size.next_multiple_of(BLOCK_SIZE)))
-            };
-            if size != i.size {
+            // reaches them (a holder or a mapping may have stored there): growing zeros them
+            // past the old end, before the transaction and ordered before it, so that no
+            // crash shows the new size over the old bytes. (Shrinking leaves the bytes past
+            // its end alone: whatever grows the file again zeros them, and a crash that
+            // keeps the old size shows them as they were.)
+            if size > i.size {
+                zero = (i.size, size.min(i.size.next_multiple_of(BLOCK_SIZE)));
+                // Growing keeps the blocks allocated past the end, as on XFS and ext4.
+                if self.defers_growth() {
+                    grown = Some(size);
+                } else {
+                    records.push(Record::Grow { ino, size });
+                }
+            } else if size < i.size {
                 records.push(Record::SetSize { ino, size });
+                shrinks = true;
             }
             mtime = now;
             if req.mode.is_none() {
@@ -194,9 +201,22 @@ impl Fs {
             mtime,
             ctime,
         });
-        self.commit(&mut held, &records)?;
+        self.zero_exposed(held.get(ino)?, zero.0, zero.1);
+        // A size not yet journaled would undo the shrink if it came after it.
+        let unjournaled = if shrinks {
+            self.forget_growth(ino)
+        } else {
+            None
+        };
+        if let Err(e) = self.commit(&mut held, &records) {
+            self.restore_growth(ino, unjournaled);
+            return Err(e);
+        }
         let i = held.get(ino)?;
-        self.zero_bytes(i, zero.0, zero.1);
+        if let Some(size) = grown {
+            i.size = size;
+            self.note_growth(ino, size);
+        }
         i.rt.times_dirty = false;
         if owner_change {
             self.leases.owner_changed(ino, uid);

@@ -168,6 +168,42 @@ impl Fs {
         }
     }
 
+    /// [`Fs::store`] of the part of `data` (which belongs at file offset `offset`) that falls
+    /// in the file range `lo..hi`.
+    fn store_within(
+        &self,
+        maps: &[Mapping],
+        offset: u64,
+        data: &[u8],
+        lo: u64,
+        hi: u64,
+        dirty: &mut BTreeMap<u64, u64>,
+    ) {
+        let a = lo.max(offset);
+        let b = hi.min(offset + data.len() as u64);
+        if a < b {
+            let part = &data[(a - offset) as usize..(b - offset) as usize];
+            self.store(maps, a, part, dirty);
+        }
+    }
+
+    /// Stores zeros over the mapped bytes of `from..to`, past the end of file, before the
+    /// transaction that makes the file reach them: ordered before it (see [`Fs::order_data`])
+    /// and dirty for the next fsync.
+    pub(super) fn zero_exposed(&self, i: &mut Inode, from: u64, to: u64) {
+        if from >= to {
+            return;
+        }
+        let maps = Self::mappings_covering(i, from, to - from);
+        let mut exposed = BTreeMap::new();
+        self.store(&maps, from, &vec![0u8; (to - from) as usize], &mut exposed);
+        self.order_data(&exposed);
+        for (s, e) in exposed {
+            let end = i.rt.dirty.get(&s).map_or(e, |&d| d.max(e));
+            i.rt.dirty.insert(s, end);
+        }
+    }
+
     fn mappings_covering(i: &Inode, offset: u64, len: u64) -> Vec<Mapping> {
         let first = offset / BLOCK_SIZE;
         let last = (offset + len).div_ceil(BLOCK_SIZE);
@@ -267,8 +303,9 @@ impl Fs {
         flags::check(i, flags::Change::Write { at_end })?;
         let mut records = self.allocate_range(ino, &i.extents, first, count);
         // The blocks this write goes to: those the file has and those just allocated.
-        let mut maps = i.extents.mappings_in(first, count);
-        maps.extend(records.iter().filter_map(Record::as_mapping));
+        let had = i.extents.mappings_in(first, count);
+        let fresh: Vec<Mapping> = records.iter().filter_map(Record::as_mapping).collect();
+        let mut maps: Vec<Mapping> = had.iter().chain(&fresh).copied().collect();
         maps.sort_by_key(|m| m.file_block);
         let mut covered = first;
         for m in &maps {
@@ -288,8 +325,9 @@ impl Fs {
         let data = &data[..written as usize];
         let end = offset + written;
         let old_size = i.size;
-        if end > i.size {
-            records.push(Record::SetSize { ino, size: end });
+        let grows = end > old_size;
+        if grows && !self.defers_growth() {
+            records.push(Record::Grow { ino, size: end });
         }
         let now = Time::now();
         let perm = kill_privs(i.perm, i.gid, caller);
@@ -303,18 +341,41 @@ impl Fs {
             mtime: now,
             ctime: now,
         });
-        // The transaction first: a write it refuses stores nothing, also not into blocks the
-        // file already had.
-        self.commit_allocation(&mut held, &records)?;
+        // What the transaction exposes goes in before it: the bytes past the old end of file
+        // (zeros from there to this write, in the old last block, where a holder or a mapping
+        // may have left bytes; then the data) and the blocks it maps. Nobody sees them before
+        // the transaction is in, and they are ordered before the size (made durable before
+        // the journal flush that makes it durable; with a volatile cache, before the size is
+        // journaled at all), so no crash shows the new size without its data.
+        let mut exposed = BTreeMap::new();
+        let tail_end = offset.min(old_size.next_multiple_of(BLOCK_SIZE));
+        if old_size < tail_end {
+            let tail = Self::mappings_covering(i, old_size, tail_end - old_size);
+            let zeros = vec![0u8; (tail_end - old_size) as usize];
+            self.store(&tail, old_size, &zeros, &mut exposed);
+        }
+        self.store_within(&fresh, offset, data, offset, end, &mut exposed);
+        self.store_within(&had, offset, data, old_size, end, &mut exposed);
+        self.order_data(&exposed);
+        // Then the transaction: a write it refuses stores nothing the file shows, also not
+        // into blocks the file already had. (The bytes past its end read as zeros again, and
+        // refused blocks go back scrubbed.)
+        if let Err(e) = self.commit_allocation(&mut held, &records) {
+            for (&s, &e) in &exposed {
+                self.image.zero(s, e - s);
+            }
+            return Err(e);
+        }
         let i = held.get(ino)?;
-        // Bytes between the old end of file and this write, in the old last block, must read
-        // as zeros (a holder or mmap may have left bytes past EOF there).
-        self.zero_bytes(
-            i,
-            old_size,
-            offset.min(old_size.next_multiple_of(BLOCK_SIZE)),
-        );
-        self.store(&maps, offset, data, &mut i.rt.dirty);
+        if grows && self.defers_growth() {
+            i.size = end;
+            self.note_growth(ino, end);
+        }
+        self.store_within(&had, offset, data, offset, old_size, &mut i.rt.dirty);
+        for (s, e) in exposed {
+            let end = i.rt.dirty.get(&s).map_or(e, |&d| d.max(e));
+            i.rt.dirty.insert(s, end);
+        }
         i.rt.times_dirty = false;
         if privs_killed {
             self.tell_kernel(Stale::Attributes(ino, None));
@@ -385,6 +446,14 @@ impl Fs {
     /// filesystem down: later entries would sit on top of ones the host lost.
     pub fn sync_metadata(&self) -> FsResult<()> {
         self.is_up()?;
-        self.flush_journal(&mut lock(&self.journal))
+        // The ordered data first without the journal lock, so that commits go on during its
+        // I/O; what is noted after is flushed under the lock, before the journal.
+        self.flush_ordered()?;
+        self.flush_journal(&mut lock(&self.journal))?;
+        if self.growth_unjournaled.load(Ordering::SeqCst) {
+            // The journal had no room for grown sizes: the checkpoint records them.
+            self.checkpoint(false)?;
+        }
+        Ok(())
     }
 }

@@ -113,6 +113,8 @@ impl Fs {
         // Byte ranges zeroed in place once the transaction is in (a fallocate that fails
         // changes nothing), and the new times.
         let mut zero: Vec<(u64, u64)> = Vec::new();
+        let mut grow_zero = (0, 0);
+        let mut grown = None;
         let (mut mtime, mut ctime) = (i.mtime, i.ctime);
         if mode & (PUNCH_HOLE | ZERO_RANGE) != 0 {
             // Partial blocks at the edges are zeroed in place; whole blocks are unmapped.
@@ -169,8 +171,12 @@ impl Fs {
             }
             records.extend(maps);
             if mode & KEEP_SIZE == 0 && end > i.size {
-                zero.push((i.size, end.min(i.size.next_multiple_of(BLOCK_SIZE))));
-                records.push(Record::SetSize { ino, size: end });
+                grow_zero = (i.size, end.min(i.size.next_multiple_of(BLOCK_SIZE)));
+                if self.defers_growth() {
+                    grown = Some(end);
+                } else {
+                    records.push(Record::Grow { ino, size: end });
+                }
                 (mtime, ctime) = (now, now);
             }
         }
@@ -185,8 +191,15 @@ impl Fs {
             mtime,
             ctime,
         });
+        // Past the old end of file, before the transaction and ordered before it (as a
+        // truncate that grows the file does).
+        self.zero_exposed(held.get(ino)?, grow_zero.0, grow_zero.1);
         self.commit_allocation(&mut held, &records)?;
         let i = held.get(ino)?;
+        if let Some(size) = grown {
+            i.size = size;
+            self.note_growth(ino, size);
+        }
         for (from, to) in zero {
             self.zero_bytes(i, from, to);
         }

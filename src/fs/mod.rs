@@ -329,6 +329,25 @@ pub struct Fs {
     gate: RwLock<()>,
     namespace: Mutex<()>,
     journal: Mutex<Journal>,
+    /// Image ranges of data that transactions not yet durable expose (an extending write's
+    /// bytes, zeros past an old end of file, blocks a write just mapped): flushed before the
+    /// journal is, so that no crash shows a size or a mapping without its data (ordered
+    /// data, as ext4's `data=ordered`). Start -> end, merged (taken alone, or inside the
+    /// journal lock; nothing is taken inside it).
+    ordered: Mutex<BTreeMap<u64, u64>>,
+    /// With a volatile cache: sizes that operations grew and the journal does not have yet,
+    /// inode -> size. The flush that makes the journal durable appends them as `Grow`
+    /// records after the ordered data is durable ([`Fs::flush_journal`]), so no crash state
+    /// has a size whose data is not there, however the cache's lines were lost. An operation
+    /// that journals the inode's size or frees it takes its entry out first (taken alone,
+    /// or inside the journal lock; nothing is taken inside it).
+    sizes: Mutex<BTreeMap<u64, u64>>,
+    /// Sizes were taken out of `sizes` for a journal with no room: only a checkpoint makes
+    /// them durable now (cleared by one).
+    growth_unjournaled: AtomicBool,
+    /// Checkpoints and journal flushes (that had new entries) since mount, for `status`.
+    checkpoints: AtomicU64,
+    journal_flushes: AtomicU64,
     alloc: Mutex<Allocator>,
     next_ino: AtomicU64,
     opts: FsOptions,

@@ -72,6 +72,11 @@ impl Fs {
             gate: RwLock::ranked(Rank::Gate, ()),
             namespace: Mutex::ranked(Rank::Namespace, ()),
             journal: Mutex::ranked(Rank::Journal, loaded.journal),
+            ordered: Mutex::new(BTreeMap::new()),
+            sizes: Mutex::new(BTreeMap::new()),
+            growth_unjournaled: AtomicBool::new(false),
+            checkpoints: AtomicU64::new(0),
+            journal_flushes: AtomicU64::new(0),
             alloc: Mutex::ranked(Rank::Alloc, loaded.alloc),
             next_ino: AtomicU64::new(loaded.next_ino),
             checkpoint_wanted: AtomicBool::new(false),
@@ -111,11 +116,59 @@ impl Fs {
                 for e in alloc.free_extents() {
                     fs.image.discard(e.start * BLOCK_SIZE, e.len * BLOCK_SIZE);
                 }
+                drop(alloc);
+                fs.zero_past_ends()?;
             }
             fs.reclaim_all_orphans()?;
         }
         tracing::info!(image = %path.display(), replayed = loaded.replayed, clean = was_clean, "mounted");
         Ok(fs)
+    }
+
+    /// After an unclean shutdown: zeros every file's bytes past its end, in its partial last
+    /// block and in blocks allocated past it, and makes them durable. A crash can keep the
+    /// mappings of an extending write and lose its size (with a volatile cache the size goes
+    /// to the journal only after the data: [`Fs::defers_growth`]); the data left past the
+    /// end must not reappear when the file grows over it again, as blocks allocated past
+    /// the end read as zeros.
+    fn zero_past_ends(&self) -> FsResult<()> {
+        // Partial last blocks (stored as zeros, then flushed), and whole blocks past the end
+        // (preallocations can be large: zeroed by the host, see `zero_blocks_durably`).
+        let (mut tails, mut blocks) = (Vec::new(), Vec::new());
+        for c in self.table.all() {
+            let i = c.read();
+            if i.kind != Kind::File {
+                continue;
+            }
+            let from = i.size / BLOCK_SIZE;
+            for m in i
+                .extents
+                .mappings_in(from, MAX_FILE_SIZE / BLOCK_SIZE + 1 - from)
+            {
+                let mut first = m.file_block;
+                if first * BLOCK_SIZE < i.size {
+                    let img = m.image_block * BLOCK_SIZE;
+                    let at = i.size % BLOCK_SIZE;
+                    tails.push((img + at, BLOCK_SIZE - at));
+                    first += 1;
+                }
+                let end = m.file_block + m.len;
+                if first < end {
+                    let img = m.image_block + (first - m.file_block);
+                    blocks.push((img * BLOCK_SIZE, (end - first) * BLOCK_SIZE));
+                }
+            }
+        }
+        for &(off, len) in &tails {
+            self.image.zero(off, len);
+        }
+        let what = "zeroing bytes past the ends of files";
+        self.image
+            .flush_ranges(&tails)
+            .map_err(FsError::host(what))?;
+        self.image
+            .zero_blocks_durably(&blocks)
+            .map_err(FsError::host(what))
     }
 
     /// The image.

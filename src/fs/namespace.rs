@@ -121,7 +121,12 @@ impl Fs {
         }
         let cells = [cell];
         let mut held = Held::lock(&cells);
-        self.commit(&mut held, &[Record::Free { ino }])?;
+        // A size not yet journaled must not come after the inode is gone.
+        let unjournaled = self.forget_growth(ino);
+        if let Err(e) = self.commit(&mut held, &[Record::Free { ino }]) {
+            self.restore_growth(ino, unjournaled);
+            return Err(e);
+        }
         self.publish(&mut held);
         Ok(())
     }

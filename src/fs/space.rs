@@ -71,6 +71,8 @@ impl Fs {
         let mut alloc = lock(&self.alloc);
         let mut sb = lock(&self.sb);
         self.is_up()?;
+        // The checkpoint records every size and mapping: the data they expose first.
+        self.flush_ordered()?;
         // The checkpoint records what is free: pending frees are settled first (the journal
         // made durable), so that the blob's free list has them (a clean one is trusted at
         // mount) and the blob's own allocation may use them.
@@ -101,6 +103,10 @@ impl Fs {
             }
         })?;
         self.checkpoint_wanted.store(false, Ordering::SeqCst);
+        // The blob holds every size as it is: the growth not yet journaled is in it.
+        lock(&self.sizes).clear();
+        self.growth_unjournaled.store(false, Ordering::SeqCst);
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(generation = sb.generation, "checkpoint written");
         Ok(())
     }

@@ -104,6 +104,27 @@ pub struct Status {
     /// errnos never met are left out. Absent from a daemon older than this field: empty.
     #[serde(default)]
     pub errors: BTreeMap<String, u64>,
+    /// The journal and what made things durable since mount. Absent from a daemon older
+    /// than this field: zeros.
+    #[serde(default)]
+    pub journal: JournalStatus,
+}
+
+/// The journal in [`Status`]: its fill, and the persistence points since mount.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalStatus {
+    /// Bytes of entries since the last checkpoint.
+    pub used_bytes: u64,
+    /// The journal's size.
+    pub capacity_bytes: u64,
+    /// Checkpoints written since mount (each empties the journal).
+    pub checkpoints: u64,
+    /// Journal flushes since mount that made new entries durable (fsync, the flusher's
+    /// tick, an allocation that settled freed blocks).
+    pub flushes: u64,
+    /// Sizes grown and not in the journal yet (with a volatile cache, until the next
+    /// flush: see the README, "What is durable").
+    pub sizes_pending: u64,
 }
 
 /// A holder in [`Status`].
@@ -386,6 +407,7 @@ pub fn status_for(fs: &Fs, viewer: Option<&Viewer>) -> Status {
             MountState::Up
         },
         errors: fs.errors.snapshot(),
+        journal: fs.journal_status(),
     }
 }
 
@@ -465,6 +487,11 @@ pub fn table_for(fs: &Fs, viewer: Option<&Viewer>) -> String {
     out.push_str(&format!(
         "counters: {} breaks, {} releases, {} timeouts, {} refusals, {} revocations, {} fences\n",
         c.breaks, c.releases, c.timeouts, c.refusals, c.revocations, c.fences
+    ));
+    let j = &v.journal;
+    out.push_str(&format!(
+        "journal: {} of {} bytes used; {} checkpoints and {} flushes since mount; {} grown sizes not journaled yet\n",
+        j.used_bytes, j.capacity_bytes, j.checkpoints, j.flushes, j.sizes_pending
     ));
     out.push_str(&format!("failed requests: {}\n", errors_line(&v.errors)));
     out.push_str("\nHOLDER  PID      COMM             FENCED\n");
@@ -630,6 +657,13 @@ mod tests {
             waiting_breakers: 1,
             mount: MountState::ShutDown,
             errors: [("EEXIST".to_string(), 1), ("ENOENT".to_string(), 2)].into(),
+            journal: JournalStatus {
+                used_bytes: 96,
+                capacity_bytes: 1 << 20,
+                checkpoints: 3,
+                flushes: 7,
+                sizes_pending: 1,
+            },
         };
         let json = to_json(&s);
         assert_eq!(
@@ -641,14 +675,17 @@ mod tests {
                 r#""space":{"block_size":4096,"total_blocks":100,"free_blocks":50,"available_blocks":40,"used_blocks":48,"busy_blocks":2},"#,
                 r#""counters":{"breaks":1,"releases":2,"timeouts":3,"refusals":4,"revocations":5,"fences":6},"#,
                 r#""policy":{"break_policy":"wait","lease_break_time_ms":null,"busy_blocks":true,"guest_break_time_ms":500,"allow_unbreakable":false},"#,
-                r#""waiting_breakers":1,"mount":"shut_down","errors":{"EEXIST":1,"ENOENT":2}}"#
+                r#""waiting_breakers":1,"mount":"shut_down","errors":{"EEXIST":1,"ENOENT":2},"#,
+                r#""journal":{"used_bytes":96,"capacity_bytes":1048576,"checkpoints":3,"flushes":7,"sizes_pending":1}}"#
             )
         );
         assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), s);
-        // A document without the newer field reads back with no errors.
+        // A document without the newer fields reads back with no errors and a zero journal.
         let old = json.replace(r#","errors":{"EEXIST":1,"ENOENT":2}"#, "");
+        let old = old.split(r#","journal":"#).next().unwrap().to_string() + "}";
         let read = serde_json::from_str::<Status>(&old).unwrap();
         assert!(read.errors.is_empty());
+        assert_eq!(read.journal, JournalStatus::default());
         assert_eq!(errors_line(&s.errors), "EEXIST 1, ENOENT 2");
         assert_eq!(errors_line(&read.errors), "none");
     }

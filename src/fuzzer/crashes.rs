@@ -28,10 +28,11 @@
 //! leaves is that of some point of the program, never half an operation. `fsync` (and every
 //! journal flush: `fsync`, the flusher's tick) makes the whole journal durable; `fsync` of a
 //! file makes its written ranges durable. Data written without `fsync` is not promised: a
-//! crash may show any mix of 64-byte lines of what the file held since its last `fsync`
-//! (pinfs does not order data before the metadata that extends a file, so a size may come
-//! with zeros where the data did not reach the image yet: bytes past a version's end read as
-//! zero when a later version extends the file, so they count as that version's).
+//! crash may show any mix of 64-byte lines of what the file held since its last `fsync`.
+//! But pinfs orders data before the metadata that exposes it (an extension's bytes and new
+//! blocks are durable before the journal entry that sets the size or maps them), so a crash
+//! never shows a size without its data: every byte it shows is one a version of the file
+//! held at that offset, within that version's size.
 //! - (a) fsck finds the state clean, and it mounts.
 //! - (b) A file fsync'd and not changed since (the step in flight counts as a change) holds
 //!   exactly what it held at the fsync: content and size.
@@ -39,8 +40,9 @@
 //!   its two names (a rename is atomic: both names or none is a rename half-done), and under
 //!   one it had since the last journal flush; its size is one it had since the last journal
 //!   flush; every byte is what some version of the file since its last `fsync` held at that
-//!   offset (zero past that version's end); no name appears that never existed; a new file
-//!   holds only its own byte or zeros.
+//!   offset, within that version's size (no zeros where the data did not reach the image:
+//!   a size without its data); no name appears that never existed; a new file holds only
+//!   its own byte or zeros (its holes).
 //!
 //! A failure names the seed, the step, the persistence point, the subset of lines and the
 //! rule, and is shrunk to a short program (steps removed while it still fails), with the
@@ -397,10 +399,7 @@ impl Explorer<'_> {
             }
             let window = &h.versions[h.data_start..];
             for (i, &b) in got.iter().enumerate() {
-                let held = window
-                    .iter()
-                    .rev()
-                    .any(|v| v.get(i).map_or(b == 0, |&x| x == b));
+                let held = window.iter().rev().any(|v| v.get(i) == Some(&b));
                 if !held {
                     let was: BTreeSet<String> = window.iter().map(|v| show(v.get(i))).collect();
                     return Err(format!(

@@ -48,6 +48,7 @@ use crate::fuzzer::{
 };
 use crate::holder::client::Connection;
 use crate::store::image::BLOCK_SIZE;
+use crate::trace::watch::Mark;
 
 /// Settings of a concurrent run.
 #[derive(Debug, Clone)]
@@ -68,6 +69,9 @@ pub struct MountFuzz {
     /// image; then the mount's options apply, and fsck and the final busy-block check are
     /// left to its owner.
     pub mount: Option<PathBuf>,
+    /// Write the mount's lease events, its busy blocks and the breakers' steps to this file
+    /// as a trace ([`crate::trace`]).
+    pub trace: Option<PathBuf>,
 }
 
 impl MountFuzz {
@@ -128,6 +132,9 @@ struct Shared {
     holder_stdin: Mutex<HashMap<usize, ChildStdin>>,
     /// The termination signal that stopped the run early (0: none).
     interrupted: AtomicI32,
+    /// With `--trace`: where breakers and fences report to the trace's thread (a send is
+    /// all a step pays).
+    marks: Option<std::sync::mpsc::Sender<Mark>>,
 }
 
 #[track_caller]
@@ -161,6 +168,18 @@ impl Shared {
         self.interrupted.store(sig, Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
         lock(&self.holder_stdin).clear();
+    }
+
+    /// An instant for the trace, if there is one.
+    fn mark(&self, track: &str, name: &str, args: crate::trace::Args) {
+        if let Some(tx) = &self.marks {
+            let _ = tx.send(Mark {
+                track: crate::trace::Track::Actor(track.into()),
+                name: name.into(),
+                at: crate::trace::now_micros(),
+                args,
+            });
+        }
     }
 
     fn violation(&self, what: String) {
@@ -283,6 +302,17 @@ fn file_step(sh: &Shared, op: Op) {
             apply(&mut model, &e);
             if let Some((file, first, end)) = broken_blocks(&e).filter(|b| b.1 < b.2) {
                 lock(&sh.ledger).breaker(file, first, end, started, done);
+                if sh.marks.is_some() {
+                    let mut args = crate::trace::Args::new();
+                    args.insert("file".into(), file_name(file).into());
+                    args.insert("op".into(), format!("{e:?}").into());
+                    args.insert("blocks".into(), format!("{first}..{end}").into());
+                    args.insert(
+                        "took_us".into(),
+                        (done.saturating_sub(started) / 1_000).into(),
+                    );
+                    sh.mark("breakers", "breaker_done", args);
+                }
             }
         }
         // Out of space (a zero range that finds no blocks included): nothing changed.
@@ -339,7 +369,12 @@ fn fence(sh: &Shared, holder: usize) {
     };
     let started = now_ns();
     match Connection::for_path(&sh.dir).and_then(|mut c| c.fence(session)) {
-        Ok(_) => lock(&sh.ledger).fenced(session, started, now_ns()),
+        Ok(_) => {
+            lock(&sh.ledger).fenced(session, started, now_ns());
+            let mut args = crate::trace::Args::new();
+            args.insert("holder".into(), session.into());
+            sh.mark("administrator", "fence", args);
+        }
         // That connection has gone already (the holder died or reconnected), or this user
         // may not fence (a run on a mount of the user's, not as root).
         Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::EPERM)) => {}
@@ -479,6 +514,50 @@ fn mount_status(dir: &Path) -> Option<Status> {
     serde_json::from_str(&json).ok()
 }
 
+/// The trace's thread and how to stop it.
+struct Tracer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+/// Starts following the mount at `dir` into the trace file `path`, with the marks sent to
+/// the returned sender.
+fn start_trace(
+    path: &Path,
+    file: File,
+    dir: &Path,
+) -> Result<(std::sync::mpsc::Sender<Mark>, Tracer), String> {
+    let io = {
+        let p = path.to_path_buf();
+        move |e: std::io::Error| format!("{}: {e}", p.display())
+    };
+    let mut rec = crate::trace::Recorder::new(
+        std::io::BufWriter::new(file),
+        &format!("pinfs fuzz on {}", dir.display()),
+    )
+    .map_err(&io)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stop2, dir) = (stop.clone(), dir.to_path_buf());
+    let thread = std::thread::spawn(move || {
+        let how = crate::trace::watch::Follow {
+            echo: false,
+            stop: &|| stop2.load(Ordering::SeqCst),
+            marks: Some(&rx),
+        };
+        let end = crate::trace::watch::follow(&dir, &mut rec, &how);
+        // The marks sent after the last look.
+        while let Ok(m) = rx.try_recv() {
+            rec.writer()
+                .instant(&m.track, &m.name, m.at, &m.args)
+                .map_err(&io)?;
+        }
+        rec.finish(crate::trace::now_micros()).map_err(&io)?;
+        end.map(|_| ())
+    });
+    Ok((tx, Tracer { stop, thread }))
+}
+
 /// Runs the concurrent fuzzer on a fresh image (mounted with `cfg.options`), or in a
 /// directory of `cfg.mount`.
 pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
@@ -507,10 +586,34 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         }
     };
     let (img_s, dir_s) = (img.to_string_lossy(), dir.to_string_lossy());
+    // Before the mount: a trace that cannot be written stops the run before it starts.
+    let trace_file = match &cfg.trace {
+        None => None,
+        Some(p) => Some(File::create(p).map_err(|e| {
+            format!(
+                "{}: cannot write the trace: {e}; give --trace a path in a writable directory",
+                p.display()
+            )
+        })?),
+    };
     if own {
         pinfs(&["mkfs", &img_s, "--size", "128M"])?;
         pinfs(&["mount", &img_s, &dir_s, "-o", &cfg.options])?;
     }
+    // The trace's thread follows the mount from before the first step to after the last
+    // check.
+    let (marks, tracer) = match (&cfg.trace, trace_file) {
+        (Some(path), Some(file)) => match start_trace(path, file, &dir) {
+            Ok((tx, t)) => (Some(tx), Some(t)),
+            Err(e) => {
+                if own {
+                    let _ = Command::new("umount").arg(&dir).status();
+                }
+                return Err(e);
+            }
+        },
+        _ => (None, None),
+    };
     let sh = Arc::new(Shared {
         dir: dir.clone(),
         seed: cfg.seed,
@@ -529,6 +632,7 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         ledger: Mutex::ranked(Rank::FuzzLedger, Ledger::default()),
         holder_stdin: Mutex::new(HashMap::new()),
         interrupted: AtomicI32::new(0),
+        marks,
     });
     {
         let sh = sh.clone();
@@ -603,6 +707,14 @@ pub fn run(cfg: &MountFuzz) -> Result<Report, String> {
         sh.violation(format!(
             "{busy} blocks still busy after every holder of the run left"
         ));
+    }
+    if let Some(t) = tracer {
+        t.stop.store(true, Ordering::SeqCst);
+        match t.thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("pinfs fuzz: the trace: {e}"),
+            Err(_) => eprintln!("pinfs fuzz: the trace's thread panicked"),
+        }
     }
     if own {
         let _ = Command::new("umount").arg(&dir).status();

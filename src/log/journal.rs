@@ -124,9 +124,19 @@ impl Journal {
         self.tail as f64 > self.cap as f64 * Self::SOFT_LIMIT
     }
 
+    /// Are entries appended that are not durable yet?
+    pub fn has_unsynced(&self) -> bool {
+        self.tail > self.synced
+    }
+
     /// Bytes used.
     pub fn used(&self) -> u64 {
         self.tail
+    }
+
+    /// Bytes the journal holds in all.
+    pub fn capacity(&self) -> u64 {
+        self.cap
     }
 
     /// Sequence number the next entry will get.
@@ -147,7 +157,7 @@ impl Journal {
     /// unsynced, so the next call tries them again.
     pub fn flush(&mut self, image: &Image) -> std::io::Result<u64> {
         if self.tail > self.synced {
-            if !debug_drop_journal_flush() {
+            if !debug_drop_flush("journal") {
                 image.flush(self.base + self.synced, self.tail - self.synced)?;
             }
             self.synced = self.tail;
@@ -157,14 +167,23 @@ impl Journal {
     }
 }
 
-/// A fault for the crash-state explorer's own test ([`crate::fuzzer::crashes`]): with
-/// `PINFS_DEBUG_DROP_FLUSH=journal` in the environment, a debug build skips the flush that
-/// makes the journal's new entries durable, and goes on as if it had made them so. Release
-/// builds ignore the variable (always false).
-fn debug_drop_journal_flush() -> bool {
+/// Faults for the crash-state explorer's own tests ([`crate::fuzzer::crashes`]): with
+/// `PINFS_DEBUG_DROP_FLUSH` naming `kind` in the environment (a comma-separated list), a
+/// debug build skips that flush and goes on as if it had made its ranges durable:
+/// `journal`, the journal's new entries; `ordered`, the data that new metadata exposes,
+/// flushed before the journal (`Fs::flush_ordered`). Release builds ignore the variable.
+pub(crate) fn debug_drop_flush(kind: &str) -> bool {
     if !cfg!(debug_assertions) {
         return false;
     }
-    static DROP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DROP.get_or_init(|| std::env::var_os("PINFS_DEBUG_DROP_FLUSH").is_some_and(|v| v == "journal"))
+    static DROP: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    DROP.get_or_init(|| {
+        std::env::var("PINFS_DEBUG_DROP_FLUSH")
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_owned)
+            .collect()
+    })
+    .iter()
+    .any(|k| k == kind)
 }

@@ -63,8 +63,12 @@ use crate::store::windows::{WindowPiece, Windows};
 
 /// Bytes per block.
 pub const BLOCK_SIZE: u64 = 4096;
-/// On-image format version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+/// On-image format version this build writes (the superblock says it from the first write
+/// on). Version 3 added the journal's `Grow` record.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest format version this build reads: a version-2 image is one whose journal holds
+/// no `Grow` records, which this build replays as it is, and writes as version 3.
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
 const OWNER_NOTE_OFFSET: u64 = 2048;
 /// The byte after the owner note's mount point when that mount was detached (0 otherwise).
 const DETACHED_MARK: u8 = 0xde;
@@ -718,6 +722,53 @@ impl Image {
         };
     }
 
+    /// Makes whole blocks that stay in use read as zeros, durably, cheaply however many
+    /// they are: the image file's range is zeroed by the host (`FALLOC_FL_ZERO_RANGE`, which
+    /// keeps its space; zeros written where the host cannot), a volatile cache's range is
+    /// punched (memory, given back until stored into again), and the file synced. For
+    /// blocks nobody stores into meanwhile (a mount's set-up).
+    pub fn zero_blocks_durably(&self, ranges: &[(u64, u64)]) -> io::Result<()> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        self.persistence_point();
+        for &(off, len) in ranges {
+            self.check_range(off, len as usize);
+            debug_assert!(off % BLOCK_SIZE == 0 && len % BLOCK_SIZE == 0);
+            let host = match &self.durable {
+                Some(d) => {
+                    let punched = rustix::fs::fallocate(
+                        &self.file,
+                        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                        off,
+                        len,
+                    );
+                    if punched.is_err() {
+                        self.zero(off, len);
+                    }
+                    d.check()?
+                }
+                None => &self.file,
+            };
+            let zeroed = rustix::fs::fallocate(
+                host,
+                FallocateFlags::ZERO_RANGE | FallocateFlags::KEEP_SIZE,
+                off,
+                len,
+            );
+            if zeroed.is_err() {
+                let zeros = vec![0u8; len.min(1 << 20) as usize];
+                let mut at = off;
+                while at < off + len {
+                    let n = (off + len - at).min(zeros.len() as u64) as usize;
+                    host.write_all_at(&zeros[..n], at).map_err(full_host)?;
+                    at += n as u64;
+                }
+            }
+        }
+        self.sync_host()
+    }
+
     /// Makes `off..off+len` durable on the host: the parts behind DAX windows are written
     /// into the image file and the file is `fdatasync`ed; the rest is `msync(MS_SYNC)`ed
     /// (which the kernel implements as a data sync of that file range: it writes the pages,
@@ -725,39 +776,54 @@ impl Image {
     /// returned after every part was tried; the caller reports it (`EIO`) and keeps the
     /// range dirty.
     pub fn flush(&self, off: u64, len: u64) -> io::Result<()> {
-        let start = off & !(BLOCK_SIZE - 1);
-        let end = off.saturating_add(len).min(self.len);
-        if end <= start {
+        self.flush_ranges(&[(off, len)])
+    }
+
+    /// Makes each `(offset, len)` of `ranges` durable as [`Image::flush`] does one: a single
+    /// persistence point, and one host sync for all of them where one is needed.
+    pub fn flush_ranges(&self, ranges: &[(u64, u64)]) -> io::Result<()> {
+        let ranges: Vec<(u64, u64)> = ranges
+            .iter()
+            .filter_map(|&(off, len)| {
+                let start = off & !(BLOCK_SIZE - 1);
+                let end = off.saturating_add(len).min(self.len);
+                (end > start).then_some((start, end - start))
+            })
+            .collect();
+        if ranges.is_empty() {
             return Ok(());
         }
         self.persistence_point();
-        // SAFETY: the range is inside our live mapping (clamped to its length above).
-        let done = unsafe {
-            self.windows
-                .write_back(self.map.as_ptr(), &self.file, start, end - start)
-        };
         let mut failed = None;
-        let rest = match done {
-            Ok(d) => {
-                if d.windowed > 0 {
-                    if let Err(e) = self.sync_host() {
-                        failed.get_or_insert(e);
-                    }
+        let mut rest = Vec::new();
+        let mut windowed = 0;
+        for &(start, len) in &ranges {
+            // SAFETY: the range is inside our live mapping (clamped to its length above).
+            match unsafe {
+                self.windows
+                    .write_back(self.map.as_ptr(), &self.file, start, len)
+            } {
+                Ok(d) => {
+                    windowed += d.windowed;
+                    rest.extend(d.rest);
                 }
-                d.rest
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
-            Err(e) => {
+        }
+        if windowed > 0 {
+            if let Err(e) = self.sync_host() {
                 failed.get_or_insert(e);
-                Vec::new()
             }
-        };
+        }
         if self.durable.is_some() {
-            // The cache is memory: the range is durable once it is in the image file.
+            // The cache is memory: the ranges are durable once they are in the image file.
             if failed.is_none() {
-                if let Err(e) = self
-                    .persist(start, end - start)
-                    .and_then(|()| self.sync_host())
-                {
+                let copied = ranges
+                    .iter()
+                    .try_for_each(|&(start, len)| self.persist(start, len));
+                if let Err(e) = copied.and_then(|()| self.sync_host()) {
                     failed.get_or_insert(e);
                 }
             }

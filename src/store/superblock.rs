@@ -2,7 +2,7 @@
 //! checkpoint lives; how a copy is encoded, checked and told apart from a torn or damaged one.
 
 use crate::format::codec::{crc32c, Reader, Writer};
-use crate::store::image::{BLOCK_SIZE, FORMAT_VERSION};
+use crate::store::image::{BLOCK_SIZE, FORMAT_VERSION, OLDEST_FORMAT_VERSION};
 
 pub(crate) const MAGIC: &[u8; 8] = b"PINFSimg";
 pub(crate) const SUPERBLOCK_BYTES: usize = 2048;
@@ -100,9 +100,9 @@ impl Superblock {
         let torn = |e: crate::format::codec::DecodeError| CopyProblem::Torn(e.0);
         let mut r = Reader::new(&bytes[8..]);
         let version = r.u32().map_err(torn)?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(damaged(format!(
-                "format version {version} is not supported by this pinfs (it reads version {FORMAT_VERSION}); use a matching pinfs build"
+                "format version {version} is not supported by this pinfs (it reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}); use a matching pinfs build"
             )));
         }
         let bs = r.u32().map_err(torn)?;

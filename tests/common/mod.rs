@@ -67,6 +67,11 @@ impl Mount {
             .prefix("pinfs-test")
             .tempdir()
             .expect("tempdir");
+        Mount::new_in(dir, size, options)
+    }
+
+    /// A mount of a fresh image in `dir` (which it owns and removes).
+    pub fn new_in(dir: tempfile::TempDir, size: &str, options: &str) -> Mount {
         // Other users must be able to reach the mount (permission tests run as nobody).
         std::fs::set_permissions(
             dir.path(),

@@ -42,7 +42,13 @@ const COMMANDS: &[(&str, &[&str])] = &[
     ),
     (
         "status",
-        &["--json", "--events", "--follow", "<MOUNTPOINT>"],
+        &[
+            "--json",
+            "--events",
+            "--follow",
+            "--trace <FILE>",
+            "<MOUNTPOINT>",
+        ],
     ),
     ("fence", &["<MOUNTPOINT>", "<HOLDER>"]),
     (
@@ -57,8 +63,10 @@ const COMMANDS: &[(&str, &[&str])] = &[
             "--threads",
             "-o <OPTIONS>",
             "--mount",
+            "--trace <FILE>",
         ],
     ),
+    ("timeline", &["<TRACE>", "-o, --output <SVG>"]),
     ("demo", &[]),
     ("completions", &["<SHELL>", "bash", "zsh", "fish"]),
 ];

@@ -68,8 +68,8 @@ fn with_a_volatile_cache_each_flag_keeps_exactly_what_it_makes_durable() {
     );
     assert_eq!(err_of(fs::metadata(m.path("unsynced"))), libc::ENOENT);
     assert_eq!(err_of(fs::metadata(m.path("dir"))), libc::ENOENT);
-    // LOGFLUSH: the journal is made durable, not the data: the names and sizes are there,
-    // the unsynced bytes are not (they read as zeros, never as another file's old bytes).
+    // LOGFLUSH: the journal is made durable: the names and sizes are there, and a size
+    // comes with the data it exposes (ordered before it), never over zeros.
     write_files(&m);
     assert_eq!(shutdown_ioctl(&m, 1), 0);
     cycle(&mut m);
@@ -78,12 +78,7 @@ fn with_a_volatile_cache_each_flag_keeps_exactly_what_it_makes_durable() {
         b"made durable by fsync"
     );
     assert!(fs::metadata(m.path("dir")).unwrap().is_dir());
-    let left = fs::read(m.path("unsynced")).unwrap();
-    assert_eq!(left.len(), b"never synced".len());
-    assert!(
-        left == b"never synced" || left.iter().all(|&b| b == 0),
-        "the unsynced file holds its bytes or zeros: {left:?}"
-    );
+    assert_eq!(fs::read(m.path("unsynced")).unwrap(), b"never synced");
     // DEFAULT: data and metadata, as syncfs would.
     fs::remove_file(m.path("unsynced")).unwrap();
     fs::remove_dir(m.path("dir")).unwrap();
@@ -92,6 +87,43 @@ fn with_a_volatile_cache_each_flag_keeps_exactly_what_it_makes_durable() {
     cycle(&mut m);
     assert_eq!(fs::read(m.path("unsynced")).unwrap(), b"never synced");
     assert!(fs::metadata(m.path("dir")).unwrap().is_dir());
+}
+
+#[test]
+fn with_a_volatile_cache_a_size_made_durable_by_another_fsync_comes_with_its_data() {
+    if skip_without_fuse(
+        "with_a_volatile_cache_a_size_made_durable_by_another_fsync_comes_with_its_data",
+    ) {
+        return;
+    }
+    let mut m = Mount::new("64M", "volatile_cache");
+    // Two files, durable as they are.
+    let appended = new_file(m.path("appended"));
+    appended.write_all_at(&[b'a'; 1000], 0).unwrap();
+    let grown = new_file(m.path("grown"));
+    let other = new_file(m.path("other"));
+    appended.sync_all().unwrap();
+    grown.sync_all().unwrap();
+    // Extended and never synced themselves: a write past the end (a new block), and a
+    // truncate up followed by a write into the grown range.
+    appended.write_all_at(&[b'b'; 20000], 1000).unwrap();
+    grown.set_len(12288).unwrap();
+    grown.write_all_at(b"inside", 8192).unwrap();
+    // Another file's fsync flushes the journal, the new sizes with it: their data first.
+    other.write_all_at(b"x", 0).unwrap();
+    other.sync_all().unwrap();
+    drop((appended, grown, other));
+    assert_eq!(shutdown_ioctl(&m, 2), 0);
+    cycle(&mut m);
+    let got = fs::read(m.path("appended")).unwrap();
+    assert_eq!(got.len(), 21000, "the appended size was made durable");
+    let first_zero = got.iter().position(|&b| b == 0);
+    assert_eq!(first_zero, None, "the appended size came without its data");
+    assert_eq!(&got[..1000], &[b'a'; 1000][..]);
+    assert_eq!(&got[1000..], &[b'b'; 20000][..]);
+    let got = fs::read(m.path("grown")).unwrap();
+    assert_eq!(got.len(), 12288);
+    assert_eq!(&got[8192..8198], b"inside");
 }
 
 #[test]
