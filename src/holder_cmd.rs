@@ -299,6 +299,19 @@ fn exported(
                     Some(EventKind::Break { .. }) if !cmd.ignore_breaks && served => {
                         let peers = nic.start_recall(rkey).map_err(|e| e.to_string())?;
                         recalling = true;
+                        // Reported now, before any ack can come back, so that watchers see
+                        // every recall sent (a peer that acks and disconnects at once would
+                        // otherwise go from connected straight to gone); the next report
+                        // tells the acks.
+                        let sent: Vec<crate::remote::PeerRef> = peers
+                            .iter()
+                            .map(|&addr| crate::remote::PeerRef {
+                                addr,
+                                state: crate::remote::PeerState::Recalling,
+                            })
+                            .collect();
+                        let _ = conn.report_peers(pin_id, &sent);
+                        reported = 0;
                         let peers = peers.iter().map(|a| a.to_string()).collect();
                         line("recall", Some(peers), None);
                     }

@@ -121,7 +121,8 @@ pub enum Command {
     /// deadlines, revocations and fences as markers, busy blocks as a line.
     #[command(args_override_self = true)]
     Timeline(TimelineArgs),
-    /// Show every break policy at work, with and without busy blocks.
+    /// Show every break policy at work, with and without busy blocks, for a local holder
+    /// and for a remote peer that ignores the recall (and with an on-demand export).
     ///
     /// Mounts fresh images (root, /dev/fuse); exit status 1 if any outcome is not the
     /// expected one.

@@ -70,7 +70,7 @@ use crate::holder::protocol::{
     frames, poll_ms, socket_path, Event, Grant, Packet, PeerCred, PinExtent, Reply, Request,
     WindowExtent,
 };
-use crate::lease::{HolderId, HolderInfo, PinRequest};
+use crate::lease::{HolderId, HolderInfo, PinId, PinRequest};
 use crate::store::windows::WindowPiece;
 
 /// Threads that run requests.
@@ -809,9 +809,57 @@ fn answer(
                 hub.holders.insert(h, conn);
                 holder = Some(h);
             }
+            if let (Some(h), Request::Peers { pin, total, peers }) = (holder, &req) {
+                return peers_reported(fs, shared, h, *pin, *total, peers, &id);
+            }
             reply(&id, respond(fs, holder, peer, groups, &req, fds))
         }
     }
+}
+
+/// A holder's `peers` report: recorded, and each change told to the watchers as
+/// `event remote` (not kept in the lease events: a watcher gets those that come after it
+/// started watching).
+fn peers_reported(
+    fs: &Fs,
+    shared: &Shared,
+    holder: HolderId,
+    pin: PinId,
+    total: u64,
+    peers: &[crate::holder::protocol::RemotePeer],
+    id: &str,
+) -> Outgoing {
+    use crate::holder::protocol::{RemoteEvent, Timestamp};
+    let changes = match fs.report_peers(holder, pin, total, peers) {
+        Ok(c) => c,
+        Err(e) => {
+            return err(
+                id,
+                e.errno(),
+                format!("peers of pin {pin}: {e} (export it first)"),
+            )
+        }
+    };
+    if !changes.is_empty() {
+        let time = Timestamp::of(std::time::SystemTime::now());
+        let mut hub = shared.hub();
+        for (peer, state) in changes {
+            let text = Event::Remote(RemoteEvent {
+                holder,
+                pin,
+                peer,
+                state,
+                time,
+            })
+            .encode();
+            // Past every sequence number: remote events are not in the lease event log,
+            // so every watcher gets them.
+            hub.tell_watchers(u64::MAX, &text);
+        }
+        drop(hub);
+        shared.waker.wake();
+    }
+    reply(id, Ok((Reply::Done, Vec::new())))
 }
 
 /// A reply as the packets that carry it (several for a long one, see [`frames`]); the
@@ -1002,7 +1050,7 @@ fn respond(
                 return Err((libc::ENOENT, "peers: this connection holds no pins".into()));
             };
             match fs.report_peers(holder, *pin, *total, peers) {
-                Ok(()) => done(Reply::Done),
+                Ok(_) => done(Reply::Done),
                 Err(e) => Err((
                     e.errno(),
                     format!("peers of pin {pin}: {e} (export it first)"),

@@ -4,13 +4,15 @@
 //! holder says about its peers; it only bounds it: one entry per pin the lease manager
 //! still has (entries of pins that went are dropped at the next report and never shown),
 //! at most [`MAX_REMOTE_PEERS`] peers kept per entry, each a parsed address and a state.
+//! A report's changes (a peer's new state, a peer gone) go to the mount's watchers as
+//! `event remote` (see [`crate::holder::protocol`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::error::{FsError, FsResult};
 use crate::fs::{lock, Fs};
-use crate::holder::protocol::{RemotePeer, MAX_REMOTE_PEERS};
+use crate::holder::protocol::{RemotePeer, RemoteState, MAX_REMOTE_PEERS};
 use crate::lease::{HolderId, LeaseError, PinId};
 
 /// One pin's export.
@@ -69,14 +71,16 @@ impl Fs {
         Ok(())
     }
 
-    /// Records the peers `holder` reports for its exported pin `pin`.
+    /// Records the peers `holder` reports for its exported pin `pin`; returns what changed
+    /// since its last report, for watchers: each kept peer whose state is new, and each
+    /// peer of the last report that is not in this one (`gone`).
     pub fn report_peers(
         &self,
         holder: HolderId,
         pin: PinId,
         total: u64,
         peers: &[RemotePeer],
-    ) -> FsResult<()> {
+    ) -> FsResult<Vec<(SocketAddr, RemoteState)>> {
         self.own_pin(holder, pin)?;
         let mut ex = lock(&self.exports);
         let e = ex
@@ -84,9 +88,21 @@ impl Fs {
             .get_mut(&pin)
             .filter(|e| e.holder == holder)
             .ok_or(FsError::Lease(LeaseError::NoSuchPin))?;
-        e.peers = peers[..peers.len().min(MAX_REMOTE_PEERS)].to_vec();
+        let kept = &peers[..peers.len().min(MAX_REMOTE_PEERS)];
+        let mut changes: Vec<(SocketAddr, RemoteState)> = kept
+            .iter()
+            .filter(|p| !e.peers.contains(p))
+            .map(|p| (p.addr, RemoteState::of(p.state)))
+            .collect();
+        changes.extend(
+            e.peers
+                .iter()
+                .filter(|old| !kept.iter().any(|p| p.addr == old.addr))
+                .map(|old| (old.addr, RemoteState::Gone)),
+        );
+        e.peers = kept.to_vec();
         e.total = total.max(e.peers.len() as u64);
-        Ok(())
+        Ok(changes)
     }
 
     /// The exports of the pins in `live`.

@@ -350,6 +350,7 @@ fn event_view(e: &Event) -> PinfsEvent {
             }
         }
         Event::Lease(l) => l,
+        Event::Remote(_) => return PinfsEvent::default(),
     };
     let (kind, deadline) = match l.kind {
         EventKind::Granted => (PINFS_EVENT_GRANTED, None),
@@ -403,6 +404,11 @@ pub unsafe extern "C" fn pinfs_next_event(
         let Some(e) = c.conn.next_event(timeout)? else {
             return Ok(0);
         };
+        // Remote-peer events go to watchers only, never to a holder's connection; should
+        // one come, it is not a lease event and is not reported as one.
+        if matches!(e, Event::Remote(_)) {
+            return Ok(0);
+        }
         // SAFETY: `out` is non-NULL (checked) and writable, by this function's contract.
         unsafe { out.write(event_view(&e)) };
         Ok(1)

@@ -55,6 +55,14 @@
 //! `granted`, `break`, `released`, `revoked`, `refused`, `fenced`, `holder_gone`
 //! (`deadline_ms=never` when a break has no deadline).
 //!
+//! **Remote peers.** Watchers (`watch`) also get `event remote holder=H pin=P peer=A:PORT
+//! state=S time=S.N` whenever a holder's `peers` report changes a peer's state on an
+//! exported pin: `S` is `connected` (the peer took a reference), `recalling` (the holder sent
+//! it a recall), `acked` (it acked the recall), or `gone` (it left the list: it disconnected,
+//! or the holder withdrew the export). The daemon only passes on what the holder reports
+//! (it is not in the data path); these events are not kept in `events` and a holder's own
+//! connection does not get them.
+//!
 //! [`Request`], [`Reply`] and [`Event`] are these messages as types, each with `encode` (the
 //! text above) and `parse`, which the daemon and every client share. Parsing is total: any
 //! byte string either parses or is an error, never a panic; nothing in a message can make
@@ -726,11 +734,62 @@ pub struct LeaseEvent {
     pub time: Timestamp,
 }
 
+/// Where a remote peer's reference went, as `event remote` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteState {
+    /// `connected`: the peer holds a reference.
+    Connected,
+    /// `recalling`: the holder sent it a recall, not yet acked.
+    Recalling,
+    /// `acked`: it acked the recall; the key is invalid for it.
+    Acked,
+    /// `gone`: it left the holder's list (disconnected, or the export was withdrawn).
+    Gone,
+}
+
+impl RemoteState {
+    /// The name events carry.
+    pub fn name(self) -> &'static str {
+        match self {
+            RemoteState::Connected => "connected",
+            RemoteState::Recalling => "recalling",
+            RemoteState::Acked => "acked",
+            RemoteState::Gone => "gone",
+        }
+    }
+
+    /// A reference's state as a holder reports it.
+    pub fn of(state: crate::remote::PeerState) -> RemoteState {
+        match state {
+            crate::remote::PeerState::Connected => RemoteState::Connected,
+            crate::remote::PeerState::Recalling => RemoteState::Recalling,
+            crate::remote::PeerState::Acked => RemoteState::Acked,
+        }
+    }
+}
+
+/// A change of a remote peer's reference on an exported pin, as its holder reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEvent {
+    /// The holder that exported the pin.
+    pub holder: u64,
+    /// The exported pin.
+    pub pin: u64,
+    /// The peer's address.
+    pub peer: std::net::SocketAddr,
+    /// Where its reference went.
+    pub state: RemoteState,
+    /// When the daemon got the report.
+    pub time: Timestamp,
+}
+
 /// A notification from the daemon (a message whose id is `event`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// `event K holder=H pin=P ino=I offset=O len=L time=S.N [deadline_ms=D]`.
     Lease(LeaseEvent),
+    /// `event remote holder=H pin=P peer=A:PORT state=S time=S.N` (watchers only).
+    Remote(RemoteEvent),
     /// `event lost count=N`: a watcher fell behind and missed this many events.
     Lost {
         /// Events missed.
@@ -743,6 +802,7 @@ impl Event {
     pub fn name(&self) -> &'static str {
         match self {
             Event::Lease(e) => e.kind.name(),
+            Event::Remote(_) => "remote",
             Event::Lost { .. } => "lost",
         }
     }
@@ -751,7 +811,7 @@ impl Event {
     pub fn lease(&self) -> Option<&LeaseEvent> {
         match self {
             Event::Lease(e) => Some(e),
-            Event::Lost { .. } => None,
+            Event::Remote(_) | Event::Lost { .. } => None,
         }
     }
 
@@ -759,6 +819,16 @@ impl Event {
     pub fn encode(&self) -> String {
         let e = match self {
             Event::Lost { count } => return format!("event lost count={count}"),
+            Event::Remote(r) => {
+                return format!(
+                    "event remote holder={} pin={} peer={} state={} time={}",
+                    r.holder,
+                    r.pin,
+                    r.peer,
+                    r.state.name(),
+                    r.time
+                )
+            }
             Event::Lease(e) => e,
         };
         let mut t = format!(
@@ -794,6 +864,31 @@ impl Event {
                     count: w.num("count").map_err(bad)?,
                 })
             }
+            "remote" => {
+                let time = w.arg("time").ok_or_else(|| bad("missing time=".into()))?;
+                let peer = w.arg("peer").ok_or_else(|| bad("missing peer=".into()))?;
+                return Ok(Event::Remote(RemoteEvent {
+                    holder: w.num("holder").map_err(bad)?,
+                    pin: w.num("pin").map_err(bad)?,
+                    peer: peer
+                        .parse()
+                        .map_err(|_| bad(format!("peer={peer} is not ADDR:PORT")))?,
+                    state: match w.arg("state") {
+                        Some("connected") => RemoteState::Connected,
+                        Some("recalling") => RemoteState::Recalling,
+                        Some("acked") => RemoteState::Acked,
+                        Some("gone") => RemoteState::Gone,
+                        other => {
+                            return Err(bad(format!(
+                                "state={} is not connected, recalling, acked or gone",
+                                other.unwrap_or("(missing)")
+                            )))
+                        }
+                    },
+                    time: Timestamp::parse(time)
+                        .ok_or_else(|| bad(format!("time={time} is not S.NNNNNNNNN")))?,
+                }));
+            }
             "granted" => EventKind::Granted,
             "break" => EventKind::Break {
                 deadline_ms: match w.arg("deadline_ms") {
@@ -827,7 +922,8 @@ impl Event {
 
 /// An event as JSON (`status --events`, `status --follow`, `pinfs pin`): `time`, `event`,
 /// `holder`, `pin` (`null`: none), `ino`, `offset`, `len`, and for a break `deadline_ms`
-/// (`null`: no deadline); a `lost` is `{"event":"lost","count":N}`.
+/// (`null`: no deadline); a `lost` is `{"event":"lost","count":N}`; a `remote` is
+/// `{"time":T,"event":"remote","holder":H,"pin":P,"peer":"A:PORT","state":S}`.
 #[derive(serde::Serialize)]
 struct EventJson {
     time: Timestamp,
@@ -842,6 +938,16 @@ struct EventJson {
 }
 
 #[derive(serde::Serialize)]
+struct RemoteJson {
+    time: Timestamp,
+    event: &'static str,
+    holder: u64,
+    pin: u64,
+    peer: String,
+    state: &'static str,
+}
+
+#[derive(serde::Serialize)]
 struct LostJson {
     event: &'static str,
     count: u64,
@@ -853,6 +959,15 @@ impl serde::Serialize for Event {
             Event::Lost { count } => LostJson {
                 event: "lost",
                 count: *count,
+            }
+            .serialize(s),
+            Event::Remote(r) => RemoteJson {
+                time: r.time,
+                event: "remote",
+                holder: r.holder,
+                pin: r.pin,
+                peer: r.peer.to_string(),
+                state: r.state.name(),
             }
             .serialize(s),
             Event::Lease(e) => EventJson {
@@ -1410,6 +1525,22 @@ mod tests {
             Event::parse(b"event granted holder=1 pin=2 ino=3 offset=4 len=5 time=1.5").is_err()
         );
         assert!(Event::parse(b"7 granted").is_err());
+        let r = Event::parse(
+            b"event remote holder=2 pin=5 peer=127.0.0.1:4000 state=acked time=3.000000001",
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"time":3.000000001,"event":"remote","holder":2,"pin":5,"peer":"127.0.0.1:4000","state":"acked"}"#
+        );
+        assert!(r.lease().is_none());
+        assert!(Event::parse(
+            b"event remote holder=2 pin=5 peer=127.0.0.1:4000 state=lost time=3.000000001"
+        )
+        .is_err());
+        assert!(
+            Event::parse(b"event remote holder=2 pin=5 peer=nowhere state=acked time=3.0").is_err()
+        );
     }
 
     fn id() -> impl Strategy<Value = String> {
@@ -1532,6 +1663,22 @@ mod tests {
                         time: Timestamp { secs, nanos },
                     })
                 }),
+            (any::<[u64; 3]>(), sock_addr(), 0..4u8, 0..1_000_000_000u32).prop_map(
+                |([holder, pin, secs], peer, s, nanos)| {
+                    Event::Remote(RemoteEvent {
+                        holder,
+                        pin,
+                        peer,
+                        state: match s {
+                            0 => RemoteState::Connected,
+                            1 => RemoteState::Recalling,
+                            2 => RemoteState::Acked,
+                            _ => RemoteState::Gone,
+                        },
+                        time: Timestamp { secs, nanos },
+                    })
+                }
+            ),
         ]
     }
 

@@ -1,5 +1,5 @@
-//! The timeline of a mount's lease activity: tracks (the mount, each holder, later each
-//! remote peer of a holder), lease states as spans, the moments that matter as instants and
+//! The timeline of a mount's lease activity: tracks (the mount, each holder, each remote
+//! peer of a holder), lease states as spans, the moments that matter as instants and
 //! busy blocks as a counter; written as Chrome trace-event JSON ([`chrome`]), which Perfetto
 //! and `chrome://tracing` open, fed from a mount's events ([`watch`]) and drawn as an SVG
 //! ([`svg`]).
@@ -15,7 +15,7 @@ pub mod watch;
 
 use std::collections::BTreeMap;
 
-use crate::holder::protocol::{EventKind, LeaseEvent, Timestamp};
+use crate::holder::protocol::{EventKind, LeaseEvent, RemoteEvent, RemoteState, Timestamp};
 
 pub use chrome::ChromeWriter;
 
@@ -72,6 +72,14 @@ pub enum SpanState {
     /// event tells of an unpin after a revocation: the span lasts until `holder_gone` or the
     /// trace's end).
     Revoked,
+    /// A remote peer's reference, in use.
+    Connected,
+    /// A remote peer's reference, recalled and not yet acked.
+    Recalling,
+    /// A remote peer's reference whose recall the lease's end did not wait for (the break
+    /// was refused or the lease revoked with the peer not acked): it still reaches the
+    /// region until the peer goes.
+    RecallIgnored,
 }
 
 impl SpanState {
@@ -81,6 +89,9 @@ impl SpanState {
             SpanState::Granted => "granted",
             SpanState::Breaking => "breaking",
             SpanState::Revoked => "revoked",
+            SpanState::Connected => "connected",
+            SpanState::Recalling => "recalling",
+            SpanState::RecallIgnored => "recall_ignored",
         }
     }
 }
@@ -98,10 +109,19 @@ pub fn micros(t: Timestamp) -> u64 {
 ///
 /// A pin's spans are keyed by `(holder, pin)`: each lease event of the pin closes the span
 /// it was in and opens the next; a holder's `holder_gone` closes all of them.
+///
+/// A remote peer of a holder has a track of its own, with a span per exported pin it holds
+/// a reference on (keyed by the pin): `connected`, then `recalling` from the recall (an
+/// instant `recall` on the holder's and the peer's tracks), ended by the ack (an instant
+/// `ack` on both) or the peer's going (`peer_gone`); a lease that is refused or revoked with
+/// the peer still recalling turns its span into `recall_ignored` (an instant of that name on
+/// the peer's track). The lease's release or the holder's going ends its peers' spans.
 pub struct Recorder<W: std::io::Write + std::io::Seek> {
     out: ChromeWriter<W>,
     /// The last busy-block count written (a counter is written when it changes).
     busy: Option<u64>,
+    /// Each remote peer's reference by (holder, pin, peer), and the span it is in.
+    peers: BTreeMap<(u64, u64, String), SpanState>,
 }
 
 impl<W: std::io::Write + std::io::Seek> Recorder<W> {
@@ -110,6 +130,7 @@ impl<W: std::io::Write + std::io::Seek> Recorder<W> {
         Ok(Recorder {
             out: ChromeWriter::new(out, title)?,
             busy: None,
+            peers: BTreeMap::new(),
         })
     }
 
@@ -147,22 +168,111 @@ impl<W: std::io::Write + std::io::Seek> Recorder<W> {
             EventKind::Refused => {
                 w.instant(&track, "refused", at, &args)?;
                 w.span(&track, key, Some(SpanState::Granted), at, &args)?;
+                self.recalls_ignored(e.holder, e.pin, at)?;
             }
             EventKind::Revoked => {
                 w.instant(&track, "revoked", at, &args)?;
                 w.span(&track, key, Some(SpanState::Revoked), at, &args)?;
+                self.recalls_ignored(e.holder, e.pin, at)?;
             }
             EventKind::Released => {
                 w.instant(&track, "released", at, &args)?;
                 w.span(&track, key, None, at, &args)?;
+                self.end_peers(e.holder, e.pin, at)?;
             }
             EventKind::Fenced => w.instant(&track, "fenced", at, &args)?,
             EventKind::HolderGone => {
                 w.instant(&track, "holder_gone", at, &args)?;
                 w.end_track(&track, at)?;
+                self.end_peers(e.holder, None, at)?;
             }
         }
-        w.flush()
+        self.out.flush()
+    }
+
+    /// A remote peer's reference changed (`event remote`).
+    pub fn remote(&mut self, e: &RemoteEvent) -> std::io::Result<()> {
+        let at = micros(e.time);
+        let peer = e.peer.to_string();
+        let holder = Track::Holder(e.holder);
+        let track = Track::Peer {
+            holder: e.holder,
+            peer: peer.clone(),
+        };
+        let mut args = Args::new();
+        args.insert("pin".into(), e.pin.into());
+        args.insert("peer".into(), peer.clone().into());
+        let key = (e.holder, e.pin, peer);
+        let was = self.peers.get(&key).copied();
+        let w = &mut self.out;
+        match e.state {
+            RemoteState::Connected => {
+                w.span(&track, e.pin, Some(SpanState::Connected), at, &args)?;
+                self.peers.insert(key, SpanState::Connected);
+            }
+            RemoteState::Recalling => {
+                w.instant(&holder, "recall", at, &args)?;
+                w.instant(&track, "recall", at, &args)?;
+                w.span(&track, e.pin, Some(SpanState::Recalling), at, &args)?;
+                self.peers.insert(key, SpanState::Recalling);
+            }
+            RemoteState::Acked => {
+                w.instant(&holder, "ack", at, &args)?;
+                w.instant(&track, "ack", at, &args)?;
+                w.span(&track, e.pin, None, at, &args)?;
+                self.peers.remove(&key);
+            }
+            RemoteState::Gone => {
+                if was.is_some() {
+                    w.instant(&track, "peer_gone", at, &args)?;
+                    w.span(&track, e.pin, None, at, &args)?;
+                    self.peers.remove(&key);
+                }
+            }
+        }
+        self.out.flush()
+    }
+
+    /// The lease of `holder`'s `pin` ended a break without its peers' acks: the peers still
+    /// recalling hold references nobody waits for now.
+    fn recalls_ignored(&mut self, holder: u64, pin: Option<u64>, at: u64) -> std::io::Result<()> {
+        let Some(pin) = pin else { return Ok(()) };
+        for ((h, p, peer), state) in self.peers.iter_mut() {
+            if (*h, *p) != (holder, pin) || *state != SpanState::Recalling {
+                continue;
+            }
+            *state = SpanState::RecallIgnored;
+            let track = Track::Peer {
+                holder,
+                peer: peer.clone(),
+            };
+            let mut args = Args::new();
+            args.insert("pin".into(), pin.into());
+            args.insert("peer".into(), peer.clone().into());
+            self.out.instant(&track, "recall_ignored", at, &args)?;
+            self.out
+                .span(&track, pin, Some(SpanState::RecallIgnored), at, &args)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the peer spans of `holder`'s `pin` (`None`: of all its pins).
+    fn end_peers(&mut self, holder: u64, pin: Option<u64>, at: u64) -> std::io::Result<()> {
+        let ended: Vec<(u64, u64, String)> = self
+            .peers
+            .keys()
+            .filter(|(h, p, _)| *h == holder && pin.is_none_or(|x| x == *p))
+            .cloned()
+            .collect();
+        for key in ended {
+            self.peers.remove(&key);
+            let track = Track::Peer {
+                holder,
+                peer: key.2,
+            };
+            self.out.span(&track, key.1, None, at, &Args::new())?;
+        }
+        Ok(())
     }
 
     /// `count` events were lost (the watcher fell behind).

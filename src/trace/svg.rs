@@ -217,6 +217,9 @@ pub fn span_colour(name: &str) -> RGBColor {
         "granted" => RGBColor(46, 160, 67),
         "breaking" => RGBColor(240, 150, 20),
         "revoked" => RGBColor(200, 40, 40),
+        "connected" => RGBColor(70, 130, 180),
+        "recalling" => RGBColor(240, 190, 60),
+        "recall_ignored" => RGBColor(150, 30, 90),
         other => picked(other),
     }
 }
@@ -237,6 +240,10 @@ fn mark_style(name: &str) -> (RGBColor, Shape) {
         "released" => (RGBColor(46, 160, 67), Shape::Circle),
         "fenced" => (BLACK, Shape::Cross),
         "holder_gone" => (RGBColor(110, 110, 110), Shape::Circle),
+        "recall" => (RGBColor(240, 190, 60), Shape::Triangle),
+        "ack" => (RGBColor(46, 160, 67), Shape::Triangle),
+        "recall_ignored" => (RGBColor(150, 30, 90), Shape::Cross),
+        "peer_gone" => (RGBColor(110, 110, 110), Shape::Cross),
         other => (picked(other), Shape::Circle),
     }
 }

@@ -1,5 +1,5 @@
-//! Following a mount into a trace: its lease events (from a watch connection, as `status
-//! --follow` gets them), its busy blocks (from its status, polled), and marks from other
+//! Following a mount into a trace: its lease events and its holders' remote peers (from a
+//! watch connection, as `status --follow` gets them), its busy blocks (from its status, polled), and marks from other
 //! sources of the same process (the fuzzer's breakers), until the mount goes or the caller
 //! says stop.
 
@@ -106,6 +106,7 @@ pub fn follow<W: Write + Seek>(
                 }
                 match &e {
                     Event::Lease(l) => rec.lease(l).map_err(io)?,
+                    Event::Remote(r) => rec.remote(r).map_err(io)?,
                     Event::Lost { count } => rec.lost(now_micros(), *count).map_err(io)?,
                 }
                 changed = true;

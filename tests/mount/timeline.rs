@@ -1,6 +1,7 @@
 //! The timeline a person looks at: `pinfs status --follow --trace` on a real mount writes a
 //! trace (Chrome trace-event JSON) with the holder's track, its lease states as spans and
-//! its breaks, deadlines and revocations as instants, a whole JSON file even when the
+//! its breaks, deadlines and revocations as instants, a track per remote peer of an
+//! exported pin with its recall and ack, a whole JSON file even when the
 //! follower is killed; `pinfs fuzz --trace` does the same for a fuzzer run; `pinfs timeline`
 //! draws a trace as an SVG that parses as XML and that headless Chromium renders into a
 //! picture that is not blank; bad trace files get clear errors.
@@ -182,6 +183,218 @@ fn status_follow_trace_records_the_holders_spans_and_instants() {
         .collect();
     assert!(texts.contains(&format!("holder {h}").as_str()), "{texts:?}");
     assert!(texts.contains(&"revoked (lease state)"), "{texts:?}");
+    drop(f);
+    m.umount();
+}
+
+/// An exported pin with three remote peers, two that ack the recall (and stay connected)
+/// and one that ignores it, broken by a truncate under `revoke`, followed with `--trace`: each peer has a track
+/// of its own named after it and its holder, with its reference as a `connected` span then
+/// a `recalling` one, and a `recall` instant; the holder's track has the three recalls and
+/// the two acks; the peers that acked have an `ack` instant, the other a `recall_ignored`
+/// one (the lease was revoked without its ack); `status --follow` printed the `remote`
+/// events; `pinfs timeline` draws the peers' rows.
+#[test]
+fn status_follow_trace_shows_remote_peers_their_recalls_and_acks() {
+    if skip_without_fuse("timeline_remote_peers") {
+        return;
+    }
+    let mut m = Mount::new("64M", "break_policy=revoke,lease_break_time=0.3");
+    let f = new_file(m.path("buf"));
+    f.write_all_at(&[b'.'; 4 * 4096], 0).unwrap();
+    let trace = m.dir.path().join("remote.trace.json");
+    let mut follower = Command::new(BIN)
+        .args(["status", m.mnt.to_str().unwrap(), "--follow", "--trace"])
+        .arg(&trace)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let follow_out = follower.stdout.take().unwrap();
+    let printed = std::thread::spawn(move || {
+        std::io::BufReader::new(follow_out)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    wait_for(&trace, "the first busy-block count", |e| {
+        !busy_values(e).is_empty()
+    });
+    let mut holder = Command::new(BIN)
+        .arg("pin")
+        .arg(m.path("buf"))
+        .args(["--len", "16384", "--export", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut holder_out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    holder_out.read_line(&mut line).unwrap();
+    let h = serde_json::from_str::<Value>(&line).unwrap()["holder"]
+        .as_u64()
+        .unwrap();
+    line.clear();
+    holder_out.read_line(&mut line).unwrap();
+    let export: Value = serde_json::from_str(&line).unwrap();
+    let nic = export["export"]["nic"].as_str().unwrap().to_string();
+    let rkey = export["export"]["rkey"].as_str().unwrap().to_string();
+    // Two peers that ack the recall and stay connected (as a node with other regions
+    // does), through the Rust API; one that ignores it, through `pinfs remote`.
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let stop_rx = std::sync::Arc::new(std::sync::Mutex::new(stop_rx));
+    let acking = |nic: &str, rkey: u64| {
+        let mut p = pinfs::remote::Peer::connect(nic).unwrap();
+        p.read(rkey, 0, 4096).unwrap();
+        let stop = stop_rx.clone();
+        std::thread::spawn(move || {
+            loop {
+                if let Some(k) = p.next_recall(Some(Duration::from_millis(5))).unwrap() {
+                    p.ack(k).unwrap();
+                    break;
+                }
+                let _ = p.read(rkey, 0, 4096);
+            }
+            let _ = stop.lock().unwrap().recv();
+            drop(p);
+        })
+    };
+    let key = pinfs::remote::protocol::parse_rkey(&rkey).unwrap();
+    let ackers = [acking(&nic, key), acking(&nic, key)];
+    let mut ignoring = Command::new(BIN)
+        .args([
+            "remote", &nic, "--rkey", &rkey, "read", "0", "4096", "--every", "5",
+        ])
+        .arg("--ignore-recalls")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(ignoring.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("\"op\":\"read\""), "{first}");
+    // Its later lines are read until it exits (a closed pipe would end it).
+    std::thread::spawn(move || out.lines().map_while(Result::ok).count());
+    // The holder reported all three (what the daemon passes on as `event remote connected`).
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let json = pinfs::holder::client::Connection::for_path(&m.mnt)
+            .unwrap()
+            .status(false)
+            .unwrap();
+        let s: pinfs::fs::status::Status = serde_json::from_str(&json).unwrap();
+        if s.leases
+            .iter()
+            .any(|l| l.remote.as_ref().is_some_and(|r| r.peers.len() == 3))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the holder never reported 3 peers: {json}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.set_len(0).unwrap(); // recalls; two ack; the deadline revokes the lease
+    let tracks_of_peers = |evs: &[Value]| -> Vec<(String, u64)> {
+        evs.iter()
+            .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
+            .filter_map(|e| {
+                let name = e["args"]["name"].as_str()?;
+                name.ends_with(&format!(" of holder {h}"))
+                    .then(|| (name.to_string(), e["tid"].as_u64().unwrap()))
+            })
+            .collect()
+    };
+    wait_for(&trace, "two acks and an ignored recall", |e| {
+        count(e, "i", "recall_ignored", None) == 1 && count(e, "i", "ack", None) == 4
+    });
+    let _ = ignoring.kill();
+    let _ = ignoring.wait();
+    drop(stop_tx);
+    for a in ackers {
+        a.join().unwrap();
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    wait_for(&trace, "the holder gone", |e| {
+        count(e, "i", "holder_gone", None) == 1
+    });
+    // SAFETY: kill(2) of our own child, still running (not reaped).
+    assert_eq!(
+        unsafe { libc::kill(follower.id() as i32, libc::SIGTERM) },
+        0
+    );
+    assert!(follower.wait().unwrap().success());
+    let printed = printed.join().unwrap();
+    let remote_lines = |state: &str| {
+        printed
+            .iter()
+            .filter(|l| {
+                l.contains("\"event\":\"remote\"") && l.contains(&format!("\"state\":\"{state}\""))
+            })
+            .count()
+    };
+    assert_eq!(remote_lines("connected"), 3, "{printed:?}");
+    assert_eq!(remote_lines("recalling"), 3, "{printed:?}");
+    assert_eq!(remote_lines("acked"), 2, "{printed:?}");
+
+    let evs = events(&trace);
+    let holder_tid = tid_named(&evs, &format!("holder {h}")).unwrap();
+    assert_eq!(count(&evs, "i", "recall", Some(holder_tid)), 3, "{evs:?}");
+    assert_eq!(count(&evs, "i", "ack", Some(holder_tid)), 2, "{evs:?}");
+    assert_eq!(count(&evs, "i", "revoked", Some(holder_tid)), 1, "{evs:?}");
+    let tracks = tracks_of_peers(&evs);
+    assert_eq!(tracks.len(), 3, "a track per peer: {tracks:?}");
+    let (mut acked, mut ignored) = (0, 0);
+    for (name, tid) in &tracks {
+        assert!(name.starts_with("peer 127.0.0.1:"), "{name}");
+        assert_eq!(
+            count(&evs, "X", "connected", Some(*tid)),
+            1,
+            "{name}: {evs:?}"
+        );
+        assert_eq!(
+            count(&evs, "X", "recalling", Some(*tid)),
+            1,
+            "{name}: {evs:?}"
+        );
+        assert_eq!(count(&evs, "i", "recall", Some(*tid)), 1, "{name}: {evs:?}");
+        acked += count(&evs, "i", "ack", Some(*tid));
+        ignored += count(&evs, "i", "recall_ignored", Some(*tid));
+        if count(&evs, "i", "recall_ignored", Some(*tid)) == 1 {
+            assert_eq!(count(&evs, "X", "recall_ignored", Some(*tid)), 1, "{evs:?}");
+        }
+    }
+    assert_eq!((acked, ignored), (2, 1), "{evs:?}");
+
+    let svg = m.dir.path().join("remote.svg");
+    let out = pinfs(&[
+        "timeline",
+        trace.to_str().unwrap(),
+        "-o",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("not XML: {e}"));
+    let texts: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.is_text())
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect();
+    for (name, _) in &tracks {
+        assert!(
+            texts.contains(&name.as_str()),
+            "{name} has a row: {texts:?}"
+        );
+    }
     drop(f);
     m.umount();
 }
