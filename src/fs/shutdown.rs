@@ -64,11 +64,20 @@ impl Fs {
             // No transaction is half-way through while the journal (and with it the state
             // to keep) is made durable.
             let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+            // A journal with no room for the grown sizes leaves them to a checkpoint, as
+            // fsync does ([`Fs::sync_metadata`]): written here, under the gate already held.
+            let journal = || {
+                self.flush_journal(&mut lock(&self.journal))?;
+                if self.growth_unjournaled.load(Ordering::SeqCst) {
+                    self.checkpoint_gated(false)?;
+                }
+                Ok(())
+            };
             let flushed = match flush {
                 ShutdownFlush::Nothing => Ok(()),
-                ShutdownFlush::Log => self.flush_journal(&mut lock(&self.journal)),
+                ShutdownFlush::Log => journal(),
                 ShutdownFlush::All => {
-                    self.flush_journal(&mut lock(&self.journal)).and_then(|()| {
+                    journal().and_then(|()| {
                         // Holders' stores are data too: the windowed blocks that files own
                         // go back into the image (free ones stay zero), as at unmount.
                         let free: Vec<Extent> = lock(&self.alloc).free_extents().collect();

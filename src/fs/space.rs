@@ -65,6 +65,11 @@ impl Fs {
     /// Writes a checkpoint now.
     pub fn checkpoint(&self, clean: bool) -> FsResult<()> {
         let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.checkpoint_gated(clean)
+    }
+
+    /// [`Fs::checkpoint`] for a caller that holds the gate exclusively already.
+    pub(super) fn checkpoint_gated(&self, clean: bool) -> FsResult<()> {
         let cells = self.table.all();
         let guards: Vec<RwLockReadGuard<'_, Inode>> = cells.iter().map(|c| c.read()).collect();
         let mut journal = lock(&self.journal);
